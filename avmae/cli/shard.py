@@ -1,0 +1,261 @@
+"""``avmae-shard``: raw clips -> WebDataset shards (build, finalize, verify, inspect, synth). Parsing only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from avmae.shard.params import BuildParams, FeatureParams
+
+DESCRIPTION = """\
+Turn raw video clips into WebDataset shards for avmae: per sample N JPEG frames spread over the segment, the
+CAV-MAE log-mel of its first audio channel (float16 .npy) and metadata JSON; a DALI index beside every tar,
+manifest.json (features, labels, per-shard counts and checksums, log-mel mean/std) and failures.jsonl (every input
+that gave no sample, with the reason). Re-running the same command resumes an interrupted build.
+"""
+
+EXAMPLES = """\
+examples:
+  avmae-shard synth --out corpus --num 200 --classes 8
+  avmae-shard build --list corpus/corpus.csv --out shards --segment-seconds 4 --val-fraction 0.2 --workers 2
+  avmae-shard build --src videos/ --out shards                      # every clip in a folder, first 10 s
+  avmae-shard build --list balanced_train_segments.csv --class-labels class_labels_indices.csv \\
+                    --src audioset_videos/ --out as20k
+  avmae-shard build --list vggsound.csv --src vggsound_videos/ --out vggsound
+  avmae-shard build --list EPIC_100_train.csv --src EPIC-KITCHENS/ --out epic_train
+  avmae-shard verify shards && avmae-shard inspect shards --sample 0 --png-dir shards_preview
+"""
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avmae-shard", description=DESCRIPTION, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    defaults_f, defaults_b = FeatureParams(), BuildParams()
+
+    build = commands.add_parser("build", help="make shards from a folder of clips or a dataset list",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    source = build.add_argument_group("inputs")
+    source.add_argument("--src", type=Path, help="folder of clips (recursive); with --list, where the list's files are")
+    source.add_argument("--list", type=Path, help="dataset list: AudioSet segments CSV, VGGSound CSV, "
+                                                  "Epic-Kitchens-100 annotations, or a generic CSV (path,labels[,start,end])")
+    source.add_argument("--list-format", default="auto", choices=["auto", "audioset", "vggsound", "epic", "generic"])
+    source.add_argument("--class-labels", type=Path, help="AudioSet class_labels_indices.csv (fixes the label order)")
+    source.add_argument("--labels-from-dirs", action="store_true", help="with --src: a clip's label is its folder name")
+    source.add_argument("--split", help="put every list row in this split (default: the list's own split or 'train')")
+    source.add_argument("--num-verbs", type=int, default=97, help="Epic-Kitchens-100 verb classes")
+    source.add_argument("--num-nouns", type=int, default=300, help="Epic-Kitchens-100 noun classes")
+    features = build.add_argument_group("features (recorded in the manifest; loaders check them)")
+    features.add_argument("--num-frames", type=int, default=defaults_f.num_frames)
+    features.add_argument("--short-side", type=int, default=defaults_f.short_side, help="frames resized to this short side")
+    features.add_argument("--jpeg-qscale", type=int, default=defaults_f.jpeg_qscale, help="ffmpeg -q:v, 2 (best) to 31")
+    features.add_argument("--target-frames", type=int, default=defaults_f.target_frames,
+                          help="log-mel frames (10 ms each) after zero-padding or cutting")
+    features.add_argument("--num-mel-bins", type=int, default=defaults_f.num_mel_bins)
+    segments = build.add_argument_group("segments and bad input")
+    segments.add_argument("--segment-seconds", type=float, default=defaults_b.segment_seconds,
+                          help="segment length for folders (and VGGSound rows)")
+    segments.add_argument("--segments", choices=["first", "middle", "all"], default=defaults_b.segments,
+                          help="which segment(s) of a folder's clip")
+    segments.add_argument("--min-seconds", type=float, default=defaults_b.min_seconds,
+                          help="clips with less video than this are failures (too_short)")
+    segments.add_argument("--missing-audio", choices=["fail", "silence"], default=defaults_b.missing_audio,
+                          help="a clip without audio fails, or gets the features of silence")
+    output = build.add_argument_group("output and parallelism")
+    output.add_argument("--out", type=Path, required=True, help="output folder (re-run to resume)")
+    output.add_argument("--shard-size", type=int, default=defaults_b.shard_size, help="inputs per shard")
+    output.add_argument("--val-fraction", type=float, default=defaults_b.val_fraction,
+                        help="hold out this share of training videos (by video id) as split 'val'")
+    output.add_argument("--seed", type=int, default=defaults_b.seed, help="sample order within a split")
+    output.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (one shard each)")
+    output.add_argument("--task-index", type=int, default=int(os.environ.get("SLURM_ARRAY_TASK_ID", 0)),
+                        help="this task's index when the build is split over array tasks")
+    output.add_argument("--num-tasks", type=int, default=int(os.environ.get("SLURM_ARRAY_TASK_COUNT", 1)),
+                        help="number of array tasks sharing the build")
+    output.add_argument("--overwrite", action="store_true", help="delete --out first instead of resuming")
+    output.add_argument("--json", action="store_true", help="print the summary as JSON (no progress bar)")
+    output.add_argument("--no-progress", action="store_true")
+
+    finalize = commands.add_parser("finalize", help="write manifest.json once every array task has finished")
+    finalize.add_argument("out", type=Path)
+    finalize.add_argument("--json", action="store_true")
+
+    verify = commands.add_parser("verify", help="check tars, indexes, counts and checksums against the manifest")
+    verify.add_argument("out", type=Path)
+    verify.add_argument("--quick", action="store_true", help="skip opening every sample")
+    verify.add_argument("--json", action="store_true")
+
+    inspect = commands.add_parser("inspect", help="summary, label histogram, PNGs of one sample")
+    inspect.add_argument("out", type=Path)
+    inspect.add_argument("--sample", help="key or position of a sample to render (PNG contact sheet + spectrogram)")
+    inspect.add_argument("--png-dir", type=Path, help="where the PNGs go (default: <out>/inspect)")
+    inspect.add_argument("--json", action="store_true")
+
+    synth = commands.add_parser("synth", help="make a synthetic labelled corpus with ffmpeg (demo, tests)",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    synth.add_argument("--out", type=Path, required=True)
+    synth.add_argument("--num", type=int, default=200, help="clips")
+    synth.add_argument("--classes", type=int, default=8)
+    synth.add_argument("--seconds", type=float, default=4.0, help="shortest clip length (clips vary up to +25%%)")
+    synth.add_argument("--size", default="160x120", help="WIDTHxHEIGHT")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    return parser
+
+
+def _print_json(data) -> None:
+    print(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False))
+
+
+def _cmd_build(args) -> int:
+    from avmae.shard.build import run_build
+    from avmae.shard.inputs import collect_inputs
+
+    items, labels, source = collect_inputs(
+        src=args.src, list_path=args.list, list_format=args.list_format, class_labels=args.class_labels,
+        labels_from_dirs=args.labels_from_dirs, split=args.split, segment_seconds=args.segment_seconds,
+        num_verbs=args.num_verbs, num_nouns=args.num_nouns)
+    features = FeatureParams(num_frames=args.num_frames, short_side=args.short_side, jpeg_qscale=args.jpeg_qscale,
+                             target_frames=args.target_frames, num_mel_bins=args.num_mel_bins)
+    build = BuildParams(segment_seconds=args.segment_seconds, segments=args.segments, min_seconds=args.min_seconds,
+                        missing_audio=args.missing_audio, shard_size=args.shard_size, val_fraction=args.val_fraction,
+                        seed=args.seed)
+    result = run_build(args.out, items, labels, source, features, build, workers=args.workers,
+                       task_index=args.task_index, num_tasks=args.num_tasks, overwrite=args.overwrite,
+                       show_progress=not (args.json or args.no_progress))
+    report = {
+        "out": str(args.out), "shards_total": result.shards_total, "shards_written": result.shards_written,
+        "shards_skipped": result.shards_skipped, "items_processed": result.items_processed,
+        "failures_this_run": result.failures_this_run, "seconds": round(result.seconds, 2),
+        "clips_per_second": round(result.items_processed / result.seconds, 2) if result.seconds else None,
+        "finished": result.manifest is not None,
+    }
+    if result.manifest is not None:
+        report["totals"] = result.manifest["totals"]
+        report["splits"] = {name: split["samples"] for name, split in result.manifest["splits"].items()}
+        report["logmel_mean"] = result.manifest["logmel_mean"]
+        report["logmel_std"] = result.manifest["logmel_std"]
+        coverage = result.manifest["label_coverage"]
+        report["worst_label_coverage"] = sorted(
+            ({"label": label, "rows": c["rows"], "ok": c["ok"]} for label, c in coverage.items() if c["ok"] < c["rows"]),
+            key=lambda row: (row["ok"] / row["rows"], row["label"]))[:10]
+    if args.json:
+        _print_json(report)
+    else:
+        _print_build_report(report)
+    return 0
+
+
+def _print_build_report(report) -> None:
+    console = Console()
+    table = Table(title=f"avmae-shard build → {report['out']}", show_header=False)
+    table.add_row("shards", f"{report['shards_written']} written, {report['shards_skipped']} already done, "
+                            f"{report['shards_total']} planned")
+    table.add_row("this run", f"{report['items_processed']} inputs in {report['seconds']} s "
+                              f"({report['clips_per_second']} clips/s), {report['failures_this_run']} failed")
+    if report["finished"]:
+        totals = report["totals"]
+        table.add_row("totals", f"{totals['inputs']} inputs = {totals['inputs_ok']} with samples + "
+                                f"{totals['failures']} failures; {totals['samples']} samples")
+        table.add_row("splits", ", ".join(f"{name}: {count}" for name, count in report["splits"].items()))
+        if report["logmel_mean"] is not None:
+            table.add_row("log-mel", f"mean {report['logmel_mean']:.4f}, std {report['logmel_std']:.4f}")
+        if totals["failure_reasons"]:
+            table.add_row("failures", ", ".join(f"{r}: {n}" for r, n in totals["failure_reasons"].items())
+                          + f"  (details: {report['out']}/failures.jsonl)")
+        for row in report["worst_label_coverage"]:
+            table.add_row("coverage", f"{row['label']}: {row['ok']}/{row['rows']} rows have a sample")
+    else:
+        table.add_row("status", "other array tasks still have shards to write; the last one writes manifest.json")
+    console.print(table)
+
+
+def _cmd_finalize(args) -> int:
+    from avmae.shard.manifest import finalize
+
+    manifest = finalize(args.out)
+    if args.json:
+        _print_json(manifest["totals"])
+    else:
+        Console().print(f"manifest written: {args.out / 'manifest.json'} ({manifest['totals']['samples']} samples)")
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    from avmae.shard.verify import verify
+
+    result = verify(args.out, deep=not args.quick)
+    if args.json:
+        _print_json(result)
+    else:
+        console = Console()
+        for problem in result["problems"]:
+            console.print(f"[red]✗[/] {problem}")
+        status = "[green]OK[/]" if result["ok"] else f"[red]{len(result['problems'])} problems[/]"
+        console.print(f"{status}: {result['shards']} shards, {result['samples']} samples, {result['failures']} failures")
+    return 0 if result["ok"] else 1
+
+
+def _cmd_inspect(args) -> int:
+    from avmae.shard.inspect import render_sample, summary
+
+    info = summary(args.out)
+    if args.sample is not None:
+        wanted = int(args.sample) if args.sample.isdigit() else args.sample
+        info["sample"] = render_sample(args.out, wanted, args.png_dir or args.out / "inspect")
+    if args.json:
+        _print_json(info)
+        return 0
+    console = Console()
+    splits = Table(title=f"{args.out}")
+    for column in ("split", "samples", "shards", "failures", "log-mel mean", "log-mel std"):
+        splits.add_column(column)
+    for name, split in info["splits"].items():
+        mean, std = split["logmel_mean"], split["logmel_std"]
+        splits.add_row(name, str(split["samples"]), str(split["shards"]), str(split["failures"]),
+                       "-" if mean is None else f"{mean:.3f}", "-" if std is None else f"{std:.3f}")
+    console.print(splits)
+    histogram = info["label_histogram"]
+    if histogram:
+        table = Table(title="labels (inputs with samples)")
+        table.add_column("label")
+        table.add_column("count", justify="right")
+        table.add_column("")
+        peak = max(histogram.values()) or 1
+        for label, count in sorted(histogram.items(), key=lambda kv: (-kv[1], kv[0])):
+            table.add_row(label, str(count), "█" * max(1, round(30 * count / peak)) if count else "")
+        console.print(table)
+    if "sample" in info:
+        console.print(f"sample {info['sample']['key']}: {info['sample']['frames_png']}, {info['sample']['spectrogram_png']}")
+    return 0
+
+
+def _cmd_synth(args) -> int:
+    from avmae.shard.synth import make_corpus
+
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    path = make_corpus(args.out, args.num, args.classes, seed=args.seed, seconds=args.seconds, width=width,
+                       height=height, workers=args.workers)
+    print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    handlers = {"build": _cmd_build, "finalize": _cmd_finalize, "verify": _cmd_verify, "inspect": _cmd_inspect,
+                "synth": _cmd_synth}
+    try:
+        return handlers[args.command](args)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        Console(file=sys.stderr).print(f"[red]avmae-shard {args.command}:[/] {err}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

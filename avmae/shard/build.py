@@ -1,0 +1,118 @@
+"""Run a shard build: plan, claim the output folder, write this task's pending shards on N processes, finalize.
+
+Parallelism is one shard per worker process, so the bytes of a shard never depend on the worker count. With
+``num_tasks > 1`` (SLURM array jobs) task ``i`` writes shards ``i, i + n, i + 2n...``; whichever task finds all
+shards done writes the manifest.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import shutil
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torchaudio
+
+import avmae
+from avmae.config import to_dict
+from avmae.shard.items import ClipItem
+from avmae.shard.lists import LabelSet
+from avmae.shard.manifest import claim_output, finalize, pending_shards
+from avmae.shard.media import ffmpeg_version
+from avmae.shard.params import FORMAT_VERSION, BuildParams, FeatureParams
+from avmae.shard.plan import ShardPlan, fingerprint, make_plan
+from avmae.shard.progress import BuildProgress
+from avmae.shard.writer import PARTS_DIR, write_shard
+
+
+@dataclass
+class BuildResult:
+    shards_total: int
+    shards_written: int  # by this run
+    shards_skipped: int  # already done by an earlier run or another task
+    items_processed: int
+    failures_this_run: int
+    seconds: float
+    manifest: dict[str, Any] | None  # None while other array tasks still have shards to write
+
+
+_progress_queue = None
+
+
+def _init_worker(progress_queue) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one process per shard is the parallelism; threads would oversubscribe the cores
+    global _progress_queue
+    _progress_queue = progress_queue
+
+
+def _write_in_worker(out: Path, plan: ShardPlan, features: FeatureParams, build: BuildParams, print_: str):
+    return write_shard(out, plan, features, build, print_, on_item=lambda ok: _progress_queue.put(ok))
+
+
+def run_build(out: Path, items: list[ClipItem], labels: LabelSet, source: dict[str, Any], features: FeatureParams,
+              build: BuildParams, *, workers: int = 1, task_index: int = 0, num_tasks: int = 1,
+              overwrite: bool = False, show_progress: bool = True) -> BuildResult:
+    if not 0 <= task_index < num_tasks:
+        raise ValueError(f"--task-index {task_index} is not in [0, --num-tasks {num_tasks})")
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
+    started = time.time()
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / PARTS_DIR).mkdir(exist_ok=True)
+    plans = make_plan(items, build)
+    print_ = fingerprint(plans, features, build)
+    description = {
+        "format_version": FORMAT_VERSION, "fingerprint": print_, "features": to_dict(features),
+        "build": to_dict(build), "source": source, "labels": labels.to_json(),
+        "tools": {"avmae": avmae.__version__, "ffmpeg": ffmpeg_version(), "torchaudio": torchaudio.__version__},
+        "shards": [plan.name for plan in plans], "inputs": sum(len(plan.items) for plan in plans),
+    }
+    claim_output(out, description)
+    pending = set(pending_shards(out, description))
+    mine = [plan for index, plan in enumerate(plans) if index % num_tasks == task_index]
+    todo = [plan for plan in mine if plan.name in pending]
+    total_items = sum(len(plan.items) for plan in todo)
+
+    with BuildProgress(total_items, enabled=show_progress) as progress:
+        if workers == 1 or len(todo) <= 1:
+            records = [write_shard(out, plan, features, build, print_, on_item=progress.advance) for plan in todo]
+        else:
+            records = _run_pool(out, todo, features, build, print_, workers, progress.advance)
+    manifest = finalize(out) if not pending_shards(out, description) else None
+    return BuildResult(shards_total=len(plans), shards_written=len(todo), shards_skipped=len(mine) - len(todo),
+                       items_processed=sum(record["items"] for record in records),
+                       failures_this_run=sum(len(record["failures"]) for record in records), seconds=time.time() - started,
+                       manifest=manifest)
+
+
+def _run_pool(out, todo, features, build, print_, workers, on_item) -> list[dict[str, Any]]:
+    context = multiprocessing.get_context("spawn")  # no fork of a parent that may hold torch threads
+    progress_queue = context.Queue()
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context,
+                             initializer=_init_worker, initargs=(progress_queue,)) as pool:
+        futures = {pool.submit(_write_in_worker, out, plan, features, build, print_) for plan in todo}
+        records = []
+        while futures:
+            done, futures = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
+            _drain(progress_queue, on_item)
+            # A worker that died raises here; its shard has no part record and is redone by the next run.
+            records.extend(future.result() for future in done)
+        _drain(progress_queue, on_item)
+    return records
+
+
+def _drain(progress_queue, on_item) -> None:
+    while True:
+        try:
+            on_item(progress_queue.get_nowait())
+        except queue.Empty:
+            return

@@ -1,0 +1,94 @@
+"""``avmae-shard inspect``: what a build holds (summary, label histogram) and how one sample looks (contact sheet
+of its frames, its spectrogram)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from avmae.shard.manifest import read_manifest
+from avmae.shard.tarfiles import parse_index
+
+
+def summary(out: Path) -> dict[str, Any]:
+    manifest = read_manifest(out)
+    coverage = manifest["label_coverage"]
+    return {
+        "folder": str(out),
+        "totals": manifest["totals"],
+        "splits": {name: {"samples": split["samples"], "shards": len(split["shards"]), "failures": split["failures"],
+                          "logmel_mean": split["logmel_mean"], "logmel_std": split["logmel_std"]}
+                   for name, split in manifest["splits"].items()},
+        "label_histogram": {label: counts["ok"] for label, counts in coverage.items()},
+        "worst_coverage": sorted(({"label": label, **counts, "fraction": counts["ok"] / counts["rows"]}
+                                  for label, counts in coverage.items() if counts["rows"]),
+                                 key=lambda row: (row["fraction"], row["label"]))[:10],
+        "features": manifest["features"],
+    }
+
+
+def find_sample(out: Path, wanted: str | int | None) -> tuple[str, dict[str, bytes]]:
+    """A sample's members by key, by global position (an int), or the first one."""
+    manifest = read_manifest(out)
+    position = 0
+    for split in manifest["splits"].values():
+        for shard in split["shards"]:
+            samples = parse_index((out / shard["idx"]).read_text())
+            for members in samples:
+                key = members[0].key
+                if wanted is None or wanted == key or wanted == position:
+                    with tarfile.open(out / shard["tar"]) as tar:
+                        return key, {m.ext: tar.extractfile(m.name).read() for m in members}
+                position += 1
+    raise KeyError(f"no sample {wanted!r} in {out}")
+
+
+def contact_sheet(members: dict[str, bytes], columns: int = 4) -> Image.Image:
+    frames = [Image.open(io.BytesIO(members[ext])).convert("RGB") for ext in sorted(members) if ext.endswith(".jpg")]
+    width, height = frames[0].size
+    rows = (len(frames) + columns - 1) // columns
+    sheet = Image.new("RGB", (columns * width, rows * height), "black")
+    for i, frame in enumerate(frames):
+        sheet.paste(frame, ((i % columns) * width, (i // columns) * height))
+    return sheet
+
+
+def spectrogram_png(members: dict[str, bytes], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mel = np.load(io.BytesIO(members["logmel.npy"]), allow_pickle=False).astype(np.float32)
+    meta = json.loads(members["json"])
+    valid = meta["audio_valid_frames"]
+    figure, axis = plt.subplots(figsize=(10, 3))
+    image = axis.imshow(mel.T, origin="lower", aspect="auto", cmap="magma")
+    axis.axvline(valid, color="cyan", linestyle="--", linewidth=1, label=f"valid frames: {valid}")
+    axis.set_xlabel("frame (10 ms)")
+    axis.set_ylabel("mel bin")
+    axis.set_title(f"{meta['key']}  labels: {', '.join(meta.get('labels', [])) or '-'}")
+    axis.legend(loc="upper right")
+    figure.colorbar(image, ax=axis, label="log mel energy")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def render_sample(out: Path, wanted: str | int | None, png_dir: Path) -> dict[str, Any]:
+    """Write ``<key>_frames.png`` and ``<key>_spectrogram.png``; returns their paths and the sample's metadata."""
+    key, members = find_sample(out, wanted)
+    png_dir.mkdir(parents=True, exist_ok=True)
+    frames_path = png_dir / f"{key}_frames.png"
+    spec_path = png_dir / f"{key}_spectrogram.png"
+    contact_sheet(members).save(frames_path)
+    spectrogram_png(members, spec_path)
+    return {"key": key, "frames_png": str(frames_path), "spectrogram_png": str(spec_path),
+            "metadata": json.loads(members["json"])}
+

@@ -1,0 +1,74 @@
+"""One unit of work of a shard build: an input clip (or a list row) that becomes samples or one failure."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".flv", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".3gp",
+     ".ogv", ".wmv", ".asf", ".vob", ".mxf", ".dv", ".gif"}
+)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True)
+class ClipItem:
+    """An input: a file (or a list row pointing at one) plus the segment and labels wanted from it.
+
+    ``start``/``end`` are seconds into the file; ``None`` means "decided by the segment policy" (plain folders).
+    ``path`` is ``None`` when a list row matched no downloaded file.
+    """
+
+    item_id: str  # unique within a build; the sample key is derived from it
+    video_id: str  # the val hold-out is drawn per video id, so all segments of a video land in one split
+    source: str  # what the user gave: a relative path or a list row reference
+    path: str | None
+    start: float | None = None
+    end: float | None = None
+    labels: tuple[str, ...] = ()
+    split: str = "train"
+    extra: dict[str, Any] = field(default_factory=dict)  # per-dataset fields kept in the sample metadata
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "item_id": self.item_id, "video_id": self.video_id, "source": self.source, "path": self.path,
+            "start": self.start, "end": self.end, "labels": list(self.labels), "split": self.split,
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ClipItem":
+        return cls(**{**data, "labels": tuple(data["labels"])})
+
+
+def safe_key(item_id: str, segment_index: int = 0) -> str:
+    """A WebDataset key for a sample: unique, filesystem-safe, without dots (WebDataset splits member names at the
+    first dot). The readable part is cut to 48 characters; the hash of the full id keeps keys unique even when two
+    ids sanitise to the same text (``a b`` and ``a_b``)."""
+    readable = _UNSAFE.sub("_", item_id).strip("_")[:48] or "clip"
+    digest = hashlib.sha1(item_id.encode("utf-8")).hexdigest()[:10]
+    return f"{readable}_{digest}_{segment_index:03d}"
+
+
+def scan_folder(src: Path, labels_from_dirs: bool = False) -> list[ClipItem]:
+    """Every video file under ``src`` (recursive, sorted), one item each. Hidden files and folders are skipped.
+
+    With ``labels_from_dirs`` the name of a file's parent folder is its label (the UCF101 / class-folder layout).
+    """
+    items = []
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if not path.is_file() or path.suffix.lower() not in VIDEO_EXTENSIONS:
+            continue
+        labels = (rel.parent.name,) if labels_from_dirs and rel.parent.name else ()
+        rel_text = rel.as_posix()
+        items.append(ClipItem(item_id=rel_text, video_id=rel_text, source=rel_text, path=str(path.resolve()),
+                              labels=labels))
+    return items

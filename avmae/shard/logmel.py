@@ -1,0 +1,43 @@
+"""Log-mel features exactly as CAV-MAE computes them (reference/methods.md B.1), then padded or cut to a fixed length.
+
+CAV-MAE: ``torchaudio.load`` of a 16-bit wav (int16 / 32768), subtract the waveform mean, then
+``kaldi.fbank(htk_compat=True, sample_frequency=sr, use_energy=False, window_type='hanning', num_mel_bins=128,
+dither=0.0, frame_shift=10)``, zero-padded at the end (in the log-mel domain, before normalisation) or cut to 1024.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torchaudio
+
+from avmae.shard.params import FeatureParams
+
+
+def min_samples(params: FeatureParams) -> int:
+    """Fewest samples that give one fbank frame (one window, ``snip_edges=True``)."""
+    return int(params.sample_rate * params.frame_length_ms / 1000)
+
+
+def fbank(pcm: np.ndarray, params: FeatureParams) -> torch.Tensor:
+    """(frames, mel) float32 log-mel of int16 mono PCM, CAV-MAE's call with the parameters in ``params``."""
+    waveform = torch.from_numpy(pcm.astype(np.float32) / 32768.0).unsqueeze(0)
+    waveform = waveform - waveform.mean()
+    return torchaudio.compliance.kaldi.fbank(
+        waveform, htk_compat=True, sample_frequency=params.sample_rate, use_energy=False,
+        window_type=params.window_type, num_mel_bins=params.num_mel_bins, dither=0.0,
+        frame_shift=params.frame_shift_ms, frame_length=params.frame_length_ms,
+    )
+
+
+def fixed_length(features: torch.Tensor, target_frames: int) -> tuple[np.ndarray, int]:
+    """(target_frames, mel) float16 array zero-padded at the end or cut, and the number of valid frames."""
+    valid = min(features.shape[0], target_frames)
+    out = np.zeros((target_frames, features.shape[1]), dtype=np.float16)
+    out[:valid] = features[:valid].numpy().astype(np.float16)
+    return out, valid
+
+
+def logmel(pcm: np.ndarray, params: FeatureParams) -> tuple[np.ndarray, int]:
+    """The stored log-mel of a clip: fixed length float16 plus its valid frame count."""
+    return fixed_length(fbank(pcm, params), params.target_frames)

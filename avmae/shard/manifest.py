@@ -1,0 +1,125 @@
+"""``build.json`` (what a build is, written first) and ``manifest.json`` + ``failures.jsonl`` (what it made, written
+last by finalize from the part records of every shard)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from avmae.shard.params import FORMAT_VERSION
+from avmae.shard.writer import atomic_write, read_part
+
+BUILD_FILE = "build.json"
+MANIFEST_FILE = "manifest.json"
+FAILURES_FILE = "failures.jsonl"
+
+
+class BuildMismatchError(RuntimeError):
+    """The output folder holds a build of other inputs or parameters."""
+
+
+def claim_output(out: Path, description: dict[str, Any]) -> None:
+    """Write ``build.json``, or check that the one there describes the same build (resume / other array tasks)."""
+    path = out / BUILD_FILE
+    if path.exists():
+        existing = json.loads(path.read_text())
+        if existing.get("fingerprint") != description["fingerprint"]:
+            raise BuildMismatchError(
+                f"{out} already holds a build of other inputs or parameters (fingerprint "
+                f"{existing.get('fingerprint', '?')[:12]} vs {description['fingerprint'][:12]}); "
+                "use another --out, or --overwrite to start over")
+        return
+    atomic_write(path, json.dumps(description, indent=1, sort_keys=True, ensure_ascii=False))
+
+
+def read_build(out: Path) -> dict[str, Any]:
+    path = out / BUILD_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{out} has no {BUILD_FILE}: not a shard build folder")
+    return json.loads(path.read_text())
+
+
+def pending_shards(out: Path, build: dict[str, Any]) -> list[str]:
+    return [name for name in build["shards"] if read_part(out, name, build["fingerprint"]) is None]
+
+
+def _stats(total: float, total_sq: float, count: int) -> tuple[float | None, float | None]:
+    if count == 0:
+        return None, None
+    mean = total / count
+    return mean, math.sqrt(max(0.0, total_sq / count - mean * mean))
+
+
+def finalize(out: Path) -> dict[str, Any]:
+    """Merge all part records into ``manifest.json`` and ``failures.jsonl``; returns the manifest.
+
+    Raises RuntimeError naming the shards still to be built when the build is incomplete."""
+    build = read_build(out)
+    parts = [read_part(out, name, build["fingerprint"]) for name in build["shards"]]
+    missing = [name for name, part in zip(build["shards"], parts) if part is None]
+    if missing:
+        raise RuntimeError(f"{len(missing)} of {len(parts)} shards are not built yet ({', '.join(missing[:3])}...); "
+                           "run the build again (or wait for the other array tasks) before finalizing")
+    splits: dict[str, dict[str, Any]] = {}
+    reasons: Counter[str] = Counter()
+    label_rows: Counter[str] = Counter()
+    label_ok: Counter[str] = Counter()
+    failure_lines = []
+    for part in parts:
+        split = splits.setdefault(part["split"], {"shards": [], "samples": 0, "items": 0, "failures": 0,
+                                                  "_sum": 0.0, "_sumsq": 0.0, "_count": 0})
+        split["items"] += part["items"]
+        split["samples"] += part["samples"]
+        split["failures"] += len(part["failures"])
+        split["_sum"] += part["logmel_sum"]
+        split["_sumsq"] += part["logmel_sumsq"]
+        split["_count"] += part["logmel_count"]
+        if part["samples"]:
+            split["shards"].append({key: part[key] for key in ("name", "tar", "idx", "samples", "bytes", "sha256")})
+        for failure in part["failures"]:
+            reasons[failure["reason"]] += 1
+            failure_lines.append(json.dumps(failure, sort_keys=True, ensure_ascii=False))
+        label_rows.update(part["label_rows"])
+        label_ok.update(part["label_ok"])
+    for split in splits.values():
+        split["logmel_mean"], split["logmel_std"] = _stats(split.pop("_sum"), split.pop("_sumsq"), split.pop("_count"))
+    # The normalisation statistics come from the training split only (no peeking at held-out data); a build of
+    # evaluation clips alone reports its own.
+    reference = splits.get("train") or next(iter(splits.values()), {})
+    inputs = sum(split["items"] for split in splits.values())
+    failures = sum(reasons.values())
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "fingerprint": build["fingerprint"],
+        "features": build["features"],
+        "build": build["build"],
+        "source": build["source"],
+        "labels": build["labels"],
+        "tools": build["tools"],
+        "logmel_mean": reference.get("logmel_mean"),
+        "logmel_std": reference.get("logmel_std"),
+        "splits": splits,
+        "totals": {"inputs": inputs, "inputs_ok": inputs - failures, "failures": failures,
+                   "samples": sum(split["samples"] for split in splits.values()),
+                   "failure_reasons": dict(sorted(reasons.items()))},
+        "label_coverage": {label: {"rows": rows, "ok": label_ok.get(label, 0)}
+                           for label, rows in sorted(label_rows.items())},
+    }
+    atomic_write(out / FAILURES_FILE, "".join(line + "\n" for line in failure_lines))
+    atomic_write(out / MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False))
+    return manifest
+
+
+def read_manifest(out: Path) -> dict[str, Any]:
+    path = Path(out) / MANIFEST_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: the build is unfinished (run `avmae-shard finalize {out}`) "
+                                "or this is not a shard folder")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: shard format version {manifest.get('format_version')} is not the "
+                         f"version {FORMAT_VERSION} this avmae reads; rebuild the shards")
+    return manifest

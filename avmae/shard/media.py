@@ -1,0 +1,218 @@
+"""ffmpeg through ffmpeg-python: probe a clip, and decode one segment into JPEG frames plus 16-bit mono PCM.
+
+One ffmpeg process per segment decodes both streams (reference/environment.md: one process per clip is ~10x
+cheaper than a process per frame). Frames leave on stdout as an MJPEG stream, audio on an inherited pipe.
+
+Frame choice: frame i is the first decoded frame whose timestamp is at or after the centre of the i-th of N equal
+bins of the segment. The ``select`` filter does this on timestamps, so variable frame rate needs no special case;
+``showinfo`` reports the timestamps of the frames it kept, which go into the metadata. Display rotation is applied
+by ffmpeg's default autorotation before the resize.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass
+
+import ffmpeg
+import numpy as np
+
+
+class MediaError(Exception):
+    """An input that cannot become a sample: ``reason`` is a short code for failures.jsonl, ``detail`` says why."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@functools.cache
+def ffmpeg_binary() -> str:
+    """``$AVMAE_FFMPEG`` or ``ffmpeg`` on PATH."""
+    found = os.environ.get("AVMAE_FFMPEG") or shutil.which("ffmpeg")
+    if not found:
+        raise RuntimeError("ffmpeg not found: install it (apt-get install ffmpeg) or set AVMAE_FFMPEG")
+    return found
+
+
+@functools.cache
+def ffprobe_binary() -> str:
+    """``$AVMAE_FFPROBE`` or ``ffprobe`` on PATH (the imageio-ffmpeg wheel ships none)."""
+    found = os.environ.get("AVMAE_FFPROBE") or shutil.which("ffprobe")
+    if not found:
+        raise RuntimeError("ffprobe not found: install ffmpeg with ffprobe (apt-get install ffmpeg) or set AVMAE_FFPROBE")
+    return found
+
+
+@functools.cache
+def ffmpeg_version() -> str:
+    out = subprocess.run([ffmpeg_binary(), "-hide_banner", "-version"], capture_output=True, text=True).stdout
+    return out.splitlines()[0] if out else "unknown"
+
+
+@dataclass(frozen=True)
+class Probe:
+    duration: float | None  # seconds of the video stream (container duration if the stream has none)
+    width: int | None
+    height: int | None
+    rotation: int  # display rotation in degrees, as ffprobe reports it
+    video_codec: str | None
+    audio_codec: str | None
+    audio_rate: int | None
+    audio_channels: int | None
+
+    @property
+    def has_video(self) -> bool:
+        return self.video_codec is not None
+
+    @property
+    def has_audio(self) -> bool:
+        return self.audio_codec is not None
+
+
+def _float_or_none(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
+
+
+def probe(path: str) -> Probe:
+    """Stream facts of a file; ``MediaError('unreadable')`` if ffprobe cannot open it."""
+    try:
+        info = ffmpeg.probe(path, cmd=ffprobe_binary())
+    except ffmpeg.Error as err:
+        message = err.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise MediaError("unreadable", message[-1] if message else "ffprobe failed") from None
+    streams = info.get("streams", [])
+    video = next((s for s in streams if s.get("codec_type") == "video"
+                  and not s.get("disposition", {}).get("attached_pic")), None)
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    rotation = 0
+    if video is not None:
+        for side in video.get("side_data_list", []) or []:
+            if "rotation" in side:
+                rotation = int(side["rotation"])
+        if "rotate" in video.get("tags", {}):
+            rotation = int(video["tags"]["rotate"])
+    duration = _float_or_none(video.get("duration")) if video else None
+    duration = duration or _float_or_none(info.get("format", {}).get("duration"))
+    return Probe(
+        duration=duration,
+        width=video.get("width") if video else None,
+        height=video.get("height") if video else None,
+        rotation=rotation,
+        video_codec=video.get("codec_name") if video else None,
+        audio_codec=audio.get("codec_name") if audio else None,
+        audio_rate=int(audio["sample_rate"]) if audio and audio.get("sample_rate") else None,
+        audio_channels=audio.get("channels") if audio else None,
+    )
+
+
+@dataclass
+class Segment:
+    """What ffmpeg returned for one segment."""
+
+    jpegs: list[bytes]
+    frame_times: list[float]  # seconds from the segment start, one per JPEG
+    pcm: np.ndarray | None  # int16 mono at the requested rate, None when audio was not asked for
+    log: str  # ffmpeg's stderr, for failure details
+
+
+_PTS_TIME = re.compile(r"\bn:\s*\d+\s+pts:\s*-?\d+\s+pts_time:\s*(-?[0-9.]+)")
+_JPEG_BOUNDARY = b"\xff\xd9\xff\xd8"
+
+
+def split_mjpeg(stream: bytes) -> list[bytes]:
+    """Split an MJPEG byte stream into JPEG files. An end-of-image marker followed by a start-of-image marker can
+    only be a frame boundary: inside entropy-coded data every 0xFF byte is followed by 0x00."""
+    if not stream:
+        return []
+    pieces = stream.split(_JPEG_BOUNDARY)
+    last = len(pieces) - 1
+    return [(b"" if i == 0 else b"\xff\xd8") + piece + (b"" if i == last else b"\xff\xd9")
+            for i, piece in enumerate(pieces)]
+
+
+def bin_centres(duration: float, count: int) -> list[float]:
+    """Centres of ``count`` equal bins of ``[0, duration)``: the times the sampled frames aim at."""
+    return [(i + 0.5) * duration / count for i in range(count)]
+
+
+def _select_expression(targets: list[float]) -> str:
+    # Keep a frame when it is the first at or after some target; prev_t is NaN on the first frame, which the
+    # isnan() term treats as "before every target".
+    return "+".join(f"gte(t,{t:.6f})*(isnan(prev_t)+lt(prev_t,{t:.6f}))" for t in targets)
+
+
+def _short_side_scale(stream, short_side: int):
+    # -2 keeps the aspect ratio with an even size (odd sizes break 4:2:0 JPEG); the comparison runs on the rotated
+    # frame because autorotation happens before the filter graph.
+    return stream.filter("scale", f"if(gt(iw,ih),-2,{short_side})", f"if(gt(iw,ih),{short_side},-2)")
+
+
+def decode_segment(path: str, start: float, duration: float, *, num_frames: int, short_side: int,
+                   jpeg_qscale: int, sample_rate: int | None) -> Segment:
+    """Decode ``[start, start + duration)`` of ``path``: ``num_frames`` JPEGs (fewer if the stream ends early or a
+    gap spans two targets) and, if ``sample_rate`` is given, the first audio channel as int16 PCM.
+
+    Raises ``MediaError('decode_error')`` when ffmpeg fails; the caller probes the file to name the cause."""
+    source = ffmpeg.input(path, ss=f"{start:.6f}", t=f"{duration:.6f}")
+    video = source["v:0"].filter("select", _select_expression(bin_centres(duration, num_frames))).filter("showinfo")
+    video = _short_side_scale(video, short_side).filter("format", "yuvj420p")
+    outputs = [ffmpeg.output(video, "pipe:1", format="image2pipe", vcodec="mjpeg",
+                             **{"q:v": jpeg_qscale, "fps_mode": "passthrough", "frames:v": num_frames})]
+    read_fd = write_fd = None
+    if sample_rate is not None:
+        read_fd, write_fd = os.pipe()
+        # CAV-MAE keeps the first channel, not a down-mix (sox remix 1; methods.md B.1), as 16-bit PCM.
+        audio = source["a:0"].filter("channelmap", map="0", channel_layout="mono")
+        outputs.append(ffmpeg.output(audio, f"pipe:{write_fd}", format="s16le", acodec="pcm_s16le", ar=sample_rate))
+    args = ffmpeg.merge_outputs(*outputs).compile(cmd=ffmpeg_binary())
+    command = [args[0], "-nostdin", "-hide_banner", "-loglevel", "info", *args[1:]]
+
+    chunks: list[bytes] = []
+    reader = None
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   pass_fds=(write_fd,) if write_fd is not None else ())
+    finally:
+        if write_fd is not None:
+            os.close(write_fd)
+    if read_fd is not None:
+        def drain() -> None:
+            while block := os.read(read_fd, 1 << 20):
+                chunks.append(block)
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+    stdout, stderr = process.communicate()
+    if reader is not None:
+        reader.join()
+        os.close(read_fd)
+    log = stderr.decode("utf-8", "replace")
+    if process.returncode != 0:
+        raise MediaError("decode_error", _error_lines(log))
+    jpegs = split_mjpeg(stdout)
+    times = [float(t) for t in _PTS_TIME.findall(log)][: len(jpegs)]
+    if len(times) != len(jpegs):
+        raise MediaError("decode_error", f"ffmpeg gave {len(jpegs)} frames but reported {len(times)} timestamps")
+    pcm = None
+    if sample_rate is not None:
+        raw = b"".join(chunks)
+        pcm = np.frombuffer(raw[: len(raw) // 2 * 2], dtype="<i2").copy()
+    return Segment(jpegs=jpegs, frame_times=times, pcm=pcm, log=log)
+
+
+def _error_lines(log: str, limit: int = 3) -> str:
+    """The lines of an ffmpeg log that say what went wrong (the last few, without the showinfo chatter)."""
+    lines = [line.strip() for line in log.splitlines()
+             if line.strip() and not line.startswith(("  ", "[Parsed_showinfo", "Input #", "Output #"))]
+    return " | ".join(lines[-limit:]) if lines else "ffmpeg failed without a message"

@@ -1,0 +1,77 @@
+"""Which input goes into which shard, decided before any decoding so that every worker count, every SLURM array
+task and every resumed run agrees on the same shards.
+
+Items are split by video id (a deterministic hash, so adding clips never moves old ones), ordered within a split
+by a seeded hash (consecutive segments of one video must not sit together: a small shuffle buffer would see them
+all at once, engineering.md 3.4), and cut into shards of ``shard_size`` items.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, replace
+
+from avmae.config import to_dict
+from avmae.shard.items import ClipItem
+from avmae.shard.params import FORMAT_VERSION, BuildParams, FeatureParams
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    name: str  # "<split>-<index:06d>": the tar is <name>.tar
+    split: str
+    items: tuple[ClipItem, ...]
+
+
+def _unit_hash(text: str) -> float:
+    """A number in [0, 1) that depends only on ``text``."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
+def unique_ids(items: list[ClipItem]) -> list[ClipItem]:
+    """A list may name the same clip twice; both are kept, the repeats get ``~2``, ``~3``... so keys stay unique."""
+    seen: Counter[str] = Counter()
+    out = []
+    for item in items:
+        seen[item.item_id] += 1
+        count = seen[item.item_id]
+        out.append(item if count == 1 else replace(item, item_id=f"{item.item_id}~{count}"))
+    return out
+
+
+def assign_splits(items: list[ClipItem], val_fraction: float, seed: int) -> list[ClipItem]:
+    """Move a ``val_fraction`` share of the training videos to ``val``, chosen per video id."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if val_fraction == 0.0:
+        return items
+    return [replace(item, split="val") if item.split == "train" and _unit_hash(f"val:{seed}:{item.video_id}") < val_fraction
+            else item for item in items]
+
+
+def make_plan(items: list[ClipItem], build: BuildParams) -> list[ShardPlan]:
+    if build.shard_size < 1:
+        raise ValueError(f"shard size must be at least 1, got {build.shard_size}")
+    items = assign_splits(unique_ids(items), build.val_fraction, build.seed)
+    plans = []
+    for split in sorted({item.split for item in items}):
+        members = sorted((item for item in items if item.split == split),
+                         key=lambda item: (_unit_hash(f"order:{build.seed}:{item.item_id}"), item.item_id))
+        for index, first in enumerate(range(0, len(members), build.shard_size)):
+            chunk = tuple(members[first:first + build.shard_size])
+            plans.append(ShardPlan(name=f"{split}-{index:06d}", split=split, items=chunk))
+    return plans
+
+
+def fingerprint(plans: list[ShardPlan], features: FeatureParams, build: BuildParams) -> str:
+    """Identity of a build: the same inputs, feature and build parameters give the same fingerprint. Resuming
+    into a folder with another fingerprint is refused (its shards would mix two builds)."""
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "features": to_dict(features),
+        "build": to_dict(build),
+        "shards": [[plan.name, [item.to_json() for item in plan.items]] for plan in plans],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()

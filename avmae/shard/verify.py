@@ -1,0 +1,83 @@
+"""``avmae-shard verify``: every tar and index reads back, and counts and checksums match the manifest."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avmae.shard.manifest import read_manifest
+from avmae.shard.tarfiles import parse_index, read_members, sha256_file
+
+
+def _check_sample(tar: tarfile.TarFile, names: list[str], num_frames: int, shape: tuple[int, int]) -> list[str]:
+    """Problems with one sample's members (frame count, log-mel shape and dtype, metadata)."""
+    problems = []
+    exts = {name.split(".", 1)[1]: name for name in names}
+    frames = [f"{i:02d}.jpg" for i in range(num_frames)]
+    missing = [ext for ext in [*frames, "logmel.npy", "json"] if ext not in exts]
+    if missing:
+        return [f"{names[0].split('.', 1)[0]}: missing members {missing}"]
+    key = names[0].split(".", 1)[0]
+    mel = np.load(io.BytesIO(tar.extractfile(exts["logmel.npy"]).read()), allow_pickle=False)
+    if mel.shape != shape or mel.dtype != np.float16:
+        problems.append(f"{key}: log-mel is {mel.dtype}{mel.shape}, expected float16{shape}")
+    meta = json.loads(tar.extractfile(exts["json"]).read())
+    if meta.get("key") != key:
+        problems.append(f"{key}: metadata key {meta.get('key')!r} differs from the member name")
+    for ext in frames:
+        head = tar.extractfile(exts[ext]).read(2)
+        if head != b"\xff\xd8":
+            problems.append(f"{key}: {ext} is not a JPEG")
+            break
+    return problems
+
+
+def verify(out: Path, deep: bool = True) -> dict[str, Any]:
+    """Check a finished build. Returns {"ok", "shards", "samples", "problems"}; ``deep`` also opens every sample."""
+    manifest = read_manifest(out)
+    features = manifest["features"]
+    shape = (features["target_frames"], features["num_mel_bins"])
+    problems: list[str] = []
+    shards = samples = 0
+    for split_name, split in manifest["splits"].items():
+        counted = 0
+        for shard in split["shards"]:
+            shards += 1
+            tar_path, idx_path = out / shard["tar"], out / shard["idx"]
+            if not tar_path.exists() or not idx_path.exists():
+                problems.append(f"{shard['name']}: {'tar' if not tar_path.exists() else 'index'} file is missing")
+                continue
+            if sha256_file(tar_path) != shard["sha256"]:
+                problems.append(f"{shard['tar']}: checksum differs from the manifest (file changed or damaged)")
+            try:
+                members = read_members(tar_path)
+                indexed = parse_index(idx_path.read_text())
+            except (tarfile.TarError, ValueError, OSError) as err:
+                problems.append(f"{shard['name']}: unreadable: {err}")
+                continue
+            flat = [member for sample in indexed for member in sample]
+            if flat != members:
+                problems.append(f"{shard['idx']}: does not describe {shard['tar']} (offsets, sizes or names differ)")
+            if len(indexed) != shard["samples"]:
+                problems.append(f"{shard['name']}: {len(indexed)} samples, manifest says {shard['samples']}")
+            counted += len(indexed)
+            if deep:
+                with tarfile.open(tar_path) as tar:
+                    for sample in indexed:
+                        problems += _check_sample(tar, [m.name for m in sample], features["num_frames"], shape)
+        if counted != split["samples"]:
+            problems.append(f"split {split_name}: shards hold {counted} samples, manifest says {split['samples']}")
+        samples += counted
+    failures_path = out / "failures.jsonl"
+    failures = sum(1 for line in failures_path.read_text().splitlines() if line.strip()) if failures_path.exists() else 0
+    totals = manifest["totals"]
+    if failures != totals["failures"]:
+        problems.append(f"failures.jsonl has {failures} lines, manifest says {totals['failures']}")
+    if totals["inputs"] != totals["inputs_ok"] + totals["failures"]:
+        problems.append(f"inputs {totals['inputs']} != inputs with samples {totals['inputs_ok']} + failures {totals['failures']}")
+    return {"ok": not problems, "shards": shards, "samples": samples, "failures": failures, "problems": problems}
