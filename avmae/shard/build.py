@@ -82,11 +82,11 @@ def run_build(out: Path, items: list[ClipItem], labels: LabelSet, source: dict[s
     todo = [plan for plan in mine if plan.name in pending]
     total_items = sum(len(plan.items) for plan in todo)
 
-    with BuildProgress(total_items, enabled=show_progress) as progress:
-        if workers == 1 or len(todo) <= 1:
+    if workers == 1 or len(todo) <= 1:
+        with BuildProgress(total_items, enabled=show_progress) as progress:
             records = [write_shard(out, plan, features, build, print_, on_item=progress.advance) for plan in todo]
-        else:
-            records = _run_pool(out, todo, features, build, print_, workers, progress.advance)
+    else:
+        records = _run_pool(out, todo, features, build, print_, workers, total_items, show_progress)
     manifest = finalize(out) if not pending_shards(out, description) else None
     return BuildResult(shards_total=len(plans), shards_written=len(todo), shards_skipped=len(mine) - len(todo),
                        items_processed=sum(record["items"] for record in records),
@@ -94,19 +94,23 @@ def run_build(out: Path, items: list[ClipItem], labels: LabelSet, source: dict[s
                        manifest=manifest)
 
 
-def _run_pool(out, todo, features, build, print_, workers, on_item) -> list[dict[str, Any]]:
-    context = multiprocessing.get_context("spawn")  # no fork of a parent that may hold torch threads
+def _run_pool(out, todo, features, build, print_, workers, total_items, show_progress) -> list[dict[str, Any]]:
+    # fork, not spawn: a spawned worker spends ~1.3 s importing torch again, which is most of a small build's time.
+    # The pool forks all its workers at the first submit, before the progress bar starts its refresh thread, so no
+    # thread of the parent is ever copied mid-operation.
+    context = multiprocessing.get_context("fork")
     progress_queue = context.Queue()
     with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context,
                              initializer=_init_worker, initargs=(progress_queue,)) as pool:
         futures = {pool.submit(_write_in_worker, out, plan, features, build, print_) for plan in todo}
         records = []
-        while futures:
-            done, futures = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
-            _drain(progress_queue, on_item)
-            # A worker that died raises here; its shard has no part record and is redone by the next run.
-            records.extend(future.result() for future in done)
-        _drain(progress_queue, on_item)
+        with BuildProgress(total_items, enabled=show_progress) as progress:
+            while futures:
+                done, futures = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
+                _drain(progress_queue, progress.advance)
+                # A worker that died raises here; its shard has no part record and is redone by the next run.
+                records.extend(future.result() for future in done)
+            _drain(progress_queue, progress.advance)
     return records
 
 

@@ -104,15 +104,16 @@ def _decode(item: ClipItem, start: float, end: float, features: FeatureParams, b
                 want_audio = False
                 continue
             raise reason from None
-        if not segment.jpegs:
-            raise _diagnose(path, want_audio, start, MediaError("decode_error", "ffmpeg decoded no frame in the segment"))
-        chosen = _frames_for_targets(segment.frame_times, bin_centres(duration, features.num_frames))
+        targets = bin_centres(duration, features.num_frames)
+        chosen = _frames_for_targets(segment.frame_times, targets) if segment.jpegs else None
         if chosen is not None:
             return segment, chosen, start, end, want_audio
         # The stream ends before the segment does: a short clip (re-plan the segment over what exists) or a
         # truncated file (the container promises more than the stream holds).
         facts = facts or probe(path)
-        last_frame = start + segment.frame_times[-1]
+        if facts.duration is not None and start >= facts.duration:
+            raise MediaError("segment_out_of_range", f"segment starts at {start:.3f} s but the clip lasts {facts.duration:.3f} s")
+        last_frame = start + segment.frame_times[-1] if segment.jpegs else start
         if facts.duration is not None and facts.duration >= end - _END_SLACK_SECONDS \
                 and facts.duration - last_frame > _TRUNCATION_SECONDS:
             raise MediaError("truncated", f"the container says {facts.duration:.2f} s but frames stop at {last_frame:.2f} s")

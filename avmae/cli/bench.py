@@ -1,0 +1,51 @@
+"""``avmae-bench``: throughput numbers for the README (shard build now; loader and model as they land)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from avmae.shard.params import BuildParams, FeatureParams
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avmae-bench", description="Measure avmae's throughput; prints JSON.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    shard = commands.add_parser(
+        "shard", help="shard build clips/s and its ratio to ffmpeg's plain decode of the same clips",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Builds shards from --src (or from --make-clips N generated 10 s 360p H.264/AAC clips) and "
+                    "times `ffmpeg -i clip -f null -` on the same clips with the same process count: that decode "
+                    "is the floor any frame extractor pays.")
+    shard.add_argument("--src", type=Path, help="folder of clips")
+    shard.add_argument("--make-clips", type=int, default=0, help="generate this many 10 s 640x360 clips instead")
+    shard.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    shard.add_argument("--num-frames", type=int, default=FeatureParams.num_frames)
+    shard.add_argument("--short-side", type=int, default=FeatureParams.short_side)
+    shard.add_argument("--segment-seconds", type=float, default=BuildParams.segment_seconds)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "shard":
+        from avmae.bench.shard import bench_shard, make_bench_clips
+
+        features = FeatureParams(num_frames=args.num_frames, short_side=args.short_side)
+        build = BuildParams(segment_seconds=args.segment_seconds)
+        with tempfile.TemporaryDirectory(prefix="avmae-clips-") as scratch:
+            if args.src is None and not args.make_clips:
+                print("avmae-bench shard: give --src DIR or --make-clips N", file=sys.stderr)
+                return 2
+            src = args.src or make_bench_clips(Path(scratch), args.make_clips, workers=args.workers)
+            result = bench_shard(src, workers=args.workers, features=features, build=build)
+        print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
