@@ -39,7 +39,8 @@ def read_part(out: Path, name: str, fingerprint: str) -> dict[str, Any] | None:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
+    """Write-then-rename, with a temporary name of this process: array tasks may write the same file at once."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     with open(partial, "w", encoding="utf-8") as handle:
         handle.write(text)
         handle.flush()
@@ -57,7 +58,9 @@ def write_shard(out: Path, plan: ShardPlan, features: FeatureParams, build: Buil
     """Turn every item of ``plan`` into samples or a failure; returns the part record it wrote."""
     tar_path = out / f"{plan.name}.tar"
     idx_path = out / f"{plan.name}.idx"
-    partial_tar = out / f".{plan.name}.tar.partial"
+    partial_tar = out / f".{plan.name}.tar.partial"  # one task owns a shard, so these names need no pid
+    for leftover in (out / PARTS_DIR).glob(f".{plan.name}.json.*.partial"):  # from a killed earlier run
+        leftover.unlink()
     writer = ShardTarWriter(partial_tar)
     failures: list[dict[str, Any]] = []
     label_rows: Counter[str] = Counter()
@@ -94,9 +97,10 @@ def write_shard(out: Path, plan: ShardPlan, features: FeatureParams, build: Buil
         "failures": failures,
     }
     if writer.samples:
-        atomic_write(idx_path.with_name(f".{idx_path.name}.tmp"), index_text(writer.members))
+        partial_idx = out / f".{plan.name}.idx.partial"
+        partial_idx.write_text(index_text(writer.members))
         os.replace(partial_tar, tar_path)
-        os.replace(idx_path.with_name(f".{idx_path.name}.tmp"), idx_path)
+        os.replace(partial_idx, idx_path)
         record.update(tar=tar_path.name, idx=idx_path.name, bytes=tar_path.stat().st_size, sha256=sha256_file(tar_path))
     else:
         partial_tar.unlink()

@@ -1,0 +1,28 @@
+"""A real `sbatch` of slurm/shard_build.sbatch as a 2-task array on the localhost cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from avmae.shard.manifest import read_manifest
+from tests.slurm_jobs import needs_slurm, submit_and_wait
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slurm
+@needs_slurm
+def test_shard_build_array_job_builds_and_finalizes(synth_corpus, tmp_path):
+    out = tmp_path / "shards"
+    job_id, states = submit_and_wait(
+        ["--array=0-1", "--cpus-per-task=1", f"--output={tmp_path}/job-%A_%a.out",
+         "slurm/shard_build.sbatch", "--list", str(synth_corpus), "--out", str(out), "--segment-seconds", "2",
+         "--num-frames", "4", "--short-side", "64", "--target-frames", "256", "--shard-size", "3"], cwd=REPO)
+    logs = "\n".join(p.read_text() for p in sorted(tmp_path.glob("job-*.out")))
+    assert states == ["COMPLETED", "COMPLETED"], logs
+    assert "task 0/2" in logs and "task 1/2" in logs
+    manifest = read_manifest(out)
+    assert manifest["totals"]["samples"] == 12 and manifest["totals"]["failures"] == 0
+    assert len(manifest["splits"]["train"]["shards"]) == 4
