@@ -49,13 +49,15 @@ def find_sample(out: Path, wanted: str | int | None) -> tuple[str, dict[str, byt
     raise KeyError(f"no sample {wanted!r} in {out}")
 
 
-def contact_sheet(members: dict[str, bytes], columns: int = 4) -> Image.Image:
+def contact_sheet(members: dict[str, bytes], columns: int = 4, gap: int = 2) -> Image.Image:
+    """The sample's frames in time order, ``columns`` per row, separated by a black ``gap``."""
     frames = [Image.open(io.BytesIO(members[ext])).convert("RGB") for ext in sorted(members) if ext.endswith(".jpg")]
     width, height = frames[0].size
+    columns = min(columns, len(frames))
     rows = (len(frames) + columns - 1) // columns
-    sheet = Image.new("RGB", (columns * width, rows * height), "black")
+    sheet = Image.new("RGB", (columns * width + (columns - 1) * gap, rows * height + (rows - 1) * gap), "black")
     for i, frame in enumerate(frames):
-        sheet.paste(frame, ((i % columns) * width, (i // columns) * height))
+        sheet.paste(frame, ((i % columns) * (width + gap), (i // columns) * (height + gap)))
     return sheet
 
 
