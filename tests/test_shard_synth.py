@@ -1,0 +1,46 @@
+"""The synthetic corpus is learnable: each class has its own picture and its own sound, in the shards."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections import defaultdict
+
+import numpy as np
+from PIL import Image
+
+from avmae.cli.shard import main as shard_main
+from avmae.shard.manifest import read_manifest
+
+
+def test_classes_differ_in_picture_and_in_sound(synth_corpus, tmp_path):
+    out = tmp_path / "shards"
+    assert shard_main(["build", "--list", str(synth_corpus), "--out", str(out), "--segment-seconds", "2",
+                       "--num-frames", "2", "--short-side", "32", "--target-frames", "200", "--workers", "1",
+                       "--json"]) == 0
+    colours, pitches = defaultdict(list), defaultdict(list)
+    manifest = read_manifest(out)
+    for shard in manifest["splits"]["train"]["shards"]:
+        with tarfile.open(out / shard["tar"]) as tar:
+            for name in tar.getnames():
+                if not name.endswith(".json"):
+                    continue
+                key = name[: -len(".json")]
+                label = json.loads(tar.extractfile(name).read())["labels"][0]
+                frame = np.asarray(Image.open(io.BytesIO(tar.extractfile(f"{key}.00.jpg").read())), dtype=np.float64)
+                colours[label].append(np.median(frame.reshape(-1, 3), axis=0))  # the background dominates
+                mel = np.load(io.BytesIO(tar.extractfile(f"{key}.logmel.npy").read())).astype(np.float64)
+                pitches[label].append(int(np.argmax(mel[:150].mean(axis=0))))  # the tone's mel bin
+    labels = sorted(colours)
+    assert len(labels) == 4 and all(len(colours[label]) == 3 for label in labels)
+    # Every clip is nearer its own class's colour centroid than any other's (so a classifier can learn it)...
+    centroids = {label: np.mean(colours[label], axis=0) for label in labels}
+    for label in labels:
+        for colour in colours[label]:
+            assert min(labels, key=lambda other: np.linalg.norm(colour - centroids[other])) == label
+    # ...and each class's tone sits in its own mel bins, rising with the class index.
+    bins = [int(np.median(pitches[label])) for label in labels]
+    assert bins == sorted(bins) and len(set(bins)) == 4
+    for label in labels:
+        assert max(pitches[label]) - min(pitches[label]) <= 2
