@@ -27,7 +27,30 @@ def _parser() -> argparse.ArgumentParser:
     shard.add_argument("--num-frames", type=int, default=FeatureParams.num_frames)
     shard.add_argument("--short-side", type=int, default=FeatureParams.short_side)
     shard.add_argument("--segment-seconds", type=float, default=BuildParams.segment_seconds)
+    model = commands.add_parser(
+        "model", help="parameter counts, FLOPs per sample and the CPU time of one pretraining step",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    model.add_argument("--config", type=Path, required=True,
+                       help="a model YAML (configs/model/*.yaml) or a run config with a 'model' section")
+    model.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. encoder.size=base")
+    model.add_argument("--batch-size", type=int, default=2)
+    model.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step")
     return parser
+
+
+def _model_config(path: Path, overrides: list[str]):
+    import yaml
+
+    from avmae.config import ConfigError, apply_overrides, from_dict
+    from avmae.models.config import ModelConfig
+
+    data = yaml.safe_load(path.read_text()) or {}
+    data = data.get("model", data) if isinstance(data, dict) else data
+    apply_overrides(data, overrides)
+    try:
+        return from_dict(ModelConfig, data).validate()
+    except (ConfigError, ValueError) as err:
+        raise SystemExit(f"avmae-bench model: {path}: {err}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
             src = args.src or make_bench_clips(Path(scratch), args.make_clips, workers=args.workers)
             result = bench_shard(src, workers=args.workers, features=features, build=build)
         print(json.dumps(result, indent=1))
+    elif args.command == "model":
+        from avmae.bench.model import bench_model
+
+        config = _model_config(args.config, args.set)
+        print(json.dumps(bench_model(config, args.batch_size, args.steps), indent=1))
     return 0
 
 

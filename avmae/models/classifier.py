@@ -1,0 +1,89 @@
+"""The fine-tuning model: the pretraining encoder without masking, pooled, and one or more linear heads.
+
+Heads: one for AudioSet (multi-label, sigmoid) or VGGSound (single-label, softmax), two for Epic-Kitchens (verb,
+noun); the loss belongs to the trainer. Pooling averages each present modality's mean token, so the features keep
+their scale when a modality is absent at test time and the model still predicts from the other one.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from avmae.models.config import ModelConfig
+from avmae.models.encoder import FusionEncoder
+from avmae.models.tokenizers import Tokenizer
+from avmae.models.vit import init_weights
+
+InputModality = Literal["av", "audio", "video"]
+
+# Pretraining checkpoint prefixes that the classifier takes over (the decoder is dropped).
+ENCODER_PREFIXES = ("tokenizer.", "encoder.")
+
+
+class AVClassifier(nn.Module):
+    def __init__(self, config: ModelConfig, heads: dict[str, int], modality: InputModality = "av",
+                 modality_dropout: float = 0.0):
+        super().__init__()
+        self.config = config.validate()
+        self.modality = modality
+        self.modality_dropout = modality_dropout
+        width = config.encoder.dims()[0]
+        self.tokenizer = Tokenizer(config, width)
+        self.encoder = FusionEncoder(config)
+        self.head_norm = nn.LayerNorm(width, eps=config.encoder.layer_norm_eps)
+        self.heads = nn.ModuleDict({name: nn.Linear(width, classes) for name, classes in heads.items()})
+        self.encoder.apply(init_weights)
+        for head in self.heads.values():  # small heads: the pretrained features decide the first steps (MAE)
+            nn.init.trunc_normal_(head.weight, std=2e-5)
+            nn.init.zeros_(head.bias)
+
+    def _inputs(self, audio, video) -> dict[str, torch.Tensor]:
+        use_audio = audio is not None and self.modality in ("av", "audio")
+        use_video = video is not None and self.modality in ("av", "video")
+        if self.training and use_audio and use_video and self.modality_dropout > 0:
+            # Drop one whole modality for the batch now and then, so a missing one at test time is familiar.
+            draw = float(torch.rand(()))
+            if draw < self.modality_dropout / 2:
+                use_audio = False
+            elif draw < self.modality_dropout:
+                use_video = False
+        tokens = {}
+        if use_audio:
+            tokens["audio"] = self.tokenizer.audio(audio)[0]
+        if use_video:
+            tokens["video"] = self.tokenizer.video(video)[0]
+        if not tokens:
+            raise ValueError(f"a {self.modality!r} classifier got no usable input (audio given: {audio is not None}, "
+                             f"video given: {video is not None})")
+        return tokens
+
+    def features(self, audio: torch.Tensor | None = None, video: torch.Tensor | None = None) -> torch.Tensor:
+        fused, _ = self.encoder(self._inputs(audio, video))
+        pooled = torch.stack([x.mean(dim=1) for x in fused.values()]).mean(dim=0)
+        return self.head_norm(pooled)
+
+    def forward(self, audio: torch.Tensor | None = None, video: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Logits per head, ``{name: (B, classes)}``."""
+        features = self.features(audio, video)
+        return {name: head(features) for name, head in self.heads.items()}
+
+    def load_pretrained(self, state_dict: dict[str, torch.Tensor]) -> dict[str, list[str]]:
+        """Take the tokenizer and encoder weights of an AV-MAE pretraining checkpoint. Returns what was loaded,
+        which encoder keys the checkpoint lacked (``missing``), what it had that this model cannot use
+        (``unexpected``: other fusion layout) and what was skipped on purpose (``skipped``: the decoder)."""
+        state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+        own = self.state_dict()
+        wanted = {k for k in own if k.startswith(ENCODER_PREFIXES)}
+        offered = {k: v for k, v in state_dict.items() if k.startswith(ENCODER_PREFIXES)}
+        mismatched = sorted(k for k in offered.keys() & wanted if offered[k].shape != own[k].shape)
+        if mismatched:
+            details = ", ".join(f"{k} {tuple(offered[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched[:3])
+            raise ValueError(f"pretrained weights do not fit this model's shapes: {details}")
+        loadable = {k: v for k, v in offered.items() if k in wanted}
+        self.load_state_dict(loadable, strict=False)
+        return {"loaded": sorted(loadable), "missing": sorted(wanted - loadable.keys()),
+                "unexpected": sorted(offered.keys() - wanted),
+                "skipped": sorted(k for k in state_dict if not k.startswith(ENCODER_PREFIXES))}

@@ -1,0 +1,125 @@
+"""Closed-form parameter and FLOP counts of the AV-MAE family, from the config alone (no model built).
+
+FLOPs count a multiply-add as 2; a training step costs forward + backward = 3x the forward (Kaplan et al.'s rule,
+used for MFU by PaLM / torchtitan). Attention FLOPs include the token-token products, which matter at 1568 tokens.
+"""
+
+from __future__ import annotations
+
+from avmae.models.config import ModelConfig
+from avmae.models.masking import masked_count
+
+
+def block_parameters(width: int, mlp: int, qkv_bias: bool = True) -> int:
+    attention = 3 * width * width + (3 * width if qkv_bias else 0) + width * width + width
+    feed_forward = width * mlp + mlp + mlp * width + width
+    return attention + feed_forward + 4 * width  # two LayerNorms
+
+
+def stack_parameters(width: int, depth: int, mlp: int, qkv_bias: bool = True) -> int:
+    return depth * block_parameters(width, mlp, qkv_bias) + 2 * width  # + the final LayerNorm
+
+
+def token_counts(config: ModelConfig) -> dict[str, int]:
+    a, v = config.audio, config.video
+    audio = (a.frames // a.patch) * (a.mel_bins // a.patch)
+    video = (v.frames // v.tubelet) * (v.size // v.patch) ** 2
+    return {"audio": audio, "video": video}
+
+
+def parameter_counts(config: ModelConfig) -> dict[str, int]:
+    """Parameters by part: tokenizer, encoder stacks, decoder (pretraining model = sum of all)."""
+    width, depth, _, mlp = config.encoder.dims()
+    bias = config.encoder.qkv_bias
+    a, v = config.audio, config.video
+    tokenizer = (a.patch * a.patch * width + width) + (3 * v.tubelet * v.patch * v.patch * width + width)
+    tokenizer += 2 * width if config.modality_embeddings else 0
+    fusion = config.encoder.fusion
+    if fusion == "early" or fusion == "shared":
+        encoder = {"encoder_" + ("joint" if fusion == "early" else "shared"): stack_parameters(width, depth, mlp, bias)}
+    elif fusion == "late":
+        encoder = {"encoder_audio": stack_parameters(width, depth, mlp, bias),
+                   "encoder_video": stack_parameters(width, depth, mlp, bias)}
+    else:
+        k = config.encoder.joint_layers
+        encoder = {"encoder_audio": stack_parameters(width, depth - k, mlp, bias),
+                   "encoder_video": stack_parameters(width, depth - k, mlp, bias),
+                   "encoder_joint": stack_parameters(width, k, mlp, bias)}
+    d = config.decoder
+    stacks = 2 if d.kind == "separate" else 1
+    patch_dims = a.patch * a.patch + v.tubelet * v.patch * v.patch * 3
+    decoder = (stacks * stack_parameters(d.width, d.depth, d.mlp)
+               + 2 * (width * d.width + d.width)  # projections from the encoder width
+               + 2 * d.width * (2 if config.modality_embeddings else 1)  # mask tokens (+ modality embeddings)
+               + patch_dims * d.width + patch_dims)  # output heads
+    counts = {"tokenizer": tokenizer, **encoder, "decoder": decoder}
+    counts["encoder_total"] = tokenizer + sum(encoder.values())
+    counts["total"] = counts["encoder_total"] + decoder
+    return counts
+
+
+def visible_counts(config: ModelConfig) -> dict[str, int]:
+    """Tokens each sample shows the encoder under the configured masks (every strategy keeps a fixed count)."""
+    a, v, m = config.audio, config.video, config.mask
+    t, f = a.frames // a.patch, a.mel_bins // a.patch
+    if m.audio_mode == "random":
+        audio_masked = masked_count(t * f, m.audio_ratio)
+    elif m.audio_mode == "time":
+        audio_masked = masked_count(t, m.audio_ratio) * f
+    elif m.audio_mode == "freq":
+        audio_masked = masked_count(f, m.audio_ratio) * t
+    else:
+        columns, rows = masked_count(t, 0.7 * m.audio_ratio), masked_count(f, 0.7 * m.audio_ratio)
+        audio_masked = columns * f + rows * t - columns * rows
+    vt, grid = v.frames // v.tubelet, (v.size // v.patch) ** 2
+    video_masked = vt * masked_count(grid, m.video_ratio) if m.video_mode == "tube" else masked_count(vt * grid, m.video_ratio)
+    tokens = token_counts(config)
+    return {"audio": tokens["audio"] - audio_masked, "video": tokens["video"] - video_masked}
+
+
+def _stack_flops(tokens: int, width: int, depth: int, mlp: int, scores: bool = True) -> int:
+    """Forward FLOPs of ``depth`` blocks on ``tokens`` tokens: projections, MLP and (``scores``) the token-token
+    products of attention (QK^T and attention x V)."""
+    per_block = 2 * tokens * (4 * width * width + 2 * width * mlp) + (4 * tokens * tokens * width if scores else 0)
+    return depth * per_block
+
+
+def pretraining_flops(config: ModelConfig, attention_scores: bool = True, global_batch: int = 1) -> dict[str, int]:
+    """FLOPs per sample of a pretraining step (encoder on visible tokens only, decoder on all). Without
+    ``attention_scores`` the count is what torch's FlopCounterMode sees on CPU, where SDPA is not counted.
+    ``global_batch`` sizes the contrastive similarity rows (negligible next to the rest)."""
+    width, depth, _, mlp = config.encoder.dims()
+    a, v, d = config.audio, config.video, config.decoder
+    tokens, visible = token_counts(config), visible_counts(config)
+
+    def enc(count: int, layers: int) -> int:
+        return _stack_flops(count, width, layers, mlp, attention_scores)
+
+    def dec(count: int) -> int:
+        return _stack_flops(count, d.width, d.depth, d.mlp, attention_scores)
+
+    both = visible["audio"] + visible["video"]
+    fusion = config.encoder.fusion
+    alone = config.objective == "inpainting" or config.contrastive.weight > 0  # joint layers also run per modality
+    if fusion == "early":
+        encoder = enc(both, depth) + (sum(enc(n, depth) for n in visible.values()) if alone else 0)
+    elif fusion in ("late", "shared"):
+        encoder = sum(enc(n, depth) for n in visible.values())
+    else:
+        k = config.encoder.joint_layers
+        encoder = sum(enc(n, depth - k) for n in visible.values()) + enc(both, k)
+        encoder += sum(enc(n, k) for n in visible.values()) if alone else 0
+    embed = 2 * width * (tokens["audio"] * a.patch ** 2 + tokens["video"] * 3 * v.tubelet * v.patch ** 2)
+    if d.kind == "joint":
+        decoder = dec(tokens["audio"] + tokens["video"])
+    elif config.objective == "inpainting":
+        decoder = dec(visible["video"] + tokens["audio"]) + dec(visible["audio"] + tokens["video"])
+    else:
+        decoder = sum(dec(n) for n in tokens.values())
+    patch_dims = {"audio": a.patch ** 2, "video": v.tubelet * v.patch ** 2 * 3}
+    decoder += sum(2 * tokens[m] * d.width * patch_dims[m] + 2 * visible[m] * width * d.width for m in tokens)
+    c = config.contrastive
+    contrastive = (2 if c.bidirectional else 1) * 2 * global_batch * width if c.weight > 0 else 0
+    forward = embed + encoder + decoder + contrastive
+    return {"forward": forward, "forward_backward": 3 * forward, "encoder_forward": encoder,
+            "decoder_forward": decoder, "visible_tokens": visible, "tokens": tokens}

@@ -1,0 +1,95 @@
+"""MAE decoders and the two objectives of AV-MAE (Scenic ``apply_decoder``, methods.md A.2).
+
+Decoder kinds: ``separate`` (one per modality), ``shared`` (one set of weights applied to each modality on its
+own), ``joint`` (one pass over both modalities' tokens).
+
+Objectives: ``reconstruction`` (a modality's decoder sees its own encoded visible tokens at their positions plus
+mask tokens) and ``inpainting`` (it sees only the *other* modality's encoded visible tokens, then mask tokens at
+every position of its own, and must reconstruct all of it).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from avmae.models.config import ModelConfig
+from avmae.models.encoder import MODALITIES
+from avmae.models.pos_embed import grid_pos_embed
+from avmae.models.vit import Transformer
+
+
+def _other(modality: str) -> str:
+    return "video" if modality == "audio" else "audio"
+
+
+class Decoder(nn.Module):
+    def __init__(self, config: ModelConfig, encoder_width: int):
+        super().__init__()
+        d = config.decoder
+        self.kind = d.kind
+        self.width = d.width
+        self.modality_embeddings = config.modality_embeddings
+        patch_dims = {"audio": config.audio.patch ** 2,
+                      "video": config.video.tubelet * config.video.patch ** 2 * 3}
+        self.embed = nn.ModuleDict({m: nn.Linear(encoder_width, d.width) for m in MODALITIES})
+        self.mask_token = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, d.width)) for m in MODALITIES})
+        if config.modality_embeddings:
+            self.modality_type = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, d.width)) for m in MODALITIES})
+
+        def stack() -> Transformer:
+            return Transformer(d.width, d.depth, d.heads, d.mlp, checkpointing=config.activation_checkpointing)
+
+        if d.kind == "separate":
+            self.blocks = nn.ModuleDict({m: stack() for m in MODALITIES})
+        else:
+            self.blocks = stack()
+        self.head = nn.ModuleDict({m: nn.Linear(d.width, patch_dims[m]) for m in MODALITIES})
+        for parameter in [*self.mask_token.values(), *(self.modality_type.values() if config.modality_embeddings else [])]:
+            nn.init.normal_(parameter, std=0.02)
+
+    def reset_heads(self) -> None:
+        """AV-MAE zero-initialises the output projections (after the model-wide init)."""
+        for head in self.head.values():
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    def _position(self, modality: str, grid, batch_like: torch.Tensor) -> torch.Tensor:
+        pos = grid_pos_embed(tuple(grid), self.width, batch_like.device, batch_like.dtype)
+        return pos + self.modality_type[modality] if self.modality_embeddings else pos
+
+    def _full_sequence(self, modality, encoded, visible, grid, tokens) -> torch.Tensor:
+        """A modality's own visible tokens scattered to their positions, mask tokens elsewhere."""
+        x = self.embed[modality](encoded)
+        full = self.mask_token[modality].to(x.dtype).expand(x.shape[0], tokens, -1)
+        full = full.scatter(1, visible.unsqueeze(-1).expand(-1, -1, self.width), x)
+        return full + self._position(modality, grid, x)
+
+    def _context(self, modality, encoded, visible, grid) -> torch.Tensor:
+        """A modality's encoded visible tokens with their own positions, as context for the other's decoder."""
+        pos = self._position(modality, grid, encoded).expand(encoded.shape[0], -1, -1)
+        pos = torch.gather(pos, 1, visible.unsqueeze(-1).expand(-1, -1, self.width))
+        return self.embed[modality](encoded) + pos
+
+    def _run(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks[modality](x) if self.kind == "separate" else self.blocks(x)
+
+    def forward(self, encoded: dict, visible: dict, grids: dict, tokens: dict, objective: str) -> dict:
+        """Per-patch predictions ``{modality: (B, tokens, patch_dim)}``."""
+        if objective == "inpainting":
+            out = {}
+            for m in MODALITIES:
+                o = _other(m)
+                context = self._context(o, encoded[o], visible[o], grids[o])
+                queries = self.mask_token[m].to(context.dtype).expand(context.shape[0], tokens[m], -1)
+                queries = queries + self._position(m, grids[m], context)
+                decoded = self._run(m, torch.cat([context, queries], dim=1))
+                out[m] = self.head[m](decoded[:, context.shape[1]:])
+            return out
+        full = {m: self._full_sequence(m, encoded[m], visible[m], grids[m], tokens[m]) for m in MODALITIES}
+        if self.kind == "joint":
+            decoded = self.blocks(torch.cat([full[m] for m in MODALITIES], dim=1))
+            decoded = dict(zip(MODALITIES, decoded.split([tokens[m] for m in MODALITIES], dim=1)))
+        else:
+            decoded = {m: self._run(m, full[m]) for m in MODALITIES}
+        return {m: self.head[m](decoded[m]) for m in MODALITIES}

@@ -1,0 +1,69 @@
+"""The four encoder fusion strategies of the AV-MAE paper (Fig. 2; Scenic ``apply_encoder``, methods.md A.2).
+
+- early:  one Transformer over the concatenated tokens of both modalities;
+- late:   a Transformer per modality;
+- mid:    a Transformer per modality for depth - k layers, then k joint layers over the concatenation;
+- shared: one Transformer's weights applied to each modality on its own.
+
+Modalities come as a dict, so the same encoder serves pretraining (both), fine-tuning and inference with one
+modality missing (the joint layers then see only the tokens that exist).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from avmae.models.config import ModelConfig
+from avmae.models.vit import Transformer
+
+MODALITIES = ("audio", "video")
+
+
+class FusionEncoder(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        width, depth, heads, mlp = config.encoder.dims()
+        self.fusion = config.encoder.fusion
+        rates = [config.encoder.drop_path * i / max(1, depth - 1) for i in range(depth)]  # linear, as MAE
+
+        def stack(first: int, last: int) -> Transformer:
+            return Transformer(width, last - first, heads, mlp, qkv_bias=config.encoder.qkv_bias,
+                               eps=config.encoder.layer_norm_eps, drop_path_rates=rates[first:last],
+                               checkpointing=config.activation_checkpointing)
+
+        if self.fusion == "early":
+            self.joint = stack(0, depth)
+        elif self.fusion == "late":
+            self.audio = stack(0, depth)
+            self.video = stack(0, depth)
+        elif self.fusion == "mid":
+            split = depth - config.encoder.joint_layers
+            self.audio = stack(0, split)
+            self.video = stack(0, split)
+            self.joint = stack(split, depth)
+        elif self.fusion == "shared":
+            self.shared = stack(0, depth)
+        else:
+            raise ValueError(f"unknown fusion {self.fusion!r}")
+
+    def _joint(self, tokens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        names = [m for m in MODALITIES if m in tokens]
+        lengths = [tokens[m].shape[1] for m in names]
+        out = self.joint(torch.cat([tokens[m] for m in names], dim=1))
+        return dict(zip(names, out.split(lengths, dim=1)))
+
+    def forward(self, tokens: dict[str, torch.Tensor], unimodal: bool = False):
+        """Encode ``{modality: (B, n, width)}``. Returns (fused, per_modality): ``fused`` is the encoder's output
+        (cross-modal where the strategy has joint layers); ``per_modality`` (only if ``unimodal``) is each
+        modality encoded with no attention to the other, for the contrastive term (CAV-MAE runs its joint
+        layers on each modality alone for this, methods.md A.1)."""
+        if self.fusion in ("late", "mid"):
+            tokens = {m: getattr(self, m)(x) for m, x in tokens.items()}
+        if self.fusion == "shared":
+            tokens = {m: self.shared(x) for m, x in tokens.items()}
+        if self.fusion in ("late", "shared"):
+            return tokens, (tokens if unimodal else None)
+        fused = self._joint(tokens)
+        alone = {m: self._joint({m: x})[m] for m, x in tokens.items()} if unimodal else None
+        return fused, alone

@@ -1,0 +1,89 @@
+"""Transformer parts: pre-norm ViT blocks with fused attention, and a stack of them ending in a LayerNorm."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, heads: int, qkv_bias: bool = True):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width, bias=qkv_bias)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, width = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        # Fused kernel (flash / memory-efficient on CUDA, bf16-safe): no (tokens x tokens) matrix in Python.
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, width))
+
+
+class Mlp(nn.Module):
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: drop a residual branch for whole samples."""
+    if rate == 0.0 or not training:
+        return x
+    keep = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).bernoulli_(1 - rate)
+    return x * keep / (1 - rate)
+
+
+class Block(nn.Module):
+    def __init__(self, width: int, heads: int, mlp: int, *, qkv_bias: bool = True, eps: float = 1e-6,
+                 drop_path_rate: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, eps=eps)
+        self.attn = Attention(width, heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(width, eps=eps)
+        self.mlp = Mlp(width, mlp)
+        self.drop_path_rate = drop_path_rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + drop_path(self.attn(self.norm1(x)), self.drop_path_rate, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path_rate, self.training)
+
+
+class Transformer(nn.Module):
+    """``depth`` blocks then a LayerNorm (every Scenic ViViT encoder normalises its output, methods.md A.2)."""
+
+    def __init__(self, width: int, depth: int, heads: int, mlp: int, *, qkv_bias: bool = True, eps: float = 1e-6,
+                 drop_path_rates: list[float] | None = None, checkpointing: bool = False):
+        super().__init__()
+        rates = drop_path_rates or [0.0] * depth
+        self.blocks = nn.ModuleList(Block(width, heads, mlp, qkv_bias=qkv_bias, eps=eps, drop_path_rate=rate)
+                                    for rate in rates)
+        self.norm = nn.LayerNorm(width, eps=eps)
+        self.checkpointing = checkpointing
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            if self.checkpointing and self.training and torch.is_grad_enabled():
+                # Recompute the block in backward: activation memory of one block instead of all of them.
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return self.norm(x)
+
+
+def init_weights(module: nn.Module) -> None:
+    """MAE's initialisation: xavier-uniform linears with zero bias, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
