@@ -68,9 +68,10 @@ def finalize(out: Path) -> dict[str, Any]:
     label_rows: Counter[str] = Counter()
     label_ok: Counter[str] = Counter()
     failure_lines = []
+    most_labels = 0
     for part in parts:
         split = splits.setdefault(part["split"], {"shards": [], "samples": 0, "items": 0, "failures": 0,
-                                                  "_sum": 0.0, "_sumsq": 0.0, "_count": 0})
+                                                  "label_counts": Counter(), "_sum": 0.0, "_sumsq": 0.0, "_count": 0})
         split["items"] += part["items"]
         split["samples"] += part["samples"]
         split["failures"] += len(part["failures"])
@@ -84,7 +85,10 @@ def finalize(out: Path) -> dict[str, Any]:
             failure_lines.append(json.dumps(failure, sort_keys=True, ensure_ascii=False))
         label_rows.update(part["label_rows"])
         label_ok.update(part["label_ok"])
+        split["label_counts"].update(part["label_ok"])  # inputs with samples per label: class-balanced sampling
+        most_labels = max(most_labels, part["max_labels_per_input"])
     for split in splits.values():
+        split["label_counts"] = dict(sorted(split["label_counts"].items()))
         split["logmel_mean"], split["logmel_std"] = _stats(split.pop("_sum"), split.pop("_sumsq"), split.pop("_count"))
     # The normalisation statistics come from the training split only (no peeking at held-out data); a build of
     # evaluation clips alone reports its own.
@@ -97,7 +101,7 @@ def finalize(out: Path) -> dict[str, Any]:
         "features": build["features"],
         "build": build["build"],
         "source": build["source"],
-        "labels": build["labels"],
+        "labels": {**build["labels"], "max_per_input": most_labels},
         "tools": build["tools"],
         "logmel_mean": reference.get("logmel_mean"),
         "logmel_std": reference.get("logmel_std"),

@@ -66,6 +66,7 @@ def write_shard(out: Path, plan: ShardPlan, features: FeatureParams, build: Buil
     label_rows: Counter[str] = Counter()
     label_ok: Counter[str] = Counter()
     sums = [0.0, 0.0, 0]
+    most_labels = 0
     try:
         for item in plan.items:
             label_rows.update(item.labels)
@@ -86,6 +87,7 @@ def write_shard(out: Path, plan: ShardPlan, features: FeatureParams, build: Buil
                 sums[1] += sample.logmel_sumsq
                 sums[2] += sample.logmel_count
             label_ok.update(item.labels)
+            most_labels = max(most_labels, len(item.labels))
             on_item(True)
     finally:
         writer.close()
@@ -94,6 +96,7 @@ def write_shard(out: Path, plan: ShardPlan, features: FeatureParams, build: Buil
         "items_ok": len(plan.items) - len(failures), "samples": writer.samples,
         "logmel_sum": sums[0], "logmel_sumsq": sums[1], "logmel_count": sums[2],
         "label_rows": dict(sorted(label_rows.items())), "label_ok": dict(sorted(label_ok.items())),
+        "max_labels_per_input": most_labels,
         "failures": failures,
     }
     if writer.samples:

@@ -1,0 +1,41 @@
+"""What the loaders are asked for: where the shards are, batch and worker counts, backend, clip geometry,
+normalisation and augmentation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Backend = Literal["auto", "dali", "webdataset"]
+
+# ImageNet statistics (CAV-MAE's frame normalisation, methods.md B.2; also what MAE-initialised ViTs expect).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class DataConfig:
+    shards: str = ""  # folder with manifest.json
+    train_split: str = "train"
+    eval_split: str = "val"
+    backend: Backend = "auto"  # DALI when CUDA is present, webdataset otherwise
+    batch_size: int = 8  # per rank
+    workers: int = 2  # DataLoader workers (webdataset) or DALI threads
+    seed: int = 0
+    # Video: how many of the stored frames (evenly spread) and the crop the model sees.
+    num_frames: int = 16
+    crop_size: int = 224
+    eval_short_side: int = 0  # resize before the centre crop; 0 = keep the stored frames' size (AV-MAE eval: 224/256)
+    crop_scale: tuple[float, ...] = (0.25, 1.0)  # random resized crop: area share of the frame, same for all frames
+    crop_ratio: tuple[float, ...] = (0.75, 1.3333)
+    flip: bool = True
+    video_norm: Literal["imagenet", "zero_center"] = "imagenet"  # AV-MAE: zero_center to [-1, 1]
+    # Audio: normalisation statistics; None = the manifest's (dataset) mean and std.
+    audio_mean: float | None = None
+    audio_std: float | None = None
+    freq_mask: int = 0  # SpecAugment (training only): CAV-MAE fine-tuning uses 48 / 192; pretraining 0 / 0
+    time_mask: int = 0
+    # Fine-tuning extras (training only)
+    mixup: float = 0.0  # probability that a batch is mixed (CAV-MAE: 0.5), lambda ~ Beta(10, 10)
+    balanced_sampling: bool = False  # AudioSet-2M style class-balanced sampling
+    shuffle_buffer: int = 256  # samples per worker kept for shuffling across shards

@@ -1,0 +1,61 @@
+"""One entry point for both loaders: ``build_loader(config, split, rank, world)`` returns an iterable of batches
+in the contract of DESIGN.md (``video`` (B, T, 3, H, W), ``audio`` (B, time, mel) normalised, labels, ``key``,
+``valid``), from DALI on a GPU or webdataset on a CPU."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from avmae.data.config import DataConfig
+from avmae.data.spec import DataSpec, load_spec
+from avmae.data.wds_loader import eval_batches, webdataset_loader
+
+
+def choose_backend(requested: str) -> str:
+    if requested == "auto":
+        return "dali" if torch.cuda.is_available() else "webdataset"
+    if requested not in ("dali", "webdataset"):
+        raise ValueError(f"unknown data backend {requested!r}: use auto, dali or webdataset")
+    return requested
+
+
+class Loader:
+    """Batches of one split for one rank. Training iterates forever; evaluation yields ``len(self)`` batches."""
+
+    def __init__(self, spec: DataSpec, config: DataConfig, *, train: bool, rank: int = 0, world: int = 1,
+                 device: torch.device | None = None):
+        self.spec, self.config, self.train = spec, config, train
+        self.device = device or torch.device("cpu")
+        self.backend = choose_backend(config.backend)
+        if self.backend == "dali":
+            from avmae.data.dali_loader import DaliLoader
+
+            device_id = self.device.index if self.device.type == "cuda" else None
+            if device_id is None and self.device.type == "cuda":
+                device_id = torch.cuda.current_device()
+            self._source = DaliLoader(spec, config, train=train, rank=rank, world=world, device_id=device_id)
+        else:
+            self._source = webdataset_loader(spec, config, train=train, rank=rank, world=world,
+                                             pin_memory=self.device.type == "cuda")
+        self._batches = None if train else eval_batches(spec.samples, world, config.batch_size)
+
+    def __len__(self) -> int:
+        if self._batches is None:
+            raise TypeError("a training stream has no length: the trainer decides the number of steps")
+        return self._batches
+
+    def __iter__(self):
+        for batch in self._source:
+            yield {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+                   for k, v in batch.items()}
+
+
+def build_loader(config: DataConfig, split: str, *, train: bool, rank: int = 0, world: int = 1,
+                 device: torch.device | None = None, expect: dict[str, Any] | None = None) -> Loader:
+    """A loader over ``config.shards`` / ``split``; ``expect`` are feature parameters the shards must have."""
+    if not config.shards:
+        raise ValueError("data.shards is not set: point it at a folder made by avmae-shard build")
+    spec = load_spec(config.shards, split, expect)
+    return Loader(spec, config, train=train, rank=rank, world=world, device=device)

@@ -1,0 +1,105 @@
+"""One sample's stored members -> tensors, in torch. The webdataset loader uses these directly; the DALI loader
+does the same steps in its graph, and both share the metadata parsing below."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import random
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision.io import decode_jpeg
+
+from avmae.data.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
+from avmae.data.spec import DataSpec
+
+
+def frame_members(stored: int, wanted: int) -> list[str]:
+    """Names of ``wanted`` of the ``stored`` frames, evenly spread (all of them when equal)."""
+    if wanted > stored:
+        raise ValueError(f"the model wants {wanted} frames but the shards hold {stored} per sample")
+    return [f"{int((i + 0.5) * stored / wanted):02d}.jpg" for i in range(wanted)]
+
+
+def centre_crop_anchor(size: int, crop: int) -> int:
+    """Top/left offset of a centre crop, rounded as DALI's crop does (floor of position x free space + 0.5)."""
+    return int(math.floor((size - crop) * 0.5 + 0.5))
+
+
+def random_crop_box(height: int, width: int, scale: tuple[float, ...], ratio: tuple[float, ...],
+                    rng: random.Random) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a random resized crop (Inception-style): area share in ``scale``, aspect in ``ratio``
+    (log-uniform), at most 10 tries, then the largest centred crop."""
+    area = height * width
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+    side = min(height, width)
+    return (height - side) // 2, (width - side) // 2, side, side
+
+
+def video_normalisation(config: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    if config.video_norm == "zero_center":
+        return torch.full((3,), 0.5), torch.full((3,), 0.5)  # x/255*2-1
+    return torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+
+
+def decode_video(jpegs: list[bytes], config: DataConfig, stored_short_side: int, train: bool,
+                 rng: random.Random) -> torch.Tensor:
+    """JPEG frames -> (T, 3, crop, crop) float, one crop and flip for the whole clip (so motion stays coherent)."""
+    frames = torch.stack(decode_jpeg([torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]))
+    height, width = frames.shape[-2:]
+    crop = config.crop_size
+    if train:
+        top, left, h, w = random_crop_box(height, width, config.crop_scale, config.crop_ratio, rng)
+        frames = TF.resized_crop(frames, top, left, h, w, [crop, crop], antialias=True)
+        if config.flip and rng.random() < 0.5:
+            frames = frames.flip(-1)
+    else:
+        if config.eval_short_side and config.eval_short_side != stored_short_side:
+            frames = TF.resize(frames, config.eval_short_side, antialias=True)
+            height, width = frames.shape[-2:]
+        if min(height, width) < crop:
+            raise ValueError(f"frames of {height}x{width} are smaller than the {crop} crop; set data.eval_short_side")
+        top, left = centre_crop_anchor(height, crop), centre_crop_anchor(width, crop)
+        frames = frames[..., top:top + crop, left:left + crop]
+    mean, std = video_normalisation(config)
+    return (frames.float() / 255 - mean[:, None, None]) / std[:, None, None]
+
+
+def decode_audio(npy: bytes, mean: float, std: float) -> torch.Tensor:
+    mel = np.load(io.BytesIO(npy), allow_pickle=False)
+    return (torch.from_numpy(mel.astype(np.float32)) - mean) / std
+
+
+def parse_metadata(raw: bytes | np.ndarray) -> dict[str, Any]:
+    """The sample's JSON (DALI hands it over zero-padded to a fixed length)."""
+    data = raw.tobytes() if isinstance(raw, np.ndarray) else raw
+    return json.loads(data.rstrip(b"\x00"))
+
+
+def label_tensors(metadata: list[dict[str, Any]], spec: DataSpec) -> dict[str, torch.Tensor]:
+    """Batch labels: ``label`` multi-hot (B, C) or index (B,), or ``verb`` and ``noun`` indices (Epic-Kitchens)."""
+    if spec.label_mode == "verb_noun":
+        return {"verb": torch.tensor([m["verb_class"] for m in metadata]),
+                "noun": torch.tensor([m["noun_class"] for m in metadata])}
+    if spec.label_mode == "none":
+        return {}
+    index = {name: i for i, name in enumerate(spec.label_names)}
+    if spec.label_mode == "multi":
+        label = torch.zeros(len(metadata), len(spec.label_names))
+        for row, meta in enumerate(metadata):
+            label[row, [index[name] for name in meta["labels"]]] = 1.0
+        return {"label": label}
+    missing = [m["key"] for m in metadata if len(m["labels"]) != 1]
+    if missing:
+        raise ValueError(f"single-label data, but samples {missing[:3]} have {len(metadata[0]['labels'])} labels")
+    return {"label": torch.tensor([index[m["labels"][0]] for m in metadata])}

@@ -1,0 +1,89 @@
+"""What a loader needs from a shard folder's manifest, checked against what the run expects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from avmae.shard.manifest import read_manifest
+from avmae.shard.tarfiles import parse_index
+
+LabelMode = Literal["multi", "single", "verb_noun", "none"]
+
+
+class DataMismatchError(ValueError):
+    """Shards made with other feature parameters than the run expects."""
+
+
+@dataclass(frozen=True)
+class ShardFile:
+    tar: str
+    idx: str
+    samples: int
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    root: Path
+    shards: tuple[ShardFile, ...]
+    features: dict[str, Any]
+    label_mode: LabelMode
+    label_names: tuple[str, ...]
+    heads: dict[str, int]  # classes per head: {"label": C} or {"verb": 97, "noun": 300}
+    logmel_mean: float
+    logmel_std: float
+    label_counts: dict[str, int]
+
+    @property
+    def samples(self) -> int:
+        return sum(s.samples for s in self.shards)
+
+    def max_member_size(self, ext: str) -> int:
+        """Largest size of one member kind in these shards (from the DALI indexes): a DALI output must be padded
+        to a fixed length to batch."""
+        largest = 0
+        for shard in self.shards:
+            for sample in parse_index(Path(shard.idx).read_text()):
+                largest = max([largest, *(m.size for m in sample if m.ext == ext)])
+        return largest
+
+
+def _label_mode(manifest: dict[str, Any]) -> LabelMode:
+    labels = manifest["labels"]
+    if labels.get("heads"):
+        return "verb_noun"
+    if not labels.get("names"):
+        return "none"
+    if manifest["source"]["kind"] == "audioset" or labels.get("max_per_input", 1) > 1:
+        return "multi"
+    return "single"
+
+
+def load_spec(root: str | Path, split: str, expect: dict[str, Any] | None = None) -> DataSpec:
+    """The shards of ``split`` under ``root``. ``expect`` maps feature names to required values (e.g. the number of
+    log-mel frames the model was configured for); any difference is an error naming both values."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    if split not in manifest["splits"]:
+        raise ValueError(f"{root}: no split {split!r}; the manifest has {sorted(manifest['splits'])}")
+    features = manifest["features"]
+    for name, wanted in (expect or {}).items():
+        if name not in features:
+            raise DataMismatchError(f"{root}: the manifest has no feature parameter {name!r}")
+        if features[name] != wanted:
+            raise DataMismatchError(f"{root}: shards were built with {name}={features[name]!r} but the run expects "
+                                    f"{wanted!r}; rebuild the shards or change the config")
+    split_info = manifest["splits"][split]
+    shards = tuple(ShardFile(str(root / s["tar"]), str(root / s["idx"]), s["samples"]) for s in split_info["shards"])
+    if not shards:
+        raise ValueError(f"{root}: split {split!r} has no samples")
+    labels = manifest["labels"]
+    mode = _label_mode(manifest)
+    heads = dict(labels["heads"]) if mode == "verb_noun" else ({"label": len(labels["names"])} if mode != "none" else {})
+    reference = manifest["splits"].get("train", split_info)
+    return DataSpec(root=root, shards=shards, features=features, label_mode=mode,
+                    label_names=tuple(labels.get("names", ())), heads=heads,
+                    logmel_mean=manifest["logmel_mean"] if manifest["logmel_mean"] is not None else 0.0,
+                    logmel_std=manifest["logmel_std"] or 1.0,
+                    label_counts=dict(reference.get("label_counts", {})))

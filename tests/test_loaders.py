@@ -1,0 +1,242 @@
+"""Loaders: the DALI and webdataset backends give the same evaluation batches; ranks and workers read disjoint
+data; evaluation covers every sample once; training streams never run dry; bad data is named and skipped."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from avmae.cli.shard import main as shard_main
+from avmae.data.augment import mixup, spec_augment
+from avmae.data.config import DataConfig
+from avmae.data.loader import build_loader
+from avmae.data.samples import frame_members
+from avmae.data.spec import DataMismatchError
+from avmae.shard.tarfiles import ShardTarWriter, index_text
+
+
+@pytest.fixture(scope="module")
+def shards(synth_corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("loader") / "shards"
+    assert shard_main(["build", "--list", str(synth_corpus), "--out", str(out), "--segment-seconds", "2",
+                       "--num-frames", "8", "--short-side", "72", "--target-frames", "208", "--shard-size", "2",
+                       "--workers", "1", "--json"]) == 0
+    return out
+
+
+def config(shards: Path, **overrides) -> DataConfig:
+    base = dict(shards=str(shards), eval_split="train", batch_size=2, workers=0, num_frames=4, crop_size=64,
+                shuffle_buffer=2)
+    return DataConfig(**{**base, **overrides})
+
+
+def test_frame_members_spread_evenly():
+    assert frame_members(16, 16) == [f"{i:02d}.jpg" for i in range(16)]
+    assert frame_members(16, 4) == ["02.jpg", "06.jpg", "10.jpg", "14.jpg"]
+    with pytest.raises(ValueError, match="wants 8 frames"):
+        frame_members(4, 8)
+
+
+@pytest.mark.dali
+def test_dali_and_webdataset_give_the_same_eval_batches(shards):
+    pytest.importorskip("nvidia.dali")
+    batches = {}
+    for backend in ("webdataset", "dali"):
+        loader = build_loader(config(shards, backend=backend), "train", train=False)
+        batches[backend] = list(loader)
+        assert len(batches[backend]) == len(loader) == 6  # 12 samples / batch 2
+    for ours, theirs in zip(batches["webdataset"], batches["dali"]):
+        assert ours["key"] == theirs["key"]
+        assert torch.equal(ours["valid"], theirs["valid"]) and torch.equal(ours["label"], theirs["label"])
+        assert torch.equal(ours["audio"], theirs["audio"])  # the same float16 array, normalised the same way
+        assert ours["video"].shape == theirs["video"].shape == (2, 4, 3, 64, 64)
+        # Both decode with libjpeg-turbo; allow the decoders' rounding (in normalised units: 2/255 / std).
+        assert (ours["video"] - theirs["video"]).abs().max() <= 2 / 255 / 0.224 + 1e-6
+
+
+@pytest.mark.parametrize("backend", ["webdataset", pytest.param("dali", marks=pytest.mark.dali)])
+def test_two_ranks_cover_an_odd_eval_set_exactly_once(shards, backend):
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali")
+    keys, valid_keys, lengths = [], [], []
+    for rank in range(2):
+        cfg = config(shards, backend=backend, batch_size=4)
+        loader = build_loader(cfg, "train", train=False, rank=rank, world=2)
+        batches = list(loader)
+        lengths.append(len(batches))
+        for batch in batches:
+            keys += batch["key"]
+            valid_keys += [k for k, ok in zip(batch["key"], batch["valid"].tolist()) if ok]
+    assert lengths[0] == lengths[1]  # no rank waits for another in a collective
+    assert len(valid_keys) == len(set(valid_keys)) == 12
+
+
+def test_odd_count_padding_is_invalid(tmp_path, shards):
+    # 12 samples over 5 ranks: ranges of 2 and 3 samples, all ranks 2 batches of 2.
+    seen = []
+    for rank in range(5):
+        batches = list(build_loader(config(shards, batch_size=2), "train", train=False, rank=rank, world=5))
+        assert len(batches) == 2
+        seen += [k for b in batches for k, ok in zip(b["key"], b["valid"].tolist()) if ok]
+    assert sorted(seen) == sorted(set(seen)) and len(seen) == 12
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_ranks_and_workers_read_disjoint_shards(shards, workers):
+    per_rank = []
+    for rank in range(2):
+        loader = build_loader(config(shards, workers=workers, batch_size=1, shuffle_buffer=1), "train",
+                              train=True, rank=rank, world=2)
+        stream = iter(loader)
+        per_rank.append({key for _ in range(40) for key in next(stream)["key"]})  # several passes: endless
+    assert per_rank[0].isdisjoint(per_rank[1])
+    assert len(per_rank[0] | per_rank[1]) == 12
+
+
+def test_fewer_shards_than_readers_splits_by_sample(shards):
+    # 6 shards, 4 ranks x 2 workers = 8 readers: still disjoint, still complete.
+    seen = []
+    for rank in range(4):
+        loader = build_loader(config(shards, workers=2, batch_size=1, shuffle_buffer=1), "train",
+                              train=True, rank=rank, world=4)
+        stream = iter(loader)
+        seen.append({key for _ in range(12) for key in next(stream)["key"]})
+    assert all(a.isdisjoint(b) for i, a in enumerate(seen) for b in seen[i + 1:])
+    assert len(set().union(*seen)) == 12
+
+
+def test_training_stream_reshuffles_each_epoch(shards):
+    loader = build_loader(config(shards, batch_size=1, shuffle_buffer=4), "train", train=True)
+    stream = iter(loader)
+    first = [next(stream)["key"][0] for _ in range(12)]
+    second = [next(stream)["key"][0] for _ in range(12)]
+    assert len(set(first + second)) == 12  # the stream wraps around and keeps going
+    assert first != second
+
+
+def _rewrite_samples(tar_path: Path, change) -> None:
+    """Rewrite a tar (and its index) with ``change(members) -> members`` applied to every sample."""
+    with tarfile.open(tar_path) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    samples: dict[str, dict[str, bytes]] = {}
+    for name, data in members:
+        key, ext = name.split(".", 1)
+        samples.setdefault(key, {})[ext] = data
+    writer = ShardTarWriter(tar_path)
+    for key, parts in samples.items():
+        writer.write(key, change(parts))
+    writer.close()
+    tar_path.with_suffix(".idx").write_text(index_text(writer.members))
+
+
+@pytest.mark.parametrize("backend", ["webdataset", pytest.param("dali", marks=pytest.mark.dali)])
+def test_train_augmentation_is_the_same_for_every_frame(shards, tmp_path, backend):
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali")
+    copy = tmp_path / "still"
+    shutil.copytree(shards, copy)
+    for tar in copy.glob("train-*.tar"):  # every frame of a clip becomes its first frame
+        _rewrite_samples(tar, lambda parts: {ext: parts["00.jpg"] if ext.endswith(".jpg") else data
+                                             for ext, data in parts.items()})
+    loader = build_loader(config(copy, backend=backend, batch_size=4, crop_scale=(0.2, 0.5)), "train", train=True)
+    stream = iter(loader)
+    for _ in range(3):
+        video = next(stream)["video"]
+        # one random crop and flip per clip: identical input frames stay identical
+        assert torch.allclose(video, video[:, :1].expand_as(video))
+        assert not torch.allclose(video[0, 0], video[1, 0])
+
+
+def test_feature_mismatch_is_an_error_naming_both_values(shards):
+    with pytest.raises(DataMismatchError, match="target_frames=208 but the run expects 1024"):
+        build_loader(config(shards), "train", train=False, expect={"target_frames": 1024})
+
+
+def test_unknown_format_version_is_refused(shards, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(shards, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="format version 99"):
+        build_loader(config(copy), "train", train=False)
+
+
+def _drop_member(tar_path: Path, member_ext: str) -> str:
+    """Rewrite a tar without one member of its first sample; returns that sample's key."""
+    with tarfile.open(tar_path) as tar:
+        first_key = tar.getmembers()[0].name.split(".", 1)[0]
+
+    def drop(parts: dict[str, bytes]) -> dict[str, bytes]:
+        if parts["json"] and json.loads(parts["json"])["key"] == first_key:
+            return {ext: data for ext, data in parts.items() if ext != member_ext}
+        return parts
+
+    _rewrite_samples(tar_path, drop)
+    return first_key
+
+
+def test_a_sample_missing_a_member_is_named_and_skipped(shards, tmp_path, caplog):
+    copy = tmp_path / "copy"
+    shutil.copytree(shards, copy)
+    broken = sorted(copy.glob("train-*.tar"))[0]
+    key = _drop_member(broken, "03.jpg")  # one of the frames the loader uses (01, 03, 05, 07 of 8)
+    caplog.set_level(logging.WARNING)
+    loader = build_loader(config(copy, batch_size=1, shuffle_buffer=1), "train", train=True)
+    stream = iter(loader)
+    keys = {next(stream)["key"][0] for _ in range(30)}
+    assert key not in keys and len(keys) == 11
+    assert any(key in r.getMessage() and broken.name in r.getMessage() and "03.jpg" in r.getMessage()
+               for r in caplog.records)
+    # In evaluation it keeps its place, marked invalid, so the other samples still count once.
+    batches = list(build_loader(config(copy, batch_size=4), "train", train=False))
+    invalid = [k for b in batches for k, ok in zip(b["key"], b["valid"].tolist()) if not ok]
+    valid = [k for b in batches for k, ok in zip(b["key"], b["valid"].tolist()) if ok]
+    assert len(valid) == 11 and key not in valid and invalid
+
+
+def test_a_truncated_tar_is_logged_and_the_rest_still_streams(shards, tmp_path, caplog):
+    copy = tmp_path / "copy"
+    shutil.copytree(shards, copy)
+    broken = sorted(copy.glob("train-*.tar"))[1]
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 3])
+    caplog.set_level(logging.WARNING)
+    loader = build_loader(config(copy, batch_size=1, shuffle_buffer=1), "train", train=True)
+    stream = iter(loader)
+    keys = {next(stream)["key"][0] for _ in range(30)}
+    assert 10 <= len(keys) <= 11  # the samples after the cut are lost, the other shards are read
+    assert any(broken.name in r.getMessage() for r in caplog.records)
+
+
+def test_spec_augment_masks_one_band_and_one_span_per_sample():
+    audio = torch.ones(8, 100, 32)
+    masked = spec_augment(audio, freq_mask=10, time_mask=30, generator=torch.Generator().manual_seed(0))
+    for sample in masked:
+        zero_bins = (sample == 0).all(dim=0).nonzero().flatten()
+        zero_frames = (sample == 0).all(dim=1).nonzero().flatten()
+        assert len(zero_bins) < 10 and len(zero_frames) < 30
+        for run in (zero_bins, zero_frames):  # contiguous
+            assert len(run) == 0 or int(run[-1] - run[0]) + 1 == len(run)
+    assert spec_augment(audio, 0, 0).equal(audio)
+
+
+def test_mixup_mixes_inputs_and_targets_with_one_lambda():
+    torch.manual_seed(0)
+    batch = {"audio": torch.randn(6, 5, 3), "video": torch.randn(6, 2, 3, 4, 4), "label": torch.tensor([0, 1, 2, 3, 0, 1])}
+    out = mixup(batch, {"label": 4}, probability=1.0, generator=torch.Generator().manual_seed(1))
+    lam, partner = out["mixup_lambda"], out["mixup_partner"]
+    assert ((lam > 0.2) & (lam < 0.8)).all()  # Beta(10, 10)
+    one_hot = torch.nn.functional.one_hot(batch["label"], 4).float()
+    for i in range(6):
+        j = int(partner[i])
+        assert torch.allclose(out["audio"][i], lam[i] * batch["audio"][i] + (1 - lam[i]) * batch["audio"][j])
+        assert torch.allclose(out["video"][i], lam[i] * batch["video"][i] + (1 - lam[i]) * batch["video"][j])
+        assert torch.allclose(out["targets"]["label"][i], lam[i] * one_hot[i] + (1 - lam[i]) * one_hot[j])
+    unmixed = mixup(batch, {"label": 4}, probability=0.0)
+    assert torch.equal(unmixed["audio"], batch["audio"]) and torch.equal(unmixed["targets"]["label"], one_hot)
