@@ -240,3 +240,42 @@ def test_mixup_mixes_inputs_and_targets_with_one_lambda():
         assert torch.allclose(out["targets"]["label"][i], lam[i] * one_hot[i] + (1 - lam[i]) * one_hot[j])
     unmixed = mixup(batch, {"label": 4}, probability=0.0)
     assert torch.equal(unmixed["audio"], batch["audio"]) and torch.equal(unmixed["targets"]["label"], one_hot)
+
+
+def test_balanced_weights_favour_rare_labels():
+    from avmae.data.wds_loader import balanced_weights
+
+    counts = {"speech": 100, "music": 50, "whale": 2}
+    weights = balanced_weights([["speech"], ["speech", "music"], ["whale"], []], counts)
+    assert weights[0] == pytest.approx(0.01) and weights[1] == pytest.approx(0.03) and weights[2] == pytest.approx(0.5)
+    assert weights[3] == pytest.approx(0.01)  # unlabelled: the smallest weight
+
+
+def test_balanced_sampling_draws_each_class_about_equally(shards, tmp_path):
+    # Make class_00 rare: only one of its three samples keeps the label, the others become class_01.
+    copy = tmp_path / "skewed"
+    shutil.copytree(shards, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    relabelled = []
+
+    def relabel(parts):
+        meta = json.loads(parts["json"])
+        if meta["labels"] == ["class_00"] and relabelled:
+            meta["labels"] = ["class_01"]
+        if meta["labels"] == ["class_00"]:
+            relabelled.append(meta["key"])
+        return {**parts, "json": json.dumps(meta).encode()}
+
+    for tar in sorted(copy.glob("train-*.tar")):
+        _rewrite_samples(tar, relabel)
+    manifest["splits"]["train"]["label_counts"] = {"class_00": 1, "class_01": 5, "class_02": 3, "class_03": 3}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    draws = {}
+    for balanced in (False, True):
+        loader = build_loader(config(copy, batch_size=12, balanced_sampling=balanced), "train", train=True)
+        stream = iter(loader)
+        labels = torch.cat([next(stream)["label"] for _ in range(60)])
+        draws[balanced] = torch.bincount(labels, minlength=4).float() / len(labels)
+    assert draws[False][0] == pytest.approx(1 / 12, abs=0.03)
+    assert draws[True][0] == pytest.approx(1 / 4, abs=0.05)  # four classes, equal mass
+    assert draws[True].max() - draws[True].min() < 0.1

@@ -27,6 +27,20 @@ def _parser() -> argparse.ArgumentParser:
     shard.add_argument("--num-frames", type=int, default=FeatureParams.num_frames)
     shard.add_argument("--short-side", type=int, default=FeatureParams.short_side)
     shard.add_argument("--segment-seconds", type=float, default=BuildParams.segment_seconds)
+    loader = commands.add_parser(
+        "loader", help="samples/s and frames/s of each loader backend, and of a CAV-MAE-style loader as baseline",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    loader.add_argument("--data", type=Path, required=True, help="a shard folder (avmae-shard build)")
+    loader.add_argument("--split", default="train")
+    loader.add_argument("--backend", action="append", choices=["webdataset", "dali"],
+                        help="repeat for several (default: webdataset, and dali when it is installed)")
+    loader.add_argument("--workers", type=int, action="append", help="repeat for several (default: 0 and all cores)")
+    loader.add_argument("--batch-size", type=int, default=16)
+    loader.add_argument("--batches", type=int, default=20, help="timed batches per run")
+    loader.add_argument("--num-frames", type=int, default=16)
+    loader.add_argument("--crop", type=int, default=224)
+    loader.add_argument("--eval", action="store_true", help="eval transforms (centre crop) instead of training ones")
+
     model = commands.add_parser(
         "model", help="parameter counts, FLOPs per sample and the CPU time of one pretraining step",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -53,6 +67,12 @@ def _model_config(path: Path, overrides: list[str]):
         raise SystemExit(f"avmae-bench model: {path}: {err}") from None
 
 
+def _has_dali() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("nvidia.dali") is not None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "shard":
@@ -66,6 +86,16 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             src = args.src or make_bench_clips(Path(scratch), args.make_clips, workers=args.workers)
             result = bench_shard(src, workers=args.workers, features=features, build=build)
+        print(json.dumps(result, indent=1))
+    elif args.command == "loader":
+        from avmae.bench.loader import bench_loader
+
+        backends = args.backend or ["webdataset"] + (["dali"] if _has_dali() else [])
+        workers = args.workers or [0, os.cpu_count() or 1]
+        with tempfile.TemporaryDirectory(prefix="avmae-cavmae-") as scratch:
+            result = bench_loader(args.data, args.split, backends, workers, batch_size=args.batch_size,
+                                  batches=args.batches, num_frames=args.num_frames, crop=args.crop,
+                                  train=not args.eval, scratch=Path(scratch))
         print(json.dumps(result, indent=1))
     elif args.command == "model":
         from avmae.bench.model import bench_model

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from avmae.data.config import DataConfig
-from avmae.data.samples import frame_members, label_tensors, parse_metadata, video_normalisation
+from avmae.data.samples import frame_members, label_tensors, parse_metadata
 from avmae.data.spec import DataSpec
 
 
@@ -50,9 +50,7 @@ def _graph(spec: DataSpec, config: DataConfig, *, train: bool, rank: int, world:
         if config.eval_short_side and config.eval_short_side != spec.features["short_side"]:
             video = fn.resize(video, resize_shorter=config.eval_short_side, antialias=True)
         video = fn.crop(video, crop=(crop, crop), crop_pos_x=0.5, crop_pos_y=0.5)
-    mean, std = video_normalisation(config)
-    video = fn.crop_mirror_normalize(video, dtype=types.FLOAT, output_layout="FCHW",
-                                     mean=(mean * 255).tolist(), std=(std * 255).tolist())
+    video = fn.transpose(video, perm=[0, 3, 1, 2])  # (T, 3, H, W) uint8; the Loader normalises on the device
     audio_mean = config.audio_mean if config.audio_mean is not None else spec.logmel_mean
     audio_std = config.audio_std if config.audio_std is not None else spec.logmel_std
     audio = (fn.cast(fn.decoders.numpy(outputs[len(frames)]), dtype=types.FLOAT) - audio_mean) / audio_std

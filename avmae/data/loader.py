@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from avmae.data.config import DataConfig
+from avmae.data.samples import normalise_video
 from avmae.data.spec import DataSpec, load_spec
 from avmae.data.wds_loader import eval_batches, webdataset_loader
 
@@ -48,8 +49,10 @@ class Loader:
 
     def __iter__(self):
         for batch in self._source:
-            yield {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
-                   for k, v in batch.items()}
+            batch = {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+                     for k, v in batch.items()}
+            batch["video"] = normalise_video(batch["video"], self.config)
+            yield batch
 
 
 def build_loader(config: DataConfig, split: str, *, train: bool, rank: int = 0, world: int = 1,

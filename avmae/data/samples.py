@@ -54,7 +54,7 @@ def video_normalisation(config: DataConfig) -> tuple[torch.Tensor, torch.Tensor]
 
 def decode_video(jpegs: list[bytes], config: DataConfig, stored_short_side: int, train: bool,
                  rng: random.Random) -> torch.Tensor:
-    """JPEG frames -> (T, 3, crop, crop) float, one crop and flip for the whole clip (so motion stays coherent)."""
+    """JPEG frames -> (T, 3, crop, crop) uint8, one crop and flip for the whole clip (so motion stays coherent)."""
     frames = torch.stack(decode_jpeg([torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]))
     height, width = frames.shape[-2:]
     crop = config.crop_size
@@ -71,8 +71,15 @@ def decode_video(jpegs: list[bytes], config: DataConfig, stored_short_side: int,
             raise ValueError(f"frames of {height}x{width} are smaller than the {crop} crop; set data.eval_short_side")
         top, left = centre_crop_anchor(height, crop), centre_crop_anchor(width, crop)
         frames = frames[..., top:top + crop, left:left + crop]
+    return frames.contiguous()
+
+
+def normalise_video(video: torch.Tensor, config: DataConfig) -> torch.Tensor:
+    """uint8 (..., 3, H, W) -> float, normalised; run on the batch's device (the GPU in training)."""
     mean, std = video_normalisation(config)
-    return (frames.float() / 255 - mean[:, None, None]) / std[:, None, None]
+    scale = (1 / (255 * std)).to(video.device).view(3, 1, 1)
+    shift = (mean / std).to(video.device).view(3, 1, 1)
+    return video.float().mul_(scale).sub_(shift)  # (x / 255 - mean) / std in two in-place passes
 
 
 def decode_audio(npy: bytes, mean: float, std: float) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""The CPU loader: tar shards read with webdataset, decoded in torch (torchvision's JPEG decoder), batched inside
-DataLoader workers.
+"""The CPU loader ("webdataset" backend): WebDataset tar shards read through their DALI indexes (only the members
+a sample needs), decoded in torch (torchvision's libjpeg-turbo decoder), batched inside DataLoader workers.
+Frames leave the workers as uint8; the Loader normalises them on the device (a quarter of the bytes to move).
 
 Training: an endless stream per (rank, worker) over a disjoint share of the shards (or of the samples, when there
 are fewer shards than readers), reshuffled every epoch from (seed, rank, worker, epoch); the trainer decides how
@@ -12,6 +13,8 @@ so each sample counts exactly once and collectives never wait on a rank that ran
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import math
 import random
@@ -19,26 +22,22 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from avmae.data.config import DataConfig
 from avmae.data.samples import decode_audio, decode_video, frame_members, label_tensors, parse_metadata
 from avmae.data.spec import DataSpec
+from avmae.data.tar_reader import IndexedShard, SampleError
 
 log = logging.getLogger(__name__)
 
 
-class SampleError(ValueError):
-    """A sample that cannot be used; the message names its shard and key."""
-
-
-class ReadStats:
-    """Counts of what was skipped, logged as it happens (per worker)."""
-
-    def __init__(self):
-        self.bad_samples = 0
-        self.bad_shards = 0
+def balanced_weights(labels: list[list[str]], counts: dict[str, int]) -> list[float]:
+    """Sampling weight of each sample: the sum over its labels of 1 / (that label's count in the training split).
+    Samples without labels keep the smallest weight."""
+    weights = [sum(1.0 / max(1, counts.get(label, 1)) for label in sample) for sample in labels]
+    floor = min((w for w in weights if w > 0), default=1.0)
+    return [w if w > 0 else floor for w in weights]
 
 
 def eval_range(total: int, rank: int, world: int) -> tuple[int, int]:
@@ -58,154 +57,137 @@ class ShardStream(IterableDataset):
         self.spec, self.config, self.train = spec, config, train
         self.rank, self.world = rank, world
         self.frames = frame_members(spec.features["num_frames"], config.num_frames)
+        self.members = [*self.frames, "logmel.npy", "json"]
         self.mean = config.audio_mean if config.audio_mean is not None else spec.logmel_mean
         self.std = config.audio_std if config.audio_std is not None else spec.logmel_std
-        self.stats = ReadStats()
+        self.shards = [IndexedShard(s.tar, s.idx) for s in spec.shards]
+        for shard, listed in zip(self.shards, spec.shards):
+            if len(shard) != listed.samples:
+                raise ValueError(f"{shard.tar}: its index lists {len(shard)} samples, the manifest {listed.samples}")
+        self.bad_samples = 0
         self.epoch_offset = 0  # a resumed run continues with fresh epochs instead of replaying the first ones
 
-    # --- reading --------------------------------------------------------------------------------------------------
-
-    def _handler(self, error: Exception) -> bool:
-        """webdataset's error hook: a damaged tar is logged (with its file) and skipped, never fatal."""
-        self.stats.bad_shards += 1
-        log.warning("skipping the rest of a damaged shard: %s", error)
-        return True
-
-    def _samples(self, shard_paths: list[str]) -> Iterator[dict[str, Any]]:
-        source = [{"url": path} for path in shard_paths]
-        yield from wds.tarfile_to_samples(handler=self._handler)(iter(source))
-
-    def _decode(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-        where = f"{sample.get('__url__', '?')}: sample {sample.get('__key__', '?')}"
-        missing = [name for name in [*self.frames, "logmel.npy", "json"] if name not in sample]
-        if missing:
-            raise SampleError(f"{where} lacks members {missing}")
+    def _read(self, shard: IndexedShard, index: int, rng: random.Random) -> dict[str, Any]:
+        members = shard.read(index, self.members)
         try:
-            metadata = parse_metadata(sample["json"])
-            video = decode_video([sample[name] for name in self.frames], self.config,
+            metadata = parse_metadata(members["json"])
+            video = decode_video([members[name] for name in self.frames], self.config,
                                  self.spec.features["short_side"], self.train, rng)
-            audio = decode_audio(sample["logmel.npy"], self.mean, self.std)
+            audio = decode_audio(members["logmel.npy"], self.mean, self.std)
         except (ValueError, RuntimeError, OSError) as err:
-            raise SampleError(f"{where} cannot be decoded: {err}") from err
+            raise SampleError(f"{shard.tar}: sample {shard.keys[index]} cannot be decoded: {err}") from err
         return {"video": video, "audio": audio, "meta": metadata}
 
-    def _collate(self, decoded: list[dict[str, Any]], valid: list[bool]) -> dict[str, Any]:
-        metadata = [d["meta"] for d in decoded]
-        return {"video": torch.stack([d["video"] for d in decoded]), "audio": torch.stack([d["audio"] for d in decoded]),
-                **label_tensors(metadata, self.spec), "key": [m["key"] for m in metadata],
-                "valid": torch.tensor(valid)}
+    def _skip(self, error: SampleError) -> None:
+        self.bad_samples += 1
+        log.warning("skipping %s (%d skipped by this reader)", error, self.bad_samples)
 
-    # --- training -------------------------------------------------------------------------------------------------
+    def _collate(self, rows: list[dict[str, Any]], valid: list[bool]) -> dict[str, Any]:
+        metadata = [row["meta"] for row in rows]
+        return {"video": torch.stack([row["video"] for row in rows]), "audio": torch.stack([row["audio"] for row in rows]),
+                **label_tensors(metadata, self.spec), "key": [m["key"] for m in metadata], "valid": torch.tensor(valid)}
 
     def _worker(self) -> tuple[int, int]:
         info = get_worker_info()
         return (info.id, info.num_workers) if info else (0, 1)
 
+    # --- training -------------------------------------------------------------------------------------------------
+
+    def _my_samples(self, worker: int, workers: int) -> list[tuple[IndexedShard, list[int]]]:
+        """(shard, sample indices) this reader owns: whole shards when there are enough, else every slots-th sample."""
+        slots, slot = self.world * workers, self.rank * workers + worker
+        if len(self.shards) >= slots:
+            return [(shard, list(range(len(shard)))) for shard in self.shards[slot::slots]]
+        owned, position = [], 0
+        for shard in self.shards:
+            indices = [i for i in range(len(shard)) if (position + i) % slots == slot]
+            position += len(shard)
+            if indices:
+                owned.append((shard, indices))
+        if not owned:
+            raise RuntimeError(f"rank {self.rank} worker {worker} owns no sample: {self.spec.samples} samples for "
+                               f"{slots} readers; use fewer workers or ranks")
+        return owned
+
+    def _epoch_order(self, owned, rng: random.Random) -> Iterator[tuple[IndexedShard, int]]:
+        """One pass over the owned samples: shards in random order, samples shuffled within each shard, and a
+        small buffer that mixes consecutive shards (only (shard, index) pairs wait in it)."""
+        buffer: list[tuple[IndexedShard, int]] = []
+        order = owned[:]
+        rng.shuffle(order)
+        for shard, indices in order:
+            indices = indices[:]
+            rng.shuffle(indices)
+            for index in indices:
+                buffer.append((shard, index))
+                if len(buffer) >= self.config.shuffle_buffer:
+                    yield buffer.pop(rng.randrange(len(buffer)))
+        while buffer:
+            yield buffer.pop(rng.randrange(len(buffer)))
+
+    def _balanced_order(self, owned, rng: random.Random) -> Iterator[tuple[IndexedShard, int]]:
+        """As many draws as owned samples, with replacement, each sample weighted by the rarity of its labels
+        (AudioMAE / CAV-MAE's AudioSet-2M sampler: weight = sum over its labels of 1 / label count)."""
+        if not hasattr(self, "_weights"):
+            self._population = [(shard, i) for shard, indices in owned for i in indices]
+            labels = [parse_metadata(shard.read(i, ["json"])["json"])["labels"] for shard, i in self._population]
+            self._weights = balanced_weights(labels, self.spec.label_counts)
+        yield from rng.choices(self._population, weights=self._weights, k=len(self._population))
+
     def _train_batches(self) -> Iterator[dict[str, Any]]:
         worker, workers = self._worker()
-        slots, slot = self.world * workers, self.rank * workers + worker
-        shards = list(self.spec.shards)
-        if len(shards) >= slots:
-            mine, keep = shards[slot::slots], None
-        else:  # fewer shards than readers: split by sample position instead, still disjoint
-            mine, keep = shards, slot
-        offsets = {}
-        position = 0
-        for shard in shards:
-            offsets[shard.tar] = position
-            position += shard.samples
-        buffer: list[dict[str, Any]] = []
+        owned = self._my_samples(worker, workers)
+        order = self._balanced_order if self.config.balanced_sampling else self._epoch_order
         batch: list[dict[str, Any]] = []
         epoch = self.epoch_offset
         while True:
             rng = random.Random(f"{self.config.seed}:{self.rank}:{worker}:{epoch}")
-            order = [s.tar for s in mine]
-            rng.shuffle(order)
-            seen_in_shard: dict[str, int] = {}
-            kept = 0
-            for sample in self._samples(order):
-                url = sample["__url__"]
-                index = seen_in_shard.get(url, 0)
-                seen_in_shard[url] = index + 1
-                if keep is not None and (offsets[url] + index) % slots != keep:
+            for shard, index in order(owned, rng):
+                try:
+                    batch.append(self._read(shard, index, rng))
+                except SampleError as err:
+                    self._skip(err)
                     continue
-                kept += 1
-                # Shuffle buffer: raw bytes wait here, decoding happens on the way out.
-                buffer.append(sample)
-                if len(buffer) < self.config.shuffle_buffer:
-                    continue
-                picked = buffer.pop(rng.randrange(len(buffer)))
-                batch = self._add(batch, picked, rng)
                 if len(batch) == self.config.batch_size:
                     yield self._collate(batch, [True] * len(batch))
                     batch = []
             epoch += 1
-            if kept == 0:
-                raise RuntimeError(f"rank {self.rank} worker {worker} read no sample in a whole pass over "
-                                   f"{len(order)} shards ({self.spec.samples} samples for {slots} readers)")
-
-    def _add(self, batch: list, sample: dict[str, Any], rng: random.Random) -> list:
-        try:
-            batch.append(self._decode(sample, rng))
-        except SampleError as err:
-            self.stats.bad_samples += 1
-            log.warning("skipping %s (%d skipped so far)", err, self.stats.bad_samples)
-        return batch
 
     # --- evaluation -----------------------------------------------------------------------------------------------
 
     def _eval_batches(self) -> Iterator[dict[str, Any]]:
-        """This worker's batches (numbers w, w + W, ...) of the rank's range, streamed in order, so the DataLoader's
+        """This worker's batches (numbers w, w + W, ...) of the rank's range, in order, so the DataLoader's
         round-robin over workers hands them out in the global order."""
         worker, workers = self._worker()
         first, end = eval_range(self.spec.samples, self.rank, self.world)
         if end == first:
             raise RuntimeError(f"rank {self.rank} has no evaluation sample: {self.spec.samples} samples for "
                                f"{self.world} ranks; use fewer ranks")
-        batches = eval_batches(self.spec.samples, self.world, self.config.batch_size)
-        size = self.config.batch_size
-        mine = set(range(worker, batches, workers))
-        rng = random.Random(0)
-        rows: list[dict[str, Any]] = []
-        last_real = None
-        position = 0
-        for shard in self.spec.shards:
-            if position >= end or position + shard.samples <= first:  # no sample of this rank: not even opened
-                position += shard.samples
-                continue
-            for offset, sample in enumerate(self._samples([shard.tar])):
-                index = position + offset
-                number = (index - first) // size
-                if not first <= index < end or (number not in mine and index != end - 1):
-                    continue
-                try:
-                    decoded = self._decode(sample, rng)
-                except SampleError as err:
-                    self.stats.bad_samples += 1
-                    log.warning("evaluation: %s; counted as invalid", err)
-                    decoded = None
-                if index == end - 1:
-                    last_real = decoded  # the padding repeats it
-                if number in mine:
-                    rows.append(decoded)
-                    if len(rows) == size:
-                        yield self._collate_eval(rows, [True] * size)
-                        rows = []
-            position += shard.samples
-        real_batches = math.ceil((end - first) / size)
-        if rows:  # the rank's last, partial batch
-            yield self._collate_eval(rows + [last_real] * (size - len(rows)),
-                                     [True] * len(rows) + [False] * (size - len(rows)))
-        for number in sorted(mine):
-            if number >= real_batches:  # ranks with fewer samples still yield as many batches as the others
-                yield self._collate_eval([last_real] * size, [False] * size)
+        starts = list(itertools.accumulate((len(shard) for shard in self.shards), initial=0))
 
-    def _collate_eval(self, rows: list, valid: list[bool]) -> dict[str, Any]:
-        """A sample that could not be decoded keeps its place as an invalid copy of a good one."""
-        good = next((row for row in rows if row is not None), None)
-        if good is None:
-            raise RuntimeError(f"rank {self.rank}: a whole evaluation batch is unreadable; see the warnings above")
-        return self._collate([row or good for row in rows], [ok and row is not None for row, ok in zip(rows, valid)])
+        def locate(index: int) -> tuple[IndexedShard, int]:
+            number = bisect.bisect_right(starts, index) - 1
+            return self.shards[number], index - starts[number]
+
+        size = self.config.batch_size
+        rng = random.Random(0)
+        last = self._read_or_none(*locate(end - 1), rng)  # the padding repeats the rank's last sample
+        for number in range(worker, eval_batches(self.spec.samples, self.world, size), workers):
+            indices = range(first + number * size, first + (number + 1) * size)
+            rows = [self._read_or_none(*locate(i), rng) if i < end else last for i in indices]
+            valid = [i < end and row is not None for i, row in zip(indices, rows)]
+            good = next((row for row in rows if row is not None), None)
+            if good is None:
+                raise RuntimeError(f"rank {self.rank}: every sample of an evaluation batch is unreadable (see above)")
+            yield self._collate([row or good for row in rows], valid)
+
+    def _read_or_none(self, shard: IndexedShard, index: int, rng: random.Random) -> dict[str, Any] | None:
+        """In evaluation a bad sample keeps its place, marked invalid, so every other sample still counts once."""
+        try:
+            return self._read(shard, index, rng)
+        except SampleError as err:
+            self._skip(err)
+            return None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self._train_batches() if self.train else self._eval_batches()

@@ -1,0 +1,128 @@
+"""Loader throughput: avmae's backends against a CAV-MAE-style loader on the same clips.
+
+The baseline does what CAV-MAE's dataloader does per sample (methods.md B.1/B.2): open one JPEG file per frame
+(PIL, Resize + CenterCrop/RandomResizedCrop, ToTensor, Normalize) and a 16 kHz wav (torchaudio.load), and compute
+the Kaldi fbank on the fly. Its files are made once from the same shards (frames) and source clips (audio).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tarfile
+import time
+import wave
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchaudio
+from PIL import Image
+from torchvision import transforms
+
+from avmae.data.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
+from avmae.data.loader import build_loader
+from avmae.data.samples import frame_members, parse_metadata
+from avmae.data.spec import load_spec
+from avmae.shard.media import ffmpeg_binary
+
+
+def export_cavmae_layout(spec, folder: Path, frames: list[str]) -> list[dict[str, Any]]:
+    """frame_<i>/<key>.jpg and <key>.wav per sample, as CAV-MAE's extraction scripts leave them."""
+    rows = []
+    for shard in spec.shards:
+        with tarfile.open(shard.tar) as tar:
+            names = tar.getnames()
+            for name in names:
+                if not name.endswith(".json"):
+                    continue
+                key = name[: -len(".json")]
+                meta = parse_metadata(tar.extractfile(name).read())
+                paths = []
+                for i, member in enumerate(frames):
+                    path = folder / f"frame_{i}" / f"{key}.jpg"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(tar.extractfile(f"{key}.{member}").read())
+                    paths.append(str(path))
+                wav = folder / "audio" / f"{key}.wav"
+                wav.parent.mkdir(parents=True, exist_ok=True)
+                if not wav.exists():
+                    subprocess.run([ffmpeg_binary(), "-nostdin", "-v", "error", "-y", "-ss", str(meta["start"]),
+                                    "-t", str(meta["end"] - meta["start"]), "-i", meta["path"], "-vn", "-ac", "1",
+                                    "-ar", "16000", str(wav)], check=True)
+                rows.append({"frames": paths, "wav": str(wav)})
+    return rows
+
+
+def _load_wav(path: str) -> tuple[torch.Tensor, int]:
+    """torchaudio.load of a 16-bit wav (int16 / 32768); torchaudio 2.11 needs torchcodec for it, so read it here."""
+    with wave.open(path, "rb") as handle:
+        rate, frames = handle.getframerate(), handle.readframes(handle.getnframes())
+    samples = torch.frombuffer(bytearray(frames), dtype=torch.int16).float() / 32768
+    return samples.unsqueeze(0), rate
+
+
+class CavmaeStyleDataset(torch.utils.data.Dataset):
+    def __init__(self, rows, target_frames: int, crop: int, train: bool, mean: float, std: float):
+        self.rows, self.target_frames, self.mean, self.std = rows, target_frames, mean, std
+        spatial = transforms.RandomResizedCrop(crop) if train else transforms.Compose(
+            [transforms.Resize(crop, interpolation=transforms.InterpolationMode.BICUBIC), transforms.CenterCrop(crop)])
+        self.image = transforms.Compose([spatial, transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int):
+        row = self.rows[index]
+        waveform, rate = _load_wav(row["wav"])
+        waveform = waveform - waveform.mean()
+        fbank = torchaudio.compliance.kaldi.fbank(waveform, htk_compat=True, sample_frequency=rate, use_energy=False,
+                                                  window_type="hanning", num_mel_bins=128, dither=0.0, frame_shift=10)
+        pad = self.target_frames - fbank.shape[0]
+        fbank = torch.nn.functional.pad(fbank, (0, 0, 0, pad)) if pad > 0 else fbank[: self.target_frames]
+        video = torch.stack([self.image(Image.open(path).convert("RGB")) for path in row["frames"]])
+        return (fbank - self.mean) / self.std, video
+
+
+def _rate(iterator, batches: int, batch_size: int, frames: int) -> dict[str, float]:
+    next(iterator)  # start-up (workers, pipeline build) is not throughput
+    started = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    seconds = time.perf_counter() - started
+    samples = batches * batch_size
+    return {"samples_per_s": round(samples / seconds, 1), "frames_per_s": round(samples * frames / seconds, 1)}
+
+
+def bench_loader(data: Path, split: str, backends: list[str], workers: list[int], *, batch_size: int, batches: int,
+                 num_frames: int, crop: int, train: bool, scratch: Path) -> dict[str, Any]:
+    spec = load_spec(data, split)
+    results: dict[str, Any] = {"data": str(data), "split": split, "samples": spec.samples, "batch_size": batch_size,
+                               "frames_per_sample": num_frames, "crop": crop, "train_augmentation": train, "runs": []}
+    for backend in backends:
+        for count in workers:
+            config = DataConfig(shards=str(data), backend=backend, batch_size=batch_size, workers=count,
+                                num_frames=num_frames, crop_size=crop, shuffle_buffer=16)
+            stream = iter(_forever(lambda: build_loader(config, split, train=train)))
+            results["runs"].append({"loader": backend, "workers": count,
+                                    **_rate(stream, batches, batch_size, num_frames)})
+    rows = export_cavmae_layout(spec, scratch, frame_members(spec.features["num_frames"], num_frames))
+    dataset = CavmaeStyleDataset(rows, spec.features["target_frames"], crop, train, spec.logmel_mean, spec.logmel_std)
+    for count in workers:
+        def make():
+            return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=count,
+                                               drop_last=True, persistent_workers=False)
+        results["runs"].append({"loader": "cavmae_style", "workers": count,
+                                **_rate(iter(_forever(make)), batches, batch_size, num_frames)})
+    best = {}
+    for run in results["runs"]:
+        best[run["loader"]] = max(best.get(run["loader"], 0), run["samples_per_s"])
+    if "cavmae_style" in best:
+        results["speedup_over_cavmae_style"] = {name: round(rate / best["cavmae_style"], 2)
+                                                for name, rate in best.items() if name != "cavmae_style"}
+    return results
+
+
+def _forever(make):
+    """Batches from loaders made by ``make``, one after another (evaluation loaders end)."""
+    while True:
+        yield from make()
