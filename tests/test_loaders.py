@@ -279,3 +279,15 @@ def test_balanced_sampling_draws_each_class_about_equally(shards, tmp_path):
     assert draws[False][0] == pytest.approx(1 / 12, abs=0.03)
     assert draws[True][0] == pytest.approx(1 / 4, abs=0.05)  # four classes, equal mass
     assert draws[True].max() - draws[True].min() < 0.1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_resumed_stream_continues_where_it_stopped(shards, workers):
+    cfg = config(shards, workers=workers, batch_size=2, shuffle_buffer=3)
+    straight = iter(build_loader(cfg, "train", train=True))
+    expected = [next(straight) for _ in range(9)]
+    resumed = iter(build_loader(cfg, "train", train=True, start_batch=5))
+    for batch in expected[5:]:
+        again = next(resumed)
+        assert again["key"] == batch["key"]
+        assert torch.equal(again["video"], batch["video"])  # the same crops and flips too

@@ -26,7 +26,7 @@ class Loader:
     """Batches of one split for one rank. Training iterates forever; evaluation yields ``len(self)`` batches."""
 
     def __init__(self, spec: DataSpec, config: DataConfig, *, train: bool, rank: int = 0, world: int = 1,
-                 device: torch.device | None = None):
+                 device: torch.device | None = None, start_batch: int = 0):
         self.spec, self.config, self.train = spec, config, train
         self.device = device or torch.device("cpu")
         self.backend = choose_backend(config.backend)
@@ -36,10 +36,12 @@ class Loader:
             device_id = self.device.index if self.device.type == "cuda" else None
             if device_id is None and self.device.type == "cuda":
                 device_id = torch.cuda.current_device()
+            # DALI restarts its reader on resume (a fresh shuffle of the same data, statistically the same stream);
+            # the webdataset backend continues the exact sequence.
             self._source = DaliLoader(spec, config, train=train, rank=rank, world=world, device_id=device_id)
         else:
             self._source = webdataset_loader(spec, config, train=train, rank=rank, world=world,
-                                             pin_memory=self.device.type == "cuda")
+                                             pin_memory=self.device.type == "cuda", start_batch=start_batch)
         self._batches = None if train else eval_batches(spec.samples, world, config.batch_size)
 
     def __len__(self) -> int:
@@ -56,9 +58,11 @@ class Loader:
 
 
 def build_loader(config: DataConfig, split: str, *, train: bool, rank: int = 0, world: int = 1,
-                 device: torch.device | None = None, expect: dict[str, Any] | None = None) -> Loader:
-    """A loader over ``config.shards`` / ``split``; ``expect`` are feature parameters the shards must have."""
+                 device: torch.device | None = None, expect: dict[str, Any] | None = None,
+                 start_batch: int = 0) -> Loader:
+    """A loader over ``config.shards`` / ``split``; ``expect`` are feature parameters the shards must have;
+    ``start_batch`` continues a training stream after the batches a resumed run already consumed."""
     if not config.shards:
         raise ValueError("data.shards is not set: point it at a folder made by avmae-shard build")
     spec = load_spec(config.shards, split, expect)
-    return Loader(spec, config, train=train, rank=rank, world=world, device=device)
+    return Loader(spec, config, train=train, rank=rank, world=world, device=device, start_batch=start_batch)

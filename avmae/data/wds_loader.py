@@ -65,7 +65,8 @@ class ShardStream(IterableDataset):
             if len(shard) != listed.samples:
                 raise ValueError(f"{shard.tar}: its index lists {len(shard)} samples, the manifest {listed.samples}")
         self.bad_samples = 0
-        self.epoch_offset = 0  # a resumed run continues with fresh epochs instead of replaying the first ones
+        self.epoch_offset = 0
+        self.start_batch = 0  # training: the rank's batches already consumed (a resumed run continues after them)
 
     def _read(self, shard: IndexedShard, index: int, rng: random.Random) -> dict[str, Any]:
         members = shard.read(index, self.members)
@@ -135,16 +136,25 @@ class ShardStream(IterableDataset):
         yield from rng.choices(self._population, weights=self._weights, k=len(self._population))
 
     def _train_batches(self) -> Iterator[dict[str, Any]]:
+        """Batches of this reader's endless stream. The DataLoader takes batches from its workers in turn, so the
+        rank's n-th batch comes from reader n mod W; a resumed run starting at batch B lets worker w play reader
+        (w + B) mod W and skip that reader's batches before B without reading them, to continue the same stream."""
         worker, workers = self._worker()
-        owned = self._my_samples(worker, workers)
+        role = (worker + self.start_batch) % workers
+        owned = self._my_samples(role, workers)
         order = self._balanced_order if self.config.balanced_sampling else self._epoch_order
+        skip = len(range(role, self.start_batch, workers)) * self.config.batch_size
         batch: list[dict[str, Any]] = []
         epoch = self.epoch_offset
         while True:
-            rng = random.Random(f"{self.config.seed}:{self.rank}:{worker}:{epoch}")
-            for shard, index in order(owned, rng):
+            stream = f"{self.config.seed}:{self.rank}:{role}:{epoch}"
+            for draw, (shard, index) in enumerate(order(owned, random.Random(stream))):
+                if skip:
+                    skip -= 1
+                    continue
                 try:
-                    batch.append(self._read(shard, index, rng))
+                    # Augmentation randomness per draw, so skipping draws leaves the later ones unchanged.
+                    batch.append(self._read(shard, index, random.Random(f"{stream}:{draw}")))
                 except SampleError as err:
                     self._skip(err)
                     continue
@@ -194,8 +204,9 @@ class ShardStream(IterableDataset):
 
 
 def webdataset_loader(spec: DataSpec, config: DataConfig, *, train: bool, rank: int, world: int,
-                      pin_memory: bool = False) -> torch.utils.data.DataLoader:
+                      pin_memory: bool = False, start_batch: int = 0) -> torch.utils.data.DataLoader:
     stream = ShardStream(spec, config, train=train, rank=rank, world=world)
+    stream.start_batch = start_batch
     workers = config.workers
     return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                                        persistent_workers=train and workers > 0,

@@ -1,0 +1,88 @@
+"""Checkpoints: DeepSpeed ZeRO checkpoints per step, a completion marker written after every rank has saved
+(so a half-written checkpoint is never resumed from), pruning to the newest K, and consolidated fp32 exports."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+COMPLETE = "complete.json"
+
+
+def tag_for(step: int) -> str:
+    return f"step{step:08d}"
+
+
+class Checkpoints:
+    def __init__(self, root: Path, keep: int, is_main: bool):
+        self.root, self.keep, self.is_main = root, keep, is_main
+
+    def complete(self) -> list[tuple[int, str]]:
+        """(step, tag) of every complete checkpoint, oldest first."""
+        found = []
+        if self.root.is_dir():
+            for marker in self.root.glob(f"*/{COMPLETE}"):
+                try:
+                    found.append((json.loads(marker.read_text())["step"], marker.parent.name))
+                except (OSError, ValueError, KeyError):
+                    continue  # a marker being written right now, or damaged: not a complete checkpoint
+        return sorted(found)
+
+    def save(self, engine, step: int, client_state: dict[str, Any]) -> str:
+        """Every rank must call this (DeepSpeed saves each rank's shard)."""
+        tag = tag_for(step)
+        engine.save_checkpoint(str(self.root), tag=tag, client_state={**client_state, "step": step})
+        dist.barrier()
+        if self.is_main:
+            partial = self.root / tag / f".{COMPLETE}.partial"
+            partial.write_text(json.dumps({"step": step, "world_size": dist.get_world_size()}))
+            os.replace(partial, self.root / tag / COMPLETE)
+            for _, old in self.complete()[:-self.keep] if self.keep > 0 else []:
+                shutil.rmtree(self.root / old, ignore_errors=True)
+        dist.barrier()
+        return tag
+
+    def resume(self, engine) -> dict[str, Any] | None:
+        """Load the newest complete checkpoint, if any; returns its client state."""
+        complete = self.complete()
+        if not complete:
+            return None
+        _, tag = complete[-1]
+        path, client_state = engine.load_checkpoint(str(self.root), tag=tag)
+        if path is None:
+            raise RuntimeError(f"{self.root / tag} is marked complete but DeepSpeed could not load it")
+        return client_state
+
+    def fp32_state_dict(self, tag: str) -> dict[str, torch.Tensor]:
+        """The fp32 master weights of a checkpoint, gathered from every ZeRO partition (any stage)."""
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = get_fp32_state_dict_from_zero_checkpoint(str(self.root), tag=tag)
+        return {k: v.contiguous() for k, v in state.items()}
+
+
+def save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    save_file({k: v.detach().cpu().float().contiguous() for k, v in state.items()}, str(partial), metadata=metadata)
+    os.replace(partial, path)
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Weights from an export (``.safetensors``) or a run folder (its ``export/model.safetensors``)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "export" / "model.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"no weights at {path}: give an exported .safetensors file or a finished run folder")
+    return load_file(str(path))

@@ -1,0 +1,79 @@
+"""The run configuration of ``avmae-train``: task, model, data, optimisation, DeepSpeed, checkpoints, logging."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from avmae.data.config import DataConfig
+from avmae.models.config import ModelConfig
+
+
+@dataclass
+class OptimConfig:
+    steps: int = 1000  # optimizer steps of the whole run; the schedule is by step, not by epoch
+    lr: float = 6e-4  # AV-MAE AudioSet pretraining: 3e-4 x 512/256 (methods.md C.2)
+    min_lr: float = 0.0
+    warmup_steps: int = 0
+    betas: tuple[float, ...] = (0.9, 0.95)
+    weight_decay: float = 0.05
+    grad_clip: float = 0.0  # 0 = off
+    layer_decay: float = 1.0  # fine-tuning: lr x decay^(depth - layer) for encoder layers (BEiT / AudioMAE 0.75)
+    head_lr_scale: float = 1.0  # fine-tuning: the heads learn this much faster (CAV-MAE: x10 .. x100)
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 500  # steps
+    keep: int = 3  # newest complete checkpoints kept
+    export: bool = True  # consolidated fp32 safetensors of the final (and best) weights
+    average_last: int = 0  # fine-tuning: also export the mean of the last N checkpoints (CAV-MAE weight averaging)
+
+
+@dataclass
+class LogConfig:
+    every: int = 10
+    tensorboard: bool = True
+    progress: bool = True  # rich live line on rank 0
+
+
+@dataclass
+class FinetuneConfig:
+    init: str = ""  # pretraining export (.safetensors) or run folder to start the encoder from
+    heads: dict = field(default_factory=dict)  # {} = from the data's labels
+    modality: Literal["av", "audio", "video"] = "av"
+    loss: Literal["auto", "bce", "ce"] = "auto"  # auto: BCE for multi-label data, CE otherwise
+    label_smoothing: float = 0.0
+    modality_dropout: float = 0.0
+    eval_every: int = 0  # steps between evaluations on data.eval_split (0 = only at the end)
+    eval_batches: int = 0  # 0 = the whole evaluation split
+
+
+@dataclass
+class RunConfig:
+    task: Literal["pretrain", "finetune"] = "pretrain"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    zero_stage: int = 2  # ZeRO 2 shards optimizer states and gradients; 3 also shards parameters
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    grad_accum: int = 1
+    seed: int = 0
+    workdir: str = "runs/default"
+    stop_after: int = 0  # leave (with a checkpoint) after this many steps of this process; 0 = run to the end
+    peak_tflops: float = 989.0  # per GPU, dense bf16 (H100 SXM), for the MFU estimate
+
+    def validate(self) -> "RunConfig":
+        self.model.validate()
+        if self.zero_stage not in (1, 2, 3):
+            raise ValueError(f"zero_stage must be 1, 2 or 3, got {self.zero_stage}")
+        if self.optim.steps < 1 or self.grad_accum < 1:
+            raise ValueError("optim.steps and grad_accum must be at least 1")
+        if not self.data.shards:
+            raise ValueError("data.shards is not set: point it at a folder made by avmae-shard build")
+        if self.task == "finetune" and self.finetune.loss == "bce" and self.finetune.heads.get("verb"):
+            raise ValueError("Epic-Kitchens verb/noun heads are single-label: use finetune.loss ce")
+        return self

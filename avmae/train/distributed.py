@@ -1,0 +1,81 @@
+"""Process-group set-up from SLURM, torchrun or nothing (one process), before DeepSpeed sees it.
+
+DeepSpeed falls back to MPI discovery (and needs mpi4py) when RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT /
+LOCAL_RANK are missing (engineering.md 5.3); so they are always set here, from SLURM's variables when srun
+started us: MASTER_ADDR is the first host of the job's node list, MASTER_PORT is derived from the job id so two
+jobs sharing a node do not collide.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+    backend: str
+    launcher: str  # "slurm", "torchrun" or "single"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list (``node[01-04],gpu7`` -> ``node01``), via scontrol when available."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
+        return out.stdout.split()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        head = nodelist.split(",")[0]
+        if "[" in head:
+            prefix, rest = head.split("[", 1)
+            head = prefix + rest.split("-")[0].split(",")[0].rstrip("]")
+        return head
+
+
+def port_for_job(job_id: str) -> int:
+    """A port in [20000, 30000) that depends on the job id only (every task of the job computes the same one)."""
+    return 20000 + int(job_id) % 10000
+
+
+def environment_from_slurm(env: dict[str, str]) -> dict[str, str]:
+    """The torch.distributed variables for one srun task (empty when not under srun)."""
+    if "SLURM_PROCID" not in env or "RANK" in env:
+        return {}
+    return {
+        "RANK": env["SLURM_PROCID"],
+        "WORLD_SIZE": env.get("SLURM_NTASKS", "1"),
+        "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+        "MASTER_ADDR": env.get("MASTER_ADDR") or first_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")),
+        "MASTER_PORT": env.get("MASTER_PORT") or str(port_for_job(env.get("SLURM_JOB_ID", "0"))),
+    }
+
+
+def setup_distributed() -> DistInfo:
+    """Set the variables, choose the device and backend (NCCL on CUDA, gloo on CPU), start the process group."""
+    import deepspeed
+
+    launcher = "slurm" if "SLURM_PROCID" in os.environ and "RANK" not in os.environ else (
+        "torchrun" if "RANK" in os.environ else "single")
+    os.environ.update(environment_from_slurm(dict(os.environ)))
+    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port_for_job(os.environ.get("SLURM_JOB_ID", "0")))}.items():
+        os.environ.setdefault(key, value)
+    rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device, backend = torch.device("cuda", local_rank), "nccl"
+    else:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        device, backend = torch.device("cpu"), "gloo"
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    return DistInfo(rank, world, local_rank, device, backend, launcher)

@@ -1,0 +1,62 @@
+"""What a run reports: a rich live line on rank 0, ``metrics.jsonl`` and TensorBoard events."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from avmae.train.config import LogConfig
+
+
+class RunLogger:
+    def __init__(self, workdir: Path, config: LogConfig, total_steps: int, start_step: int, enabled: bool):
+        self.enabled = enabled
+        self.console = Console(file=sys.stderr)
+        self.metrics_path = workdir / "metrics.jsonl"
+        self.writer = None
+        self.progress = None
+        if not enabled:
+            return
+        if config.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(workdir / "tensorboard"))
+        if config.progress:
+            self.progress = Progress(TextColumn("[bold]step"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[line]}"), TextColumn("ETA"), TimeRemainingColumn(),
+                                     console=self.console)
+            self.task = self.progress.add_task("train", total=total_steps, completed=start_step, line="")
+            self.progress.start()
+
+    def step(self, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "time": round(time.time(), 3), **values}
+        with open(self.metrics_path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for name, value in values.items():
+                if isinstance(value, (int, float)):
+                    self.writer.add_scalar(name, value, step)
+        if self.progress is not None:
+            parts = [f"{k.removeprefix('loss_')} {v:.4f}" for k, v in values.items() if k.startswith("loss")]
+            extra = [f"lr {values['lr']:.2e}"] if "lr" in values else []
+            extra += [f"{values['samples_per_s']:.1f} samples/s"] if "samples_per_s" in values else []
+            extra += [f"MFU {values['mfu']:.1%}"] if "mfu" in values else []
+            self.progress.update(self.task, completed=step, line="  ".join(parts + extra))
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            self.console.print(text)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        if self.writer is not None:
+            self.writer.close()
