@@ -22,7 +22,7 @@ fi
 
 step "3/4 shards (re-running resumes; 20% of the videos held out as 'val')"
 avmae-shard build --list "$OUT/corpus/corpus.csv" --out "$OUT/shards" --segment-seconds 4 \
-  --num-frames 16 --short-side 160 --shard-size 25 --val-fraction 0.2
+  --num-frames 16 --short-side 128 --target-frames 400 --shard-size 25 --val-fraction 0.2
 avmae-shard verify "$OUT/shards"
 
 step "4/4 look at the data"

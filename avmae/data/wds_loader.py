@@ -208,6 +208,9 @@ def webdataset_loader(spec: DataSpec, config: DataConfig, *, train: bool, rank: 
     stream = ShardStream(spec, config, train=train, rank=rank, world=world)
     stream.start_batch = start_batch
     workers = config.workers
+    # Its own generator: a DataLoader draws its base seed from the global RNG otherwise, and a resumed run, whose
+    # RNG state comes from the checkpoint, would then draw different masks than an uninterrupted one.
     return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                                        persistent_workers=train and workers > 0,
-                                       prefetch_factor=2 if workers > 0 else None)
+                                       prefetch_factor=2 if workers > 0 else None,
+                                       generator=torch.Generator().manual_seed(config.seed + rank))

@@ -34,17 +34,20 @@ class Checkpoints:
                     continue  # a marker being written right now, or damaged: not a complete checkpoint
         return sorted(found)
 
-    def save(self, engine, step: int, client_state: dict[str, Any]) -> str:
-        """Every rank must call this (DeepSpeed saves each rank's shard)."""
+    def save(self, engine, step: int, client_state: dict[str, Any], protect: str | None = None) -> str:
+        """Every rank must call this (DeepSpeed saves each rank's shard). ``protect`` (the best checkpoint so far)
+        survives pruning."""
         tag = tag_for(step)
         engine.save_checkpoint(str(self.root), tag=tag, client_state={**client_state, "step": step})
+        torch.save(rng_state(), self.root / tag / f"rng_rank{dist.get_rank()}.pt")
         dist.barrier()
         if self.is_main:
             partial = self.root / tag / f".{COMPLETE}.partial"
             partial.write_text(json.dumps({"step": step, "world_size": dist.get_world_size()}))
             os.replace(partial, self.root / tag / COMPLETE)
             for _, old in self.complete()[:-self.keep] if self.keep > 0 else []:
-                shutil.rmtree(self.root / old, ignore_errors=True)
+                if old != protect:
+                    shutil.rmtree(self.root / old, ignore_errors=True)
         dist.barrier()
         return tag
 
@@ -57,6 +60,9 @@ class Checkpoints:
         path, client_state = engine.load_checkpoint(str(self.root), tag=tag)
         if path is None:
             raise RuntimeError(f"{self.root / tag} is marked complete but DeepSpeed could not load it")
+        own = self.root / tag / f"rng_rank{dist.get_rank()}.pt"
+        if own.exists():  # absent when the world size changed: the run goes on with fresh random streams
+            set_rng_state(torch.load(own, weights_only=False))
         return client_state
 
     def fp32_state_dict(self, tag: str) -> dict[str, torch.Tensor]:
@@ -65,6 +71,30 @@ class Checkpoints:
 
         state = get_fp32_state_dict_from_zero_checkpoint(str(self.root), tag=tag)
         return {k: v.contiguous() for k, v in state.items()}
+
+
+def rng_state() -> dict[str, Any]:
+    """This rank's random generators: masks, drop-path, mixup and SpecAugment draw from them."""
+    import random
+
+    import numpy as np
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:

@@ -1,0 +1,260 @@
+"""``avmae-train``: one DeepSpeed ZeRO trainer for AV-MAE pretraining and for fine-tuning.
+
+Order of a run: process group -> model -> DeepSpeed engine -> resume from the newest complete checkpoint ->
+loader positioned after the batches already consumed -> steps (logging, periodic checkpoints and evaluations,
+stop requests from SLURM) -> final checkpoint and fp32 export.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from avmae.config import dump, to_dict
+from avmae.data.augment import mixup, spec_augment
+from avmae.data.loader import Loader, build_loader
+from avmae.data.spec import load_spec
+from avmae.models.avmae import AVMAE
+from avmae.models.classifier import AVClassifier
+from avmae.models.counts import pretraining_flops
+from avmae.train.checkpoint import Checkpoints, load_weights, save_safetensors
+from avmae.train.config import RunConfig
+from avmae.train.distributed import DistInfo, setup_distributed
+from avmae.train.evaluate import evaluate_classifier
+from avmae.train.logging import RunLogger
+from avmae.train.losses import finetune_loss
+from avmae.train.optim import learning_rate, parameter_groups
+from avmae.train.signals import StopRequest, requeue
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _deepspeed_config(config: RunConfig, bf16: bool) -> dict[str, Any]:
+    return {
+        "train_micro_batch_size_per_gpu": config.data.batch_size,
+        "gradient_accumulation_steps": config.grad_accum,
+        "gradient_clipping": config.optim.grad_clip,
+        "bf16": {"enabled": bf16},
+        "zero_optimization": {"stage": config.zero_stage, "overlap_comm": bf16, "contiguous_gradients": True,
+                              "reduce_bucket_size": 5e8, "allgather_bucket_size": 5e8},
+        "steps_per_print": 10**9,  # our own logging says what happens
+        "wall_clock_breakdown": False,
+    }
+
+
+def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Losses as the mean over ranks (what the global batch saw), for logging."""
+    if dist.get_world_size() == 1 or not values:
+        return values
+    names = sorted(values)
+    tensor = torch.tensor([values[n] for n in names], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor)
+    return {n: float(v) / dist.get_world_size() for n, v in zip(names, tensor.tolist())}
+
+
+def _feature_expectations(config: RunConfig) -> dict[str, Any]:
+    """The shard parameters the model's input sizes rely on."""
+    return {"target_frames": config.model.audio.frames, "num_mel_bins": config.model.audio.mel_bins}
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, dist_info: DistInfo | None = None):
+        self.config = config.validate()
+        self.dist = dist_info or setup_distributed()
+        self.workdir = Path(config.workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.is_main = self.dist.is_main
+        self.bf16 = config.precision == "bf16" or (config.precision == "auto" and self.dist.device.type == "cuda")
+        _seed_everything(config.seed + self.dist.rank)
+        if self.is_main:
+            dump(config, self.workdir / "config.yaml")
+        self.spec = load_spec(config.data.shards, config.data.train_split, _feature_expectations(config))
+        self.model, self.init_report = self._build_model()
+        self.engine = self._build_engine()
+        self.checkpoints = Checkpoints(self.workdir / "checkpoints", config.checkpoint.keep, self.is_main)
+
+    # --- set-up ---------------------------------------------------------------------------------------------------
+
+    def _heads(self) -> dict[str, int]:
+        return dict(self.config.finetune.heads) or dict(self.spec.heads)
+
+    def _build_model(self):
+        config = self.config
+        if config.task == "pretrain":
+            return AVMAE(config.model), None
+        heads = self._heads()
+        if not heads:
+            raise ValueError(f"{config.data.shards} has no labels to fine-tune on; set finetune.heads")
+        model = AVClassifier(config.model, heads, config.finetune.modality, config.finetune.modality_dropout)
+        report = None
+        if config.finetune.init:
+            report = model.load_pretrained(load_weights(config.finetune.init))
+            report = {"init": config.finetune.init, **{k: v for k, v in report.items()}}
+            if self.is_main:
+                (self.workdir / "init_report.json").write_text(json.dumps(report, indent=1))
+        return model, report
+
+    def _build_engine(self):
+        import deepspeed
+
+        groups, self.lr_scales = parameter_groups(self.model, self.config.model, self.config.optim)
+        optimizer = torch.optim.AdamW(groups, lr=self.config.optim.lr, betas=tuple(self.config.optim.betas))
+        engine, _, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer,
+                                               config=_deepspeed_config(self.config, self.bf16))
+        return engine
+
+    def _set_lr(self, step: int) -> float:
+        lr = learning_rate(step, self.config.optim)
+        for group, scale in zip(self.engine.optimizer.param_groups, self.lr_scales):
+            group["lr"] = lr * scale
+        return lr
+
+    # --- steps ----------------------------------------------------------------------------------------------------
+
+    def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = torch.bfloat16 if self.bf16 else torch.float32  # DeepSpeed bf16 casts the module, not autocast
+        return batch["audio"].to(dtype), batch["video"].to(dtype)
+
+    def _pretrain_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        audio, video = self._inputs(batch)
+        out = self.engine(audio, video)
+        parts = {k: v.detach().item() for k, v in out.items() if k.startswith("loss")}
+        return out["loss"], parts
+
+    def _finetune_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        data = self.config.data
+        batch = dict(batch)
+        batch["audio"] = spec_augment(batch["audio"], data.freq_mask, data.time_mask)
+        batch = mixup(batch, self._heads(), data.mixup)
+        audio, video = self._inputs(batch)
+        logits = self.engine(audio=audio, video=video)
+        loss = finetune_loss(logits, batch["targets"], self._loss_kind(), self.config.finetune.label_smoothing)
+        return loss, {"loss": loss.detach().item()}
+
+    def _loss_kind(self) -> str:
+        if self.config.finetune.loss != "auto":
+            return self.config.finetune.loss
+        return "bce" if self.spec.label_mode == "multi" else "ce"
+
+    # --- the run --------------------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        config, optim = self.config, self.config.optim
+        client = self.checkpoints.resume(self.engine)
+        start = client["step"] if client else 0
+        best = client.get("best") if client else None
+        loader = build_loader(config.data, config.data.train_split, train=True, rank=self.dist.rank,
+                              world=self.dist.world, device=self.dist.device,
+                              expect=_feature_expectations(config), start_batch=start * config.grad_accum)
+        batches = iter(loader)
+        logger = RunLogger(self.workdir, config.log, optim.steps, start, enabled=self.is_main)
+        if client:
+            logger.message(f"resumed from step {start} ({self.checkpoints.root})")
+        stop = StopRequest()
+        step_fn = self._pretrain_step if config.task == "pretrain" else self._finetune_step
+        flops = pretraining_flops(config.model, global_batch=config.data.batch_size * self.dist.world)["forward_backward"]
+        samples_per_step = config.data.batch_size * config.grad_accum * self.dist.world
+        last_time, last_step = time.perf_counter(), start
+        step, ran, signum = start, 0, 0
+        self.engine.train()
+        try:
+            while step < optim.steps:
+                lr = self._set_lr(step)
+                totals: dict[str, float] = {}
+                for _ in range(config.grad_accum):
+                    loss, parts = step_fn(next(batches))
+                    self.engine.backward(loss)
+                    self.engine.step()
+                    for name, value in parts.items():
+                        totals[name] = totals.get(name, 0.0) + value / config.grad_accum
+                step += 1
+                ran += 1
+                if step % config.log.every == 0 or step == optim.steps:
+                    totals = _mean_over_ranks(totals)
+                    now = time.perf_counter()
+                    rate = samples_per_step * (step - last_step) / (now - last_time)
+                    values = {**totals, "lr": lr, "samples_per_s": rate}
+                    if self.dist.device.type == "cuda":
+                        if config.task == "pretrain":
+                            values["mfu"] = rate * flops / self.dist.world / (config.peak_tflops * 1e12)
+                        values["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+                    logger.step(step, values)
+                    last_time, last_step = now, step
+                signum = stop.agreed()
+                leaving = signum or (config.stop_after and ran >= config.stop_after)
+                if step % config.checkpoint.every == 0 or step == optim.steps or leaving:
+                    best = self._checkpoint(step, best, logger)
+                if leaving:
+                    break
+        finally:
+            logger.close()
+        finished = step >= optim.steps
+        if finished:
+            self._export(best)
+        if signum == 10 and self.is_main:  # SIGUSR1: the time limit is near; come back and resume
+            logger.message(f"requeued: {requeue()}")
+        return {"step": step, "finished": finished, "signal": signum, "best": best}
+
+    def _checkpoint(self, step: int, best: dict | None, logger: RunLogger) -> dict | None:
+        client: dict[str, Any] = {"best": best}
+        if self.config.task == "finetune" and (self.config.finetune.eval_every and step % self.config.finetune.eval_every == 0
+                                               or step == self.config.optim.steps):
+            metrics = self.evaluate()
+            logger.step(step, {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+            score = metrics.get("mAP", metrics.get("top1", metrics.get("action_top1")))
+            if score is not None and (best is None or score > best["score"]):
+                best = {"step": step, "score": score, "metrics": {k: v for k, v in metrics.items()
+                                                                  if isinstance(v, (int, float))}}
+            client["best"] = best
+            client["metrics"] = metrics
+        self.checkpoints.save(self.engine, step, client, protect=f"step{best['step']:08d}" if best else None)
+        return best
+
+    def evaluate(self) -> dict[str, Any]:
+        config = self.config
+        loader = Loader(load_spec(config.data.shards, config.data.eval_split, _feature_expectations(config)),
+                        config.data, train=False, rank=self.dist.rank, world=self.dist.world, device=self.dist.device)
+        self.engine.eval()
+        try:
+            metrics, _ = evaluate_classifier(self.engine, loader, self.spec.label_mode, self._heads(),
+                                             dtype=torch.bfloat16 if self.bf16 else torch.float32,
+                                             max_batches=config.finetune.eval_batches)
+        finally:
+            self.engine.train()
+        return metrics
+
+    def _export(self, best: dict | None) -> None:
+        """Consolidated fp32 weights of the final step (and of the best and averaged ones for fine-tuning)."""
+        if not self.config.checkpoint.export:
+            return
+        dist.barrier()
+        if self.is_main:
+            complete = self.checkpoints.complete()
+            meta = {"task": self.config.task, "config": json.dumps(to_dict(self.config))}
+            _, last = complete[-1]
+            save_safetensors(self.checkpoints.fp32_state_dict(last), self.workdir / "export" / "model.safetensors",
+                             {**meta, "tag": last})
+            if best is not None and any(tag.endswith(f"{best['step']:08d}") for _, tag in complete):
+                save_safetensors(self.checkpoints.fp32_state_dict(f"step{best['step']:08d}"),
+                                 self.workdir / "export" / "best.safetensors", {**meta, "best": json.dumps(best)})
+            average = self.config.checkpoint.average_last
+            if average > 1:
+                states = [self.checkpoints.fp32_state_dict(tag) for _, tag in complete[-average:]]
+                mean = {k: torch.stack([s[k] for s in states]).mean(0) for k in states[0]}
+                save_safetensors(mean, self.workdir / "export" / "averaged.safetensors",
+                                 {**meta, "averaged": ",".join(tag for _, tag in complete[-average:])})
+            dump(self.config, self.workdir / "export" / "config.yaml")
+        dist.barrier()

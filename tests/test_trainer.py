@@ -1,0 +1,153 @@
+"""The trainer for real: DeepSpeed ZeRO-2 and ZeRO-3 over gloo with 2 processes (torchrun), stop-and-resume
+equivalence, fine-tuning from the pretraining export, and the sbatch script on a localhost SLURM cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from avmae.cli.shard import main as shard_main
+from tests.slurm_jobs import needs_slurm, submit_and_wait
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_MODEL = {
+    "encoder": {"size": "custom", "width": 64, "depth": 3, "heads": 2, "mlp": 128, "fusion": "mid", "joint_layers": 1},
+    "decoder": {"kind": "shared", "width": 32, "depth": 1, "heads": 2, "mlp": 64},
+    "mask": {"audio_ratio": 0.7, "video_ratio": 0.75, "video_mode": "tube"},
+    "contrastive": {"weight": 0.01},
+    "audio": {"frames": 208, "mel_bins": 128, "patch": 16},
+    "video": {"frames": 4, "size": 64, "patch": 16, "tubelet": 2},
+    "norm_pix_loss": True,
+}
+
+
+@pytest.fixture(scope="module")
+def shards(synth_corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train") / "shards"
+    assert shard_main(["build", "--list", str(synth_corpus), "--out", str(out), "--segment-seconds", "2",
+                       "--num-frames", "8", "--short-side", "72", "--target-frames", "208", "--shard-size", "2",
+                       "--val-fraction", "0.25", "--workers", "1", "--json"]) == 0
+    return out
+
+
+def run_config(tmp_path: Path, shards: Path, **sections) -> Path:
+    config = {
+        "task": "pretrain", "model": TINY_MODEL,
+        "data": {"shards": str(shards), "batch_size": 4, "workers": 0, "num_frames": 4, "crop_size": 64,
+                 "shuffle_buffer": 4},
+        "optim": {"steps": 8, "lr": 2e-3, "warmup_steps": 2},
+        "checkpoint": {"every": 4, "keep": 2}, "log": {"every": 1, "progress": False, "tensorboard": True},
+        "zero_stage": 2, "workdir": str(tmp_path / "run"),
+    }
+    for name, values in sections.items():
+        config[name] = {**config[name], **values} if isinstance(values, dict) and name in config else values
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def torchrun(config: Path, *overrides: str, processes: int = 2) -> dict:
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+               f"--master_port={_free_port()}", "-m", "avmae.cli.train", "--config", str(config)]
+    for item in overrides:
+        command += ["--set", item]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
+
+
+def metrics(workdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_process_zero_pretraining_loss_falls(shards, tmp_path, stage):
+    config = run_config(tmp_path, shards, optim={"steps": 16, "lr": 3e-3, "warmup_steps": 2},
+                        checkpoint={"every": 8, "keep": 1})
+    result = torchrun(config, f"zero_stage={stage}")
+    assert result == {"step": 16, "finished": True, "signal": 0, "best": None}
+    losses = [m["loss"] for m in metrics(tmp_path / "run") if "loss" in m]
+    assert len(losses) == 16
+    assert sum(losses[-4:]) / 4 < 0.9 * sum(losses[:4]) / 4
+    checkpoints = sorted((tmp_path / "run" / "checkpoints").glob("step*/complete.json"))
+    assert [c.parent.name for c in checkpoints] == ["step00000016"]  # keep: 1 pruned step 8
+    from safetensors.torch import load_file
+
+    weights = load_file(str(tmp_path / "run" / "export" / "model.safetensors"))
+    assert "encoder.joint.blocks.0.attn.qkv.weight" in weights and "decoder.head.audio.weight" in weights
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_stopped_and_resumed_run_matches_an_uninterrupted_one(shards, tmp_path):
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    torchrun(run_config(straight, shards))
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    config = run_config(resumed, shards)
+    first = torchrun(config, "stop_after=3")  # leaves after step 3 with a checkpoint (as on SIGUSR1)
+    assert first["step"] == 3 and not first["finished"]
+    second = torchrun(config)
+    assert second["step"] == 8 and second["finished"]
+    expected = {m["step"]: m["loss"] for m in metrics(straight / "run") if "loss" in m}
+    got = {m["step"]: m["loss"] for m in metrics(resumed / "run") if "loss" in m}
+    assert sorted(got) == list(range(1, 9))
+    for step in range(1, 9):
+        assert got[step] == pytest.approx(expected[step], rel=1e-4, abs=1e-5), step
+
+
+@pytest.mark.slow
+def test_finetune_from_the_pretraining_export(shards, tmp_path):
+    pretrain = tmp_path / "pretrain"
+    pretrain.mkdir()
+    torchrun(run_config(pretrain, shards), processes=1)
+    finetune = tmp_path / "finetune"
+    finetune.mkdir()
+    config = run_config(finetune, shards, task="finetune",
+                        data={"eval_split": "val", "mixup": 0.5, "freq_mask": 8, "time_mask": 20},
+                        finetune={"init": str(pretrain / "run"), "eval_every": 4, "loss": "ce"},
+                        optim={"steps": 8, "lr": 1e-3, "warmup_steps": 1, "layer_decay": 0.75, "head_lr_scale": 10.0},
+                        checkpoint={"every": 4, "keep": 2, "average_last": 2})
+    result = torchrun(config)
+    report = json.loads((finetune / "run" / "init_report.json").read_text())
+    assert report["missing"] == [] and report["unexpected"] == [] and len(report["loaded"]) > 20
+    assert result["best"]["metrics"]["samples"] == 3  # the val split, every sample once over 2 ranks
+    evals = [m for m in metrics(finetune / "run") if "eval/top1" in m]
+    assert [m["step"] for m in evals] == [4, 8]
+    assert {"model.safetensors", "best.safetensors", "averaged.safetensors"} <= {
+        p.name for p in (finetune / "run" / "export").iterdir()}
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@needs_slurm
+def test_sbatch_pretrain_as2m_with_two_tasks(shards, tmp_path):
+    config = run_config(tmp_path, shards, optim={"steps": 4, "lr": 1e-3, "warmup_steps": 1},
+                        checkpoint={"every": 2, "keep": 2})
+    job_id, states = submit_and_wait(
+        ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=00:10:00",
+         f"--output={tmp_path}/job-%j.out", "--export=ALL,OMP_NUM_THREADS=1,AVMAE_CONFIG=" + str(config),
+         "slurm/pretrain_as2m.sbatch", "--set", "log.every=1"], cwd=REPO, timeout=600)
+    log = "\n".join(p.read_text() for p in tmp_path.glob("job-*.out"))
+    assert states == ["COMPLETED"], log[-3000:]
+    assert "2 tasks on 1 node(s)" in log
+    assert (tmp_path / "run" / "checkpoints" / "step00000004" / "complete.json").exists()
+    assert (tmp_path / "run" / "export" / "model.safetensors").exists()
+    assert [m["step"] for m in metrics(tmp_path / "run")] == [1, 2, 3, 4]
