@@ -122,7 +122,8 @@ def test_finetune_from_the_pretraining_export(shards, tmp_path):
     finetune.mkdir()
     config = run_config(finetune, shards, task="finetune",
                         data={"eval_split": "val", "mixup": 0.5, "freq_mask": 8, "time_mask": 20},
-                        finetune={"init": str(pretrain / "run"), "eval_every": 4, "loss": "ce"},
+                        finetune={"init": str(pretrain / "run"), "eval_every": 4, "loss": "ce",
+                                  "modality_dropout": 0.5},  # ranks must drop the same modality in a step
                         optim={"steps": 8, "lr": 1e-3, "warmup_steps": 1, "layer_decay": 0.75, "head_lr_scale": 10.0},
                         checkpoint={"every": 4, "keep": 2, "average_last": 2})
     result = torchrun(config)
@@ -151,3 +152,24 @@ def test_sbatch_pretrain_as2m_with_two_tasks(shards, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "step00000004" / "complete.json").exists()
     assert (tmp_path / "run" / "export" / "model.safetensors").exists()
     assert [m["step"] for m in metrics(tmp_path / "run")] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_sigusr1_checkpoints_and_stops(shards, tmp_path):
+    import signal
+    import time
+
+    config = run_config(tmp_path, shards, optim={"steps": 200, "lr": 1e-3, "warmup_steps": 1},
+                        checkpoint={"every": 1000, "keep": 2})
+    process = subprocess.Popen([sys.executable, "-m", "avmae.cli.train", "--config", str(config)], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    log = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
+        time.sleep(0.1)
+    process.send_signal(signal.SIGUSR1)  # what `sbatch --signal=USR1@300` sends ahead of the time limit
+    out, _ = process.communicate(timeout=300)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["signal"] == signal.SIGUSR1 and not result["finished"] and 2 <= result["step"] < 200
+    marker = tmp_path / "run" / "checkpoints" / f"step{result['step']:08d}" / "complete.json"
+    assert json.loads(marker.read_text())["step"] == result["step"]

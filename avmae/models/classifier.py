@@ -25,11 +25,14 @@ ENCODER_PREFIXES = ("tokenizer.", "encoder.")
 
 class AVClassifier(nn.Module):
     def __init__(self, config: ModelConfig, heads: dict[str, int], modality: InputModality = "av",
-                 modality_dropout: float = 0.0):
+                 modality_dropout: float = 0.0, seed: int = 0):
         super().__init__()
         self.config = config.validate()
         self.modality = modality
         self.modality_dropout = modality_dropout
+        # The same draws on every rank: data-parallel ranks must use the same parameters in a step, or their
+        # gradient reductions no longer line up (ZeRO buckets differ in size and the collective fails).
+        self._dropout_draws = torch.Generator().manual_seed(seed)
         width = config.encoder.dims()[0]
         self.tokenizer = Tokenizer(config, width)
         self.encoder = FusionEncoder(config)
@@ -45,7 +48,7 @@ class AVClassifier(nn.Module):
         use_video = video is not None and self.modality in ("av", "video")
         if self.training and use_audio and use_video and self.modality_dropout > 0:
             # Drop one whole modality for the batch now and then, so a missing one at test time is familiar.
-            draw = float(torch.rand(()))
+            draw = float(torch.rand((), generator=self._dropout_draws))
             if draw < self.modality_dropout / 2:
                 use_audio = False
             elif draw < self.modality_dropout:

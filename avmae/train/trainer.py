@@ -98,7 +98,8 @@ class Trainer:
         heads = self._heads()
         if not heads:
             raise ValueError(f"{config.data.shards} has no labels to fine-tune on; set finetune.heads")
-        model = AVClassifier(config.model, heads, config.finetune.modality, config.finetune.modality_dropout)
+        model = AVClassifier(config.model, heads, config.finetune.modality, config.finetune.modality_dropout,
+                             seed=config.seed)
         report = None
         if config.finetune.init:
             report = model.load_pretrained(load_weights(config.finetune.init))
