@@ -24,6 +24,8 @@ class DataConfig:
     seed: int = 0
     # Video: how many of the stored frames (evenly spread) and the crop the model sees.
     num_frames: int = 16
+    view: int = 0  # multi-view testing: which of `views` temporal frame sets (evaluation only)
+    views: int = 1
     crop_size: int = 224
     eval_short_side: int = 0  # resize before the centre crop; 0 = keep the stored frames' size (AV-MAE eval: 224/256)
     crop_scale: tuple[float, ...] = (0.25, 1.0)  # random resized crop: area share of the frame, same for all frames

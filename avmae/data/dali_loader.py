@@ -23,7 +23,7 @@ def _graph(spec: DataSpec, config: DataConfig, *, train: bool, rank: int, world:
     from nvidia.dali import fn, types
     from nvidia.dali import math as dmath
 
-    frames = frame_members(spec.features["num_frames"], config.num_frames)
+    frames = frame_members(spec.features["num_frames"], config.num_frames, config.view, config.views)
     outputs = fn.readers.webdataset(
         paths=[s.tar for s in spec.shards], index_paths=[s.idx for s in spec.shards],
         ext=[*frames, "logmel.npy", "json"], missing_component_behavior="skip",

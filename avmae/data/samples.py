@@ -18,11 +18,15 @@ from avmae.data.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
 from avmae.data.spec import DataSpec
 
 
-def frame_members(stored: int, wanted: int) -> list[str]:
-    """Names of ``wanted`` of the ``stored`` frames, evenly spread (all of them when equal)."""
+def frame_members(stored: int, wanted: int, view: int = 0, views: int = 1) -> list[str]:
+    """Names of ``wanted`` of the ``stored`` frames, evenly spread (all of them when equal). With several
+    temporal ``views`` (multi-view testing), view v takes the frames at offset (v + 0.5) / views of each stride."""
     if wanted > stored:
         raise ValueError(f"the model wants {wanted} frames but the shards hold {stored} per sample")
-    return [f"{int((i + 0.5) * stored / wanted):02d}.jpg" for i in range(wanted)]
+    if not 0 <= view < views:
+        raise ValueError(f"view {view} is not in [0, {views})")
+    offset = (view + 0.5) / views
+    return [f"{int((i + offset) * stored / wanted):02d}.jpg" for i in range(wanted)]
 
 
 def centre_crop_anchor(size: int, crop: int) -> int:

@@ -56,7 +56,7 @@ class ShardStream(IterableDataset):
         super().__init__()
         self.spec, self.config, self.train = spec, config, train
         self.rank, self.world = rank, world
-        self.frames = frame_members(spec.features["num_frames"], config.num_frames)
+        self.frames = frame_members(spec.features["num_frames"], config.num_frames, config.view, config.views)
         self.members = [*self.frames, "logmel.npy", "json"]
         self.mean = config.audio_mean if config.audio_mean is not None else spec.logmel_mean
         self.std = config.audio_std if config.audio_std is not None else spec.logmel_std

@@ -27,7 +27,7 @@ from avmae.models.counts import pretraining_flops
 from avmae.train.checkpoint import Checkpoints, load_weights, save_safetensors
 from avmae.train.config import RunConfig
 from avmae.train.distributed import DistInfo, setup_distributed
-from avmae.train.evaluate import evaluate_classifier
+from avmae.eval.predict import evaluate_classifier
 from avmae.train.logging import RunLogger
 from avmae.train.losses import finetune_loss
 from avmae.train.optim import learning_rate, parameter_groups
@@ -244,7 +244,10 @@ class Trainer:
         dist.barrier()
         if self.is_main:
             complete = self.checkpoints.complete()
-            meta = {"task": self.config.task, "config": json.dumps(to_dict(self.config))}
+            meta = {"task": self.config.task, "config": json.dumps(to_dict(self.config)),
+                    "label_mode": self.spec.label_mode, "label_names": json.dumps(list(self.spec.label_names))}
+            if self.config.task == "finetune":
+                meta["heads"] = json.dumps(self._heads())
             _, last = complete[-1]
             save_safetensors(self.checkpoints.fp32_state_dict(last), self.workdir / "export" / "model.safetensors",
                              {**meta, "tag": last})

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from avmae.eval.metrics import epic_metrics, multilabel_metrics, single_label_metrics
 
 
-def _gather(tensor: torch.Tensor) -> torch.Tensor:
+def gather(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate a tensor from every rank, rank order (all ranks hold the same shape: the loaders pad)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensor
@@ -21,7 +21,7 @@ def _gather(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def _gather_keys(keys: list[str]) -> list[str]:
+def gather_keys(keys: list[str]) -> list[str]:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return keys
     everyone: list[list[str]] = [[] for _ in range(dist.get_world_size())]
@@ -44,11 +44,11 @@ def predict(model, loader, heads: dict[str, int], dtype=torch.float32, max_batch
             labels[name].append(batch[name].cpu())
         valid.append(batch["valid"].cpu())
         keys += batch["key"]
-    mask = _gather(torch.cat(valid)).bool()
-    out = {"keys": [k for k, ok in zip(_gather_keys(keys), mask.tolist()) if ok]}
+    mask = gather(torch.cat(valid)).bool()
+    out = {"keys": [k for k, ok in zip(gather_keys(keys), mask.tolist()) if ok]}
     for name in heads:
-        out[f"scores_{name}"] = _gather(torch.cat(scores[name]))[mask].numpy()
-        out[f"labels_{name}"] = _gather(torch.cat(labels[name]))[mask].numpy()
+        out[f"scores_{name}"] = gather(torch.cat(scores[name]))[mask].numpy()
+        out[f"labels_{name}"] = gather(torch.cat(labels[name]))[mask].numpy()
     return out
 
 

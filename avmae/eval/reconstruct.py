@@ -1,0 +1,88 @@
+"""Reconstruction figures of a pretraining checkpoint, as in the AV-MAE paper's Fig. 5: for a few samples, the
+original frames and spectrogram, what the encoder saw (masked), and the reconstruction (visible patches kept,
+masked ones predicted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from avmae.data.samples import video_normalisation
+from avmae.eval.checkpoint import LoadedModel
+from avmae.models.losses import normalise_patches
+from avmae.models.tokenizers import patchify_audio, patchify_video, unpatchify_audio, unpatchify_video
+
+
+def _denormalise_predictions(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool) -> torch.Tensor:
+    """Predictions of per-patch normalised targets back in input units, using the true patch statistics (MAE)."""
+    if not norm_pix:
+        return pred
+    mean = target.mean(dim=-1, keepdim=True)
+    std = (target.var(dim=-1, keepdim=True, unbiased=True) + 1e-6).sqrt()
+    return pred * std + mean
+
+
+@torch.no_grad()
+def reconstruct_batch(loaded: LoadedModel, audio: torch.Tensor, video: torch.Tensor, seed: int = 0) -> dict:
+    model, config = loaded.model, loaded.config.model
+    out = model(audio, video, generator=torch.Generator().manual_seed(seed))
+    targets = {"audio": patchify_audio(audio, config.audio.patch),
+               "video": patchify_video(video, config.video.patch, config.video.tubelet)}
+    result = {}
+    for m in ("audio", "video"):
+        pred = _denormalise_predictions(out[f"pred_{m}"], targets[m], config.norm_pix_loss)
+        mask = out[f"mask_{m}"].unsqueeze(-1)
+        masked = torch.where(mask, torch.full_like(targets[m], float("nan")), targets[m])
+        pasted = torch.where(mask, pred, targets[m])
+        result[m] = (targets[m], masked, pasted)
+    audio_grid = (audio.shape[1] // config.audio.patch, audio.shape[2] // config.audio.patch)
+    video_grid = (video.shape[1] // config.video.tubelet, video.shape[3] // config.video.patch,
+                  video.shape[4] // config.video.patch)
+    return {
+        "audio": [unpatchify_audio(x, audio_grid, config.audio.patch) for x in result["audio"]],
+        "video": [unpatchify_video(x, video_grid, config.video.patch, config.video.tubelet) for x in result["video"]],
+        "loss": float(out["loss"]),
+    }
+
+
+def _to_image(frames: torch.Tensor, data_config) -> np.ndarray:
+    """(3, H, W) normalised -> (H, W, 3) in [0, 1]; NaN (masked) patches become grey."""
+    mean, std = video_normalisation(data_config)
+    image = frames * std.view(3, 1, 1) + mean.view(3, 1, 1)
+    image = torch.nan_to_num(image, nan=0.5).clamp(0, 1)
+    return image.permute(1, 2, 0).cpu().numpy()
+
+
+def save_figure(recon: dict, index: int, key: str, data_config, path: Path, frames_shown: int = 4) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    original, masked, pasted = (v[index] for v in recon["video"])
+    spectra = [v[index].float().cpu().numpy() for v in recon["audio"]]
+    steps = np.linspace(0, original.shape[0] - 1, frames_shown).round().astype(int)
+    figure = plt.figure(figsize=(2.2 * frames_shown + 6, 6.8))
+    grid = figure.add_gridspec(3, frames_shown + 1, width_ratios=[1] * frames_shown + [2.4])
+    for row, (name, clip) in enumerate((("original", original), ("masked", masked), ("reconstruction", pasted))):
+        for column, t in enumerate(steps):
+            axis = figure.add_subplot(grid[row, column])
+            axis.imshow(_to_image(clip[t], data_config))
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if column == 0:
+                axis.set_ylabel(name)
+            if row == 0:
+                axis.set_title(f"frame {t}")
+        axis = figure.add_subplot(grid[row, frames_shown])
+        shown = np.ma.masked_invalid(spectra[row].T)
+        axis.imshow(shown, origin="lower", aspect="auto", cmap="magma")
+        axis.set_title(f"log-mel ({name})", fontsize=9)
+        axis.set_xticks([])
+    figure.suptitle(f"{key}   (loss {recon['loss']:.3f})")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=90)
+    plt.close(figure)

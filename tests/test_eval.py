@@ -1,0 +1,181 @@
+"""Evaluation: metrics equal scikit-learn's, retrieval on known answers, multi-view aggregation, distributed equals
+single-process, and avmae-eval end to end on a fine-tuned and a pretrained checkpoint."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score, top_k_accuracy_score
+
+from avmae.cli.eval import main as eval_main
+from avmae.eval.metrics import average_precision, epic_metrics, multilabel_metrics, roc_auc, top_k_accuracy
+from avmae.eval.retrieval import ranks_of_true_pairs, recall_metrics
+from avmae.models.tokenizers import patchify_audio, patchify_video, unpatchify_audio, unpatchify_video
+from tests.test_trainer import REPO, _free_port, run_config, shards, torchrun  # noqa: F401  (the shards fixture)
+
+
+def test_average_precision_equals_sklearn_with_ties_and_constant_scores():
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.random((30, 3)), rng.integers(0, 3, (30, 3)).astype(float), np.ones((30, 1))], 1)
+    targets = (rng.random((30, 7)) < 0.3).astype(int)
+    targets[:, 6] = 0  # a class without positives
+    targets[0, 6] = 0
+    ap = average_precision(scores, targets)
+    for k in range(6):
+        assert ap[k] == pytest.approx(average_precision_score(targets[:, k], scores[:, k]), abs=1e-12)
+        assert roc_auc(scores, targets)[k] == pytest.approx(roc_auc_score(targets[:, k], scores[:, k]), abs=1e-12)
+    assert np.isnan(ap[6])
+    summary = multilabel_metrics(scores, targets)
+    assert summary["classes_without_positives"] == 1
+    assert summary["mAP"] == pytest.approx(np.mean(ap[:6]))
+    assert summary["mAP_sklearn"] == pytest.approx(np.sum(ap[:6]) / 7)  # scikit-learn >= 1.1 scores it 0
+
+
+def test_constant_scores_give_the_positive_rate():
+    targets = np.array([[1], [0], [0], [1]])
+    assert average_precision(np.zeros((4, 1)), targets)[0] == pytest.approx(0.5)
+    assert average_precision_score(targets[:, 0], np.zeros(4)) == pytest.approx(0.5)
+
+
+def test_top_k_accuracy_and_epic_action():
+    rng = np.random.default_rng(1)
+    scores, labels = rng.random((50, 10)), rng.integers(0, 10, 50)
+    for k in (1, 5):
+        assert top_k_accuracy(scores, labels, k) == pytest.approx(top_k_accuracy_score(labels, scores, k=k))
+    verbs, nouns = np.array([0, 1, 2]), np.array([2, 0, 1])
+    verb_scores, noun_scores = np.eye(3)[[0, 1, 0]] * 5, np.eye(3)[[2, 0, 1]] * 5
+    metrics = epic_metrics(verb_scores, noun_scores, verbs, nouns)
+    assert metrics["verb_top1"] == pytest.approx(2 / 3) and metrics["noun_top1"] == 1.0
+    assert metrics["action_top1"] == pytest.approx(2 / 3)  # an action is right only when both are
+
+
+def test_retrieval_recall_on_a_known_case():
+    torch.manual_seed(0)
+    video = torch.randn(20, 8)
+    assert recall_metrics(ranks_of_true_pairs(video.clone(), video)) == {"R@1": 1.0, "R@5": 1.0, "R@10": 1.0, "MR": 1.0}
+    # Query i's true partner is beaten by exactly i candidates: candidate j scores higher when j < i.
+    angles = torch.linspace(0, 1.5, 12)
+    candidates = torch.stack([angles.cos(), angles.sin()], 1)
+    queries = torch.tensor([[1.0, 0.0]]).repeat(12, 1)
+    ranks = ranks_of_true_pairs(queries, candidates)
+    assert ranks.tolist() == list(range(12))
+    assert recall_metrics(ranks) == {"R@1": 1 / 12, "R@5": 5 / 12, "R@10": 10 / 12, "MR": 6.5}
+
+
+def test_patches_round_trip():
+    audio, video = torch.randn(2, 64, 32), torch.randn(2, 4, 3, 32, 48)
+    assert torch.equal(unpatchify_audio(patchify_audio(audio, 16), (4, 2), 16), audio)
+    assert torch.equal(unpatchify_video(patchify_video(video, 16, 2), (2, 2, 3), 16, 2), video)
+
+
+@pytest.fixture(scope="module")
+def runs(shards, tmp_path_factory):  # noqa: F811
+    """A tiny pretraining run and a fine-tuning run from it (single process each)."""
+    root = tmp_path_factory.mktemp("evalruns")
+    pretrain, finetune = root / "pretrain", root / "finetune"
+    pretrain.mkdir()
+    finetune.mkdir()
+    torchrun(run_config(pretrain, shards), processes=1)
+    torchrun(run_config(finetune, shards, task="finetune", data={"eval_split": "val"},
+                        finetune={"init": str(pretrain / "run"), "loss": "ce"},
+                        optim={"steps": 6, "lr": 2e-3, "warmup_steps": 1}, checkpoint={"every": 6, "keep": 1}),
+             processes=1)
+    return pretrain / "run", finetune / "run"
+
+
+def _eval(*args: str) -> dict:
+    assert eval_main([*args, "--workers", "0", "--json", "--batch-size", "4"]) == 0
+    out = Path(args[args.index("--out") + 1])
+    return json.loads((out / "report.json").read_text())
+
+
+def test_eval_of_a_fine_tuned_checkpoint(runs, shards, tmp_path):  # noqa: F811
+    _, finetuned = runs
+    report = _eval("--ckpt", str(finetuned), "--data", str(shards), "--split", "train", "--task", "vggsound",
+                   "--out", str(tmp_path / "one"))
+    assert report["metrics"]["samples"] == 9 and report["metrics"]["classes"] == 4
+    assert 0 <= report["metrics"]["top1"] <= 1 and report["views"] == 1
+    assert report["features"]["target_frames"] == 208 and len(report["label_set_hash"]) == 16
+    saved = np.load(tmp_path / "one" / "predictions.npz")
+    assert saved["scores"].shape == (9, 4) and np.allclose(saved["scores"].sum(1), 1.0)  # softmax probabilities
+    assert (tmp_path / "one" / "confusions.png").exists()
+    # recomputing from the saved predictions gives the same numbers
+    result = subprocess.run([sys.executable, "-m", "avmae.cli.eval", "metrics", "--pred",
+                             str(tmp_path / "one" / "predictions.npz"), "--task", "vggsound"],
+                            capture_output=True, text=True, check=True)
+    assert json.loads(result.stdout)["top1"] == report["metrics"]["top1"]
+
+
+def test_multi_view_scores_are_the_mean_of_the_views(runs, shards, tmp_path):  # noqa: F811
+    from avmae.data.loader import Loader
+    from avmae.data.spec import load_spec
+    from avmae.eval.checkpoint import load_model
+    from avmae.eval.predict import predict
+    from avmae.eval.runner import _data_config, probabilities
+
+    _, finetuned = runs
+    two = _eval("--ckpt", str(finetuned), "--data", str(shards), "--split", "train", "--task", "vggsound",
+                "--views", "2", "--out", str(tmp_path / "two"))
+    assert two["views"] == 2 and two["view_aggregation"] == "mean of softmax"
+    loaded = load_model(finetuned)
+    spec = load_spec(shards, "train")
+    per_view = []
+    for view in range(2):  # views 0 and 1 read different frames of the 8 stored: 00,02,04,06 and 01,03,05,07
+        config = _data_config(loaded, str(shards), "train", 4, 0, "webdataset", view, 2)
+        scores = predict(loaded.model, Loader(spec, config, train=False), loaded.heads)["scores_label"]
+        per_view.append(probabilities(scores, "single"))
+    assert not np.allclose(per_view[0], per_view[1])
+    combined = np.load(tmp_path / "two" / "predictions.npz")["scores"]
+    assert np.allclose(combined, (per_view[0] + per_view[1]) / 2, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_distributed_eval_equals_single_process(runs, shards, tmp_path):  # noqa: F811
+    _, finetuned = runs
+    single = _eval("--ckpt", str(finetuned), "--data", str(shards), "--split", "train", "--task", "vggsound",
+                   "--out", str(tmp_path / "single"))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}", "-m",
+               "avmae.cli.eval", "--ckpt", str(finetuned), "--data", str(shards), "--split", "train", "--task",
+               "vggsound", "--out", str(tmp_path / "double"), "--workers", "0", "--batch-size", "4", "--json"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    double = json.loads((tmp_path / "double" / "report.json").read_text())
+    assert double["world_size"] == 2
+    assert double["metrics"] == single["metrics"]
+    a, b = np.load(tmp_path / "single" / "predictions.npz"), np.load(tmp_path / "double" / "predictions.npz")
+    assert a["keys"].tolist() == b["keys"].tolist()  # every sample once, in the same order
+    assert np.allclose(a["scores"], b["scores"], atol=1e-5)
+
+
+def test_retrieval_probe_and_reconstruction_of_a_pretraining_checkpoint(runs, shards, tmp_path):  # noqa: F811
+    pretrained, _ = runs
+    report = _eval("--ckpt", str(pretrained), "--data", str(shards), "--split", "train", "--task", "retrieval",
+                   "--out", str(tmp_path / "retrieval"))
+    metrics = report["metrics"]
+    assert metrics["samples"] == 9 and metrics["chance"]["R@1"] == pytest.approx(1 / 9)
+    for direction in ("audio_to_video", "video_to_audio"):
+        assert 0 <= metrics[direction]["R@1"] <= metrics[direction]["R@5"] <= metrics[direction]["R@10"] == 1.0
+    probe = _eval("--ckpt", str(pretrained), "--data", str(shards), "--split", "val", "--task", "vggsound",
+                  "--linear-probe", "--out", str(tmp_path / "probe"))
+    assert probe["metrics"]["train_samples"] == 9 and probe["metrics"]["samples"] == 3
+    assert eval_main(["reconstruct", "--ckpt", str(pretrained), "--data", str(shards), "--split", "val", "--num", "2",
+                      "--out", str(tmp_path / "figures")]) == 0
+    figures = sorted((tmp_path / "figures").glob("*.png"))
+    assert len(figures) == 2
+    from PIL import Image
+
+    assert Image.open(figures[0]).size[0] > 600
+
+
+def test_task_and_label_mismatches_are_refused(runs, shards, tmp_path):  # noqa: F811
+    pretrained, finetuned = runs
+    assert eval_main(["--ckpt", str(finetuned), "--data", str(shards), "--split", "train", "--task", "audioset",
+                      "--out", str(tmp_path / "x")]) == 2  # single-label data, multi-label task
+    assert eval_main(["--ckpt", str(pretrained), "--data", str(shards), "--split", "train", "--task", "vggsound",
+                      "--out", str(tmp_path / "y")]) == 2  # a pretraining checkpoint has no heads
