@@ -179,3 +179,91 @@ def test_task_and_label_mismatches_are_refused(runs, shards, tmp_path):  # noqa:
                       "--out", str(tmp_path / "x")]) == 2  # single-label data, multi-label task
     assert eval_main(["--ckpt", str(pretrained), "--data", str(shards), "--split", "train", "--task", "vggsound",
                       "--out", str(tmp_path / "y")]) == 2  # a pretraining checkpoint has no heads
+
+
+@pytest.fixture(scope="module")
+def multilabel_shards(synth_corpus, tmp_path_factory) -> Path:
+    """The synthetic corpus with a second label per clip (its class's parity), so data and models are multi-label."""
+    root = tmp_path_factory.mktemp("multilabel")
+    rows = synth_corpus.read_text().splitlines()
+    listing = [rows[0]] + [f"{path},{label};{'even' if int(label[-2:]) % 2 == 0 else 'odd'}"
+                           for path, label in (row.split(",") for row in rows[1:])]
+    (synth_corpus.parent / "multilabel.csv").write_text("\n".join(listing) + "\n")
+    from avmae.cli.shard import main as shard_main
+
+    out = root / "shards"
+    assert shard_main(["build", "--list", str(synth_corpus.parent / "multilabel.csv"), "--out", str(out),
+                       "--segment-seconds", "2", "--num-frames", "8", "--short-side", "72", "--target-frames", "208",
+                       "--shard-size", "3", "--val-fraction", "0.25", "--workers", "1", "--json"]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_multilabel_finetune_and_audioset_eval_end_to_end(multilabel_shards, tmp_path):
+    run = tmp_path / "ft"
+    run.mkdir()
+    result = torchrun(run_config(run, multilabel_shards, task="finetune", data={"eval_split": "val", "mixup": 0.5},
+                                 finetune={"loss": "auto", "eval_every": 3},
+                                 optim={"steps": 6, "lr": 2e-3, "warmup_steps": 1},
+                                 checkpoint={"every": 3, "keep": 1}))
+    assert "mAP" in result["best"]["metrics"]  # BCE on multi-hot targets, best checkpoint by mAP
+    report = _eval("--ckpt", str(run / "run"), "--weights", "best", "--data", str(multilabel_shards), "--split",
+                   "train", "--task", "audioset", "--views", "2", "--out", str(tmp_path / "eval"))
+    metrics = report["metrics"]
+    assert metrics["classes"] == 6 and metrics["samples"] == 9 and report["view_aggregation"] == "mean of sigmoid"
+    assert 0 <= metrics["mAP"] <= 1 and "empty_class_handling" in metrics
+    per_class = (tmp_path / "eval" / "per_class_ap.csv").read_text().splitlines()
+    assert per_class[0] == "index,label,positives,average_precision" and len(per_class) == 7
+    saved = np.load(tmp_path / "eval" / "predictions.npz")
+    recomputed = multilabel_metrics(saved["scores"], saved["targets"])
+    assert recomputed["mAP"] == pytest.approx(metrics["mAP"])
+    assert (tmp_path / "eval" / "per_class_ap.png").exists()
+
+
+@pytest.fixture(scope="module")
+def epic_shards(tmp_path_factory, clip_factory) -> Path:
+    """Eight narrated actions in two synthetic kitchen videos, in the Epic-Kitchens-100 annotation format."""
+    root = tmp_path_factory.mktemp("epic")
+    for video in ("P01_01", "P01_02"):
+        clip_factory(root / "EPIC" / "P01" / "videos" / f"{video}.MP4", seconds=9, size="96x72")
+    header = ("narration_id,participant_id,video_id,narration_timestamp,start_timestamp,stop_timestamp,start_frame,"
+              "stop_frame,narration,verb,verb_class,noun,noun_class,all_nouns,all_noun_classes\n")
+    rows = []
+    for number in range(8):
+        video = "P01_01" if number < 4 else "P01_02"
+        start = 2 * (number % 4)
+        rows.append(f"{video}_{number},P01,{video},00:00:0{start}.00,00:00:0{start}.00,00:00:0{start + 2}.00,0,0,"
+                    f"act {number},v,{number % 3},n,{number % 4},[],[]\n")
+    (root / "EPIC_100_train.csv").write_text(header + "".join(rows))
+    from avmae.cli.shard import main as shard_main
+
+    out = root / "shards"
+    assert shard_main(["build", "--list", str(root / "EPIC_100_train.csv"), "--src", str(root / "EPIC"),
+                       "--out", str(out), "--num-frames", "8", "--short-side", "72", "--target-frames", "208",
+                       "--shard-size", "4", "--workers", "1", "--json"]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_epic_kitchens_finetune_and_eval_end_to_end(epic_shards, tmp_path):
+    run = tmp_path / "ft"
+    run.mkdir()
+    result = torchrun(run_config(run, epic_shards, task="finetune", data={"eval_split": "train", "mixup": 0.3},
+                                 finetune={"loss": "ce", "label_smoothing": 0.1},
+                                 optim={"steps": 4, "lr": 2e-3, "warmup_steps": 1},
+                                 checkpoint={"every": 4, "keep": 1}))
+    assert {"verb_top1", "noun_top1", "action_top1"} <= set(result["best"]["metrics"])
+    from safetensors.torch import load_file
+
+    weights = load_file(str(run / "run" / "export" / "model.safetensors"))
+    assert weights["heads.verb.weight"].shape[0] == 97 and weights["heads.noun.weight"].shape[0] == 300
+    report = _eval("--ckpt", str(run / "run"), "--data", str(epic_shards), "--split", "train", "--task", "epic",
+                   "--out", str(tmp_path / "eval"))
+    metrics = report["metrics"]
+    assert metrics["samples"] == 8
+    assert metrics["action_top1"] <= min(metrics["verb_top1"], metrics["noun_top1"])
+    saved = np.load(tmp_path / "eval" / "predictions.npz")
+    assert saved["scores_verb"].shape == (8, 97) and saved["scores_noun"].shape == (8, 300)
+    assert sorted(saved["targets_noun"].tolist()) == sorted(n % 4 for n in range(8))
+    recomputed = epic_metrics(saved["scores_verb"], saved["scores_noun"], saved["targets_verb"], saved["targets_noun"])
+    assert recomputed["action_top1"] == pytest.approx(metrics["action_top1"])
