@@ -173,3 +173,38 @@ def test_sigusr1_checkpoints_and_stops(shards, tmp_path):
     assert result["signal"] == signal.SIGUSR1 and not result["finished"] and 2 <= result["step"] < 200
     marker = tmp_path / "run" / "checkpoints" / f"step{result['step']:08d}" / "complete.json"
     assert json.loads(marker.read_text())["step"] == result["step"]
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@needs_slurm
+def test_sbatch_job_signalled_before_its_time_limit_requeues_and_resumes(shards, tmp_path):
+    import time
+
+    config = run_config(tmp_path, shards, optim={"steps": 30, "lr": 1e-3, "warmup_steps": 1},
+                        checkpoint={"every": 1000, "keep": 2})
+    out = subprocess.run(
+        ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1",
+         "--open-mode=append", f"--output={tmp_path}/job-%j.out",
+         "--export=ALL,OMP_NUM_THREADS=1,AVMAE_CONFIG=" + str(config), "slurm/pretrain_as2m.sbatch"],
+        cwd=REPO, capture_output=True, text=True, check=True)
+    job = out.stdout.strip()
+    log = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    # What `--signal=USR1@300` delivers to the job's tasks ahead of the time limit.
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)
+    state = ""
+    while time.time() < deadline:
+        info = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
+        state = info.split("JobState=")[1].split()[0] if "JobState=" in info else ""
+        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
+            break
+        time.sleep(0.5)
+    text = (tmp_path / f"job-{job}.out").read_text()
+    assert state == "COMPLETED", text[-3000:]
+    assert "Restarts=1" in info
+    assert "restart 1" in text and "resumed from step" in text
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps[-1] == 30 and sorted(set(steps)) == list(range(1, 31))

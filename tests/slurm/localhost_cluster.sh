@@ -52,6 +52,9 @@ SlurmctldHost=${HOST}(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# A requeued job may start again only once its old credential has expired (default 120 s); 15 s keeps the
+# requeue test short.
+AuthInfo=cred_expire=15
 CredType=cred/munge
 # no cgroup plugins: proctrack/cgroup (the default) fails here without a cgroup.conf
 ProctrackType=proctrack/linuxproc
