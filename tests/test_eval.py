@@ -189,12 +189,16 @@ def multilabel_shards(synth_corpus, tmp_path_factory) -> Path:
     listing = [rows[0]] + [f"{path},{label};{'even' if int(label[-2:]) % 2 == 0 else 'odd'}"
                            for path, label in (row.split(",") for row in rows[1:])]
     (synth_corpus.parent / "multilabel.csv").write_text("\n".join(listing) + "\n")
+    return _build_shards(root / "shards", "--list", str(synth_corpus.parent / "multilabel.csv"),
+                         "--segment-seconds", "2", "--shard-size", "3", "--val-fraction", "0.25")
+
+
+def _build_shards(out: Path, *arguments: str) -> Path:
+    """Shards at the geometry of the tiny test model (8 frames of short side 72, 208 log-mel frames)."""
     from avmae.cli.shard import main as shard_main
 
-    out = root / "shards"
-    assert shard_main(["build", "--list", str(synth_corpus.parent / "multilabel.csv"), "--out", str(out),
-                       "--segment-seconds", "2", "--num-frames", "8", "--short-side", "72", "--target-frames", "208",
-                       "--shard-size", "3", "--val-fraction", "0.25", "--workers", "1", "--json"]) == 0
+    assert shard_main(["build", *arguments, "--out", str(out), "--num-frames", "8", "--short-side", "72",
+                       "--target-frames", "208", "--workers", "1", "--json"]) == 0
     return out
 
 
@@ -235,13 +239,8 @@ def epic_shards(tmp_path_factory, clip_factory) -> Path:
         rows.append(f"{video}_{number},P01,{video},00:00:0{start}.00,00:00:0{start}.00,00:00:0{start + 2}.00,0,0,"
                     f"act {number},v,{number % 3},n,{number % 4},[],[]\n")
     (root / "EPIC_100_train.csv").write_text(header + "".join(rows))
-    from avmae.cli.shard import main as shard_main
-
-    out = root / "shards"
-    assert shard_main(["build", "--list", str(root / "EPIC_100_train.csv"), "--src", str(root / "EPIC"),
-                       "--out", str(out), "--num-frames", "8", "--short-side", "72", "--target-frames", "208",
-                       "--shard-size", "4", "--workers", "1", "--json"]) == 0
-    return out
+    return _build_shards(root / "shards", "--list", str(root / "EPIC_100_train.csv"), "--src", str(root / "EPIC"),
+                         "--shard-size", "4")
 
 
 @pytest.mark.slow

@@ -32,22 +32,23 @@ class MediaError(Exception):
         self.detail = detail
 
 
+def _tool(variable: str, name: str, hint: str) -> str:
+    found = os.environ.get(variable) or shutil.which(name)
+    if not found:
+        raise RuntimeError(f"{name} not found: {hint}, or set {variable}")
+    return found
+
+
 @functools.cache
 def ffmpeg_binary() -> str:
     """``$AVMAE_FFMPEG`` or ``ffmpeg`` on PATH."""
-    found = os.environ.get("AVMAE_FFMPEG") or shutil.which("ffmpeg")
-    if not found:
-        raise RuntimeError("ffmpeg not found: install it (apt-get install ffmpeg) or set AVMAE_FFMPEG")
-    return found
+    return _tool("AVMAE_FFMPEG", "ffmpeg", "install it (apt-get install ffmpeg)")
 
 
 @functools.cache
 def ffprobe_binary() -> str:
     """``$AVMAE_FFPROBE`` or ``ffprobe`` on PATH (the imageio-ffmpeg wheel ships none)."""
-    found = os.environ.get("AVMAE_FFPROBE") or shutil.which("ffprobe")
-    if not found:
-        raise RuntimeError("ffprobe not found: install ffmpeg with ffprobe (apt-get install ffmpeg) or set AVMAE_FFPROBE")
-    return found
+    return _tool("AVMAE_FFPROBE", "ffprobe", "install ffmpeg with ffprobe (apt-get install ffmpeg)")
 
 
 @functools.cache
