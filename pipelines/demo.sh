@@ -33,13 +33,15 @@ train() {  # 2 processes over gloo, as torchrun starts them on a GPU node
 }
 
 step "4/7 pretrain a tiny AV-MAE (DeepSpeed ZeRO-2, 2 processes, gloo)"
-train --config configs/demo_pretrain.yaml
+train --config configs/demo_pretrain.yaml --set data.shards="$OUT/shards" --workdir "$OUT/runs/pretrain"
 
 step "5/7 fine-tune the pretrained encoder on the 8 classes"
-train --config configs/demo_finetune.yaml
+train --config configs/demo_finetune.yaml --set data.shards="$OUT/shards" --set finetune.init="$OUT/runs/pretrain" \
+  --workdir "$OUT/runs/finetune"
 
 step "6/7 the same fine-tuning from scratch, for comparison"
-train --config configs/demo_finetune.yaml --set finetune.init= --workdir "$OUT/runs/scratch"
+train --config configs/demo_finetune.yaml --set data.shards="$OUT/shards" --set finetune.init= \
+  --workdir "$OUT/runs/scratch"
 
 step "7/7 evaluate: held-out accuracy (2 views), retrieval vs chance, reconstructions"
 avmae-eval --ckpt "$OUT/runs/finetune" --data "$OUT/shards" --split val --task vggsound --views 2 \

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -102,8 +103,7 @@ class Trainer:
                              seed=config.seed)
         report = None
         if config.finetune.init:
-            report = model.load_pretrained(load_weights(config.finetune.init))
-            report = {"init": config.finetune.init, **{k: v for k, v in report.items()}}
+            report = {"init": config.finetune.init, **model.load_pretrained(load_weights(config.finetune.init))}
             if self.is_main:
                 (self.workdir / "init_report.json").write_text(json.dumps(report, indent=1))
         return model, report
@@ -205,7 +205,7 @@ class Trainer:
         finished = step >= optim.steps
         if finished:
             self._export(best)
-        if signum == 10 and self.is_main:  # SIGUSR1: the time limit is near; come back and resume
+        if signum == signal.SIGUSR1 and self.is_main:  # the time limit is near: come back and resume
             logger.message(f"requeued: {requeue()}")
         return {"step": step, "finished": finished, "signal": signum, "best": best}
 
