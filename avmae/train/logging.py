@@ -15,9 +15,14 @@ from avmae.train.config import LogConfig
 
 
 class RunLogger:
+    """On a terminal, a live progress line; in a log file (SLURM's slurm-*.out, nohup), one plain line per
+    logging step, since a live display there only shows at the end."""
+
     def __init__(self, workdir: Path, config: LogConfig, total_steps: int, start_step: int, enabled: bool):
         self.enabled = enabled
+        self.total_steps = total_steps
         self.console = Console(file=sys.stderr)
+        self.plain = config.progress and not self.console.is_terminal
         self.metrics_path = workdir / "metrics.jsonl"
         self.writer = None
         self.progress = None
@@ -27,7 +32,7 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(workdir / "tensorboard"))
-        if config.progress:
+        if config.progress and self.console.is_terminal:
             self.progress = Progress(TextColumn("[bold]step"), BarColumn(), MofNCompleteColumn(),
                                      TextColumn("{task.fields[line]}"), TextColumn("ETA"), TimeRemainingColumn(),
                                      console=self.console)
@@ -44,12 +49,15 @@ class RunLogger:
             for name, value in values.items():
                 if isinstance(value, (int, float)):
                     self.writer.add_scalar(name, value, step)
+        parts = [f"{k.removeprefix('loss_')} {v:.4f}" for k, v in values.items() if k.startswith("loss")]
+        parts += [f"lr {values['lr']:.2e}"] if "lr" in values else []
+        parts += [f"{values['samples_per_s']:.1f} samples/s"] if "samples_per_s" in values else []
+        parts += [f"MFU {values['mfu']:.1%}"] if "mfu" in values else []
+        parts += [f"{k} {v:.4f}" for k, v in values.items() if k.startswith("eval/") and isinstance(v, float)]
         if self.progress is not None:
-            parts = [f"{k.removeprefix('loss_')} {v:.4f}" for k, v in values.items() if k.startswith("loss")]
-            extra = [f"lr {values['lr']:.2e}"] if "lr" in values else []
-            extra += [f"{values['samples_per_s']:.1f} samples/s"] if "samples_per_s" in values else []
-            extra += [f"MFU {values['mfu']:.1%}"] if "mfu" in values else []
-            self.progress.update(self.task, completed=step, line="  ".join(parts + extra))
+            self.progress.update(self.task, completed=step, line="  ".join(parts))
+        elif self.plain:
+            self.console.print(f"step {step}/{self.total_steps}  " + "  ".join(parts), highlight=False)
 
     def message(self, text: str) -> None:
         if self.enabled:
