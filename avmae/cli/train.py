@@ -43,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from avmae.train.trainer import Trainer
 
-    result = Trainer(config).run()
-    print(json.dumps(result))
+    trainer = Trainer(config)
+    result = trainer.run()
+    if trainer.is_main:  # one line from one rank: several ranks writing at once interleave on a shared pipe
+        print(json.dumps(result), flush=True)
     return 0
 
 
