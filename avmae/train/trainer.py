@@ -196,7 +196,7 @@ class Trainer:
                     last_time, last_step = now, step
                 signum = stop.agreed()
                 leaving = signum or (config.stop_after and ran >= config.stop_after)
-                if step % config.checkpoint.every == 0 or step == optim.steps or leaving:
+                if step % config.checkpoint.every == 0 or step == optim.steps or leaving or self._eval_due(step):
                     best = self._checkpoint(step, best, logger)
                 if leaving:
                     break
@@ -209,10 +209,15 @@ class Trainer:
             logger.message(f"requeued: {requeue()}")
         return {"step": step, "finished": finished, "signal": signum, "best": best}
 
+    def _eval_due(self, step: int) -> bool:
+        """Fine-tuning evaluates every ``eval_every`` steps and at the end; each evaluation comes with a checkpoint,
+        so the best weights can always be exported."""
+        every = self.config.finetune.eval_every
+        return self.config.task == "finetune" and (bool(every) and step % every == 0 or step == self.config.optim.steps)
+
     def _checkpoint(self, step: int, best: dict | None, logger: RunLogger) -> dict | None:
         client: dict[str, Any] = {"best": best}
-        if self.config.task == "finetune" and (self.config.finetune.eval_every and step % self.config.finetune.eval_every == 0
-                                               or step == self.config.optim.steps):
+        if self._eval_due(step):
             metrics = self.evaluate()
             logger.step(step, {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
             score = metrics.get("mAP", metrics.get("top1", metrics.get("action_top1")))
