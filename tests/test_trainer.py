@@ -208,3 +208,12 @@ def test_sbatch_job_signalled_before_its_time_limit_requeues_and_resumes(shards,
     assert "restart 1" in text and "resumed from step" in text
     steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
     assert steps[-1] == 30 and sorted(set(steps)) == list(range(1, 31))
+
+
+def test_shards_made_for_another_model_are_refused_before_training(shards, tmp_path):
+    from avmae.cli.train import main as train_main
+
+    config = run_config(tmp_path, shards)
+    assert train_main(["--config", str(config), "--set", "model.audio.frames=1024"]) == 2  # shards hold 208
+    assert train_main(["--config", str(config), "--set", f"data.shards={tmp_path / 'nothing'}"]) == 2
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -43,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from avmae.train.trainer import Trainer
 
-    trainer = Trainer(config)
+    try:
+        trainer = Trainer(config)
+    except (ValueError, FileNotFoundError) as err:  # shards missing or made for another model: say which
+        print(f"avmae-train: {err}", file=sys.stderr)
+        return 2
     result = trainer.run()
     if trainer.is_main:  # one line from one rank: several ranks writing at once interleave on a shared pipe
         print(json.dumps(result), flush=True)

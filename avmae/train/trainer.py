@@ -74,6 +74,9 @@ def _feature_expectations(config: RunConfig) -> dict[str, Any]:
 class Trainer:
     def __init__(self, config: RunConfig, dist_info: DistInfo | None = None):
         self.config = config.validate()
+        # The shards are checked first: a wrong folder or shards made for another model fail before any process
+        # group exists.
+        self.spec = load_spec(config.data.shards, config.data.train_split, _feature_expectations(config))
         self.dist = dist_info or setup_distributed()
         self.workdir = Path(config.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -82,7 +85,6 @@ class Trainer:
         _seed_everything(config.seed + self.dist.rank)
         if self.is_main:
             dump(config, self.workdir / "config.yaml")
-        self.spec = load_spec(config.data.shards, config.data.train_split, _feature_expectations(config))
         self.model, self.init_report = self._build_model()
         self.engine = self._build_engine()
         self.checkpoints = Checkpoints(self.workdir / "checkpoints", config.checkpoint.keep, self.is_main)
