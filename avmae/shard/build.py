@@ -52,8 +52,8 @@ def _init_worker(progress_queue) -> None:
     _progress_queue = progress_queue
 
 
-def _write_in_worker(out: Path, plan: ShardPlan, features: FeatureParams, build: BuildParams, print_: str):
-    return write_shard(out, plan, features, build, print_, on_item=lambda ok: _progress_queue.put(ok))
+def _write_in_worker(out: Path, plan: ShardPlan, features: FeatureParams, build: BuildParams, identity: str):
+    return write_shard(out, plan, features, build, identity, on_item=lambda ok: _progress_queue.put(ok))
 
 
 def run_build(out: Path, items: list[ClipItem], labels: LabelSet, source: dict[str, Any], features: FeatureParams,
@@ -69,9 +69,9 @@ def run_build(out: Path, items: list[ClipItem], labels: LabelSet, source: dict[s
     out.mkdir(parents=True, exist_ok=True)
     (out / PARTS_DIR).mkdir(exist_ok=True)
     plans = make_plan(items, build)
-    print_ = fingerprint(plans, features, build)
+    identity = fingerprint(plans, features, build)
     description = {
-        "format_version": FORMAT_VERSION, "fingerprint": print_, "features": to_dict(features),
+        "format_version": FORMAT_VERSION, "fingerprint": identity, "features": to_dict(features),
         "build": to_dict(build), "source": source, "labels": labels.to_json(),
         "tools": {"avmae": avmae.__version__, "ffmpeg": ffmpeg_version(), "torchaudio": torchaudio.__version__},
         "shards": [plan.name for plan in plans], "inputs": sum(len(plan.items) for plan in plans),
@@ -84,9 +84,9 @@ def run_build(out: Path, items: list[ClipItem], labels: LabelSet, source: dict[s
 
     if workers == 1 or len(todo) <= 1:
         with BuildProgress(total_items, enabled=show_progress) as progress:
-            records = [write_shard(out, plan, features, build, print_, on_item=progress.advance) for plan in todo]
+            records = [write_shard(out, plan, features, build, identity, on_item=progress.advance) for plan in todo]
     else:
-        records = _run_pool(out, todo, features, build, print_, workers, total_items, show_progress)
+        records = _run_pool(out, todo, features, build, identity, workers, total_items, show_progress)
     manifest = finalize(out) if not pending_shards(out, description) else None
     return BuildResult(shards_total=len(plans), shards_written=len(todo), shards_skipped=len(mine) - len(todo),
                        items_processed=sum(record["items"] for record in records),
@@ -94,7 +94,7 @@ def run_build(out: Path, items: list[ClipItem], labels: LabelSet, source: dict[s
                        manifest=manifest)
 
 
-def _run_pool(out, todo, features, build, print_, workers, total_items, show_progress) -> list[dict[str, Any]]:
+def _run_pool(out, todo, features, build, identity, workers, total_items, show_progress) -> list[dict[str, Any]]:
     # fork, not spawn: a spawned worker spends ~1.3 s importing torch again, which is most of a small build's time.
     # The pool forks all its workers at the first submit, before the progress bar starts its refresh thread, so no
     # thread of the parent is ever copied mid-operation.
@@ -102,7 +102,7 @@ def _run_pool(out, todo, features, build, print_, workers, total_items, show_pro
     progress_queue = context.Queue()
     with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context,
                              initializer=_init_worker, initargs=(progress_queue,)) as pool:
-        futures = {pool.submit(_write_in_worker, out, plan, features, build, print_) for plan in todo}
+        futures = {pool.submit(_write_in_worker, out, plan, features, build, identity) for plan in todo}
         records = []
         with BuildProgress(total_items, enabled=show_progress) as progress:
             while futures:
