@@ -108,8 +108,6 @@ def _evaluate(args) -> int:
         _write_predictions(out, arrays, result)
     reports.write_json(result, out / "report.json")
     if args.json:
-        import json
-
         print((out / "report.json").read_text())
     else:
         reports.print_table(result, f"{args.task} on {args.data} [{args.split}] → {out}")

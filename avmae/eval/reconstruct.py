@@ -11,8 +11,7 @@ import torch
 
 from avmae.data.samples import video_normalisation
 from avmae.eval.checkpoint import LoadedModel
-from avmae.models.losses import normalise_patches
-from avmae.models.tokenizers import patchify_audio, patchify_video, unpatchify_audio, unpatchify_video
+from avmae.models.tokenizers import unpatchify_audio, unpatchify_video
 
 
 def _denormalise_predictions(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool) -> torch.Tensor:
@@ -28,8 +27,7 @@ def _denormalise_predictions(pred: torch.Tensor, target: torch.Tensor, norm_pix:
 def reconstruct_batch(loaded: LoadedModel, audio: torch.Tensor, video: torch.Tensor, seed: int = 0) -> dict:
     model, config = loaded.model, loaded.config.model
     out = model(audio, video, generator=torch.Generator().manual_seed(seed))
-    targets = {"audio": patchify_audio(audio, config.audio.patch),
-               "video": patchify_video(video, config.video.patch, config.video.tubelet)}
+    targets = model.targets(audio, video)
     result = {}
     for m in ("audio", "video"):
         pred = _denormalise_predictions(out[f"pred_{m}"], targets[m], config.norm_pix_loss)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import platform
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,8 +15,9 @@ import avmae
 from avmae.data.config import DataConfig
 from avmae.data.loader import Loader
 from avmae.data.spec import load_spec
-from avmae.eval.checkpoint import LoadedModel, label_set_hash, load_model
+from avmae.eval.checkpoint import LoadedModel, label_set_hash
 from avmae.eval.retrieval import retrieval_metrics
+from avmae.models.avmae import pooled_unimodal
 from avmae.eval.predict import gather, predict, task_metrics
 
 TASK_LABEL_MODES = {"audioset": "multi", "vggsound": "single", "epic": "verb_noun"}
@@ -77,19 +77,17 @@ def classify(loaded: LoadedModel, data: str, split: str, task: str, *, views: in
 
 @torch.no_grad()
 def embeddings(loaded: LoadedModel, data: str, split: str, *, batch_size: int, workers: int, backend: str,
-               device: torch.device, rank: int, world: int, train: bool = False) -> dict[str, Any]:
+               device: torch.device, rank: int, world: int) -> dict[str, Any]:
     """Pooled unimodal features (audio, video) of every valid sample of a split, in the global order."""
     spec = load_spec(data, split, _expectations(loaded))
     config = _data_config(loaded, data, split, batch_size, workers, backend, 0, 1)
     loader = Loader(spec, config, train=False, rank=rank, world=world, device=device)
     model = loaded.model.to(device)
-    tokenizer, encoder = model.tokenizer, model.encoder
     audio, video, valid, labels = [], [], [], []
     for batch in loader:
-        tokens = {"audio": tokenizer.audio(batch["audio"])[0], "video": tokenizer.video(batch["video"])[0]}
-        _, alone = encoder(tokens, unimodal=True)
-        audio.append(alone["audio"].mean(1).float().cpu())
-        video.append(alone["video"].mean(1).float().cpu())
+        pooled = pooled_unimodal(model.tokenizer, model.encoder, batch["audio"], batch["video"])
+        audio.append(pooled["audio"].float().cpu())
+        video.append(pooled["video"].float().cpu())
         valid.append(batch["valid"].cpu())
         if "label" in batch:
             labels.append(batch["label"].cpu())

@@ -79,13 +79,15 @@ class AVMAE(nn.Module):
                    mask_audio=masks["audio"], mask_video=masks["video"])
         return out
 
-    @torch.no_grad()
-    def embed(self, audio: torch.Tensor | None = None, video: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Pooled unmasked per-modality features (B, width) for retrieval: each modality encoded on its own."""
-        tokens = {}
-        if audio is not None:
-            tokens["audio"] = self.tokenizer.audio(audio)[0]
-        if video is not None:
-            tokens["video"] = self.tokenizer.video(video)[0]
-        _, alone = self.encoder(tokens, unimodal=True)
-        return {m: x.mean(dim=1) for m, x in alone.items()}
+
+def pooled_unimodal(tokenizer: Tokenizer, encoder: FusionEncoder, audio: torch.Tensor | None = None,
+                    video: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Unmasked per-modality features (B, width), each modality encoded on its own and mean-pooled: what retrieval
+    and the linear probe compare (CAV-MAE's forward_feat). Works for the pretraining model and the classifier."""
+    tokens = {}
+    if audio is not None:
+        tokens["audio"] = tokenizer.audio(audio)[0]
+    if video is not None:
+        tokens["video"] = tokenizer.video(video)[0]
+    _, alone = encoder(tokens, unimodal=True)
+    return {m: x.mean(dim=1) for m, x in alone.items()}
