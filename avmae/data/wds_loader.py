@@ -2,9 +2,9 @@
 a sample needs), decoded in torch (torchvision's libjpeg-turbo decoder), batched inside DataLoader workers.
 Frames leave the workers as uint8; the Loader normalises them on the device (a quarter of the bytes to move).
 
-Training: an endless stream per (rank, worker) over a disjoint share of the shards (or of the samples, when there
-are fewer shards than readers), reshuffled every epoch from (seed, rank, worker, epoch); the trainer decides how
-many steps to take, so every rank takes the same number (engineering.md, "cross-cutting takeaways" 1).
+Training: each DataLoader worker plays one reader of the rank's TrainSchedule (schedule.py): an endless stream
+over a disjoint share of the shards; the trainer decides how many steps to take, so every rank takes the same
+number (engineering.md, "cross-cutting takeaways" 1).
 
 Evaluation: rank r reads the contiguous range [N r / R, N (r + 1) / R) of the global sample order (DALI's split),
 every rank yields the same number of batches, and the padding repeats the rank's last sample with ``valid`` False,
@@ -27,17 +27,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 from avmae.data.config import DataConfig
 from avmae.data.samples import decode_audio, decode_video, frame_members, label_tensors, parse_metadata
 from avmae.data.spec import DataSpec
+from avmae.data.schedule import TrainSchedule
 from avmae.data.tar_reader import IndexedShard, SampleError
 
 log = logging.getLogger(__name__)
-
-
-def balanced_weights(labels: list[list[str]], counts: dict[str, int]) -> list[float]:
-    """Sampling weight of each sample: the sum over its labels of 1 / (that label's count in the training split).
-    Samples without labels keep the smallest weight."""
-    weights = [sum(1.0 / max(1, counts.get(label, 1)) for label in sample) for sample in labels]
-    floor = min((w for w in weights if w > 0), default=1.0)
-    return [w if w > 0 else floor for w in weights]
 
 
 def eval_range(total: int, rank: int, world: int) -> tuple[int, int]:
@@ -65,7 +58,6 @@ class ShardStream(IterableDataset):
             if len(shard) != listed.samples:
                 raise ValueError(f"{shard.tar}: its index lists {len(shard)} samples, the manifest {listed.samples}")
         self.bad_samples = 0
-        self.epoch_offset = 0
         self.start_batch = 0  # training: the rank's batches already consumed (a resumed run continues after them)
 
     def _read(self, shard: IndexedShard, index: int, rng: random.Random) -> dict[str, Any]:
@@ -94,74 +86,23 @@ class ShardStream(IterableDataset):
 
     # --- training -------------------------------------------------------------------------------------------------
 
-    def _my_samples(self, worker: int, workers: int) -> list[tuple[IndexedShard, list[int]]]:
-        """(shard, sample indices) this reader owns: whole shards when there are enough, else every slots-th sample."""
-        slots, slot = self.world * workers, self.rank * workers + worker
-        if len(self.shards) >= slots:
-            return [(shard, list(range(len(shard)))) for shard in self.shards[slot::slots]]
-        owned, position = [], 0
-        for shard in self.shards:
-            indices = [i for i in range(len(shard)) if (position + i) % slots == slot]
-            position += len(shard)
-            if indices:
-                owned.append((shard, indices))
-        if not owned:
-            raise RuntimeError(f"rank {self.rank} worker {worker} owns no sample: {self.spec.samples} samples for "
-                               f"{slots} readers; use fewer workers or ranks")
-        return owned
-
-    def _epoch_order(self, owned, rng: random.Random) -> Iterator[tuple[IndexedShard, int]]:
-        """One pass over the owned samples: shards in random order, samples shuffled within each shard, and a
-        small buffer that mixes consecutive shards (only (shard, index) pairs wait in it)."""
-        buffer: list[tuple[IndexedShard, int]] = []
-        order = owned[:]
-        rng.shuffle(order)
-        for shard, indices in order:
-            indices = indices[:]
-            rng.shuffle(indices)
-            for index in indices:
-                buffer.append((shard, index))
-                if len(buffer) >= self.config.shuffle_buffer:
-                    yield buffer.pop(rng.randrange(len(buffer)))
-        while buffer:
-            yield buffer.pop(rng.randrange(len(buffer)))
-
-    def _balanced_order(self, owned, rng: random.Random) -> Iterator[tuple[IndexedShard, int]]:
-        """As many draws as owned samples, with replacement, each sample weighted by the rarity of its labels
-        (AudioMAE / CAV-MAE's AudioSet-2M sampler: weight = sum over its labels of 1 / label count)."""
-        if not hasattr(self, "_weights"):
-            self._population = [(shard, i) for shard, indices in owned for i in indices]
-            labels = [parse_metadata(shard.read(i, ["json"])["json"])["labels"] for shard, i in self._population]
-            self._weights = balanced_weights(labels, self.spec.label_counts)
-        yield from rng.choices(self._population, weights=self._weights, k=len(self._population))
-
     def _train_batches(self) -> Iterator[dict[str, Any]]:
-        """Batches of this reader's endless stream. The DataLoader takes batches from its workers in turn, so the
-        rank's n-th batch comes from reader n mod W; a resumed run starting at batch B lets worker w play reader
-        (w + B) mod W and skip that reader's batches before B without reading them, to continue the same stream."""
+        """Batches of this worker's reader of the rank's training schedule. A resumed run starting at batch B lets
+        worker w play reader (w + B) mod W, whose next batch is the rank's batch B + w."""
         worker, workers = self._worker()
-        role = (worker + self.start_batch) % workers
-        owned = self._my_samples(role, workers)
-        order = self._balanced_order if self.config.balanced_sampling else self._epoch_order
-        skip = len(range(role, self.start_batch, workers)) * self.config.batch_size
+        reader = (worker + self.start_batch) % workers
+        schedule = TrainSchedule(self.shards, self.config, self.spec.label_counts, rank=self.rank, world=self.world,
+                                 readers=workers)
         batch: list[dict[str, Any]] = []
-        epoch = self.epoch_offset
-        while True:
-            stream = f"{self.config.seed}:{self.rank}:{role}:{epoch}"
-            for draw, (shard, index) in enumerate(order(owned, random.Random(stream))):
-                if skip:
-                    skip -= 1
-                    continue
-                try:
-                    # Augmentation randomness per draw, so skipping draws leaves the later ones unchanged.
-                    batch.append(self._read(shard, index, random.Random(f"{stream}:{draw}")))
-                except SampleError as err:
-                    self._skip(err)
-                    continue
-                if len(batch) == self.config.batch_size:
-                    yield self._collate(batch, [True] * len(batch))
-                    batch = []
-            epoch += 1
+        for draw in schedule.reader_draws(reader, self.start_batch):
+            try:
+                batch.append(self._read(draw.shard, draw.index, random.Random(draw.seed)))
+            except SampleError as err:
+                self._skip(err)
+                continue
+            if len(batch) == self.config.batch_size:
+                yield self._collate(batch, [True] * len(batch))
+                batch = []
 
     # --- evaluation -----------------------------------------------------------------------------------------------
 

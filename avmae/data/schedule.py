@@ -1,0 +1,105 @@
+"""Which samples a rank trains on, in which order: the one training schedule both backends follow.
+
+A rank's stream is made of ``readers`` (its DataLoader workers; DALI plays the same readers in one process). Its
+n-th batch comes from reader n mod R, as a DataLoader takes batches from its workers in turn. Each reader owns a
+disjoint share of the shards (of the samples, when shards are fewer than readers), draws from it endlessly —
+an epoch at a time, reshuffled from (seed, rank, reader, epoch), or class-balanced with replacement — and gives
+each draw its own augmentation seed. So the stream depends only on the config, the rank and the batch number:
+a resumed run skips the batches it already consumed without reading them, and the two backends draw the same
+samples with the same crops.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from avmae.data.config import DataConfig
+from avmae.data.samples import parse_metadata
+from avmae.data.tar_reader import IndexedShard
+
+
+@dataclass(frozen=True)
+class Draw:
+    shard: IndexedShard
+    index: int
+    seed: str  # seeds this draw's augmentation, so skipping earlier draws leaves it unchanged
+
+
+def balanced_weights(labels: list[list[str]], counts: dict[str, int]) -> list[float]:
+    """Sampling weight of each sample: the sum over its labels of 1 / (that label's count in the training split).
+    Samples without labels keep the smallest weight."""
+    weights = [sum(1.0 / max(1, counts.get(label, 1)) for label in sample) for sample in labels]
+    floor = min((w for w in weights if w > 0), default=1.0)
+    return [w if w > 0 else floor for w in weights]
+
+
+class TrainSchedule:
+    def __init__(self, shards: list[IndexedShard], config: DataConfig, label_counts: dict[str, int], *,
+                 rank: int, world: int, readers: int):
+        self.shards, self.config, self.label_counts = shards, config, label_counts
+        self.rank, self.world, self.readers = rank, world, max(1, readers)
+
+    def owned(self, reader: int) -> list[tuple[IndexedShard, list[int]]]:
+        """(shard, sample indices) a reader owns: whole shards when there are enough, else every slots-th sample."""
+        slots, slot = self.world * self.readers, self.rank * self.readers + reader
+        if len(self.shards) >= slots:
+            return [(shard, list(range(len(shard)))) for shard in self.shards[slot::slots]]
+        owned, position = [], 0
+        for shard in self.shards:
+            indices = [i for i in range(len(shard)) if (position + i) % slots == slot]
+            position += len(shard)
+            if indices:
+                owned.append((shard, indices))
+        if not owned:
+            total = sum(len(shard) for shard in self.shards)
+            raise RuntimeError(f"rank {self.rank} reader {reader} owns no sample: {total} samples for {slots} "
+                               "readers; use fewer workers or ranks")
+        return owned
+
+    def _epoch_order(self, owned, rng: random.Random) -> Iterator[tuple[IndexedShard, int]]:
+        """One pass over the owned samples: shards in random order, samples shuffled within each shard, and a
+        small buffer that mixes consecutive shards (only (shard, index) pairs wait in it)."""
+        buffer: list[tuple[IndexedShard, int]] = []
+        order = owned[:]
+        rng.shuffle(order)
+        for shard, indices in order:
+            indices = indices[:]
+            rng.shuffle(indices)
+            for index in indices:
+                buffer.append((shard, index))
+                if len(buffer) >= self.config.shuffle_buffer:
+                    yield buffer.pop(rng.randrange(len(buffer)))
+        while buffer:
+            yield buffer.pop(rng.randrange(len(buffer)))
+
+    def _balanced_order(self, owned) -> Callable[[random.Random], Iterator[tuple[IndexedShard, int]]]:
+        """As many draws per epoch as owned samples, with replacement, each sample weighted by the rarity of its
+        labels (AudioMAE / CAV-MAE's AudioSet-2M sampler: weight = sum over its labels of 1 / label count)."""
+        population = [(shard, i) for shard, indices in owned for i in indices]
+        labels = [parse_metadata(shard.read(i, ["json"])["json"])["labels"] for shard, i in population]
+        weights = balanced_weights(labels, self.label_counts)
+        return lambda rng: iter(rng.choices(population, weights=weights, k=len(population)))
+
+    def draws(self, reader: int, skip: int = 0) -> Iterator[Draw]:
+        """A reader's endless draws, the first ``skip`` left out without reading anything."""
+        owned = self.owned(reader)
+        if self.config.balanced_sampling:
+            order = self._balanced_order(owned)
+        else:
+            order = lambda rng: self._epoch_order(owned, rng)  # noqa: E731
+        epoch = 0
+        while True:
+            stream = f"{self.config.seed}:{self.rank}:{reader}:{epoch}"
+            for number, (shard, index) in enumerate(order(random.Random(stream))):
+                if skip:
+                    skip -= 1
+                    continue
+                yield Draw(shard, index, f"{stream}:{number}")
+            epoch += 1
+
+    def reader_draws(self, reader: int, start_batch: int) -> Iterator[Draw]:
+        """Reader's draws from its first batch at or after the rank's batch ``start_batch``."""
+        consumed = len(range(reader, start_batch, self.readers))  # its batches among 0 .. start_batch - 1
+        return self.draws(reader, skip=consumed * self.config.batch_size)
