@@ -14,7 +14,7 @@ from safetensors import safe_open
 
 from avmae.config import from_dict
 from avmae.models.avmae import AVMAE
-from avmae.models.classifier import AVClassifier
+from avmae.train.classifiers import build_classifier
 from avmae.train.config import RunConfig
 
 
@@ -58,7 +58,7 @@ def load_model(path: str | Path, weights: str = "model", modality: str | None = 
     if task == "pretrain":
         model: torch.nn.Module = AVMAE(config.model)
     else:
-        model = AVClassifier(config.model, heads, modality or config.finetune.modality)
+        model = build_classifier(config, heads, modality)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path} does not fit the model it describes: missing {missing[:3]}, unexpected {unexpected[:3]}")

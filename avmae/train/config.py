@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from avmae.data.config import DataConfig
+from avmae.models.bottleneck import BottleneckConfig
 from avmae.models.config import ModelConfig
 
 
@@ -45,6 +46,10 @@ class FinetuneConfig:
     loss: Literal["auto", "bce", "ce"] = "auto"  # auto: BCE for multi-label data, CE otherwise
     label_smoothing: float = 0.0
     modality_dropout: float = 0.0
+    # pooled: mean of each present modality's tokens, one set of logits (CAV-MAE); bottleneck: AV-MAE's MBT
+    # fine-tuning model (separate encoders fused through bottleneck tokens, logits averaged over modalities)
+    classifier: Literal["pooled", "bottleneck"] = "pooled"
+    bottleneck: BottleneckConfig = field(default_factory=BottleneckConfig)
     eval_every: int = 0  # steps between evaluations on data.eval_split (0 = only at the end)
     eval_batches: int = 0  # 0 = the whole evaluation split
 

@@ -23,13 +23,13 @@ from avmae.data.augment import mixup, spec_augment
 from avmae.data.loader import Loader, build_loader
 from avmae.data.spec import load_spec
 from avmae.models.avmae import AVMAE
-from avmae.models.classifier import AVClassifier
 from avmae.models.counts import pretraining_flops
 from avmae.train.checkpoint import Checkpoints, load_weights, save_safetensors
 from avmae.train.config import RunConfig
 from avmae.train.distributed import DistInfo, setup_distributed
 from avmae.eval.predict import evaluate_classifier
 from avmae.train.logging import RunLogger
+from avmae.train.classifiers import build_classifier
 from avmae.train.losses import finetune_loss
 from avmae.train.optim import learning_rate, parameter_groups
 from avmae.train.signals import StopRequest, requeue
@@ -101,8 +101,7 @@ class Trainer:
         heads = self._heads()
         if not heads:
             raise ValueError(f"{config.data.shards} has no labels to fine-tune on; set finetune.heads")
-        model = AVClassifier(config.model, heads, config.finetune.modality, config.finetune.modality_dropout,
-                             seed=config.seed)
+        model = build_classifier(config, heads)
         report = None
         if config.finetune.init:
             report = {"init": config.finetune.init, **model.load_pretrained(load_weights(config.finetune.init))}
@@ -143,8 +142,13 @@ class Trainer:
         batch["audio"] = spec_augment(batch["audio"], data.freq_mask, data.time_mask)
         batch = mixup(batch, self._heads(), data.mixup)
         audio, video = self._inputs(batch)
-        logits = self.engine(audio=audio, video=video)
-        loss = finetune_loss(logits, batch["targets"], self._loss_kind(), self.config.finetune.label_smoothing)
+        kind, smoothing = self._loss_kind(), self.config.finetune.label_smoothing
+        if self.config.finetune.classifier == "bottleneck":  # MBT: the mean of each modality's own loss
+            per_modality = self.engine(audio=audio, video=video, per_modality=True)
+            loss = torch.stack([finetune_loss(logits, batch["targets"], kind, smoothing)
+                                for logits in per_modality.values()]).mean()
+        else:
+            loss = finetune_loss(self.engine(audio=audio, video=video), batch["targets"], kind, smoothing)
         return loss, {"loss": loss.detach().item()}
 
     def _loss_kind(self) -> str:

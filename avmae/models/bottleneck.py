@@ -1,0 +1,127 @@
+"""AV-MAE's fine-tuning model: MBT attention-bottleneck fusion ("Attention Bottlenecks for Multimodal Fusion";
+Scenic ``mbt.py``, methods.md A.2 "Fine-tuning model" and C.2).
+
+Two full-depth encoders, one per modality (the late-fusion layout, so a late-fusion pretraining checkpoint loads
+as it is). From layer ``fusion_layer`` on, a few shared bottleneck tokens join each modality's tokens in that
+modality's block; the bottleneck tokens each block returns are averaged over the modalities and passed on, so
+all cross-modal information flows through them. Each modality is mean-pooled on its own and goes through the
+same heads: one logit vector per modality. Training takes the mean of the modalities' losses, inference the mean
+of their logits. A mid-fusion checkpoint is loaded as AV-MAE does: each joint layer is copied into both
+modality encoders (``initialise_from_mid_fusion``); see ``mid_to_separate`` for the final norms.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from avmae.models.classifier import AVClassifier, InputModality
+from avmae.models.config import ModelConfig
+from avmae.models.encoder import MODALITIES
+
+
+@dataclass
+class BottleneckConfig:
+    tokens: int = 4  # AV-MAE's n_bottlenecks
+    fusion_layer: int = 18  # first fused layer, counted from 0: AudioSet 18 of 24, VGGSound 16 (methods.md C.2)
+
+
+def mid_to_separate(state_dict: dict[str, torch.Tensor], depth: int) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """A mid-fusion state dict with separate encoders' keys, and the keys it dropped. Joint block k becomes block
+    ``depth - joint + k`` of both the audio and the video encoder, and the joint final norm becomes both encoders'
+    final norm. The modality stacks' own final norms (between their last layer and the joint layers) have no
+    place in one straight stack and are dropped: the joint norm is the one trained on the output of the last
+    layer. Other keys pass through; a state dict without joint layers comes back unchanged."""
+    joint = {int(m.group(1)) for key in state_dict if (m := re.match(r"encoder\.joint\.blocks\.(\d+)\.", key))}
+    if not joint:
+        return dict(state_dict), []
+    first = depth - (max(joint) + 1)
+    out, dropped = {}, []
+    for key, value in state_dict.items():
+        if re.match(r"encoder\.(audio|video)\.norm\.", key):
+            dropped.append(key)
+            continue
+        match = re.match(r"encoder\.joint\.(blocks\.(\d+)|norm)\.(.+)", key)
+        if match is None:
+            out[key] = value
+            continue
+        for modality in MODALITIES:
+            if match.group(2) is not None:
+                out[f"encoder.{modality}.blocks.{first + int(match.group(2))}.{match.group(3)}"] = value.clone()
+            else:
+                out[f"encoder.{modality}.norm.{match.group(3)}"] = value.clone()
+    return out, dropped
+
+
+class BottleneckClassifier(AVClassifier):
+    """AVClassifier's tokenizer, separate encoders and heads, fused through bottleneck tokens."""
+
+    def __init__(self, config: ModelConfig, heads: dict[str, int], modality: InputModality = "av",
+                 modality_dropout: float = 0.0, seed: int = 0, bottleneck: BottleneckConfig | None = None):
+        if config.encoder.fusion != "late":
+            raise ValueError("bottleneck fusion runs two separate encoders: set model.encoder.fusion late (a "
+                             f"mid-fusion checkpoint is converted on load), got {config.encoder.fusion!r}")
+        super().__init__(config, heads, modality, modality_dropout, seed)
+        self.bottleneck_config = bottleneck or BottleneckConfig()
+        width, depth, _, _ = config.encoder.dims()
+        if not 0 <= self.bottleneck_config.fusion_layer < depth:
+            raise ValueError(f"bottleneck fusion_layer must be in [0, {depth}), got {self.bottleneck_config.fusion_layer}")
+        del self.head_norm  # each encoder's final LayerNorm feeds the shared heads (Scenic's 'gap' classifier)
+        self.bottleneck = nn.Parameter(torch.empty(1, self.bottleneck_config.tokens, width))
+        nn.init.normal_(self.bottleneck, std=0.02)  # MBT: normal(0.02)
+        for head in self.heads.values():  # Scenic's output_projection is zero-initialised
+            nn.init.zeros_(head.weight)
+
+    def _block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.config.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, x, use_reentrant=False)  # as Transformer.forward does
+        return block(x)
+
+    def _encode(self, tokens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        stacks = {m: getattr(self.encoder, m) for m in tokens}
+        fusion_layer = self.bottleneck_config.fusion_layer
+        shared = self.bottleneck.expand(next(iter(tokens.values())).shape[0], -1, -1)
+        for layer in range(len(next(iter(stacks.values())).blocks)):
+            if layer < fusion_layer:
+                tokens = {m: self._block(stacks[m].blocks[layer], x) for m, x in tokens.items()}
+                continue
+            updated = {}
+            for m, x in tokens.items():
+                out = self._block(stacks[m].blocks[layer], torch.cat([x, shared.to(x.dtype)], dim=1))
+                tokens[m], updated[m] = out[:, : x.shape[1]], out[:, x.shape[1]:]
+            shared = torch.stack(list(updated.values())).mean(dim=0)
+        return {m: stacks[m].norm(x) for m, x in tokens.items()}
+
+    def modality_logits(self, audio: torch.Tensor | None = None,
+                        video: torch.Tensor | None = None) -> dict[str, dict[str, torch.Tensor]]:
+        """``{modality: {head: (B, classes)}}`` for every modality present."""
+        encoded = self._encode(self._inputs(audio, video))
+        return {m: {name: head(x.mean(dim=1)) for name, head in self.heads.items()} for m, x in encoded.items()}
+
+    def features(self, audio: torch.Tensor | None = None, video: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean of the modalities' pooled features (what a linear probe or retrieval uses)."""
+        encoded = self._encode(self._inputs(audio, video))
+        return torch.stack([x.mean(dim=1) for x in encoded.values()]).mean(dim=0)
+
+    def forward(self, audio: torch.Tensor | None = None, video: torch.Tensor | None = None,
+                per_modality: bool = False):
+        """Logits per head averaged over the modalities (MBT's inference), or with ``per_modality`` the
+        modalities' own logits, for the training loss (the mean of the modalities' losses)."""
+        logits = self.modality_logits(audio, video)
+        if per_modality:
+            return logits
+        return {name: torch.stack([per[name] for per in logits.values()]).mean(dim=0) for name in self.heads}
+
+    def load_pretrained(self, state_dict: dict[str, torch.Tensor]) -> dict[str, list[str]]:
+        """AVClassifier's loading, after converting a mid-fusion checkpoint to separate encoders."""
+        state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+        separate, dropped = mid_to_separate(state_dict, self.config.encoder.dims()[1])
+        report = super().load_pretrained(separate)
+        if dropped:
+            report["converted"] = ["mid fusion: joint layers copied into both encoders, joint norm as final norm"]
+            report["skipped"] = sorted(report["skipped"] + dropped)
+        return report
