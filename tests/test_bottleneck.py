@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,7 +108,8 @@ def test_gradients_reach_both_encoders_and_the_bottleneck():
 
 @pytest.mark.slow
 def test_bottleneck_fine_tune_from_a_mid_fusion_run_then_eval(shards, tmp_path):  # noqa: F811
-    """AV-MAE's recipe at tiny size: mid-fusion pretraining, MBT fine-tuning on 2 ZeRO-2 ranks, avmae-eval."""
+    """AV-MAE's recipe at tiny size: mid-fusion pretraining, MBT fine-tuning with SGD on 2 ZeRO-2 ranks, then
+    avmae-eval."""
     pretrain, finetune = tmp_path / "pretrain", tmp_path / "finetune"
     pretrain.mkdir()
     finetune.mkdir()
@@ -116,7 +118,8 @@ def test_bottleneck_fine_tune_from_a_mid_fusion_run_then_eval(shards, tmp_path):
     config = run_config(finetune, shards, task="finetune", model=late, data={"eval_split": "val", "mixup": 0.5},
                         finetune={"init": str(pretrain / "run"), "loss": "ce", "classifier": "bottleneck",
                                   "bottleneck": {"tokens": 4, "fusion_layer": 1}},
-                        optim={"steps": 6, "lr": 2e-3, "warmup_steps": 1, "layer_decay": 0.75},
+                        optim={"steps": 6, "lr": 0.05, "warmup_steps": 1, "layer_decay": 0.75, "optimizer": "sgd",
+                               "weight_decay": 0.0},
                         checkpoint={"every": 6, "keep": 1})
     result = torchrun(config)
     assert result["finished"] and result["best"]["metrics"]["samples"] == 3
@@ -132,3 +135,30 @@ def test_bottleneck_fine_tune_from_a_mid_fusion_run_then_eval(shards, tmp_path):
                       "vggsound", "--out", str(out), "--workers", "0", "--json", "--batch-size", "4"]) == 0
     metrics_out = json.loads((out / "report.json").read_text())["metrics"]
     assert metrics_out["samples"] == 3 and 0.0 <= metrics_out["top1"] <= 1.0
+
+
+def test_avmae_bce_sums_over_classes_where_cavmae_averages():
+    from avmae.train.losses import finetune_loss
+
+    logits = {"label": torch.randn(4, 7)}
+    targets = {"label": (torch.rand(4, 7) > 0.5).float()}
+    mean = finetune_loss(logits, targets, "bce", label_smoothing=0.3)
+    summed = finetune_loss(logits, targets, "bce_sum", label_smoothing=0.3)
+    assert summed == pytest.approx(7 * float(mean), rel=1e-5)
+    # AV-MAE's smoothing 0.3 (methods.md C.2): positives 1 - 0.3 + 0.3 / C, negatives 0.3 / C
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits["label"], targets["label"] * 0.7 + 0.3 / 7, reduction="none").sum(-1).mean()
+    assert summed == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_the_audioset_recipe_builds_mbt_large_with_607m_parameters():
+    from avmae.config import load
+    from avmae.train.classifiers import build_classifier
+    from avmae.train.config import RunConfig
+
+    config = load(RunConfig, Path(__file__).resolve().parents[1] / "configs/avmae_mbt_audioset.yaml").validate()
+    with torch.device("meta"):  # shapes only
+        model = build_classifier(config, {"label": 527})
+    assert isinstance(model, BottleneckClassifier)
+    # methods.md A.2: "MBT-L fine-tune, 2 x 24 layers, A+V: about 607 M"
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(607.0, abs=0.5)

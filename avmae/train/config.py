@@ -13,6 +13,8 @@ from avmae.models.config import ModelConfig
 @dataclass
 class OptimConfig:
     steps: int = 1000  # optimizer steps of the whole run; the schedule is by step, not by epoch
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: AV-MAE's MBT fine-tuning (momentum 0.9, methods.md C.2)
+    momentum: float = 0.9  # sgd only
     lr: float = 6e-4  # AV-MAE AudioSet pretraining: 3e-4 x 512/256 (methods.md C.2)
     min_lr: float = 0.0
     warmup_steps: int = 0
@@ -43,7 +45,8 @@ class FinetuneConfig:
     init: str = ""  # pretraining export (.safetensors) or run folder to start the encoder from
     heads: dict = field(default_factory=dict)  # {} = from the data's labels
     modality: Literal["av", "audio", "video"] = "av"
-    loss: Literal["auto", "bce", "ce"] = "auto"  # auto: BCE for multi-label data, CE otherwise
+    # auto: BCE for multi-label data, CE otherwise; bce_sum: BCE summed over classes (AV-MAE / Scenic), not averaged
+    loss: Literal["auto", "bce", "bce_sum", "ce"] = "auto"
     label_smoothing: float = 0.0
     modality_dropout: float = 0.0
     # pooled: mean of each present modality's tokens, one set of logits (CAV-MAE); bottleneck: AV-MAE's MBT
@@ -79,6 +82,6 @@ class RunConfig:
             raise ValueError("optim.steps and grad_accum must be at least 1")
         if not self.data.shards:
             raise ValueError("data.shards is not set: point it at a folder made by avmae-shard build")
-        if self.task == "finetune" and self.finetune.loss == "bce" and self.finetune.heads.get("verb"):
+        if self.task == "finetune" and self.finetune.loss.startswith("bce") and self.finetune.heads.get("verb"):
             raise ValueError("Epic-Kitchens verb/noun heads are single-label: use finetune.loss ce")
         return self

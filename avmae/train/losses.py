@@ -15,14 +15,17 @@ def smooth(targets: torch.Tensor, amount: float) -> torch.Tensor:
 
 def finetune_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], kind: str,
                   label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean over heads of BCE-with-logits (multi-label; mean over classes and samples, as CAV-MAE) or of softmax
-    cross-entropy with soft targets (single-label, Epic-Kitchens verb and noun)."""
+    """Mean over heads of BCE-with-logits (multi-label; mean over classes and samples as CAV-MAE, or with
+    ``bce_sum`` summed over classes and averaged over samples as AV-MAE) or of softmax cross-entropy with soft
+    targets (single-label, Epic-Kitchens verb and noun)."""
     losses = []
     for name, logit in logits.items():
         target = smooth(targets[name].to(logit.device), label_smoothing)
         logit = logit.float()
         if kind == "bce":
             losses.append(F.binary_cross_entropy_with_logits(logit, target))
+        elif kind == "bce_sum":  # Scenic's weighted_sigmoid_cross_entropy: summed over classes (methods.md C.2)
+            losses.append(F.binary_cross_entropy_with_logits(logit, target, reduction="none").sum(-1).mean())
         else:
             losses.append(-(target * F.log_softmax(logit, dim=-1)).sum(dim=-1).mean())
     return torch.stack(losses).mean()

@@ -49,6 +49,8 @@ def _deepspeed_config(config: RunConfig, bf16: bool) -> dict[str, Any]:
         "bf16": {"enabled": bf16},
         "zero_optimization": {"stage": config.zero_stage, "overlap_comm": bf16, "contiguous_gradients": True,
                               "reduce_bucket_size": 5e8, "allgather_bucket_size": 5e8},
+        # ZeRO shards any torch optimizer's state; DeepSpeed only asks to be told when it is not an Adam.
+        "zero_allow_untested_optimizer": config.optim.optimizer != "adamw",
         "steps_per_print": 10**9,  # our own logging says what happens
         "wall_clock_breakdown": False,
     }
@@ -113,7 +115,11 @@ class Trainer:
         import deepspeed
 
         groups, self.lr_scales = parameter_groups(self.model, self.config.model, self.config.optim)
-        optimizer = torch.optim.AdamW(groups, lr=self.config.optim.lr, betas=tuple(self.config.optim.betas))
+        optim = self.config.optim
+        if optim.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas))
         engine, _, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer,
                                                config=_deepspeed_config(self.config, self.bf16))
         return engine
