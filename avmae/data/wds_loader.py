@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
 from avmae.data.config import DataConfig
 from avmae.data.samples import decode_audio, decode_video, frame_members, label_tensors, parse_metadata
@@ -77,7 +77,10 @@ class ShardStream(IterableDataset):
 
     def _collate(self, rows: list[dict[str, Any]], valid: list[bool]) -> dict[str, Any]:
         metadata = [row["meta"] for row in rows]
-        return {"video": torch.stack([row["video"] for row in rows]), "audio": torch.stack([row["audio"] for row in rows]),
+        # default_collate stacks straight into shared memory inside a worker, sparing the copy the DataLoader
+        # would otherwise make to hand the batch to the main process.
+        return {"video": default_collate([row["video"] for row in rows]),
+                "audio": default_collate([row["audio"] for row in rows]),
                 **label_tensors(metadata, self.spec), "key": [m["key"] for m in metadata], "valid": torch.tensor(valid)}
 
     def _worker(self) -> tuple[int, int]:
