@@ -153,7 +153,7 @@ def test_avmae_bce_sums_over_classes_where_cavmae_averages():
 
 def test_the_audioset_recipe_builds_mbt_large_with_607m_parameters():
     from avmae.config import load
-    from avmae.train.classifiers import build_classifier
+    from avmae.train.models import build_classifier
     from avmae.train.config import RunConfig
 
     config = load(RunConfig, Path(__file__).resolve().parents[1] / "configs/avmae_mbt_audioset.yaml").validate()

@@ -180,6 +180,10 @@ def _run_reconstruct(argv: list[str]) -> int:
     if loaded.task != "pretrain":
         print(f"avmae-eval reconstruct: {loaded.path} is not a pretraining checkpoint", file=sys.stderr)
         return 2
+    if loaded.config.mavil.teacher:
+        print(f"avmae-eval reconstruct: {loaded.path} is a MAViL stage-2 model; it predicts its teacher's features, "
+              "not pixels: reconstruct from the stage-1 teacher", file=sys.stderr)
+        return 2
     config = dataclasses.replace(loaded.config.data, shards=args.data, batch_size=args.num, workers=0)
     spec = load_spec(args.data, args.split, {"target_frames": loaded.config.model.audio.frames})
     batch = next(iter(Loader(spec, config, train=False)))

@@ -13,8 +13,7 @@ import torch
 from safetensors import safe_open
 
 from avmae.config import from_dict
-from avmae.models.avmae import AVMAE
-from avmae.train.classifiers import build_classifier
+from avmae.train.models import build_classifier, build_pretraining_model
 from avmae.train.config import RunConfig
 
 
@@ -56,7 +55,7 @@ def load_model(path: str | Path, weights: str = "model", modality: str | None = 
     heads = {key.split(".")[1]: int(value.shape[0]) for key, value in state.items()
              if key.startswith("heads.") and key.endswith(".weight")}
     if task == "pretrain":
-        model: torch.nn.Module = AVMAE(config.model)
+        model: torch.nn.Module = build_pretraining_model(config)
     else:
         model = build_classifier(config, heads, modality)
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -39,7 +39,7 @@ def reconstruct_batch(loaded: LoadedModel, audio: torch.Tensor, video: torch.Ten
     video_grid = (video.shape[1] // config.video.tubelet, video.shape[3] // config.video.patch,
                   video.shape[4] // config.video.patch)
     return {
-        "audio": [unpatchify_audio(x, audio_grid, config.audio.patch) for x in result["audio"]],
+        "audio": [unpatchify_audio(x, audio_grid, config.audio.patch, config.audio.token_order) for x in result["audio"]],
         "video": [unpatchify_video(x, video_grid, config.video.patch, config.video.tubelet) for x in result["video"]],
         "loss": float(out["loss"]),
     }

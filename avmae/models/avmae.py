@@ -10,7 +10,7 @@ from avmae.models.decoder import Decoder
 from avmae.models.encoder import MODALITIES, FusionEncoder
 from avmae.models.losses import info_nce, masked_mse
 from avmae.models.masking import audio_structured_mask, gather_tokens, random_mask, tube_mask, visible_indices
-from avmae.models.tokenizers import Tokenizer, patchify_audio, patchify_video
+from avmae.models.tokenizers import Tokenizer, patchify_audio, patchify_video, to_audio_order
 from avmae.models.vit import init_weights
 
 
@@ -24,15 +24,17 @@ class AVMAE(nn.Module):
         self.decoder = Decoder(config, width)
         for module in [self.encoder, self.decoder]:
             module.apply(init_weights)
-        self.decoder.reset_heads()
+        if config.decoder.zero_init_heads:
+            self.decoder.reset_heads()
 
     def make_masks(self, batch: int, grids: dict, generator=None, device=None) -> dict[str, torch.Tensor]:
         m = self.config.mask
         a_tokens = grids["audio"][0] * grids["audio"][1]
         if m.audio_mode == "random":
             audio = random_mask(batch, a_tokens, m.audio_ratio, generator, device)
-        else:
+        else:  # built on the (time, mel) grid, then put in the tokens' order
             audio = audio_structured_mask(batch, grids["audio"], m.audio_ratio, m.audio_mode, generator, device)
+            audio = to_audio_order(audio, grids["audio"], self.config.audio.token_order)
         if m.video_mode == "tube":
             video = tube_mask(batch, grids["video"], m.video_ratio, generator, device)
         else:
@@ -41,12 +43,14 @@ class AVMAE(nn.Module):
         return {"audio": audio, "video": video}
 
     def targets(self, audio: torch.Tensor, video: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"audio": patchify_audio(audio, self.config.audio.patch),
+        return {"audio": patchify_audio(audio, self.config.audio.patch, self.config.audio.token_order),
                 "video": patchify_video(video, self.config.video.patch, self.config.video.tubelet)}
 
     def forward(self, audio: torch.Tensor, video: torch.Tensor, masks: dict | None = None,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """audio (B, time, mel), video (B, T, 3, H, W) -> losses, predictions and masks (True = masked)."""
+                generator: torch.Generator | None = None, keep_features: bool = False) -> dict[str, torch.Tensor]:
+        """audio (B, time, mel), video (B, T, 3, H, W) -> losses, predictions and masks (True = masked); with
+        ``keep_features`` also ``features_audio``/``features_video``: each modality's visible tokens encoded on
+        their own and mean-pooled (what the contrastive terms compare)."""
         config = self.config
         tokens, grids = {}, {}
         tokens["audio"], grids["audio"] = self.tokenizer.audio(audio)
@@ -58,7 +62,7 @@ class AVMAE(nn.Module):
 
         inpainting = config.objective == "inpainting"
         contrastive = config.contrastive.weight > 0
-        fused, alone = self.encoder(kept, unimodal=inpainting or contrastive)
+        fused, alone = self.encoder(kept, unimodal=inpainting or contrastive or keep_features)
         # Inpainting must not let a modality leak into its own reconstruction through joint layers: the decoder
         # of one modality gets the other encoded on its own.
         decoder_input = alone if inpainting else fused
@@ -70,6 +74,8 @@ class AVMAE(nn.Module):
         losses = {m: masked_mse(predictions[m], targets[m], loss_masks[m], config.norm_pix_loss) for m in MODALITIES}
         total = config.loss_weight_audio * losses["audio"] + config.loss_weight_video * losses["video"]
         out = {"loss_audio": losses["audio"], "loss_video": losses["video"]}
+        if keep_features:
+            out.update({f"features_{m}": alone[m].mean(dim=1) for m in MODALITIES})
         if contrastive:
             c = config.contrastive
             out["loss_contrastive"] = info_nce(alone["audio"].mean(dim=1), alone["video"].mean(dim=1),

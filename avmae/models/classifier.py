@@ -1,8 +1,9 @@
 """The fine-tuning model: the pretraining encoder without masking, pooled, and one or more linear heads.
 
 Heads: one for AudioSet (multi-label, sigmoid) or VGGSound (single-label, softmax), two for Epic-Kitchens (verb,
-noun); the loss belongs to the trainer. Pooling averages each present modality's mean token, so the features keep
-their scale when a modality is absent at test time and the model still predicts from the other one.
+noun); the loss belongs to the trainer. Pooling (``classifier_pooling``) averages each present modality's mean token,
+so the features keep their scale when a modality is absent at test time and the model still predicts from the other
+one; or, as CAV-MAE's CAVMAEFT, takes the mean of all tokens of the concatenation (methods.md A.1).
 """
 
 from __future__ import annotations
@@ -65,7 +66,10 @@ class AVClassifier(nn.Module):
 
     def features(self, audio: torch.Tensor | None = None, video: torch.Tensor | None = None) -> torch.Tensor:
         fused, _ = self.encoder(self._inputs(audio, video))
-        pooled = torch.stack([x.mean(dim=1) for x in fused.values()]).mean(dim=0)
+        if self.config.classifier_pooling == "token_mean":
+            pooled = torch.cat(list(fused.values()), dim=1).mean(dim=1)
+        else:
+            pooled = torch.stack([x.mean(dim=1) for x in fused.values()]).mean(dim=0)
         return self.head_norm(pooled)
 
     def forward(self, audio: torch.Tensor | None = None, video: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

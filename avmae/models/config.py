@@ -2,7 +2,10 @@
 
 Defaults are the AV-MAE AudioSet pretraining recipe (reference/methods.md A.2) at ViT-L: mid fusion 22 + 2,
 a shared 4-layer 512-wide decoder, joint reconstruction, random masking 0.7 audio / 0.9 video, loss weights 0.5/0.5,
-raw-pixel targets. Every choice of the paper (and CAV-MAE's contrastive term) is a field here.
+raw-pixel targets. Every choice of the paper (and CAV-MAE's contrastive term) is a field here, and so is every way
+CAV-MAE's architecture differs (methods.md A.1; configs/model/cavmae_base.yaml sets them all): frequency-major
+audio tokens, MAE's 2-D position table for its single frame, stored position tables, per-modality LayerNorms in the
+joint layer, no LayerNorm before it, one decoder input projection, mean-of-all-tokens pooling.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ class AudioInput:
     frames: int = 1024  # log-mel frames (10 ms each)
     mel_bins: int = 128
     patch: int = 16  # 16x16 patches: 64 (time) x 8 (mel) = 512 tokens, time-major
+    # freq_major: CAV-MAE's order (methods.md A.1): the log-mel is transposed to (mel, time) before patching, so token
+    # index = f * 64 + t, each patch is flattened (mel, time), and its audio kernels load unchanged. A token's position
+    # embedding is the same in both orders (time in the first half of the channels, as CAV-MAE's table).
+    token_order: Literal["time_major", "freq_major"] = "time_major"
 
 
 @dataclass
@@ -50,7 +57,12 @@ class EncoderConfig:
     joint_layers: int = 2  # mid fusion: the last k of `depth` layers run on both modalities (AV-MAE AudioSet: 2)
     drop_path: float = 0.0
     qkv_bias: bool = True
-    layer_norm_eps: float = 1e-6
+    layer_norm_eps: float = 1e-6  # MAE / AV-MAE; CAV-MAE uses PyTorch's default 1e-5
+    # The joint layers get a second set of LayerNorms per modality (norm1/norm2 and the final norm), used whenever they
+    # see one modality alone: the contrastive term, audio-only or video-only inputs (CAV-MAE's norm1_a/.../norm_a).
+    modality_norms: bool = False
+    # Mid fusion: each modality's stack ends with a LayerNorm before the joint layers. CAV-MAE has none there.
+    norm_before_joint: bool = True
 
     def dims(self) -> tuple[int, int, int, int]:
         if self.size == "custom":
@@ -67,6 +79,11 @@ class DecoderConfig:
     depth: int = 4
     heads: int = 8
     mlp: int = 2048
+    layer_norm_eps: float = 1e-6  # CAV-MAE: 1e-5
+    # One input projection and one mask token for both modalities (CAV-MAE's decoder_embed / mask_token) instead of
+    # one of each per modality.
+    shared_input: bool = False
+    zero_init_heads: bool = True  # AV-MAE zero-initialises the output projections; CAV-MAE keeps xavier
 
 
 @dataclass
@@ -85,6 +102,21 @@ class ContrastiveConfig:
 
 
 @dataclass
+class PosEmbedConfig:
+    """Fixed sin-cos position embeddings (MAE's formula: one block of channels per grid axis, half sines, half
+    cosines)."""
+
+    # column_row: MAE's get_2d_sincos_pos_embed for one frame (CAV-MAE's pos_embed_v): the first half of the channels
+    # encodes the column, the second half the row, no time axis. time_row_column: a third of the channels per axis.
+    video_axes: Literal["time_row_column", "column_row"] = "time_row_column"
+    # stored: parameter tables of the configured grid, initialised to the same sin-cos (CAV-MAE's pos_embed_a/v and
+    # decoder_pos_embed_a/v); otherwise computed for whatever grid comes in. trainable: CAV-MAE freezes them in
+    # pretraining (tr_pos=False) and trains them in fine-tuning (CAVMAEFT's default tr_pos=True).
+    stored: bool = False
+    trainable: bool = False
+
+
+@dataclass
 class ModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
@@ -97,6 +129,10 @@ class ModelConfig:
     loss_weight_video: float = 0.5
     norm_pix_loss: bool = False  # AV-MAE: raw patches; CAV-MAE / MAE: per-patch normalised targets
     modality_embeddings: bool = True
+    pos_embed: PosEmbedConfig = field(default_factory=PosEmbedConfig)
+    # The classifier's pooling: modality_mean averages each present modality's mean token (features keep their scale
+    # with a modality missing); token_mean is the mean of all tokens of the concatenation (CAV-MAE's CAVMAEFT).
+    classifier_pooling: Literal["modality_mean", "token_mean"] = "modality_mean"
     activation_checkpointing: bool = False
 
     def validate(self) -> "ModelConfig":
@@ -117,4 +153,11 @@ class ModelConfig:
             raise ValueError("audio frames and mel bins must be multiples of the patch size")
         if self.video.frames % self.video.tubelet or self.video.size % self.video.patch:
             raise ValueError("video frames must be a multiple of the tubelet, the size a multiple of the patch")
+        if self.encoder.modality_norms and self.encoder.fusion not in ("early", "mid"):
+            raise ValueError(f"encoder.modality_norms needs joint layers; fusion {self.encoder.fusion!r} has none")
+        if self.pos_embed.video_axes == "column_row" and self.video.frames // self.video.tubelet != 1:
+            raise ValueError("pos_embed.video_axes column_row has no time axis: it needs one temporal token slice "
+                             f"(video.frames / video.tubelet = 1), got {self.video.frames // self.video.tubelet}")
+        if self.pos_embed.trainable and not self.pos_embed.stored:
+            raise ValueError("pos_embed.trainable needs pos_embed.stored: computed embeddings have no parameters")
         return self

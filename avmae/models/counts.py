@@ -10,14 +10,17 @@ from avmae.models.config import ModelConfig
 from avmae.models.masking import masked_count
 
 
-def block_parameters(width: int, mlp: int, qkv_bias: bool = True) -> int:
+def block_parameters(width: int, mlp: int, qkv_bias: bool = True, modality_norms: int = 0) -> int:
     attention = 3 * width * width + (3 * width if qkv_bias else 0) + width * width + width
     feed_forward = width * mlp + mlp + mlp * width + width
-    return attention + feed_forward + 4 * width  # two LayerNorms
+    return attention + feed_forward + 4 * width * (1 + modality_norms)  # two LayerNorms (+ two per modality)
 
 
-def stack_parameters(width: int, depth: int, mlp: int, qkv_bias: bool = True) -> int:
-    return depth * block_parameters(width, mlp, qkv_bias) + 2 * width  # + the final LayerNorm
+def stack_parameters(width: int, depth: int, mlp: int, qkv_bias: bool = True, final_norm: bool = True,
+                     modality_norms: int = 0) -> int:
+    """``depth`` blocks, the final LayerNorm (if any) and, with ``modality_norms`` modalities, their own norms."""
+    norms = (1 if final_norm else 0) + modality_norms
+    return depth * block_parameters(width, mlp, qkv_bias, modality_norms) + 2 * width * norms
 
 
 def token_counts(config: ModelConfig) -> dict[str, int]:
@@ -28,34 +31,50 @@ def token_counts(config: ModelConfig) -> dict[str, int]:
 
 
 def parameter_counts(config: ModelConfig) -> dict[str, int]:
-    """Parameters by part: tokenizer, encoder stacks, decoder (pretraining model = sum of all)."""
+    """Parameters by part: tokenizer, encoder stacks, decoder (pretraining model = sum of all); ``frozen`` counts
+    the position tables that are parameters but not trained (pos_embed.stored without trainable)."""
     width, depth, _, mlp = config.encoder.dims()
     bias = config.encoder.qkv_bias
     a, v = config.audio, config.video
+    tokens = token_counts(config)
+    tables = tokens["audio"] + tokens["video"] if config.pos_embed.stored else 0  # rows of stored position tables
     tokenizer = (a.patch * a.patch * width + width) + (3 * v.tubelet * v.patch * v.patch * width + width)
     tokenizer += 2 * width if config.modality_embeddings else 0
+    tokenizer += tables * width
     fusion = config.encoder.fusion
+    alone = 2 if config.encoder.modality_norms else 0  # per-modality norms of the joint layers
     if fusion == "early" or fusion == "shared":
-        encoder = {"encoder_" + ("joint" if fusion == "early" else "shared"): stack_parameters(width, depth, mlp, bias)}
+        name = "encoder_" + ("joint" if fusion == "early" else "shared")
+        encoder = {name: stack_parameters(width, depth, mlp, bias, modality_norms=alone if fusion == "early" else 0)}
     elif fusion == "late":
         encoder = {"encoder_audio": stack_parameters(width, depth, mlp, bias),
                    "encoder_video": stack_parameters(width, depth, mlp, bias)}
     else:
         k = config.encoder.joint_layers
-        encoder = {"encoder_audio": stack_parameters(width, depth - k, mlp, bias),
-                   "encoder_video": stack_parameters(width, depth - k, mlp, bias),
-                   "encoder_joint": stack_parameters(width, k, mlp, bias)}
+        before = config.encoder.norm_before_joint
+        encoder = {"encoder_audio": stack_parameters(width, depth - k, mlp, bias, final_norm=before),
+                   "encoder_video": stack_parameters(width, depth - k, mlp, bias, final_norm=before),
+                   "encoder_joint": stack_parameters(width, k, mlp, bias, modality_norms=alone)}
     d = config.decoder
     stacks = 2 if d.kind == "separate" else 1
+    inputs = 1 if d.shared_input else 2  # input projections and mask tokens
     patch_dims = a.patch * a.patch + v.tubelet * v.patch * v.patch * 3
     decoder = (stacks * stack_parameters(d.width, d.depth, d.mlp)
-               + 2 * (width * d.width + d.width)  # projections from the encoder width
-               + 2 * d.width * (2 if config.modality_embeddings else 1)  # mask tokens (+ modality embeddings)
+               + inputs * (width * d.width + d.width + d.width)  # projections from the encoder width, mask tokens
+               + (2 * d.width if config.modality_embeddings else 0)
+               + tables * d.width
                + patch_dims * d.width + patch_dims)  # output heads
     counts = {"tokenizer": tokenizer, **encoder, "decoder": decoder}
     counts["encoder_total"] = tokenizer + sum(encoder.values())
     counts["total"] = counts["encoder_total"] + decoder
+    counts["frozen"] = tables * (width + d.width) if config.pos_embed.stored and not config.pos_embed.trainable else 0
     return counts
+
+
+def classifier_parameters(config: ModelConfig, heads: dict[str, int]) -> int:
+    """The fine-tuning model: tokenizer and encoder, the LayerNorm before the heads, the heads."""
+    width = config.encoder.dims()[0]
+    return parameter_counts(config)["encoder_total"] + 2 * width + sum(width * c + c for c in heads.values())
 
 
 def visible_counts(config: ModelConfig) -> dict[str, int]:

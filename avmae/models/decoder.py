@@ -1,7 +1,8 @@
 """MAE decoders and the two objectives of AV-MAE (Scenic ``apply_decoder``, methods.md A.2).
 
 Decoder kinds: ``separate`` (one per modality), ``shared`` (one set of weights applied to each modality on its
-own), ``joint`` (one pass over both modalities' tokens).
+own), ``joint`` (one pass over both modalities' tokens). Each modality has its own input projection and mask
+token, or both share one (``shared_input``, CAV-MAE).
 
 Objectives: ``reconstruction`` (a modality's decoder sees its own encoded visible tokens at their positions plus
 mask tokens) and ``inpainting`` (it sees only the *other* modality's encoded visible tokens, then mask tokens at
@@ -15,7 +16,7 @@ from torch import nn
 
 from avmae.models.config import ModelConfig
 from avmae.models.encoder import MODALITIES
-from avmae.models.pos_embed import grid_pos_embed
+from avmae.models.tokenizers import Positions
 from avmae.models.vit import Transformer
 
 
@@ -30,23 +31,38 @@ class Decoder(nn.Module):
         self.kind = d.kind
         self.width = d.width
         self.modality_embeddings = config.modality_embeddings
+        self.shared_input = d.shared_input
         patch_dims = {"audio": config.audio.patch ** 2,
                       "video": config.video.tubelet * config.video.patch ** 2 * 3}
-        self.embed = nn.ModuleDict({m: nn.Linear(encoder_width, d.width) for m in MODALITIES})
-        self.mask_token = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, d.width)) for m in MODALITIES})
+        if d.shared_input:
+            self.embed = nn.Linear(encoder_width, d.width)
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, d.width))
+            mask_tokens = [self.mask_token]
+        else:
+            self.embed = nn.ModuleDict({m: nn.Linear(encoder_width, d.width) for m in MODALITIES})
+            self.mask_token = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, d.width)) for m in MODALITIES})
+            mask_tokens = list(self.mask_token.values())
         if config.modality_embeddings:
             self.modality_type = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, d.width)) for m in MODALITIES})
+        self.position = Positions(config, d.width)
 
         def stack() -> Transformer:
-            return Transformer(d.width, d.depth, d.heads, d.mlp, checkpointing=config.activation_checkpointing)
+            return Transformer(d.width, d.depth, d.heads, d.mlp, eps=d.layer_norm_eps,
+                               checkpointing=config.activation_checkpointing)
 
         if d.kind == "separate":
             self.blocks = nn.ModuleDict({m: stack() for m in MODALITIES})
         else:
             self.blocks = stack()
         self.head = nn.ModuleDict({m: nn.Linear(d.width, patch_dims[m]) for m in MODALITIES})
-        for parameter in [*self.mask_token.values(), *(self.modality_type.values() if config.modality_embeddings else [])]:
+        for parameter in [*mask_tokens, *(self.modality_type.values() if config.modality_embeddings else [])]:
             nn.init.normal_(parameter, std=0.02)
+
+    def _embed(self, modality: str) -> nn.Linear:
+        return self.embed if self.shared_input else self.embed[modality]
+
+    def _mask_token(self, modality: str) -> nn.Parameter:
+        return self.mask_token if self.shared_input else self.mask_token[modality]
 
     def reset_heads(self) -> None:
         """AV-MAE zero-initialises the output projections (after the model-wide init)."""
@@ -55,13 +71,13 @@ class Decoder(nn.Module):
             nn.init.zeros_(head.bias)
 
     def _position(self, modality: str, grid, batch_like: torch.Tensor) -> torch.Tensor:
-        pos = grid_pos_embed(tuple(grid), self.width, batch_like.device, batch_like.dtype)
+        pos = self.position(modality, grid, batch_like)
         return pos + self.modality_type[modality] if self.modality_embeddings else pos
 
     def _full_sequence(self, modality, encoded, visible, grid, tokens) -> torch.Tensor:
         """A modality's own visible tokens scattered to their positions, mask tokens elsewhere."""
-        x = self.embed[modality](encoded)
-        full = self.mask_token[modality].to(x.dtype).expand(x.shape[0], tokens, -1)
+        x = self._embed(modality)(encoded)
+        full = self._mask_token(modality).to(x.dtype).expand(x.shape[0], tokens, -1)
         full = full.scatter(1, visible.unsqueeze(-1).expand(-1, -1, self.width), x)
         return full + self._position(modality, grid, x)
 
@@ -69,7 +85,7 @@ class Decoder(nn.Module):
         """A modality's encoded visible tokens with their own positions, as context for the other's decoder."""
         pos = self._position(modality, grid, encoded).expand(encoded.shape[0], -1, -1)
         pos = torch.gather(pos, 1, visible.unsqueeze(-1).expand(-1, -1, self.width))
-        return self.embed[modality](encoded) + pos
+        return self._embed(modality)(encoded) + pos
 
     def _run(self, modality: str, x: torch.Tensor) -> torch.Tensor:
         return self.blocks[modality](x) if self.kind == "separate" else self.blocks(x)
@@ -81,7 +97,7 @@ class Decoder(nn.Module):
             for m in MODALITIES:
                 o = _other(m)
                 context = self._context(o, encoded[o], visible[o], grids[o])
-                queries = self.mask_token[m].to(context.dtype).expand(context.shape[0], tokens[m], -1)
+                queries = self._mask_token(m).to(context.dtype).expand(context.shape[0], tokens[m], -1)
                 queries = queries + self._position(m, grids[m], context)
                 decoded = self._run(m, torch.cat([context, queries], dim=1))
                 out[m] = self.head[m](decoded[:, context.shape[1]:])

@@ -6,7 +6,8 @@
 - shared: one Transformer's weights applied to each modality on its own.
 
 Modalities come as a dict, so the same encoder serves pretraining (both), fine-tuning and inference with one
-modality missing (the joint layers then see only the tokens that exist).
+modality missing (the joint layers then see only the tokens that exist, through that modality's own LayerNorms
+when ``encoder.modality_norms`` gives them some, as CAV-MAE's audio-only / video-only modes do).
 """
 
 from __future__ import annotations
@@ -27,30 +28,36 @@ class FusionEncoder(nn.Module):
         self.fusion = config.encoder.fusion
         rates = [config.encoder.drop_path * i / max(1, depth - 1) for i in range(depth)]  # linear, as MAE
 
-        def stack(first: int, last: int) -> Transformer:
+        alone_norms = MODALITIES if config.encoder.modality_norms else ()
+
+        def stack(first: int, last: int, final_norm: bool = True, modality_norms: tuple[str, ...] = ()) -> Transformer:
             return Transformer(width, last - first, heads, mlp, qkv_bias=config.encoder.qkv_bias,
                                eps=config.encoder.layer_norm_eps, drop_path_rates=rates[first:last],
-                               checkpointing=config.activation_checkpointing)
+                               checkpointing=config.activation_checkpointing, final_norm=final_norm,
+                               modality_norms=modality_norms)
 
         if self.fusion == "early":
-            self.joint = stack(0, depth)
+            self.joint = stack(0, depth, modality_norms=alone_norms)
         elif self.fusion == "late":
             self.audio = stack(0, depth)
             self.video = stack(0, depth)
         elif self.fusion == "mid":
             split = depth - config.encoder.joint_layers
-            self.audio = stack(0, split)
-            self.video = stack(0, split)
-            self.joint = stack(split, depth)
+            self.audio = stack(0, split, final_norm=config.encoder.norm_before_joint)
+            self.video = stack(0, split, final_norm=config.encoder.norm_before_joint)
+            self.joint = stack(split, depth, modality_norms=alone_norms)
         elif self.fusion == "shared":
             self.shared = stack(0, depth)
         else:
             raise ValueError(f"unknown fusion {self.fusion!r}")
 
     def _joint(self, tokens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The joint layers over the tokens given; one modality alone runs with its own norms where the layers have
+        them (``encoder.modality_norms``; CAV-MAE's blocks_u(a, 'a') then norm_a)."""
         names = [m for m in MODALITIES if m in tokens]
         lengths = [tokens[m].shape[1] for m in names]
-        out = self.joint(torch.cat([tokens[m] for m in names], dim=1))
+        alone = names[0] if len(names) == 1 else None
+        out = self.joint(torch.cat([tokens[m] for m in names], dim=1), alone)
         return dict(zip(names, out.split(lengths, dim=1)))
 
     def forward(self, tokens: dict[str, torch.Tensor], unimodal: bool = False):

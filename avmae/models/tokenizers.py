@@ -1,17 +1,20 @@
 """Inputs to tokens and back: audio 16x16 patches of the log-mel, video 2x16x16 tubelets of the frames.
 
 Token order is time-major for both (audio: time then mel; video: time, row, column), so a sin-cos position built
-per axis and the per-patch targets line up with the tokens. The patch embedding plus position plus a learned
-modality embedding is what the encoder sees.
+per axis and the per-patch targets line up with the tokens. Audio can instead be frequency-major (CAV-MAE: the
+log-mel is transposed to (mel, time) before patching, methods.md A.1); a token grid is always given as (time, mel).
+The patch embedding plus position plus a learned modality embedding is what the encoder sees.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
 
 from avmae.models.config import ModelConfig
-from avmae.models.pos_embed import grid_pos_embed
+from avmae.models.pos_embed import grid_pos_embed, mae_2d_pos_embed
 
 
 def audio_grid(frames: int, mel_bins: int, patch: int) -> tuple[int, int]:
@@ -22,19 +25,39 @@ def video_grid(frames: int, height: int, width: int, patch: int, tubelet: int) -
     return frames // tubelet, height // patch, width // patch
 
 
-def patchify_audio(audio: torch.Tensor, patch: int) -> torch.Tensor:
-    """(B, time, mel) -> (B, tokens, patch*patch), tokens time-major."""
-    batch, frames, mel = audio.shape
-    t, f = frames // patch, mel // patch
-    x = audio[:, : t * patch, : f * patch].reshape(batch, t, patch, f, patch)
-    return x.permute(0, 1, 3, 2, 4).reshape(batch, t * f, patch * patch)
+def _patchify_2d(image: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, H, W) -> (B, tokens, patch*patch), tokens row-major, each patch flattened row-major."""
+    batch, height, width = image.shape
+    rows, columns = height // patch, width // patch
+    x = image[:, : rows * patch, : columns * patch].reshape(batch, rows, patch, columns, patch)
+    return x.permute(0, 1, 3, 2, 4).reshape(batch, rows * columns, patch * patch)
 
 
-def unpatchify_audio(patches: torch.Tensor, grid: tuple[int, int], patch: int) -> torch.Tensor:
-    batch = patches.shape[0]
+def _unpatchify_2d(patches: torch.Tensor, rows: int, columns: int, patch: int) -> torch.Tensor:
+    x = patches.reshape(patches.shape[0], rows, columns, patch, patch).permute(0, 1, 3, 2, 4)
+    return x.reshape(patches.shape[0], rows * patch, columns * patch)
+
+
+def patchify_audio(audio: torch.Tensor, patch: int, order: str = "time_major") -> torch.Tensor:
+    """(B, time, mel) -> (B, tokens, patch*patch). time_major: tokens (time, mel), patches flattened (time, mel);
+    freq_major: both (mel, time), as CAV-MAE patchifies its transposed input."""
+    return _patchify_2d(audio.transpose(1, 2) if order == "freq_major" else audio, patch)
+
+
+def unpatchify_audio(patches: torch.Tensor, grid: tuple[int, int], patch: int, order: str = "time_major") -> torch.Tensor:
+    """The inverse of ``patchify_audio``; ``grid`` is (time, mel) tokens in either order."""
     t, f = grid
-    x = patches.reshape(batch, t, f, patch, patch).permute(0, 1, 3, 2, 4)
-    return x.reshape(batch, t * patch, f * patch)
+    if order == "freq_major":
+        return _unpatchify_2d(patches, f, t, patch).transpose(1, 2)
+    return _unpatchify_2d(patches, t, f, patch)
+
+
+def to_audio_order(x: torch.Tensor, grid: tuple[int, int], order: str) -> torch.Tensor:
+    """Rows of x (B, t*f, ...) from time-major to ``order`` (masks and position tables are built time-major)."""
+    if order == "time_major":
+        return x
+    t, f = grid
+    return x.reshape(x.shape[0], t, f, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
 
 
 def patchify_video(video: torch.Tensor, patch: int, tubelet: int) -> torch.Tensor:
@@ -53,6 +76,55 @@ def unpatchify_video(patches: torch.Tensor, grid: tuple[int, int, int], patch: i
     return x.reshape(batch, t * tubelet, 3, h * patch, w * patch)
 
 
+@functools.lru_cache(maxsize=32)
+def _sincos_positions(modality: str, grid: tuple[int, ...], width: int, audio_order: str, video_axes: str) -> torch.Tensor:
+    if modality == "audio":
+        return to_audio_order(grid_pos_embed(grid, width), grid, audio_order)
+    if video_axes == "column_row":
+        t, h, w = grid
+        if t != 1:
+            raise ValueError(f"MAE's 2-D video position table has no time axis; got {t} temporal token slices")
+        return mae_2d_pos_embed(h, w, width)
+    return grid_pos_embed(grid, width)
+
+
+def sincos_positions(modality: str, grid: tuple[int, ...], width: int, config: ModelConfig) -> torch.Tensor:
+    """(1, tokens, width) fixed sin-cos embedding of a modality's token grid, rows in token order (float32, CPU)."""
+    return _sincos_positions(modality, tuple(grid), width, config.audio.token_order, config.pos_embed.video_axes)
+
+
+def configured_grids(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The token grids of the configured input sizes (what stored position tables are made for)."""
+    a, v = config.audio, config.video
+    return {"audio": audio_grid(a.frames, a.mel_bins, a.patch),
+            "video": video_grid(v.frames, v.size, v.size, v.patch, v.tubelet)}
+
+
+class Positions(nn.Module):
+    """Position embeddings of both modalities at one width: computed for any grid, or stored tables of the
+    configured grids (``pos_embed.stored``), initialised to the same sin-cos."""
+
+    def __init__(self, config: ModelConfig, width: int):
+        super().__init__()
+        self.config, self.width = config, width
+        self.grids = configured_grids(config)
+        self.stored = config.pos_embed.stored
+        if self.stored:
+            self.audio = nn.Parameter(sincos_positions("audio", self.grids["audio"], width, config).clone(),
+                                      requires_grad=config.pos_embed.trainable)
+            self.video = nn.Parameter(sincos_positions("video", self.grids["video"], width, config).clone(),
+                                      requires_grad=config.pos_embed.trainable)
+
+    def forward(self, modality: str, grid: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        if not self.stored:
+            return sincos_positions(modality, grid, self.width, self.config).to(like.device, like.dtype)
+        if tuple(grid) != self.grids[modality]:
+            raise ValueError(f"this model stores {modality} position embeddings for a {self.grids[modality]} token "
+                             f"grid (pos_embed.stored) and cannot take a {tuple(grid)} one; give inputs of the "
+                             "configured size")
+        return getattr(self, modality).to(like.dtype)
+
+
 class Tokenizer(nn.Module):
     """Patch embeddings, position embeddings and modality embeddings of both modalities."""
 
@@ -63,6 +135,7 @@ class Tokenizer(nn.Module):
         self.audio_embed = nn.Conv2d(1, width, kernel_size=config.audio.patch, stride=config.audio.patch)
         kernel = (config.video.tubelet, config.video.patch, config.video.patch)
         self.video_embed = nn.Conv3d(3, width, kernel_size=kernel, stride=kernel)
+        self.position = Positions(config, width)
         if config.modality_embeddings:
             self.audio_type = nn.Parameter(torch.zeros(1, 1, width))
             self.video_type = nn.Parameter(torch.zeros(1, 1, width))
@@ -73,10 +146,14 @@ class Tokenizer(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def audio(self, audio: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(B, time, mel) -> tokens (B, N, width) and the token grid."""
-        x = self.audio_embed(audio.unsqueeze(1))  # (B, width, t, f)
-        grid = (x.shape[2], x.shape[3])
-        x = x.flatten(2).transpose(1, 2) + grid_pos_embed(grid, self.width, x.device, x.dtype)
+        """(B, time, mel) -> tokens (B, N, width) and the token grid (time, mel)."""
+        spectrogram = audio.unsqueeze(1)  # (B, 1, time, mel)
+        freq_major = self.config.audio.token_order == "freq_major"
+        if freq_major:  # CAV-MAE: unsqueeze(1).transpose(2, 3), a (mel x time) image; its kernels load unchanged
+            spectrogram = spectrogram.transpose(2, 3)
+        x = self.audio_embed(spectrogram)  # (B, width, rows, columns)
+        grid = (x.shape[3], x.shape[2]) if freq_major else (x.shape[2], x.shape[3])
+        x = x.flatten(2).transpose(1, 2) + self.position("audio", grid, x)
         if self.config.modality_embeddings:
             x = x + self.audio_type
         return x, grid
@@ -85,7 +162,7 @@ class Tokenizer(nn.Module):
         """(B, T, 3, H, W) -> tokens (B, N, width) and the token grid."""
         x = self.video_embed(video.transpose(1, 2))  # (B, width, t, h, w)
         grid = (x.shape[2], x.shape[3], x.shape[4])
-        x = x.flatten(2).transpose(1, 2) + grid_pos_embed(grid, self.width, x.device, x.dtype)
+        x = x.flatten(2).transpose(1, 2) + self.position("video", grid, x)
         if self.config.modality_embeddings:
             x = x + self.video_type
         return x, grid

@@ -42,39 +42,60 @@ def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
 
 
 class Block(nn.Module):
+    """Pre-norm block. With ``modality_norms`` (names), each modality gets its own norm1/norm2, used when the block
+    runs on that modality alone (CAV-MAE's norm1_a/norm2_a, norm1_v/norm2_v, methods.md A.1)."""
+
     def __init__(self, width: int, heads: int, mlp: int, *, qkv_bias: bool = True, eps: float = 1e-6,
-                 drop_path_rate: float = 0.0):
+                 drop_path_rate: float = 0.0, modality_norms: tuple[str, ...] = ()):
         super().__init__()
         self.norm1 = nn.LayerNorm(width, eps=eps)
         self.attn = Attention(width, heads, qkv_bias)
         self.norm2 = nn.LayerNorm(width, eps=eps)
         self.mlp = Mlp(width, mlp)
         self.drop_path_rate = drop_path_rate
+        if modality_norms:
+            self.modality_norm1 = nn.ModuleDict({m: nn.LayerNorm(width, eps=eps) for m in modality_norms})
+            self.modality_norm2 = nn.ModuleDict({m: nn.LayerNorm(width, eps=eps) for m in modality_norms})
+        self.has_modality_norms = bool(modality_norms)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + drop_path(self.attn(self.norm1(x)), self.drop_path_rate, self.training)
-        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path_rate, self.training)
+    def forward(self, x: torch.Tensor, modality: str | None = None) -> torch.Tensor:
+        """``modality``: the one modality ``x`` holds, if it holds one alone (picks its norms where there are any)."""
+        if modality is not None and self.has_modality_norms:
+            norm1, norm2 = self.modality_norm1[modality], self.modality_norm2[modality]
+        else:
+            norm1, norm2 = self.norm1, self.norm2
+        x = x + drop_path(self.attn(norm1(x)), self.drop_path_rate, self.training)
+        return x + drop_path(self.mlp(norm2(x)), self.drop_path_rate, self.training)
 
 
 class Transformer(nn.Module):
-    """``depth`` blocks then a LayerNorm (every Scenic ViViT encoder normalises its output, methods.md A.2)."""
+    """``depth`` blocks then a LayerNorm (every Scenic ViViT encoder normalises its output, methods.md A.2).
+
+    ``final_norm=False`` leaves the LayerNorm out (CAV-MAE's modality stacks feed its joint layer unnormalised);
+    ``modality_norms`` gives every block and the final norm a per-modality twin for single-modality inputs."""
 
     def __init__(self, width: int, depth: int, heads: int, mlp: int, *, qkv_bias: bool = True, eps: float = 1e-6,
-                 drop_path_rates: list[float] | None = None, checkpointing: bool = False):
+                 drop_path_rates: list[float] | None = None, checkpointing: bool = False, final_norm: bool = True,
+                 modality_norms: tuple[str, ...] = ()):
         super().__init__()
         rates = drop_path_rates or [0.0] * depth
-        self.blocks = nn.ModuleList(Block(width, heads, mlp, qkv_bias=qkv_bias, eps=eps, drop_path_rate=rate)
-                                    for rate in rates)
-        self.norm = nn.LayerNorm(width, eps=eps)
+        self.blocks = nn.ModuleList(Block(width, heads, mlp, qkv_bias=qkv_bias, eps=eps, drop_path_rate=rate,
+                                          modality_norms=modality_norms) for rate in rates)
+        self.norm = nn.LayerNorm(width, eps=eps) if final_norm else nn.Identity()
+        if modality_norms:
+            self.modality_norm = nn.ModuleDict({m: nn.LayerNorm(width, eps=eps) for m in modality_norms})
+        self.has_modality_norms = bool(modality_norms)
         self.checkpointing = checkpointing
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, modality: str | None = None) -> torch.Tensor:
         for block in self.blocks:
             if self.checkpointing and self.training and torch.is_grad_enabled():
                 # Recompute the block in backward: activation memory of one block instead of all of them.
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, modality, use_reentrant=False)
             else:
-                x = block(x)
+                x = block(x, modality)
+        if modality is not None and self.has_modality_norms:
+            return self.modality_norm[modality](x)
         return self.norm(x)
 
 

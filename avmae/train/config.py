@@ -8,6 +8,7 @@ from typing import Literal
 from avmae.data.config import DataConfig
 from avmae.models.bottleneck import BottleneckConfig
 from avmae.models.config import ModelConfig
+from avmae.models.mavil import MAViLConfig
 
 
 @dataclass
@@ -23,6 +24,11 @@ class OptimConfig:
     grad_clip: float = 0.0  # 0 = off
     layer_decay: float = 1.0  # fine-tuning: lr x decay^(depth - layer) for encoder layers (BEiT / AudioMAE 0.75)
     head_lr_scale: float = 1.0  # fine-tuning: the heads learn this much faster (CAV-MAE: x10 .. x100)
+    # After warmup: half-cycle cosine to min_lr, or steps: lr x gamma^(milestones passed), CAV-MAE's MultiStepLR
+    # (its milestones are epochs; here they are optimizer steps, epoch x steps per epoch).
+    schedule: Literal["cosine", "step"] = "cosine"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.5
 
 
 @dataclass
@@ -58,12 +64,26 @@ class FinetuneConfig:
 
 
 @dataclass
+class ModelInitConfig:
+    """Weights to start from, other than a resumed checkpoint. vit: an ImageNet ViT / MAE checkpoint in the timm
+    layout (CAV-MAE's initialisation, avmae/models/init_from_vit.py); cavmae: a CAV-MAE checkpoint (converted on the
+    fly); avmae: an avmae export. A classifier takes the encoder of any of them; a pretraining model takes all of a
+    cavmae / avmae checkpoint (continued pretraining) and what fits of a ViT."""
+
+    kind: Literal["none", "vit", "cavmae", "avmae"] = "none"
+    path: str = ""
+    video_inflation: Literal["average", "central"] = "average"  # vit: how the 2-D patch kernel becomes a tubelet
+
+
+@dataclass
 class RunConfig:
     task: Literal["pretrain", "finetune"] = "pretrain"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    mavil: MAViLConfig = field(default_factory=MAViLConfig)  # pretraining: MAViL's extra terms and its stage 2
+    model_init: ModelInitConfig = field(default_factory=ModelInitConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     zero_stage: int = 2  # ZeRO 2 shards optimizer states and gradients; 3 also shards parameters
@@ -82,6 +102,12 @@ class RunConfig:
             raise ValueError("optim.steps and grad_accum must be at least 1")
         if not self.data.shards:
             raise ValueError("data.shards is not set: point it at a folder made by avmae-shard build")
+        if self.model_init.kind != "none" and not self.model_init.path:
+            raise ValueError(f"model_init.kind {self.model_init.kind} needs model_init.path")
+        if self.model_init.kind != "none" and self.task == "finetune" and self.finetune.init:
+            raise ValueError("give the weights to start from once: finetune.init or model_init, not both")
+        if self.optim.schedule == "step" and list(self.optim.milestones) != sorted(self.optim.milestones):
+            raise ValueError(f"optim.milestones must be increasing, got {list(self.optim.milestones)}")
         if self.task == "finetune" and self.finetune.loss.startswith("bce") and self.finetune.heads.get("verb"):
             raise ValueError("Epic-Kitchens verb/noun heads are single-label: use finetune.loss ce")
         return self

@@ -10,9 +10,10 @@ from torch import nn
 from avmae.models.config import ModelConfig
 from avmae.train.config import OptimConfig
 
-# No weight decay on norms, biases, mask tokens and modality embeddings (MAE / timm's add_weight_decay; AV-MAE
-# decays only kernels). Position embeddings are fixed sin-cos here, so there are none to exclude.
-_NO_DECAY_NAMES = ("mask_token", "modality_type", "audio_type", "video_type")
+# No weight decay on norms, biases, mask tokens, MBT's bottleneck tokens, modality and position embeddings (MAE /
+# timm's add_weight_decay; AV-MAE decays only kernels). Position embeddings are parameters only when stored
+# (pos_embed.stored, CAV-MAE).
+_NO_DECAY_NAMES = ("mask_token", "modality_type", "audio_type", "video_type", "position", "bottleneck")
 
 
 def decays(name: str, parameter: nn.Parameter) -> bool:
@@ -56,8 +57,12 @@ def parameter_groups(module: nn.Module, model: ModelConfig, optim: OptimConfig,
 
 
 def learning_rate(step: int, optim: OptimConfig) -> float:
-    """Linear warmup to ``lr`` over ``warmup_steps``, then half-cycle cosine to ``min_lr`` at ``steps``."""
+    """Linear warmup to ``lr`` over ``warmup_steps``, then half-cycle cosine to ``min_lr`` at ``steps``, or (schedule
+    ``step``) ``lr`` times ``gamma`` for every milestone reached: CAV-MAE's MultiStepLR, whose milestone m (an epoch)
+    first applies to epoch m + 1, i.e. from step m x steps-per-epoch (0-based) on."""
     if step < optim.warmup_steps:
         return optim.lr * (step + 1) / optim.warmup_steps
+    if optim.schedule == "step":
+        return optim.lr * optim.gamma ** sum(step >= milestone for milestone in optim.milestones)
     progress = (step - optim.warmup_steps) / max(1, optim.steps - optim.warmup_steps)
     return optim.min_lr + (optim.lr - optim.min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))

@@ -22,14 +22,15 @@ from avmae.config import dump, to_dict
 from avmae.data.augment import mixup, spec_augment
 from avmae.data.loader import Loader, build_loader
 from avmae.data.spec import load_spec
-from avmae.models.avmae import AVMAE
 from avmae.models.counts import pretraining_flops
 from avmae.train.checkpoint import Checkpoints, load_weights, save_safetensors
 from avmae.train.config import RunConfig
 from avmae.train.distributed import DistInfo, setup_distributed
+from avmae.eval.checkpoint import load_model
 from avmae.eval.predict import evaluate_classifier
 from avmae.train.logging import RunLogger
-from avmae.train.classifiers import build_classifier
+from avmae.train.models import build_classifier, build_pretraining_model
+from avmae.train.model_init import initialise
 from avmae.train.losses import finetune_loss
 from avmae.train.optim import learning_rate, parameter_groups
 from avmae.train.signals import StopRequest, requeue
@@ -97,18 +98,28 @@ class Trainer:
         return dict(self.config.finetune.heads) or dict(self.spec.heads)
 
     def _build_model(self):
+        """The model, and what its initialisation loaded (also written to init_report.json)."""
         config = self.config
         if config.task == "pretrain":
-            return AVMAE(config.model), None
-        heads = self._heads()
-        if not heads:
-            raise ValueError(f"{config.data.shards} has no labels to fine-tune on; set finetune.heads")
-        model = build_classifier(config, heads)
-        report = None
-        if config.finetune.init:
-            report = {"init": config.finetune.init, **model.load_pretrained(load_weights(config.finetune.init))}
-            if self.is_main:
-                (self.workdir / "init_report.json").write_text(json.dumps(report, indent=1))
+            model, report = build_pretraining_model(config), None
+            if config.mavil.teacher:
+                teacher = load_model(config.mavil.teacher)
+                if teacher.task != "pretrain":
+                    raise ValueError(f"mavil.teacher {teacher.path} is a {teacher.task} export; MAViL's stage 2 "
+                                     "learns from a stage-1 pretraining export")
+                model.attach_teacher(teacher.model)
+                report = {"teacher": str(teacher.path)}
+        else:
+            heads = self._heads()
+            if not heads:
+                raise ValueError(f"{config.data.shards} has no labels to fine-tune on; set finetune.heads")
+            model, report = build_classifier(config, heads), None
+            if config.finetune.init:
+                report = {"init": config.finetune.init, **model.load_pretrained(load_weights(config.finetune.init))}
+        if config.model_init.kind != "none":  # an ImageNet ViT, a CAV-MAE or an avmae checkpoint to start from
+            report = {**(report or {}), **initialise(model, config.model_init)}
+        if report and self.is_main:
+            (self.workdir / "init_report.json").write_text(json.dumps(report, indent=1))
         return model, report
 
     def _build_engine(self):

@@ -1,0 +1,170 @@
+"""CAV-MAE in the avmae commands: a converted fine-tuned checkpoint runs under avmae-eval, a converted pretrained one
+starts a fine-tuning run, and a tiny cavmae-shaped model pretrains from an ImageNet-ViT-layout initialisation with
+avmae-train (its frozen position tables included in the export)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from avmae.cli.convert import main as convert_main
+from avmae.cli.eval import main as eval_main
+from avmae.data.spec import load_spec
+from avmae.eval.checkpoint import load_model
+from tests.test_cavmae import CAVMAE, CAVMAEFT, randomise, saved_like_cavmae
+from tests.test_init_from_vit import timm_vit
+from tests.test_trainer import REPO, metrics, shards  # noqa: F401 (shards: fixture)
+
+# The test shards: 208 log-mel frames (13 x 8 patches), frames stored at 72 px, cropped to 64.
+TINY = ["model.encoder.size=custom", "model.encoder.width=64", "model.encoder.depth=3", "model.encoder.heads=2",
+        "model.encoder.mlp=256", "model.audio.frames=208", "model.video.size=64", "data.crop_size=64",
+        "data.eval_short_side=0"]
+TINY_REFERENCE = dict(width=64, depth=3, specific=2, heads=2, frames=208, mel=128, image=64)
+
+
+def test_converted_finetuned_checkpoint_runs_under_avmae_eval(shards, tmp_path):  # noqa: F811
+    spec = load_spec(shards, "val")
+    classes = spec.heads["label"]
+    torch.manual_seed(0)
+    reference = CAVMAEFT(classes=classes, **TINY_REFERENCE).eval()
+    randomise(reference, seed=7)
+    torch.save(saved_like_cavmae(reference), tmp_path / "cavmae_ft.pth")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("index,mid,display_name\n" + "".join(f'{i},{name},"{name}"\n' for i, name in enumerate(spec.label_names)))
+    out = tmp_path / "converted" / "model.safetensors"
+    mode = "multi" if spec.label_mode == "multi" else "single"
+    assert convert_main(["cavmae", "--src", str(tmp_path / "cavmae_ft.pth"), "--out", str(out), "--labels", str(labels),
+                         "--label-mode", mode, *sum((["--set", item] for item in TINY), [])]) == 0
+    report = json.loads((tmp_path / "converted" / "model.report.json").read_text())
+    assert report["source"] == "CAVMAEFT" and len(report["dropped"]) == 2 * 2 * 8  # 2 + 2 specific blocks x 8
+    with safe_open(str(out), framework="pt") as handle:
+        assert json.loads(handle.metadata()["conversion"])["mapped"] == report["mapped"]
+
+    loaded = load_model(out)  # what avmae-eval builds: strict, from the export's own metadata
+    assert loaded.task == "finetune" and loaded.heads == {"label": classes}
+    assert loaded.label_names == list(spec.label_names)
+    g = torch.Generator().manual_seed(1)
+    audio, frame = torch.randn(2, 208, 128, generator=g), torch.randn(2, 3, 64, 64, generator=g)
+    with torch.no_grad():
+        for mode_name, kwargs in (("multimodal", dict(audio=audio, video=frame.unsqueeze(1))),
+                                  ("audioonly", dict(audio=audio)), ("videoonly", dict(video=frame.unsqueeze(1)))):
+            assert torch.allclose(loaded.model(**kwargs)["label"], reference(audio, frame, mode_name), atol=1e-5)
+
+    # the same through a recipe (its data settings travel with the export), shrunk as above
+    recipe = REPO / "configs" / "cavmae_finetune_vggsound.yaml"
+    assert convert_main(["cavmae", "--src", str(tmp_path / "cavmae_ft.pth"), "--out", str(tmp_path / "recipe.safetensors"),
+                         "--config", str(recipe), *sum((["--set", item] for item in TINY), [])]) == 0
+    from_recipe = load_model(tmp_path / "recipe.safetensors")
+    assert from_recipe.config.data.balanced_sampling and from_recipe.config.finetune.loss == "ce"
+    with torch.no_grad():
+        assert torch.allclose(from_recipe.model(audio=audio)["label"], reference(audio, frame, "audioonly"), atol=1e-5)
+
+    task = "audioset" if spec.label_mode == "multi" else "vggsound"
+    report_dir = tmp_path / "eval"
+    assert eval_main(["--ckpt", str(out), "--data", str(shards), "--split", "val", "--task", task, "--views", "2",
+                      "--workers", "0", "--batch-size", "2", "--out", str(report_dir), "--json"]) == 0
+    result = json.loads((report_dir / "report.json").read_text())
+    assert result["views"] == 2 and result["metrics"]["samples"] > 0
+    assert result["config"]["model"]["audio"]["token_order"] == "freq_major"
+    assert (report_dir / "predictions.npz").exists()
+
+
+def test_converted_pretrained_checkpoint_loads_and_starts_a_finetune(tmp_path):
+    torch.manual_seed(0)
+    reference = CAVMAE(decoder_width=32, decoder_depth=2, decoder_heads=2, **TINY_REFERENCE)
+    randomise(reference, seed=8)
+    torch.save(saved_like_cavmae(reference), tmp_path / "cavmae.pth")
+    out = tmp_path / "pretrained.safetensors"
+    overrides = TINY + ["model.decoder.width=32", "model.decoder.depth=2", "model.decoder.heads=2", "model.decoder.mlp=128"]
+    assert convert_main(["cavmae", "--src", str(tmp_path / "cavmae.pth"), "--out", str(out),
+                         *sum((["--set", item] for item in overrides), [])]) == 0
+    loaded = load_model(out)
+    assert loaded.task == "pretrain" and not loaded.model.tokenizer.position.audio.requires_grad
+    from avmae.models.classifier import AVClassifier
+
+    classifier = AVClassifier(loaded.config.model, {"label": 3})
+    report = classifier.load_pretrained(dict(loaded.model.state_dict()))
+    assert report["missing"] == [] and report["unexpected"] == []
+    assert all(k.startswith("decoder.") for k in report["skipped"])
+    # a wrong geometry is refused with the reason, not loaded half
+    assert convert_main(["cavmae", "--src", str(tmp_path / "cavmae.pth"), "--out", str(tmp_path / "x.safetensors"),
+                         *sum((["--set", item] for item in overrides + ["model.encoder.joint_layers=2"]), [])]) == 2
+
+
+def test_tiny_cavmae_pretrains_from_a_vit_initialisation(shards, tmp_path):  # noqa: F811
+    vit = {k: v for k, v in timm_vit(decoder_depth=1).items()}
+    vit["patch_embed.proj.weight"] = vit["patch_embed.proj.weight"] * 0.05
+    torch.save({"model": vit}, tmp_path / "in1k_mae.pth")
+    overrides = TINY + [
+        "model.encoder.mlp=256", "model.decoder.width=32", "model.decoder.depth=1", "model.decoder.heads=2",
+        "model.decoder.mlp=128", f"data.shards={shards}", "data.batch_size=4", "data.workers=0", "data.shuffle_buffer=4",
+        "optim.steps=12", "optim.lr=1.0e-3", "optim.milestones=[8]", "checkpoint.every=6", "checkpoint.keep=1",
+        "log.every=1", "log.progress=false", "model_init.kind=vit", f"model_init.path={tmp_path / 'in1k_mae.pth'}",
+        f"workdir={tmp_path / 'run'}"]
+    command = [sys.executable, "-m", "avmae.cli.train", "--config", str(REPO / "configs" / "cavmae_pretrain.yaml")]
+    for item in overrides:
+        command += ["--set", item]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "run"
+    init = json.loads((run / "init_report.json").read_text())
+    assert init["kind"] == "vit" and init["skipped"]["cls_token"].startswith("avmae has no CLS")
+    assert init["loaded"]["encoder.joint.blocks.0.attn.qkv.weight"] == "blocks.2.attn.qkv.weight"
+    steps = [m for m in metrics(run) if "loss" in m]
+    losses = [m["loss"] for m in steps]
+    assert len(losses) == 12 and all(math.isfinite(x) for x in losses)
+    assert all("loss_contrastive" in m for m in steps)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # it learns
+    assert [m["lr"] for m in steps][7:9] == [1e-3, 5e-4]  # CAV-MAE's step schedule, halved at the milestone
+    exported = load_model(run)  # strict: the frozen position tables are in the export
+    position = exported.model.tokenizer.position
+    assert not position.audio.requires_grad and position.audio.shape == (1, 13 * 8, 64)
+    from avmae.models.tokenizers import sincos_positions
+
+    assert torch.allclose(position.audio, sincos_positions("audio", (13, 8), 64, exported.config.model))  # frozen
+
+
+def test_model_init_takes_a_cavmae_or_avmae_checkpoint(tmp_path):
+    from avmae.models.avmae import AVMAE
+    from avmae.models.classifier import AVClassifier
+    from avmae.train.config import ModelInitConfig
+    from avmae.train.model_init import initialise
+    from tests.test_cavmae import tiny_cavmae
+
+    torch.manual_seed(0)
+    reference = CAVMAE(decoder_width=32, decoder_depth=2, decoder_heads=2, width=64, depth=3, specific=2, heads=2,
+                       frames=64, mel=32, image=32)
+    randomise(reference, seed=9)
+    torch.save(saved_like_cavmae(reference), tmp_path / "cavmae.pth")
+    pretraining = AVMAE(tiny_cavmae())
+    report = initialise(pretraining, ModelInitConfig(kind="cavmae", path=str(tmp_path / "cavmae.pth")))
+    assert report["conversion"]["source"] == "CAVMAE" and report["missing"] == [] and report["unexpected"] == []
+    assert torch.equal(pretraining.decoder.mask_token, reference.mask_token)  # all of it, decoder included
+    classifier_config = tiny_cavmae(finetune=True)
+    classifier_config.decoder = type(classifier_config.decoder)()  # a fine-tuning recipe says nothing of a decoder
+    classifier = AVClassifier(classifier_config, {"label": 3})
+    report = initialise(classifier, ModelInitConfig(kind="cavmae", path=str(tmp_path / "cavmae.pth")))
+    assert report["missing"] == [] and report["unexpected"] == [] and report["skipped"] == []
+    dropped = report["conversion"]["dropped"]
+    assert dropped["decoder_embed.weight"].startswith("the encoder alone") and dropped["mask_token"]
+    assert report["conversion"]["mapped"] + len(dropped) == len(saved_like_cavmae(reference))
+    assert torch.equal(classifier.encoder.joint.modality_norm["audio"].weight, reference.norm_a.weight)
+
+    from avmae.train.checkpoint import save_safetensors
+
+    save_safetensors(pretraining.state_dict(), tmp_path / "export" / "model.safetensors", {})
+    again = AVMAE(tiny_cavmae())
+    initialise(again, ModelInitConfig(kind="avmae", path=str(tmp_path)))  # a run folder: export/model.safetensors
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), pretraining.state_dict().values()))
+    fine_tuned = CAVMAEFT(classes=3, width=64, depth=3, specific=2, heads=2, frames=64, mel=32, image=32)
+    torch.save(saved_like_cavmae(fine_tuned), tmp_path / "cavmae_ft.pth")
+    with pytest.raises(ValueError, match="no decoder to pretrain with"):
+        initialise(AVMAE(tiny_cavmae()), ModelInitConfig(kind="cavmae", path=str(tmp_path / "cavmae_ft.pth")))

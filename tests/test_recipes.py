@@ -1,0 +1,91 @@
+"""Every recipe in configs/ runs: each is loaded as written, shrunk to a tiny model with --set overrides (sizes,
+steps, paths; nothing about its method), and trained for a few steps on the synthetic corpus with avmae-train.
+Recipes that start from another run (fine-tuning, MAViL stage 2) start from the tiny run of the recipe they name."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from avmae.config import load
+from avmae.train.config import RunConfig
+from tests.test_trainer import REPO, metrics, shards  # noqa: F401 (shards: fixture)
+
+CONFIGS = REPO / "configs"
+DEMO = {"demo_pretrain.yaml", "demo_finetune.yaml"}  # run whole by pipelines/demo.sh (tests/test_pipelines.py)
+SINGLE_LABEL_DATA = {"finetune_epic.yaml"}  # verb/noun heads: tests/test_eval.py runs Epic on Epic-style shards
+# recipe -> the recipe whose run it starts from (finetune.init or mavil.teacher)
+STARTS_FROM = {"mavil_stage2.yaml": "mavil_stage1.yaml",
+               **{f"cavmae_finetune_{name}.yaml": "cavmae_pretrain.yaml" for name in ("as20k", "as2m", "vggsound")}}
+
+
+def recipes() -> list[str]:
+    return sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name not in DEMO | SINGLE_LABEL_DATA)
+
+
+def test_every_config_loads_and_validates():
+    names = sorted(p.name for p in CONFIGS.glob("*.yaml"))
+    assert len(names) >= 10
+    for name in names:
+        load(RunConfig, CONFIGS / name).validate()  # unknown keys and bad values are errors
+
+
+def tiny_overrides(recipe: RunConfig, shards: Path, workdir: Path) -> list[str]:
+    """Sizes, steps and paths only: the recipe's fusion, objective, losses, optimiser and sampling stay."""
+    encoder = recipe.model.encoder
+    frames = 1 if recipe.model.video.frames == 1 else 4
+    tubelet = min(recipe.model.video.tubelet, frames)
+    out = ["model.encoder.size=custom", "model.encoder.width=64", "model.encoder.depth=3", "model.encoder.heads=2",
+           "model.encoder.mlp=128", "model.decoder.width=32", "model.decoder.depth=1", "model.decoder.heads=2",
+           "model.decoder.mlp=64", "model.audio.frames=208", f"model.video.frames={frames}",
+           f"model.video.tubelet={tubelet}", "model.video.size=64", f"data.shards={shards}", f"data.num_frames={frames}",
+           "data.crop_size=64", "data.batch_size=2", "data.workers=0", "data.eval_split=val", "optim.steps=3",
+           "optim.warmup_steps=1", "checkpoint.every=3", "log.every=1", "log.progress=false", f"workdir={workdir}"]
+    if encoder.fusion == "mid":
+        out.append("model.encoder.joint_layers=1")
+    if recipe.model_init.kind != "none":  # an ImageNet ViT-B does not fit the tiny model; tests/test_cavmae_runs.py
+        out.append("model_init.kind=none")  # starts a tiny one from a tiny ViT
+    if recipe.task == "finetune":
+        out += ["finetune.eval_every=3", "finetune.bottleneck.fusion_layer=1", "data.freq_mask=8", "data.time_mask=20"]
+    return out
+
+
+def train(name: str, shards: Path, root: Path, runs: dict[str, Path]) -> Path:
+    recipe = load(RunConfig, CONFIGS / name)
+    workdir = root / name.removesuffix(".yaml")
+    overrides = tiny_overrides(recipe, shards, workdir)
+    if recipe.task == "finetune":
+        base = STARTS_FROM.get(name, "pretrain_as2m.yaml")
+        overrides.append(f"finetune.init={runs.get(base) or train(base, shards, root, runs)}")
+    if recipe.mavil.teacher:
+        base = STARTS_FROM[name]
+        overrides.append(f"mavil.teacher={runs.get(base) or train(base, shards, root, runs)}")
+    command = [sys.executable, "-m", "avmae.cli.train", "--config", str(CONFIGS / name)]
+    for item in overrides:
+        command += ["--set", item]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, f"{name}: {result.stderr[-3000:]}"
+    assert json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])["finished"]
+    runs[name] = workdir
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def runs() -> dict[str, Path]:
+    return {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", recipes())
+def test_recipe_trains_at_tiny_size(name, shards, runs, tmp_path_factory):  # noqa: F811
+    workdir = runs.get(name) or train(name, shards, tmp_path_factory.mktemp("recipes"), runs)
+    losses = [m["loss"] for m in metrics(workdir) if "loss" in m]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses), name
+    assert (workdir / "export" / "model.safetensors").exists()
