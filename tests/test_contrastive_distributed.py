@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -25,7 +26,8 @@ def _rank(rank: int, port: int, results) -> None:
         video = video[rank * 3:(rank + 1) * 3].clone().requires_grad_(True)
         loss = info_nce(audio, video, 0.1, bidirectional=True)
         loss.backward()
-        results[rank] = (loss.item(), audio.grad.clone(), video.grad.clone())
+        own = info_nce(audio, video, 0.1, bidirectional=True, global_negatives=False)  # contrastive.negatives local
+        results[rank] = (loss.item(), audio.grad.clone(), video.grad.clone(), own.item())
     finally:
         dist.destroy_process_group()
 
@@ -51,7 +53,8 @@ def test_two_ranks_equal_one_process_with_the_global_batch():
         rows = slice(rank * 3, (rank + 1) * 3)
         assert torch.allclose(results[rank][1] / 2, audio.grad[rows], atol=1e-6)
         assert torch.allclose(results[rank][2] / 2, video.grad[rows], atol=1e-6)
-    # With only the local share as negatives (CAV-MAE), the loss would differ.
+    # With only the local share as negatives (CAV-MAE's DataParallel), each rank's loss is its chunk's alone.
     with torch.no_grad():
-        local = sum(info_nce(audio[r * 3:(r + 1) * 3], video[r * 3:(r + 1) * 3], 0.1, True).item() for r in (0, 1)) / 2
-    assert abs(local - loss) > 1e-3
+        local = [info_nce(audio[r * 3:(r + 1) * 3], video[r * 3:(r + 1) * 3], 0.1, True).item() for r in (0, 1)]
+    assert results[0][3] == pytest.approx(local[0], abs=1e-6) and results[1][3] == pytest.approx(local[1], abs=1e-6)
+    assert abs(sum(local) / 2 - loss) > 1e-3

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from avmae.cli.shard import main as shard_main
-from avmae.data.augment import mixup, spec_augment
+from avmae.data.augment import mixup, noise_and_shift, spec_augment
 from avmae.data.config import DataConfig
 from avmae.data.loader import build_loader
 from avmae.data.samples import frame_members
@@ -61,12 +61,13 @@ def test_dali_and_webdataset_give_the_same_eval_batches(shards):
 
 
 @pytest.mark.dali
-@pytest.mark.parametrize("workers", [0, 2])
-def test_dali_and_webdataset_train_on_the_same_samples_with_the_same_crops(shards, workers):
+@pytest.mark.parametrize("workers,offsets", [(0, 1), (2, 4)])
+def test_dali_and_webdataset_train_on_the_same_samples_with_the_same_crops(shards, workers, offsets):
     pytest.importorskip("nvidia.dali")
     batches = {}
     for backend in ("webdataset", "dali"):
-        cfg = config(shards, backend=backend, workers=workers, batch_size=3, crop_scale=(0.1, 1.0))
+        cfg = config(shards, backend=backend, workers=workers, batch_size=3, crop_scale=(0.1, 1.0),
+                     train_offsets=offsets)
         stream = iter(build_loader(cfg, "train", train=True, rank=1, world=2))
         batches[backend] = [next(stream) for _ in range(5)]  # past one epoch of the rank's 6 samples
     for ours, theirs in zip(batches["webdataset"], batches["dali"]):
@@ -127,6 +128,18 @@ def test_fewer_shards_than_readers_splits_by_sample(shards):
         seen.append({key for _ in range(12) for key in next(stream)["key"]})
     assert all(a.isdisjoint(b) for i, a in enumerate(seen) for b in seen[i + 1:])
     assert len(set().union(*seen)) == 12
+
+
+def test_training_frames_come_from_a_random_offset_per_draw(shards):
+    # One frame per sample, no crop or flip randomness: a clip looks the same every time unless its frame changes.
+    fixed = dict(num_frames=1, batch_size=1, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False)
+    for offsets, expected in ((1, {1}), (4, {2, 3, 4})):
+        stream = iter(build_loader(config(shards, train_offsets=offsets, **fixed), "train", train=True))
+        looks: dict[str, set[bytes]] = {}
+        for _ in range(72):  # six passes over the 12 clips
+            batch = next(stream)
+            looks.setdefault(batch["key"][0], set()).add(batch["video"].numpy().tobytes())
+        assert {len(v) for v in looks.values()} <= expected and max(len(v) for v in looks.values()) == max(expected)
 
 
 def test_training_stream_reshuffles_each_epoch(shards):
@@ -316,3 +329,14 @@ def test_a_resumed_stream_continues_where_it_stopped(shards, backend, workers):
         again = next(resumed)
         assert again["key"] == batch["key"]
         assert torch.equal(again["video"], batch["video"])  # the same crops and flips too
+
+
+def test_noise_and_shift_adds_bounded_noise_then_rolls_each_sample_in_time():
+    audio = torch.arange(2 * 50 * 4, dtype=torch.float32).view(2, 50, 4)
+    out = noise_and_shift(audio, generator=torch.Generator().manual_seed(3))
+    for sample, original in zip(out, audio):
+        # Some circular shift of the original time axis explains the output up to noise in [0, 0.1).
+        fits = [s for s in range(50) if ((sample - original.roll(s, dims=0)) >= 0).all()
+                and ((sample - original.roll(s, dims=0)) < 0.1).all()]
+        assert len(fits) == 1
+    assert not torch.equal(out[0] - audio[0], out[1] - audio[1])  # each sample its own shift and noise

@@ -24,6 +24,18 @@ def spec_augment(audio: torch.Tensor, freq_mask: int, time_mask: int, generator=
     return audio * keep
 
 
+def noise_and_shift(audio: torch.Tensor, generator=None) -> torch.Tensor:
+    """CAV-MAE's "noise" augmentation (training, after normalisation, methods.md B.1), per sample: add uniform noise
+    of a random amplitude (rand(T, F) x U(0, 1) / 10), then roll the log-mel in time by randint(-T, T) frames,
+    a circular shift that carries the padded frames along."""
+    batch, frames, _ = audio.shape
+    amplitude = torch.rand(batch, 1, 1, generator=generator) / 10
+    noisy = audio + (torch.rand(audio.shape, generator=generator) * amplitude).to(audio.device, audio.dtype)
+    shift = torch.randint(-frames, frames, (batch, 1), generator=generator)
+    source = (torch.arange(frames)[None, :] - shift) % frames  # torch.roll per sample: out[t] = in[t - shift]
+    return torch.gather(noisy, 1, source.to(audio.device)[:, :, None].expand_as(noisy))
+
+
 def targets_of(batch: dict, heads: dict[str, int]) -> dict[str, torch.Tensor]:
     """Float targets per head: multi-hot as is, class indices as one-hot."""
     out = {}

@@ -26,6 +26,9 @@ class DataConfig:
     num_frames: int = 16
     view: int = 0  # multi-view testing: which of `views` temporal frame sets (evaluation only)
     views: int = 1
+    # Training: each sample's frames come from a random one of this many temporal offsets (view v of `views`
+    # as above); 1 = the evenly spread frames. CAV-MAE: 10 with one frame, a random one of its 10 per step.
+    train_offsets: int = 1
     crop_size: int = 224
     eval_short_side: int = 0  # resize before the centre crop; 0 = keep the stored frames' size (AV-MAE eval: 224/256)
     crop_scale: tuple[float, ...] = (0.25, 1.0)  # random resized crop: area share of the frame, same for all frames
@@ -36,6 +39,7 @@ class DataConfig:
     audio_mean: float | None = None
     audio_std: float | None = None
     freq_mask: int = 0  # SpecAugment (training only): CAV-MAE fine-tuning uses 48 / 192; pretraining 0 / 0
+    audio_noise: bool = False  # training: CAV-MAE's noise + circular time shift (on in all its scripts)
     time_mask: int = 0
     # Fine-tuning extras (training only)
     mixup: float = 0.0  # probability that a batch is mixed (CAV-MAE: 0.5), lambda ~ Beta(10, 10)

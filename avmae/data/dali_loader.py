@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from avmae.data.config import DataConfig
-from avmae.data.samples import frame_members, label_tensors, parse_metadata, random_crop_box
+from avmae.data.samples import frame_members, label_tensors, parse_metadata, random_crop_box, training_frames
 from avmae.data.schedule import TrainSchedule
 from avmae.data.spec import DataSpec
 from avmae.data.tar_reader import IndexedShard, SampleError
@@ -34,13 +34,12 @@ log = logging.getLogger(__name__)
 
 class ScheduledSamples:
     """DALI external source for training: each call returns the next batch of the rank's schedule as lists (one
-    per output) of per-sample arrays: the frames' JPEG bytes, the log-mel ``.npy`` bytes, the JSON (zero-padded
-    to one length), the crop box's top-left and bottom-right corners (pixels) and the flip flag."""
+    per output) of per-sample arrays: the frames' JPEG bytes (at the draw's temporal offset), the log-mel ``.npy``
+    bytes, the JSON (zero-padded to one length), the crop box's top-left and bottom-right corners (pixels) and the
+    flip flag."""
 
-    def __init__(self, spec: DataSpec, config: DataConfig, frames: list[str], *, rank: int, world: int,
-                 start_batch: int):
-        self.config, self.frames = config, frames
-        self.members = [*frames, "logmel.npy", "json"]
+    def __init__(self, spec: DataSpec, config: DataConfig, *, rank: int, world: int, start_batch: int):
+        self.config, self.stored_frames = config, spec.features["num_frames"]
         self.json_size = spec.max_member_size("json")
         shards = [IndexedShard(s.tar, s.idx) for s in spec.shards]
         # As many readers as the webdataset backend has workers, so both give the same stream for one config.
@@ -50,14 +49,16 @@ class ScheduledSamples:
         self.batch = start_batch
         self.bad_samples = 0
 
-    def _sample(self, members: dict[str, bytes], seed: str) -> list[np.ndarray]:
-        rng = random.Random(seed)
-        width, height = Image.open(io.BytesIO(members[self.frames[0]])).size  # header only, no decode
+    def _sample(self, shard: IndexedShard, index: int, seed: str) -> list[np.ndarray]:
+        rng = random.Random(seed)  # drawn from in the webdataset backend's order: frames, crop box, flip
+        frames = training_frames(self.stored_frames, self.config.num_frames, self.config.train_offsets, rng)
+        members = shard.read(index, [*frames, "logmel.npy", "json"])
+        width, height = Image.open(io.BytesIO(members[frames[0]])).size  # header only, no decode
         top, left, h, w = random_crop_box(height, width, self.config.crop_scale, self.config.crop_ratio, rng)
-        flip = self.config.flip and rng.random() < 0.5  # the draws in the webdataset backend's order
+        flip = self.config.flip and rng.random() < 0.5
         meta = np.zeros(self.json_size, dtype=np.uint8)
         meta[:len(members["json"])] = np.frombuffer(members["json"], dtype=np.uint8)
-        return [*(np.frombuffer(members[name], dtype=np.uint8) for name in self.frames),
+        return [*(np.frombuffer(members[name], dtype=np.uint8) for name in frames),
                 np.frombuffer(members["logmel.npy"], dtype=np.uint8), meta,
                 np.array([top, left], dtype=np.float32), np.array([top + h, left + w], dtype=np.float32),
                 np.array(int(flip), dtype=np.int32)]
@@ -69,7 +70,7 @@ class ScheduledSamples:
         while len(rows) < self.config.batch_size:
             draw = next(stream)
             try:
-                rows.append(self._sample(draw.shard.read(draw.index, self.members), draw.seed))
+                rows.append(self._sample(draw.shard, draw.index, draw.seed))
             except (SampleError, OSError) as err:  # OSError: PIL cannot read the frame's header
                 self.bad_samples += 1
                 log.warning("skipping %s: %s (%d skipped by this rank)", draw.shard.keys[draw.index], err,
@@ -138,7 +139,7 @@ class DaliLoader:
 
         self.spec, self.train = spec, train
         frames = frame_members(spec.features["num_frames"], config.num_frames, config.view, config.views)
-        self.source = (ScheduledSamples(spec, config, frames, rank=rank, world=world, start_batch=start_batch)
+        self.source = (ScheduledSamples(spec, config, rank=rank, world=world, start_batch=start_batch)
                        if train else None)
 
         @pipeline_def(batch_size=config.batch_size, num_threads=max(1, config.workers), device_id=device_id,

@@ -29,6 +29,14 @@ def frame_members(stored: int, wanted: int, view: int = 0, views: int = 1) -> li
     return [f"{int((i + offset) * stored / wanted):02d}.jpg" for i in range(wanted)]
 
 
+def training_frames(stored: int, wanted: int, offsets: int, rng: random.Random) -> list[str]:
+    """The frames one training sample uses: at a random one of ``offsets`` temporal offsets (CAV-MAE draws one of
+    its 10 frames per step); with one offset the evenly spread frames, and ``rng`` is left untouched."""
+    if offsets <= 1:
+        return frame_members(stored, wanted)
+    return frame_members(stored, wanted, rng.randrange(offsets), offsets)
+
+
 def centre_crop_anchor(size: int, crop: int) -> int:
     """Top/left offset of a centre crop, rounded as DALI's crop does (floor of position x free space + 0.5)."""
     return int(math.floor((size - crop) * 0.5 + 0.5))

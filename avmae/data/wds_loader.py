@@ -25,7 +25,8 @@ import torch
 from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
 from avmae.data.config import DataConfig
-from avmae.data.samples import decode_audio, decode_video, frame_members, label_tensors, parse_metadata
+from avmae.data.samples import (decode_audio, decode_video, frame_members, label_tensors, parse_metadata,
+                                 training_frames)
 from avmae.data.spec import DataSpec
 from avmae.data.schedule import TrainSchedule
 from avmae.data.tar_reader import IndexedShard, SampleError
@@ -50,7 +51,6 @@ class ShardStream(IterableDataset):
         self.spec, self.config, self.train = spec, config, train
         self.rank, self.world = rank, world
         self.frames = frame_members(spec.features["num_frames"], config.num_frames, config.view, config.views)
-        self.members = [*self.frames, "logmel.npy", "json"]
         self.mean = config.audio_mean if config.audio_mean is not None else spec.logmel_mean
         self.std = config.audio_std if config.audio_std is not None else spec.logmel_std
         self.shards = [IndexedShard(s.tar, s.idx) for s in spec.shards]
@@ -61,10 +61,14 @@ class ShardStream(IterableDataset):
         self.start_batch = 0  # training: the rank's batches already consumed (a resumed run continues after them)
 
     def _read(self, shard: IndexedShard, index: int, rng: random.Random) -> dict[str, Any]:
-        members = shard.read(index, self.members)
+        frames = self.frames
+        if self.train:
+            frames = training_frames(self.spec.features["num_frames"], self.config.num_frames,
+                                     self.config.train_offsets, rng)
+        members = shard.read(index, [*frames, "logmel.npy", "json"])
         try:
             metadata = parse_metadata(members["json"])
-            video = decode_video([members[name] for name in self.frames], self.config,
+            video = decode_video([members[name] for name in frames], self.config,
                                  self.spec.features["short_side"], self.train, rng)
             audio = decode_audio(members["logmel.npy"], self.mean, self.std)
         except (ValueError, RuntimeError, OSError) as err:

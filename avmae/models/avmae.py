@@ -79,7 +79,7 @@ class AVMAE(nn.Module):
         if contrastive:
             c = config.contrastive
             out["loss_contrastive"] = info_nce(alone["audio"].mean(dim=1), alone["video"].mean(dim=1),
-                                               c.temperature, c.bidirectional)
+                                               c.temperature, c.bidirectional, c.negatives == "global")
             total = total + c.weight * out["loss_contrastive"]
         out.update(loss=total, pred_audio=predictions["audio"], pred_video=predictions["video"],
                    mask_audio=masks["audio"], mask_video=masks["video"])

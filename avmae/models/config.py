@@ -99,6 +99,9 @@ class ContrastiveConfig:
     weight: float = 0.0  # CAV-MAE uses 0.01 with temperature 0.05; 0 turns the term off (AV-MAE)
     temperature: float = 0.05
     bidirectional: bool = True  # False = CAV-MAE's default: video->audio only
+    # global: every clip of the global batch is a negative; local: only this rank's (CAV-MAE's DataParallel loss
+    # saw its GPU's chunk: 12 negatives at batch 48 on 4 GPUs, methods.md A.1)
+    negatives: Literal["global", "local"] = "global"
 
 
 @dataclass

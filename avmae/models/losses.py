@@ -35,16 +35,21 @@ def _global(features: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat(gathered, dim=0), dist.get_rank() * features.shape[0]
 
 
-def info_nce(audio: torch.Tensor, video: torch.Tensor, temperature: float, bidirectional: bool) -> torch.Tensor:
+def info_nce(audio: torch.Tensor, video: torch.Tensor, temperature: float, bidirectional: bool,
+             global_negatives: bool = True) -> torch.Tensor:
     """CAV-MAE's contrastive loss on pooled (B, D) features, with every clip of the global batch as a negative.
 
     video->audio: for each video, classify its audio among all audios (CAV-MAE's single direction); with
-    ``bidirectional`` the audio->video term is averaged in. Per-rank losses average to the loss of the global batch.
+    ``bidirectional`` the audio->video term is averaged in. Per-rank losses average to the loss of the global batch;
+    without ``global_negatives`` each rank contrasts its own clips only.
     """
     audio = F.normalize(audio.float(), dim=-1)
     video = F.normalize(video.float(), dim=-1)
-    all_audio, offset = _global(audio)
-    all_video, _ = _global(video)
+    if global_negatives:
+        all_audio, offset = _global(audio)
+        all_video, _ = _global(video)
+    else:
+        all_audio, all_video, offset = audio, video, 0
     labels = torch.arange(audio.shape[0], device=audio.device) + offset
     loss = F.cross_entropy(video @ all_audio.T / temperature, labels)
     if bidirectional:

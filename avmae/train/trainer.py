@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from avmae.config import dump, to_dict
-from avmae.data.augment import mixup, spec_augment
+from avmae.data.augment import mixup, noise_and_shift, spec_augment
 from avmae.data.loader import Loader, build_loader
 from avmae.data.spec import load_spec
 from avmae.models.counts import pretraining_flops
@@ -148,6 +148,8 @@ class Trainer:
         return batch["audio"].to(dtype), batch["video"].to(dtype)
 
     def _pretrain_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.config.data.audio_noise:
+            batch = {**batch, "audio": noise_and_shift(batch["audio"])}
         audio, video = self._inputs(batch)
         out = self.engine(audio, video)
         parts = {k: v.detach().item() for k, v in out.items() if k.startswith("loss")}
@@ -157,6 +159,8 @@ class Trainer:
         data = self.config.data
         batch = dict(batch)
         batch["audio"] = spec_augment(batch["audio"], data.freq_mask, data.time_mask)
+        if data.audio_noise:  # after the masks, as CAV-MAE's loader orders them
+            batch["audio"] = noise_and_shift(batch["audio"])
         batch = mixup(batch, self._heads(), data.mixup)
         audio, video = self._inputs(batch)
         kind, smoothing = self._loss_kind(), self.config.finetune.label_smoothing
