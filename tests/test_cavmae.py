@@ -235,6 +235,9 @@ class CAVMAEFT(Encoder):
             x = self.joint(a, "a")
         elif mode == "videoonly":
             x = self.joint(v, "v")
+        elif mode in ("missingaudioonly", "missingvideoonly"):  # fine-tuned on both, given one: both kinds of norms
+            alone, name = (a, "a") if mode == "missingaudioonly" else (v, "v")
+            return self.mlp_head((self.joint(alone).mean(dim=1) + self.joint(alone, name).mean(dim=1)) / 2)
         return self.mlp_head(x.mean(dim=1))
 
 
@@ -429,6 +432,9 @@ def test_finetuned_model_logits_equal_cavmaeft():
     with torch.no_grad():
         logits = {"multimodal": ours(audio, frame.unsqueeze(1))["label"], "audioonly": ours(audio=audio)["label"],
                   "videoonly": ours(video=frame.unsqueeze(1))["label"]}
+        ours.alone_norms = "averaged"  # avmae-eval --alone-norms averaged
+        logits.update(missingaudioonly=ours(audio=audio)["label"], missingvideoonly=ours(video=frame.unsqueeze(1))["label"])
+        ours.alone_norms = "own"
         for mode, value in logits.items():
             assert torch.allclose(value, reference(audio, frame, mode), **TOLERANCE), mode
         # retrieval features are CAV-MAE's single-modality passes (its forward_feat), mean-pooled

@@ -40,6 +40,10 @@ def _eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default="test")
     parser.add_argument("--task", required=True, choices=["audioset", "vggsound", "epic", "retrieval"])
     parser.add_argument("--modality", choices=["av", "audio", "video"], help="inputs used (default: as trained)")
+    parser.add_argument("--alone-norms", choices=["own", "averaged"], default="own",
+                        help="one modality given to a model with per-modality norms (CAV-MAE): its own norms "
+                             "(CAV-MAE's audioonly/videoonly) or the mean of that and the joint norms "
+                             "(missingaudioonly/missingvideoonly)")
     parser.add_argument("--views", type=int, default=1, help="temporal views per clip, probabilities averaged")
     parser.add_argument("--linear-probe", action="store_true",
                         help="train a linear head on frozen features of --train-split, score --split")
@@ -80,10 +84,13 @@ def _evaluate(args) -> int:
 
     device, rank, world = setup(args.device)
     loaded = load_model(args.ckpt, args.weights, args.modality)
+    if hasattr(loaded.model, "alone_norms"):
+        loaded.model.alone_norms = args.alone_norms
     common = dict(batch_size=args.batch_size, workers=args.workers, backend=args.backend, device=device,
                   rank=rank, world=world)
     result: dict[str, Any] = {"checkpoint": str(loaded.path), "task": args.task, "data": args.data,
                               "split": args.split, "modality": args.modality or loaded.config.finetune.modality,
+                              "alone_norms": args.alone_norms,
                               "config": to_dict(loaded.config), "versions": versions(), "world_size": world}
     arrays = None
     if args.task == "retrieval":

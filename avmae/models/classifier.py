@@ -31,6 +31,9 @@ class AVClassifier(nn.Module):
         self.config = config.validate()
         self.modality = modality
         self.modality_dropout = modality_dropout
+        # One modality alone, in a model with per-modality norms (CAV-MAE): "own" runs it through its own norms
+        # (CAV-MAE's audioonly / videoonly), "averaged" also through the joint norms and averages the two.
+        self.alone_norms: Literal["own", "averaged"] = "own"
         # The same draws on every rank: data-parallel ranks must use the same parameters in a step, or their
         # gradient reductions no longer line up (ZeRO buckets differ in size and the collective fails).
         self._dropout_draws = torch.Generator().manual_seed(seed)
@@ -64,12 +67,18 @@ class AVClassifier(nn.Module):
                              f"video given: {video is not None})")
         return tokens
 
-    def features(self, audio: torch.Tensor | None = None, video: torch.Tensor | None = None) -> torch.Tensor:
-        fused, _ = self.encoder(self._inputs(audio, video))
+    def _pool(self, fused: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.config.classifier_pooling == "token_mean":
-            pooled = torch.cat(list(fused.values()), dim=1).mean(dim=1)
-        else:
-            pooled = torch.stack([x.mean(dim=1) for x in fused.values()]).mean(dim=0)
+            return torch.cat(list(fused.values()), dim=1).mean(dim=1)
+        return torch.stack([x.mean(dim=1) for x in fused.values()]).mean(dim=0)
+
+    def features(self, audio: torch.Tensor | None = None, video: torch.Tensor | None = None) -> torch.Tensor:
+        tokens = self._inputs(audio, video)
+        pooled = self._pool(self.encoder(tokens)[0])
+        if len(tokens) == 1 and self.alone_norms == "averaged" and self.config.encoder.modality_norms:
+            # CAV-MAE's missingaudioonly / missingvideoonly (fine-tuned on both, given one): the mean of the lone
+            # modality's pooled features through its own norms and through the joint norms.
+            pooled = (pooled + self._pool(self.encoder(tokens, own_norms=False)[0])) / 2
         return self.head_norm(pooled)
 
     def forward(self, audio: torch.Tensor | None = None, video: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

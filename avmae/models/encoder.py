@@ -51,26 +51,27 @@ class FusionEncoder(nn.Module):
         else:
             raise ValueError(f"unknown fusion {self.fusion!r}")
 
-    def _joint(self, tokens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _joint(self, tokens: dict[str, torch.Tensor], own_norms: bool = True) -> dict[str, torch.Tensor]:
         """The joint layers over the tokens given; one modality alone runs with its own norms where the layers have
-        them (``encoder.modality_norms``; CAV-MAE's blocks_u(a, 'a') then norm_a)."""
+        them (``encoder.modality_norms``; CAV-MAE's blocks_u(a, 'a') then norm_a), unless ``own_norms`` is False."""
         names = [m for m in MODALITIES if m in tokens]
         lengths = [tokens[m].shape[1] for m in names]
-        alone = names[0] if len(names) == 1 else None
+        alone = names[0] if len(names) == 1 and own_norms else None
         out = self.joint(torch.cat([tokens[m] for m in names], dim=1), alone)
         return dict(zip(names, out.split(lengths, dim=1)))
 
-    def forward(self, tokens: dict[str, torch.Tensor], unimodal: bool = False):
+    def forward(self, tokens: dict[str, torch.Tensor], unimodal: bool = False, own_norms: bool = True):
         """Encode ``{modality: (B, n, width)}``. Returns (fused, per_modality): ``fused`` is the encoder's output
         (cross-modal where the strategy has joint layers); ``per_modality`` (only if ``unimodal``) is each
         modality encoded with no attention to the other, for the contrastive term (CAV-MAE runs its joint
-        layers on each modality alone for this, methods.md A.1)."""
+        layers on each modality alone for this, methods.md A.1). ``own_norms=False`` runs a lone modality in
+        ``fused`` through the joint norms instead of its own."""
         if self.fusion in ("late", "mid"):
             tokens = {m: getattr(self, m)(x) for m, x in tokens.items()}
         if self.fusion == "shared":
             tokens = {m: self.shared(x) for m, x in tokens.items()}
         if self.fusion in ("late", "shared"):
             return tokens, (tokens if unimodal else None)
-        fused = self._joint(tokens)
+        fused = self._joint(tokens, own_norms)
         alone = {m: self._joint({m: x})[m] for m, x in tokens.items()} if unimodal else None
         return fused, alone
