@@ -10,6 +10,9 @@
 # 3. Everything else below: shards (SLURM array), pretraining, fine-tuning, evaluation.
 #
 #   AUDIOSET_ROOT=/data/audioset OUT=/scratch/avmae bash pipelines/audioset.sh      (DRY_RUN=1 to print the steps)
+# Run settings shared by the recipes (AVMAE_RUN=local|slurm, DRY_RUN=1, AVMAE_SET extra --set overrides for every
+# training run, SHARD_ARGS extra shard-build arguments, GPUS): see pipelines/lib.sh. tests/test_pipelines.py runs
+# this recipe end to end on a tiny stand-in of the dataset with a tiny model.
 cd "$(dirname "$0")/.."
 source pipelines/lib.sh
 ROOT="${AUDIOSET_ROOT:?set AUDIOSET_ROOT to the folder with the AudioSet CSVs and videos/}"

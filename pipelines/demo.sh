@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # The demo on a fresh machine: installs what is missing, makes a synthetic labelled corpus with ffmpeg, builds
-# WebDataset shards from it, pretrains a tiny AV-MAE with DeepSpeed ZeRO-2 on 2 CPU processes, fine-tunes it on the
-# corpus's classes, fine-tunes the same model from scratch for comparison, and prints the held-out accuracies.
+# WebDataset shards from it, pretrains a tiny AV-MAE with DeepSpeed ZeRO-2 on 2 CPU processes, and prints what the
+# pretraining is worth. It is the semi-supervised setting: pretraining sees every training clip without its label,
+# fine-tuning sees one labelled clip per class, and the same fine-tuning from scratch is the baseline. Both are
+# scored on held-out clips, next to chance, and so is the pretrained model's audio-visual retrieval.
 # Everything lands in demo_out/ (configs/demo_*.yaml read it from there). Re-running resumes or skips finished steps.
+#   AVMAE_DEMO_OUT=DIR      where everything goes (default demo_out)
+#   AVMAE_DEMO_SEED=N       the synthetic corpus's seed (default 0)
+#   AVMAE_DEMO_LABELS=N     labelled clips per class for fine-tuning (default 1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${AVMAE_DEMO_OUT:-demo_out}"
 CLIPS="${AVMAE_DEMO_CLIPS:-200}"
 CLASSES="${AVMAE_DEMO_CLASSES:-8}"
+SEED="${AVMAE_DEMO_SEED:-0}"
+LABELS="${AVMAE_DEMO_LABELS:-1}"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "1/7 install what is missing"
@@ -18,12 +25,13 @@ export PATH
 
 step "2/7 synthetic corpus: $CLIPS clips, $CLASSES classes (each class its own picture and sound)"
 if [ ! -f "$OUT/corpus/corpus.csv" ]; then
-  avmae-shard synth --out "$OUT/corpus" --num "$CLIPS" --classes "$CLASSES"
+  avmae-shard synth --out "$OUT/corpus" --num "$CLIPS" --classes "$CLASSES" --seed "$SEED"
 fi
 
-step "3/7 shards (re-running resumes; 20% of the videos held out as 'val')"
+step "3/7 shards: 20% of the videos held out as 'val'; $LABELS clip(s) per class of 'train' copied to 'labelled'"
 avmae-shard build --list "$OUT/corpus/corpus.csv" --out "$OUT/shards" --segment-seconds 4 \
-  --num-frames 16 --short-side 128 --target-frames 400 --shard-size 25 --val-fraction 0.2
+  --num-frames 16 --short-side 128 --target-frames 400 --shard-size 25 --val-fraction 0.2 \
+  --labelled-per-class "$LABELS"
 avmae-shard verify "$OUT/shards"
 
 avmae-shard inspect "$OUT/shards" --sample 0 --png-dir "$OUT/inspect"
@@ -32,14 +40,14 @@ train() {  # 2 processes over gloo, as torchrun starts them on a GPU node
   OMP_NUM_THREADS=1 torchrun --nproc_per_node=2 --master_port="${AVMAE_DEMO_PORT:-29531}" -m avmae.cli.train "$@"
 }
 
-step "4/7 pretrain a tiny AV-MAE (DeepSpeed ZeRO-2, 2 processes, gloo)"
+step "4/7 pretrain a tiny AV-MAE on every 'train' clip, without labels (DeepSpeed ZeRO-2, 2 processes, gloo)"
 train --config configs/demo_pretrain.yaml --set data.shards="$OUT/shards" --workdir "$OUT/runs/pretrain"
 
-step "5/7 fine-tune the pretrained encoder on the 8 classes"
+step "5/7 fine-tune the pretrained encoder on the 'labelled' clips only"
 train --config configs/demo_finetune.yaml --set data.shards="$OUT/shards" --set finetune.init="$OUT/runs/pretrain" \
   --workdir "$OUT/runs/finetune"
 
-step "6/7 the same fine-tuning from scratch, for comparison"
+step "6/7 the same fine-tuning from scratch (no pretraining), the baseline"
 train --config configs/demo_finetune.yaml --set data.shards="$OUT/shards" --set finetune.init= \
   --workdir "$OUT/runs/scratch"
 
@@ -53,28 +61,39 @@ avmae-eval --ckpt "$OUT/runs/pretrain" --data "$OUT/shards" --split val --task r
 avmae-eval reconstruct --ckpt "$OUT/runs/pretrain" --data "$OUT/shards" --split val --num 3 \
   --out "$OUT/eval/reconstructions"
 
-python3 - "$OUT" <<'PY'
+"${AVMAE_PYTHON:-python3}" - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
 read = lambda name: json.loads((out / "eval" / name / "report.json").read_text())["metrics"]
 finetune, scratch, retrieval = read("finetune"), read("scratch"), read("retrieval")
-report = {"held_out_top1": {"pretrained_then_finetuned": finetune["top1"], "from_scratch": scratch["top1"],
-                            "chance": 1 / finetune["classes"]},
-          "held_out_samples": finetune["samples"],
-          "retrieval_audio_to_video": retrieval["audio_to_video"], "retrieval_chance": retrieval["chance"]}
+splits = json.loads((out / "shards" / "manifest.json").read_text())["splits"]
+chance = 1 / finetune["classes"]
+report = {
+    "setting": {"classes": finetune["classes"], "pretraining_clips_without_labels": splits["train"]["samples"],
+                "labelled_clips": splits["labelled"]["samples"], "held_out_clips": finetune["samples"]},
+    "held_out_top1": {"pretrained_then_finetuned": finetune["top1"], "from_scratch": scratch["top1"],
+                      "chance": chance},
+    "retrieval": {direction: {k: retrieval[direction][k] for k in ("R@1", "R@5", "R@10")}
+                  for direction in ("audio_to_video", "video_to_audio", "chance")},
+}
 (out / "report.json").write_text(json.dumps(report, indent=1))
-print(f"\nheld-out clips: {finetune['samples']}   (chance top-1 {1 / finetune['classes']:.3f})")
-print(f"  top-1, pretrained + fine-tuned  {finetune['top1']:.3f}")
-print(f"  top-1, fine-tuned from scratch  {scratch['top1']:.3f}")
-a2v, chance = retrieval["audio_to_video"], retrieval["chance"]
-print(f"  audio->video R@1 / R@5 of the pretrained model {a2v['R@1']:.3f} / {a2v['R@5']:.3f}"
-      f"   (chance {chance['R@1']:.3f} / {chance['R@5']:.3f})")
+setting = report["setting"]
+print(f"\n{setting['classes']} classes; pretrained without labels on {setting['pretraining_clips_without_labels']} clips, "
+      f"fine-tuned on {setting['labelled_clips']} labelled clips; scored on {setting['held_out_clips']} held-out clips")
+for name, value in (("pretrained + fine-tuned", finetune["top1"]), ("fine-tuned from scratch", scratch["top1"]),
+                    ("chance", chance)):
+    print(f"  {'held-out top-1, ' + name:<42}{value:.3f}")
+print(f"  {'retrieval by the pretrained model':<42}R@1    R@5    R@10")
+for direction, name in (("audio_to_video", "audio -> video"), ("video_to_audio", "video -> audio"),
+                        ("chance", "chance")):
+    r = report["retrieval"][direction]
+    print(f"    {name:<40}{r['R@1']:.3f}  {r['R@5']:.3f}  {r['R@10']:.3f}")
 PY
 
 echo
-echo "corpus:   $OUT/corpus (corpus.csv lists clip,label)"
-echo "shards:   $OUT/shards (manifest.json, failures.jsonl, *.tar + *.idx); pictures in $OUT/inspect"
+echo "corpus:   $OUT/corpus (corpus.csv lists clip,label; classes.csv what makes each class)"
+echo "shards:   $OUT/shards (splits train, labelled, val; manifest.json, failures.jsonl, *.tar + *.idx); pictures in $OUT/inspect"
 echo "runs:     $OUT/runs/{pretrain,finetune,scratch} (metrics.jsonl, tensorboard/, checkpoints/, export/)"
 echo "eval:     $OUT/eval (report.json, predictions.npz, confusions.png per model; reconstructions/*.png)"
 echo "report:   $OUT/report.json"

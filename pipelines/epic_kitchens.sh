@@ -6,6 +6,9 @@
 # 2. Videos: the released P01/videos/P01_01.MP4 ... tree under $EPIC_ROOT/videos/ (found by video_id anywhere).
 #
 #   EPIC_ROOT=/data/epic PRETRAINED=/scratch/avmae/runs/pretrain_as2m bash pipelines/epic_kitchens.sh
+# Run settings shared by the recipes (AVMAE_RUN=local|slurm, DRY_RUN=1, AVMAE_SET extra --set overrides for every
+# training run, SHARD_ARGS extra shard-build arguments, GPUS): see pipelines/lib.sh. tests/test_pipelines.py runs
+# this recipe end to end on a tiny stand-in of the dataset with a tiny model.
 cd "$(dirname "$0")/.."
 source pipelines/lib.sh
 ROOT="${EPIC_ROOT:?set EPIC_ROOT to the folder with the EPIC_100 annotation CSVs and videos/}"

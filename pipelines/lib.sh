@@ -2,6 +2,10 @@
 # or print it (DRY_RUN=1) to read the recipe before spending a cluster on it.
 #   AVMAE_RUN=slurm (default when sbatch exists) | local
 #   DRY_RUN=1   print the commands instead of running them
+#   AVMAE_SET="a.b=c x.y=z"   extra --set overrides appended to every training run (space-separated, no spaces
+#                             inside a value), e.g. a tiny model and a few steps to try a recipe on a stand-in
+#   SHARD_ARGS="--workers 2"  extra avmae-shard build arguments for every shard build (also the SLURM array's)
+#   GPUS=N      processes per node for AVMAE_RUN=local (default 1)
 set -euo pipefail
 AVMAE_RUN="${AVMAE_RUN:-$(command -v sbatch >/dev/null && echo slurm || echo local)}"
 step() { printf '\n== %s\n' "$*" >&2; }
@@ -20,8 +24,10 @@ need() {  # need FILE DESCRIPTION: stop with a clear message when an input is mi
   fi
 }
 shards() {  # shards OUT ARGS...: avmae-shard build as a SLURM array (waits for it) or locally
-  local out="$1"
+  local out="$1" extra
   shift
+  read -r -a extra <<< "${SHARD_ARGS:-}"  # split on spaces, no globbing
+  set -- "$@" "${extra[@]}"
   if [ "$AVMAE_RUN" = "slurm" ]; then
     run sbatch --wait --array="0-$((${SHARD_TASKS:-32} - 1))" slurm/shard_build.sbatch --out "$out" "$@"
     run avmae-shard finalize "$out"
@@ -31,8 +37,12 @@ shards() {  # shards OUT ARGS...: avmae-shard build as a SLURM array (waits for 
   run avmae-shard verify "$out" --quick
 }
 train() {  # train SBATCH CONFIG ARGS...: a training job on SLURM (waits for it) or torchrun on this machine
-  local script="$1" config="$2"
+  local script="$1" config="$2" overrides override
   shift 2
+  read -r -a overrides <<< "${AVMAE_SET:-}"  # split on spaces, no globbing ([0.5,1.0] stays as it is)
+  for override in "${overrides[@]}"; do  # after the recipe's own, so they win
+    set -- "$@" --set "$override"
+  done
   if [ "$AVMAE_RUN" = "slurm" ]; then
     run env AVMAE_CONFIG="$config" sbatch --wait "$script" "$@"
   else

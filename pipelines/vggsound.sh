@@ -7,6 +7,9 @@
 #    YTID_000030.mp4 / YTID_30.mp4 (already cut to the 10 s segment).
 #
 #   VGGSOUND_ROOT=/data/vggsound PRETRAINED=/scratch/avmae/runs/pretrain_as2m bash pipelines/vggsound.sh
+# Run settings shared by the recipes (AVMAE_RUN=local|slurm, DRY_RUN=1, AVMAE_SET extra --set overrides for every
+# training run, SHARD_ARGS extra shard-build arguments, GPUS): see pipelines/lib.sh. tests/test_pipelines.py runs
+# this recipe end to end on a tiny stand-in of the dataset with a tiny model.
 cd "$(dirname "$0")/.."
 source pipelines/lib.sh
 ROOT="${VGGSOUND_ROOT:?set VGGSOUND_ROOT to the folder with vggsound.csv and videos/}"

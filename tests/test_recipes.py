@@ -18,7 +18,7 @@ from avmae.train.config import RunConfig
 from tests.test_trainer import REPO, metrics, shards  # noqa: F401 (shards: fixture)
 
 CONFIGS = REPO / "configs"
-DEMO = {"demo_pretrain.yaml", "demo_finetune.yaml"}  # run whole by pipelines/demo.sh (tests/test_pipelines.py)
+DEMO = {"demo_pretrain.yaml", "demo_finetune.yaml"}  # pipelines/demo.sh runs them whole (the README command)
 SINGLE_LABEL_DATA = {"finetune_epic.yaml"}  # verb/noun heads: tests/test_eval.py runs Epic on Epic-style shards
 # recipe -> the recipe whose run it starts from (finetune.init or mavil.teacher)
 STARTS_FROM = {"mavil_stage2.yaml": "mavil_stage1.yaml",

@@ -126,6 +126,44 @@ def test_resume_with_other_parameters_is_refused(reference_build, synth_corpus, 
                        "--num-frames", "8"]) == 2
 
 
+def test_labelled_split_copies_few_training_clips_per_class(synth_corpus, tmp_path):
+    out = tmp_path / "few_labels"
+    assert _build(synth_corpus, out, "--workers", "1", "--labelled-per-class", "1") == 0
+    manifest = read_manifest(out)
+    splits = manifest["splits"]
+    # One copy per class, on top of the same train and val splits as a build without the option.
+    assert splits["labelled"]["label_counts"] == {f"class_{k:02d}": 1 for k in range(4)}
+    assert splits["train"]["samples"] + splits["val"]["samples"] == 12 and manifest["totals"]["samples"] == 16
+    import tarfile
+
+    def sources(split: str) -> set[str]:
+        found = set()
+        for shard in splits[split]["shards"]:
+            with tarfile.open(out / shard["tar"]) as tar:
+                found |= {json.loads(tar.extractfile(n).read())["path"] for n in tar.getnames() if n.endswith(".json")}
+        return found
+
+    labelled = sources("labelled")
+    assert len(labelled) == 4 and labelled <= sources("train") and not labelled & sources("val")
+
+
+def test_labelled_split_choice_is_seeded_and_skips_missing_files():
+    from avmae.shard.items import ClipItem
+    from avmae.shard.plan import add_labelled_split
+
+    items = [ClipItem(item_id=f"c{i}", video_id=f"c{i}", source=f"c{i}", path=None if i == 0 else f"/v/c{i}.mp4",
+                      labels=("a",) if i % 2 == 0 else ("a", "b")) for i in range(10)]
+    items.append(ClipItem(item_id="held", video_id="held", source="held", path="/v/held.mp4", labels=("b",), split="val"))
+    chosen = [item for item in add_labelled_split(items, 2, seed=0) if item.split == "labelled"]
+    counts = {label: sum(label in item.labels for item in chosen) for label in ("a", "b")}
+    assert counts["a"] >= 2 and counts["b"] >= 2  # taken while either of an input's classes still needs one
+    assert all(item.item_id.endswith("~labelled") and item.path is not None for item in chosen)
+    assert "held~labelled" not in {item.item_id for item in chosen}
+    assert chosen == [item for item in add_labelled_split(items, 2, seed=0) if item.split == "labelled"]
+    assert chosen != [item for item in add_labelled_split(items, 2, seed=5) if item.split == "labelled"]
+    assert add_labelled_split(items, 0, seed=0) == items
+
+
 def test_verify_passes_then_catches_damage(reference_build, tmp_path):
     import shutil
 

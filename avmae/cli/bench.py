@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     loader.add_argument("--num-frames", type=int, default=16)
     loader.add_argument("--crop", type=int, default=224)
     loader.add_argument("--eval", action="store_true", help="eval transforms (centre crop) instead of training ones")
+    loader.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads of the process that receives the batches, for every loader alike (a GPU "
+                             "trainer's main process leaves the CPU to the loader workers; DataLoader workers use 1)")
 
     model = commands.add_parser(
         "model", help="parameter counts, FLOPs per sample and the CPU time of one pretraining step",
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="avmae-cavmae-") as scratch:
             result = bench_loader(args.data, args.split, backends, workers, batch_size=args.batch_size,
                                   batches=args.batches, num_frames=args.num_frames, crop=args.crop,
-                                  train=not args.eval, scratch=Path(scratch))
+                                  train=not args.eval, scratch=Path(scratch), threads=args.threads)
         print(json.dumps(result, indent=1))
     elif args.command == "model":
         from avmae.bench.model import bench_model

@@ -72,6 +72,9 @@ def _build_parser() -> argparse.ArgumentParser:
     output.add_argument("--shard-size", type=int, default=defaults_b.shard_size, help="inputs per shard")
     output.add_argument("--val-fraction", type=float, default=defaults_b.val_fraction,
                         help="hold out this share of training videos (by video id) as split 'val'")
+    output.add_argument("--labelled-per-class", type=int, default=defaults_b.labelled_per_class,
+                        help="also copy N training inputs per class (seeded) into split 'labelled', for fine-tuning "
+                             "on few labels after pretraining on all of 'train'")
     output.add_argument("--seed", type=int, default=defaults_b.seed, help="sample order within a split")
     output.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (one shard each)")
     output.add_argument("--task-index", type=int, default=int(os.environ.get("SLURM_ARRAY_TASK_ID", 0)),
@@ -125,7 +128,7 @@ def _cmd_build(args) -> int:
                              target_frames=args.target_frames, num_mel_bins=args.num_mel_bins)
     build = BuildParams(segment_seconds=args.segment_seconds, segments=args.segments, min_seconds=args.min_seconds,
                         missing_audio=args.missing_audio, shard_size=args.shard_size, val_fraction=args.val_fraction,
-                        seed=args.seed)
+                        labelled_per_class=args.labelled_per_class, seed=args.seed)
     result = run_build(args.out, items, labels, source, features, build, workers=args.workers,
                        task_index=args.task_index, num_tasks=args.num_tasks, overwrite=args.overwrite,
                        show_progress=not (args.json or args.no_progress))

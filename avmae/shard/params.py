@@ -41,3 +41,6 @@ class BuildParams:
     shard_size: int = 500  # inputs per shard (~0.5 MB per sample at the defaults: ~250 MB tars)
     val_fraction: float = 0.0  # held out by video id, so segments of one video never straddle train and val
     seed: int = 0  # order of samples within a split (shuffled so a small loader buffer suffices)
+    # Semi-supervised fine-tuning: also copy this many training inputs per class into a split 'labelled'
+    # (pretrain on 'train', fine-tune with data.train_split=labelled); 0 = no such split.
+    labelled_per_class: int = 0

@@ -51,10 +51,34 @@ def assign_splits(items: list[ClipItem], val_fraction: float, seed: int) -> list
             else item for item in items]
 
 
+def add_labelled_split(items: list[ClipItem], per_class: int, seed: int) -> list[ClipItem]:
+    """Append copies of ``per_class`` training inputs of every class in split ``labelled``: the few labels of a
+    semi-supervised run, which pretrains on all of ``train`` and fine-tunes on ``labelled``. The inputs are drawn in
+    a seeded hash order, skipping rows without a file (they would only fail twice); an input with several labels
+    counts for each, and is taken while any of its classes still needs one. The copies are decoded like any input
+    (a few clips more to decode, and no loader has to filter samples)."""
+    if per_class < 0:
+        raise ValueError(f"--labelled-per-class must be at least 0, got {per_class}")
+    if per_class == 0:
+        return items
+    candidates = sorted((item for item in items if item.split == "train" and item.labels and item.path is not None),
+                        key=lambda item: (_unit_hash(f"labelled:{seed}:{item.item_id}"), item.item_id))
+    if not candidates:
+        raise ValueError("--labelled-per-class needs training inputs with labels and files")
+    taken: Counter[str] = Counter()
+    copies = []
+    for item in candidates:
+        if any(taken[label] < per_class for label in item.labels):
+            taken.update(item.labels)
+            copies.append(replace(item, item_id=f"{item.item_id}~labelled", split="labelled"))
+    return items + copies
+
+
 def make_plan(items: list[ClipItem], build: BuildParams) -> list[ShardPlan]:
     if build.shard_size < 1:
         raise ValueError(f"shard size must be at least 1, got {build.shard_size}")
     items = assign_splits(unique_ids(items), build.val_fraction, build.seed)
+    items = add_labelled_split(items, build.labelled_per_class, build.seed)
     plans = []
     for split in sorted({item.split for item in items}):
         members = sorted((item for item in items if item.split == split),
