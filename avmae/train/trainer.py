@@ -29,8 +29,8 @@ from avmae.train.distributed import DistInfo, setup_distributed
 from avmae.eval.checkpoint import load_model
 from avmae.eval.predict import evaluate_classifier
 from avmae.train.logging import RunLogger
-from avmae.train.models import build_classifier, build_pretraining_model
 from avmae.train.model_init import initialise
+from avmae.train.models import build_classifier, build_pretraining_model
 from avmae.train.losses import finetune_loss
 from avmae.train.optim import learning_rate, parameter_groups
 from avmae.train.signals import StopRequest, requeue
