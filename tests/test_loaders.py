@@ -30,6 +30,14 @@ def shards(synth_corpus, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(params=["webdataset", pytest.param("dali", marks=pytest.mark.dali)])
+def backend(request) -> str:
+    """Each loader backend; DALI's cases are skipped where it is not installed."""
+    if request.param == "dali":
+        pytest.importorskip("nvidia.dali")
+    return request.param
+
+
 def config(shards: Path, **overrides) -> DataConfig:
     base = dict(shards=str(shards), eval_split="train", batch_size=2, workers=0, num_frames=4, crop_size=64,
                 shuffle_buffer=2)
@@ -79,10 +87,7 @@ def test_dali_and_webdataset_train_on_the_same_samples_with_the_same_crops(shard
         assert levels.mean() < 1.0 and levels.quantile(0.99) < 12
 
 
-@pytest.mark.parametrize("backend", ["webdataset", pytest.param("dali", marks=pytest.mark.dali)])
 def test_two_ranks_cover_an_odd_eval_set_exactly_once(shards, backend):
-    if backend == "dali":
-        pytest.importorskip("nvidia.dali")
     keys, valid_keys, lengths = [], [], []
     for rank in range(2):
         cfg = config(shards, backend=backend, batch_size=4)
@@ -166,10 +171,7 @@ def _rewrite_samples(tar_path: Path, change) -> None:
     tar_path.with_suffix(".idx").write_text(index_text(writer.members))
 
 
-@pytest.mark.parametrize("backend", ["webdataset", pytest.param("dali", marks=pytest.mark.dali)])
 def test_train_augmentation_is_the_same_for_every_frame(shards, tmp_path, backend):
-    if backend == "dali":
-        pytest.importorskip("nvidia.dali")
     copy = tmp_path / "still"
     shutil.copytree(shards, copy)
     for tar in copy.glob("train-*.tar"):  # every frame of a clip becomes its first frame
@@ -282,10 +284,7 @@ def test_balanced_weights_favour_rare_labels():
     assert weights[3] == pytest.approx(0.01)  # unlabelled: the smallest weight
 
 
-@pytest.mark.parametrize("backend", ["webdataset", pytest.param("dali", marks=pytest.mark.dali)])
 def test_balanced_sampling_draws_each_class_about_equally(shards, tmp_path, backend):
-    if backend == "dali":
-        pytest.importorskip("nvidia.dali")
     # Make class_00 rare: only one of its three samples keeps the label, the others become class_01.
     copy = tmp_path / "skewed"
     shutil.copytree(shards, copy)
