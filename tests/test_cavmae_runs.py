@@ -18,7 +18,7 @@ from avmae.cli.convert import main as convert_main
 from avmae.cli.eval import main as eval_main
 from avmae.data.spec import load_spec
 from avmae.eval.checkpoint import load_model
-from tests.test_cavmae import CAVMAE, CAVMAEFT, randomise, saved_like_cavmae
+from tests.cavmae_reference import CAVMAE, CAVMAEFT, randomise, saved_like_cavmae
 from tests.test_init_from_vit import timm_vit
 from tests.test_trainer import REPO, metrics, shards  # noqa: F401 (shards: fixture)
 
