@@ -42,6 +42,19 @@ class AVMAE(nn.Module):
             video = random_mask(batch, t * h * w, m.video_ratio, generator, device)
         return {"audio": audio, "video": video}
 
+    def visible_tokens(self, audio: torch.Tensor, video: torch.Tensor, masks: dict | None = None,
+                       generator: torch.Generator | None = None):
+        """Tokenise both inputs and keep the visible tokens: (tokens, grids, masks, visible indices, kept tokens),
+        each a dict by modality; masks are drawn from ``generator`` unless given."""
+        tokens, grids = {}, {}
+        tokens["audio"], grids["audio"] = self.tokenizer.audio(audio)
+        tokens["video"], grids["video"] = self.tokenizer.video(video)
+        if masks is None:
+            masks = self.make_masks(audio.shape[0], grids, generator, audio.device)
+        visible = {m: visible_indices(masks[m]) for m in MODALITIES}
+        kept = {m: gather_tokens(tokens[m], visible[m]) for m in MODALITIES}
+        return tokens, grids, masks, visible, kept
+
     def targets(self, audio: torch.Tensor, video: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"audio": patchify_audio(audio, self.config.audio.patch, self.config.audio.token_order),
                 "video": patchify_video(video, self.config.video.patch, self.config.video.tubelet)}
@@ -52,13 +65,7 @@ class AVMAE(nn.Module):
         ``keep_features`` also ``features_audio``/``features_video``: each modality's visible tokens encoded on
         their own and mean-pooled (what the contrastive terms compare)."""
         config = self.config
-        tokens, grids = {}, {}
-        tokens["audio"], grids["audio"] = self.tokenizer.audio(audio)
-        tokens["video"], grids["video"] = self.tokenizer.video(video)
-        if masks is None:
-            masks = self.make_masks(audio.shape[0], grids, generator, audio.device)
-        visible = {m: visible_indices(masks[m]) for m in MODALITIES}
-        kept = {m: gather_tokens(tokens[m], visible[m]) for m in MODALITIES}
+        tokens, grids, masks, visible, kept = self.visible_tokens(audio, video, masks, generator)
 
         inpainting = config.objective == "inpainting"
         contrastive = config.contrastive.weight > 0

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from avmae.models.classifier import AVClassifier, InputModality
 from avmae.models.config import ModelConfig
@@ -76,22 +75,17 @@ class BottleneckClassifier(AVClassifier):
         for head in self.heads.values():  # Scenic's output_projection is zero-initialised
             nn.init.zeros_(head.weight)
 
-    def _block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.config.activation_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, x, use_reentrant=False)  # as Transformer.forward does
-        return block(x)
-
     def _encode(self, tokens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         stacks = {m: getattr(self.encoder, m) for m in tokens}
         fusion_layer = self.bottleneck_config.fusion_layer
         shared = self.bottleneck.expand(next(iter(tokens.values())).shape[0], -1, -1)
         for layer in range(len(next(iter(stacks.values())).blocks)):
             if layer < fusion_layer:
-                tokens = {m: self._block(stacks[m].blocks[layer], x) for m, x in tokens.items()}
+                tokens = {m: stacks[m].run_block(layer, x) for m, x in tokens.items()}
                 continue
             updated = {}
             for m, x in tokens.items():
-                out = self._block(stacks[m].blocks[layer], torch.cat([x, shared.to(x.dtype)], dim=1))
+                out = stacks[m].run_block(layer, torch.cat([x, shared.to(x.dtype)], dim=1))
                 tokens[m], updated[m] = out[:, : x.shape[1]], out[:, x.shape[1]:]
             shared = torch.stack(list(updated.values())).mean(dim=0)
         return {m: stacks[m].norm(x) for m, x in tokens.items()}

@@ -29,7 +29,6 @@ from avmae.models.avmae import AVMAE
 from avmae.models.config import ModelConfig
 from avmae.models.encoder import MODALITIES
 from avmae.models.losses import info_nce
-from avmae.models.masking import gather_tokens, visible_indices
 
 
 @dataclass
@@ -86,11 +85,7 @@ class MAViL(AVMAE):
 
     def _second_view(self, audio: torch.Tensor, video: torch.Tensor, generator) -> dict[str, torch.Tensor]:
         """Pooled features of each modality encoded on its own under a fresh mask."""
-        tokens, grids = {}, {}
-        tokens["audio"], grids["audio"] = self.tokenizer.audio(audio)
-        tokens["video"], grids["video"] = self.tokenizer.video(video)
-        masks = self.make_masks(audio.shape[0], grids, generator, audio.device)
-        kept = {m: gather_tokens(tokens[m], visible_indices(masks[m])) for m in MODALITIES}
+        kept = self.visible_tokens(audio, video, generator=generator)[-1]
         _, alone = self.encoder(kept, unimodal=True)
         return {m: alone[m].mean(dim=1) for m in MODALITIES}
 

@@ -87,13 +87,17 @@ class Transformer(nn.Module):
         self.has_modality_norms = bool(modality_norms)
         self.checkpointing = checkpointing
 
+    def run_block(self, index: int, x: torch.Tensor, modality: str | None = None) -> torch.Tensor:
+        """Block ``index`` alone (for callers that interleave work between blocks, such as MBT's bottlenecks)."""
+        block = self.blocks[index]
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            # Recompute the block in backward: activation memory of one block instead of all of them.
+            return checkpoint(block, x, modality, use_reentrant=False)
+        return block(x, modality)
+
     def forward(self, x: torch.Tensor, modality: str | None = None) -> torch.Tensor:
-        for block in self.blocks:
-            if self.checkpointing and self.training and torch.is_grad_enabled():
-                # Recompute the block in backward: activation memory of one block instead of all of them.
-                x = checkpoint(block, x, modality, use_reentrant=False)
-            else:
-                x = block(x, modality)
+        for index in range(len(self.blocks)):
+            x = self.run_block(index, x, modality)
         if modality is not None and self.has_modality_norms:
             return self.modality_norm[modality](x)
         return self.norm(x)

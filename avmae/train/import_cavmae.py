@@ -13,12 +13,11 @@ import torch
 
 from avmae.config import apply_overrides, from_dict, to_dict
 from avmae.data.config import DataConfig
-from avmae.models.avmae import AVMAE
-from avmae.models.classifier import AVClassifier
 from avmae.models.convert_cavmae import cavmae_base, convert_cavmae
 from avmae.models.state_dicts import read_state_dict
 from avmae.train.checkpoint import save_safetensors
 from avmae.train.config import FinetuneConfig, RunConfig
+from avmae.train.models import build_classifier, build_pretraining_model
 
 VGGSOUND_CLASSES = 309  # CAV-MAE's VGGSound fine-tunes (--n_class 309, methods.md B.3): single-label
 
@@ -44,9 +43,10 @@ def read_label_names(path: str | Path) -> list[str]:
     return [row["mid"] for row in rows]
 
 
-def _expected_shapes(task: str, config, heads: dict[str, int]) -> dict[str, torch.Size]:
+def _expected_shapes(config: RunConfig, heads: dict[str, int]) -> dict[str, torch.Size]:
+    """The shapes of the model ``avmae-eval`` will build from the export (the trainer's builders)."""
     with torch.device("meta"):  # shapes only: no memory, no initialisation time
-        model = AVMAE(config) if task == "pretrain" else AVClassifier(config, heads)
+        model = build_pretraining_model(config) if config.task == "pretrain" else build_classifier(config, heads)
     return {k: v.shape for k, v in model.state_dict().items()}
 
 
@@ -67,7 +67,7 @@ def export_cavmae(src: str | Path, out: str | Path, run_config: RunConfig | None
     heads = {"label": int(state["mlp_head.1.weight"].shape[0])} if finetuned else {}
     config = dataclasses.replace(config, task=task)
     # every avmae key and every shape of the model the export describes, or an error naming what differs
-    conversion = convert_cavmae(state, config.model, expected=_expected_shapes(task, config.model, heads))
+    conversion = convert_cavmae(state, config.model, expected=_expected_shapes(config, heads))
     classes = conversion.heads.get("label", 0)
     if label_names and classes and len(label_names) != classes:
         raise ValueError(f"{len(label_names)} label names for a head of {classes} classes")
