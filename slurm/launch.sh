@@ -1,6 +1,6 @@
 #!/bin/bash
 # The launcher every avmae sbatch script ends in: one srun task per GPU (or per CPU slot without GPUs), with the
-# rendezvous derived from the job itself (avmae.train.distributed maps SLURM_PROCID/NTASKS/LOCALID to ranks).
+# rendezvous derived from the job itself (avmae.distributed maps SLURM_PROCID/NTASKS/LOCALID to ranks).
 #   usage (inside an sbatch script):  exec bash "$AVMAE_HOME/slurm/launch.sh" <python module> [args...]
 set -euo pipefail
 module="$1"

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from avmae.cli.eval import main as eval_main
-from avmae.eval.checkpoint import load_model
+from avmae.export.load import load_model
 from avmae.models.avmae import AVMAE
 from avmae.models.bottleneck import BottleneckClassifier, BottleneckConfig, mid_to_separate
 from avmae.models.encoder import FusionEncoder
@@ -153,12 +153,12 @@ def test_avmae_bce_sums_over_classes_where_cavmae_averages():
 
 def test_the_audioset_recipe_builds_mbt_large_with_607m_parameters():
     from avmae.config import load
-    from avmae.train.models import build_classifier
-    from avmae.train.config import RunConfig
+    from avmae.export.load import model_for
+    from avmae.recipe.config import RunConfig
 
     config = load(RunConfig, Path(__file__).resolve().parents[1] / "configs/avmae_mbt_audioset.yaml").validate()
     with torch.device("meta"):  # shapes only
-        model = build_classifier(config, {"label": 527})
+        model = model_for(config, "finetune", {"label": 527})
     assert isinstance(model, BottleneckClassifier)
     # methods.md A.2: "MBT-L fine-tune, 2 x 24 layers, A+V: about 607 M"
     assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(607.0, abs=0.5)

@@ -309,7 +309,7 @@ def test_settings_that_cannot_work_are_refused():
 
 
 def test_cavmae_step_schedule_halves_at_each_milestone():
-    from avmae.train.config import OptimConfig
+    from avmae.recipe.config import OptimConfig
     from avmae.train.optim import learning_rate
 
     optim = OptimConfig(lr=1e-4, schedule="step", milestones=(10, 15, 20), gamma=0.5, steps=25)

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from avmae.cli.convert import main as convert_main
 from avmae.cli.eval import main as eval_main
 from avmae.data.spec import load_spec
-from avmae.eval.checkpoint import load_model
+from avmae.export.load import load_model
 from tests.cavmae_reference import CAVMAE, CAVMAEFT, randomise, saved_like_cavmae
 from tests.test_init_from_vit import timm_vit
 from tests.test_trainer import REPO, metrics, shards  # noqa: F401 (shards: fixture)
@@ -135,8 +135,8 @@ def test_tiny_cavmae_pretrains_from_a_vit_initialisation(shards, tmp_path):  # n
 def test_model_init_takes_a_cavmae_or_avmae_checkpoint(tmp_path):
     from avmae.models.avmae import AVMAE
     from avmae.models.classifier import AVClassifier
-    from avmae.train.config import ModelInitConfig
-    from avmae.train.model_init import initialise
+    from avmae.recipe.config import ModelInitConfig
+    from avmae.export.init import initialise
     from tests.test_cavmae import tiny_cavmae
 
     torch.manual_seed(0)
@@ -158,9 +158,10 @@ def test_model_init_takes_a_cavmae_or_avmae_checkpoint(tmp_path):
     assert report["conversion"]["mapped"] + len(dropped) == len(saved_like_cavmae(reference))
     assert torch.equal(classifier.encoder.joint.modality_norm["audio"].weight, reference.norm_a.weight)
 
-    from avmae.train.checkpoint import save_safetensors
+    from avmae.export.format import ExportInfo, export_path, write_export
+    from avmae.recipe.config import RunConfig
 
-    save_safetensors(pretraining.state_dict(), tmp_path / "export" / "model.safetensors", {})
+    write_export(export_path(tmp_path), pretraining.state_dict(), ExportInfo("pretrain", RunConfig(model=tiny_cavmae())))
     again = AVMAE(tiny_cavmae())
     initialise(again, ModelInitConfig(kind="avmae", path=str(tmp_path)))  # a run folder: export/model.safetensors
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), pretraining.state_dict().values()))

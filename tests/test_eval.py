@@ -115,7 +115,7 @@ def test_eval_of_a_fine_tuned_checkpoint(runs, shards, tmp_path):  # noqa: F811
 def test_multi_view_scores_are_the_mean_of_the_views(runs, shards, tmp_path):  # noqa: F811
     from avmae.data.loader import Loader
     from avmae.data.spec import load_spec
-    from avmae.eval.checkpoint import load_model
+    from avmae.export.load import load_model
     from avmae.eval.predict import predict
     from avmae.eval.runner import _data_config, probabilities
 

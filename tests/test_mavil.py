@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from avmae.cli.eval import main as eval_main
-from avmae.eval.checkpoint import load_model
+from avmae.export.load import load_model
 from avmae.models.avmae import AVMAE
 from avmae.models.losses import info_nce, masked_mse
 from avmae.models.masking import gather_tokens, visible_indices

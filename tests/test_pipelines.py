@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from avmae.config import load
-from avmae.train.config import RunConfig
+from avmae.recipe.config import RunConfig
 from tests.recipe_standins import make_audioset, make_epic, make_vggsound
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from avmae.config import load
-from avmae.train.config import RunConfig
+from avmae.recipe.config import RunConfig
 from tests.test_trainer import REPO, metrics, shards  # noqa: F401 (shards: fixture)
 
 CONFIGS = REPO / "configs"

@@ -1,5 +1,5 @@
 """``avmae-convert``: checkpoints of the systems avmae descends from, as avmae exports. Parsing only; the work is in
-avmae.train.import_cavmae and avmae.models.convert_cavmae."""
+avmae.export.cavmae and avmae.models.convert_cavmae."""
 
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from avmae.config import ConfigError, load
-    from avmae.train.config import RunConfig
-    from avmae.train.import_cavmae import export_cavmae, read_label_names
+    from avmae.recipe.config import RunConfig
+    from avmae.export.cavmae import export_cavmae, read_label_names
 
     try:
         config = load(RunConfig, args.config, args.set) if args.config else None

@@ -79,10 +79,12 @@ def _run_eval(args) -> int:
 def _evaluate(args) -> int:
     from avmae.config import to_dict
     from avmae.eval import report as reports
-    from avmae.eval.checkpoint import load_model
-    from avmae.eval.runner import classify, embeddings, retrieve, setup, versions
+    from avmae.export.load import load_model
+    from avmae.distributed import setup_distributed
+    from avmae.eval.runner import classify, embeddings, retrieve, versions
 
-    device, rank, world = setup(args.device)
+    dist_info = setup_distributed(args.device)
+    device, rank, world = dist_info.device, dist_info.rank, dist_info.world
     loaded = load_model(args.ckpt, args.weights, args.modality)
     if hasattr(loaded.model, "alone_norms"):
         loaded.model.alone_norms = args.alone_norms
@@ -179,8 +181,8 @@ def _run_reconstruct(argv: list[str]) -> int:
     import dataclasses
 
     from avmae.data.loader import Loader
-    from avmae.data.spec import load_spec
-    from avmae.eval.checkpoint import load_model
+    from avmae.export.load import load_model
+    from avmae.recipe.geometry import load_run_spec
     from avmae.eval.reconstruct import reconstruct_batch, save_figure
 
     loaded = load_model(args.ckpt)
@@ -192,7 +194,7 @@ def _run_reconstruct(argv: list[str]) -> int:
               "not pixels: reconstruct from the stage-1 teacher", file=sys.stderr)
         return 2
     config = dataclasses.replace(loaded.config.data, shards=args.data, batch_size=args.num, workers=0)
-    spec = load_spec(args.data, args.split, {"target_frames": loaded.config.model.audio.frames})
+    spec = load_run_spec(loaded.config, args.split, shards=args.data)
     batch = next(iter(Loader(spec, config, train=False)))
     recon = reconstruct_batch(loaded, batch["audio"], batch["video"], args.seed)
     for index, key in enumerate(batch["key"][: args.num]):

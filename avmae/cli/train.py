@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from avmae.config import ConfigError, load
-    from avmae.train.config import RunConfig
+    from avmae.recipe.config import RunConfig
 
     overrides = list(args.set) + ([f"workdir={args.workdir}"] if args.workdir else [])
     try:
@@ -41,10 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as err:
         print(f"avmae-train: {err}", file=sys.stderr)
         return 2
+    from avmae.eval.during_training import SplitEvaluator
     from avmae.train.trainer import Trainer
 
     try:
-        trainer = Trainer(config)
+        trainer = Trainer(config, evaluator=SplitEvaluator(config) if config.task == "finetune" else None)
     except (ValueError, FileNotFoundError) as err:  # shards missing or made for another model: say which
         print(f"avmae-train: {err}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from avmae.data.samples import video_normalisation
-from avmae.eval.checkpoint import LoadedModel
+from avmae.export.load import LoadedModel
 from avmae.models.tokenizers import unpatchify_audio, unpatchify_video
 
 

@@ -14,8 +14,9 @@ import torch.distributed as dist
 import avmae
 from avmae.data.config import DataConfig
 from avmae.data.loader import Loader
-from avmae.data.spec import load_spec
-from avmae.eval.checkpoint import LoadedModel, label_set_hash
+from avmae.export.format import label_set_hash
+from avmae.export.load import LoadedModel
+from avmae.recipe.geometry import load_run_spec
 from avmae.eval.retrieval import retrieval_metrics
 from avmae.models.avmae import pooled_unimodal
 from avmae.eval.predict import gather, predict, task_metrics
@@ -39,17 +40,13 @@ def _data_config(loaded: LoadedModel, data: str, split: str, batch_size: int, wo
                                balanced_sampling=False)
 
 
-def _expectations(loaded: LoadedModel) -> dict[str, Any]:
-    return {"target_frames": loaded.config.model.audio.frames, "num_mel_bins": loaded.config.model.audio.mel_bins}
-
-
 def classify(loaded: LoadedModel, data: str, split: str, task: str, *, views: int, batch_size: int, workers: int,
              backend: str, device: torch.device, rank: int, world: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics and the saved-prediction arrays of a fine-tuned classifier on ``split``."""
     if loaded.task != "finetune":
         raise ValueError(f"{loaded.path} is a {loaded.task} checkpoint; --task {task} needs a fine-tuned one "
                          "(or use --linear-probe / --task retrieval)")
-    spec = load_spec(data, split, _expectations(loaded))
+    spec = load_run_spec(loaded.config, split, shards=data)
     wanted = TASK_LABEL_MODES.get(task, spec.label_mode)
     if spec.label_mode != wanted:
         raise ValueError(f"--task {task} needs {wanted} labels but {data} has {spec.label_mode} labels")
@@ -79,7 +76,7 @@ def classify(loaded: LoadedModel, data: str, split: str, task: str, *, views: in
 def embeddings(loaded: LoadedModel, data: str, split: str, *, batch_size: int, workers: int, backend: str,
                device: torch.device, rank: int, world: int) -> dict[str, Any]:
     """Pooled unimodal features (audio, video) of every valid sample of a split, in the global order."""
-    spec = load_spec(data, split, _expectations(loaded))
+    spec = load_run_spec(loaded.config, split, shards=data)
     config = _data_config(loaded, data, split, batch_size, workers, backend, 0, 1)
     loader = Loader(spec, config, train=False, rank=rank, world=world, device=device)
     model = loaded.model.to(device)
@@ -109,19 +106,3 @@ def versions() -> dict[str, str]:
     return {"avmae": avmae.__version__, "torch": torch.__version__, "numpy": np.__version__,
             "scipy": scipy.__version__, "python": platform.python_version(),
             "average_precision": "avmae (equals scikit-learn average_precision_score; tested)"}
-
-
-def setup(device_name: str | None) -> tuple[torch.device, int, int]:
-    """A process group when started by torchrun / srun, else one process."""
-    import os
-
-    from avmae.train.distributed import environment_from_slurm
-
-    os.environ.update(environment_from_slurm(dict(os.environ)))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    cuda = torch.cuda.is_available() and device_name != "cpu"
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return device, rank, world

@@ -95,24 +95,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-
-
-def save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    save_file({k: v.detach().cpu().float().contiguous() for k, v in state.items()}, str(partial), metadata=metadata)
-    os.replace(partial, path)
-
-
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Weights from an export (``.safetensors``) or a run folder (its ``export/model.safetensors``)."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "export" / "model.safetensors"
-    if not path.exists():
-        raise FileNotFoundError(f"no weights at {path}: give an exported .safetensors file or a finished run folder")
-    return load_file(str(path))

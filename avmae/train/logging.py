@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from avmae.train.config import LogConfig
+from avmae.recipe.config import LogConfig
 
 
 class RunLogger:

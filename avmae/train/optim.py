@@ -8,7 +8,7 @@ import re
 from torch import nn
 
 from avmae.models.config import ModelConfig
-from avmae.train.config import OptimConfig
+from avmae.recipe.config import OptimConfig
 
 # No weight decay on norms, biases, mask tokens, MBT's bottleneck tokens, modality and position embeddings (MAE /
 # timm's add_weight_decay; AV-MAE decays only kernels). Position embeddings are parameters only when stored

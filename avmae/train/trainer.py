@@ -12,7 +12,7 @@ import random
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -20,17 +20,16 @@ import torch.distributed as dist
 
 from avmae.config import dump, to_dict
 from avmae.data.augment import mixup, noise_and_shift, spec_augment
-from avmae.data.loader import Loader, build_loader
-from avmae.data.spec import load_spec
+from avmae.data.loader import Loader
 from avmae.models.counts import pretraining_flops
-from avmae.train.checkpoint import Checkpoints, load_weights, save_safetensors
-from avmae.train.config import RunConfig
-from avmae.train.distributed import DistInfo, setup_distributed
-from avmae.eval.checkpoint import load_model
-from avmae.eval.predict import evaluate_classifier
+from avmae.train.checkpoint import Checkpoints, tag_for
+from avmae.recipe.config import RunConfig
+from avmae.recipe.geometry import load_run_spec
+from avmae.distributed import DistInfo, setup_distributed
+from avmae.export.format import ExportInfo, export_path, load_weights, write_export
+from avmae.export.load import load_model, model_for
 from avmae.train.logging import RunLogger
-from avmae.train.model_init import initialise
-from avmae.train.models import build_classifier, build_pretraining_model
+from avmae.export.init import initialise
 from avmae.train.losses import finetune_loss
 from avmae.train.optim import learning_rate, parameter_groups
 from avmae.train.signals import StopRequest, requeue
@@ -69,17 +68,24 @@ def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     return {n: float(v) / dist.get_world_size() for n, v in zip(names, tensor.tolist())}
 
 
-def _feature_expectations(config: RunConfig) -> dict[str, Any]:
-    """The shard parameters the model's input sizes rely on."""
-    return {"target_frames": config.model.audio.frames, "num_mel_bins": config.model.audio.mel_bins}
+class Evaluator(Protocol):
+    """What fine-tuning's periodic evaluation needs (``avmae.eval.during_training.SplitEvaluator``): the metrics
+    of ``model`` on the run's evaluation split, identical on every rank. The trainer is handed one; it does not
+    reach into the evaluation stage."""
+
+    def __call__(self, model: torch.nn.Module, heads: dict[str, int], *, rank: int, world: int,
+                 device: torch.device, dtype: torch.dtype) -> dict[str, Any]: ...
 
 
 class Trainer:
-    def __init__(self, config: RunConfig, dist_info: DistInfo | None = None):
+    def __init__(self, config: RunConfig, dist_info: DistInfo | None = None, evaluator: Evaluator | None = None):
+        """``evaluator``: scores fine-tuning every ``finetune.eval_every`` steps and at the end (none: no
+        evaluation, and no best weights)."""
         self.config = config.validate()
+        self.evaluator = evaluator
         # The shards are checked first: a wrong folder or shards made for another model fail before any process
         # group exists.
-        self.spec = load_spec(config.data.shards, config.data.train_split, _feature_expectations(config))
+        self.spec = load_run_spec(config, config.data.train_split)
         self.dist = dist_info or setup_distributed()
         self.workdir = Path(config.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -101,7 +107,7 @@ class Trainer:
         """The model, and what its initialisation loaded (also written to init_report.json)."""
         config = self.config
         if config.task == "pretrain":
-            model, report = build_pretraining_model(config), None
+            model, report = model_for(config, "pretrain", {}), None
             if config.mavil.teacher:
                 teacher = load_model(config.mavil.teacher)
                 if teacher.task != "pretrain":
@@ -113,7 +119,7 @@ class Trainer:
             heads = self._heads()
             if not heads:
                 raise ValueError(f"{config.data.shards} has no labels to fine-tune on; set finetune.heads")
-            model, report = build_classifier(config, heads), None
+            model, report = model_for(config, "finetune", heads), None
             if config.finetune.init:
                 report = {"init": config.finetune.init, **model.load_pretrained(load_weights(config.finetune.init))}
         if config.model_init.kind != "none":  # an ImageNet ViT, a CAV-MAE or an avmae checkpoint to start from
@@ -184,9 +190,8 @@ class Trainer:
         client = self.checkpoints.resume(self.engine)
         start = client["step"] if client else 0
         best = client.get("best") if client else None
-        loader = build_loader(config.data, config.data.train_split, train=True, rank=self.dist.rank,
-                              world=self.dist.world, device=self.dist.device,
-                              expect=_feature_expectations(config), start_batch=start * config.grad_accum)
+        loader = Loader(self.spec, config.data, train=True, rank=self.dist.rank, world=self.dist.world,
+                        device=self.dist.device, start_batch=start * config.grad_accum)
         batches = iter(loader)
         logger = RunLogger(self.workdir, config.log, optim.steps, start, enabled=self.is_main)
         if client:
@@ -240,7 +245,8 @@ class Trainer:
         """Fine-tuning evaluates every ``eval_every`` steps and at the end; each evaluation comes with a checkpoint,
         so the best weights can always be exported."""
         every = self.config.finetune.eval_every
-        return self.config.task == "finetune" and (bool(every) and step % every == 0 or step == self.config.optim.steps)
+        return (self.config.task == "finetune" and self.evaluator is not None
+                and (bool(every) and step % every == 0 or step == self.config.optim.steps))
 
     def _checkpoint(self, step: int, best: dict | None, logger: RunLogger) -> dict | None:
         client: dict[str, Any] = {"best": best}
@@ -253,21 +259,16 @@ class Trainer:
                                                                   if isinstance(v, (int, float))}}
             client["best"] = best
             client["metrics"] = metrics
-        self.checkpoints.save(self.engine, step, client, protect=f"step{best['step']:08d}" if best else None)
+        self.checkpoints.save(self.engine, step, client, protect=tag_for(best["step"]) if best else None)
         return best
 
     def evaluate(self) -> dict[str, Any]:
-        config = self.config
-        loader = Loader(load_spec(config.data.shards, config.data.eval_split, _feature_expectations(config)),
-                        config.data, train=False, rank=self.dist.rank, world=self.dist.world, device=self.dist.device)
         self.engine.eval()
         try:
-            metrics, _ = evaluate_classifier(self.engine, loader, self.spec.label_mode, self._heads(),
-                                             dtype=torch.bfloat16 if self.bf16 else torch.float32,
-                                             max_batches=config.finetune.eval_batches)
+            return self.evaluator(self.engine, self._heads(), rank=self.dist.rank, world=self.dist.world,
+                                  device=self.dist.device, dtype=torch.bfloat16 if self.bf16 else torch.float32)
         finally:
             self.engine.train()
-        return metrics
 
     def _export(self, best: dict | None) -> None:
         """Consolidated fp32 weights of the final step (and of the best and averaged ones for fine-tuning)."""
@@ -276,21 +277,22 @@ class Trainer:
         dist.barrier()
         if self.is_main:
             complete = self.checkpoints.complete()
-            meta = {"task": self.config.task, "config": json.dumps(to_dict(self.config)),
-                    "label_mode": self.spec.label_mode, "label_names": json.dumps(list(self.spec.label_names))}
-            if self.config.task == "finetune":
-                meta["heads"] = json.dumps(self._heads())
+            heads = self._heads() if self.config.task == "finetune" else {}
+
+            def export(weights: str, tag_or_state, extra: dict[str, str]) -> None:
+                state = self.checkpoints.fp32_state_dict(tag_or_state) if isinstance(tag_or_state, str) else tag_or_state
+                info = ExportInfo(task=self.config.task, config=self.config, label_mode=self.spec.label_mode,
+                                  label_names=list(self.spec.label_names), heads=heads, extra=extra)
+                write_export(export_path(self.workdir, weights), state, info)
+
             _, last = complete[-1]
-            save_safetensors(self.checkpoints.fp32_state_dict(last), self.workdir / "export" / "model.safetensors",
-                             {**meta, "tag": last})
-            if best is not None and any(tag.endswith(f"{best['step']:08d}") for _, tag in complete):
-                save_safetensors(self.checkpoints.fp32_state_dict(f"step{best['step']:08d}"),
-                                 self.workdir / "export" / "best.safetensors", {**meta, "best": json.dumps(best)})
+            export("model", last, {"tag": last})
+            if best is not None and any(tag == tag_for(best["step"]) for _, tag in complete):
+                export("best", tag_for(best["step"]), {"best": json.dumps(best)})
             average = self.config.checkpoint.average_last
             if average > 1:
                 states = [self.checkpoints.fp32_state_dict(tag) for _, tag in complete[-average:]]
                 mean = {k: torch.stack([s[k] for s in states]).mean(0) for k in states[0]}
-                save_safetensors(mean, self.workdir / "export" / "averaged.safetensors",
-                                 {**meta, "averaged": ",".join(tag for _, tag in complete[-average:])})
-            dump(self.config, self.workdir / "export" / "config.yaml")
+                export("averaged", mean, {"averaged": ",".join(tag for _, tag in complete[-average:])})
+            dump(self.config, export_path(self.workdir).with_name("config.yaml"))
         dist.barrier()

@@ -9,6 +9,7 @@ jobs sharing a node do not collide.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from dataclasses import dataclass
 
@@ -47,6 +48,13 @@ def port_for_job(job_id: str) -> int:
     return 20000 + int(job_id) % 10000
 
 
+def free_port() -> int:
+    """A port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def environment_from_slurm(env: dict[str, str]) -> dict[str, str]:
     """The torch.distributed variables for one srun task (empty when not under srun)."""
     if "SLURM_PROCID" not in env or "RANK" in env:
@@ -60,18 +68,22 @@ def environment_from_slurm(env: dict[str, str]) -> dict[str, str]:
     }
 
 
-def setup_distributed() -> DistInfo:
-    """Set the variables, choose the device and backend (NCCL on CUDA, gloo on CPU), start the process group."""
+def setup_distributed(device_name: str | None = None) -> DistInfo:
+    """Set the variables, choose the device and backend (NCCL on CUDA, gloo on CPU), start the process group.
+    The one set-up of training and evaluation; ``device_name="cpu"`` keeps a GPU machine's process on the CPU."""
     import deepspeed
 
     launcher = "slurm" if "SLURM_PROCID" in os.environ and "RANK" not in os.environ else (
         "torchrun" if "RANK" in os.environ else "single")
     os.environ.update(environment_from_slurm(dict(os.environ)))
+    # One process alone takes any free port: two single-process runs on one machine (an evaluation beside a
+    # training run) must not meet on a fixed one.
+    port = free_port() if launcher == "single" else port_for_job(os.environ.get("SLURM_JOB_ID", "0"))
     for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(port_for_job(os.environ.get("SLURM_JOB_ID", "0")))}.items():
+                       "MASTER_PORT": str(port)}.items():
         os.environ.setdefault(key, value)
     rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and device_name != "cpu":
         torch.cuda.set_device(local_rank)
         device, backend = torch.device("cuda", local_rank), "nccl"
     else:

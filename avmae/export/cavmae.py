@@ -15,9 +15,9 @@ from avmae.config import apply_overrides, from_dict, to_dict
 from avmae.data.config import DataConfig
 from avmae.models.convert_cavmae import cavmae_base, convert_cavmae
 from avmae.models.state_dicts import read_state_dict
-from avmae.train.checkpoint import save_safetensors
-from avmae.train.config import FinetuneConfig, RunConfig
-from avmae.train.models import build_classifier, build_pretraining_model
+from avmae.export.format import ExportInfo, write_export
+from avmae.export.load import model_for
+from avmae.recipe.config import FinetuneConfig, RunConfig
 
 VGGSOUND_CLASSES = 309  # CAV-MAE's VGGSound fine-tunes (--n_class 309, methods.md B.3): single-label
 
@@ -46,7 +46,7 @@ def read_label_names(path: str | Path) -> list[str]:
 def _expected_shapes(config: RunConfig, heads: dict[str, int]) -> dict[str, torch.Size]:
     """The shapes of the model ``avmae-eval`` will build from the export (the trainer's builders)."""
     with torch.device("meta"):  # shapes only: no memory, no initialisation time
-        model = build_pretraining_model(config) if config.task == "pretrain" else build_classifier(config, heads)
+        model = model_for(config, config.task, heads)
     return {k: v.shape for k, v in model.state_dict().items()}
 
 
@@ -72,10 +72,8 @@ def export_cavmae(src: str | Path, out: str | Path, run_config: RunConfig | None
     if label_names and classes and len(label_names) != classes:
         raise ValueError(f"{len(label_names)} label names for a head of {classes} classes")
     mode = label_mode or ("" if not classes else "single" if classes == VGGSOUND_CLASSES else "multi")
-    metadata = {"task": conversion.task, "config": json.dumps(to_dict(config)), "label_mode": mode,
-                "label_names": json.dumps(list(label_names or [])), "converted_from": str(src),
-                "conversion": json.dumps(conversion.report)}
-    if conversion.heads:
-        metadata["heads"] = json.dumps(conversion.heads)
-    save_safetensors(conversion.state, Path(out), metadata)
+    info = ExportInfo(task=conversion.task, config=config, label_mode=mode, label_names=list(label_names or []),
+                      heads=dict(conversion.heads), extra={"converted_from": str(src),
+                                                           "conversion": json.dumps(conversion.report)})
+    write_export(out, conversion.state, info)
     return {**conversion.report, "task": conversion.task, "label_mode": mode, "out": str(out)}

@@ -10,8 +10,8 @@ from avmae.models.classifier import AVClassifier
 from avmae.models.convert_cavmae import convert_cavmae
 from avmae.models.init_from_vit import init_from_vit
 from avmae.models.state_dicts import read_state_dict
-from avmae.train.checkpoint import load_weights
-from avmae.train.config import ModelInitConfig
+from avmae.export.format import load_weights
+from avmae.recipe.config import ModelInitConfig
 
 
 def _load_whole(model: nn.Module, state: dict) -> dict:

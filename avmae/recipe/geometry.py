@@ -1,0 +1,31 @@
+"""The clip geometry of a run, checked against a shard folder in one place.
+
+The model config is the home of the geometry (frames and crop the encoder's grid is built for, log-mel length and
+mel bins). The shards must have been built for it: the log-mel length and mel bins exactly, and at least as many
+stored frames as the model takes (the loader picks an evenly spread subset). Training, fine-tuning's periodic
+evaluation, ``avmae-eval`` and the reconstruction figures all open their shards through ``load_run_spec``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from avmae.data.spec import DataMismatchError, DataSpec, load_spec
+from avmae.recipe.config import RunConfig
+
+
+def shard_expectations(config: RunConfig) -> dict[str, Any]:
+    """The shard feature parameters the model's input sizes rely on, which must be equal."""
+    return {"target_frames": config.model.audio.frames, "num_mel_bins": config.model.audio.mel_bins}
+
+
+def load_run_spec(config: RunConfig, split: str, shards: str | Path | None = None) -> DataSpec:
+    """The shards of ``split`` (``shards`` or ``data.shards``), refused with a message naming the folder, the
+    parameter and both values when they were built for another geometry than ``config``'s."""
+    root = shards if shards is not None else config.data.shards
+    spec = load_spec(root, split, shard_expectations(config))
+    stored, wanted = spec.features["num_frames"], config.data.num_frames
+    if wanted > stored:
+        raise DataMismatchError(f"{root}: shards hold {stored} frames per sample but data.num_frames is {wanted}; "
+                                "rebuild the shards with more frames or lower data.num_frames")
+    return spec
