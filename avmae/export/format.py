@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 
 from avmae.config import ConfigError, from_dict, to_dict
+from avmae.files import write_atomically
 from avmae.recipe.config import RunConfig
 
 EXPORT_DIR = "export"
@@ -68,15 +68,8 @@ def write_export(path: str | Path, state: dict[str, torch.Tensor], info: ExportI
     """fp32 weights and their description, written as temp file, sync, rename: a reader never sees half a file."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    save_file({k: v.detach().cpu().float().contiguous() for k, v in state.items()}, str(partial),
-              metadata=info.metadata())
-    with open(partial, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
-    return path
+    tensors = {k: v.detach().cpu().float().contiguous() for k, v in state.items()}
+    return write_atomically(path, lambda partial: save_file(tensors, str(partial), metadata=info.metadata()))
 
 
 def read_export(path: str | Path, weights: str = "model") -> tuple[dict[str, torch.Tensor], ExportInfo, Path]:

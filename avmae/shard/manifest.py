@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from avmae.shard.params import FORMAT_VERSION
-from avmae.shard.writer import atomic_write, read_part
+from avmae.files import write_text_atomically as atomic_write
+from avmae.shard.writer import read_part
 
 BUILD_FILE = "build.json"
 MANIFEST_FILE = "manifest.json"

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
+from avmae.files import write_text_atomically as atomic_write
 from avmae.shard.media import MediaError
 from avmae.shard.params import BuildParams, FeatureParams
 from avmae.shard.plan import ShardPlan
@@ -36,16 +37,6 @@ def read_part(out: Path, name: str, fingerprint: str) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError):
         return None
     return record if record.get("fingerprint") == fingerprint else None
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write-then-rename, with a temporary name of this process: array tasks may write the same file at once."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(partial, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
 
 
 def _failure(plan: ShardPlan, item, reason: str, detail: str) -> dict[str, Any]:
