@@ -28,6 +28,7 @@ from avmae.data.samples import frame_members, label_tensors, parse_metadata, ran
 from avmae.data.schedule import TrainSchedule
 from avmae.data.spec import DataSpec
 from avmae.data.tar_reader import IndexedShard, SampleError
+from avmae.shard.format import LOGMEL_MEMBER, META_KEY, METADATA_MEMBER, sample_members
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class ScheduledSamples:
 
     def __init__(self, spec: DataSpec, config: DataConfig, *, rank: int, world: int, start_batch: int):
         self.config, self.stored_frames = config, spec.features["num_frames"]
-        self.json_size = spec.max_member_size("json")
+        self.json_size = spec.max_member_size(METADATA_MEMBER)
         shards = [IndexedShard(s.tar, s.idx) for s in spec.shards]
         # As many readers as the webdataset backend has workers, so both give the same stream for one config.
         self.readers = max(1, config.workers)
@@ -52,14 +53,14 @@ class ScheduledSamples:
     def _sample(self, shard: IndexedShard, index: int, seed: str) -> list[np.ndarray]:
         rng = random.Random(seed)  # drawn from in the webdataset backend's order: frames, crop box, flip
         frames = training_frames(self.stored_frames, self.config.num_frames, self.config.train_offsets, rng)
-        members = shard.read(index, [*frames, "logmel.npy", "json"])
+        members = shard.read(index, sample_members(frames))
         width, height = Image.open(io.BytesIO(members[frames[0]])).size  # header only, no decode
         top, left, h, w = random_crop_box(height, width, self.config.crop_scale, self.config.crop_ratio, rng)
         flip = self.config.flip and rng.random() < 0.5
         meta = np.zeros(self.json_size, dtype=np.uint8)
-        meta[:len(members["json"])] = np.frombuffer(members["json"], dtype=np.uint8)
+        meta[:len(members[METADATA_MEMBER])] = np.frombuffer(members[METADATA_MEMBER], dtype=np.uint8)
         return [*(np.frombuffer(members[name], dtype=np.uint8) for name in frames),
-                np.frombuffer(members["logmel.npy"], dtype=np.uint8), meta,
+                np.frombuffer(members[LOGMEL_MEMBER], dtype=np.uint8), meta,
                 np.array([top, left], dtype=np.float32), np.array([top + h, left + w], dtype=np.float32),
                 np.array(int(flip), dtype=np.int32)]
 
@@ -91,11 +92,11 @@ def _reader_inputs(spec: DataSpec, frames: list[str], *, rank: int, world: int):
 
     outputs = fn.readers.webdataset(
         paths=[s.tar for s in spec.shards], index_paths=[s.idx for s in spec.shards],
-        ext=[*frames, "logmel.npy", "json"], missing_component_behavior="skip", random_shuffle=False,
+        ext=sample_members(frames), missing_component_behavior="skip", random_shuffle=False,
         shard_id=rank, num_shards=world, pad_last_batch=True, stick_to_shard=True, name="reader")
     count = len(frames)
     # JSON lengths differ per sample, and DALI batches must be dense: pad to the longest in these shards.
-    meta = fn.pad(outputs[count + 1], fill_value=0, shape=[spec.max_member_size("json")])
+    meta = fn.pad(outputs[count + 1], fill_value=0, shape=[spec.max_member_size(METADATA_MEMBER)])
     return outputs[:count], outputs[count], meta
 
 
@@ -162,7 +163,7 @@ class DaliLoader:
 
     def _batch(self, data: dict[str, torch.Tensor], seen: set[str]) -> dict[str, Any]:
         metadata = [parse_metadata(row.numpy()) for row in data["meta"].cpu()]
-        keys = [m["key"] for m in metadata]
+        keys = [m[META_KEY] for m in metadata]
         # FILL repeats the rank's last sample: a key seen before in this pass is padding.
         valid = []
         for key in keys:

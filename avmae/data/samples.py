@@ -16,6 +16,7 @@ from torchvision.io import decode_jpeg
 
 from avmae.data.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
 from avmae.data.spec import DataSpec
+from avmae.shard.format import META_KEY, META_LABELS, META_NOUN, META_VERB, LabelMode, frame_member
 
 
 def frame_members(stored: int, wanted: int, view: int = 0, views: int = 1) -> list[str]:
@@ -26,7 +27,7 @@ def frame_members(stored: int, wanted: int, view: int = 0, views: int = 1) -> li
     if not 0 <= view < views:
         raise ValueError(f"view {view} is not in [0, {views})")
     offset = (view + 0.5) / views
-    return [f"{int((i + offset) * stored / wanted):02d}.jpg" for i in range(wanted)]
+    return [frame_member(int((i + offset) * stored / wanted)) for i in range(wanted)]
 
 
 def training_frames(stored: int, wanted: int, offsets: int, rng: random.Random) -> list[str]:
@@ -114,18 +115,18 @@ def parse_metadata(raw: bytes | np.ndarray) -> dict[str, Any]:
 
 def label_tensors(metadata: list[dict[str, Any]], spec: DataSpec) -> dict[str, torch.Tensor]:
     """Batch labels: ``label`` multi-hot (B, C) or index (B,), or ``verb`` and ``noun`` indices (Epic-Kitchens)."""
-    if spec.label_mode == "verb_noun":
-        return {"verb": torch.tensor([m["verb_class"] for m in metadata]),
-                "noun": torch.tensor([m["noun_class"] for m in metadata])}
-    if spec.label_mode == "none":
+    if spec.label_mode == LabelMode.VERB_NOUN:
+        return {"verb": torch.tensor([m[META_VERB] for m in metadata]),
+                "noun": torch.tensor([m[META_NOUN] for m in metadata])}
+    if spec.label_mode == LabelMode.NONE:
         return {}
     index = {name: i for i, name in enumerate(spec.label_names)}
-    if spec.label_mode == "multi":
+    if spec.label_mode == LabelMode.MULTI:
         label = torch.zeros(len(metadata), len(spec.label_names))
         for row, meta in enumerate(metadata):
-            label[row, [index[name] for name in meta["labels"]]] = 1.0
+            label[row, [index[name] for name in meta[META_LABELS]]] = 1.0
         return {"label": label}
-    missing = [m["key"] for m in metadata if len(m["labels"]) != 1]
+    missing = [m[META_KEY] for m in metadata if len(m[META_LABELS]) != 1]
     if missing:
-        raise ValueError(f"single-label data, but samples {missing[:3]} have {len(metadata[0]['labels'])} labels")
-    return {"label": torch.tensor([index[m["labels"][0]] for m in metadata])}
+        raise ValueError(f"single-label data, but samples {missing[:3]} have {len(metadata[0][META_LABELS])} labels")
+    return {"label": torch.tensor([index[m[META_LABELS][0]] for m in metadata])}

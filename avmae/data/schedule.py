@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from avmae.data.config import DataConfig
 from avmae.data.samples import parse_metadata
 from avmae.data.tar_reader import IndexedShard
+from avmae.shard.format import META_LABELS, METADATA_MEMBER
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class TrainSchedule:
         """As many draws per epoch as owned samples, with replacement, each sample weighted by the rarity of its
         labels (AudioMAE / CAV-MAE's AudioSet-2M sampler: weight = sum over its labels of 1 / label count)."""
         population = [(shard, i) for shard, indices in owned for i in indices]
-        labels = [parse_metadata(shard.read(i, ["json"])["json"])["labels"] for shard, i in population]
+        labels = [parse_metadata(shard.read(i, [METADATA_MEMBER])[METADATA_MEMBER])[META_LABELS] for shard, i in population]
         weights = balanced_weights(labels, self.label_counts)
         return lambda rng: iter(rng.choices(population, weights=weights, k=len(population)))
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from avmae.shard.format import LabelMode, label_mode
 from avmae.shard.manifest import read_manifest
 from avmae.shard.tarfiles import parse_index
-
-LabelMode = Literal["multi", "single", "verb_noun", "none"]
-
 
 class DataMismatchError(ValueError):
     """Shards made with other feature parameters than the run expects."""
@@ -49,17 +47,6 @@ class DataSpec:
         return largest
 
 
-def _label_mode(manifest: dict[str, Any]) -> LabelMode:
-    labels = manifest["labels"]
-    if labels.get("heads"):
-        return "verb_noun"
-    if not labels.get("names"):
-        return "none"
-    if manifest["source"]["kind"] == "audioset" or labels.get("max_per_input", 1) > 1:
-        return "multi"
-    return "single"
-
-
 def load_spec(root: str | Path, split: str, expect: dict[str, Any] | None = None) -> DataSpec:
     """The shards of ``split`` under ``root``. ``expect`` maps feature names to required values (e.g. the number of
     log-mel frames the model was configured for); any difference is an error naming both values."""
@@ -79,8 +66,9 @@ def load_spec(root: str | Path, split: str, expect: dict[str, Any] | None = None
     if not shards:
         raise ValueError(f"{root}: split {split!r} has no samples")
     labels = manifest["labels"]
-    mode = _label_mode(manifest)
-    heads = dict(labels["heads"]) if mode == "verb_noun" else ({"label": len(labels["names"])} if mode != "none" else {})
+    mode = label_mode(manifest)
+    heads = (dict(labels["heads"]) if mode == LabelMode.VERB_NOUN
+             else {"label": len(labels["names"])} if mode != LabelMode.NONE else {})
     reference = manifest["splits"].get("train", split_info)
     return DataSpec(root=root, shards=shards, features=features, label_mode=mode,
                     label_names=tuple(labels.get("names", ())), heads=heads,

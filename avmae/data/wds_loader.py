@@ -30,6 +30,7 @@ from avmae.data.samples import (decode_audio, decode_video, frame_members, label
 from avmae.data.spec import DataSpec
 from avmae.data.schedule import TrainSchedule
 from avmae.data.tar_reader import IndexedShard, SampleError
+from avmae.shard.format import LOGMEL_MEMBER, META_KEY, METADATA_MEMBER, sample_members
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,12 @@ class ShardStream(IterableDataset):
         if self.train:
             frames = training_frames(self.spec.features["num_frames"], self.config.num_frames,
                                      self.config.train_offsets, rng)
-        members = shard.read(index, [*frames, "logmel.npy", "json"])
+        members = shard.read(index, sample_members(frames))
         try:
-            metadata = parse_metadata(members["json"])
+            metadata = parse_metadata(members[METADATA_MEMBER])
             video = decode_video([members[name] for name in frames], self.config,
                                  self.spec.features["short_side"], self.train, rng)
-            audio = decode_audio(members["logmel.npy"], self.mean, self.std)
+            audio = decode_audio(members[LOGMEL_MEMBER], self.mean, self.std)
         except (ValueError, RuntimeError, OSError) as err:
             raise SampleError(f"{shard.tar}: sample {shard.keys[index]} cannot be decoded: {err}") from err
         return {"video": video, "audio": audio, "meta": metadata}
@@ -85,7 +86,7 @@ class ShardStream(IterableDataset):
         # would otherwise make to hand the batch to the main process.
         return {"video": default_collate([row["video"] for row in rows]),
                 "audio": default_collate([row["audio"] for row in rows]),
-                **label_tensors(metadata, self.spec), "key": [m["key"] for m in metadata], "valid": torch.tensor(valid)}
+                **label_tensors(metadata, self.spec), "key": [m[META_KEY] for m in metadata], "valid": torch.tensor(valid)}
 
     def _worker(self) -> tuple[int, int]:
         info = get_worker_info()

@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from avmae.shard.params import FORMAT_VERSION
+from avmae.shard.format import FORMAT_VERSION, READABLE_VERSIONS
 from avmae.files import write_text_atomically as atomic_write
 from avmae.shard.writer import read_part
 
@@ -124,7 +124,7 @@ def read_manifest(out: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} not found: the build is unfinished (run `avmae-shard finalize {out}`) "
                                 "or this is not a shard folder")
     manifest = json.loads(path.read_text())
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: shard format version {manifest.get('format_version')} is not the "
-                         f"version {FORMAT_VERSION} this avmae reads; rebuild the shards")
+    if manifest.get("format_version") not in READABLE_VERSIONS:
+        raise ValueError(f"{path}: shard format version {manifest.get('format_version')} is not one of the "
+                         f"versions {list(READABLE_VERSIONS)} this avmae reads; rebuild the shards")
     return manifest

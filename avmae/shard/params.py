@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-# Version of the shard contract (DESIGN.md "Data contracts"). Bump it when a member, a metadata field's meaning
-# or a feature definition changes; readers refuse versions they do not know.
-FORMAT_VERSION = 1
+from avmae.shard.format import FORMAT_VERSION  # noqa: F401  (owned by format.py; re-exported for the build)
 
 
 @dataclass(frozen=True)

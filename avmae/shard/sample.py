@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from avmae.shard.format import LOGMEL_MEMBER, META_KEY, META_LABELS, METADATA_MEMBER, frame_member
 from avmae.shard.items import ClipItem, safe_key
 from avmae.shard.logmel import logmel, min_samples
 from avmae.shard.media import MediaError, Probe, bin_centres, decode_segment, probe
@@ -161,18 +162,18 @@ def _assemble(item: ClipItem, index: int, segment, chosen: list[int], start: flo
     mel, valid = logmel(pcm, features)
     key = safe_key(item.item_id, index)
     metadata: dict[str, Any] = {
-        "key": key, "id": item.item_id, "video_id": item.video_id, "source": item.source, "path": item.path,
+        META_KEY: key, "id": item.item_id, "video_id": item.video_id, "source": item.source, "path": item.path,
         "split": item.split, "segment_index": index, "start": round(start, 6), "end": round(end, 6),
         "frame_times": [round(start + segment.frame_times[i], 6) for i in chosen],
         "repeated_frames": len(chosen) - len(set(chosen)),
         "has_audio": has_audio, "audio_samples": int(len(pcm)), "audio_valid_frames": int(valid),
-        "labels": list(item.labels), **item.extra,
+        META_LABELS: list(item.labels), **item.extra,
     }
-    members = {f"{i:02d}.jpg": segment.jpegs[frame] for i, frame in enumerate(chosen)}
+    members = {frame_member(i): segment.jpegs[frame] for i, frame in enumerate(chosen)}
     buffer = io.BytesIO()
     np.save(buffer, mel, allow_pickle=False)
-    members["logmel.npy"] = buffer.getvalue()
-    members["json"] = json.dumps(metadata, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    members[LOGMEL_MEMBER] = buffer.getvalue()
+    members[METADATA_MEMBER] = json.dumps(metadata, sort_keys=True, ensure_ascii=False).encode("utf-8")
     valid_part = mel[:valid].astype(np.float64) if has_audio else np.zeros((0,))
     return Sample(key=key, members=members, split=item.split, labels=item.labels,
                   logmel_sum=float(valid_part.sum()), logmel_sumsq=float((valid_part ** 2).sum()),
