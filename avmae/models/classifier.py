@@ -33,7 +33,7 @@ class AVClassifier(nn.Module):
         self.modality_dropout = modality_dropout
         # One modality alone, in a model with per-modality norms (CAV-MAE): "own" runs it through its own norms
         # (CAV-MAE's audioonly / videoonly), "averaged" also through the joint norms and averages the two.
-        self.alone_norms: Literal["own", "averaged"] = "own"
+        self.alone_norms: Literal["own", "averaged"] = config.alone_norms
         # The same draws on every rank: data-parallel ranks must use the same parameters in a step, or their
         # gradient reductions no longer line up (ZeRO buckets differ in size and the collective fails).
         self._dropout_draws = torch.Generator().manual_seed(seed)

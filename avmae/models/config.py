@@ -136,6 +136,10 @@ class ModelConfig:
     # The classifier's pooling: modality_mean averages each present modality's mean token (features keep their scale
     # with a modality missing); token_mean is the mean of all tokens of the concatenation (CAV-MAE's CAVMAEFT).
     classifier_pooling: Literal["modality_mean", "token_mean"] = "modality_mean"
+    # One modality given to a classifier with encoder.modality_norms (CAV-MAE): "own" runs it through its own norms
+    # (CAV-MAE's audioonly / videoonly), "averaged" averages that with a pass through the joint norms
+    # (missingaudioonly / missingvideoonly). It changes the outputs, so it is a config field saved with the run.
+    alone_norms: Literal["own", "averaged"] = "own"
     activation_checkpointing: bool = False
 
     def validate(self) -> "ModelConfig":
