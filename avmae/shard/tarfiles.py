@@ -14,6 +14,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from avmae.shard.format import crc32
+
 INDEX_VERSION = "v1.2"
 _FIXED_MTIME = 0  # 1970-01-01: byte-identical rebuilds
 
@@ -34,13 +36,15 @@ class Member:
 
 
 class ShardTarWriter:
-    """Writes samples (dicts of extension -> bytes) into one tar, remembering member offsets for the index."""
+    """Writes samples (dicts of extension -> bytes) into one tar, remembering member offsets for the index and
+    each member's CRC32 for the checksum sidecar (format.py)."""
 
     def __init__(self, path: Path):
         self.path = path
         self._file = open(path, "wb")
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
         self.members: list[Member] = []
+        self.checksums: list[tuple[str, int]] = []  # (member name, CRC32) in tar order
         self.samples = 0
 
     def write(self, key: str, members: dict[str, bytes]) -> None:
@@ -56,6 +60,7 @@ class ShardTarWriter:
             offset = self._tar.offset + tarfile.BLOCKSIZE  # data starts after the header block
             self._tar.addfile(info, io.BytesIO(data))
             self.members.append(Member(info.name, offset, len(data)))
+            self.checksums.append((info.name, crc32(data)))
         self.samples += 1
 
     def close(self) -> None:

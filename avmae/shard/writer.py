@@ -1,6 +1,6 @@
 """Write one planned shard: its tar, its DALI index and, last, its part record (the "done" marker).
 
-Files appear by rename only, tar then index then part record, so a build killed at any moment leaves either a
+Files appear by rename only, tar then index then checksum sidecar (format.py) then part record, so a build killed at any moment leaves either a
 finished shard (part record present) or one that the next run redoes from scratch (video2dataset's stats-file-last
 rule, engineering.md 1.1).
 """
@@ -8,13 +8,13 @@ rule, engineering.md 1.1).
 from __future__ import annotations
 
 import json
-import os
 import traceback
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from avmae.files import write_text_atomically as atomic_write
+from avmae.files import publish, write_text_atomically as atomic_write
+from avmae.shard.format import CHECKSUM_SUFFIX, checksum_text
 from avmae.shard.media import MediaError
 from avmae.shard.params import BuildParams, FeatureParams
 from avmae.shard.plan import ShardPlan
@@ -49,6 +49,7 @@ def write_shard(out: Path, plan: ShardPlan, features: FeatureParams, build: Buil
     """Turn every item of ``plan`` into samples or a failure; returns the part record it wrote."""
     tar_path = out / f"{plan.name}.tar"
     idx_path = out / f"{plan.name}.idx"
+    crc_path = out / f"{plan.name}{CHECKSUM_SUFFIX}"
     partial_tar = out / f".{plan.name}.tar.partial"  # one task owns a shard, so these names need no pid
     for leftover in (out / PARTS_DIR).glob(f".{plan.name}.json.*.partial"):  # from a killed earlier run
         leftover.unlink()
@@ -91,14 +92,14 @@ def write_shard(out: Path, plan: ShardPlan, features: FeatureParams, build: Buil
         "failures": failures,
     }
     if writer.samples:
-        partial_idx = out / f".{plan.name}.idx.partial"
-        partial_idx.write_text(index_text(writer.members))
-        os.replace(partial_tar, tar_path)
-        os.replace(partial_idx, idx_path)
-        record.update(tar=tar_path.name, idx=idx_path.name, bytes=tar_path.stat().st_size, sha256=sha256_file(tar_path))
+        publish(partial_tar, tar_path)
+        atomic_write(idx_path, index_text(writer.members))
+        atomic_write(crc_path, checksum_text(writer.checksums))
+        record.update(tar=tar_path.name, idx=idx_path.name, crc=crc_path.name, bytes=tar_path.stat().st_size,
+                      sha256=sha256_file(tar_path))
     else:
         partial_tar.unlink()
-        for stale in (tar_path, idx_path):  # left by an older run of this shard with other results
+        for stale in (tar_path, idx_path, crc_path):  # left by an older run of this shard with other results
             stale.unlink(missing_ok=True)
     (out / PARTS_DIR).mkdir(exist_ok=True)
     atomic_write(part_path(out, plan.name), json.dumps(record, sort_keys=True, ensure_ascii=False))
