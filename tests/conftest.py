@@ -42,3 +42,11 @@ def synth_corpus(tmp_path_factory) -> Path:
     from avmae.shard.synth import make_corpus
 
     return make_corpus(tmp_path_factory.mktemp("corpus"), 12, 4, seed=1, seconds=2.0, width=96, height=64)
+
+
+@pytest.fixture(scope="module")
+def shards(synth_corpus, tmp_path_factory) -> Path:
+    """The tiny training shards (tests/helpers.py TINY_SHARDS) of the synthetic corpus, once per test module."""
+    from tests.helpers import build_shards
+
+    return build_shards(synth_corpus, tmp_path_factory.mktemp("train") / "shards")

@@ -18,7 +18,7 @@ from avmae.models.avmae import AVMAE
 from avmae.models.bottleneck import BottleneckClassifier, BottleneckConfig, mid_to_separate
 from avmae.models.encoder import FusionEncoder
 from tests.test_models import inputs, tiny
-from tests.test_trainer import TINY_MODEL, metrics, run_config, shards, torchrun  # noqa: F401 (shards: fixture)
+from tests.helpers import TINY_MODEL, metrics, run_config, torchrun
 
 
 def late(config):

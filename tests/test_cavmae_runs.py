@@ -20,7 +20,7 @@ from avmae.data.spec import load_spec
 from avmae.export.load import load_model
 from tests.cavmae_reference import CAVMAE, CAVMAEFT, randomise, saved_like_cavmae
 from tests.test_init_from_vit import timm_vit
-from tests.test_trainer import REPO, metrics, shards  # noqa: F401 (shards: fixture)
+from tests.helpers import REPO, metrics
 
 # The test shards: 208 log-mel frames (13 x 8 patches), frames stored at 72 px, cropped to 64.
 TINY = ["model.encoder.size=custom", "model.encoder.width=64", "model.encoder.depth=3", "model.encoder.heads=2",

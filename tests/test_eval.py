@@ -17,7 +17,7 @@ from avmae.cli.eval import main as eval_main
 from avmae.eval.metrics import average_precision, epic_metrics, multilabel_metrics, roc_auc, top_k_accuracy
 from avmae.eval.retrieval import ranks_of_true_pairs, recall_metrics
 from avmae.models.tokenizers import patchify_audio, patchify_video, unpatchify_audio, unpatchify_video
-from tests.test_trainer import REPO, _free_port, run_config, shards, torchrun  # noqa: F401  (the shards fixture)
+from tests.helpers import REPO, free_port, run_config, torchrun
 
 
 def test_average_precision_equals_sklearn_with_ties_and_constant_scores():
@@ -140,7 +140,7 @@ def test_distributed_eval_equals_single_process(runs, shards, tmp_path):  # noqa
     _, finetuned = runs
     single = _eval("--ckpt", str(finetuned), "--data", str(shards), "--split", "train", "--task", "vggsound",
                    "--out", str(tmp_path / "single"))
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}", "-m",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "-m",
                "avmae.cli.eval", "--ckpt", str(finetuned), "--data", str(shards), "--split", "train", "--task",
                "vggsound", "--out", str(tmp_path / "double"), "--workers", "0", "--batch-size", "4", "--json"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)

@@ -16,7 +16,7 @@ from avmae.models.losses import info_nce, masked_mse
 from avmae.models.masking import gather_tokens, visible_indices
 from avmae.models.mavil import MAViL, MAViLConfig
 from tests.test_models import inputs, tiny
-from tests.test_trainer import metrics, run_config, shards, torchrun  # noqa: F401 (shards: fixture)
+from tests.helpers import metrics, run_config, torchrun
 
 
 def stage1(intra=0.5) -> MAViL:

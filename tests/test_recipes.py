@@ -15,7 +15,7 @@ import pytest
 
 from avmae.config import load
 from avmae.recipe.config import RunConfig
-from tests.test_trainer import REPO, metrics, shards  # noqa: F401 (shards: fixture)
+from tests.helpers import REPO, metrics
 
 CONFIGS = REPO / "configs"
 DEMO = {"demo_pretrain.yaml", "demo_finetune.yaml"}  # pipelines/demo.sh runs them whole (the README command)
