@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -21,6 +22,13 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A configuration that cannot be used: unknown key, wrong type, bad value."""
+
+
+def at_least(minimum: float, values: dict[str, float]) -> None:
+    """Refuse any of ``{dotted key: value}`` below ``minimum``, naming the key: checked when a config is validated."""
+    for key, value in values.items():
+        if value < minimum:
+            raise ConfigError(f"{key} must be at least {minimum}, got {value}")
 
 
 def to_dict(obj: Any) -> Any:
@@ -38,6 +46,23 @@ def _unknown_key_error(key: str, valid: list[str], where: str) -> ConfigError:
     near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(sorted(valid))}"
     return ConfigError(f"unknown config key '{where}{key}'{hint}")
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float if it is a number or a string that spells one, else None. YAML 1.1 (PyYAML) reads ``5e-5``
+    and ``1e3`` as strings (its floats need a dot and a signed exponent), and ``--set optim.lr=5e-5`` is how people
+    write a learning rate."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+    return None
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -81,12 +106,16 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: expected true/false, got {value!r}")
     if annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        number = _number(value)
+        if number is not None:
+            return number
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        number = _number(value)  # 1e3 or 1000.0 where an integer is meant, but never 2.5 rounded
+        if number is not None and number.is_integer():
+            return int(number)
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if annotation is str:
         if isinstance(value, str):
@@ -119,19 +148,86 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{item}': '{part}' is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override '{item}': the value is not valid YAML ({_problem(err)})") from None
     return data
 
 
-def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Config of type ``cls`` from an optional YAML file plus overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        text = Path(path).read_text()
+def _problem(err: yaml.YAMLError) -> str:
+    return getattr(err, "problem", None) or str(err).splitlines()[0]
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """One YAML file as a mapping; a syntax error is one line with the file, line and column."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config ({err.strerror})") from None
+    try:
         loaded = yaml.safe_load(text)
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level of a config must be a mapping")
-        data = loaded or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: YAML syntax error: {_problem(err)}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level of a config must be a mapping")
+    return loaded or {}
+
+
+# Composition: any mapping of a config file may name, under this key, a YAML file (relative to the file that names
+# it) whose mapping it extends: ``base: cavmae_finetune_as20k.yaml`` at the top of a recipe, or
+# ``model: {base: model/cavmae_base.yaml}`` for one section. Bases chain; the keys written beside ``base`` win,
+# mappings merge key by key, anything else (lists, numbers) is replaced whole.
+BASE_KEY = "base"
+
+
+def merge(base: Any, over: Any) -> Any:
+    """``over`` on top of ``base``: mappings merge recursively, every other value of ``over`` replaces."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        merged = dict(base)
+        for key, value in over.items():
+            merged[key] = merge(base.get(key), value)
+        return merged
+    return over
+
+
+def _with_bases(node: dict[str, Any], path: Path, chain: tuple[Path, ...], where: str) -> dict[str, Any]:
+    resolved: dict[str, Any] = {}
+    if BASE_KEY in node:
+        ref = node[BASE_KEY]
+        if not isinstance(ref, str) or not ref.strip():
+            raise ConfigError(f"{path}: {where}{BASE_KEY} must name a YAML file, got {ref!r}")
+        target = path.parent / ref
+        if not target.is_file():
+            raise ConfigError(f"{path}: {where}{BASE_KEY}: no such file {target}")
+        resolved = _resolve_file(target, chain)
+    for key, value in node.items():
+        if key == BASE_KEY:
+            continue
+        if isinstance(value, dict):
+            value = _with_bases(value, path, chain, f"{where}{key}.")
+        resolved[key] = merge(resolved.get(key), value)
+    return resolved
+
+
+def _resolve_file(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    real = path.resolve()
+    if real in chain:
+        cycle = " -> ".join(str(p) for p in (*chain[chain.index(real):], real))
+        raise ConfigError(f"{path}: the bases form a cycle: {cycle}")
+    return _with_bases(_read_yaml(path), path, (*chain, real), "")
+
+
+def read(path: str | Path) -> dict[str, Any]:
+    """The mapping of a config file with every ``base`` it names (and theirs) merged in."""
+    return _resolve_file(Path(path), ())
+
+
+def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Config of type ``cls`` from an optional YAML file (its bases resolved) plus overrides, applied last."""
+    data = read(path) if path is not None else {}
     apply_overrides(data, overrides or [])
     try:
         return from_dict(cls, data)

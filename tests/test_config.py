@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -49,3 +50,73 @@ def test_wrong_types_and_choices_are_errors():
         load(Experiment, None, ["fusion=joint"])
     with pytest.raises(ConfigError, match="not of the form key=value"):
         apply_overrides({}, ["steps"])
+
+
+def test_numbers_written_without_a_dot_are_numbers():
+    # YAML 1.1 reads 5e-5 and 1e3 as strings; avmae-train --help shows --set optim.lr=5e-5
+    config = load(Experiment, None, ["optimizer.lr=5e-5", "steps=1e3"])
+    assert config.optimizer.lr == 5e-5 and config.steps == 1000 and isinstance(config.steps, int)
+    assert load(Experiment, None, ["steps=20.0"]).steps == 20
+    with pytest.raises(ConfigError, match=r"steps: expected an integer, got '2.5e0'"):
+        load(Experiment, None, ["steps=2.5e0"])
+    with pytest.raises(ConfigError, match=r"optimizer.lr: expected a number, got 'fast'"):
+        load(Experiment, None, ["optimizer.lr=fast"])
+    with pytest.raises(ConfigError, match=r"optimizer.lr: expected a number, got 'nan'"):
+        load(Experiment, None, ["optimizer.lr=nan"])
+
+
+def test_yaml_syntax_errors_name_the_file_and_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: big\noptimizer: {lr: 1.0e-3\nsteps: 3\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:\d+:\d+: YAML syntax error: "):
+        load(Experiment, path)
+    with pytest.raises(ConfigError, match=r"override 'optimizer.betas=\[0.9,': the value is not valid YAML"):
+        load(Experiment, None, ["optimizer.betas=[0.9,"])
+    with pytest.raises(ConfigError, match=r"cannot read the config"):
+        load(Experiment, tmp_path)
+
+
+# --- avmae-train: a bad config is one line naming the key (or the file and line), exit code 2 -------------------------
+
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo_pretrain.yaml"
+
+
+def _train_error(capsys, *args: str) -> str:
+    from avmae.cli.train import main
+
+    assert main(["--config", str(DEMO), *args]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err  # one line, no traceback
+    return err.strip()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("checkpoint.every=0", "checkpoint.every must be at least 1, got 0"),
+    ("log.every=0", "log.every must be at least 1, got 0"),
+    ("data.batch_size=0", "data.batch_size must be at least 1, got 0"),
+    ("data.workers=-1", "data.workers must be at least 0, got -1"),
+    ("finetune.eval_every=-5", "finetune.eval_every must be at least 0, got -5"),
+    ("optim.warmup_steps=-1", "optim.warmup_steps must be at least 0, got -1"),
+    ("model.video.tubelet=0", "model.video.tubelet must be at least 1, got 0"),
+    ("model.decoder.heads=0", "model.decoder.heads must be at least 1, got 0"),
+    ("optim.steps=2.5", "optim.steps: expected an integer, got 2.5"),
+    ("optim.lr=fast", "optim.lr: expected a number, got 'fast'"),
+])
+def test_train_refuses_bad_values_in_one_line(capsys, override, message):
+    line = _train_error(capsys, "--set", override)
+    assert line.startswith("avmae-train: ") and line.endswith(message), line
+
+def test_train_takes_5e_minus_5_as_a_number(capsys):
+    # the lr is accepted: the error is about the other key
+    line = _train_error(capsys, "--set", "optim.lr=5e-5", "--set", "checkpoint.every=0")
+    assert "checkpoint.every must be at least 1" in line and "optim.lr" not in line
+
+
+def test_train_names_the_file_and_line_of_a_yaml_error(capsys, tmp_path):
+    from avmae.cli.train import main
+
+    bad = tmp_path / "run.yaml"
+    bad.write_text("task: pretrain\noptim: {steps: 3\nlog: {every: 1}\n")
+    assert main(["--config", str(bad)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"avmae-train: {bad}:3:4: YAML syntax error: expected ',' or '}}', but got ':'")

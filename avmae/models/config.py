@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from avmae.config import at_least
+
 # name -> (width, depth, heads, mlp width); ViT sizes as in Scenic's vivit configs (methods.md A.2).
 ENCODER_SIZES: dict[str, tuple[int, int, int, int]] = {
     "tiny": (192, 12, 3, 768),
@@ -144,6 +146,12 @@ class ModelConfig:
 
     def validate(self) -> "ModelConfig":
         width, depth, heads, _ = self.encoder.dims()
+        at_least(1, {f"model.{key}": value for key, value in (
+            ("audio.frames", self.audio.frames), ("audio.mel_bins", self.audio.mel_bins),
+            ("audio.patch", self.audio.patch), ("video.frames", self.video.frames), ("video.size", self.video.size),
+            ("video.patch", self.video.patch), ("video.tubelet", self.video.tubelet),
+            ("decoder.width", self.decoder.width), ("decoder.depth", self.decoder.depth),
+            ("decoder.heads", self.decoder.heads), ("decoder.mlp", self.decoder.mlp))})
         if width % heads:
             raise ValueError(f"encoder width {width} is not divisible by {heads} heads")
         if self.decoder.width % self.decoder.heads:

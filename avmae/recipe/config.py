@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from avmae.config import ConfigError, at_least
 from avmae.data.config import DataConfig
 from avmae.models.bottleneck import BottleneckConfig
 from avmae.models.config import ModelConfig
@@ -37,6 +38,17 @@ class CheckpointConfig:
     keep: int = 3  # newest complete checkpoints kept
     export: bool = True  # consolidated fp32 safetensors of the final (and best) weights
     average_last: int = 0  # fine-tuning: also export the mean of the last N checkpoints (CAV-MAE weight averaging)
+
+
+@dataclass
+class GuardConfig:
+    """What the trainer tolerates before it ends the job (issue 12): a step whose loss or gradient norm is not
+    finite on any rank is skipped on every rank (no update) and counted; past either budget the run stops. A
+    collective that waits longer than collective_timeout_s for a dead or hung rank ends the job."""
+
+    nonfinite_in_row: int = 5  # skipped steps in a row
+    nonfinite_total: int = 50  # skipped steps over the whole run (resumes included)
+    collective_timeout_s: float = 1800.0  # torch's process-group timeout, for every collective
 
 
 @dataclass
@@ -86,6 +98,7 @@ class RunConfig:
     model_init: ModelInitConfig = field(default_factory=ModelInitConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)  # non-finite steps, collective timeouts
     zero_stage: int = 2  # ZeRO 2 shards optimizer states and gradients; 3 also shards parameters
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     grad_accum: int = 1
@@ -97,11 +110,28 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         self.model.validate()
         if self.zero_stage not in (1, 2, 3):
-            raise ValueError(f"zero_stage must be 1, 2 or 3, got {self.zero_stage}")
-        if self.optim.steps < 1 or self.grad_accum < 1:
-            raise ValueError("optim.steps and grad_accum must be at least 1")
+            raise ConfigError(f"zero_stage must be 1, 2 or 3, got {self.zero_stage}")
+        # Counts and intervals: a zero interval divides by zero mid-run, a zero batch hangs the loader.
+        at_least(1, {"optim.steps": self.optim.steps, "grad_accum": self.grad_accum,
+                     "checkpoint.every": self.checkpoint.every, "log.every": self.log.every,
+                     "data.batch_size": self.data.batch_size, "data.views": self.data.views,
+                     "data.train_offsets": self.data.train_offsets})
+        at_least(0, {"data.workers": self.data.workers, "data.shuffle_buffer": self.data.shuffle_buffer,
+                     "data.freq_mask": self.data.freq_mask, "data.time_mask": self.data.time_mask,
+                     "data.eval_short_side": self.data.eval_short_side, "data.mixup": self.data.mixup,
+                     "optim.warmup_steps": self.optim.warmup_steps, "optim.lr": self.optim.lr,
+                     "optim.min_lr": self.optim.min_lr, "optim.weight_decay": self.optim.weight_decay,
+                     "optim.grad_clip": self.optim.grad_clip, "checkpoint.keep": self.checkpoint.keep,
+                     "checkpoint.average_last": self.checkpoint.average_last,
+                     "finetune.eval_every": self.finetune.eval_every,
+                     "finetune.eval_batches": self.finetune.eval_batches, "stop_after": self.stop_after})
+        if not 0 <= self.data.view < self.data.views:
+            raise ConfigError(f"data.view must be in [0, data.views = {self.data.views}), got {self.data.view}")
         if not self.data.shards:
             raise ValueError("data.shards is not set: point it at a folder made by avmae-shard build")
+        if min(self.guard.nonfinite_in_row, self.guard.nonfinite_total) < 1 or self.guard.collective_timeout_s <= 0:
+            raise ValueError("guard.nonfinite_in_row and guard.nonfinite_total must be at least 1, "
+                             "guard.collective_timeout_s above 0")
         if self.model_init.kind != "none" and not self.model_init.path:
             raise ValueError(f"model_init.kind {self.model_init.kind} needs model_init.path")
         if self.model_init.kind != "none" and self.task == "finetune" and self.finetune.init:
