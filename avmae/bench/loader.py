@@ -23,12 +23,14 @@ from avmae.data.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
 from avmae.data.loader import build_loader
 from avmae.data.samples import frame_members, parse_metadata
 from avmae.data.spec import load_spec
+from avmae.shard.items import file_stem_for_key
 from avmae.shard.media import ffmpeg_binary
 
 
-def export_cavmae_layout(spec, folder: Path, frames: list[str]) -> list[dict[str, Any]]:
-    """frame_<i>/<key>.jpg and <key>.wav per sample, as CAV-MAE's extraction scripts leave them."""
-    rows = []
+def export_cavmae_layout(spec, folder: Path, frames: list[str]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """frame_<i>/<key>.jpg and <key>.wav per sample, as CAV-MAE's extraction scripts leave them (the key made safe
+    as a file name: keys are data). Returns the rows and the keys that had to be renamed, key -> file stem."""
+    rows, renamed = [], {}
     for shard in spec.shards:
         with tarfile.open(shard.tar) as tar:
             names = tar.getnames()
@@ -37,20 +39,23 @@ def export_cavmae_layout(spec, folder: Path, frames: list[str]) -> list[dict[str
                     continue
                 key = name[: -len(".json")]
                 meta = parse_metadata(tar.extractfile(name).read())
+                stem = file_stem_for_key(key)
+                if stem != key:
+                    renamed[key] = stem
                 paths = []
                 for i, member in enumerate(frames):
-                    path = folder / f"frame_{i}" / f"{key}.jpg"
+                    path = folder / f"frame_{i}" / f"{stem}.jpg"
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_bytes(tar.extractfile(f"{key}.{member}").read())
                     paths.append(str(path))
-                wav = folder / "audio" / f"{key}.wav"
+                wav = folder / "audio" / f"{stem}.wav"
                 wav.parent.mkdir(parents=True, exist_ok=True)
                 if not wav.exists():
                     subprocess.run([ffmpeg_binary(), "-nostdin", "-v", "error", "-y", "-ss", str(meta["start"]),
                                     "-t", str(meta["end"] - meta["start"]), "-i", meta["path"], "-vn", "-ac", "1",
                                     "-ar", "16000", str(wav)], check=True)
                 rows.append({"frames": paths, "wav": str(wav)})
-    return rows
+    return rows, renamed
 
 
 def _load_wav(path: str) -> tuple[torch.Tensor, int]:
@@ -109,7 +114,9 @@ def bench_loader(data: Path, split: str, backends: list[str], workers: list[int]
             stream = iter(_forever(lambda: build_loader(config, split, train=train)))
             results["runs"].append({"loader": backend, "workers": count,
                                     **_rate(stream, batches, batch_size, num_frames)})
-    rows = export_cavmae_layout(spec, scratch, frame_members(spec.features["num_frames"], num_frames))
+    rows, renamed = export_cavmae_layout(spec, scratch, frame_members(spec.features["num_frames"], num_frames))
+    if renamed:
+        results["unsafe_keys"] = renamed
     dataset = CavmaeStyleDataset(rows, spec.features["target_frames"], crop, train, spec.logmel_mean, spec.logmel_std)
     for count in workers:
         def make():

@@ -235,7 +235,12 @@ def _cmd_inspect(args) -> int:
             table.add_row(label, str(count), "█" * max(1, round(30 * count / peak)) if count else "")
         console.print(table)
     if "sample" in info:
-        console.print(f"sample {info['sample']['key']}: {info['sample']['frames_png']}, {info['sample']['spectrogram_png']}")
+        sample = info["sample"]
+        if sample.get("unsafe_key"):
+            console.print(f"sample key {sample['key']!r} is not a safe file name; its files are named after a "
+                          "sanitised copy", markup=False, soft_wrap=True)
+        console.print(f"sample {sample['key']}: {sample['frames_png']}, {sample['spectrogram_png']}", markup=False,
+                      soft_wrap=True)
     return 0
 
 
@@ -256,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
-        Console(file=sys.stderr).print(f"[red]avmae-shard {args.command}:[/] {err}")
+        # print, not rich: one line whatever the terminal width, and brackets in the message are not markup
+        print(f"avmae-shard {args.command}: {err}", file=sys.stderr)
         return 2
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from avmae.shard.items import file_stem_for_key
 from avmae.shard.manifest import read_manifest
 from avmae.shard.tarfiles import parse_index
 
@@ -43,6 +44,10 @@ def find_sample(out: Path, wanted: str | int | None) -> tuple[str, dict[str, byt
             for members in samples:
                 key = members[0].key
                 if wanted is None or wanted == key or wanted == position:
+                    missing = [ext for ext in ("logmel.npy", "json") if ext not in {m.ext for m in members}]
+                    if missing or not key:
+                        raise ValueError(f"{out / shard['tar']}: sample {key!r} (members {[m.name for m in members]}) "
+                                         f"is not a sample of this format: missing {missing or 'a key'}")
                     with tarfile.open(out / shard["tar"]) as tar:
                         return key, {m.ext: tar.extractfile(m.name).read() for m in members}
                 position += 1
@@ -84,13 +89,18 @@ def spectrogram_png(members: dict[str, bytes], path: Path) -> None:
 
 
 def render_sample(out: Path, wanted: str | int | None, png_dir: Path) -> dict[str, Any]:
-    """Write ``<key>_frames.png`` and ``<key>_spectrogram.png``; returns their paths and the sample's metadata."""
+    """Write ``<stem>_frames.png`` and ``<stem>_spectrogram.png`` (the stem is the key, made safe as a file name);
+    returns their paths, the sample's metadata and, for a key that is not a safe file name, ``"unsafe_key": True``."""
     key, members = find_sample(out, wanted)
+    stem = file_stem_for_key(key)
     png_dir.mkdir(parents=True, exist_ok=True)
-    frames_path = png_dir / f"{key}_frames.png"
-    spec_path = png_dir / f"{key}_spectrogram.png"
+    frames_path = png_dir / f"{stem}_frames.png"
+    spec_path = png_dir / f"{stem}_spectrogram.png"
     contact_sheet(members).save(frames_path)
     spectrogram_png(members, spec_path)
-    return {"key": key, "frames_png": str(frames_path), "spectrogram_png": str(spec_path),
-            "metadata": json.loads(members["json"])}
+    rendered = {"key": key, "frames_png": str(frames_path), "spectrogram_png": str(spec_path),
+                "metadata": json.loads(members["json"])}
+    if stem != key:
+        rendered["unsafe_key"] = True
+    return rendered
 

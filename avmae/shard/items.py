@@ -14,6 +14,7 @@ VIDEO_EXTENSIONS = frozenset(
 )
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_SAFE_STEM = re.compile(r"[A-Za-z0-9_-]{1,128}")  # no dot, no slash: never "..", never absolute, never a sub-folder
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,21 @@ def safe_key(item_id: str, segment_index: int = 0) -> str:
     """A WebDataset key for a sample: unique, filesystem-safe, without dots (WebDataset splits member names at the
     first dot). The readable part is cut to 48 characters; the hash of the full id keeps keys unique even when two
     ids sanitise to the same text (``a b`` and ``a_b``)."""
-    readable = _UNSAFE.sub("_", item_id).strip("_")[:48] or "clip"
-    digest = hashlib.sha1(item_id.encode("utf-8")).hexdigest()[:10]
-    return f"{readable}_{digest}_{segment_index:03d}"
+    return f"{_readable_with_digest(item_id)}_{segment_index:03d}"
+
+
+def _readable_with_digest(text: str) -> str:
+    readable = _UNSAFE.sub("_", text).strip("_")[:48] or "clip"
+    digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:10]
+    return f"{readable}_{digest}"
+
+
+def file_stem_for_key(key: str) -> str:
+    """The file name stem for a sample key read out of a tar (``avmae-shard inspect``'s PNGs, the loader bench's
+    files). A key is data: one that is an absolute path or holds ``..`` or ``/`` must not choose where a file goes.
+    A key as avmae writes them (``safe_key``) is its own stem; any other is sanitised like an item id, plus a hash
+    of the whole key so that two keys never share a stem. Callers report keys whose stem differs."""
+    return key if _SAFE_STEM.fullmatch(key) else _readable_with_digest(key)
 
 
 def scan_folder(src: Path, labels_from_dirs: bool = False) -> list[ClipItem]:

@@ -1,0 +1,58 @@
+"""Real shard folders for the shard-stage fault tests: a tiny build from clips made by ffmpeg, and a rewrite of one
+of its tars with other sample keys (hostile ones), keeping its index, checksum sidecar and manifest consistent so
+that only the keys are wrong."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+from avmae.cli.shard import main as shard_main
+from avmae.shard.tarfiles import index_text, read_members, sha256_file
+
+TINY_BUILD = ["--segment-seconds", "2", "--num-frames", "2", "--short-side", "32", "--target-frames", "64",
+              "--num-mel-bins", "32", "--workers", "1", "--json"]
+
+
+def tiny_build(src: Path, out: Path, *extra: str) -> int:
+    return shard_main(["build", "--src", str(src), "--out", str(out), *TINY_BUILD, *extra])
+
+
+def rename_keys(out: Path, shard_tar: str, new_keys: dict[str, str]) -> None:
+    """Rewrite ``out/shard_tar`` with each sample key ``old`` renamed to ``new_keys[old]`` (member names only, as a
+    tampered or foreign tar would have them); index, sidecar and manifest checksum follow the new bytes."""
+    tar_path = out / shard_tar
+    with tarfile.open(tar_path) as tar:
+        members = [(info.name, tar.extractfile(info).read()) for info in tar.getmembers()]
+    with tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            key, ext = name.split(".", 1)
+            info = tarfile.TarInfo(f"{new_keys.get(key, key)}.{ext}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    listed = read_members(tar_path)
+    assert {m.name.rsplit(".", 2)[0] for m in listed} >= set(new_keys.values()), "tarfile changed a name"
+    tar_path.with_suffix(".idx").write_text(index_text(listed))
+    sidecar = tar_path.with_suffix(".crc")
+    if sidecar.exists():
+        from avmae.shard.format import checksum_text
+
+        sidecar.write_text(checksum_text(members_with_new_names(tar_path)))
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for split in manifest["splits"].values():
+        for shard in split["shards"]:
+            if shard["tar"] == shard_tar:
+                shard["sha256"], shard["bytes"] = sha256_file(tar_path), tar_path.stat().st_size
+    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+
+
+def members_with_new_names(tar_path: Path) -> list[tuple[str, bytes]]:
+    with tarfile.open(tar_path) as tar:
+        return [(info.name, tar.extractfile(info).read()) for info in tar.getmembers()]
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {path for path in folder.rglob("*") if path.is_file()}
