@@ -3,6 +3,8 @@
 Every stage describes its settings as (nested) dataclasses. This module turns them into dicts for manifests and run
 directories, builds them back from YAML, and applies ``key=value`` overrides. An unknown key is always an error that
 names the nearest valid key: a misspelt option that is silently ignored costs a research team a whole run.
+A file names its base (``base: other.yaml`` at the top, or ``model: {base: model/x.yaml}`` for one section) and
+states only what differs, so that each fact (CAV-MAE's architecture, say) is written once.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ Recipes that start from another run (fine-tuning, MAViL stage 2) start from the 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from avmae.config import load
+from avmae.config import load, to_dict
+from avmae.models.bottleneck import BottleneckConfig
 from avmae.recipe.config import RunConfig
 from tests.helpers import REPO, metrics
 
@@ -34,6 +36,70 @@ def test_every_config_loads_and_validates():
     assert len(names) >= 10
     for name in names:
         load(RunConfig, CONFIGS / name).validate()  # unknown keys and bad values are errors
+
+
+# Every recipe as it resolved before the recipes named their bases (generated once from the commit before, 1918b70,
+# with avmae.config.load + to_dict; model files as ModelConfig, and cavmae_base() of avmae/models/convert_cavmae.py).
+BEFORE = json.loads((REPO / "tests" / "data" / "resolved_configs_before.json").read_text())
+# The parts of a model config that only the pretraining model builds: a fine-tuning recipe whose model names a
+# pretraining model file as its base now records that model's decoder, masks and losses, which its classifier never
+# reads (test_a_classifier_ignores_the_pretraining_fields).
+PRETRAINING_ONLY = ("decoder", "objective", "mask", "contrastive", "loss_weight_audio", "loss_weight_video",
+                    "norm_pix_loss")
+
+
+def differences(before: dict, after: dict, prefix: str = "") -> list[str]:
+    """Keys of ``before`` whose value changed (keys added since the snapshot are other work: not compared)."""
+    out = []
+    for key, old in before.items():
+        new = after.get(key, "<missing>")
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            out.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE))
+def test_recipes_resolve_as_before(name):
+    from avmae.models.config import ModelConfig
+    from avmae.models.convert_cavmae import cavmae_base
+
+    before = copy.deepcopy(BEFORE[name])
+    if name.startswith("cavmae_base("):
+        after = to_dict(cavmae_base(finetune="finetune=True" in name))
+    elif name.startswith("configs/model/"):
+        after = to_dict(load(ModelConfig, REPO / name))
+    else:
+        after = to_dict(load(RunConfig, REPO / name))
+        if after["task"] == "finetune":
+            for key in PRETRAINING_ONLY:
+                before["model"].pop(key), after["model"].pop(key)
+    assert differences(before, after) == [], name
+
+
+def test_a_classifier_ignores_the_pretraining_fields():
+    import torch
+
+    from avmae.models.build import build_classifier
+    from avmae.models.config import ModelConfig
+
+    def classifier(model: ModelConfig, kind: str):
+        torch.manual_seed(0)
+        return build_classifier(model, {"label": 5}, classifier=kind, modality="av", modality_dropout=0.0,
+                                bottleneck=BottleneckConfig(tokens=2, fusion_layer=1), seed=0).state_dict()
+
+    tiny = load(ModelConfig, CONFIGS / "model" / "tiny.yaml")
+    other = load(ModelConfig, CONFIGS / "model" / "cavmae_base.yaml")
+    changed = copy.deepcopy(tiny)
+    for key in PRETRAINING_ONLY:
+        setattr(changed, key, copy.deepcopy(getattr(other, key)))
+    assert differences(to_dict(tiny), to_dict(changed))  # the fields do differ
+    for kind in ("pooled", "bottleneck"):
+        if kind == "bottleneck":
+            tiny.encoder.fusion = changed.encoder.fusion = "late"
+        ours, theirs = classifier(tiny, kind), classifier(changed, kind)
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), kind
 
 
 def tiny_overrides(recipe: RunConfig, shards: Path, workdir: Path) -> list[str]:

@@ -56,15 +56,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _model_config(path: Path, overrides: list[str]):
-    import yaml
-
-    from avmae.config import ConfigError, apply_overrides, from_dict
+    from avmae.config import ConfigError, apply_overrides, from_dict, read
     from avmae.models.config import ModelConfig
 
-    data = yaml.safe_load(path.read_text()) or {}
-    data = data.get("model", data) if isinstance(data, dict) else data
-    apply_overrides(data, overrides)
     try:
+        data = read(path)  # a model file or a recipe, with the bases they name
+        data = data.get("model", data)
+        apply_overrides(data, overrides)
         return from_dict(ModelConfig, data).validate()
     except (ConfigError, ValueError) as err:
         raise SystemExit(f"avmae-bench model: {path}: {err}") from None

@@ -16,11 +16,15 @@ table, its (768, 1, 16, 16) kernel over the (mel x time) image and its (256, 512
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from avmae.models.config import (AudioInput, ContrastiveConfig, DecoderConfig, EncoderConfig, MaskConfig, ModelConfig,
-                                 PosEmbedConfig, VideoInput)
+from avmae.config import load
+from avmae.models.config import ModelConfig
+
+# The one home of CAV-MAE's architecture: the recipes name it as their model's base, and cavmae_base reads it.
+CAVMAE_BASE_YAML = Path(__file__).resolve().parents[2] / "configs" / "model" / "cavmae_base.yaml"
 
 # Keys in a CAVMAE / CAVMAEFT state dict (methods.md G.1, counted from the module structure).
 PRETRAINED_KEYS = 647
@@ -38,24 +42,13 @@ def cavmae_base(finetune: bool = False) -> ModelConfig:
     LayerNorm eps 1e-5, one 224 px frame, 1024 x 128 log-mel in frequency-major 16 x 16 patches, fixed 2-D sin-cos
     tables (trained in fine-tuning: CAVMAEFT's tr_pos=True), a joint 8-block 512-wide decoder with one input
     projection and separate heads, masks 0.75 / 0.75, per-patch normalised targets, L_a + L_v + 0.01 x the
-    video->audio InfoNCE at temperature 0.05 over each GPU's own clips. Same as configs/model/cavmae_base.yaml.
+    video->audio InfoNCE at temperature 0.05 over each GPU's own clips: configs/model/cavmae_base.yaml, read here.
 
     Masking: avmae masks int(r N) tokens where CAV-MAE keeps int((1 - r) N); at r = 0.75 both keep 128 of 512 audio
     and 49 of 196 video tokens (other ratios can differ by one token)."""
-    return ModelConfig(
-        encoder=EncoderConfig(size="base", fusion="mid", joint_layers=1, layer_norm_eps=1e-5, modality_norms=True,
-                              norm_before_joint=False),
-        decoder=DecoderConfig(kind="joint", width=512, depth=8, heads=16, mlp=2048, layer_norm_eps=1e-5,
-                              shared_input=True, zero_init_heads=False),
-        objective="reconstruction",
-        mask=MaskConfig(audio_ratio=0.75, video_ratio=0.75, audio_mode="random", video_mode="random"),
-        contrastive=ContrastiveConfig(weight=0.01, temperature=0.05, bidirectional=False, negatives="local"),
-        audio=AudioInput(frames=1024, mel_bins=128, patch=16, token_order="freq_major"),
-        video=VideoInput(frames=1, size=224, patch=16, tubelet=1),
-        loss_weight_audio=1.0, loss_weight_video=1.0, norm_pix_loss=True, modality_embeddings=True,
-        pos_embed=PosEmbedConfig(video_axes="column_row", stored=True, trainable=finetune),
-        classifier_pooling="token_mean",
-    )
+    config = load(ModelConfig, CAVMAE_BASE_YAML)
+    config.pos_embed.trainable = finetune
+    return config
 
 
 @dataclass
