@@ -128,8 +128,9 @@ def test_multi_view_scores_are_the_mean_of_the_views(runs, shards, tmp_path):  #
     per_view = []
     for view in range(2):  # views 0 and 1 read different frames of the 8 stored: 00,02,04,06 and 01,03,05,07
         config = _data_config(loaded, str(shards), "train", 4, 0, "webdataset", view, 2)
-        scores = predict(loaded.model, Loader(spec, config, train=False), loaded.heads)["scores_label"]
-        per_view.append(probabilities(scores, "single"))
+        predictions, skipped = predict(loaded.model, Loader(spec, config, train=False), loaded.heads, "single")
+        assert skipped == [] and len(predictions) == 9
+        per_view.append(probabilities(predictions.scores["label"], "single"))
     assert not np.allclose(per_view[0], per_view[1])
     combined = np.load(tmp_path / "two" / "predictions.npz")["scores"]
     assert np.allclose(combined, (per_view[0] + per_view[1]) / 2, atol=1e-6)

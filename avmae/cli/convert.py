@@ -19,7 +19,8 @@ is a `finetune.init` or `model_init` for avmae-train.
 EXAMPLES = """\
 examples:
   avmae-convert cavmae --src cav-mae-scale++.pth --out runs/cavmae/scale++.safetensors
-  avmae-convert cavmae --src as-full-51.2.pth --out runs/cavmae/as2m_ft.safetensors --labels class_labels_indices.csv
+  avmae-convert cavmae --src as-full-51.2.pth --out runs/cavmae/as2m_ft.safetensors --labels class_labels_indices.csv \\
+      --label-mode multi
   avmae-eval --ckpt runs/cavmae/as2m_ft.safetensors --data /data/as_eval --split test --task audioset --views 10
   avmae-convert cavmae --src vgg_65.5.pth --out vgg.safetensors --config configs/cavmae_finetune_vggsound.yaml
 """
@@ -37,33 +38,34 @@ def _parser() -> argparse.ArgumentParser:
     cavmae.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     cavmae.add_argument("--labels", type=Path, help="CAV-MAE label CSV (index,mid,display_name): names of the classes")
     cavmae.add_argument("--label-mode", choices=["multi", "single"],
-                        help="default: single for 309 classes (VGGSound), multi otherwise (AudioSet)")
+                        help="of a fine-tuned checkpoint: multi (AudioSet) or single (VGGSound); default: as the "
+                             "--config's finetune.loss says (bce: multi, ce: single)")
     cavmae.add_argument("--json", action="store_true", help="print the whole report")
     return parser
 
 
+FLAGS = {"label_mode": "--label-mode", "finetune.loss": "--set finetune.loss"}  # library terms -> this CLI's
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from avmae.config import ConfigError, load
-    from avmae.recipe.config import RunConfig
-    from avmae.export.cavmae import export_cavmae, read_label_names
+    from avmae.config import ConfigError
+    from avmae.export.cavmae import convert_files
 
     try:
-        config = load(RunConfig, args.config, args.set) if args.config else None
-        labels = read_label_names(args.labels) if args.labels else None
-        report = export_cavmae(args.src, args.out, config, labels, args.label_mode,
-                               overrides=[] if args.config else args.set)
-    except (ConfigError, ValueError, FileNotFoundError, KeyError) as err:
-        print(f"avmae-convert: {err}", file=sys.stderr)
+        report = convert_files(args.src, args.out, args.config, args.set, args.labels, args.label_mode)
+    except (ConfigError, ValueError, FileNotFoundError, KeyError, OSError) as err:
+        message = " ".join(str(err).split())  # one line, whatever the library wrote
+        for name, flag in FLAGS.items():
+            message = message.replace(f"give {name}", f"give {flag}")
+        print(f"avmae-convert: {message}", file=sys.stderr)
         return 2
-    report_path = args.out.with_name(args.out.name.removesuffix(".safetensors") + ".report.json")
-    report_path.write_text(json.dumps(report, indent=1))
     if args.json:
         print(json.dumps(report, indent=1))
     else:
         print(f"{report['source']} ({report['source_keys']} keys, {report['source_parameters'] / 1e6:.3f} M) -> "
               f"{args.out} [{report['task']}]: {report['mapped']} keys loaded, {len(report['dropped'])} never-used "
-              f"LayerNorm keys dropped ({report['dropped_parameters']:,} parameters; listed in {report_path})")
+              f"LayerNorm keys dropped ({report['dropped_parameters']:,} parameters; listed in {report['report']})")
     return 0
 
 

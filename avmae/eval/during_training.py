@@ -24,4 +24,5 @@ class SplitEvaluator:
         loader = Loader(spec, config.data, train=False, rank=rank, world=world, device=device)
         metrics, _ = evaluate_classifier(model, loader, spec.label_mode, heads, dtype=dtype,
                                          max_batches=config.finetune.eval_batches)
-        return metrics
+        # how many were scored of how many (finetune.eval_batches may cap it on purpose; skips are faults)
+        return {**metrics, "samples_in_split": spec.samples}

@@ -1,5 +1,5 @@
-"""Evaluation of a classifier on a sharded split: every rank scores its share, the scores are gathered in the
-global order, padding is dropped, and the metrics of the task are computed (on every rank, identically)."""
+"""Scores of a classifier on a sharded split: every rank scores its share, the scores are gathered in the global
+order, padding and unreadable samples are dropped (and the unreadable ones recorded, avmae/eval/coverage.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from avmae.eval.metrics import epic_metrics, multilabel_metrics, single_label_metrics
+from avmae.eval.coverage import batch_skips, gather_records
+from avmae.eval.predictions import Predictions, task_metrics
+from avmae.shard.format import LabelMode
 
 
 def gather(tensor: torch.Tensor) -> torch.Tensor:
@@ -30,11 +32,13 @@ def gather_keys(keys: list[str]) -> list[str]:
 
 
 @torch.no_grad()
-def predict(model, loader, heads: dict[str, int], dtype=torch.float32, max_batches: int = 0) -> dict[str, Any]:
-    """Scores per head (N, C) and labels for the valid samples of the split, in the global order."""
+def predict(model, loader, heads: dict[str, int], label_mode: LabelMode | str, label_names: list[str] | None = None,
+            dtype=torch.float32, max_batches: int = 0) -> tuple[Predictions, list[dict[str, Any]]]:
+    """Logits per head and targets of the valid samples of the split, in the global order, and the loader's
+    records of the samples it could not read (gathered from every rank)."""
     scores: dict[str, list[torch.Tensor]] = {name: [] for name in heads}
     labels: dict[str, list[torch.Tensor]] = {name: [] for name in heads}
-    valid, keys = [], []
+    valid, keys, skipped = [], [], []
     for number, batch in enumerate(loader):
         if max_batches and number >= max_batches:
             break
@@ -44,25 +48,19 @@ def predict(model, loader, heads: dict[str, int], dtype=torch.float32, max_batch
             labels[name].append(batch[name].cpu())
         valid.append(batch["valid"].cpu())
         keys += batch["key"]
+        skipped += batch_skips(batch)
     mask = gather(torch.cat(valid)).bool()
-    out = {"keys": [k for k, ok in zip(gather_keys(keys), mask.tolist()) if ok]}
-    for name in heads:
-        out[f"scores_{name}"] = gather(torch.cat(scores[name]))[mask].numpy()
-        out[f"labels_{name}"] = gather(torch.cat(labels[name]))[mask].numpy()
-    return out
+    kept = [k for k, ok in zip(gather_keys(keys), mask.tolist()) if ok]
+    predictions = Predictions(kept, {name: gather(torch.cat(scores[name]))[mask].numpy() for name in heads},
+                              {name: gather(torch.cat(labels[name]))[mask].numpy() for name in heads},
+                              LabelMode(label_mode), list(label_names or []))
+    return predictions, gather_records(skipped)
 
 
-def task_metrics(label_mode: str, predictions: dict[str, Any]) -> dict[str, Any]:
-    if label_mode == "verb_noun":
-        return epic_metrics(predictions["scores_verb"], predictions["scores_noun"], predictions["labels_verb"],
-                            predictions["labels_noun"])
-    if label_mode == "multi":
-        return multilabel_metrics(predictions["scores_label"], predictions["labels_label"])
-    return single_label_metrics(predictions["scores_label"], predictions["labels_label"])
-
-
-def evaluate_classifier(model, loader, label_mode: str, heads: dict[str, int], dtype=torch.float32,
-                        max_batches: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
-    predictions = predict(model, loader, heads, dtype, max_batches)
-    metrics = task_metrics(label_mode, predictions)
-    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in metrics.items()}, predictions
+def evaluate_classifier(model, loader, label_mode: LabelMode | str, heads: dict[str, int], dtype=torch.float32,
+                        max_batches: int = 0) -> tuple[dict[str, Any], Predictions]:
+    """The task's metrics (plain numbers and lists), with how many samples were scored and skipped."""
+    predictions, skipped = predict(model, loader, heads, label_mode, dtype=dtype, max_batches=max_batches)
+    metrics = task_metrics(predictions)
+    metrics = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in metrics.items()}
+    return {**metrics, "samples_scored": len(predictions), "samples_skipped": len(skipped)}, predictions

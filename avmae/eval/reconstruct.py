@@ -84,3 +84,30 @@ def save_figure(recon: dict, index: int, key: str, data_config, path: Path, fram
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=90)
     plt.close(figure)
+
+
+def write_reconstructions(ckpt: str | Path, data: str, split: str, num: int, seed: int, out: Path) -> list[Path]:
+    """One figure per sample for the first ``num`` samples of ``split``; the paths written."""
+    import dataclasses
+
+    from avmae.data.loader import Loader
+    from avmae.export.load import load_model
+    from avmae.recipe.geometry import load_run_spec
+    from avmae.shard.items import file_stem_for_key
+
+    loaded = load_model(ckpt)
+    if loaded.task != "pretrain":
+        raise ValueError(f"{loaded.path} is not a pretraining checkpoint")
+    if loaded.config.mavil.teacher:
+        raise ValueError(f"{loaded.path} is a MAViL stage-2 model; it predicts its teacher's features, not pixels: "
+                         "reconstruct from the stage-1 teacher")
+    config = dataclasses.replace(loaded.config.data, shards=data, batch_size=num, workers=0)
+    spec = load_run_spec(loaded.config, split, shards=data)
+    batch = next(iter(Loader(spec, config, train=False)))
+    recon = reconstruct_batch(loaded, batch["audio"], batch["video"], seed)
+    paths = []
+    for index, key in enumerate(batch["key"][:num]):
+        path = out / f"{file_stem_for_key(key)}.png"  # a key is data: it must not choose where a file goes
+        save_figure(recon, index, key, config, path)
+        paths.append(path)
+    return paths

@@ -11,13 +11,15 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from avmae.files import write_text_atomically
+
 HEADLINE = ("mAP", "mAP_sklearn", "mAUC", "d_prime", "top1", "top5", "verb_top1", "noun_top1", "action_top1",
             "action_top5", "samples", "classes", "classes_without_positives")
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1, sort_keys=True, default=_plain))
+    """Written as temp file, sync, rename: a report is there whole or not at all."""
+    write_text_atomically(path, json.dumps(report, indent=1, sort_keys=True, default=_plain))
 
 
 def _plain(value):

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 import avmae
 from avmae.data.config import DataConfig
@@ -19,14 +18,17 @@ from avmae.export.load import LoadedModel
 from avmae.recipe.geometry import load_run_spec
 from avmae.eval.retrieval import retrieval_metrics
 from avmae.models.avmae import pooled_unimodal
-from avmae.eval.predict import gather, predict, task_metrics
+from avmae.eval.coverage import batch_skips, gather_records
+from avmae.eval.predict import gather, gather_keys, predict
+from avmae.eval.predictions import Predictions
+from avmae.shard.format import LabelMode
 
-TASK_LABEL_MODES = {"audioset": "multi", "vggsound": "single", "epic": "verb_noun"}
+TASK_LABEL_MODES = {"audioset": LabelMode.MULTI, "vggsound": LabelMode.SINGLE, "epic": LabelMode.VERB_NOUN}
 
 
-def probabilities(scores: np.ndarray, label_mode: str) -> np.ndarray:
+def probabilities(scores: np.ndarray, label_mode: LabelMode | str) -> np.ndarray:
     """Sigmoid for multi-label heads, softmax for single-label ones (what views are averaged in)."""
-    if label_mode == "multi":
+    if label_mode == LabelMode.MULTI:
         return 1 / (1 + np.exp(-scores))
     shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
@@ -40,56 +42,68 @@ def _data_config(loaded: LoadedModel, data: str, split: str, batch_size: int, wo
                                balanced_sampling=False)
 
 
+def _average_views(per_view: list[Predictions]) -> Predictions:
+    """Probabilities averaged over the views (sigmoid for multi-label, softmax otherwise: CAV-MAE), for the samples
+    every view scored (a view that could not read a sample leaves it unscored, and recorded)."""
+    scored_by_all = set.intersection(*(set(p.keys) for p in per_view))
+    keys = [key for key in per_view[0].keys if key in scored_by_all]
+    views = [p.select(keys) for p in per_view]
+    first = views[0]
+    scores = {head: np.mean([probabilities(v.scores[head], first.label_mode) for v in views], 0)
+              for head in first.scores}
+    return dataclasses.replace(first, scores=scores)
+
+
 def classify(loaded: LoadedModel, data: str, split: str, task: str, *, views: int, batch_size: int, workers: int,
-             backend: str, device: torch.device, rank: int, world: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Metrics and the saved-prediction arrays of a fine-tuned classifier on ``split``."""
+             backend: str, device: torch.device, rank: int, world: int
+             ) -> tuple[Predictions, list[dict[str, Any]], dict[str, Any]]:
+    """The predictions of a fine-tuned classifier on ``split`` (views averaged), the loader's records of what it
+    could not read, and what changes the numbers (features, views, label set)."""
     if loaded.task != "finetune":
-        raise ValueError(f"{loaded.path} is a {loaded.task} checkpoint; --task {task} needs a fine-tuned one "
-                         "(or use --linear-probe / --task retrieval)")
+        raise ValueError(f"{loaded.path} is a {loaded.task} checkpoint; task {task} needs a fine-tuned one "
+                         "(or a linear probe, or the retrieval task)")
     spec = load_run_spec(loaded.config, split, shards=data)
     wanted = TASK_LABEL_MODES.get(task, spec.label_mode)
     if spec.label_mode != wanted:
-        raise ValueError(f"--task {task} needs {wanted} labels but {data} has {spec.label_mode} labels")
+        raise ValueError(f"task {task} needs {wanted} labels but {data} has {spec.label_mode} labels")
     if loaded.label_names and list(spec.label_names) != loaded.label_names:
         raise ValueError(f"the label set of {data} (hash {label_set_hash(list(spec.label_names))}) differs from the "
                          f"one {loaded.path.name} was trained on (hash {label_set_hash(loaded.label_names)})")
     model = loaded.model.to(device)
-    per_view = []
+    per_view, skipped = [], []
     for view in range(views):
         config = _data_config(loaded, data, split, batch_size, workers, backend, view, views)
         loader = Loader(spec, config, train=False, rank=rank, world=world, device=device)
-        per_view.append(predict(model, loader, loaded.heads))
-    keys = per_view[0]["keys"]
-    arrays: dict[str, Any] = {"keys": np.array(keys)}
-    for name in loaded.heads:
-        # Views are averaged as probabilities: sigmoid for multi-label, softmax for single-label (CAV-MAE).
-        arrays[f"scores_{name}"] = np.mean([probabilities(v[f"scores_{name}"], spec.label_mode) for v in per_view], 0)
-        arrays[f"targets_{name}"] = per_view[0][f"labels_{name}"]
-    metrics = task_metrics(spec.label_mode, {**{k.replace("targets_", "labels_"): v for k, v in arrays.items()}})
-    info = {"label_mode": spec.label_mode, "label_names": list(spec.label_names),
-            "label_set_hash": label_set_hash(list(spec.label_names)), "features": spec.features,
-            "views": views, "view_aggregation": "mean of sigmoid" if spec.label_mode == "multi" else "mean of softmax"}
-    return {**metrics, **info}, arrays
+        predictions, view_skipped = predict(model, loader, loaded.heads, spec.label_mode, list(spec.label_names))
+        per_view.append(predictions)
+        skipped += [{**record, "view": view} for record in view_skipped]
+    info = {"label_set_hash": label_set_hash(list(spec.label_names)), "features": spec.features, "views": views,
+            "view_aggregation": "mean of sigmoid" if spec.label_mode == LabelMode.MULTI else "mean of softmax"}
+    return _average_views(per_view), skipped, info
 
 
 @torch.no_grad()
 def embeddings(loaded: LoadedModel, data: str, split: str, *, batch_size: int, workers: int, backend: str,
                device: torch.device, rank: int, world: int) -> dict[str, Any]:
-    """Pooled unimodal features (audio, video) of every valid sample of a split, in the global order."""
+    """Pooled unimodal features (audio, video) of every valid sample of a split, in the global order, their keys,
+    and the loader's records of the samples it could not read."""
     spec = load_run_spec(loaded.config, split, shards=data)
     config = _data_config(loaded, data, split, batch_size, workers, backend, 0, 1)
     loader = Loader(spec, config, train=False, rank=rank, world=world, device=device)
     model = loaded.model.to(device)
-    audio, video, valid, labels = [], [], [], []
+    audio, video, valid, labels, keys, skipped = [], [], [], [], [], []
     for batch in loader:
         pooled = pooled_unimodal(model.tokenizer, model.encoder, batch["audio"], batch["video"])
         audio.append(pooled["audio"].float().cpu())
         video.append(pooled["video"].float().cpu())
         valid.append(batch["valid"].cpu())
+        keys += batch["key"]
+        skipped += batch_skips(batch)
         if "label" in batch:
             labels.append(batch["label"].cpu())
     mask = gather(torch.cat(valid)).bool()
-    out = {"audio": gather(torch.cat(audio))[mask], "video": gather(torch.cat(video))[mask], "spec": spec}
+    out = {"audio": gather(torch.cat(audio))[mask], "video": gather(torch.cat(video))[mask], "spec": spec,
+           "keys": [k for k, ok in zip(gather_keys(keys), mask.tolist()) if ok], "skipped": gather_records(skipped)}
     if labels:
         out["label"] = gather(torch.cat(labels))[mask]
     return out

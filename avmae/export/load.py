@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +35,18 @@ def model_for(config: RunConfig, task: str, heads: dict[str, int], modality: str
                             bottleneck=finetune.bottleneck, seed=config.seed)
 
 
-def load_model(path: str | Path, weights: str = "model", modality: str | None = None) -> LoadedModel:
+def load_model(path: str | Path, weights: str = "model", modality: str | None = None,
+               alone_norms: str | None = None) -> LoadedModel:
+    """``alone_norms`` replaces ``model.alone_norms`` of the export's config before the model is built, so the
+    config a report saves is the one that produced its numbers."""
     state, info, path = read_export(path, weights)
-    model = model_for(info.config, info.task, info.heads, modality)
+    config = info.config
+    if alone_norms is not None:
+        if alone_norms not in ("own", "averaged"):
+            raise ValueError(f"alone_norms must be 'own' or 'averaged', got {alone_norms!r}")
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, alone_norms=alone_norms))
+    model = model_for(config, info.task, info.heads, modality)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path} does not fit the model it describes: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    return LoadedModel(model.eval(), info.task, info.config, info.heads, info.label_mode, info.label_names, path)
+    return LoadedModel(model.eval(), info.task, config, info.heads, info.label_mode, info.label_names, path)
