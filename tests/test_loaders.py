@@ -18,7 +18,7 @@ from avmae.data.config import DataConfig
 from avmae.data.loader import build_loader
 from avmae.data.samples import frame_members
 from avmae.data.spec import DataMismatchError
-from avmae.shard.tarfiles import ShardTarWriter, index_text
+from tests.faults.damage import rewrite_samples
 
 
 @pytest.fixture(scope="module")
@@ -156,26 +156,11 @@ def test_training_stream_reshuffles_each_epoch(shards):
     assert first != second
 
 
-def _rewrite_samples(tar_path: Path, change) -> None:
-    """Rewrite a tar (and its index) with ``change(members) -> members`` applied to every sample."""
-    with tarfile.open(tar_path) as tar:
-        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
-    samples: dict[str, dict[str, bytes]] = {}
-    for name, data in members:
-        key, ext = name.split(".", 1)
-        samples.setdefault(key, {})[ext] = data
-    writer = ShardTarWriter(tar_path)
-    for key, parts in samples.items():
-        writer.write(key, change(parts))
-    writer.close()
-    tar_path.with_suffix(".idx").write_text(index_text(writer.members))
-
-
 def test_train_augmentation_is_the_same_for_every_frame(shards, tmp_path, backend):
     copy = tmp_path / "still"
     shutil.copytree(shards, copy)
     for tar in copy.glob("train-*.tar"):  # every frame of a clip becomes its first frame
-        _rewrite_samples(tar, lambda parts: {ext: parts["00.jpg"] if ext.endswith(".jpg") else data
+        rewrite_samples(tar, lambda parts: {ext: parts["00.jpg"] if ext.endswith(".jpg") else data
                                              for ext, data in parts.items()})
     loader = build_loader(config(copy, backend=backend, batch_size=4, crop_scale=(0.2, 0.5)), "train", train=True)
     stream = iter(loader)
@@ -211,7 +196,7 @@ def _drop_member(tar_path: Path, member_ext: str) -> str:
             return {ext: data for ext, data in parts.items() if ext != member_ext}
         return parts
 
-    _rewrite_samples(tar_path, drop)
+    rewrite_samples(tar_path, drop)
     return first_key
 
 
@@ -300,7 +285,7 @@ def test_balanced_sampling_draws_each_class_about_equally(shards, tmp_path, back
         return {**parts, "json": json.dumps(meta).encode()}
 
     for tar in sorted(copy.glob("train-*.tar")):
-        _rewrite_samples(tar, relabel)
+        rewrite_samples(tar, relabel)
     manifest["splits"]["train"]["label_counts"] = {"class_00": 1, "class_01": 5, "class_02": 3, "class_03": 3}
     (copy / "manifest.json").write_text(json.dumps(manifest))
     draws = {}

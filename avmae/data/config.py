@@ -45,3 +45,7 @@ class DataConfig:
     mixup: float = 0.0  # probability that a batch is mixed (CAV-MAE: 0.5), lambda ~ Beta(10, 10)
     balanced_sampling: bool = False  # AudioSet-2M style class-balanced sampling
     shuffle_buffer: int = 256  # samples per worker kept for shuffling across shards
+    # Bad samples (faults.py): a reader stops with SkipBudgetExceeded when it skips more than this share of its
+    # draws (judged once it has skipped more than max_skip_run in all) or more than max_skip_run in a row.
+    max_skip_fraction: float = 0.01
+    max_skip_run: int = 50

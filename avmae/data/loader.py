@@ -12,7 +12,8 @@ from avmae.data.config import DataConfig
 from avmae.data.host_memory import keep_large_allocations
 from avmae.data.samples import normalise_video
 from avmae.data.spec import DataSpec, load_spec
-from avmae.data.wds_loader import eval_batches, webdataset_loader
+from avmae.data.eval_order import eval_batches
+from avmae.data.wds_loader import webdataset_loader
 
 
 def choose_backend(requested: str) -> str:

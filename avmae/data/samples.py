@@ -3,7 +3,6 @@ does the same steps in its graph, and both share the metadata parsing below."""
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import random
@@ -100,11 +99,6 @@ def normalise_video(video: torch.Tensor, config: DataConfig) -> torch.Tensor:
     scale = (1 / (255 * std)).to(video.device).view(3, 1, 1)
     shift = (mean / std).to(video.device).view(3, 1, 1)
     return video.float().mul_(scale).sub_(shift)  # (x / 255 - mean) / std in two in-place passes
-
-
-def decode_audio(npy: bytes, mean: float, std: float) -> torch.Tensor:
-    mel = np.load(io.BytesIO(npy), allow_pickle=False)
-    return (torch.from_numpy(mel.astype(np.float32)) - mean) / std
 
 
 def parse_metadata(raw: bytes | np.ndarray) -> dict[str, Any]:

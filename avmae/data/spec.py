@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from avmae.shard.format import LabelMode, label_mode
+from avmae.shard.format import UNCHECKED_VERSIONS, LabelMode, label_mode
 from avmae.shard.manifest import read_manifest
 from avmae.shard.tarfiles import parse_index
+
+log = logging.getLogger(__name__)
+_NOTICED: set[str] = set()  # folders whose "unchecked" notice was given (once per folder and process)
+
 
 class DataMismatchError(ValueError):
     """Shards made with other feature parameters than the run expects."""
@@ -19,6 +24,7 @@ class ShardFile:
     tar: str
     idx: str
     samples: int
+    crc: str | None = None  # checksum sidecar; None: a format-version-1 shard, read unchecked
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,13 @@ def load_spec(root: str | Path, split: str, expect: dict[str, Any] | None = None
             raise DataMismatchError(f"{root}: shards were built with {name}={features[name]!r} but the run expects "
                                     f"{wanted!r}; rebuild the shards or change the config")
     split_info = manifest["splits"][split]
-    shards = tuple(ShardFile(str(root / s["tar"]), str(root / s["idx"]), s["samples"]) for s in split_info["shards"])
+    unchecked = manifest["format_version"] in UNCHECKED_VERSIONS
+    if unchecked and str(root) not in _NOTICED:
+        _NOTICED.add(str(root))
+        log.warning("%s: shard format version %s has no member checksums; its samples are read unchecked "
+                    "(rebuild with this avmae to check them)", root, manifest["format_version"])
+    shards = tuple(ShardFile(str(root / s["tar"]), str(root / s["idx"]), s["samples"],
+                             None if unchecked else str(root / s["crc"])) for s in split_info["shards"])
     if not shards:
         raise ValueError(f"{root}: split {split!r} has no samples")
     labels = manifest["labels"]

@@ -1,0 +1,122 @@
+"""One sample read and checked in Python before any decoder sees it, the same for both backends: the members'
+CRC32 (tar_reader), each frame's JPEG markers and geometry, the log-mel's shape and finiteness, the metadata's JSON.
+A failure is a SampleError with one of faults.REASONS, so both backends skip and record the same samples for the
+same reasons; and DALI, which cannot drop one sample of a batch, never meets a frame it would stop on.
+
+The JPEG check walks the marker segments up to the start of scan (a few dozen bytes, no decode): a JPEG that
+passes its CRC and this check but still fails to decode cannot come from our writer."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from avmae.data.faults import SampleError
+from avmae.data.spec import DataSpec
+from avmae.data.tar_reader import IndexedShard
+from avmae.shard.format import LOGMEL_MEMBER, METADATA_MEMBER, sample_members
+
+_SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
+_FRAME_HEADERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # SOFn
+_NO_LENGTH = {0x01, *range(0xD0, 0xD8)}  # TEM, RSTn: markers without a length field
+_QUANT_TABLE, _START_OF_SCAN = 0xDB, 0xDA
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(height, width) from a JPEG's frame header; ValueError("truncated: ...") or ValueError(...) when the
+    markers are not those of a whole baseline/progressive JPEG with quantisation tables."""
+    if not data.startswith(_SOI):
+        raise ValueError("decode: no JPEG start-of-image marker")
+    if not data.endswith(_EOI):
+        raise ValueError("truncated: no JPEG end-of-image marker")
+    size, tables, at = None, False, 2
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            raise ValueError(f"decode: no marker at byte {at} of the JPEG header")
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker in _NO_LENGTH:
+            at += 2
+            continue
+        length = int.from_bytes(data[at + 2:at + 4], "big")
+        if length < 2 or at + 2 + length > len(data):
+            raise ValueError(f"decode: JPEG segment {marker:02X} at byte {at} has a bad length {length}")
+        if marker in _FRAME_HEADERS:
+            if length < 8:
+                raise ValueError(f"decode: JPEG frame header of length {length}")
+            size = (int.from_bytes(data[at + 5:at + 7], "big"), int.from_bytes(data[at + 7:at + 9], "big"))
+        elif marker == _QUANT_TABLE:
+            tables = True
+        elif marker == _START_OF_SCAN:
+            if size is None or not tables or 0 in size:
+                raise ValueError("decode: the JPEG scan starts without a frame header or quantisation tables")
+            return size
+        at += 2 + length
+    raise ValueError("decode: the JPEG has no start of scan")
+
+
+@dataclass
+class CheckedSample:
+    shard: IndexedShard
+    index: int
+    frames: list[str]
+    members: dict[str, bytes]
+    frame_size: tuple[int, int]  # (height, width), the same for every frame
+    logmel: np.ndarray  # as stored (float16)
+    metadata: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return self.shard.keys[self.index]
+
+
+class SampleChecker:
+    """Reads samples of ``spec``'s shards with every check above against the geometry the manifest promises."""
+
+    def __init__(self, spec: DataSpec):
+        features = spec.features
+        self.short_side = features["short_side"]
+        self.logmel_shape = (features["target_frames"], features["num_mel_bins"])
+
+    def read(self, shard: IndexedShard, index: int, frames: list[str]) -> CheckedSample:
+        members = shard.read(index, sample_members(frames))  # raises on missing members, truncation, checksums
+        key = shard.keys[index]
+        size = None
+        for name in frames:
+            try:
+                frame_size = jpeg_size(members[name])
+            except ValueError as err:
+                reason, _, detail = str(err).partition(": ")
+                raise SampleError(shard.tar, key, name, reason, detail) from None
+            if min(frame_size) != self.short_side or (size is not None and frame_size != size):
+                raise SampleError(shard.tar, key, name, "decode", f"frame of {frame_size[1]}x{frame_size[0]}, not "
+                                  f"the short side {self.short_side} of the manifest and of the sample's other frames")
+            size = frame_size
+        return CheckedSample(shard, index, frames, members, size, self._logmel(shard.tar, key, members[LOGMEL_MEMBER]),
+                             self._metadata(shard.tar, key, members[METADATA_MEMBER]))
+
+    def _logmel(self, tar: str, key: str, npy: bytes) -> np.ndarray:
+        try:
+            mel = np.load(io.BytesIO(npy), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise SampleError(tar, key, LOGMEL_MEMBER, "decode", f"not a .npy array: {err}") from None
+        if mel.shape != self.logmel_shape:
+            raise SampleError(tar, key, LOGMEL_MEMBER, "bad_shape",
+                              f"shape {mel.shape}, the manifest promises {self.logmel_shape}")
+        if not np.isfinite(mel).all():
+            bad = int((~np.isfinite(mel)).sum())
+            raise SampleError(tar, key, LOGMEL_MEMBER, "not_finite", f"{bad} of {mel.size} values are inf or NaN")
+        return mel
+
+    @staticmethod
+    def _metadata(tar: str, key: str, raw: bytes) -> dict[str, Any]:
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise SampleError(tar, key, METADATA_MEMBER, "decode", f"not JSON: {err}") from None
