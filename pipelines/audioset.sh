@@ -39,7 +39,7 @@ train slurm/pretrain_as2m.sbatch configs/pretrain_as2m.yaml --set data.shards="$
 step "fine-tuning on AS-20K (configs/finetune_as20k.yaml)"
 # Checkpoints are chosen on AS-20K's own held-out 5%; the AudioSet eval set is only scored at the end (below).
 train slurm/finetune_as20k.sbatch configs/finetune_as20k.yaml --set data.shards="$OUT/as20k" \
-  --set data.eval_split=val --set finetune.init="$OUT/runs/pretrain_as2m" --set workdir="$OUT/runs/finetune_as20k"
+  --set data.eval_split=val --set init.path="$OUT/runs/pretrain_as2m" --set workdir="$OUT/runs/finetune_as20k"
 
 step "evaluation: mAP with 4 temporal views on the eval set, and retrieval with the pretrained model"
 evaluate --ckpt "$OUT/runs/finetune_as20k" --weights averaged --data "$OUT/as_eval" --split test --task audioset \

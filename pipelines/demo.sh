@@ -44,11 +44,11 @@ step "4/7 pretrain a tiny AV-MAE on every 'train' clip, without labels (DeepSpee
 train --config configs/demo_pretrain.yaml --set data.shards="$OUT/shards" --workdir "$OUT/runs/pretrain"
 
 step "5/7 fine-tune the pretrained encoder on the 'labelled' clips only"
-train --config configs/demo_finetune.yaml --set data.shards="$OUT/shards" --set finetune.init="$OUT/runs/pretrain" \
+train --config configs/demo_finetune.yaml --set data.shards="$OUT/shards" --set init.path="$OUT/runs/pretrain" \
   --workdir "$OUT/runs/finetune"
 
 step "6/7 the same fine-tuning from scratch (no pretraining), the baseline"
-train --config configs/demo_finetune.yaml --set data.shards="$OUT/shards" --set finetune.init= \
+train --config configs/demo_finetune.yaml --set data.shards="$OUT/shards" --set init.kind=none \
   --workdir "$OUT/runs/scratch"
 
 step "7/7 evaluate: held-out accuracy (2 views), retrieval vs chance, reconstructions"

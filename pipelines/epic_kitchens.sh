@@ -23,7 +23,7 @@ shards "$OUT/epic_val" --list "$ROOT/EPIC_100_validation.csv" --src "$ROOT/video
 
 step "fine-tuning with verb (97) and noun (300) heads (configs/finetune_epic.yaml)"
 train slurm/finetune_epic.sbatch configs/finetune_epic.yaml --set data.shards="$OUT/epic_train" \
-  --set data.eval_split=val --set finetune.init="$PRETRAINED" --set workdir="$OUT/runs/finetune_epic"
+  --set data.eval_split=val --set init.path="$PRETRAINED" --set workdir="$OUT/runs/finetune_epic"
 
 step "evaluation: verb, noun and action top-1 / top-5 on the validation set"
 evaluate --ckpt "$OUT/runs/finetune_epic" --data "$OUT/epic_val" --split test --task epic --out "$OUT/eval/epic"

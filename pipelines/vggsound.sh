@@ -22,7 +22,7 @@ shards "$OUT/vggsound" --list "$ROOT/vggsound.csv" --src "$ROOT/videos" --val-fr
 
 step "fine-tuning (configs/finetune_vggsound.yaml)"
 train slurm/finetune_vggsound.sbatch configs/finetune_vggsound.yaml --set data.shards="$OUT/vggsound" \
-  --set data.eval_split=val --set finetune.init="$PRETRAINED" --set workdir="$OUT/runs/finetune_vggsound"
+  --set data.eval_split=val --set init.path="$PRETRAINED" --set workdir="$OUT/runs/finetune_vggsound"
 
 step "evaluation: top-1 / top-5 on the test split, 4 temporal views"
 evaluate --ckpt "$OUT/runs/finetune_vggsound" --weights averaged --data "$OUT/vggsound" --split test \

@@ -116,7 +116,8 @@ def test_bottleneck_fine_tune_from_a_mid_fusion_run_then_eval(shards, tmp_path):
     torchrun(run_config(pretrain, shards), processes=1)
     late = {**TINY_MODEL, "encoder": {**TINY_MODEL["encoder"], "fusion": "late"}}
     config = run_config(finetune, shards, task="finetune", model=late, data={"eval_split": "val", "mixup": 0.5},
-                        finetune={"init": str(pretrain / "run"), "loss": "ce", "classifier": "bottleneck",
+                        init={"kind": "avmae", "path": str(pretrain / "run")},
+                        finetune={"loss": "ce", "classifier": "bottleneck",
                                   "bottleneck": {"tokens": 4, "fusion_layer": 1}},
                         optim={"steps": 6, "lr": 0.05, "warmup_steps": 1, "layer_decay": 0.75, "optimizer": "sgd",
                                "weight_decay": 0.0},

@@ -106,7 +106,7 @@ def test_tiny_cavmae_pretrains_from_a_vit_initialisation(shards, tmp_path):  # n
         "model.encoder.mlp=256", "model.decoder.width=32", "model.decoder.depth=1", "model.decoder.heads=2",
         "model.decoder.mlp=128", f"data.shards={shards}", "data.batch_size=4", "data.workers=0", "data.shuffle_buffer=4",
         "optim.steps=12", "optim.lr=1.0e-3", "optim.milestones=[8]", "checkpoint.every=6", "checkpoint.keep=1",
-        "log.every=1", "log.progress=false", "model_init.kind=vit", f"model_init.path={tmp_path / 'in1k_mae.pth'}",
+        "log.every=1", "log.progress=false", "init.kind=vit", f"init.path={tmp_path / 'in1k_mae.pth'}",
         f"workdir={tmp_path / 'run'}"]
     command = [sys.executable, "-m", "avmae.cli.train", "--config", str(REPO / "configs" / "cavmae_pretrain.yaml")]
     for item in overrides:

@@ -120,3 +120,46 @@ def test_train_names_the_file_and_line_of_a_yaml_error(capsys, tmp_path):
     assert main(["--config", str(bad)]) == 2
     assert capsys.readouterr().err.strip() == (
         f"avmae-train: {bad}:3:4: YAML syntax error: expected ',' or '}}', but got ':'")
+
+
+# --- composition: a file names its base and states only what differs ----------------------------------------------------
+
+def _write(path, text: str):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_a_recipe_extends_its_base_and_a_section_extends_a_file(tmp_path):
+    _write(tmp_path / "parts" / "optimizer.yaml", "lr: 1.0e-2\nbetas: [0.5, 0.6]\n")
+    _write(tmp_path / "base.yaml", "name: base\nsteps: 5\noptimizer: {base: parts/optimizer.yaml, lr: 3.0e-3}\n")
+    _write(tmp_path / "runs" / "mid.yaml", "base: ../base.yaml\nfusion: late\n")  # relative to the file naming it
+    leaf = _write(tmp_path / "runs" / "leaf.yaml", "base: mid.yaml\nname: leaf\noptimizer: {betas: [0.1, 0.2]}\n")
+    # chained bases; sections merge key by key; lists are replaced whole; the file's own keys win; --set is last
+    assert load(Experiment, leaf, ["steps=7"]) == Experiment(
+        name="leaf", steps=7, fusion="late", optimizer=Optimizer(lr=3e-3, betas=(0.1, 0.2)))
+
+
+def test_bad_bases_are_one_line_errors(tmp_path):
+    a = _write(tmp_path / "a.yaml", "base: b.yaml\nsteps: 1\n")
+    _write(tmp_path / "b.yaml", "base: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"the bases form a cycle: .*a.yaml -> .*b.yaml -> .*a.yaml"):
+        load(Experiment, a)
+    missing = _write(tmp_path / "m.yaml", "optimizer: {base: nowhere.yaml}\n")
+    with pytest.raises(ConfigError, match=r"m.yaml: optimizer.base: no such file .*nowhere.yaml"):
+        load(Experiment, missing)
+    not_a_name = _write(tmp_path / "n.yaml", "base: [a.yaml]\n")
+    with pytest.raises(ConfigError, match=r"n.yaml: base must name a YAML file"):
+        load(Experiment, not_a_name)
+    # an unknown key in a base is still an error naming the nearest valid key
+    _write(tmp_path / "typo.yaml", "optimizer: {lrr: 1}\n")
+    child = _write(tmp_path / "child.yaml", "base: typo.yaml\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'optimizer.lrr'; did you mean 'lr'"):
+        load(Experiment, child)
+
+
+def test_train_needs_a_path_for_its_starting_weights(capsys):
+    line = _train_error(capsys, "--set", "init.kind=avmae")
+    assert line.endswith("init.kind avmae needs init.path (the file or run folder to start from)"), line
+    line = _train_error(capsys, "--set", "finetune.init=runs/pt")  # the old knob: gone, named
+    assert "unknown config key 'finetune.init'" in line, line

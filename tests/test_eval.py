@@ -83,7 +83,7 @@ def runs(shards, tmp_path_factory):  # noqa: F811
     finetune.mkdir()
     torchrun(run_config(pretrain, shards), processes=1)
     torchrun(run_config(finetune, shards, task="finetune", data={"eval_split": "val"},
-                        finetune={"init": str(pretrain / "run"), "loss": "ce"},
+                        init={"kind": "avmae", "path": str(pretrain / "run")}, finetune={"loss": "ce"},
                         optim={"steps": 6, "lr": 2e-3, "warmup_steps": 1}, checkpoint={"every": 6, "keep": 1}),
              processes=1)
     return pretrain / "run", finetune / "run"

@@ -22,7 +22,7 @@ from tests.helpers import REPO, metrics
 CONFIGS = REPO / "configs"
 DEMO = {"demo_pretrain.yaml", "demo_finetune.yaml"}  # pipelines/demo.sh runs them whole (the README command)
 SINGLE_LABEL_DATA = {"finetune_epic.yaml"}  # verb/noun heads: tests/test_eval.py runs Epic on Epic-style shards
-# recipe -> the recipe whose run it starts from (finetune.init or mavil.teacher)
+# recipe -> the recipe whose run it starts from (init.path or mavil.teacher)
 STARTS_FROM = {"mavil_stage2.yaml": "mavil_stage1.yaml",
                **{f"cavmae_finetune_{name}.yaml": "cavmae_pretrain.yaml" for name in ("as20k", "as2m", "vggsound")}}
 
@@ -48,6 +48,16 @@ PRETRAINING_ONLY = ("decoder", "objective", "mask", "contrastive", "loss_weight_
                     "norm_pix_loss")
 
 
+def renamed(before: dict) -> dict:
+    """The snapshot in today's keys: finetune.init (an avmae run or export) and model_init are one ``init``."""
+    before = copy.deepcopy(before)
+    if "model_init" in before:
+        start, init = before["model_init"], before.get("finetune", {}).pop("init", "")
+        before["init"] = {**start, "kind": "avmae", "path": init} if init else start
+        del before["model_init"]
+    return before
+
+
 def differences(before: dict, after: dict, prefix: str = "") -> list[str]:
     """Keys of ``before`` whose value changed (keys added since the snapshot are other work: not compared)."""
     out = []
@@ -65,7 +75,7 @@ def test_recipes_resolve_as_before(name):
     from avmae.models.config import ModelConfig
     from avmae.models.convert_cavmae import cavmae_base
 
-    before = copy.deepcopy(BEFORE[name])
+    before = renamed(BEFORE[name])
     if name.startswith("cavmae_base("):
         after = to_dict(cavmae_base(finetune="finetune=True" in name))
     elif name.startswith("configs/model/"):
@@ -115,8 +125,8 @@ def tiny_overrides(recipe: RunConfig, shards: Path, workdir: Path) -> list[str]:
            "optim.warmup_steps=1", "checkpoint.every=3", "log.every=1", "log.progress=false", f"workdir={workdir}"]
     if encoder.fusion == "mid":
         out.append("model.encoder.joint_layers=1")
-    if recipe.model_init.kind != "none":  # an ImageNet ViT-B does not fit the tiny model; tests/test_cavmae_runs.py
-        out.append("model_init.kind=none")  # starts a tiny one from a tiny ViT
+    if recipe.init.kind in ("vit", "cavmae"):  # an ImageNet ViT-B does not fit the tiny model;
+        out.append("init.kind=none")  # tests/test_cavmae_runs.py starts a tiny one from a tiny ViT
     if recipe.task == "finetune":
         out += ["finetune.eval_every=3", "finetune.bottleneck.fusion_layer=1", "data.freq_mask=8", "data.time_mask=20"]
     return out
@@ -128,7 +138,7 @@ def train(name: str, shards: Path, root: Path, runs: dict[str, Path]) -> Path:
     overrides = tiny_overrides(recipe, shards, workdir)
     if recipe.task == "finetune":
         base = STARTS_FROM.get(name, "pretrain_as2m.yaml")
-        overrides.append(f"finetune.init={runs.get(base) or train(base, shards, root, runs)}")
+        overrides += ["init.kind=avmae", f"init.path={runs.get(base) or train(base, shards, root, runs)}"]
     if recipe.mavil.teacher:
         base = STARTS_FROM[name]
         overrides.append(f"mavil.teacher={runs.get(base) or train(base, shards, root, runs)}")

@@ -63,7 +63,8 @@ def test_finetune_from_the_pretraining_export(shards, tmp_path):
     finetune.mkdir()
     config = run_config(finetune, shards, task="finetune",
                         data={"eval_split": "val", "mixup": 0.5, "freq_mask": 8, "time_mask": 20},
-                        finetune={"init": str(pretrain / "run"), "eval_every": 4, "loss": "ce",
+                        init={"kind": "avmae", "path": str(pretrain / "run")},
+                        finetune={"eval_every": 4, "loss": "ce",
                                   "modality_dropout": 0.5},  # ranks must drop the same modality in a step
                         optim={"steps": 8, "lr": 1e-3, "warmup_steps": 1, "layer_decay": 0.75, "head_lr_scale": 10.0},
                         checkpoint={"every": 4, "keep": 2, "average_last": 2})

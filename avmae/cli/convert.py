@@ -13,7 +13,7 @@ Convert a CAV-MAE checkpoint (the pretrained CAVMAE or a fine-tuned CAVMAEFT sta
 module.) to an avmae export (fp32 safetensors with its run config). Every CAV-MAE key is either loaded or dropped by
 name: the never-used per-modality LayerNorms of its modality-specific and decoder blocks. The full report is written
 beside the output (<out>.report.json). A fine-tuned model then runs with `avmae-eval --ckpt <out>`; a pretrained one
-is a `finetune.init` or `model_init` for avmae-train.
+is an `init.path` (`init.kind: avmae`) for avmae-train.
 """
 
 EXAMPLES = """\

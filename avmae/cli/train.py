@@ -18,7 +18,7 @@ EXAMPLES = """\
 examples:
   avmae-train --config configs/demo_pretrain.yaml --workdir runs/demo_pt
   torchrun --nproc_per_node=2 -m avmae.cli.train --config configs/demo_pretrain.yaml --set zero_stage=3
-  avmae-train --config configs/finetune_as20k.yaml --set finetune.init=runs/as2m_pt --set optim.lr=5e-5
+  avmae-train --config configs/finetune_as20k.yaml --set init.path=runs/as2m_pt --set optim.lr=5e-5
   sbatch -N 8 slurm/pretrain_as2m.sbatch --set data.shards=/data/as2m
 """
 

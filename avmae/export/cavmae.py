@@ -1,6 +1,6 @@
 """A CAV-MAE checkpoint as an avmae export: converted (avmae/models/convert_cavmae.py), checked to load into the
 avmae model with no missing or unexpected key, and written as fp32 safetensors with the run config and label
-metadata that ``avmae-eval`` and ``finetune.init`` read, like an export of ``avmae-train``."""
+metadata that ``avmae-eval`` and ``init`` (kind avmae) read, like an export of ``avmae-train``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A new model's starting weights from a file (``model_init`` of the run config): an ImageNet ViT / MAE checkpoint, a
+"""A new model's starting weights from a file (``init`` of the run config): an ImageNet ViT / MAE checkpoint, a
 CAV-MAE checkpoint or an avmae export. Returns a report of what was loaded and what was not, which the trainer writes
 to init_report.json."""
 
@@ -40,4 +40,4 @@ def initialise(model: nn.Module, init: ModelInitConfig) -> dict:
     if init.kind == "avmae":
         state = load_weights(init.path)
         return {**report, **(model.load_pretrained(state) if classifier else _load_whole(model, state))}
-    raise ValueError(f"unknown model_init.kind {init.kind!r}")
+    raise ValueError(f"unknown init.kind {init.kind!r}")

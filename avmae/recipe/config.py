@@ -60,7 +60,6 @@ class LogConfig:
 
 @dataclass
 class FinetuneConfig:
-    init: str = ""  # pretraining export (.safetensors) or run folder to start the encoder from
     heads: dict = field(default_factory=dict)  # {} = from the data's labels
     modality: Literal["av", "audio", "video"] = "av"
     # auto: BCE for multi-label data, CE otherwise; bce_sum: BCE summed over classes (AV-MAE / Scenic), not averaged
@@ -77,12 +76,13 @@ class FinetuneConfig:
 
 @dataclass
 class ModelInitConfig:
-    """Weights to start from, other than a resumed checkpoint. vit: an ImageNet ViT / MAE checkpoint in the timm
-    layout (CAV-MAE's initialisation, avmae/models/init_from_vit.py); cavmae: a CAV-MAE checkpoint (converted on the
-    fly); avmae: an avmae export. A classifier takes the encoder of any of them; a pretraining model takes all of a
-    cavmae / avmae checkpoint (continued pretraining) and what fits of a ViT."""
+    """The one knob for the weights a new run starts from (a resumed checkpoint aside; avmae/export/init.py loads
+    them). avmae: an avmae export (.safetensors) or run folder, e.g. fine-tuning from a pretraining run; vit: an
+    ImageNet ViT / MAE checkpoint in the timm layout (CAV-MAE's initialisation, avmae/models/init_from_vit.py);
+    cavmae: a CAV-MAE checkpoint (converted on the fly). A classifier takes the encoder of any of them; a pretraining
+    model takes all of a cavmae / avmae checkpoint (continued pretraining) and what fits of a ViT."""
 
-    kind: Literal["none", "vit", "cavmae", "avmae"] = "none"
+    kind: Literal["none", "avmae", "vit", "cavmae"] = "none"
     path: str = ""
     video_inflation: Literal["average", "central"] = "average"  # vit: how the 2-D patch kernel becomes a tubelet
 
@@ -95,7 +95,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     mavil: MAViLConfig = field(default_factory=MAViLConfig)  # pretraining: MAViL's extra terms and its stage 2
-    model_init: ModelInitConfig = field(default_factory=ModelInitConfig)
+    init: ModelInitConfig = field(default_factory=ModelInitConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)  # non-finite steps, collective timeouts
@@ -132,10 +132,8 @@ class RunConfig:
         if min(self.guard.nonfinite_in_row, self.guard.nonfinite_total) < 1 or self.guard.collective_timeout_s <= 0:
             raise ValueError("guard.nonfinite_in_row and guard.nonfinite_total must be at least 1, "
                              "guard.collective_timeout_s above 0")
-        if self.model_init.kind != "none" and not self.model_init.path:
-            raise ValueError(f"model_init.kind {self.model_init.kind} needs model_init.path")
-        if self.model_init.kind != "none" and self.task == "finetune" and self.finetune.init:
-            raise ValueError("give the weights to start from once: finetune.init or model_init, not both")
+        if self.init.kind != "none" and not self.init.path:
+            raise ConfigError(f"init.kind {self.init.kind} needs init.path (the file or run folder to start from)")
         if self.optim.schedule == "step" and list(self.optim.milestones) != sorted(self.optim.milestones):
             raise ValueError(f"optim.milestones must be increasing, got {list(self.optim.milestones)}")
         if self.task == "finetune" and self.finetune.loss.startswith("bce") and self.finetune.heads.get("verb"):

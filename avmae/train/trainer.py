@@ -26,7 +26,7 @@ from avmae.train.checkpoint import Checkpoints, tag_for
 from avmae.recipe.config import RunConfig
 from avmae.recipe.geometry import load_run_spec
 from avmae.distributed import DistInfo, setup_distributed
-from avmae.export.format import ExportInfo, export_path, load_weights, write_export
+from avmae.export.format import ExportInfo, export_path, write_export
 from avmae.export.load import load_model, model_for
 from avmae.train.logging import RunLogger
 from avmae.export.init import initialise
@@ -120,10 +120,8 @@ class Trainer:
             if not heads:
                 raise ValueError(f"{config.data.shards} has no labels to fine-tune on; set finetune.heads")
             model, report = model_for(config, "finetune", heads), None
-            if config.finetune.init:
-                report = {"init": config.finetune.init, **model.load_pretrained(load_weights(config.finetune.init))}
-        if config.model_init.kind != "none":  # an ImageNet ViT, a CAV-MAE or an avmae checkpoint to start from
-            report = {**(report or {}), **initialise(model, config.model_init)}
+        if config.init.kind != "none":  # an avmae export or run folder, an ImageNet ViT or a CAV-MAE checkpoint
+            report = {**(report or {}), **initialise(model, config.init)}
         if report and self.is_main:
             (self.workdir / "init_report.json").write_text(json.dumps(report, indent=1))
         return model, report
