@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 
@@ -68,9 +69,11 @@ def environment_from_slurm(env: dict[str, str]) -> dict[str, str]:
     }
 
 
-def setup_distributed(device_name: str | None = None) -> DistInfo:
+def setup_distributed(device_name: str | None = None, timeout_s: float = 1800.0) -> DistInfo:
     """Set the variables, choose the device and backend (NCCL on CUDA, gloo on CPU), start the process group.
-    The one set-up of training and evaluation; ``device_name="cpu"`` keeps a GPU machine's process on the CPU."""
+    The one set-up of training and evaluation; ``device_name="cpu"`` keeps a GPU machine's process on the CPU.
+    ``timeout_s`` (``guard.collective_timeout_s``) bounds every collective of the group: a rank that died or hangs
+    ends the job with an error on the others instead of leaving them waiting for ever."""
     import deepspeed
 
     launcher = "slurm" if "SLURM_PROCID" in os.environ and "RANK" not in os.environ else (
@@ -89,5 +92,5 @@ def setup_distributed(device_name: str | None = None) -> DistInfo:
     else:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         device, backend = torch.device("cpu"), "gloo"
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timedelta(seconds=timeout_s))
     return DistInfo(rank, world, local_rank, device, backend, launcher)

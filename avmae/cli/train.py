@@ -49,7 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:  # shards missing or made for another model: say which
         print(f"avmae-train: {err}", file=sys.stderr)
         return 2
-    result = trainer.run()
+    from avmae.train.stops import JobStopped
+
+    try:
+        result = trainer.run()
+    except JobStopped as err:  # divergence, a failed checkpoint, a loader past its budget, a dead rank: one line
+        print(f"avmae-train: {err}", file=sys.stderr, flush=True)
+        return 1
     if trainer.is_main:  # one line from one rank: several ranks writing at once interleave on a shared pipe
         print(json.dumps(result), flush=True)
     return 0

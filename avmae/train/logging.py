@@ -11,7 +11,29 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from avmae.files import write_text_atomically
 from avmae.recipe.config import LogConfig
+
+
+def continue_metrics(path: Path, start_step: int) -> int:
+    """Keep the records of ``path`` up to ``start_step`` (the step a run resumes from, 0 for a fresh start) and drop
+    the rest, atomically: the steps a crashed run logged after its last checkpoint are run again, and logged again.
+    Returns how many records were dropped (a line cut short by the crash counts as one)."""
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            keep = json.loads(line)["step"] <= start_step
+        except (ValueError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        write_text_atomically(path, "".join(line + "\n" for line in kept))
+    return dropped
 
 
 class RunLogger:
@@ -28,6 +50,7 @@ class RunLogger:
         self.progress = None
         if not enabled:
             return
+        self.dropped_records = continue_metrics(self.metrics_path, start_step)
         if config.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -60,8 +83,8 @@ class RunLogger:
             self.console.print(f"step {step}/{self.total_steps}  " + "  ".join(parts), highlight=False)
 
     def message(self, text: str) -> None:
-        if self.enabled:
-            self.console.print(text)
+        if self.enabled:  # one line however long: a message is grepped for in a job's log
+            self.console.print(text, soft_wrap=True, highlight=False)
 
     def close(self) -> None:
         if self.progress is not None:

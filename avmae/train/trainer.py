@@ -8,6 +8,7 @@ stop requests from SLURM) -> final checkpoint and fp32 export.
 from __future__ import annotations
 
 import json
+import math
 import random
 import signal
 import time
@@ -22,7 +23,12 @@ from avmae.config import dump, to_dict
 from avmae.data.augment import mixup, noise_and_shift, spec_augment
 from avmae.data.loader import Loader
 from avmae.models.counts import pretraining_flops
+from avmae.files import write_atomically
 from avmae.train.checkpoint import Checkpoints, tag_for
+from avmae.train.divergence import NonFiniteGuard, poison
+from avmae.train.resume_config import check_resumable
+from avmae.train.samples import SampleLedger
+from avmae.train.stops import JobStopped
 from avmae.recipe.config import RunConfig
 from avmae.recipe.geometry import load_run_spec
 from avmae.distributed import DistInfo, setup_distributed
@@ -46,7 +52,8 @@ def _deepspeed_config(config: RunConfig, bf16: bool) -> dict[str, Any]:
         "train_micro_batch_size_per_gpu": config.data.batch_size,
         "gradient_accumulation_steps": config.grad_accum,
         "gradient_clipping": config.optim.grad_clip,
-        "bf16": {"enabled": bf16},
+        # A non-finite gradient norm discards the step in bf16 too (avmae/train/divergence.py relies on it).
+        "bf16": {"enabled": bf16, "check_grad_overflow": True},
         "zero_optimization": {"stage": config.zero_stage, "overlap_comm": bf16, "contiguous_gradients": True,
                               "reduce_bucket_size": 5e8, "allgather_bucket_size": 5e8},
         # ZeRO shards any torch optimizer's state; DeepSpeed only asks to be told when it is not an Adam.
@@ -86,17 +93,19 @@ class Trainer:
         # The shards are checked first: a wrong folder or shards made for another model fail before any process
         # group exists.
         self.spec = load_run_spec(config, config.data.train_split)
-        self.dist = dist_info or setup_distributed()
         self.workdir = Path(config.workdir)
+        self.checkpoints = Checkpoints(self.workdir / "checkpoints", config.checkpoint.keep, is_main=False)
+        if self.checkpoints.complete():  # every rank checks, before any collective: all refuse together
+            check_resumable(self.workdir / "config.yaml", config)
+        self.dist = dist_info or setup_distributed(timeout_s=config.guard.collective_timeout_s)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.is_main = self.dist.is_main
+        self.is_main = self.checkpoints.is_main = self.dist.is_main
         self.bf16 = config.precision == "bf16" or (config.precision == "auto" and self.dist.device.type == "cuda")
         _seed_everything(config.seed + self.dist.rank)
         if self.is_main:
-            dump(config, self.workdir / "config.yaml")
+            write_atomically(self.workdir / "config.yaml", lambda partial: dump(config, partial))
         self.model, self.init_report = self._build_model()
         self.engine = self._build_engine()
-        self.checkpoints = Checkpoints(self.workdir / "checkpoints", config.checkpoint.keep, self.is_main)
 
     # --- set-up ---------------------------------------------------------------------------------------------------
 
@@ -185,15 +194,22 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         config, optim = self.config, self.config.optim
-        client = self.checkpoints.resume(self.engine)
+        client, skipped_checkpoints = self.checkpoints.resume(self.engine)
         start = client["step"] if client else 0
         best = client.get("best") if client else None
+        guard = NonFiniteGuard(config.guard, start, client.get("nonfinite_total", 0) if client else 0)
+        ledger = SampleLedger(self.dist.rank, client.get("samples") if client else None)
         loader = Loader(self.spec, config.data, train=True, rank=self.dist.rank, world=self.dist.world,
                         device=self.dist.device, start_batch=start * config.grad_accum)
         batches = iter(loader)
         logger = RunLogger(self.workdir, config.log, optim.steps, start, enabled=self.is_main)
+        for note in skipped_checkpoints:
+            logger.message(note)
         if client:
             logger.message(f"resumed from step {start} ({self.checkpoints.root})")
+        if self.is_main and logger.dropped_records:
+            logger.message(f"metrics.jsonl: dropped {logger.dropped_records} records after step {start}, "
+                           "logged before the run stopped and run again now")
         stop = StopRequest()
         step_fn = self._pretrain_step if config.task == "pretrain" else self._finetune_step
         flops = pretraining_flops(config.model, global_batch=config.data.batch_size * self.dist.world)["forward_backward"]
@@ -205,16 +221,27 @@ class Trainer:
             while step < optim.steps:
                 lr = self._set_lr(step)
                 totals: dict[str, float] = {}
+                every_loss_finite = True
                 for _ in range(config.grad_accum):
-                    loss, parts = step_fn(next(batches))
+                    batch = self._next_batch(batches, step + 1)
+                    loss, parts = step_fn(batch)
+                    if not ledger.agree(batch, step + 1, math.isfinite(parts.get("loss", loss.detach().item()))):
+                        loss, every_loss_finite = poison(loss), False  # every rank's update is discarded
                     self.engine.backward(loss)
                     self.engine.step()
                     for name, value in parts.items():
                         totals[name] = totals.get(name, 0.0) + value / config.grad_accum
                 step += 1
                 ran += 1
-                if step % config.log.every == 0 or step == optim.steps:
+                skipped = guard.record(step, totals.get("loss", math.nan), self.engine.was_step_applied(),
+                                       every_loss_finite)
+                if step % config.log.every == 0 or step == optim.steps or skipped:
                     totals = _mean_over_ranks(totals)
+                    if skipped:  # every skipped step has its record, whatever log.every says
+                        totals.update({"skipped_step": "non-finite loss" if not every_loss_finite
+                                       else "non-finite gradient norm", "nonfinite_in_row": guard.in_row,
+                                       "nonfinite_total": guard.total})
+                    totals.update(ledger.log_values())
                     now = time.perf_counter()
                     rate = samples_per_step * (step - last_step) / (now - last_time)
                     values = {**totals, "lr": lr, "samples_per_s": rate}
@@ -224,12 +251,21 @@ class Trainer:
                         values["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
                     logger.step(step, values)
                     last_time, last_step = now, step
+                budget = guard.over_budget()
+                if budget:
+                    raise guard.stop(step, budget, self._newest_checkpoint_at_or_before(guard.last_applied))
                 signum = stop.agreed()
                 leaving = signum or (config.stop_after and ran >= config.stop_after)
                 if step % config.checkpoint.every == 0 or step == optim.steps or leaving or self._eval_due(step):
-                    best = self._checkpoint(step, best, logger)
+                    best = self._checkpoint(step, best, logger, {"nonfinite_total": guard.total,
+                                                                 "samples": dict(ledger.totals)})
                 if leaving:
                     break
+        except dist.DistError as err:  # a rank died or hung: the collective failed or timed out
+            raise JobStopped(f"rank {self.dist.rank}: a collective failed at step {step + 1} "
+                             f"({str(err).splitlines()[0]}); another rank died or hung (guard.collective_timeout_s "
+                             f"{config.guard.collective_timeout_s:g}); newest complete checkpoint: "
+                             f"{self.checkpoints.newest() or 'none'}") from err
         finally:
             logger.close()
         finished = step >= optim.steps
@@ -239,6 +275,19 @@ class Trainer:
             logger.message(f"requeued: {requeue()}")
         return {"step": step, "finished": finished, "signal": signum, "best": best}
 
+    def _next_batch(self, batches, step: int) -> dict[str, Any]:
+        """The loader's next batch; a loader that gives up (``SkipBudgetExceeded`` when too many samples are bad, or
+        any other failure) ends the job with its own line, and this rank leaves, so the others are not left waiting
+        in a collective (torchrun / srun end them, or their collective fails)."""
+        try:
+            return next(batches)
+        except RuntimeError as err:
+            raise JobStopped(f"rank {self.dist.rank}: the loader stopped at step {step}: {err}") from err
+
+    def _newest_checkpoint_at_or_before(self, step: int) -> str:
+        good = [tag for s, tag in self.checkpoints.complete() if s <= step]
+        return str(self.checkpoints.root / good[-1]) if good else ""
+
     def _eval_due(self, step: int) -> bool:
         """Fine-tuning evaluates every ``eval_every`` steps and at the end; each evaluation comes with a checkpoint,
         so the best weights can always be exported."""
@@ -246,8 +295,8 @@ class Trainer:
         return (self.config.task == "finetune" and self.evaluator is not None
                 and (bool(every) and step % every == 0 or step == self.config.optim.steps))
 
-    def _checkpoint(self, step: int, best: dict | None, logger: RunLogger) -> dict | None:
-        client: dict[str, Any] = {"best": best}
+    def _checkpoint(self, step: int, best: dict | None, logger: RunLogger, counts: dict[str, Any]) -> dict | None:
+        client: dict[str, Any] = {"best": best, **counts}
         if self._eval_due(step):
             metrics = self.evaluate()
             logger.step(step, {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})

@@ -1,0 +1,61 @@
+"""A resumed run trains the model its checkpoint was made for: the run config may change only in what a resume
+may change. Anything else (model, data, optimiser, seed, precision...) is refused, naming the changed keys, since
+the checkpoint's weights, optimizer state and loader position were made under the saved config.
+
+What a resume may change, and why it is safe:
+- ``optim.steps``: train further (or stop sooner); the schedule is a function of the step and the new total.
+- ``stop_after``: how long this process runs.
+- ``log.*``, ``checkpoint.every``, ``checkpoint.keep``, ``checkpoint.export``, ``finetune.eval_every``: what is
+  written and when, not what is learned.
+- ``guard.*``: how many faults are tolerated before the job ends.
+- ``data.workers``, ``peak_tflops``: speed and the MFU estimate.
+- ``workdir``: where the run folder is (a moved run folder resumes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from avmae.config import ConfigError, from_dict, to_dict
+from avmae.recipe.config import RunConfig
+
+RESUMABLE = ("optim.steps", "stop_after", "log.", "checkpoint.every", "checkpoint.keep", "checkpoint.export",
+             "finetune.eval_every", "guard.", "data.workers", "peak_tflops", "workdir")
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out or {prefix.rstrip("."): {}}
+    return {prefix.rstrip("."): data}
+
+
+def changed_keys(saved: RunConfig, current: RunConfig) -> list[str]:
+    """Dotted keys whose values differ and that a resume may not change."""
+    old, new = _flat(to_dict(saved)), _flat(to_dict(current))
+    return sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key) and not may_change(key))
+
+
+def may_change(key: str) -> bool:
+    return any(key.startswith(r) if r.endswith(".") else key == r for r in RESUMABLE)
+
+
+def check_resumable(saved_path: Path, current: RunConfig) -> None:
+    """Raise ValueError naming the keys that differ from the run's saved config.yaml (nothing when it is absent)."""
+    if not saved_path.exists():
+        return
+    try:
+        saved = from_dict(RunConfig, yaml.safe_load(saved_path.read_text()) or {})
+    except (ConfigError, yaml.YAMLError) as err:
+        raise ValueError(f"{saved_path} cannot be read as a run config ({err}); move the run folder aside or fix it")
+    changed = changed_keys(saved, current)
+    if changed:
+        old, new = _flat(to_dict(saved)), _flat(to_dict(current))
+        detail = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+        raise ValueError(f"the run in {saved_path.parent} has checkpoints made with another config; a resume may "
+                         f"not change {detail} (start a new workdir, or see avmae/train/resume_config.py)")
