@@ -134,3 +134,31 @@ def test_missing_audio_silence_keeps_silent_clips(messy_folder, tmp_path):
     _build(messy_folder, dropped)
     assert read_manifest(out)["logmel_mean"] == read_manifest(dropped)["logmel_mean"]
     assert read_manifest(out)["logmel_std"] == read_manifest(dropped)["logmel_std"]
+
+
+def test_a_folder_scan_names_what_it_ignored(tmp_path, clip_factory, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # the table on one line per row
+    src = tmp_path / "downloads"
+    good = clip_factory(src / "good.mp4", seconds=2)
+    clip_factory(src / "audio only.m4a", seconds=2, video=False)  # an audio-only download: not a video input
+    (src / "half.mp4.part").write_bytes(good.read_bytes()[: good.stat().st_size // 2])  # a download in progress
+    (src / "README").write_text("no extension")
+    (src / ".hidden.mp4").write_bytes(good.read_bytes())
+    out = tmp_path / "shards"
+    assert shard_main(["build", "--src", str(src), "--out", str(out), "--segment-seconds", "2", "--num-frames", "2",
+                       "--short-side", "32", "--target-frames", "64", "--workers", "1", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    ignored = {".m4a": 1, ".part": 1, "(no extension)": 1, "(hidden)": 1}
+    assert summary["ignored_files"] == ignored
+    assert summary["totals"]["inputs"] == 1 == summary["totals"]["samples"]
+    assert read_manifest(out)["source"]["ignored_files"] == ignored  # recorded where a person looks later too
+    assert shard_main(["build", "--src", str(src), "--out", str(out), "--segment-seconds", "2", "--num-frames", "2",
+                       "--short-side", "32", "--target-frames", "64", "--workers", "1"]) == 0  # resumed: table
+    assert "not taken as video: (hidden): 1, (no extension): 1, .m4a: 1, .part: 1" in capsys.readouterr().out
+
+
+def test_a_folder_without_video_says_what_it_holds(tmp_path, clip_factory, capsys):
+    clip_factory(tmp_path / "src" / "song.m4a", seconds=1, video=False)
+    assert shard_main(["build", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--json"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == f"avmae-shard build: --src {tmp_path / 'src'} holds no video files (ignored: .m4a: 1)"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from avmae.shard.build import run_build
-from avmae.shard.inputs import collect_inputs
+from avmae.shard.inputs import InputSpec, collect_inputs
 from avmae.shard.items import VIDEO_EXTENSIONS
 from avmae.shard.media import ffmpeg_binary, ffmpeg_version
 from avmae.shard.params import BuildParams, FeatureParams
@@ -55,7 +55,7 @@ def bench_shard(src: Path, *, workers: int, features: FeatureParams, build: Buil
         raise ValueError(f"{src} holds no clips")
     ffmpeg_floor_seconds(clips[: min(2, len(clips))], 1)  # warm the page cache and the binary
     floor = ffmpeg_floor_seconds(clips, workers)
-    items, labels, source = collect_inputs(src=src, list_path=None)
+    items, labels, source = collect_inputs(InputSpec(src=src))
     # One shard per worker at least, so the build can use every worker.
     build = BuildParams(**{**build.__dict__, "shard_size": max(1, len(items) // (2 * workers))})
     with tempfile.TemporaryDirectory(prefix="avmae-bench-") as scratch:

@@ -11,7 +11,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from avmae.shard.errors import ParameterError
 from avmae.shard.params import BuildParams, FeatureParams
+
+_FLAGS = {"list_path": "--list"}  # library parameters whose flag is not "--" + the name with dashes
 
 DESCRIPTION = """\
 Turn raw video clips into WebDataset shards for avmae: per sample N JPEG frames spread over the segment, the
@@ -117,37 +120,20 @@ def _print_json(data) -> None:
 
 
 def _cmd_build(args) -> int:
-    from avmae.shard.build import run_build
-    from avmae.shard.inputs import collect_inputs
+    from avmae.shard.build import build_shards
+    from avmae.shard.inputs import InputSpec
 
-    items, labels, source = collect_inputs(
-        src=args.src, list_path=args.list, list_format=args.list_format, class_labels=args.class_labels,
-        labels_from_dirs=args.labels_from_dirs, split=args.split, segment_seconds=args.segment_seconds,
-        num_verbs=args.num_verbs, num_nouns=args.num_nouns)
+    inputs = InputSpec(src=args.src, list_path=args.list, list_format=args.list_format, class_labels=args.class_labels,
+                       labels_from_dirs=args.labels_from_dirs, split=args.split, segment_seconds=args.segment_seconds,
+                       num_verbs=args.num_verbs, num_nouns=args.num_nouns)
     features = FeatureParams(num_frames=args.num_frames, short_side=args.short_side, jpeg_qscale=args.jpeg_qscale,
                              target_frames=args.target_frames, num_mel_bins=args.num_mel_bins)
     build = BuildParams(segment_seconds=args.segment_seconds, segments=args.segments, min_seconds=args.min_seconds,
                         missing_audio=args.missing_audio, shard_size=args.shard_size, val_fraction=args.val_fraction,
                         labelled_per_class=args.labelled_per_class, seed=args.seed)
-    result = run_build(args.out, items, labels, source, features, build, workers=args.workers,
-                       task_index=args.task_index, num_tasks=args.num_tasks, overwrite=args.overwrite,
-                       show_progress=not (args.json or args.no_progress))
-    report = {
-        "out": str(args.out), "shards_total": result.shards_total, "shards_written": result.shards_written,
-        "shards_skipped": result.shards_skipped, "items_processed": result.items_processed,
-        "failures_this_run": result.failures_this_run, "seconds": round(result.seconds, 2),
-        "clips_per_second": round(result.items_processed / result.seconds, 2) if result.seconds else None,
-        "finished": result.manifest is not None,
-    }
-    if result.manifest is not None:
-        report["totals"] = result.manifest["totals"]
-        report["splits"] = {name: split["samples"] for name, split in result.manifest["splits"].items()}
-        report["logmel_mean"] = result.manifest["logmel_mean"]
-        report["logmel_std"] = result.manifest["logmel_std"]
-        coverage = result.manifest["label_coverage"]
-        report["worst_label_coverage"] = sorted(
-            ({"label": label, "rows": c["rows"], "ok": c["ok"]} for label, c in coverage.items() if c["ok"] < c["rows"]),
-            key=lambda row: (row["ok"] / row["rows"], row["label"]))[:10]
+    report = build_shards(args.out, inputs, features, build, workers=args.workers, task_index=args.task_index,
+                          num_tasks=args.num_tasks, overwrite=args.overwrite,
+                          show_progress=not (args.json or args.no_progress))
     if args.json:
         _print_json(report)
     else:
@@ -162,6 +148,8 @@ def _print_build_report(report) -> None:
                             f"{report['shards_total']} planned")
     table.add_row("this run", f"{report['items_processed']} inputs in {report['seconds']} s "
                               f"({report['clips_per_second']} clips/s), {report['failures_this_run']} failed")
+    if report["ignored_files"]:
+        table.add_row("ignored", "not taken as video: " + ", ".join(f"{ext}: {n}" for ext, n in report["ignored_files"].items()))
     if report["finished"]:
         totals = report["totals"]
         table.add_row("totals", f"{totals['inputs']} inputs = {totals['inputs_ok']} with samples + "
@@ -260,7 +248,11 @@ def main(argv: list[str] | None = None) -> int:
                 "synth": _cmd_synth}
     try:
         return handlers[args.command](args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except ParameterError as err:  # the library names its parameter; say the flag
+        print(f"avmae-shard {args.command}: {_FLAGS.get(err.parameter, '--' + err.parameter.replace('_', '-'))} "
+              f"{err.problem}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError, RuntimeError) as err:
         # print, not rich: one line whatever the terminal width, and brackets in the message are not markup
         print(f"avmae-shard {args.command}: {err}", file=sys.stderr)
         return 2

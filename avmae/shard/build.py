@@ -7,6 +7,7 @@ shards done writes the manifest.
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import queue
 import shutil
@@ -20,6 +21,8 @@ import torchaudio
 
 import avmae
 from avmae.config import to_dict
+from avmae.shard.errors import NO_SPACE_ERRNOS, OutOfSpaceError, ParameterError
+from avmae.shard.inputs import InputSpec, collect_inputs
 from avmae.shard.items import ClipItem
 from avmae.shard.lists import LabelSet
 from avmae.shard.manifest import claim_output, finalize, pending_shards
@@ -53,16 +56,38 @@ def _init_worker(progress_queue) -> None:
 
 
 def _write_in_worker(out: Path, plan: ShardPlan, features: FeatureParams, build: BuildParams, identity: str):
-    return write_shard(out, plan, features, build, identity, on_item=lambda ok: _progress_queue.put(ok))
+    return _write_or_clean_up(out, plan, features, build, identity, lambda ok: _progress_queue.put(ok))
+
+
+def _write_or_clean_up(out: Path, plan: ShardPlan, features: FeatureParams, build: BuildParams, identity: str,
+                       on_item) -> dict[str, Any]:
+    """write_shard, and when it fails, no file of the shard is left behind (without its part record none holds
+    finished work: a shard is redone whole). A full disk becomes one line naming the shard and the folder."""
+    try:
+        return write_shard(out, plan, features, build, identity, on_item=on_item)
+    except BaseException as err:
+        _remove_unfinished(out, plan.name)
+        if isinstance(err, OSError) and err.errno in NO_SPACE_ERRNOS:
+            raise OutOfSpaceError(f"shard {plan.name}: no space left on device in {out} ({errno.errorcode[err.errno]}); "
+                                  "shards already finished stay, the same build again resumes") from None
+        raise
+
+
+def _remove_unfinished(out: Path, name: str) -> None:
+    """The files of a shard whose part record was not written: the hidden ones kept under temporary names while it
+    is written (by write_shard and files.py), and a tar and index already renamed when the record failed."""
+    leftovers = [*out.glob(f".{name}.*partial"), *(out / PARTS_DIR).glob(f".{name}.json.*partial"), *out.glob(f"{name}.*")]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
 
 
 def run_build(out: Path, items: list[ClipItem], labels: LabelSet, source: dict[str, Any], features: FeatureParams,
               build: BuildParams, *, workers: int = 1, task_index: int = 0, num_tasks: int = 1,
               overwrite: bool = False, show_progress: bool = True) -> BuildResult:
     if not 0 <= task_index < num_tasks:
-        raise ValueError(f"--task-index {task_index} is not in [0, --num-tasks {num_tasks})")
+        raise ParameterError("task_index", f"{task_index} is not in [0, num_tasks {num_tasks})")
     if workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {workers}")
+        raise ParameterError("workers", f"must be at least 1, got {workers}")
     started = time.time()
     if overwrite and out.exists():
         shutil.rmtree(out)
@@ -84,7 +109,7 @@ def run_build(out: Path, items: list[ClipItem], labels: LabelSet, source: dict[s
 
     if workers == 1 or len(todo) <= 1:
         with BuildProgress(total_items, enabled=show_progress) as progress:
-            records = [write_shard(out, plan, features, build, identity, on_item=progress.advance) for plan in todo]
+            records = [_write_or_clean_up(out, plan, features, build, identity, progress.advance) for plan in todo]
     else:
         records = _run_pool(out, todo, features, build, identity, workers, total_items, show_progress)
     manifest = finalize(out) if not pending_shards(out, description) else None
@@ -105,11 +130,16 @@ def _run_pool(out, todo, features, build, identity, workers, total_items, show_p
         futures = {pool.submit(_write_in_worker, out, plan, features, build, identity) for plan in todo}
         records = []
         with BuildProgress(total_items, enabled=show_progress) as progress:
-            while futures:
-                done, futures = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
-                _drain(progress_queue, progress.advance)
-                # A worker that died raises here; its shard has no part record and is redone by the next run.
-                records.extend(future.result() for future in done)
+            try:
+                while futures:
+                    done, futures = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
+                    _drain(progress_queue, progress.advance)
+                    # A worker that died raises here; its shard has no part record and is redone by the next run.
+                    records.extend(future.result() for future in done)
+            except BaseException:
+                for future in futures:  # shards not started stay for the next run; running ones finish
+                    future.cancel()
+                raise
             _drain(progress_queue, progress.advance)
     return records
 
@@ -120,3 +150,38 @@ def _drain(progress_queue, on_item) -> None:
             on_item(progress_queue.get_nowait())
         except queue.Empty:
             return
+
+
+def build_summary(out: Path, result: BuildResult, source: dict[str, Any]) -> dict[str, Any]:
+    """What a build did, as ``avmae-shard build`` prints it (and ``--json`` gives it): this run's work, and once the
+    manifest is written the totals, splits, log-mel statistics and the labels with the fewest samples. A folder
+    scan's ignored files (by extension) are part of it: they are inputs that are in neither samples nor failures."""
+    summary: dict[str, Any] = {
+        "out": str(out), "shards_total": result.shards_total, "shards_written": result.shards_written,
+        "shards_skipped": result.shards_skipped, "items_processed": result.items_processed,
+        "failures_this_run": result.failures_this_run, "seconds": round(result.seconds, 2),
+        "clips_per_second": round(result.items_processed / result.seconds, 2) if result.seconds else None,
+        "ignored_files": dict(source.get("ignored_files", {})),
+        "finished": result.manifest is not None,
+    }
+    if result.manifest is not None:
+        manifest = result.manifest
+        summary["totals"] = manifest["totals"]
+        summary["splits"] = {name: split["samples"] for name, split in manifest["splits"].items()}
+        summary["logmel_mean"] = manifest["logmel_mean"]
+        summary["logmel_std"] = manifest["logmel_std"]
+        coverage = manifest["label_coverage"]
+        summary["worst_label_coverage"] = sorted(
+            ({"label": label, "rows": c["rows"], "ok": c["ok"]} for label, c in coverage.items() if c["ok"] < c["rows"]),
+            key=lambda row: (row["ok"] / row["rows"], row["label"]))[:10]
+    return summary
+
+
+def build_shards(out: Path, inputs: InputSpec, features: FeatureParams, build: BuildParams, *, workers: int = 1,
+                 task_index: int = 0, num_tasks: int = 1, overwrite: bool = False,
+                 show_progress: bool = True) -> dict[str, Any]:
+    """Collect the inputs, build (or resume) this task's shards, finalize when all are done; returns the summary."""
+    items, labels, source = collect_inputs(inputs)
+    result = run_build(out, items, labels, source, features, build, workers=workers, task_index=task_index,
+                       num_tasks=num_tasks, overwrite=overwrite, show_progress=show_progress)
+    return build_summary(out, result, source)

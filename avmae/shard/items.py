@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,20 +69,26 @@ def file_stem_for_key(key: str) -> str:
     return key if _SAFE_STEM.fullmatch(key) else _readable_with_digest(key)
 
 
-def scan_folder(src: Path, labels_from_dirs: bool = False) -> list[ClipItem]:
-    """Every video file under ``src`` (recursive, sorted), one item each. Hidden files and folders are skipped.
+def scan_folder(src: Path, labels_from_dirs: bool = False) -> tuple[list[ClipItem], dict[str, int]]:
+    """Every video file under ``src`` (recursive, sorted), one item each, and the count of files it ignored by
+    extension (an ``.m4a`` audio-only download, a downloader's ``.part``; hidden files as ``(hidden)``), so that a
+    build can say what it left out: "inputs = samples + failures" only holds for what was taken as input.
 
     With ``labels_from_dirs`` the name of a file's parent folder is its label (the UCF101 / class-folder layout).
     """
-    items = []
+    items, ignored = [], Counter()
     for path in sorted(src.rglob("*")):
+        if not path.is_file():
+            continue
         rel = path.relative_to(src)
         if any(part.startswith(".") for part in rel.parts):
+            ignored["(hidden)"] += 1
             continue
-        if not path.is_file() or path.suffix.lower() not in VIDEO_EXTENSIONS:
+        if path.suffix.lower() not in VIDEO_EXTENSIONS:
+            ignored[path.suffix.lower() or "(no extension)"] += 1
             continue
         labels = (rel.parent.name,) if labels_from_dirs and rel.parent.name else ()
         rel_text = rel.as_posix()
         items.append(ClipItem(item_id=rel_text, video_id=rel_text, source=rel_text, path=str(path.resolve()),
                               labels=labels))
-    return items
+    return items, dict(sorted(ignored.items()))

@@ -245,7 +245,7 @@ def detect_format(path: Path) -> str:
     row = next(csv.reader([head[0]]), [])
     if len(row) in (3, 4) and re.fullmatch(r"\d+(\.\d+)?", row[1].strip() if len(row) > 1 else ""):
         return "vggsound"
-    raise ListFormatError(f"{path}: cannot tell the list format from its first line; pass --list-format")
+    raise ListFormatError(f"{path}: cannot tell the list format from its first line; name the format (list_format)")
 
 
 def read_list(path: Path, fmt: str, src: Path | None, *, class_labels: Path | None = None,

@@ -1,0 +1,75 @@
+"""Disk full during a build (a real tmpfs that the build does not fit in): the build stops with one line naming the
+shard and "no space left", leaves no half-written or unfinished file under a real name, and the same command with
+space resumes to the bytes of an uninterrupted build."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.faults.shard_helpers import tiny_build
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
+
+SHARD_ARGS = ["--shard-size", "1", "--target-frames", "256", "--num-mel-bins", "64"]  # 32 KiB of log-mel a shard
+
+
+def _defining_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())
+            if p.suffix in (".tar", ".idx", ".crc") or p.name in ("manifest.json", "failures.jsonl")}
+
+
+def _disk_usage(folder: Path) -> int:
+    return sum(p.stat().st_blocks * 512 for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, clip_factory) -> tuple[Path, Path]:
+    src = tmp_path_factory.mktemp("clips")
+    for index in range(6):
+        clip_factory(src / f"clip{index}.mp4", seconds=2, frequency=300 + 100 * index)
+    out = tmp_path_factory.mktemp("reference") / "shards"
+    assert tiny_build(src, out, *SHARD_ARGS) == 0
+    return src, out
+
+
+@pytest.fixture
+def small_disk(tmp_path, reference):
+    """A tmpfs holding about half of what the reference build needs on disk."""
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    size = max(4096, _disk_usage(reference[1]) // 2 // 4096 * 4096)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_disk_full_stops_cleanly_and_resumes_to_the_same_bytes(reference, small_disk, capsys, workers):
+    src, reference_out = reference
+    out = small_disk / "shards"
+    assert tiny_build(src, out, *SHARD_ARGS, "--workers", workers) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "no space left" in error and "shard train-0000" in error, error
+    assert str(out) in error
+
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert not [p for p in files if p.name.endswith("partial")], files
+    assert not (out / "manifest.json").exists()
+    done = {p.stem for p in (out / "_parts").glob("*.json")}
+    assert 0 < len(done) < 6, "the build neither started nor ran out of space"
+    expected = _defining_bytes(reference_out)
+    for path in out.glob("*.*"):
+        if path.suffix in (".tar", ".idx", ".crc"):  # only finished shards, byte for byte those of a whole build
+            assert path.stem in done and path.read_bytes() == expected[path.name], path.name
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    assert tiny_build(src, out, *SHARD_ARGS, "--workers", workers) == 0
+    summary = capsys.readouterr().out
+    assert f'"shards_skipped": {len(done)}' in summary
+    assert _defining_bytes(out) == expected
