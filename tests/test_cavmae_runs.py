@@ -29,7 +29,7 @@ TINY = ["model.encoder.size=custom", "model.encoder.width=64", "model.encoder.de
 TINY_REFERENCE = dict(width=64, depth=3, specific=2, heads=2, frames=208, mel=128, image=64)
 
 
-def test_converted_finetuned_checkpoint_runs_under_avmae_eval(shards, tmp_path):  # noqa: F811
+def test_converted_finetuned_checkpoint_runs_under_avmae_eval(shards, tmp_path, capsys):  # noqa: F811
     spec = load_spec(shards, "val")
     classes = spec.heads["label"]
     torch.manual_seed(0)
@@ -63,6 +63,13 @@ def test_converted_finetuned_checkpoint_runs_under_avmae_eval(shards, tmp_path):
                          "--config", str(recipe), *sum((["--set", item] for item in TINY), [])]) == 0
     from_recipe = load_model(tmp_path / "recipe.safetensors")
     assert from_recipe.config.data.balanced_sampling and from_recipe.config.finetune.loss == "ce"
+    assert from_recipe.label_mode == "single"  # from the recipe's loss, not from a class count
+    # neither --label-mode nor a recipe that says it: refused in one line that names the flag
+    capsys.readouterr()
+    assert convert_main(["cavmae", "--src", str(tmp_path / "cavmae_ft.pth"), "--out", str(tmp_path / "no.safetensors"),
+                         *sum((["--set", item] for item in TINY), [])]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "--label-mode" in error[0] and not (tmp_path / "no.safetensors").exists()
     with torch.no_grad():
         assert torch.allclose(from_recipe.model(audio=audio)["label"], reference(audio, frame, "audioonly"), atol=1e-5)
 
