@@ -163,3 +163,15 @@ def test_train_needs_a_path_for_its_starting_weights(capsys):
     assert line.endswith("init.kind avmae needs init.path (the file or run folder to start from)"), line
     line = _train_error(capsys, "--set", "finetune.init=runs/pt")  # the old knob: gone, named
     assert "unknown config key 'finetune.init'" in line, line
+
+
+def test_the_clip_geometry_follows_the_model_and_other_values_are_refused(capsys):
+    from avmae.recipe.config import RunConfig
+
+    config = load(RunConfig, DEMO, ["model.video.frames=4", "model.video.size=64"]).validate()
+    assert (config.data.num_frames, config.data.crop_size) == (4, 64)  # the loader feeds the model's grid
+    line = _train_error(capsys, "--set", "data.num_frames=4")  # the demo's model takes 8 frames
+    assert line.endswith("data.num_frames is 4 but model.video.frames is 8: the loader follows the model; "
+                         "leave data.num_frames unset or equal"), line
+    line = _train_error(capsys, "--set", "data.crop_size=64")
+    assert "data.crop_size is 64 but model.video.size is 96" in line, line

@@ -22,14 +22,15 @@ class DataConfig:
     batch_size: int = 8  # per rank
     workers: int = 2  # DataLoader workers (webdataset) or DALI threads
     seed: int = 0
-    # Video: how many of the stored frames (evenly spread) and the crop the model sees.
-    num_frames: int = 16
+    # Video: how many of the stored frames (evenly spread) and the crop the model sees. None = the model's
+    # (model.video.frames / model.video.size), filled in when a run config is validated, which refuses other values.
+    num_frames: int | None = None
     view: int = 0  # multi-view testing: which of `views` temporal frame sets (evaluation only)
     views: int = 1
     # Training: each sample's frames come from a random one of this many temporal offsets (view v of `views`
     # as above); 1 = the evenly spread frames. CAV-MAE: 10 with one frame, a random one of its 10 per step.
     train_offsets: int = 1
-    crop_size: int = 224
+    crop_size: int | None = None
     eval_short_side: int = 0  # resize before the centre crop; 0 = keep the stored frames' size (AV-MAE eval: 224/256)
     crop_scale: tuple[float, ...] = (0.25, 1.0)  # random resized crop: area share of the frame, same for all frames
     crop_ratio: tuple[float, ...] = (0.75, 1.3333)

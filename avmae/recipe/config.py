@@ -109,6 +109,7 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         self.model.validate()
+        self._clip_geometry()
         if self.zero_stage not in (1, 2, 3):
             raise ConfigError(f"zero_stage must be 1, 2 or 3, got {self.zero_stage}")
         # Counts and intervals: a zero interval divides by zero mid-run, a zero batch hangs the loader.
@@ -139,3 +140,16 @@ class RunConfig:
         if self.task == "finetune" and self.finetune.loss.startswith("bce") and self.finetune.heads.get("verb"):
             raise ValueError("Epic-Kitchens verb/noun heads are single-label: use finetune.loss ce")
         return self
+
+    def _clip_geometry(self) -> None:
+        """The model config is the home of the clip geometry: the loader's frame count and crop follow it. Set to
+        anything else they would feed the model another grid than the one it describes (and its MFU neither), so
+        they are refused here; evaluation at another clip length asks for it on purpose (avmae-eval)."""
+        for data_key, model_key, model_value in (("num_frames", "video.frames", self.model.video.frames),
+                                                 ("crop_size", "video.size", self.model.video.size)):
+            value = getattr(self.data, data_key)
+            if value is None:
+                setattr(self.data, data_key, model_value)
+            elif value != model_value:
+                raise ConfigError(f"data.{data_key} is {value} but model.{model_key} is {model_value}: the loader "
+                                  f"follows the model; leave data.{data_key} unset or equal")

@@ -24,7 +24,8 @@ def load_run_spec(config: RunConfig, split: str, shards: str | Path | None = Non
     parameter and both values when they were built for another geometry than ``config``'s."""
     root = shards if shards is not None else config.data.shards
     spec = load_spec(root, split, shard_expectations(config))
-    stored, wanted = spec.features["num_frames"], config.data.num_frames
+    wanted = config.data.num_frames if config.data.num_frames is not None else config.model.video.frames
+    stored = spec.features["num_frames"]
     if wanted > stored:
         raise DataMismatchError(f"{root}: shards hold {stored} frames per sample but data.num_frames is {wanted}; "
                                 "rebuild the shards with more frames or lower data.num_frames")
