@@ -185,3 +185,16 @@ def test_metrics_recomputed_from_a_file_in_the_old_layout(tmp_path, capsys):
     assert eval_main(["metrics", "--pred", str(tmp_path / "old.npz"), "--task", "vggsound"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["top1"] == pytest.approx(float((scores.argmax(1) == targets).mean()))
+
+
+def test_fine_tuning_evaluation_counts_what_it_scored(cut_shards, tmp_path):
+    from avmae.eval.during_training import SplitEvaluator
+
+    data, _ = cut_shards
+    config = load(RunConfig, run_config(tmp_path, data, task="finetune",
+                                        data={"eval_split": "train", "backend": "webdataset"}))
+    heads = {"label": len(load_spec(data, "train").label_names)}
+    metrics = SplitEvaluator(config)(model_for(config, "finetune", heads).eval(), heads, rank=0, world=1,
+                                     device=torch.device("cpu"), dtype=torch.float32)
+    assert metrics["samples_in_split"] == 9 and metrics["samples_skipped"] >= 1
+    assert metrics["samples_scored"] + metrics["samples_skipped"] == 9 == metrics["samples"] + metrics["samples_skipped"]
