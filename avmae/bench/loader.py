@@ -104,6 +104,8 @@ def bench_loader(data: Path, split: str, backends: list[str], workers: list[int]
     # against them (2 threads cost 4.0 ms of CPU per sample in the main process against 2.1 with 1, measured).
     torch.set_num_threads(threads)
     spec = load_spec(data, split)
+    if spec.samples < batch_size:  # a training loader drops the incomplete batch: there would be no batch, ever
+        raise ValueError(f"{data}: split {split!r} holds {spec.samples} samples, fewer than one batch of {batch_size}")
     results: dict[str, Any] = {"data": str(data), "split": split, "samples": spec.samples, "batch_size": batch_size,
                                "frames_per_sample": num_frames, "crop": crop, "train_augmentation": train,
                                "receiving_threads": threads, "runs": []}
@@ -136,4 +138,9 @@ def bench_loader(data: Path, split: str, backends: list[str], workers: list[int]
 def _forever(make):
     """Batches from loaders made by ``make``, one after another (evaluation loaders end)."""
     while True:
-        yield from make()
+        batches = 0
+        for batch in make():
+            batches += 1
+            yield batch
+        if not batches:  # a loader that gives nothing would be re-made forever
+            raise RuntimeError("a loader gave no batch at all")

@@ -76,6 +76,14 @@ def _has_dali() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (ValueError, OSError, RuntimeError) as err:  # bad input: one line, not a traceback
+        print(f"avmae-bench {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     if args.command == "shard":
         from avmae.bench.shard import bench_shard, make_bench_clips
 

@@ -30,7 +30,7 @@ def collect_inputs(spec: InputSpec) -> tuple[list[ClipItem], LabelSet, dict[str,
     the scan ignored, by extension (``ignored_files``)."""
     src, list_path = spec.src, spec.list_path
     if list_path is None and src is None:
-        raise ParameterError("src", "or list_path is needed: a folder of clips or a dataset list")
+        raise ParameterError("src", "is needed (a folder of clips), unless a dataset list is given")
     if src is not None and not src.is_dir():
         raise ParameterError("src", f"{src} is not a folder")
     if list_path is None:

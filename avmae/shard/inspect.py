@@ -42,16 +42,26 @@ def find_sample(out: Path, wanted: str | int | None) -> tuple[str, dict[str, byt
         for shard in split["shards"]:
             samples = parse_index((out / shard["idx"]).read_text())
             for members in samples:
-                key = members[0].key
+                key = members[0].name.partition(".")[0]
                 if wanted is None or wanted == key or wanted == position:
-                    missing = [ext for ext in ("logmel.npy", "json") if ext not in {m.ext for m in members}]
-                    if missing or not key:
-                        raise ValueError(f"{out / shard['tar']}: sample {key!r} (members {[m.name for m in members]}) "
-                                         f"is not a sample of this format: missing {missing or 'a key'}")
-                    with tarfile.open(out / shard["tar"]) as tar:
-                        return key, {m.ext: tar.extractfile(m.name).read() for m in members}
+                    return key, _read_sample(out / shard["tar"], key, members)
                 position += 1
-    raise KeyError(f"no sample {wanted!r} in {out}")
+    raise ValueError(f"{out}: no sample {wanted!r} (give a key or a position below {position})")
+
+
+def _read_sample(tar_path: Path, key: str, members) -> dict[str, bytes]:
+    """member -> bytes of one sample; a ValueError naming the tar and the sample when they are not readable."""
+    exts = {member.name.partition(".")[2]: member.name for member in members}
+    missing = [ext for ext in ("logmel.npy", "json") if ext not in exts]
+    if missing or not key or "" in exts:
+        raise ValueError(f"{tar_path}: sample {key!r} (members {[m.name for m in members]}) is not a sample of "
+                         f"this format: missing {missing or 'a key or a member part'}")
+    try:
+        with tarfile.open(tar_path, mode="r:") as tar:  # plain tar: one error, not one per compression tried
+            return {ext: tar.extractfile(name).read() for ext, name in exts.items()}
+    except (tarfile.TarError, KeyError, OSError) as err:
+        raise ValueError(f"{tar_path}: sample {key!r} is unreadable ({err}); `avmae-shard verify` checks the "
+                         "whole folder") from None
 
 
 def contact_sheet(members: dict[str, bytes], columns: int = 4, gap: int = 2) -> Image.Image:

@@ -17,6 +17,9 @@ from avmae.shard.tarfiles import parse_index, read_members, sha256_file
 def _check_sample(tar: tarfile.TarFile, names: list[str], num_frames: int, shape: tuple[int, int]) -> list[str]:
     """Problems with one sample's members (frame count, log-mel shape and dtype, metadata)."""
     problems = []
+    undotted = [name for name in names if "." not in name.strip(".")]
+    if undotted:  # WebDataset splits a member name at its first dot into key and member: these have no member part
+        return [f"{names[0]}: member names without a '.<member>' part: {undotted}"]
     exts = {name.split(".", 1)[1]: name for name in names}
     frames = [f"{i:02d}.jpg" for i in range(num_frames)]
     missing = [ext for ext in [*frames, "logmel.npy", "json"] if ext not in exts]
@@ -66,10 +69,14 @@ def verify(out: Path, deep: bool = True) -> dict[str, Any]:
             if len(indexed) != shard["samples"]:
                 problems.append(f"{shard['name']}: {len(indexed)} samples, manifest says {shard['samples']}")
             counted += len(indexed)
-            if deep:
+            if deep and flat == members:  # a wrong index names members the tar does not have: reported above
                 with tarfile.open(tar_path) as tar:
                     for sample in indexed:
-                        problems += _check_sample(tar, [m.name for m in sample], features["num_frames"], shape)
+                        names = [m.name for m in sample]
+                        try:
+                            problems += _check_sample(tar, names, features["num_frames"], shape)
+                        except (tarfile.TarError, KeyError, ValueError, OSError) as err:  # bytes that do not parse
+                            problems.append(f"{shard['tar']}: sample {names[0]!r}: unreadable: {err}")
         if counted != split["samples"]:
             problems.append(f"split {split_name}: shards hold {counted} samples, manifest says {split['samples']}")
         samples += counted

@@ -1,0 +1,119 @@
+"""Bad input to the shard stage's commands ends in one line and exit code 2 (``verify`` reports damage it finds as
+problems and exits 1): member names without a dot, damaged tar headers, wrong paths, empty and foreign folders, a
+split smaller than the loader bench's batch."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from avmae.cli.bench import main as bench_main
+from avmae.cli.shard import main as shard_main
+
+from tests.faults.shard_helpers import tiny_build
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, clip_factory) -> Path:
+    src = tmp_path_factory.mktemp("clips")
+    for name in ("a.mp4", "b.mp4"):
+        clip_factory(src / name, seconds=2)
+    out = tmp_path_factory.mktemp("build") / "shards"
+    assert tiny_build(src, out, "--shard-size", "2") == 0
+    return out
+
+
+def _copy(shards: Path, tmp_path: Path) -> tuple[Path, Path]:
+    out = tmp_path / "shards"
+    shutil.copytree(shards, out)
+    return out, out / "train-000000.tar"
+
+
+def _one_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.fixture
+def undotted(shards, tmp_path) -> Path:
+    """The first member renamed to ``nodotname`` in the tar and, consistently, in its index."""
+    out, tar_path = _copy(shards, tmp_path)
+    with tarfile.open(tar_path) as tar:
+        members = [(info.name, tar.extractfile(info).read()) for info in tar.getmembers()]
+    first = members[0][0]
+    with tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo("nodotname" if name == first else name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    idx = tar_path.with_suffix(".idx")
+    idx.write_text(idx.read_text().replace(f" {first}", " nodotname", 1))
+    return out
+
+
+def test_verify_reports_a_member_without_a_dot(undotted, capsys):
+    from avmae.shard.verify import verify
+
+    assert shard_main(["verify", str(undotted), "--json"]) == 1
+    problems = verify(undotted)["problems"]
+    assert any("without a '.<member>' part" in p and "nodotname" in p for p in problems), problems
+
+
+def test_inspect_refuses_a_member_without_a_dot(undotted, tmp_path, capsys):
+    assert shard_main(["inspect", str(undotted), "--sample", "0", "--png-dir", str(tmp_path / "png")]) == 2
+    line = _one_line(capsys)
+    assert "train-000000.tar" in line and "nodotname" in line and "not a sample of this format" in line
+    assert not (tmp_path / "png").exists()
+
+
+def test_a_damaged_tar_header(shards, tmp_path, capsys):
+    out, tar_path = _copy(shards, tmp_path)
+    data = bytearray(tar_path.read_bytes())
+    data[148:156] = b"garbage!"  # the first header's checksum field
+    tar_path.write_bytes(bytes(data))
+    assert shard_main(["inspect", str(out), "--sample", "0", "--png-dir", str(tmp_path / "png")]) == 2
+    line = _one_line(capsys)
+    assert "train-000000.tar" in line and "invalid header" in line
+    assert shard_main(["verify", str(out)]) == 1
+    assert "train-000000: unreadable: invalid header" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["verify", "inspect", "finalize"])
+@pytest.mark.parametrize("folder", ["missing", "empty", "foreign"])
+def test_folders_that_are_no_shard_folders(tmp_path, capsys, command, folder):
+    path = tmp_path / folder
+    if folder != "missing":
+        path.mkdir()
+    if folder == "foreign":
+        (path / "clip.mp4").write_bytes(b"not a shard folder")
+    assert shard_main([command, str(path)]) == 2
+    line = _one_line(capsys)
+    assert line.startswith(f"avmae-shard {command}: ") and str(path) in line
+    assert "not a shard" in line
+
+
+def test_inspect_an_unknown_sample(shards, capsys):
+    assert shard_main(["inspect", str(shards), "--sample", "nokey"]) == 2
+    assert _one_line(capsys) == f"avmae-shard inspect: {shards}: no sample 'nokey' (give a key or a position below 2)"
+
+
+def test_build_from_a_missing_folder(tmp_path, capsys):
+    assert shard_main(["build", "--src", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
+    assert _one_line(capsys) == f"avmae-shard build: --src {tmp_path / 'nowhere'} is not a folder"
+    assert shard_main(["build", "--out", str(tmp_path / "out")]) == 2
+    assert _one_line(capsys) == ("avmae-shard build: --src is needed (a folder of clips), unless a dataset list "
+                                 "is given")
+
+
+def test_loader_bench_refuses_a_split_smaller_than_a_batch(shards, capsys):
+    assert bench_main(["loader", "--data", str(shards), "--batch-size", "3", "--workers", "0",
+                       "--backend", "webdataset"]) == 2
+    assert _one_line(capsys) == (f"avmae-bench loader: {shards}: split 'train' holds 2 samples, fewer than one "
+                                 "batch of 3")
+    assert bench_main(["loader", "--data", str(shards), "--split", "val"]) == 2
+    assert "no split 'val'" in _one_line(capsys)
