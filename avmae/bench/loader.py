@@ -23,6 +23,7 @@ from avmae.data.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
 from avmae.data.loader import build_loader
 from avmae.data.samples import frame_members, parse_metadata
 from avmae.data.spec import load_spec
+from avmae.shard.format import METADATA_MEMBER
 from avmae.shard.items import file_stem_for_key
 from avmae.shard.media import ffmpeg_binary
 
@@ -35,9 +36,9 @@ def export_cavmae_layout(spec, folder: Path, frames: list[str]) -> tuple[list[di
         with tarfile.open(shard.tar) as tar:
             names = tar.getnames()
             for name in names:
-                if not name.endswith(".json"):
+                if not name.endswith(f".{METADATA_MEMBER}"):
                     continue
-                key = name[: -len(".json")]
+                key = name[: -len(f".{METADATA_MEMBER}")]
                 meta = parse_metadata(tar.extractfile(name).read())
                 stem = file_stem_for_key(key)
                 if stem != key:

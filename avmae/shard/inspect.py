@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from avmae.shard.format import LOGMEL_MEMBER, METADATA_MEMBER, is_frame_member
 from avmae.shard.items import file_stem_for_key
 from avmae.shard.manifest import read_manifest
 from avmae.shard.tarfiles import parse_index
@@ -52,7 +53,7 @@ def find_sample(out: Path, wanted: str | int | None) -> tuple[str, dict[str, byt
 def _read_sample(tar_path: Path, key: str, members) -> dict[str, bytes]:
     """member -> bytes of one sample; a ValueError naming the tar and the sample when they are not readable."""
     exts = {member.name.partition(".")[2]: member.name for member in members}
-    missing = [ext for ext in ("logmel.npy", "json") if ext not in exts]
+    missing = [ext for ext in (LOGMEL_MEMBER, METADATA_MEMBER) if ext not in exts]
     if missing or not key or "" in exts:
         raise ValueError(f"{tar_path}: sample {key!r} (members {[m.name for m in members]}) is not a sample of "
                          f"this format: missing {missing or 'a key or a member part'}")
@@ -66,7 +67,7 @@ def _read_sample(tar_path: Path, key: str, members) -> dict[str, bytes]:
 
 def contact_sheet(members: dict[str, bytes], columns: int = 4, gap: int = 2) -> Image.Image:
     """The sample's frames in time order, ``columns`` per row, separated by a black ``gap``."""
-    frames = [Image.open(io.BytesIO(members[ext])).convert("RGB") for ext in sorted(members) if ext.endswith(".jpg")]
+    frames = [Image.open(io.BytesIO(members[ext])).convert("RGB") for ext in sorted(members) if is_frame_member(ext)]
     width, height = frames[0].size
     columns = min(columns, len(frames))
     rows = (len(frames) + columns - 1) // columns
@@ -82,8 +83,8 @@ def spectrogram_png(members: dict[str, bytes], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    mel = np.load(io.BytesIO(members["logmel.npy"]), allow_pickle=False).astype(np.float32)
-    meta = json.loads(members["json"])
+    mel = np.load(io.BytesIO(members[LOGMEL_MEMBER]), allow_pickle=False).astype(np.float32)
+    meta = json.loads(members[METADATA_MEMBER])
     valid = meta["audio_valid_frames"]
     figure, axis = plt.subplots(figsize=(10, 3))
     image = axis.imshow(mel.T, origin="lower", aspect="auto", cmap="magma")
@@ -109,7 +110,7 @@ def render_sample(out: Path, wanted: str | int | None, png_dir: Path) -> dict[st
     contact_sheet(members).save(frames_path)
     spectrogram_png(members, spec_path)
     rendered = {"key": key, "frames_png": str(frames_path), "spectrogram_png": str(spec_path),
-                "metadata": json.loads(members["json"])}
+                "metadata": json.loads(members[METADATA_MEMBER])}
     if stem != key:
         rendered["unsafe_key"] = True
     return rendered

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from avmae.shard.format import LOGMEL_MEMBER, METADATA_MEMBER, frame_member, sample_members
 from avmae.shard.manifest import read_manifest
 from avmae.shard.tarfiles import parse_index, read_members, sha256_file
 
@@ -21,15 +22,15 @@ def _check_sample(tar: tarfile.TarFile, names: list[str], num_frames: int, shape
     if undotted:  # WebDataset splits a member name at its first dot into key and member: these have no member part
         return [f"{names[0]}: member names without a '.<member>' part: {undotted}"]
     exts = {name.split(".", 1)[1]: name for name in names}
-    frames = [f"{i:02d}.jpg" for i in range(num_frames)]
-    missing = [ext for ext in [*frames, "logmel.npy", "json"] if ext not in exts]
+    frames = [frame_member(i) for i in range(num_frames)]
+    missing = [ext for ext in sample_members(frames) if ext not in exts]
     if missing:
         return [f"{names[0].split('.', 1)[0]}: missing members {missing}"]
     key = names[0].split(".", 1)[0]
-    mel = np.load(io.BytesIO(tar.extractfile(exts["logmel.npy"]).read()), allow_pickle=False)
+    mel = np.load(io.BytesIO(tar.extractfile(exts[LOGMEL_MEMBER]).read()), allow_pickle=False)
     if mel.shape != shape or mel.dtype != np.float16:
         problems.append(f"{key}: log-mel is {mel.dtype}{mel.shape}, expected float16{shape}")
-    meta = json.loads(tar.extractfile(exts["json"]).read())
+    meta = json.loads(tar.extractfile(exts[METADATA_MEMBER]).read())
     if meta.get("key") != key:
         problems.append(f"{key}: metadata key {meta.get('key')!r} differs from the member name")
     for ext in frames:
