@@ -7,3 +7,16 @@ from __future__ import annotations
 
 class JobStopped(RuntimeError):
     """The run cannot go on; ``str(error)`` names the step and the cause. Nothing that looks finished was written."""
+
+
+# How a failed collective reads when the backend does not raise torch's DistError: gloo raises a plain RuntimeError
+# ("Timed out waiting 5000ms for recv operation", "Connection closed by peer"), as measured with torch 2.11.
+COLLECTIVE_FAILURES = ("gloo/transport", "Connection closed by peer", "Connection reset by peer", "NCCL error",
+                       "Timed out waiting")
+
+
+def is_collective_failure(error: BaseException) -> bool:
+    import torch.distributed as dist
+
+    return isinstance(error, dist.DistError) or (
+        isinstance(error, RuntimeError) and any(mark in str(error) for mark in COLLECTIVE_FAILURES))

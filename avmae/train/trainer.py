@@ -28,7 +28,7 @@ from avmae.train.checkpoint import Checkpoints, tag_for
 from avmae.train.divergence import NonFiniteGuard, poison
 from avmae.train.resume_config import check_resumable
 from avmae.train.samples import SampleLedger
-from avmae.train.stops import JobStopped
+from avmae.train.stops import JobStopped, is_collective_failure
 from avmae.recipe.config import RunConfig
 from avmae.recipe.geometry import load_run_spec
 from avmae.distributed import DistInfo, setup_distributed
@@ -261,7 +261,9 @@ class Trainer:
                                                                  "samples": dict(ledger.totals)})
                 if leaving:
                     break
-        except dist.DistError as err:  # a rank died or hung: the collective failed or timed out
+        except RuntimeError as err:  # a rank died or hung: a collective failed or timed out
+            if isinstance(err, JobStopped) or not is_collective_failure(err):
+                raise
             raise JobStopped(f"rank {self.dist.rank}: a collective failed at step {step + 1} "
                              f"({str(err).splitlines()[0]}); another rank died or hung (guard.collective_timeout_s "
                              f"{config.guard.collective_timeout_s:g}); newest complete checkpoint: "

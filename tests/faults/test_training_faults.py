@@ -140,10 +140,9 @@ def test_a_full_disk_during_a_save_stops_the_run_and_a_rerun_resumes(shards, tmp
         subprocess.run(["umount", "-l", str(workdir)], check=False)
 
 
-@pytest.mark.slow
-def test_a_killed_rank_ends_the_job_promptly_and_a_rerun_resumes(shards, tmp_path):
-    config = run_config(tmp_path, shards, optim={"steps": 40, "lr": 1e-3, "warmup_steps": 1},
-                        checkpoint={"every": 4, "keep": 2}, guard={"collective_timeout_s": 20})
+def fault_a_rank_mid_run(tmp_path: Path, config: Path, signum: int) -> tuple[float, str]:
+    """Start 2 ranks under torchrun, send ``signum`` to rank 1 after step 6; how long the job took to end, and its
+    stderr (the job must have failed)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
                "-m", "avmae.cli.train", "--config", str(config)]
     launcher = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -153,11 +152,35 @@ def test_a_killed_rank_ends_the_job_promptly_and_a_rerun_resumes(shards, tmp_pat
         time.sleep(0.1)
     ranks = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()
     assert len(ranks) == 2
-    killed_at = time.time()
-    os.kill(int(ranks[1]), signal.SIGKILL)
-    _, stderr = launcher.communicate(timeout=120)
-    ended_after = time.time() - killed_at
-    assert launcher.returncode != 0 and ended_after < 60, stderr[-3000:]
+    faulted_at = time.time()
+    os.kill(int(ranks[1]), signum)
+    try:
+        _, stderr = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:  # a failed test leaves nothing running
+            os.kill(int(ranks[1]), signal.SIGKILL)
+            launcher.kill()
+    assert launcher.returncode != 0, stderr[-3000:]
+    return time.time() - faulted_at, stderr
+
+
+@pytest.mark.slow
+def test_a_hung_rank_ends_the_job_after_the_collective_timeout(shards, tmp_path):
+    config = run_config(tmp_path, shards, optim={"steps": 200, "lr": 1e-3, "warmup_steps": 1},
+                        checkpoint={"every": 1000, "keep": 2}, guard={"collective_timeout_s": 5})
+    ended_after, stderr = fault_a_rank_mid_run(tmp_path, config, signal.SIGSTOP)  # alive, but never answers
+    assert ended_after < 60, stderr[-3000:]
+    assert "avmae-train: rank 0: a collective failed at step" in stderr
+    assert "another rank died or hung (guard.collective_timeout_s 5)" in stderr
+    print(f"job ended {ended_after:.1f} s after a rank hung")
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_job_promptly_and_a_rerun_resumes(shards, tmp_path):
+    config = run_config(tmp_path, shards, optim={"steps": 40, "lr": 1e-3, "warmup_steps": 1},
+                        checkpoint={"every": 4, "keep": 2}, guard={"collective_timeout_s": 20})
+    ended_after, stderr = fault_a_rank_mid_run(tmp_path, config, signal.SIGKILL)
+    assert ended_after < 60, stderr[-3000:]
     second = train(config, processes=2)
     assert result_of(second)["step"] == 40 and "resumed from step" in second.stderr
     assert [r["step"] for r in metrics(tmp_path / "run")] == list(range(1, 41))
