@@ -185,3 +185,44 @@ def test_a_killed_rank_ends_the_job_promptly_and_a_rerun_resumes(shards, tmp_pat
     assert result_of(second)["step"] == 40 and "resumed from step" in second.stderr
     assert [r["step"] for r in metrics(tmp_path / "run")] == list(range(1, 41))
     print(f"job ended {ended_after:.1f} s after a rank was killed")
+
+
+def copy_of(shards: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(shards, tmp_path / "shards"))
+
+
+@pytest.mark.slow
+def test_skipped_samples_of_both_ranks_are_named_and_counted_in_metrics(shards, tmp_path):
+    from tests.faults.damage import flip_bits_in_place
+
+    damaged = copy_of(shards, tmp_path)
+    bad_key = flip_bits_in_place(damaged / "train-000000.tar", "01.jpg")  # the checksum sidecar now disagrees
+    config = run_config(tmp_path, damaged, data={"max_skip_fraction": 1.0, "max_skip_run": 50},
+                        optim={"steps": 6, "lr": 1e-3, "warmup_steps": 1}, checkpoint={"every": 3, "keep": 2})
+    result_of(train(config, processes=2))
+    records = metrics(tmp_path / "run")
+    named = [s for r in records for s in r.get("skipped", [])]
+    assert named and {s["key"] for s in named} == {bad_key} and all(s["shard"] for s in named)
+    last = records[-1]
+    assert last["samples_used"] == 6 * 4 * 2  # 6 steps, 4 samples per rank, 2 ranks
+    assert last["samples_used"] + last["samples_skipped"] == last["samples_drawn"]
+    assert last["samples_skipped"] == len(named)
+
+
+@pytest.mark.slow
+def test_a_rank_past_its_skip_budget_ends_the_job_with_one_line(shards, tmp_path):
+    from tests.faults.damage import flip_bits_in_place, keys_of
+
+    damaged = copy_of(shards, tmp_path)
+    for tar in sorted(damaged.glob("train-*.tar")):
+        for sample in range(len(keys_of(tar))):
+            flip_bits_in_place(tar, "01.jpg", sample)
+    config = run_config(tmp_path, damaged, data={"max_skip_fraction": 0.01, "max_skip_run": 3},
+                        guard={"collective_timeout_s": 20})
+    started = time.time()
+    process = train(config, processes=2, timeout=120)
+    assert process.returncode != 0 and time.time() - started < 90
+    assert "the loader stopped at step 1" in process.stderr and "data.max_skip_run=3" in process.stderr
+    assert not (tmp_path / "run" / "export").exists()
