@@ -64,16 +64,30 @@ def metrics(workdir: Path) -> list[dict]:
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-# The tiny shard geometry of the training tests: 2 s segments of 8 frames at short side 72, a 208-frame log-mel.
-TINY_SHARDS = {"--segment-seconds": "2", "--num-frames": "8", "--short-side": "72", "--target-frames": "208",
-               "--shard-size": "2", "--val-fraction": "0.25", "--workers": "1"}
+# The tiny shard geometry of the training tests: 2 s segments of 8 frames at short side 72, a 208-frame log-mel. Keys
+# are the parameters of avmae-shard build (``num_frames`` for ``--num-frames``).
+TINY_SHARDS = {"segment_seconds": "2", "num_frames": "8", "short_side": "72", "target_frames": "208",
+               "shard_size": "2", "val_fraction": "0.25", "workers": "1"}
+# Smaller still, for tests of the build itself (what becomes a sample or a failure, files, errors), not of its
+# pixels or sounds: 2 frames of 32 px, a 64 x 32 log-mel, every input in split train.
+SMALL_BUILD = {"num_frames": "2", "short_side": "32", "target_frames": "64", "num_mel_bins": "32", "val_fraction": "0"}
 
 
-def build_shards(corpus: Path, out: Path, *extra: str, **options: str) -> Path:
-    """``avmae-shard build`` of ``corpus`` (a list file or a folder) into ``out`` with the tiny geometry; ``options``
-    replace its values (``num_frames="4"`` for ``--num-frames 4``), ``extra`` are more arguments."""
-    chosen = {**TINY_SHARDS, **{f"--{k.replace('_', '-')}": str(v) for k, v in options.items()}}
+def build_flags(**options) -> list[str]:
+    """TINY_SHARDS as ``avmae-shard build`` flags, ``options`` replacing or adding values."""
+    chosen = {**TINY_SHARDS, **{name: str(value) for name, value in options.items()}}
+    return [text for name, value in chosen.items() for text in (f"--{name.replace('_', '-')}", value)]
+
+
+def build_arguments(corpus: Path, out: Path, *extra: str, as_json: bool = True, **options) -> list[str]:
+    """``avmae-shard build`` arguments for ``corpus`` (a list file: ``--list``; a folder: ``--src``) into ``out``
+    with the tiny geometry (``options`` replace its values, see build_flags); ``extra`` are more arguments (a list's
+    ``--src``, switches)."""
     source = ["--src" if Path(corpus).is_dir() else "--list", str(corpus)]
-    arguments = ["build", *source, "--out", str(out), *(x for item in chosen.items() for x in item), *extra, "--json"]
-    assert shard_main(arguments) == 0
+    return ["build", *source, "--out", str(out), *build_flags(**options), *extra, *(["--json"] if as_json else [])]
+
+
+def build_shards(corpus: Path, out: Path, *extra: str, exit_code: int = 0, as_json: bool = True, **options) -> Path:
+    """``avmae-shard build`` (build_arguments), asserting its exit code; returns ``out``."""
+    assert shard_main(build_arguments(corpus, out, *extra, as_json=as_json, **options)) == exit_code
     return out

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from avmae.cli.shard import main as shard_main
 from avmae.shard.manifest import read_manifest
+from tests.helpers import SMALL_BUILD, build_shards
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +56,13 @@ EXPECTED_FAILURES = {
 }
 
 
-def _build(src: Path, out: Path, *extra: str) -> int:
-    return shard_main(["build", "--src", str(src), "--out", str(out), "--segment-seconds", "3", "--num-frames", "4",
-                       "--short-side", "64", "--target-frames", "320", "--shard-size", "6", "--workers", "1",
-                       "--json", *extra])
+# 3 s segments (298 valid log-mel frames at 16 kHz) of 4 frames at short side 64, padded to 320 log-mel frames.
+MESSY = {"segment_seconds": "3", "num_frames": "4", "short_side": "64", "target_frames": "320", "shard_size": "6",
+         "val_fraction": "0"}
+
+
+def _build(src: Path, out: Path, *extra: str) -> Path:
+    return build_shards(src, out, *extra, **MESSY)
 
 
 def _samples(out: Path) -> dict[str, dict]:
@@ -86,7 +89,7 @@ def _samples(out: Path) -> dict[str, dict]:
 
 def test_every_input_is_a_sample_or_a_recorded_failure(messy_folder, tmp_path):
     out = tmp_path / "shards"
-    assert _build(messy_folder, out) == 0
+    _build(messy_folder, out)
     manifest = read_manifest(out)
     failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
     failed = {Path(f["source"]).name: f["reason"] for f in failures}
@@ -121,7 +124,7 @@ def test_kept_inputs_have_sensible_metadata(messy_folder, tmp_path):
 
 def test_missing_audio_silence_keeps_silent_clips(messy_folder, tmp_path):
     out = tmp_path / "shards"
-    assert _build(messy_folder, out, "--missing-audio", "silence") == 0
+    _build(messy_folder, out, "--missing-audio", "silence")
     failures = [json.loads(line)["reason"] for line in (out / "failures.jsonl").read_text().splitlines()]
     assert "no_audio" not in failures
     silent = _samples(out)["no audio.mp4"]
@@ -145,20 +148,36 @@ def test_a_folder_scan_names_what_it_ignored(tmp_path, clip_factory, capsys, mon
     (src / "README").write_text("no extension")
     (src / ".hidden.mp4").write_bytes(good.read_bytes())
     out = tmp_path / "shards"
-    assert shard_main(["build", "--src", str(src), "--out", str(out), "--segment-seconds", "2", "--num-frames", "2",
-                       "--short-side", "32", "--target-frames", "64", "--workers", "1", "--json"]) == 0
+    build_shards(src, out, **SMALL_BUILD)
     summary = json.loads(capsys.readouterr().out)
     ignored = {".m4a": 1, ".part": 1, "(no extension)": 1, "(hidden)": 1}
     assert summary["ignored_files"] == ignored
     assert summary["totals"]["inputs"] == 1 == summary["totals"]["samples"]
     assert read_manifest(out)["source"]["ignored_files"] == ignored  # recorded where a person looks later too
-    assert shard_main(["build", "--src", str(src), "--out", str(out), "--segment-seconds", "2", "--num-frames", "2",
-                       "--short-side", "32", "--target-frames", "64", "--workers", "1"]) == 0  # resumed: table
+    build_shards(src, out, as_json=False, **SMALL_BUILD)  # resumed: table
     assert "not taken as video: (hidden): 1, (no extension): 1, .m4a: 1, .part: 1" in capsys.readouterr().out
 
 
 def test_a_folder_without_video_says_what_it_holds(tmp_path, clip_factory, capsys):
     clip_factory(tmp_path / "src" / "song.m4a", seconds=1, video=False)
-    assert shard_main(["build", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--json"]) == 2
+    build_shards(tmp_path / "src", tmp_path / "out", exit_code=2)
     error = capsys.readouterr().err.strip()
     assert error == f"avmae-shard build: --src {tmp_path / 'src'} holds no video files (ignored: .m4a: 1)"
+
+
+def test_the_build_bench_takes_the_files_the_build_takes(tmp_path, clip_factory, capsys):
+    from avmae.bench.shard import bench_shard
+    from avmae.cli.bench import main as bench_main
+    from avmae.shard.params import BuildParams, FeatureParams
+
+    src = tmp_path / "downloads"
+    good = clip_factory(src / "good.mp4", seconds=1)
+    (src / ".hidden.mp4").write_bytes(good.read_bytes())  # the build's folder scan ignores it: so must its floor
+    result = bench_shard(src, workers=1, features=FeatureParams(num_frames=2, short_side=32, target_frames=64),
+                         build=BuildParams(segment_seconds=1))
+    assert result["clips"] == 1 == result["samples"] and result["failures"] == 0
+    (tmp_path / "songs").mkdir()
+    (tmp_path / "songs" / "song.m4a").write_bytes(b"")
+    assert bench_main(["shard", "--src", str(tmp_path / "songs"), "--workers", "1"]) == 2
+    assert capsys.readouterr().err.strip() == (f"avmae-bench shard: --src {tmp_path / 'songs'} holds no video files "
+                                               "(ignored: .m4a: 1)")

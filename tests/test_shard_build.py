@@ -17,13 +17,10 @@ import pytest
 from avmae.cli.shard import main as shard_main
 from avmae.shard.manifest import read_manifest
 from avmae.shard.writer import PARTS_DIR
+from tests.helpers import build_arguments, build_shards
 
-BUILD_ARGS = ["--segment-seconds", "2", "--num-frames", "4", "--short-side", "64", "--target-frames", "256",
-              "--shard-size", "2", "--val-fraction", "0.25", "--json"]
-
-
-def _build(corpus: Path, out: Path, *extra: str) -> int:
-    return shard_main(["build", "--list", str(corpus), "--out", str(out), *BUILD_ARGS, *extra])
+# The tiny shards at 4 frames of 64 px and 256 log-mel frames: what the manifest, inspect and reader tests assert.
+GEOMETRY = {"num_frames": "4", "short_side": "64", "target_frames": "256"}
 
 
 def _shard_bytes(out: Path) -> dict[str, bytes]:
@@ -34,9 +31,7 @@ def _shard_bytes(out: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def reference_build(synth_corpus, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("reference") / "shards"
-    assert _build(synth_corpus, out, "--workers", "1") == 0
-    return out
+    return build_shards(synth_corpus, tmp_path_factory.mktemp("reference") / "shards", **GEOMETRY)
 
 
 def test_manifest_describes_the_build(reference_build):
@@ -67,20 +62,20 @@ def test_val_split_is_by_video_and_deterministic(reference_build, synth_corpus, 
     manifest = read_manifest(reference_build)
     assert 1 <= manifest["splits"]["val"]["samples"] <= 6
     again = tmp_path / "again"
-    _build(synth_corpus, again, "--workers", "1")
+    build_shards(synth_corpus, again, **GEOMETRY)
     assert read_manifest(again)["splits"] == manifest["splits"]
 
 
 def test_output_bytes_do_not_depend_on_the_worker_count(reference_build, synth_corpus, tmp_path):
     parallel = tmp_path / "parallel"
-    assert _build(synth_corpus, parallel, "--workers", "2") == 0
+    build_shards(synth_corpus, parallel, workers=2, **GEOMETRY)
     assert _shard_bytes(parallel) == _shard_bytes(reference_build)
 
 
 def test_array_tasks_then_finalize_equal_one_build(reference_build, synth_corpus, tmp_path):
     out = tmp_path / "tasks"
     for task in (1, 0, 2):
-        assert _build(synth_corpus, out, "--workers", "1", "--task-index", str(task), "--num-tasks", "3") == 0
+        build_shards(synth_corpus, out, task_index=task, num_tasks=3, **GEOMETRY)
     # the last task to finish found every shard done and wrote the manifest
     assert _shard_bytes(out) == _shard_bytes(reference_build)
     (out / "manifest.json").unlink()
@@ -90,15 +85,14 @@ def test_array_tasks_then_finalize_equal_one_build(reference_build, synth_corpus
 
 def test_finalize_refuses_an_incomplete_build(synth_corpus, tmp_path):
     out = tmp_path / "half"
-    _build(synth_corpus, out, "--workers", "1", "--task-index", "0", "--num-tasks", "2")
+    build_shards(synth_corpus, out, task_index=0, num_tasks=2, **GEOMETRY)
     assert not (out / "manifest.json").exists()
     assert shard_main(["finalize", str(out)]) == 2
 
 
 def test_resume_after_kill_gives_the_same_shards(reference_build, synth_corpus, tmp_path):
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "avmae.cli.shard", "build", "--list", str(synth_corpus), "--out", str(out),
-               *BUILD_ARGS, "--workers", "1"]
+    command = [sys.executable, "-m", "avmae.cli.shard", *build_arguments(synth_corpus, out, **GEOMETRY)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and len(list((out / PARTS_DIR).glob("*.json"))) < 2:
@@ -121,14 +115,13 @@ def test_resume_after_kill_gives_the_same_shards(reference_build, synth_corpus, 
 
 def test_resume_with_other_parameters_is_refused(reference_build, synth_corpus, tmp_path):
     out = tmp_path / "mixed"
-    _build(synth_corpus, out, "--workers", "1", "--task-index", "0", "--num-tasks", "2")
-    assert shard_main(["build", "--list", str(synth_corpus), "--out", str(out), *BUILD_ARGS,
-                       "--num-frames", "8"]) == 2
+    build_shards(synth_corpus, out, task_index=0, num_tasks=2, **GEOMETRY)
+    build_shards(synth_corpus, out, exit_code=2, **{**GEOMETRY, "num_frames": "8"})
 
 
 def test_labelled_split_copies_few_training_clips_per_class(synth_corpus, tmp_path):
     out = tmp_path / "few_labels"
-    assert _build(synth_corpus, out, "--workers", "1", "--labelled-per-class", "1") == 0
+    build_shards(synth_corpus, out, labelled_per_class=1, **GEOMETRY)
     manifest = read_manifest(out)
     splits = manifest["splits"]
     # One copy per class, on top of the same train and val splits as a build without the option.

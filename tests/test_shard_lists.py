@@ -7,11 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from avmae.cli.shard import main as shard_main
 from avmae.shard.lists import ListFormatError, detect_format, read_list
 from avmae.shard.manifest import read_manifest
-
-SMALL = ["--num-frames", "2", "--short-side", "32", "--target-frames", "128", "--workers", "1", "--json"]
+from tests.helpers import SMALL_BUILD, build_shards
 
 
 def _metadata(out: Path, by: str = "id") -> dict[str, dict]:
@@ -51,8 +49,8 @@ def test_audioset_segments_csv_with_downloader_names(tmp_path, clip_factory):
         'decoy, 30.000, 40.000, "/m/0jbk"\n'
         'gone_from_youtube, 0.000, 10.000, "/m/0jbk"\n')
     out = tmp_path / "as"
-    assert shard_main(["build", "--list", str(tmp_path / "balanced_train_segments.csv"), "--src", str(videos),
-                       "--class-labels", str(tmp_path / "class_labels_indices.csv"), "--out", str(out), *SMALL]) == 0
+    build_shards(tmp_path / "balanced_train_segments.csv", out, "--src", str(videos),
+                 "--class-labels", str(tmp_path / "class_labels_indices.csv"), **SMALL_BUILD)
     manifest = read_manifest(out)
     assert manifest["source"]["kind"] == "audioset"
     assert manifest["labels"]["names"] == ["/m/09x0r", "/m/04rlf", "/m/0jbk", "/m/empty"]
@@ -86,8 +84,7 @@ def test_vggsound_csv_with_splits_and_padded_start_names(tmp_path, clip_factory)
         "yt_A,4,dog barking,train\nyt_B,5,playing cello,test\nyt_C,0,dog barking,train\n")
     assert detect_format(tmp_path / "vggsound.csv") == "vggsound"
     out = tmp_path / "out"
-    assert shard_main(["build", "--list", str(tmp_path / "vggsound.csv"), "--src", str(videos), "--out", str(out),
-                       "--segment-seconds", "3", *SMALL]) == 0
+    build_shards(tmp_path / "vggsound.csv", out, "--src", str(videos), segment_seconds=3, **SMALL_BUILD)
     manifest = read_manifest(out)
     assert manifest["labels"]["names"] == ["dog barking", "playing cello"]
     assert {name: split["samples"] for name, split in manifest["splits"].items()} == {"test": 1, "train": 1}
@@ -107,8 +104,7 @@ def test_epic_kitchens_annotations(tmp_path, clip_factory):
         'P01_01_1,P01,P01_01,00:00:03.00,00:00:03.10,00:00:05.90,155,295,"take cup, blue",take,0,cup,13,[\'cup\'],[13]\n'
         "P02_09_0,P02,P02_09,00:00:01.00,00:00:01.00,00:00:03.00,50,150,wash pan,wash,2,pan,20,['pan'],[20]\n")
     out = tmp_path / "epic"
-    assert shard_main(["build", "--list", str(tmp_path / "EPIC_100_train.csv"), "--src", str(tmp_path / "EPIC-KITCHENS"),
-                       "--out", str(out), *SMALL]) == 0
+    build_shards(tmp_path / "EPIC_100_train.csv", out, "--src", str(tmp_path / "EPIC-KITCHENS"), **SMALL_BUILD)
     manifest = read_manifest(out)
     assert manifest["source"]["kind"] == "epic"
     assert manifest["labels"]["heads"] == {"verb": 97, "noun": 300}
@@ -125,7 +121,7 @@ def test_generic_csv_with_segments_and_relative_paths(tmp_path, clip_factory):
     (tmp_path / "list.csv").write_text("path,labels,start,end\nclips/a.mp4,cat;dog,1,3\nclips/a.mp4,dog,3,5\n"
                                        "clips/missing.mp4,cat,0,2\n")
     out = tmp_path / "out"
-    assert shard_main(["build", "--list", str(tmp_path / "list.csv"), "--out", str(out), *SMALL]) == 0
+    build_shards(tmp_path / "list.csv", out, **SMALL_BUILD)
     meta = _metadata(out)
     assert meta["clips/a.mp4_1000"]["labels"] == ["cat", "dog"]
     assert meta["clips/a.mp4_3000"]["start"] == 3.0
@@ -146,15 +142,13 @@ def test_list_errors_name_the_file_and_line(tmp_path):
 def test_folder_segments_middle_and_all_with_dir_labels(tmp_path, clip_factory):
     clip_factory(tmp_path / "src" / "birds" / "long.mp4", seconds=7)
     out = tmp_path / "all"
-    assert shard_main(["build", "--src", str(tmp_path / "src"), "--out", str(out), "--segment-seconds", "2",
-                       "--segments", "all", "--labels-from-dirs", *SMALL]) == 0
+    build_shards(tmp_path / "src", out, "--segments", "all", "--labels-from-dirs", segment_seconds=2, **SMALL_BUILD)
     segments = sorted((m["start"], m["end"]) for m in _metadata(out, by="key").values())
     assert segments == [(0.0, 2.0), (2.0, 4.0), (4.0, 6.0), (6.0, 7.0)]  # the 1 s remainder >= --min-seconds
     manifest = read_manifest(out)
     assert manifest["totals"]["inputs"] == 1 and manifest["totals"]["samples"] == 4
     assert manifest["labels"]["names"] == ["birds"]
     middle = tmp_path / "middle"
-    assert shard_main(["build", "--src", str(tmp_path / "src"), "--out", str(middle), "--segment-seconds", "2",
-                       "--segments", "middle", *SMALL]) == 0
+    build_shards(tmp_path / "src", middle, "--segments", "middle", segment_seconds=2, **SMALL_BUILD)
     [only] = _metadata(middle).values()
     assert (only["start"], only["end"]) == (2.5, 4.5)

@@ -11,15 +11,14 @@ from collections import defaultdict
 import numpy as np
 from PIL import Image
 
-from avmae.cli.shard import main as shard_main
 from avmae.shard.manifest import read_manifest
+from tests.helpers import build_shards
 
 
 def test_classes_differ_in_picture_and_in_sound(synth_corpus, tmp_path):
-    out = tmp_path / "shards"
-    assert shard_main(["build", "--list", str(synth_corpus), "--out", str(out), "--segment-seconds", "2",
-                       "--num-frames", "2", "--short-side", "32", "--target-frames", "200", "--workers", "1",
-                       "--json"]) == 0
+    # 2 s = 200 log-mel frames at 128 bins (the tone's pitch), every clip in split train
+    out = build_shards(synth_corpus, tmp_path / "shards", num_frames=2, short_side=32, target_frames=200,
+                       val_fraction=0)
     colours, pitches = defaultdict(list), defaultdict(list)
     manifest = read_manifest(out)
     for shard in manifest["splits"]["train"]["shards"]:

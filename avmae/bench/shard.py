@@ -12,7 +12,6 @@ from typing import Any
 
 from avmae.shard.build import run_build
 from avmae.shard.inputs import InputSpec, collect_inputs
-from avmae.shard.items import VIDEO_EXTENSIONS
 from avmae.shard.media import ffmpeg_binary, ffmpeg_version
 from avmae.shard.params import BuildParams, FeatureParams
 
@@ -50,12 +49,11 @@ def ffmpeg_floor_seconds(clips: list[Path], workers: int) -> float:
 
 
 def bench_shard(src: Path, *, workers: int, features: FeatureParams, build: BuildParams) -> dict[str, Any]:
-    clips = sorted(p for p in src.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
-    if not clips:
-        raise ValueError(f"{src} holds no clips")
+    # The clips the build takes (the one folder scan: shard/items.scan_folder), so both sides decode the same files.
+    items, labels, source = collect_inputs(InputSpec(src=src))
+    clips = [Path(item.path) for item in items]
     ffmpeg_floor_seconds(clips[: min(2, len(clips))], 1)  # warm the page cache and the binary
     floor = ffmpeg_floor_seconds(clips, workers)
-    items, labels, source = collect_inputs(InputSpec(src=src))
     # One shard per worker at least, so the build can use every worker.
     build = BuildParams(**{**build.__dict__, "shard_size": max(1, len(items) // (2 * workers))})
     with tempfile.TemporaryDirectory(prefix="avmae-bench-") as scratch:

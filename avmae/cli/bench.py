@@ -9,6 +9,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from avmae.cli.shard import flag
+from avmae.shard.errors import ParameterError
 from avmae.shard.params import BuildParams, FeatureParams
 
 
@@ -78,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args)
+    except ParameterError as err:  # the shard library names its parameters; say the flags
+        print(f"avmae-bench {args.command}: {err.worded(flag)}", file=sys.stderr)
+        return 2
     except (ValueError, OSError, RuntimeError) as err:  # bad input: one line, not a traceback
         print(f"avmae-bench {args.command}: {err}", file=sys.stderr)
         return 2

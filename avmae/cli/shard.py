@@ -14,7 +14,12 @@ from rich.table import Table
 from avmae.shard.errors import ParameterError
 from avmae.shard.params import BuildParams, FeatureParams
 
-_FLAGS = {"list_path": "--list"}  # library parameters whose flag is not "--" + the name with dashes
+_FLAGS = {"list_path": "--list", "num_classes": "--classes"}  # library parameters whose flag is not "--name-dashed"
+
+
+def flag(parameter: str) -> str:
+    """The flag of a shard-library parameter (``task_index`` -> ``--task-index``)."""
+    return _FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
 
 DESCRIPTION = """\
 Turn raw video clips into WebDataset shards for avmae: per sample N JPEG frames spread over the segment, the
@@ -188,6 +193,8 @@ def _cmd_verify(args) -> int:
         console = Console()
         for problem in result["problems"]:
             console.print(f"[red]✗[/] {problem}")
+        if result["checksums"] == "unchecked":
+            console.print("format version 1: no member checksums recorded, member bytes unchecked (rebuild to check)")
         status = "[green]OK[/]" if result["ok"] else f"[red]{len(result['problems'])} problems[/]"
         console.print(f"{status}: {result['shards']} shards, {result['samples']} samples, {result['failures']} failures")
     return 0 if result["ok"] else 1
@@ -248,9 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                 "synth": _cmd_synth}
     try:
         return handlers[args.command](args)
-    except ParameterError as err:  # the library names its parameter; say the flag
-        print(f"avmae-shard {args.command}: {_FLAGS.get(err.parameter, '--' + err.parameter.replace('_', '-'))} "
-              f"{err.problem}", file=sys.stderr)
+    except ParameterError as err:  # the library names its parameters; say the flags
+        print(f"avmae-shard {args.command}: {err.worded(flag)}", file=sys.stderr)
         return 2
     except (ValueError, OSError, RuntimeError) as err:
         # print, not rich: one line whatever the terminal width, and brackets in the message are not markup

@@ -22,12 +22,13 @@ import torchaudio
 import avmae
 from avmae.config import to_dict
 from avmae.shard.errors import NO_SPACE_ERRNOS, OutOfSpaceError, ParameterError
+from avmae.shard.format import FORMAT_VERSION
 from avmae.shard.inputs import InputSpec, collect_inputs
 from avmae.shard.items import ClipItem
 from avmae.shard.lists import LabelSet
 from avmae.shard.manifest import claim_output, finalize, pending_shards
 from avmae.shard.media import ffmpeg_version
-from avmae.shard.params import FORMAT_VERSION, BuildParams, FeatureParams
+from avmae.shard.params import BuildParams, FeatureParams
 from avmae.shard.plan import ShardPlan, fingerprint, make_plan
 from avmae.shard.progress import BuildProgress
 from avmae.shard.writer import PARTS_DIR, write_shard
@@ -85,7 +86,7 @@ def run_build(out: Path, items: list[ClipItem], labels: LabelSet, source: dict[s
               build: BuildParams, *, workers: int = 1, task_index: int = 0, num_tasks: int = 1,
               overwrite: bool = False, show_progress: bool = True) -> BuildResult:
     if not 0 <= task_index < num_tasks:
-        raise ParameterError("task_index", f"{task_index} is not in [0, num_tasks {num_tasks})")
+        raise ParameterError("task_index", f"{task_index} is not in [0, `num_tasks` {num_tasks})")
     if workers < 1:
         raise ParameterError("workers", f"must be at least 1, got {workers}")
     started = time.time()

@@ -4,14 +4,23 @@ spells it (``src``, ``task_index``); ``avmae-shard`` turns that into its flag (`
 from __future__ import annotations
 
 import errno
+import re
+from typing import Callable
+
+_MENTION = re.compile(r"`([a-z][a-z0-9_]*)`")
 
 
 class ParameterError(ValueError):
-    """A parameter of a build whose value cannot be used."""
+    """A parameter of a build whose value cannot be used. ``problem`` may name other parameters in backquotes
+    (``"... or `overwrite` to start over"``), so that a caller spells them as it spells ``parameter``."""
 
     def __init__(self, parameter: str, problem: str):
         super().__init__(f"{parameter} {problem}")
         self.parameter, self.problem = parameter, problem
+
+    def worded(self, spell: Callable[[str], str]) -> str:
+        """The message with the parameter and every one the problem names spelled by ``spell`` (a CLI: its flag)."""
+        return f"{spell(self.parameter)} " + _MENTION.sub(lambda match: spell(match.group(1)), self.problem)
 
     def __reduce__(self):  # picklable across the build's worker processes
         return type(self), (self.parameter, self.problem)

@@ -9,8 +9,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from avmae.shard.format import FORMAT_VERSION, READABLE_VERSIONS
 from avmae.files import write_text_atomically as atomic_write
+from avmae.shard.errors import ParameterError
+from avmae.shard.format import FORMAT_VERSION, READABLE_VERSIONS
 from avmae.shard.writer import read_part
 
 BUILD_FILE = "build.json"
@@ -18,20 +19,20 @@ MANIFEST_FILE = "manifest.json"
 FAILURES_FILE = "failures.jsonl"
 
 
-class BuildMismatchError(RuntimeError):
-    """The output folder holds a build of other inputs or parameters."""
+class BuildMismatchError(ParameterError):
+    """The output folder (parameter ``out``) holds a build of other inputs or parameters."""
 
 
 def claim_output(out: Path, description: dict[str, Any]) -> None:
     """Write ``build.json``, or check that the one there describes the same build (resume / other array tasks)."""
     path = out / BUILD_FILE
     if path.exists():
-        existing = json.loads(path.read_text())
+        existing = _read_json(path)
         if existing.get("fingerprint") != description["fingerprint"]:
             raise BuildMismatchError(
-                f"{out} already holds a build of other inputs or parameters (fingerprint "
-                f"{existing.get('fingerprint', '?')[:12]} vs {description['fingerprint'][:12]}); "
-                "use another --out, or --overwrite to start over")
+                "out", f"{out} already holds a build of other inputs or parameters (fingerprint "
+                f"{str(existing.get('fingerprint', '?'))[:12]} vs {description['fingerprint'][:12]}); "
+                "use another folder, or `overwrite` to start over")
         return
     atomic_write(path, json.dumps(description, indent=1, sort_keys=True, ensure_ascii=False))
 
@@ -40,7 +41,18 @@ def read_build(out: Path) -> dict[str, Any]:
     path = out / BUILD_FILE
     if not path.exists():
         raise FileNotFoundError(f"{out} has no {BUILD_FILE}: not a shard build folder")
-    return json.loads(path.read_text())
+    return _read_json(path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; a damaged or foreign file is one ValueError naming it (not a decoder trace)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); the file is damaged or not avmae's") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: holds a JSON {type(data).__name__}, not an object; the file is damaged or not avmae's")
+    return data
 
 
 def pending_shards(out: Path, build: dict[str, Any]) -> list[str]:
@@ -123,7 +135,7 @@ def read_manifest(out: Path) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: the build is unfinished (run `avmae-shard finalize {out}`) "
                                 "or this is not a shard folder")
-    manifest = json.loads(path.read_text())
+    manifest = _read_json(path)
     if manifest.get("format_version") not in READABLE_VERSIONS:
         raise ValueError(f"{path}: shard format version {manifest.get('format_version')} is not one of the "
                          f"versions {list(READABLE_VERSIONS)} this avmae reads; rebuild the shards")

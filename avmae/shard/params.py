@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from avmae.shard.format import FORMAT_VERSION  # noqa: F401  (owned by format.py; re-exported for the build)
-
 
 @dataclass(frozen=True)
 class FeatureParams:

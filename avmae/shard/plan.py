@@ -14,8 +14,10 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 from avmae.config import to_dict
+from avmae.shard.errors import ParameterError
+from avmae.shard.format import FORMAT_VERSION
 from avmae.shard.items import ClipItem
-from avmae.shard.params import FORMAT_VERSION, BuildParams, FeatureParams
+from avmae.shard.params import BuildParams, FeatureParams
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ def unique_ids(items: list[ClipItem]) -> list[ClipItem]:
 def assign_splits(items: list[ClipItem], val_fraction: float, seed: int) -> list[ClipItem]:
     """Move a ``val_fraction`` share of the training videos to ``val``, chosen per video id."""
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+        raise ParameterError("val_fraction", f"must be in [0, 1), got {val_fraction}")
     if val_fraction == 0.0:
         return items
     return [replace(item, split="val") if item.split == "train" and _unit_hash(f"val:{seed}:{item.video_id}") < val_fraction
@@ -58,13 +60,13 @@ def add_labelled_split(items: list[ClipItem], per_class: int, seed: int) -> list
     counts for each, and is taken while any of its classes still needs one. The copies are decoded like any input
     (a few clips more to decode, and no loader has to filter samples)."""
     if per_class < 0:
-        raise ValueError(f"--labelled-per-class must be at least 0, got {per_class}")
+        raise ParameterError("labelled_per_class", f"must be at least 0, got {per_class}")
     if per_class == 0:
         return items
     candidates = sorted((item for item in items if item.split == "train" and item.labels and item.path is not None),
                         key=lambda item: (_unit_hash(f"labelled:{seed}:{item.item_id}"), item.item_id))
     if not candidates:
-        raise ValueError("--labelled-per-class needs training inputs with labels and files")
+        raise ParameterError("labelled_per_class", "needs training inputs with labels and files")
     taken: Counter[str] = Counter()
     copies = []
     for item in candidates:
@@ -76,7 +78,7 @@ def add_labelled_split(items: list[ClipItem], per_class: int, seed: int) -> list
 
 def make_plan(items: list[ClipItem], build: BuildParams) -> list[ShardPlan]:
     if build.shard_size < 1:
-        raise ValueError(f"shard size must be at least 1, got {build.shard_size}")
+        raise ParameterError("shard_size", f"must be at least 1, got {build.shard_size}")
     items = assign_splits(unique_ids(items), build.val_fraction, build.seed)
     items = add_labelled_split(items, build.labelled_per_class, build.seed)
     plans = []

@@ -21,6 +21,8 @@ from avmae.shard.params import BuildParams, FeatureParams
 _END_SLACK_SECONDS = 0.25
 # A file whose streams end this much earlier than its container says is truncated, not merely short.
 _TRUNCATION_SECONDS = 1.0
+# A failure's detail (failures.jsonl) names the build parameter that keeps such clips.
+_NO_AUDIO = "no audio stream (missing_audio 'silence' keeps such clips)"
 
 
 @dataclass
@@ -61,7 +63,7 @@ def _diagnose(path: str, want_audio: bool, start: float, original: MediaError) -
     if not facts.has_video:
         return MediaError("no_video", f"no video stream (audio: {facts.audio_codec or 'none'})")
     if want_audio and not facts.has_audio:
-        return MediaError("no_audio", "no audio stream (use --missing-audio silence to keep such clips)")
+        return MediaError("no_audio", _NO_AUDIO)
     if facts.duration is not None and start >= facts.duration:
         return MediaError("segment_out_of_range", f"segment starts at {start:.3f} s but the clip lasts {facts.duration:.3f} s")
     return original
@@ -92,7 +94,7 @@ def _decode(item: ClipItem, start: float, end: float, features: FeatureParams, b
     path = item.path
     want_audio = not (facts is not None and not facts.has_audio)
     if not want_audio and build.missing_audio == "fail":
-        raise MediaError("no_audio", "no audio stream (use --missing-audio silence to keep such clips)")
+        raise MediaError("no_audio", _NO_AUDIO)
     for _attempt in range(4):
         duration = end - start
         try:
@@ -124,7 +126,7 @@ def _decode(item: ClipItem, start: float, end: float, features: FeatureParams, b
             end = min(end - 1e-3, last_frame + _END_SLACK_SECONDS)
         if end - start < build.min_seconds:
             raise MediaError("too_short", f"{max(0.0, end - start):.2f} s of video in the segment, "
-                                          f"fewer than --min-seconds {build.min_seconds}")
+                                          f"fewer than min_seconds {build.min_seconds}")
     raise MediaError("decode_error", "the decoded frames do not cover the segment even after shortening it")
 
 
@@ -145,7 +147,7 @@ def make_samples(item: ClipItem, features: FeatureParams, build: BuildParams) ->
     samples = []
     for index, (start, end) in enumerate(plan_segments(item, build, facts)):
         if end - start < build.min_seconds:
-            raise MediaError("too_short", f"segment {start:.2f}-{end:.2f} s is shorter than --min-seconds {build.min_seconds}")
+            raise MediaError("too_short", f"segment {start:.2f}-{end:.2f} s is shorter than min_seconds {build.min_seconds}")
         segment, chosen, start, end, has_audio = _decode(item, start, end, features, build, facts)
         samples.append(_assemble(item, index, segment, chosen, start, end, has_audio, features))
     return samples
@@ -157,7 +159,7 @@ def _assemble(item: ClipItem, index: int, segment, chosen: list[int], start: flo
     if pcm is not None and len(pcm) < min_samples(features):
         raise MediaError("audio_too_short", f"{len(pcm)} audio samples, fewer than one {features.frame_length_ms} ms window")
     if pcm is None:
-        # --missing-audio silence: the features of a silent track of the segment's length.
+        # missing_audio 'silence': the features of a silent track of the segment's length.
         pcm = np.zeros(int(round((end - start) * features.sample_rate)), dtype=np.int16)
     mel, valid = logmel(pcm, features)
     key = safe_key(item.item_id, index)

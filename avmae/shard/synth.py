@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from avmae.shard.errors import ParameterError
 from avmae.shard.media import ffmpeg_binary
 
 CORPUS_LIST = "corpus.csv"  # generic list format: path,labels
@@ -78,8 +79,9 @@ def clip_command(path: Path, style: ClassStyle, rng: random.Random, *, seconds: 
 def make_corpus(out: Path, num: int, num_classes: int, *, seed: int = 0, seconds: float = 4.0, width: int = 160,
                 height: int = 120, fps: int = 25, workers: int = 2) -> Path:
     """Write ``num`` clips (``class_KK/clip_NNNNN.mp4``) and ``corpus.csv``; returns the list's path."""
-    if num < 1 or num_classes < 1:
-        raise ValueError("--num and --classes must be at least 1")
+    for name, value in (("num", num), ("num_classes", num_classes)):
+        if value < 1:
+            raise ParameterError(name, f"must be at least 1, got {value}")
     styles = class_styles(num_classes)
     out.mkdir(parents=True, exist_ok=True)
     jobs = []

@@ -1,4 +1,6 @@
-"""``avmae-shard verify``: every tar and index reads back, and counts and checksums match the manifest."""
+"""``avmae-shard verify``: every tar and index reads back, counts and checksums match the manifest, and every
+member's bytes match the CRC32 its ``.crc`` sidecar recorded at build time (format version 2; version-1 folders have
+no sidecars and are reported unchecked). A damaged member is named by shard, key and member, as the loaders name it."""
 
 from __future__ import annotations
 
@@ -10,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from avmae.shard.format import LOGMEL_MEMBER, METADATA_MEMBER, frame_member, sample_members
+from avmae.shard.format import (LOGMEL_MEMBER, METADATA_MEMBER, UNCHECKED_VERSIONS, crc32, frame_member,
+                                parse_checksums, sample_members)
 from avmae.shard.manifest import read_manifest
-from avmae.shard.tarfiles import parse_index, read_members, sha256_file
+from avmae.shard.tarfiles import Member, parse_index, read_members, sha256_file
 
 
 def _check_sample(tar: tarfile.TarFile, names: list[str], num_frames: int, shape: tuple[int, int]) -> list[str]:
@@ -41,9 +44,35 @@ def _check_sample(tar: tarfile.TarFile, names: list[str], num_frames: int, shape
     return problems
 
 
+def _damaged_members(shard: dict[str, Any], tar_path: Path, crc_path: Path, members: list[Member]) -> list[dict]:
+    """Each member of the tar whose CRC32 differs from the sidecar's (or that the sidecar lacks), as
+    {shard, key, member, detail}. Raises ValueError for a sidecar that does not describe the tar."""
+    recorded = parse_checksums(crc_path.read_text(), str(crc_path))
+    unknown = sorted(set(recorded) - {member.name for member in members})
+    if unknown:
+        raise ValueError(f"{crc_path.name}: lists members the tar does not hold: {unknown[:3]}")
+    damaged = []
+    with open(tar_path, "rb") as handle:
+        for member in members:
+            key, _, ext = member.name.partition(".")
+            handle.seek(member.offset)
+            actual, expected = crc32(handle.read(member.size)), recorded.get(member.name)
+            if expected is None:
+                detail = "the checksum sidecar has no entry for it"
+            elif actual != expected:
+                detail = f"CRC32 {actual:08x} differs from the {expected:08x} recorded at build time"
+            else:
+                continue
+            damaged.append({"shard": shard["name"], "key": key, "member": ext, "detail": detail})
+    return damaged
+
+
 def verify(out: Path, deep: bool = True) -> dict[str, Any]:
-    """Check a finished build. Returns {"ok", "shards", "samples", "problems"}; ``deep`` also opens every sample."""
+    """Check a finished build. Returns {"ok", "shards", "samples", "failures", "problems", "checksums" ("checked" or
+    "unchecked"), "damaged" (members whose CRC32 is wrong)}; ``deep`` also opens every sample."""
     manifest = read_manifest(out)
+    checked = manifest["format_version"] not in UNCHECKED_VERSIONS
+    damaged: list[dict] = []
     features = manifest["features"]
     shape = (features["target_frames"], features["num_mel_bins"])
     problems: list[str] = []
@@ -64,6 +93,17 @@ def verify(out: Path, deep: bool = True) -> dict[str, Any]:
             except (tarfile.TarError, ValueError, OSError) as err:
                 problems.append(f"{shard['name']}: unreadable: {err}")
                 continue
+            if checked:
+                try:
+                    if not shard.get("crc"):
+                        raise ValueError("the manifest lists none for this shard")
+                    found = _damaged_members(shard, tar_path, out / shard["crc"], members)
+                except (ValueError, OSError) as err:  # a missing or malformed sidecar
+                    problems.append(f"{shard['name']}: checksum sidecar unusable: {err}")
+                else:
+                    damaged += found
+                    problems += [f"{shard['tar']}: sample {d['key']}: member {d['member']}: {d['detail']}"
+                                 for d in found]
             flat = [member for sample in indexed for member in sample]
             if flat != members:
                 problems.append(f"{shard['idx']}: does not describe {shard['tar']} (offsets, sizes or names differ)")
@@ -88,4 +128,5 @@ def verify(out: Path, deep: bool = True) -> dict[str, Any]:
         problems.append(f"failures.jsonl has {failures} lines, manifest says {totals['failures']}")
     if totals["inputs"] != totals["inputs_ok"] + totals["failures"]:
         problems.append(f"inputs {totals['inputs']} != inputs with samples {totals['inputs_ok']} + failures {totals['failures']}")
-    return {"ok": not problems, "shards": shards, "samples": samples, "failures": failures, "problems": problems}
+    return {"ok": not problems, "shards": shards, "samples": samples, "failures": failures, "problems": problems,
+            "checksums": "checked" if checked else "unchecked", "damaged": damaged}

@@ -1,5 +1,4 @@
-"""Real shard folders for the shard-stage fault tests: a tiny build from clips made by ffmpeg, and a rewrite of one
-of its tars with other sample keys (hostile ones), keeping its index, checksum sidecar and manifest consistent so
+"""Shard folders for the shard-stage fault tests (built by tests/helpers.build_shards): a rewrite of one of its tars with other sample keys (hostile ones), keeping its index, checksum sidecar and manifest consistent so
 that only the keys are wrong."""
 
 from __future__ import annotations
@@ -9,15 +8,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from avmae.cli.shard import main as shard_main
 from avmae.shard.tarfiles import index_text, read_members, sha256_file
-
-TINY_BUILD = ["--segment-seconds", "2", "--num-frames", "2", "--short-side", "32", "--target-frames", "64",
-              "--num-mel-bins", "32", "--workers", "1", "--json"]
-
-
-def tiny_build(src: Path, out: Path, *extra: str) -> int:
-    return shard_main(["build", "--src", str(src), "--out", str(out), *TINY_BUILD, *extra])
 
 
 def rename_keys(out: Path, shard_tar: str, new_keys: dict[str, str]) -> None:

@@ -5,6 +5,7 @@ split smaller than the loader bench's batch."""
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import tarfile
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from avmae.cli.bench import main as bench_main
 from avmae.cli.shard import main as shard_main
 
-from tests.faults.shard_helpers import tiny_build
+from tests.helpers import SMALL_BUILD, build_shards
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +24,7 @@ def shards(tmp_path_factory, clip_factory) -> Path:
     for name in ("a.mp4", "b.mp4"):
         clip_factory(src / name, seconds=2)
     out = tmp_path_factory.mktemp("build") / "shards"
-    assert tiny_build(src, out, "--shard-size", "2") == 0
-    return out
+    return build_shards(src, out, shard_size=2, **SMALL_BUILD)
 
 
 def _copy(shards: Path, tmp_path: Path) -> tuple[Path, Path]:
@@ -117,3 +117,51 @@ def test_loader_bench_refuses_a_split_smaller_than_a_batch(shards, capsys):
                                  "batch of 3")
     assert bench_main(["loader", "--data", str(shards), "--split", "val"]) == 2
     assert "no split 'val'" in _one_line(capsys)
+
+
+@pytest.mark.parametrize("text", ["{\"format_version\": 2, ", "[1, 2]", "\xff\xfe not text"])
+def test_a_damaged_manifest_is_one_line_naming_it(shards, tmp_path, capsys, text):
+    out, _ = _copy(shards, tmp_path)
+    (out / "manifest.json").write_bytes(text.encode("latin-1"))
+    for command in ("verify", "inspect"):
+        assert shard_main([command, str(out)]) == 2
+        line = _one_line(capsys)
+        assert line.startswith(f"avmae-shard {command}: {out / 'manifest.json'}: ") and "damaged" in line, line
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--val-fraction", "1.5"], "--val-fraction must be in [0, 1), got 1.5"),
+    (["--labelled-per-class", "-1"], "--labelled-per-class must be at least 0, got -1"),
+    (["--shard-size", "0"], "--shard-size must be at least 1, got 0"),
+    (["--task-index", "2", "--num-tasks", "2"], "--task-index 2 is not in [0, --num-tasks 2)"),
+])
+def test_build_parameters_are_refused_by_their_flags(tmp_path, capsys, flags, message):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "clip.mp4").write_bytes(b"never decoded: the parameters are refused first")
+    assert shard_main(["build", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out"), *flags]) == 2
+    assert _one_line(capsys) == f"avmae-shard build: {message}"
+
+
+def test_the_library_names_parameters_not_flags():
+    from avmae.shard.errors import ParameterError
+    from avmae.shard.plan import assign_splits
+    from avmae.shard.synth import make_corpus
+
+    with pytest.raises(ParameterError, match=r"^val_fraction must be in \[0, 1\), got 1.5$"):
+        assign_splits([], 1.5, seed=0)
+    with pytest.raises(ParameterError, match="^num_classes must be at least 1, got 0$"):
+        make_corpus(Path("unused"), 1, 0)
+
+
+def test_synth_refuses_by_its_flags(tmp_path, capsys):
+    assert shard_main(["synth", "--out", str(tmp_path / "corpus"), "--classes", "0"]) == 2
+    assert _one_line(capsys) == "avmae-shard synth: --classes must be at least 1, got 0"
+
+
+def test_another_build_in_the_output_folder_names_the_flags(shards, tmp_path, capsys):
+    out, _ = _copy(shards, tmp_path)
+    source = json.loads((out / "build.json").read_text())["source"]["src"]
+    assert shard_main(["build", "--src", source, "--out", str(out), "--num-frames", "3", "--workers", "1"]) == 2
+    line = _one_line(capsys)
+    assert line.startswith(f"avmae-shard build: --out {out} already holds a build of other inputs or parameters")
+    assert line.endswith("use another folder, or --overwrite to start over"), line

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.shard_helpers import tiny_build
+from tests.helpers import SMALL_BUILD, build_shards
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
 
-SHARD_ARGS = ["--shard-size", "1", "--target-frames", "256", "--num-mel-bins", "64"]  # 32 KiB of log-mel a shard
+SHARDS = {**SMALL_BUILD, "shard_size": "1", "target_frames": "256", "num_mel_bins": "64"}  # 32 KiB of log-mel a shard
 
 
 def _defining_bytes(out: Path) -> dict[str, bytes]:
@@ -32,8 +32,7 @@ def reference(tmp_path_factory, clip_factory) -> tuple[Path, Path]:
     for index in range(6):
         clip_factory(src / f"clip{index}.mp4", seconds=2, frequency=300 + 100 * index)
     out = tmp_path_factory.mktemp("reference") / "shards"
-    assert tiny_build(src, out, *SHARD_ARGS) == 0
-    return src, out
+    return src, build_shards(src, out, **SHARDS)
 
 
 @pytest.fixture
@@ -53,7 +52,7 @@ def small_disk(tmp_path, reference):
 def test_disk_full_stops_cleanly_and_resumes_to_the_same_bytes(reference, small_disk, capsys, workers):
     src, reference_out = reference
     out = small_disk / "shards"
-    assert tiny_build(src, out, *SHARD_ARGS, "--workers", workers) == 2
+    build_shards(src, out, exit_code=2, workers=workers, **SHARDS)
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "no space left" in error and "shard train-0000" in error, error
     assert str(out) in error
@@ -69,7 +68,7 @@ def test_disk_full_stops_cleanly_and_resumes_to_the_same_bytes(reference, small_
             assert path.stem in done and path.read_bytes() == expected[path.name], path.name
 
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
-    assert tiny_build(src, out, *SHARD_ARGS, "--workers", workers) == 0
+    build_shards(src, out, workers=workers, **SHARDS)
     summary = capsys.readouterr().out
     assert f'"shards_skipped": {len(done)}' in summary
     assert _defining_bytes(out) == expected

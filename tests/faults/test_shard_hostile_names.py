@@ -13,7 +13,8 @@ from avmae.cli.shard import main as shard_main
 from avmae.shard.items import file_stem_for_key, safe_key
 from avmae.shard.manifest import read_manifest
 
-from tests.faults.shard_helpers import files_under, rename_keys, tiny_build
+from tests.faults.shard_helpers import files_under, rename_keys
+from tests.helpers import SMALL_BUILD, build_shards
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +23,7 @@ def clean_shards(tmp_path_factory, clip_factory) -> Path:
     for name in ("a.mp4", "b.mp4", "c.mp4"):
         clip_factory(src / name, seconds=2)
     out = tmp_path_factory.mktemp("build") / "shards"
-    assert tiny_build(src, out, "--shard-size", "3") == 0
-    return out
+    return build_shards(src, out, shard_size=3, **SMALL_BUILD)
 
 
 @pytest.fixture
