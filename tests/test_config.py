@@ -175,3 +175,5 @@ def test_the_clip_geometry_follows_the_model_and_other_values_are_refused(capsys
                          "leave data.num_frames unset or equal"), line
     line = _train_error(capsys, "--set", "data.crop_size=64")
     assert "data.crop_size is 64 but model.video.size is 96" in line, line
+    on_purpose = load(RunConfig, DEMO, ["data.num_frames=4", "model.other_grids=true"]).validate()
+    assert (on_purpose.data.num_frames, on_purpose.model.video.frames) == (4, 8)  # a study at another clip length

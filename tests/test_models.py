@@ -197,10 +197,22 @@ def test_same_seed_same_outputs():
         assert torch.equal(outs[0][key], outs[1][key])
 
 
-def test_other_clip_lengths_need_no_retraining():
-    model = AVMAE(tiny())
-    out = model(*inputs(frames=96, video_frames=8, size=48))  # longer audio, more and larger frames
+def test_other_clip_lengths_need_no_retraining_when_asked_for():
+    longer = inputs(frames=96, video_frames=8, size=48)  # longer audio, more and larger frames
+    out = AVMAE(tiny(other_grids=True))(*longer)
     assert out["pred_audio"].shape == (2, 6 * 2, 256) and out["pred_video"].shape == (2, 4 * 3 * 3, 1536)
+
+
+@pytest.mark.parametrize("frames, video_frames, size, message", [
+    (96, 4, 32, "model.audio is 64 frames x 32 mel bins but the input is 96 frames x 32 mel bins"),
+    (64, 8, 32, "model.video is 4 frames at 32x32 px but the input is 8 frames at 32x32 px"),
+    (64, 4, 48, "model.video is 4 frames at 32x32 px but the input is 4 frames at 48x48 px")])
+def test_a_model_refuses_another_grid_than_its_config(frames, video_frames, size, message):
+    """A loader set for other clips than the model config would otherwise train another model than it names."""
+    audio, video = inputs(frames=frames, video_frames=video_frames, size=size)
+    for model in (AVMAE(tiny()), AVClassifier(tiny(), {"label": 3})):
+        with pytest.raises(ValueError, match=f"^{message}.*model.other_grids"):
+            model(audio, video)
 
 
 def test_activation_checkpointing_gives_the_same_loss_and_gradients():

@@ -142,6 +142,11 @@ class ModelConfig:
     # (CAV-MAE's audioonly / videoonly), "averaged" averages that with a pass through the joint norms
     # (missingaudioonly / missingvideoonly). It changes the outputs, so it is a config field saved with the run.
     alone_norms: Literal["own", "averaged"] = "own"
+    # The tokenizer refuses inputs of another size than audio / video describe (another clip length, crop or log-mel
+    # length), so that a run trains the model its config names and its MFU counts that model. true takes any size on
+    # purpose (a study at another clip length): sin-cos positions are then computed for the grid that arrives, and
+    # stored tables (pos_embed.stored) still refuse it.
+    other_grids: bool = False
     activation_checkpointing: bool = False
 
     def validate(self) -> "ModelConfig":

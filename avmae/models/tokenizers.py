@@ -100,6 +100,23 @@ def configured_grids(config: ModelConfig) -> dict[str, tuple[int, ...]]:
             "video": video_grid(v.frames, v.size, v.size, v.patch, v.tubelet)}
 
 
+def _in_words(size: tuple[int, ...]) -> str:
+    return f"{size[0]} frames x {size[1]} mel bins" if len(size) == 2 else f"{size[0]} frames at {size[1]}x{size[2]} px"
+
+
+def check_input_size(modality: str, size: tuple[int, ...], config: ModelConfig) -> None:
+    """Refuse an input whose size is not the one ``model.audio`` / ``model.video`` describe (audio: frames x mel bins;
+    video: frames x height x width), naming both, unless ``model.other_grids`` asks for other sizes on purpose.
+    Without it a loader set for 4 frames at 96 px would train a model configured for 8 at 64 without a word."""
+    a, v = config.audio, config.video
+    wanted = {"audio": (a.frames, a.mel_bins), "video": (v.frames, v.size, v.size)}[modality]
+    if tuple(size) == wanted or config.other_grids:
+        return
+    raise ValueError(f"model.{modality} is {_in_words(wanted)} but the input is {_in_words(size)}: feed the "
+                     "configured size (the loader follows the model config) or set model.other_grids: true to take "
+                     "other sizes on purpose")
+
+
 class Positions(nn.Module):
     """Position embeddings of both modalities at one width: computed for any grid, or stored tables of the
     configured grids (``pos_embed.stored``), initialised to the same sin-cos."""
@@ -147,6 +164,7 @@ class Tokenizer(nn.Module):
 
     def audio(self, audio: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, time, mel) -> tokens (B, N, width) and the token grid (time, mel)."""
+        check_input_size("audio", audio.shape[1:], self.config)
         spectrogram = audio.unsqueeze(1)  # (B, 1, time, mel)
         freq_major = self.config.audio.token_order == "freq_major"
         if freq_major:  # CAV-MAE: unsqueeze(1).transpose(2, 3), a (mel x time) image; its kernels load unchanged
@@ -160,6 +178,7 @@ class Tokenizer(nn.Module):
 
     def video(self, video: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """(B, T, 3, H, W) -> tokens (B, N, width) and the token grid."""
+        check_input_size("video", (video.shape[1], *video.shape[3:]), self.config)
         x = self.video_embed(video.transpose(1, 2))  # (B, width, t, h, w)
         grid = (x.shape[2], x.shape[3], x.shape[4])
         x = x.flatten(2).transpose(1, 2) + self.position("video", grid, x)

@@ -144,12 +144,12 @@ class RunConfig:
     def _clip_geometry(self) -> None:
         """The model config is the home of the clip geometry: the loader's frame count and crop follow it. Set to
         anything else they would feed the model another grid than the one it describes (and its MFU neither), so
-        they are refused here; evaluation at another clip length asks for it on purpose (avmae-eval)."""
+        they are refused here (and by the model itself), unless model.other_grids asks for other sizes on purpose."""
         for data_key, model_key, model_value in (("num_frames", "video.frames", self.model.video.frames),
                                                  ("crop_size", "video.size", self.model.video.size)):
             value = getattr(self.data, data_key)
             if value is None:
                 setattr(self.data, data_key, model_value)
-            elif value != model_value:
+            elif value != model_value and not self.model.other_grids:
                 raise ConfigError(f"data.{data_key} is {value} but model.{model_key} is {model_value}: the loader "
                                   f"follows the model; leave data.{data_key} unset or equal")
