@@ -54,7 +54,36 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. encoder.size=base")
     model.add_argument("--batch-size", type=int, default=2)
     model.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step")
+    _plan_parser(commands)
     return parser
+
+
+def _plan_parser(commands) -> None:
+    from avmae.bench.plan import AUDIOSET_2M_CLIPS, BUILD_CLIPS_PER_CORE_S, GPUS, PlanInputs
+
+    plan = commands.add_parser(
+        "plan", help="capacity plan of a pretraining recipe: memory per GPU, samples/s, loader, storage, shard build",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Prints a table (or --json) of what the recipe needs on N GPUs; every line says whether it is "
+                    "measured here or computed, and from what.")
+    plan.add_argument("--config", type=Path, required=True, help="a run recipe (configs/pretrain_as2m.yaml)")
+    plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
+    plan.add_argument("--gpus", type=int, required=True)
+    plan.add_argument("--gpu", choices=sorted(GPUS), default="h100")
+    plan.add_argument("--zero", type=int, choices=[1, 2, 3], help="ZeRO stage (default: the recipe's)")
+    plan.add_argument("--batch-per-gpu", type=int, help="samples per GPU (default: the recipe's data.batch_size)")
+    plan.add_argument("--mfu", type=float, default=PlanInputs.mfu, help="model FLOPs utilisation, 0..1")
+    plan.add_argument("--gpus-per-node", type=int, default=PlanInputs.gpus_per_node)
+    plan.add_argument("--clips", type=int, default=AUDIOSET_2M_CLIPS, help="clips per epoch (AudioSet-2M)")
+    plan.add_argument("--bytes-per-sample", type=float, default=PlanInputs.bytes_per_sample,
+                      help="shard bytes per sample (default: measured here, see avmae/bench/plan.py)")
+    plan.add_argument("--shards", type=Path, help="measure bytes per sample from this shard folder instead")
+    plan.add_argument("--build-clips-per-core-s", type=float, default=BUILD_CLIPS_PER_CORE_S,
+                      help="shard build rate per core (README: avmae-bench shard, 1 worker)")
+    plan.add_argument("--activations", type=Path,
+                      help="JSON of the activation measurement: read if it exists (same model), else measured and "
+                           "written there (the measurement takes a minute or two on CPU)")
+    plan.add_argument("--json", action="store_true", help="print JSON instead of the table")
 
 
 def _model_config(path: Path, overrides: list[str]):
@@ -116,6 +145,10 @@ def _run(args) -> int:
 
         config = _model_config(args.config, args.set)
         print(json.dumps(bench_model(config, args.batch_size, args.steps), indent=1))
+    elif args.command == "plan":
+        from avmae.bench.plan_run import run_plan
+
+        run_plan(args)
     return 0
 
 

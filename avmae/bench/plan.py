@@ -1,0 +1,132 @@
+"""``avmae-bench plan``: what a pretraining recipe needs of a cluster, line by line, each line measured here or
+computed from a stated formula with stated constants (``source`` says which).
+
+Inputs: the recipe (model, per-GPU batch, ZeRO stage), the GPU count and kind, an MFU, and three measurements:
+activation bytes per sample (``activations.measure_activations``, on this CPU), shard bytes per sample
+(``shard_size``), and the shard build's clips/s per core (README, ``avmae-bench shard``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from avmae.bench.model_states import (gradient_bucket_bytes, largest_layer_parameters, model_state_bytes,
+                                      trained_parameters)
+from avmae.models.counts import pretraining_flops
+from avmae.recipe.config import RunConfig
+
+GIB = 2**30
+# Dense bf16 tensor-core peaks (NVIDIA datasheets: H100 SXM5 989 TFLOP/s, A100 SXM4 312 TFLOP/s) and the 80 GB
+# parts' memory (nvidia-smi reports 80 GiB less a little; the headroom below covers that).
+GPUS = {"h100": {"peak_flops": 989e12, "memory_bytes": 80 * GIB},
+        "a100": {"peak_flops": 312e12, "memory_bytes": 80 * GIB}}
+# Left free for the CUDA context, NCCL buffers and the caching allocator's fragmentation: our margin, not a
+# measurement (fragmentation of 5-15 % is what PyTorch's memory snapshots commonly show).
+HEADROOM = 0.10
+# AudioSet-2M as AV-MAE trained on it: 1,857,210 training clips (reference/methods.md, configs/pretrain_as2m.yaml).
+AUDIOSET_2M_CLIPS = 1_857_210
+# Shard bytes per sample (tars + DALI indexes + CRC sidecars) measured here: `avmae-shard build --workers 1` at the
+# defaults (16 frames, short side 256, 1024 x 128 log-mel, 10 s) on 12 clips from avmae.bench.shard.make_bench_clips
+# (10 s 640x360 H.264 testsrc2 + noise, 44.1 kHz AAC), Debian ffmpeg 5.1. Real YouTube frames compress differently;
+# pass --shards or --bytes-per-sample for your own.
+MEASURED_BYTES_PER_SAMPLE = 543_705  # 6,524,457 bytes for 12 samples (avmae.bench.shard_size)
+# Shard build rate per core: README "Shard build throughput", avmae-bench shard, 1 worker: 4.40 clips/s (10 s clips).
+BUILD_CLIPS_PER_CORE_S = 4.40
+# With activation checkpointing every block's forward runs again in backward: hardware FLOPs = 4/3 of the model
+# FLOPs (forward 1 + backward 2 + recompute 1), so at the same hardware FLOP/s the samples/s fall to 3/4.
+RECOMPUTE_RATE = 3 / 4
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    gpus: int
+    gpu: str = "h100"
+    zero_stage: int = 2
+    batch_per_gpu: int = 8
+    mfu: float = 0.40
+    gpus_per_node: int = 8
+    clips: int = AUDIOSET_2M_CLIPS
+    bytes_per_sample: float = MEASURED_BYTES_PER_SAMPLE
+    bytes_source: str = "measured here: avmae-shard build of 12 generated 10 s 360p clips (plan.py)"
+    build_clips_per_core_s: float = BUILD_CLIPS_PER_CORE_S
+
+
+def _memory_total(states: dict[str, float], buckets: float, activations_per_sample: float, batch: int) -> float:
+    return states["total"] + buckets + activations_per_sample * batch
+
+
+def _fit(config: RunConfig, inputs: PlanInputs, activations: dict[str, Any]) -> dict[str, Any]:
+    """The first setting that fits, cheapest first: no recompute before recompute, lower ZeRO stages (less
+    communication) before higher ones; and the largest per-GPU batch it allows."""
+    params, largest = trained_parameters(config.model), largest_layer_parameters(config.model)
+    usable = GPUS[inputs.gpu]["memory_bytes"] * (1 - HEADROOM)
+    for checkpointing in (False, True):
+        per_sample = activations["checkpointed" if checkpointing else "stored"]["bytes_per_sample"]
+        for stage in (1, 2, 3):
+            fixed = model_state_bytes(params, inputs.gpus, stage, largest)["total"] + gradient_bucket_bytes(stage)
+            total = fixed + per_sample * inputs.batch_per_gpu
+            if total <= usable:
+                return {"zero_stage": stage, "activation_checkpointing": checkpointing, "total_gib": total / GIB,
+                        "max_batch_per_gpu": int((usable - fixed) // per_sample)}
+    return {"zero_stage": None, "activation_checkpointing": None, "total_gib": None, "max_batch_per_gpu": 0}
+
+
+def capacity_plan(config: RunConfig, inputs: PlanInputs, activations: dict[str, Any]) -> dict[str, Any]:
+    if inputs.gpu not in GPUS:
+        raise ValueError(f"unknown GPU {inputs.gpu!r}; known: {', '.join(GPUS)}")
+    if inputs.gpus < 1 or inputs.batch_per_gpu < 1 or not 0 < inputs.mfu <= 1 or inputs.bytes_per_sample <= 0:
+        raise ValueError("gpus and batch per GPU must be at least 1, mfu in (0, 1], bytes per sample above 0")
+    model, gpu = config.model, GPUS[inputs.gpu]
+    params, largest = trained_parameters(model), largest_layer_parameters(model)
+    flops = pretraining_flops(model, global_batch=inputs.gpus * inputs.batch_per_gpu)["forward_backward"]
+    states = model_state_bytes(params, inputs.gpus, inputs.zero_stage, largest)
+    buckets = gradient_bucket_bytes(inputs.zero_stage)
+    stored = activations["stored"]["bytes_per_sample"]
+    checkpointed = activations["checkpointed"]["bytes_per_sample"]
+    total = {"stored": _memory_total(states, buckets, stored, inputs.batch_per_gpu),
+             "checkpointed": _memory_total(states, buckets, checkpointed, inputs.batch_per_gpu)}
+    usable = gpu["memory_bytes"] * (1 - HEADROOM)
+
+    per_gpu = inputs.mfu * gpu["peak_flops"] / flops  # samples/s: model FLOPs at the stated MFU
+    cluster = per_gpu * inputs.gpus
+    epoch_s = inputs.clips / cluster
+    frames = model.video.frames
+    nodes = -(-inputs.gpus // inputs.gpus_per_node)
+    node_samples = per_gpu * min(inputs.gpus, inputs.gpus_per_node)
+    build_core_s = inputs.clips / inputs.build_clips_per_core_s
+    return {
+        "inputs": {**inputs.__dict__, "nodes": nodes, "global_batch": inputs.gpus * inputs.batch_per_gpu,
+                   "gpu_peak_tflops": gpu["peak_flops"] / 1e12, "gpu_memory_gib": gpu["memory_bytes"] / GIB,
+                   "headroom": HEADROOM},
+        "model": {"parameters": params, "largest_layer_parameters": largest,
+                  "gflops_per_sample": flops / 1e9, "video_frames": frames},
+        "memory_gib_per_gpu": {
+            "model_states": {k: v / GIB for k, v in states.items()},
+            "gradient_buckets": buckets / GIB,
+            "activations_per_sample": {"stored": stored / GIB, "checkpointed": checkpointed / GIB},
+            "activations": {"stored": stored * inputs.batch_per_gpu / GIB,
+                            "checkpointed": checkpointed * inputs.batch_per_gpu / GIB},
+            "total": {k: v / GIB for k, v in total.items()},
+            "usable": usable / GIB,
+            "fits": {k: v <= usable for k, v in total.items()},
+            "suggested": _fit(config, inputs, activations),
+            "activation_method": activations["method"],
+            "attention_kernels": activations["stored"]["attention_kernels"],
+        },
+        "throughput": {
+            "samples_per_s_per_gpu": per_gpu, "samples_per_s": cluster,
+            "samples_per_s_per_gpu_checkpointed": per_gpu * RECOMPUTE_RATE,
+            "epoch_hours": epoch_s / 3600, "epoch_days": epoch_s / 86400,
+            "epoch_days_checkpointed": epoch_s / RECOMPUTE_RATE / 86400,
+        },
+        "loader": {"frames_per_s_per_gpu": per_gpu * frames, "samples_per_s_per_gpu": per_gpu},
+        "storage": {
+            "bytes_per_sample": inputs.bytes_per_sample, "bytes_source": inputs.bytes_source,
+            "dataset_tb": inputs.clips * inputs.bytes_per_sample / 1e12,
+            "read_mb_per_s_per_node": node_samples * inputs.bytes_per_sample / 1e6,
+            "read_gb_per_s_cluster": cluster * inputs.bytes_per_sample / 1e9,
+        },
+        "shard_build": {"clips_per_core_s": inputs.build_clips_per_core_s, "core_hours": build_core_s / 3600,
+                        "hours_on_one_16_core_node": build_core_s / 16 / 3600},
+    }

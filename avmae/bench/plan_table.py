@@ -1,0 +1,65 @@
+"""The capacity plan as one rich table: each line with its value and where the number comes from."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+MEASURED, COMPUTED, DEEPSPEED, STATED = "measured here", "computed", "DeepSpeed accounting", "stated constant"
+
+
+def plan_rows(plan: dict[str, Any]) -> list[tuple[str, str, str]]:
+    i, m, mem, t = plan["inputs"], plan["model"], plan["memory_gib_per_gpu"], plan["throughput"]
+    states, fit = mem["model_states"], mem["suggested"]
+    stage = i["zero_stage"]
+    fits = {k: "fits" if v else "does NOT fit" for k, v in mem["fits"].items()}
+    suggestion = ("nothing fits" if fit["zero_stage"] is None else
+                  f"ZeRO-{fit['zero_stage']}, checkpointing {'on' if fit['activation_checkpointing'] else 'off'}: "
+                  f"{fit['total_gib']:.1f} GiB; up to {fit['max_batch_per_gpu']} samples/GPU")
+    return [
+        ("GPUs (nodes x GPUs/node)", f"{i['gpus']} {i['gpu'].upper()} ({i['nodes']} x {i['gpus_per_node']}), "
+                                     f"batch {i['batch_per_gpu']}/GPU = {i['global_batch']}", "input"),
+        ("parameters (trained) / largest layer", f"{m['parameters'] / 1e6:.2f} M / {m['largest_layer_parameters'] / 1e6:.2f} M",
+         "closed form (models/counts.py)"),
+        (f"bf16 params + grads (ZeRO-{stage})",
+         f"{states['bf16_parameters'] + states['bf16_gradients']:.2f} GiB", DEEPSPEED),
+        ("fp32 master + grads + Adam m, v", f"{states['fp32_master_parameters'] + states['fp32_gradient_partition'] + states['adam_moments']:.2f} GiB",
+         DEEPSPEED),
+        ("model states per GPU", f"{states['total']:.2f} GiB", DEEPSPEED + " (tested vs its estimators)"),
+        ("gradient buckets", f"{mem['gradient_buckets']:.2f} GiB", "trainer's DeepSpeed config"),
+        ("activations per sample: stored / checkpointed",
+         f"{mem['activations_per_sample']['stored'] * 1024:.0f} / {mem['activations_per_sample']['checkpointed'] * 1024:.0f} MiB",
+         MEASURED + " (CPU, bf16, scaled by depth)"),
+        (f"activations at batch {i['batch_per_gpu']}: stored / checkpointed",
+         f"{mem['activations']['stored']:.2f} / {mem['activations']['checkpointed']:.2f} GiB", MEASURED + " x batch"),
+        (f"total per GPU vs {mem['usable']:.0f} GiB usable",
+         f"{mem['total']['stored']:.1f} GiB ({fits['stored']}) / checkpointed {mem['total']['checkpointed']:.1f} GiB "
+         f"({fits['checkpointed']})", f"sum; {i['headroom']:.0%} of {i['gpu_memory_gib']:.0f} GiB kept free"),
+        ("suggested", suggestion, "first that fits, cheapest first"),
+        ("GFLOPs per sample (fwd + bwd)", f"{m['gflops_per_sample']:.0f}", "closed form (models/counts.py)"),
+        (f"samples/s per GPU at {i['mfu']:.0%} MFU", f"{t['samples_per_s_per_gpu']:.0f} "
+         f"({t['samples_per_s_per_gpu_checkpointed']:.0f} checkpointed)",
+         f"{i['mfu']:.0%} x {i['gpu_peak_tflops']:.0f} TFLOP/s / FLOPs; recompute = 4/3 FLOPs"),
+        ("samples/s, all GPUs", f"{t['samples_per_s']:,.0f}", COMPUTED),
+        (f"one epoch of {i['clips']:,} clips", f"{t['epoch_hours'] * 60:,.1f} min = {t['epoch_days']:.4f} days "
+         f"({t['epoch_days_checkpointed'] * 1440:,.1f} min checkpointed)", COMPUTED),
+        ("decoded frames/s per GPU (loader)", f"{plan['loader']['frames_per_s_per_gpu']:,.0f} "
+         f"({m['video_frames']} frames x samples/s)", COMPUTED),
+        ("shard bytes per sample", f"{plan['storage']['bytes_per_sample'] / 1e3:,.0f} kB", plan["storage"]["bytes_source"]),
+        ("AudioSet-2M shards", f"{plan['storage']['dataset_tb']:.2f} TB", COMPUTED),
+        ("shard reads per node", f"{plan['storage']['read_mb_per_s_per_node']:,.0f} MB/s "
+         f"({plan['storage']['read_gb_per_s_cluster']:.1f} GB/s all nodes)", COMPUTED + " (one read per sample)"),
+        ("shard build", f"{plan['shard_build']['core_hours']:,.0f} core-hours "
+         f"({plan['shard_build']['hours_on_one_16_core_node']:.1f} h on one 16-core node)",
+         f"{plan['shard_build']['clips_per_core_s']} clips/s per core (README, avmae-bench shard)"),
+    ]
+
+
+def plan_table(plan: dict[str, Any], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("quantity", "value", "source"):
+        table.add_column(column)
+    for row in plan_rows(plan):
+        table.add_row(*row)
+    return table
