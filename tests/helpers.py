@@ -16,15 +16,30 @@ from avmae.cli.shard import main as shard_main
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The tiny model's sizes: the training tests' model below, and every recipe shrunk by tests/test_recipes.py (which
+# keeps the recipe's fusion, decoder kind, masking and losses).
+TINY_SIZES = {"encoder": {"size": "custom", "width": 64, "depth": 3, "heads": 2, "mlp": 128},
+              "decoder": {"width": 32, "depth": 1, "heads": 2, "mlp": 64},
+              "audio": {"frames": 208}, "video": {"size": 64}}
 TINY_MODEL = {
-    "encoder": {"size": "custom", "width": 64, "depth": 3, "heads": 2, "mlp": 128, "fusion": "mid", "joint_layers": 1},
-    "decoder": {"kind": "shared", "width": 32, "depth": 1, "heads": 2, "mlp": 64},
+    "encoder": {**TINY_SIZES["encoder"], "fusion": "mid", "joint_layers": 1},
+    "decoder": {"kind": "shared", **TINY_SIZES["decoder"]},
     "mask": {"audio_ratio": 0.7, "video_ratio": 0.75, "video_mode": "tube"},
     "contrastive": {"weight": 0.01},
-    "audio": {"frames": 208, "mel_bins": 128, "patch": 16},
-    "video": {"frames": 4, "size": 64, "patch": 16, "tubelet": 2},
+    "audio": {**TINY_SIZES["audio"], "mel_bins": 128, "patch": 16},
+    "video": {"frames": 4, **TINY_SIZES["video"], "patch": 16, "tubelet": 2},
     "norm_pix_loss": True,
 }
+
+
+def set_items(values: dict, prefix: str) -> list[str]:
+    """``--set`` items for every leaf of a nested dict: ``({"encoder": {"width": 64}}, "model")`` gives
+    ``["model.encoder.width=64"]``."""
+    items = []
+    for name, value in values.items():
+        key = f"{prefix}.{name}"
+        items += set_items(value, key) if isinstance(value, dict) else [f"{key}={value}"]
+    return items
 
 
 def run_config(tmp_path: Path, shards: Path, **sections) -> Path:

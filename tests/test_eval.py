@@ -17,7 +17,7 @@ from avmae.cli.eval import main as eval_main
 from avmae.eval.metrics import average_precision, epic_metrics, multilabel_metrics, roc_auc, top_k_accuracy
 from avmae.eval.retrieval import ranks_of_true_pairs, recall_metrics
 from avmae.models.tokenizers import patchify_audio, patchify_video, unpatchify_audio, unpatchify_video
-from tests.helpers import REPO, free_port, run_config, torchrun
+from tests.helpers import REPO, build_shards, free_port, run_config, torchrun
 
 
 def test_average_precision_equals_sklearn_with_ties_and_constant_scores():
@@ -190,17 +190,7 @@ def multilabel_shards(synth_corpus, tmp_path_factory) -> Path:
     listing = [rows[0]] + [f"{path},{label};{'even' if int(label[-2:]) % 2 == 0 else 'odd'}"
                            for path, label in (row.split(",") for row in rows[1:])]
     (synth_corpus.parent / "multilabel.csv").write_text("\n".join(listing) + "\n")
-    return _build_shards(root / "shards", "--list", str(synth_corpus.parent / "multilabel.csv"),
-                         "--segment-seconds", "2", "--shard-size", "3", "--val-fraction", "0.25")
-
-
-def _build_shards(out: Path, *arguments: str) -> Path:
-    """Shards at the geometry of the tiny test model (8 frames of short side 72, 208 log-mel frames)."""
-    from avmae.cli.shard import main as shard_main
-
-    assert shard_main(["build", *arguments, "--out", str(out), "--num-frames", "8", "--short-side", "72",
-                       "--target-frames", "208", "--workers", "1", "--json"]) == 0
-    return out
+    return build_shards(synth_corpus.parent / "multilabel.csv", root / "shards", shard_size=3)
 
 
 @pytest.mark.slow
@@ -240,8 +230,8 @@ def epic_shards(tmp_path_factory, clip_factory) -> Path:
         rows.append(f"{video}_{number},P01,{video},00:00:0{start}.00,00:00:0{start}.00,00:00:0{start + 2}.00,0,0,"
                     f"act {number},v,{number % 3},n,{number % 4},[],[]\n")
     (root / "EPIC_100_train.csv").write_text(header + "".join(rows))
-    return _build_shards(root / "shards", "--list", str(root / "EPIC_100_train.csv"), "--src", str(root / "EPIC"),
-                         "--shard-size", "4")
+    return build_shards(root / "EPIC_100_train.csv", root / "shards", "--src", str(root / "EPIC"), shard_size=4,
+                        val_fraction=0)
 
 
 @pytest.mark.slow

@@ -12,22 +12,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from avmae.cli.shard import main as shard_main
 from avmae.data.augment import mixup, noise_and_shift, spec_augment
 from avmae.data.config import DataConfig
 from avmae.data.loader import build_loader
 from avmae.data.samples import frame_members
 from avmae.data.spec import DataMismatchError
 from tests.faults.damage import rewrite_samples
+from tests.helpers import build_shards
 
 
 @pytest.fixture(scope="module")
 def shards(synth_corpus, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("loader") / "shards"
-    assert shard_main(["build", "--list", str(synth_corpus), "--out", str(out), "--segment-seconds", "2",
-                       "--num-frames", "8", "--short-side", "72", "--target-frames", "208", "--shard-size", "2",
-                       "--workers", "1", "--json"]) == 0
-    return out
+    """The tiny shards, every clip in split train."""
+    return build_shards(synth_corpus, tmp_path_factory.mktemp("loader") / "shards", val_fraction=0)
 
 
 @pytest.fixture(params=["webdataset", pytest.param("dali", marks=pytest.mark.dali)])

@@ -17,7 +17,7 @@ import pytest
 from avmae.config import load, to_dict
 from avmae.models.bottleneck import BottleneckConfig
 from avmae.recipe.config import RunConfig
-from tests.helpers import REPO, metrics
+from tests.helpers import REPO, TINY_SIZES, metrics, set_items
 
 CONFIGS = REPO / "configs"
 DEMO = {"demo_pretrain.yaml", "demo_finetune.yaml"}  # pipelines/demo.sh runs them whole (the README command)
@@ -117,10 +117,8 @@ def tiny_overrides(recipe: RunConfig, shards: Path, workdir: Path) -> list[str]:
     encoder = recipe.model.encoder
     frames = 1 if recipe.model.video.frames == 1 else 4
     tubelet = min(recipe.model.video.tubelet, frames)
-    out = ["model.encoder.size=custom", "model.encoder.width=64", "model.encoder.depth=3", "model.encoder.heads=2",
-           "model.encoder.mlp=128", "model.decoder.width=32", "model.decoder.depth=1", "model.decoder.heads=2",
-           "model.decoder.mlp=64", "model.audio.frames=208", f"model.video.frames={frames}",
-           f"model.video.tubelet={tubelet}", "model.video.size=64", f"data.shards={shards}", f"data.num_frames={frames}",
+    out = [*set_items(TINY_SIZES, "model"), f"model.video.frames={frames}", f"model.video.tubelet={tubelet}",
+           f"data.shards={shards}", f"data.num_frames={frames}",
            "data.crop_size=64", "data.batch_size=2", "data.workers=0", "data.eval_split=val", "optim.steps=3",
            "optim.warmup_steps=1", "checkpoint.every=3", "log.every=1", "log.progress=false", f"workdir={workdir}"]
     if encoder.fusion == "mid":
