@@ -67,6 +67,17 @@ def _damaged_members(shard: dict[str, Any], tar_path: Path, crc_path: Path, memb
     return damaged
 
 
+def _checksum_problems(out: Path, shard: dict[str, Any], members: list[Member]) -> tuple[list[dict], list[str]]:
+    """(damaged members, problem lines) of one shard's CRC32 check; an unusable sidecar is one problem."""
+    try:
+        if not shard.get("crc"):
+            raise ValueError("the manifest lists none for this shard")
+        damaged = _damaged_members(shard, out / shard["tar"], out / shard["crc"], members)
+    except (ValueError, OSError) as err:  # a missing or malformed sidecar
+        return [], [f"{shard['name']}: checksum sidecar unusable: {err}"]
+    return damaged, [f"{shard['tar']}: sample {d['key']}: member {d['member']}: {d['detail']}" for d in damaged]
+
+
 def verify(out: Path, deep: bool = True) -> dict[str, Any]:
     """Check a finished build. Returns {"ok", "shards", "samples", "failures", "problems", "checksums" ("checked" or
     "unchecked"), "damaged" (members whose CRC32 is wrong)}; ``deep`` also opens every sample."""
@@ -94,16 +105,9 @@ def verify(out: Path, deep: bool = True) -> dict[str, Any]:
                 problems.append(f"{shard['name']}: unreadable: {err}")
                 continue
             if checked:
-                try:
-                    if not shard.get("crc"):
-                        raise ValueError("the manifest lists none for this shard")
-                    found = _damaged_members(shard, tar_path, out / shard["crc"], members)
-                except (ValueError, OSError) as err:  # a missing or malformed sidecar
-                    problems.append(f"{shard['name']}: checksum sidecar unusable: {err}")
-                else:
-                    damaged += found
-                    problems += [f"{shard['tar']}: sample {d['key']}: member {d['member']}: {d['detail']}"
-                                 for d in found]
+                found, trouble = _checksum_problems(out, shard, members)
+                damaged += found
+                problems += trouble
             flat = [member for sample in indexed for member in sample]
             if flat != members:
                 problems.append(f"{shard['idx']}: does not describe {shard['tar']} (offsets, sizes or names differ)")
