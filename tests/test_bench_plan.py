@@ -1,0 +1,195 @@
+"""avmae-bench plan: each figure against an independent computation (DeepSpeed's own estimators, the FLOP count of
+avmae/models/counts.py, a direct full-depth measurement, real shards on disk)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from avmae.bench.activations import measure_activations, step_peak_bytes
+from avmae.bench.live_memory import LiveTensorBytes
+from avmae.bench.model_states import largest_layer_parameters, model_state_bytes, trained_parameters
+from avmae.bench.plan import (AUDIOSET_2M_CLIPS, BUILD_CLIPS_PER_CORE_S, GIB, MEASURED_BYTES_PER_SAMPLE,
+                              PlanInputs, capacity_plan)
+from avmae.bench.plan_run import load_recipe
+from avmae.cli.bench import main as bench_main
+from avmae.config import from_dict, to_dict
+from avmae.models.avmae import AVMAE
+from avmae.models.config import ModelConfig
+from avmae.models.counts import pretraining_flops
+from tests.helpers import REPO, TINY_MODEL
+
+RECIPE = REPO / "configs" / "pretrain_as2m.yaml"
+VIT_L_PARAMETERS = 595_853_056  # README, Models: 595.85 M (avmae-bench model)
+
+
+def _tiny() -> ModelConfig:
+    return from_dict(ModelConfig, json.loads(json.dumps(TINY_MODEL))).validate()
+
+
+# ---- model states: DeepSpeed's own estimators -------------------------------------------------------------------
+
+@pytest.mark.parametrize("gpus_per_node,nodes", [(1, 1), (8, 1), (8, 8), (8, 32)])
+def test_zero2_and_zero3_model_states_equal_deepspeeds_estimators(gpus_per_node, nodes):
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    p, n, largest = VIT_L_PARAMETERS, gpus_per_node * nodes, 4_198_400
+    _, zero2 = estimate_zero2_model_states_mem_needs(p, gpus_per_node, nodes, cpu_offload=False)
+    assert abs(model_state_bytes(p, n, 2)["total"] - zero2) <= 1  # DeepSpeed truncates to whole bytes
+    _, zero3, _ = estimate_zero3_model_states_mem_needs(p, largest, gpus_per_node, nodes, cpu_offload=False,
+                                                        cpu_offload_params=False)
+    # + the bf16 parameter partition, which DeepSpeed's stage-3 estimate leaves out (model_states.py)
+    assert abs(model_state_bytes(p, n, 3, largest)["total"] - (zero3 + 2 * p / n)) <= 1
+    # Stage 1 holds whole bf16 gradients: stage 2 plus the gradients' unpartitioned remainder.
+    assert model_state_bytes(p, n, 1)["total"] == pytest.approx(zero2 + 2 * p - 2 * p / n, abs=1)
+
+
+def test_zero2_matches_the_printed_all_cold_estimate():
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs_all_cold
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        estimate_zero2_model_states_mem_needs_all_cold(VIT_L_PARAMETERS, num_gpus_per_node=8, num_nodes=8)
+    line = next(l for l in out.getvalue().splitlines() if "offload_optimizer=none" in l)
+    printed = float(re.findall(r"([\d.]+)GB", line)[1])  # "per CPU | per GPU": the second figure, in GiB
+    assert round(model_state_bytes(VIT_L_PARAMETERS, 64, 2)["total"] / GIB, 2) == printed
+
+
+def test_parameter_count_and_largest_layer_equal_the_built_model():
+    config = _tiny()
+    model = AVMAE(config)
+    assert trained_parameters(config) == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # DeepSpeed's estimate_zero3_model_states_mem_needs_all_live takes this as the largest layer.
+    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
+    assert largest_layer_parameters(config) == largest
+    recipe = load_recipe(RECIPE, []).model
+    assert trained_parameters(recipe) == VIT_L_PARAMETERS
+    assert largest_layer_parameters(recipe) == 1024 * 4096 + 4096  # ViT-L's MLP input layer
+
+
+# ---- activations: the counter, and the extrapolation against a direct measurement --------------------------------
+
+def test_live_tensor_bytes_counts_what_is_alive():
+    weight = torch.randn(256, 1024)  # made before: its views are not counted
+    with LiveTensorBytes() as live:
+        x = torch.randn(64, 256)  # 64 KiB
+        y = x @ weight  # 256 KiB
+        z = weight.t()  # a view of a tensor from before
+        del x
+        w = y * 2  # 256 KiB more, x gone
+    assert live.peak == 2 * 64 * 1024 * 4  # y and w; x (64 KiB) was freed before w was made
+    assert live.settle() == 2 * 64 * 1024 * 4
+    del y, w, z
+
+
+def test_activations_extrapolated_from_shallow_models_equal_the_full_depth_model():
+    config = replace(_tiny(), encoder=replace(_tiny().encoder, depth=4, joint_layers=2),
+                     decoder=replace(_tiny().decoder, depth=2))
+    measured = measure_activations(config)
+    assert measured["depths"] == {"modality": 2, "joint": 2, "decoder": 2}
+    direct = {}
+    for key, checkpointing in (("stored", False), ("checkpointed", True)):
+        direct[key] = step_peak_bytes(replace(config, activation_checkpointing=checkpointing))["peak"]
+        assert measured[key]["bytes_per_sample"] == pytest.approx(direct[key], rel=0.02)
+        assert all(size > 0 for size in measured[key]["per_block"].values())
+    assert measured["checkpointed"]["bytes_per_sample"] < measured["stored"]["bytes_per_sample"]
+    # Linear in the batch, which the plan relies on when it scales to the per-GPU batch.
+    assert step_peak_bytes(config, batch=2)["peak"] == pytest.approx(2 * direct["stored"], rel=0.05)
+
+
+# ---- the plan's arithmetic ---------------------------------------------------------------------------------------
+
+def _activations(stored: float, checkpointed: float) -> dict:
+    return {"method": "given", "stored": {"bytes_per_sample": stored, "attention_kernels": []},
+            "checkpointed": {"bytes_per_sample": checkpointed, "attention_kernels": []}}
+
+
+def test_plan_numbers_follow_from_the_flop_count_and_stated_constants():
+    recipe = load_recipe(RECIPE, [])
+    plan = capacity_plan(recipe, PlanInputs(gpus=64), _activations(400 * 2**20, 80 * 2**20))
+    flops = pretraining_flops(recipe.model, global_batch=512)["forward_backward"]
+    assert flops == pytest.approx(827e9, rel=1e-3)  # README: 827 GFLOPs per sample
+    per_gpu = 0.40 * 989e12 / flops
+    assert plan["throughput"]["samples_per_s_per_gpu"] == pytest.approx(per_gpu)
+    assert round(per_gpu) == 478 and round(per_gpu * 16, -2) == 7700  # README: ~480 samples/s, ~7,700 frames/s
+    assert plan["loader"]["frames_per_s_per_gpu"] == pytest.approx(per_gpu * 16)
+    assert plan["throughput"]["epoch_days"] == pytest.approx(AUDIOSET_2M_CLIPS / (64 * per_gpu) / 86400)
+    assert plan["storage"]["dataset_tb"] == pytest.approx(AUDIOSET_2M_CLIPS * MEASURED_BYTES_PER_SAMPLE / 1e12)
+    assert plan["storage"]["read_mb_per_s_per_node"] == pytest.approx(8 * per_gpu * MEASURED_BYTES_PER_SAMPLE / 1e6)
+    assert plan["shard_build"]["core_hours"] == pytest.approx(AUDIOSET_2M_CLIPS / BUILD_CLIPS_PER_CORE_S / 3600)
+    memory = plan["memory_gib_per_gpu"]
+    states = model_state_bytes(VIT_L_PARAMETERS, 64, 2, 4_198_400)["total"]
+    assert memory["total"]["stored"] == pytest.approx((states + 2 * 5e8 * 2 + 8 * 400 * 2**20) / GIB)
+    a100 = capacity_plan(recipe, PlanInputs(gpus=64, gpu="a100"), _activations(1, 1))
+    assert a100["throughput"]["samples_per_s_per_gpu"] == pytest.approx(per_gpu * 312 / 989)
+
+
+def test_plan_suggests_what_fits():
+    recipe = load_recipe(RECIPE, [])
+    usable = 80 * GIB * 0.9
+    # Stored activations of 8 samples cannot fit, checkpointed ones can: checkpointing, at the cheapest stage.
+    plan = capacity_plan(recipe, PlanInputs(gpus=8), _activations(usable / 8, 2 * GIB))
+    memory = plan["memory_gib_per_gpu"]
+    assert not memory["fits"]["stored"] and memory["fits"]["checkpointed"]
+    suggested = memory["suggested"]
+    assert suggested["activation_checkpointing"] and suggested["zero_stage"] == 1
+    fixed = model_state_bytes(VIT_L_PARAMETERS, 8, 1)["total"] + 2 * 5e8 * 2
+    assert suggested["max_batch_per_gpu"] == int((usable - fixed) // (2 * GIB))
+    # Model states alone decide the stage: at one GPU ZeRO-1/2 keep ~10 GiB of states, so a tight budget needs 3.
+    tight = usable - model_state_bytes(VIT_L_PARAMETERS, 1, 3, 4_198_400)["total"] - 1
+    assert capacity_plan(recipe, PlanInputs(gpus=1, batch_per_gpu=1), _activations(tight, tight))[
+        "memory_gib_per_gpu"]["suggested"]["zero_stage"] == 3
+
+
+def test_cli_prints_json_and_a_table(tmp_path, capsys):
+    recipe = load_recipe(RECIPE, [])
+    model = to_dict(recipe.model)
+    model.pop("activation_checkpointing")
+    cache = tmp_path / "activations.json"
+    cache.write_text(json.dumps({**_activations(400 * 2**20, 80 * 2**20), "model": model}))
+    assert bench_main(["plan", "--config", str(RECIPE), "--gpus", "256", "--zero", "3", "--json",
+                       "--activations", str(cache)]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["inputs"]["zero_stage"] == 3 and plan["inputs"]["nodes"] == 32
+    assert bench_main(["plan", "--config", str(RECIPE), "--gpus", "8", "--gpu", "a100",
+                       "--activations", str(cache)]) == 0
+    table = capsys.readouterr().out
+    assert "measured here" in table and "DeepSpeed accounting" in table and "A100" in table
+    # A measurement of another model is refused, in one line.
+    assert bench_main(["plan", "--config", str(RECIPE), "--gpus", "8", "--set", "model.decoder.depth=2",
+                       "--activations", str(cache)]) == 2
+    assert "another model" in capsys.readouterr().err
+
+
+# ---- shard bytes per sample: real shards at the recipe's geometry ------------------------------------------------
+
+def test_bytes_per_sample_of_real_shards_matches_the_recorded_default(tmp_path, capsys):
+    from avmae.bench.shard import make_bench_clips
+    from avmae.bench.shard_size import shard_bytes_per_sample
+    from avmae.cli.shard import main as shard_main
+
+    clips = make_bench_clips(tmp_path / "clips", 2, workers=1)  # 10 s 640x360 H.264/AAC, as the default's
+    out = tmp_path / "shards"
+    assert shard_main(["build", "--src", str(clips), "--out", str(out), "--workers", "1"]) == 0
+    capsys.readouterr()
+    measured = shard_bytes_per_sample(out)
+    on_disk = sum(f.stat().st_size for f in out.iterdir() if f.suffix in (".tar", ".idx", ".crc"))
+    assert measured["samples"] == 2 and measured["bytes_per_sample"] == on_disk / 2
+    assert measured["features"]["num_frames"] == load_recipe(RECIPE, []).model.video.frames
+    assert measured["bytes_per_sample"] == pytest.approx(MEASURED_BYTES_PER_SAMPLE, rel=0.03)
+    cache = tmp_path / "activations.json"
+    model = to_dict(load_recipe(RECIPE, []).model)
+    model.pop("activation_checkpointing")
+    cache.write_text(json.dumps({**_activations(1, 1), "model": model}))
+    assert bench_main(["plan", "--config", str(RECIPE), "--gpus", "8", "--shards", str(out), "--json",
+                       "--activations", str(cache)]) == 0
+    storage = json.loads(capsys.readouterr().out)["storage"]
+    assert storage["bytes_per_sample"] == measured["bytes_per_sample"] and str(out) in storage["bytes_source"]
