@@ -90,6 +90,7 @@ def test_live_tensor_bytes_counts_what_is_alive():
     del y, w, z
 
 
+@pytest.mark.slow  # about a minute on this loaded 2-core machine: 11 bf16 steps under the counting mode
 def test_activations_extrapolated_from_shallow_models_equal_the_full_depth_model():
     config = replace(_tiny(), encoder=replace(_tiny().encoder, depth=4, joint_layers=2),
                      decoder=replace(_tiny().decoder, depth=2))
