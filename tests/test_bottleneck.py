@@ -115,7 +115,8 @@ def test_bottleneck_fine_tune_from_a_mid_fusion_run_then_eval(shards, tmp_path):
     finetune.mkdir()
     torchrun(run_config(pretrain, shards), processes=1)
     late = {**TINY_MODEL, "encoder": {**TINY_MODEL["encoder"], "fusion": "late"}}
-    config = run_config(finetune, shards, task="finetune", model=late, data={"eval_split": "val", "mixup": 0.5},
+    config = run_config(finetune, shards, task="finetune", model=late, data={"eval_split": "val"},
+                        augment={"mixup": 0.5},
                         init={"kind": "avmae", "path": str(pretrain / "run")},
                         finetune={"loss": "ce", "classifier": "bottleneck",
                                   "bottleneck": {"tokens": 4, "fusion_layer": 1}},

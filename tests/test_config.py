@@ -177,3 +177,25 @@ def test_the_clip_geometry_follows_the_model_and_other_values_are_refused(capsys
     assert "data.crop_size is 64 but model.video.size is 96" in line, line
     on_purpose = load(RunConfig, DEMO, ["data.num_frames=4", "model.other_grids=true"]).validate()
     assert (on_purpose.data.num_frames, on_purpose.model.video.frames) == (4, 8)  # a study at another clip length
+
+
+def test_augmentation_is_its_own_section_and_saved_configs_read_in_todays_keys():
+    from avmae.recipe.config import RunConfig
+    from avmae.recipe.saved import read_saved_run_config
+
+    config = load(RunConfig, DEMO, ["augment.mixup=0.25"])
+    assert config.augment.mixup == 0.25 and not hasattr(config.data, "mixup")
+    with pytest.raises(ConfigError, match="unknown config key 'data.mixup'"):  # a recipe states it where it lives
+        load(RunConfig, DEMO, ["data.mixup=0.25"])
+    # an export or run folder written before the move still describes the same run
+    saved = read_saved_run_config({"data": {"shards": "s", "mixup": 0.5, "crop_scale": [0.5, 1.0], "flip": False}})
+    assert (saved.augment.mixup, saved.augment.crop_scale, saved.augment.flip) == (0.5, (0.5, 1.0), False)
+    assert saved.data.shards == "s"
+
+
+def test_evaluation_takes_no_augmentation():
+    from avmae.data.config import AugmentConfig, DataConfig
+    from avmae.data.loader import Loader
+
+    with pytest.raises(ValueError, match="evaluation takes no augmentation"):  # refused before any shard is read
+        Loader(None, DataConfig(), train=False, augment=AugmentConfig())

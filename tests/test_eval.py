@@ -197,8 +197,8 @@ def multilabel_shards(synth_corpus, tmp_path_factory) -> Path:
 def test_multilabel_finetune_and_audioset_eval_end_to_end(multilabel_shards, tmp_path):
     run = tmp_path / "ft"
     run.mkdir()
-    result = torchrun(run_config(run, multilabel_shards, task="finetune", data={"eval_split": "val", "mixup": 0.5},
-                                 finetune={"loss": "auto", "eval_every": 3},
+    result = torchrun(run_config(run, multilabel_shards, task="finetune", data={"eval_split": "val"},
+                                 augment={"mixup": 0.5}, finetune={"loss": "auto", "eval_every": 3},
                                  optim={"steps": 6, "lr": 2e-3, "warmup_steps": 1},
                                  checkpoint={"every": 3, "keep": 1}))
     assert "mAP" in result["best"]["metrics"]  # BCE on multi-hot targets, best checkpoint by mAP
@@ -238,8 +238,8 @@ def epic_shards(tmp_path_factory, clip_factory) -> Path:
 def test_epic_kitchens_finetune_and_eval_end_to_end(epic_shards, tmp_path):
     run = tmp_path / "ft"
     run.mkdir()
-    result = torchrun(run_config(run, epic_shards, task="finetune", data={"eval_split": "train", "mixup": 0.3},
-                                 finetune={"loss": "ce", "label_smoothing": 0.1},
+    result = torchrun(run_config(run, epic_shards, task="finetune", data={"eval_split": "train"},
+                                 augment={"mixup": 0.3}, finetune={"loss": "ce", "label_smoothing": 0.1},
                                  optim={"steps": 4, "lr": 2e-3, "warmup_steps": 1},
                                  checkpoint={"every": 4, "keep": 1}))
     assert {"verb_top1", "noun_top1", "action_top1"} <= set(result["best"]["metrics"])

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from avmae.data.augment import mixup, noise_and_shift, spec_augment
-from avmae.data.config import DataConfig
+from avmae.data.config import AugmentConfig, DataConfig
 from avmae.data.loader import build_loader
 from avmae.data.samples import frame_members
 from avmae.data.spec import DataMismatchError
@@ -71,9 +71,9 @@ def test_dali_and_webdataset_train_on_the_same_samples_with_the_same_crops(shard
     pytest.importorskip("nvidia.dali")
     batches = {}
     for backend in ("webdataset", "dali"):
-        cfg = config(shards, backend=backend, workers=workers, batch_size=3, crop_scale=(0.1, 1.0),
-                     train_offsets=offsets)
-        stream = iter(build_loader(cfg, "train", train=True, rank=1, world=2))
+        cfg = config(shards, backend=backend, workers=workers, batch_size=3)
+        augment = AugmentConfig(crop_scale=(0.1, 1.0), train_offsets=offsets)
+        stream = iter(build_loader(cfg, "train", train=True, rank=1, world=2, augment=augment))
         batches[backend] = [next(stream) for _ in range(5)]  # past one epoch of the rank's 6 samples
     for ours, theirs in zip(batches["webdataset"], batches["dali"]):
         assert ours["key"] == theirs["key"]
@@ -134,9 +134,10 @@ def test_fewer_shards_than_readers_splits_by_sample(shards):
 
 def test_training_frames_come_from_a_random_offset_per_draw(shards):
     # One frame per sample, no crop or flip randomness: a clip looks the same every time unless its frame changes.
-    fixed = dict(num_frames=1, batch_size=1, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False)
+    fixed = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False)
     for offsets, expected in ((1, {1}), (4, {2, 3, 4})):
-        stream = iter(build_loader(config(shards, train_offsets=offsets, **fixed), "train", train=True))
+        stream = iter(build_loader(config(shards, num_frames=1, batch_size=1), "train", train=True,
+                                   augment=AugmentConfig(train_offsets=offsets, **fixed)))
         looks: dict[str, set[bytes]] = {}
         for _ in range(72):  # six passes over the 12 clips
             batch = next(stream)
@@ -159,7 +160,8 @@ def test_train_augmentation_is_the_same_for_every_frame(shards, tmp_path, backen
     for tar in copy.glob("train-*.tar"):  # every frame of a clip becomes its first frame
         rewrite_samples(tar, lambda parts: {ext: parts["00.jpg"] if ext.endswith(".jpg") else data
                                              for ext, data in parts.items()})
-    loader = build_loader(config(copy, backend=backend, batch_size=4, crop_scale=(0.2, 0.5)), "train", train=True)
+    loader = build_loader(config(copy, backend=backend, batch_size=4), "train", train=True,
+                          augment=AugmentConfig(crop_scale=(0.2, 0.5)))
     stream = iter(loader)
     for _ in range(3):
         video = next(stream)["video"]

@@ -17,6 +17,7 @@ import pytest
 from avmae.config import load, to_dict
 from avmae.models.bottleneck import BottleneckConfig
 from avmae.recipe.config import RunConfig
+from avmae.recipe.saved import in_todays_keys
 from tests.helpers import REPO, TINY_SIZES, metrics, set_items
 
 CONFIGS = REPO / "configs"
@@ -49,8 +50,9 @@ PRETRAINING_ONLY = ("decoder", "objective", "mask", "contrastive", "loss_weight_
 
 
 def renamed(before: dict) -> dict:
-    """The snapshot in today's keys: finetune.init (an avmae run or export) and model_init are one ``init``."""
-    before = copy.deepcopy(before)
+    """The snapshot in today's keys: finetune.init (an avmae run or export) and model_init are one ``init``; the
+    augmentation keys of ``data`` are the ``augment`` section (as saved configs are read, avmae/recipe/saved.py)."""
+    before = in_todays_keys(before) if "data" in before else copy.deepcopy(before)
     if "model_init" in before:
         start, init = before["model_init"], before.get("finetune", {}).pop("init", "")
         before["init"] = {**start, "kind": "avmae", "path": init} if init else start
@@ -126,7 +128,8 @@ def tiny_overrides(recipe: RunConfig, shards: Path, workdir: Path) -> list[str]:
     if recipe.init.kind in ("vit", "cavmae"):  # an ImageNet ViT-B does not fit the tiny model;
         out.append("init.kind=none")  # tests/test_cavmae_runs.py starts a tiny one from a tiny ViT
     if recipe.task == "finetune":
-        out += ["finetune.eval_every=3", "finetune.bottleneck.fusion_layer=1", "data.freq_mask=8", "data.time_mask=20"]
+        out += ["finetune.eval_every=3", "finetune.bottleneck.fusion_layer=1", "augment.freq_mask=8",
+                "augment.time_mask=20"]
     return out
 
 

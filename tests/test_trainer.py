@@ -62,7 +62,7 @@ def test_finetune_from_the_pretraining_export(shards, tmp_path):
     finetune = tmp_path / "finetune"
     finetune.mkdir()
     config = run_config(finetune, shards, task="finetune",
-                        data={"eval_split": "val", "mixup": 0.5, "freq_mask": 8, "time_mask": 20},
+                        data={"eval_split": "val"}, augment={"mixup": 0.5, "freq_mask": 8, "time_mask": 20},
                         init={"kind": "avmae", "path": str(pretrain / "run")},
                         finetune={"eval_every": 4, "loss": "ce",
                                   "modality_dropout": 0.5},  # ranks must drop the same modality in a step

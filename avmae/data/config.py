@@ -1,5 +1,6 @@
-"""What the loaders are asked for: where the shards are, batch and worker counts, backend, clip geometry,
-normalisation and augmentation."""
+"""What the loaders are asked for: where the shards are, batch and worker counts, backend, clip geometry and
+normalisation (``DataConfig``), and in training only, the augmentation (``AugmentConfig``, the run config's
+``augment:`` section)."""
 
 from __future__ import annotations
 
@@ -23,30 +24,38 @@ class DataConfig:
     workers: int = 2  # DataLoader workers (webdataset) or DALI threads
     seed: int = 0
     # Video: how many of the stored frames (evenly spread) and the crop the model sees. None = the model's
-    # (model.video.frames / model.video.size), filled in when a run config is validated, which refuses other values.
+    # (model.video.frames / model.video.size), filled in when a run config is validated, which refuses
+    # other values unless model.other_grids.
     num_frames: int | None = None
     view: int = 0  # multi-view testing: which of `views` temporal frame sets (evaluation only)
     views: int = 1
-    # Training: each sample's frames come from a random one of this many temporal offsets (view v of `views`
-    # as above); 1 = the evenly spread frames. CAV-MAE: 10 with one frame, a random one of its 10 per step.
-    train_offsets: int = 1
     crop_size: int | None = None
     eval_short_side: int = 0  # resize before the centre crop; 0 = keep the stored frames' size (AV-MAE eval: 224/256)
-    crop_scale: tuple[float, ...] = (0.25, 1.0)  # random resized crop: area share of the frame, same for all frames
-    crop_ratio: tuple[float, ...] = (0.75, 1.3333)
-    flip: bool = True
     video_norm: Literal["imagenet", "zero_center"] = "imagenet"  # AV-MAE: zero_center to [-1, 1]
     # Audio: normalisation statistics; None = the manifest's (dataset) mean and std.
     audio_mean: float | None = None
     audio_std: float | None = None
-    freq_mask: int = 0  # SpecAugment (training only): CAV-MAE fine-tuning uses 48 / 192; pretraining 0 / 0
-    audio_noise: bool = False  # training: CAV-MAE's noise + circular time shift (on in all its scripts)
-    time_mask: int = 0
-    # Fine-tuning extras (training only)
-    mixup: float = 0.0  # probability that a batch is mixed (CAV-MAE: 0.5), lambda ~ Beta(10, 10)
-    balanced_sampling: bool = False  # AudioSet-2M style class-balanced sampling
+    balanced_sampling: bool = False  # training: AudioSet-2M style class-balanced sampling
     shuffle_buffer: int = 256  # samples per worker kept for shuffling across shards
     # Bad samples (faults.py): a reader stops with SkipBudgetExceeded when it skips more than this share of its
     # draws (judged once it has skipped more than max_skip_run in all) or more than max_skip_run in a row.
     max_skip_fraction: float = 0.01
     max_skip_run: int = 50
+
+
+@dataclass
+class AugmentConfig:
+    """Training's random transforms. The loaders apply the frame choice, crop and flip (the same on both backends);
+    the trainer applies the rest to the batch (avmae/data/augment.py). Evaluation never takes one: it reads the
+    evenly spread frames (view v of data.views), resizes and centre-crops."""
+
+    # Each sample's frames come from a random one of this many temporal offsets (view v of data.views);
+    # 1 = the evenly spread frames. CAV-MAE: 10 with one frame, a random one of its 10 per step.
+    train_offsets: int = 1
+    crop_scale: tuple[float, ...] = (0.25, 1.0)  # random resized crop: area share of the frame, same for all frames
+    crop_ratio: tuple[float, ...] = (0.75, 1.3333)
+    flip: bool = True
+    freq_mask: int = 0  # SpecAugment (fine-tuning): CAV-MAE fine-tuning uses 48 / 192; pretraining 0 / 0
+    time_mask: int = 0
+    audio_noise: bool = False  # CAV-MAE's noise + circular time shift (on in all its scripts)
+    mixup: float = 0.0  # fine-tuning: probability that a batch is mixed (CAV-MAE: 0.5), lambda ~ Beta(10, 10)

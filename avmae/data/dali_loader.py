@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from avmae.data.checked import CheckedSample, SampleChecker
-from avmae.data.config import DataConfig
+from avmae.data.config import AugmentConfig, DataConfig
+from avmae.data.dali_feed import decode_notes, parallel_outputs, reader_feeds, start_method
 from avmae.data.eval_order import EvalOrder
 from avmae.data.faults import good_rows
 from avmae.data.samples import frame_members, label_tensors, random_crop_box, training_frames
@@ -36,8 +37,10 @@ class CheckedSamples:
     frames' JPEG bytes, the log-mel (float16), in training the crop box's top-left and bottom-right corners
     (pixels), and the flip flag with the batch's serial number; its metadata, ``valid`` and ``skipped`` wait in ``self.pending``."""
 
-    def __init__(self, spec: DataSpec, config: DataConfig, *, train: bool, rank: int, world: int, start_batch: int):
+    def __init__(self, spec: DataSpec, config: DataConfig, *, train: bool, rank: int, world: int, start_batch: int,
+                 augment: AugmentConfig | None = None):
         self.config, self.train, self.stored_frames = config, train, spec.features["num_frames"]
+        self.augment = augment
         self.frames = frame_members(spec.features["num_frames"], config.num_frames, config.view, config.views)
         self.checker = SampleChecker(spec)
         shards = open_shards(spec)
@@ -57,20 +60,19 @@ class CheckedSamples:
 
     def _draw(self, draw) -> tuple[CheckedSample, tuple[int, int, int, int], bool]:
         rng = random.Random(draw.seed)  # drawn from in the webdataset backend's order: frames, crop box, flip
-        frames = training_frames(self.stored_frames, self.config.num_frames, self.config.train_offsets, rng)
+        frames = training_frames(self.stored_frames, self.config.num_frames, self.augment.train_offsets, rng)
         sample = self.checker.read(draw.shard, draw.index, frames)
         height, width = sample.frame_size
-        box = random_crop_box(height, width, self.config.crop_scale, self.config.crop_ratio, rng)
-        return sample, box, self.config.flip and rng.random() < 0.5
+        box = random_crop_box(height, width, self.augment.crop_scale, self.augment.crop_ratio, rng)
+        return sample, box, self.augment.flip and rng.random() < 0.5
 
     def _eval_row(self, shard, index) -> tuple[CheckedSample, tuple[int, int, int, int], bool]:
         return self.checker.read(shard, index, self.frames), (0, 0, 0, 0), False  # the graph centre-crops
 
     def __call__(self) -> list[list[np.ndarray]]:
         if self.train:
-            reader = self.batch % self.readers
-            rows = [next(self.streams[reader]) for _ in range(self.config.batch_size)]
-            valid, skipped = [True] * len(rows), self.skips[reader].take()
+            rows, skipped = self.reader_rows(self.batch % self.readers)
+            valid = [True] * len(rows)
         else:
             if self.batch == self.order.batches:
                 self.batch = 0  # the next pass (DALI resets after StopIteration) starts over
@@ -79,27 +81,42 @@ class CheckedSamples:
         self.batch += 1
         self.serial += 1
         self.pending[self.serial] = ([sample.metadata for sample, _, _ in rows], valid, skipped)
+        return self.columns(rows, self.serial)
+
+    def reader_rows(self, reader: int) -> tuple[list[tuple[CheckedSample, tuple[int, int, int, int], bool]],
+                                                list[dict[str, Any]]]:
+        """Training reader ``reader``'s next batch: its rows and the records of the samples it skipped on the way."""
+        rows = [next(self.streams[reader]) for _ in range(self.config.batch_size)]
+        return rows, self.skips[reader].take()
+
+    def columns(self, rows, serial: int) -> list[list[np.ndarray]]:
+        """Rows as the external source's outputs: one list per output, one array per sample."""
         columns = []
         for sample, (top, left, h, w), flip in rows:
             box = [np.array([top, left], dtype=np.float32), np.array([top + h, left + w], dtype=np.float32)]
             columns.append([*(np.frombuffer(sample.members[name], dtype=np.uint8) for name in sample.frames),
                             sample.logmel, *(box if self.train else []),
-                            np.array([int(flip), self.serial], dtype=np.int32)])
+                            np.array([int(flip), serial], dtype=np.int32)])
         return [list(column) for column in zip(*columns)]
 
 
-def _graph(spec: DataSpec, config: DataConfig, *, source: CheckedSamples, count: int, device: str):
-    """One graph for the CPU and the GPU: only the decoder's ``device`` ("cpu" or "mixed") differs."""
+def source_types(count: int, train: bool) -> list:
+    """DALI types of CheckedSamples.columns: ``count`` JPEGs, the log-mel, in training the crop box, the flags."""
+    from nvidia.dali import types
+
+    return [types.UINT8] * count + [types.FLOAT16, *([types.FLOAT, types.FLOAT] if train else []), types.INT32]
+
+
+def _graph(spec: DataSpec, config: DataConfig, *, outputs: list, count: int, train: bool, device: str):
+    """One graph for the CPU and the GPU: only the decoder's ``device`` ("cpu" or "mixed") differs. ``outputs``:
+    the external source's, in the order of CheckedSamples.columns."""
     from nvidia.dali import fn, types
 
-    boxes = [types.FLOAT, types.FLOAT] if source.train else []
-    outputs = fn.external_source(source=source, num_outputs=count + 2 + len(boxes), batch=True, parallel=False,
-                                 dtype=[types.UINT8] * count + [types.FLOAT16, *boxes, types.INT32])
-    jpegs, logmel, flags = outputs[:count], outputs[count], outputs[-1]
+    jpegs, logmel, flags = outputs[:count], outputs[count], outputs[count + (3 if train else 1)]
     decoded = [fn.decoders.image(jpeg, device=device, output_type=types.RGB) for jpeg in jpegs]
     video = fn.stack(*decoded, axis=0, axis_name="F")  # (T, H, W, C): one geometry for every frame below
     crop = config.crop_size
-    if source.train:
+    if train:
         video = fn.resize(video, size=[crop, crop], roi_start=outputs[count + 1], roi_end=outputs[count + 2],
                           roi_relative=False, antialias=True)
         video = fn.flip(video, horizontal=flags[0])
@@ -121,32 +138,58 @@ class DaliLoader:
     every rank the same number of batches, with ``valid`` marking the padding and the bad samples."""
 
     def __init__(self, spec: DataSpec, config: DataConfig, *, train: bool, rank: int, world: int,
-                 device_id: int | None, start_batch: int = 0):
+                 device_id: int | None, start_batch: int = 0, augment: AugmentConfig | None = None):
         from nvidia.dali import pipeline_def
         from nvidia.dali.plugin.base_iterator import LastBatchPolicy
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
         self.spec, self.train = spec, train
-        self.source = CheckedSamples(spec, config, train=train, rank=rank, world=world, start_batch=start_batch)
-        count = len(self.source.frames)
+        device = "cpu" if device_id is None else "mixed"
+        count = len(frame_members(spec.features["num_frames"], config.num_frames, config.view, config.views))
+        types_ = source_types(count, train)
+        # Training with workers reads in DALI worker processes (dali_feed.py); evaluation, and data.workers: 0,
+        # read here, in the serial external source.
+        self.feeds = reader_feeds(spec, config, augment, rank=rank, world=world, start_batch=start_batch) \
+            if train and config.workers > 0 else []
+        self.source = None if self.feeds else CheckedSamples(spec, config, train=train, rank=rank, world=world,
+                                                             start_batch=start_batch, augment=augment)
+        workers = {"py_num_workers": len(self.feeds), "py_start_method": start_method()} if self.feeds else {}
 
         @pipeline_def(batch_size=config.batch_size, num_threads=max(1, config.workers), device_id=device_id,
-                      seed=config.seed + rank, prefetch_queue_depth=2)
+                      seed=config.seed + rank, prefetch_queue_depth=2, **workers)
         def pipeline():
-            return _graph(spec, config, source=self.source, count=count,
-                          device="cpu" if device_id is None else "mixed")
+            from nvidia.dali import fn
+
+            if not self.feeds:
+                outputs = fn.external_source(source=self.source, num_outputs=len(types_), batch=True, parallel=False,
+                                             dtype=types_)
+                return _graph(spec, config, outputs=outputs, count=count, train=train, device=device)
+            slots = []
+            for feed in self.feeds:
+                outputs = parallel_outputs(feed, types_)
+                video, audio, _ = _graph(spec, config, outputs=outputs[:-1], count=count, train=True, device=device)
+                slots += [video, audio, outputs[-1]]
+            return tuple(slots)
 
         self.pipe = pipeline()
         self.pipe.build()
-        self.iterator = DALIGenericIterator([self.pipe], ["video", "audio", "serial"],
-                                            last_batch_policy=LastBatchPolicy.DROP, auto_reset=not train)
+        names = [f"{name}{j}" for j in range(len(self.feeds)) for name in ("video", "audio", "note")] or \
+            ["video", "audio", "serial"]
+        self.iterator = DALIGenericIterator([self.pipe], names, last_batch_policy=LastBatchPolicy.DROP,
+                                            auto_reset=not train)
 
-    def _batch(self, data: dict[str, torch.Tensor]) -> dict[str, Any]:
-        metadata, valid, skipped = self.source.pending.pop(int(data["serial"][0]))
-        labels = {name: t.to(data["video"].device) for name, t in label_tensors(metadata, self.spec).items()}
-        return {"video": data["video"], "audio": data["audio"], **labels, "key": [m[META_KEY] for m in metadata],
+    def _batch(self, video: torch.Tensor, audio: torch.Tensor, metadata: list[dict[str, Any]], valid: list[bool],
+               skipped: list[dict[str, Any]]) -> dict[str, Any]:
+        labels = {name: t.to(video.device) for name, t in label_tensors(metadata, self.spec).items()}
+        return {"video": video, "audio": audio, **labels, "key": [m[META_KEY] for m in metadata],
                 "valid": torch.tensor(valid), "skipped": skipped}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for data in self.iterator:
-            yield self._batch(data[0])
+            data = data[0]
+            if not self.feeds:
+                yield self._batch(data["video"], data["audio"], *self.source.pending.pop(int(data["serial"][0])))
+                continue
+            for j in range(len(self.feeds)):  # the rank's next batches, in order (dali_feed.reader_slots)
+                metadata, skipped = decode_notes(data[f"note{j}"])
+                yield self._batch(data[f"video{j}"], data[f"audio{j}"], metadata, [True] * len(metadata), skipped)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from avmae.data.config import DataConfig
+from avmae.data.config import AugmentConfig, DataConfig
 from avmae.data.host_memory import keep_large_allocations
 from avmae.data.samples import normalise_video
 from avmae.data.spec import DataSpec, load_spec
@@ -25,10 +25,14 @@ def choose_backend(requested: str) -> str:
 
 
 class Loader:
-    """Batches of one split for one rank. Training iterates forever; evaluation yields ``len(self)`` batches."""
+    """Batches of one split for one rank. Training iterates forever, with ``augment``'s frame choice, crop and flip
+    (its defaults when None); evaluation yields ``len(self)`` batches and takes no augmentation."""
 
     def __init__(self, spec: DataSpec, config: DataConfig, *, train: bool, rank: int = 0, world: int = 1,
-                 device: torch.device | None = None, start_batch: int = 0):
+                 device: torch.device | None = None, start_batch: int = 0, augment: AugmentConfig | None = None):
+        if augment is not None and not train:
+            raise ValueError("evaluation takes no augmentation: the augment section is for training only")
+        augment = (augment or AugmentConfig()) if train else None
         self.spec, self.config, self.train = spec, config, train
         self.device = device or torch.device("cpu")
         self.backend = choose_backend(config.backend)
@@ -41,10 +45,11 @@ class Loader:
             if device_id is None and self.device.type == "cuda":
                 device_id = torch.cuda.current_device()
             self._source = DaliLoader(spec, config, train=train, rank=rank, world=world, device_id=device_id,
-                                      start_batch=start_batch)
+                                      start_batch=start_batch, augment=augment)
         else:
             self._source = webdataset_loader(spec, config, train=train, rank=rank, world=world,
-                                             pin_memory=self.device.type == "cuda", start_batch=start_batch)
+                                             pin_memory=self.device.type == "cuda", start_batch=start_batch,
+                                             augment=augment)
         self._batches = None if train else eval_batches(spec.samples, world, config.batch_size)
 
     def __len__(self) -> int:
@@ -62,10 +67,12 @@ class Loader:
 
 def build_loader(config: DataConfig, split: str, *, train: bool, rank: int = 0, world: int = 1,
                  device: torch.device | None = None, expect: dict[str, Any] | None = None,
-                 start_batch: int = 0) -> Loader:
+                 start_batch: int = 0, augment: AugmentConfig | None = None) -> Loader:
     """A loader over ``config.shards`` / ``split``; ``expect`` are feature parameters the shards must have;
-    ``start_batch`` continues a training stream after the batches a resumed run already consumed."""
+    ``start_batch`` continues a training stream after the batches a resumed run already consumed; ``augment``:
+    training's transforms (as ``Loader``)."""
     if not config.shards:
         raise ValueError("data.shards is not set: point it at a folder made by avmae-shard build")
     spec = load_spec(config.shards, split, expect)
-    return Loader(spec, config, train=train, rank=rank, world=world, device=device, start_batch=start_batch)
+    return Loader(spec, config, train=train, rank=rank, world=world, device=device, start_batch=start_batch,
+                  augment=augment)

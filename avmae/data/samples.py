@@ -13,7 +13,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.io import decode_jpeg
 
-from avmae.data.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
+from avmae.data.config import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, DataConfig
 from avmae.data.spec import DataSpec
 from avmae.shard.format import META_KEY, META_LABELS, META_NOUN, META_VERB, LabelMode, frame_member
 
@@ -64,9 +64,10 @@ def video_normalisation(config: DataConfig) -> tuple[torch.Tensor, torch.Tensor]
     return torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
 
 
-def decode_video(jpegs: list[bytes], config: DataConfig, stored_short_side: int, train: bool,
+def decode_video(jpegs: list[bytes], config: DataConfig, stored_short_side: int, augment: AugmentConfig | None,
                  rng: random.Random) -> torch.Tensor:
-    """JPEG frames -> (T, 3, crop, crop) uint8, one crop and flip for the whole clip (so motion stays coherent).
+    """JPEG frames -> (T, 3, crop, crop) uint8, one crop and flip for the whole clip (so motion stays coherent);
+    ``augment`` None is evaluation: resize and centre crop.
 
     decode_jpeg hands out (3, H, W) views of (H, W, 3) pixels. They are stacked as they lie (channels last) and
     resized in that layout, where torch's uint8 antialiased resize is vectorised: stacking them into contiguous
@@ -76,11 +77,11 @@ def decode_video(jpegs: list[bytes], config: DataConfig, stored_short_side: int,
     frames = torch.stack([frame.permute(1, 2, 0) for frame in decoded]).permute(0, 3, 1, 2)  # (T, 3, H, W) view
     height, width = frames.shape[-2:]
     crop = config.crop_size
-    if train:
-        top, left, h, w = random_crop_box(height, width, config.crop_scale, config.crop_ratio, rng)
+    if augment is not None:
+        top, left, h, w = random_crop_box(height, width, augment.crop_scale, augment.crop_ratio, rng)
         frames = torch.nn.functional.interpolate(frames[..., top:top + h, left:left + w], size=(crop, crop),
                                                  mode="bilinear", antialias=True, align_corners=False)
-        if config.flip and rng.random() < 0.5:
+        if augment.flip and rng.random() < 0.5:
             frames = frames.flip(-1)
     else:
         if config.eval_short_side and config.eval_short_side != stored_short_side:

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
 from avmae.data.checked import SampleChecker
-from avmae.data.config import DataConfig
+from avmae.data.config import AugmentConfig, DataConfig
 from avmae.data.eval_order import EvalOrder
 from avmae.data.faults import SampleError, SkipLog, good_rows
 from avmae.data.samples import decode_video, frame_members, label_tensors, training_frames
@@ -45,9 +45,10 @@ def reader_skips(config: DataConfig, rank: int, reader: int) -> SkipLog:
 
 
 class ShardStream(IterableDataset):
-    def __init__(self, spec: DataSpec, config: DataConfig, *, train: bool, rank: int, world: int):
+    def __init__(self, spec: DataSpec, config: DataConfig, *, train: bool, rank: int, world: int,
+                 augment: AugmentConfig | None = None):
         super().__init__()
-        self.spec, self.config, self.train = spec, config, train
+        self.spec, self.config, self.train, self.augment = spec, config, train, augment
         self.rank, self.world = rank, world
         self.frames = frame_members(spec.features["num_frames"], config.num_frames, config.view, config.views)
         self.mean = config.audio_mean if config.audio_mean is not None else spec.logmel_mean
@@ -60,11 +61,11 @@ class ShardStream(IterableDataset):
         frames = self.frames
         if self.train:
             frames = training_frames(self.spec.features["num_frames"], self.config.num_frames,
-                                     self.config.train_offsets, rng)
+                                     self.augment.train_offsets, rng)
         sample = self.checker.read(shard, index, frames)
         try:
             video = decode_video([sample.members[name] for name in frames], self.config,
-                                 self.spec.features["short_side"], self.train, rng)
+                                 self.spec.features["short_side"], self.augment, rng)
         except (ValueError, RuntimeError) as err:  # past the header checks: cannot come from our writer
             raise SampleError(shard.tar, sample.key, None, "decode", str(err).splitlines()[0]) from err
         audio = (torch.from_numpy(sample.logmel.astype("float32")) - self.mean) / self.std
@@ -118,8 +119,9 @@ class ShardStream(IterableDataset):
 
 
 def webdataset_loader(spec: DataSpec, config: DataConfig, *, train: bool, rank: int, world: int,
-                      pin_memory: bool = False, start_batch: int = 0) -> torch.utils.data.DataLoader:
-    stream = ShardStream(spec, config, train=train, rank=rank, world=world)
+                      pin_memory: bool = False, start_batch: int = 0,
+                      augment: AugmentConfig | None = None) -> torch.utils.data.DataLoader:
+    stream = ShardStream(spec, config, train=train, rank=rank, world=world, augment=augment)
     stream.start_batch = start_batch
     workers = config.workers
     # Its own generator: a DataLoader draws its base seed from the global RNG otherwise, and a resumed run, whose

@@ -36,10 +36,10 @@ def probabilities(scores: np.ndarray, label_mode: LabelMode | str) -> np.ndarray
 
 def _data_config(loaded: LoadedModel, data: str, split: str, batch_size: int, workers: int, backend: str,
                  view: int, views: int) -> DataConfig:
-    trained = loaded.config.data
-    return dataclasses.replace(trained, shards=data, eval_split=split, batch_size=batch_size, workers=workers,
-                               backend=backend, view=view, views=views, mixup=0.0, freq_mask=0, time_mask=0,
-                               balanced_sampling=False)
+    """The trained run's loader settings (geometry, normalisation) on another split; its augment section, training
+    only, is never read."""
+    return dataclasses.replace(loaded.config.data, shards=data, eval_split=split, batch_size=batch_size,
+                               workers=workers, backend=backend, view=view, views=views)
 
 
 def _average_views(per_view: list[Predictions]) -> Predictions:

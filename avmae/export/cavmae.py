@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from avmae.config import apply_overrides, from_dict, to_dict
-from avmae.data.config import DataConfig
+from avmae.data.config import AugmentConfig, DataConfig
 from avmae.models.convert_cavmae import cavmae_base, convert_cavmae
 from avmae.files import write_text_atomically
 from avmae.models.state_dicts import read_state_dict
@@ -22,16 +22,17 @@ from avmae.recipe.config import FinetuneConfig, RunConfig
 from avmae.shard.format import LabelMode
 
 def cavmae_data() -> DataConfig:
-    """CAV-MAE's inputs (methods.md B.1, B.2): one 224 px frame, Resize(224) + CenterCrop(224) with no random crop or
-    flip, ImageNet normalisation; log-mel normalised with its fixed (x + 5.081) / 4.4849."""
-    return DataConfig(num_frames=1, crop_size=224, eval_short_side=224, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
-                      flip=False, video_norm="imagenet", audio_mean=-5.081, audio_std=4.4849)
+    """CAV-MAE's inputs (methods.md B.1, B.2): one 224 px frame, Resize(224) + CenterCrop(224), ImageNet
+    normalisation; log-mel normalised with its fixed (x + 5.081) / 4.4849."""
+    return DataConfig(num_frames=1, crop_size=224, eval_short_side=224, video_norm="imagenet", audio_mean=-5.081,
+                      audio_std=4.4849)
 
 
 def cavmae_run_config(finetuned: bool) -> RunConfig:
-    """The run config a converted checkpoint carries when none is given."""
+    """The run config a converted checkpoint carries when none is given (CAV-MAE: no random crop or flip)."""
     return RunConfig(task="finetune" if finetuned else "pretrain", model=cavmae_base(finetune=finetuned),
-                     data=cavmae_data(), finetune=FinetuneConfig(modality="av"))
+                     data=cavmae_data(), finetune=FinetuneConfig(modality="av"),
+                     augment=AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False))
 
 
 def read_label_names(path: str | Path) -> list[str]:

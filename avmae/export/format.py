@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from avmae.config import ConfigError, from_dict, to_dict
+from avmae.config import ConfigError, to_dict
 from avmae.files import write_atomically
 from avmae.recipe.config import RunConfig
+from avmae.recipe.saved import read_saved_run_config
 
 EXPORT_DIR = "export"
 WEIGHTS = ("model", "best", "averaged")
@@ -87,7 +88,7 @@ def read_export(path: str | Path, weights: str = "model") -> tuple[dict[str, tor
         raise ExportError(f"{path} has no avmae run config in its metadata: export it with avmae-train or "
                           "avmae-convert")
     try:
-        config = from_dict(RunConfig, json.loads(metadata["config"]))
+        config = read_saved_run_config(json.loads(metadata["config"]))
     except (ConfigError, ValueError) as err:
         raise ExportError(f"{path}: its run config cannot be read: {err}") from None
     # The heads are read off the weights themselves: name and class count of every heads.<name>.weight.

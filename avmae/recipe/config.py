@@ -1,4 +1,5 @@
-"""The run configuration of ``avmae-train``: task, model, data, optimisation, DeepSpeed, checkpoints, logging."""
+"""The run configuration of ``avmae-train``: task, model, data, augmentation, optimisation, DeepSpeed, checkpoints,
+logging."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from avmae.config import ConfigError, at_least
-from avmae.data.config import DataConfig
+from avmae.data.config import AugmentConfig, DataConfig
 from avmae.models.bottleneck import BottleneckConfig
 from avmae.models.config import ModelConfig
 from avmae.models.mavil import MAViLConfig
@@ -92,6 +93,7 @@ class RunConfig:
     task: Literal["pretrain", "finetune"] = "pretrain"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # training only: evaluation never reads it
     optim: OptimConfig = field(default_factory=OptimConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     mavil: MAViLConfig = field(default_factory=MAViLConfig)  # pretraining: MAViL's extra terms and its stage 2
@@ -116,10 +118,10 @@ class RunConfig:
         at_least(1, {"optim.steps": self.optim.steps, "grad_accum": self.grad_accum,
                      "checkpoint.every": self.checkpoint.every, "log.every": self.log.every,
                      "data.batch_size": self.data.batch_size, "data.views": self.data.views,
-                     "data.train_offsets": self.data.train_offsets})
+                     "augment.train_offsets": self.augment.train_offsets})
         at_least(0, {"data.workers": self.data.workers, "data.shuffle_buffer": self.data.shuffle_buffer,
-                     "data.freq_mask": self.data.freq_mask, "data.time_mask": self.data.time_mask,
-                     "data.eval_short_side": self.data.eval_short_side, "data.mixup": self.data.mixup,
+                     "augment.freq_mask": self.augment.freq_mask, "augment.time_mask": self.augment.time_mask,
+                     "data.eval_short_side": self.data.eval_short_side, "augment.mixup": self.augment.mixup,
                      "optim.warmup_steps": self.optim.warmup_steps, "optim.lr": self.optim.lr,
                      "optim.min_lr": self.optim.min_lr, "optim.weight_decay": self.optim.weight_decay,
                      "optim.grad_clip": self.optim.grad_clip, "checkpoint.keep": self.checkpoint.keep,

@@ -19,8 +19,9 @@ from typing import Any
 
 import yaml
 
-from avmae.config import ConfigError, from_dict, to_dict
+from avmae.config import ConfigError, to_dict
 from avmae.recipe.config import RunConfig
+from avmae.recipe.saved import read_saved_run_config
 
 RESUMABLE = ("optim.steps", "stop_after", "log.", "checkpoint.every", "checkpoint.keep", "checkpoint.export",
              "finetune.eval_every", "guard.", "data.workers", "peak_tflops", "workdir")
@@ -50,7 +51,7 @@ def check_resumable(saved_path: Path, current: RunConfig) -> None:
     if not saved_path.exists():
         return
     try:
-        saved = from_dict(RunConfig, yaml.safe_load(saved_path.read_text()) or {})
+        saved = read_saved_run_config(yaml.safe_load(saved_path.read_text()) or {})
     except (ConfigError, yaml.YAMLError) as err:
         raise ValueError(f"{saved_path} cannot be read as a run config ({err}); move the run folder aside or fix it")
     changed = changed_keys(saved, current)

@@ -161,7 +161,7 @@ class Trainer:
         return batch["audio"].to(dtype), batch["video"].to(dtype)
 
     def _pretrain_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        if self.config.data.audio_noise:
+        if self.config.augment.audio_noise:
             batch = {**batch, "audio": noise_and_shift(batch["audio"])}
         audio, video = self._inputs(batch)
         out = self.engine(audio, video)
@@ -169,12 +169,12 @@ class Trainer:
         return out["loss"], parts
 
     def _finetune_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        data = self.config.data
+        augment = self.config.augment
         batch = dict(batch)
-        batch["audio"] = spec_augment(batch["audio"], data.freq_mask, data.time_mask)
-        if data.audio_noise:  # after the masks, as CAV-MAE's loader orders them
+        batch["audio"] = spec_augment(batch["audio"], augment.freq_mask, augment.time_mask)
+        if augment.audio_noise:  # after the masks, as CAV-MAE's loader orders them
             batch["audio"] = noise_and_shift(batch["audio"])
-        batch = mixup(batch, self._heads(), data.mixup)
+        batch = mixup(batch, self._heads(), augment.mixup)
         audio, video = self._inputs(batch)
         kind, smoothing = self._loss_kind(), self.config.finetune.label_smoothing
         if self.config.finetune.classifier == "bottleneck":  # MBT: the mean of each modality's own loss
@@ -200,7 +200,7 @@ class Trainer:
         guard = NonFiniteGuard(config.guard, start, client.get("nonfinite_total", 0) if client else 0)
         ledger = SampleLedger(self.dist.rank, client.get("samples") if client else None)
         loader = Loader(self.spec, config.data, train=True, rank=self.dist.rank, world=self.dist.world,
-                        device=self.dist.device, start_batch=start * config.grad_accum)
+                        device=self.dist.device, start_batch=start * config.grad_accum, augment=config.augment)
         batches = iter(loader)
         logger = RunLogger(self.workdir, config.log, optim.steps, start, enabled=self.is_main)
         for note in skipped_checkpoints:

@@ -1,0 +1,34 @@
+"""Run configs written before a key moved (an export's metadata, a run folder's config.yaml), read in today's keys.
+
+Exports and run folders outlive the code that wrote them: ``avmae-eval`` reads a months-old export, a resume reads
+the config.yaml its checkpoints were made under. Each move of a key is one entry here, so that what was saved still
+describes the same run."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+from avmae.config import from_dict
+from avmae.data.config import AugmentConfig
+from avmae.recipe.config import RunConfig
+
+# The augmentation settings sat in ``data`` until they got their own ``augment`` section (issue 13).
+AUGMENT_KEYS = tuple(f.name for f in dataclasses.fields(AugmentConfig))
+
+
+def in_todays_keys(saved: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a saved run config (a plain mapping) with every moved key at its place today."""
+    saved = copy.deepcopy(saved)
+    data = saved.get("data")
+    if isinstance(data, dict):
+        moved = {key: data.pop(key) for key in AUGMENT_KEYS if key in data}
+        if moved:
+            saved["augment"] = {**moved, **(saved.get("augment") or {})}
+    return saved
+
+
+def read_saved_run_config(saved: dict[str, Any]) -> RunConfig:
+    """A saved run config as a ``RunConfig``; unknown keys are still errors (avmae.config.from_dict)."""
+    return from_dict(RunConfig, in_todays_keys(saved))
