@@ -55,6 +55,18 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--batch-size", type=int, default=2)
     model.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step")
     _plan_parser(commands)
+    feed = commands.add_parser(
+        "feed", help="samples/s of DALI's training external source alone (no decode), serial and in worker "
+                     "processes, and the CPU it takes from the training process",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    feed.add_argument("--data", type=Path, required=True, help="a shard folder (avmae-shard build)")
+    feed.add_argument("--split", default="train")
+    feed.add_argument("--workers", type=int, action="append",
+                      help="data.workers, repeat for several; 0 = the serial source (default: 0, 1, 2)")
+    feed.add_argument("--batch-size", type=int, default=8, help="per GPU (configs/pretrain_as2m.yaml)")
+    feed.add_argument("--num-frames", type=int, default=16)
+    feed.add_argument("--iterations", type=int, default=50, help="pipeline runs per timed window")
+    feed.add_argument("--repeats", type=int, default=3, help="timed windows per run (median, min, max)")
     return parser
 
 
@@ -145,6 +157,12 @@ def _run(args) -> int:
 
         config = _model_config(args.config, args.set)
         print(json.dumps(bench_model(config, args.batch_size, args.steps), indent=1))
+    elif args.command == "feed":
+        from avmae.bench.feed import bench_feed
+
+        print(json.dumps(bench_feed(args.data, args.split, args.workers or [0, 1, 2], batch_size=args.batch_size,
+                                    num_frames=args.num_frames, iterations=args.iterations, repeats=args.repeats),
+                         indent=1))
     elif args.command == "plan":
         from avmae.bench.plan_run import run_plan
 

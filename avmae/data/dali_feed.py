@@ -1,0 +1,88 @@
+"""DALI's training feed in worker processes, so that reading and checking samples costs the training process nothing.
+
+The serial feed (dali_loader.CheckedSamples, ``parallel=False``) runs in the training process, one thread under the
+GIL: its reads and checks compete with the step for that process's CPU. Here each of the rank's training readers
+(schedule.py) becomes one DALI parallel external source over a ``ReaderFeed``. An iterable source is stateful, so
+DALI gives it a dedicated worker process and takes its batches in order: the reader's draws, skips and records are
+exactly those of the serial feed, and R readers read in R processes at once. Each pipeline iteration takes one batch
+from every reader; slot j holds reader (start_batch + j) mod R, so the iteration's R batches are the rank's next R
+batches in the serial order, whatever batch the stream resumed at.
+
+A batch's metadata and skip records are made in the worker, so they travel with it through DALI as a "note" per
+sample: the JSON of [metadata, records], the records on the batch's first row only, zero-padded to the batch's
+longest (JSON never holds a NUL byte).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from avmae.data.config import AugmentConfig, DataConfig
+from avmae.data.spec import DataSpec
+
+
+def reader_slots(readers: int, start_batch: int) -> list[int]:
+    """The reader in each slot of an iteration: the rank's batch start_batch + j comes from reader
+    (start_batch + j) mod R (schedule.py), so the slots read in order give the serial feed's order."""
+    return [(start_batch + j) % readers for j in range(readers)]
+
+
+def start_method() -> str:
+    """fork starts workers without re-importing torch, but a process whose CUDA is initialised cannot fork safely
+    (DALI refuses): then spawn, which pickles the ReaderFeed (it holds only the spec and the configs)."""
+    return "spawn" if torch.cuda.is_initialized() else "fork"
+
+
+def encode_note(metadata: dict[str, Any], skipped: list[dict[str, Any]]) -> np.ndarray:
+    return np.frombuffer(json.dumps([metadata, skipped]).encode("utf-8"), dtype=np.uint8)
+
+
+def decode_notes(notes: torch.Tensor) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A batch's (metadata per row, records of the samples skipped before it) from its padded notes (B, L)."""
+    metadata, skipped = [], []
+    for row in notes.cpu().numpy():
+        meta, records = json.loads(row.tobytes().rstrip(b"\0"))
+        metadata.append(meta)
+        skipped.extend(records)
+    return metadata, skipped
+
+
+class ReaderFeed:
+    """One training reader's batches, endlessly, as CheckedSamples.columns plus the notes. Built in the worker on the
+    first ``next``: the shards are opened there, and only the spec and configs are pickled."""
+
+    def __init__(self, spec: DataSpec, config: DataConfig, augment: AugmentConfig | None, *, rank: int, world: int,
+                 reader: int, start_batch: int):
+        self.spec, self.config, self.augment = spec, config, augment
+        self.rank, self.world, self.reader, self.start_batch = rank, world, reader, start_batch
+
+    def __iter__(self) -> Iterator[list[list[np.ndarray]]]:
+        from avmae.data.dali_loader import CheckedSamples  # the loader imports this module
+
+        samples = CheckedSamples(self.spec, self.config, train=True, rank=self.rank, world=self.world,
+                                 start_batch=self.start_batch, augment=self.augment)
+        while True:
+            rows, skipped = samples.reader_rows(self.reader)
+            notes = [encode_note(sample.metadata, skipped if i == 0 else []) for i, (sample, _, _) in enumerate(rows)]
+            yield [*samples.columns(rows, 0), notes]
+
+
+def reader_feeds(spec: DataSpec, config: DataConfig, augment: AugmentConfig | None, *, rank: int, world: int,
+                 start_batch: int) -> list[ReaderFeed]:
+    """One feed per slot (as many readers as the webdataset backend has workers, as in the serial feed)."""
+    return [ReaderFeed(spec, config, augment, rank=rank, world=world, reader=reader, start_batch=start_batch)
+            for reader in reader_slots(max(1, config.workers), start_batch)]
+
+
+def parallel_outputs(feed: ReaderFeed, types_: list) -> list:
+    """The external source over one feed, in a worker of its own; its last output is the padded note."""
+    from nvidia.dali import fn, types
+
+    outputs = fn.external_source(source=feed, num_outputs=len(types_) + 1, batch=True, parallel=True,
+                                 prefetch_queue_depth=2, dtype=[*types_, types.UINT8])
+    return [*outputs[:-1], fn.pad(outputs[-1], fill_value=0)]
