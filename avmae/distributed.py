@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -56,9 +57,21 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def launcher_of(env: dict[str, str]) -> str:
+    """Who started this process: torchrun marks its workers (TORCHELASTIC_RUN_ID), srun its tasks (SLURM_STEP_ID; a
+    batch script has SLURM_PROCID=0 but no step, and a process it runs directly is alone). In that order, because
+    sbatch hands the submitting shell's variables to the job: a RANK=0 WORLD_SIZE=1 left there by an earlier run in
+    the same process (the test suite) made every srun task a rank 0 of its own (seen on the two-node cluster)."""
+    if "TORCHELASTIC_RUN_ID" in env:
+        return "torchrun"
+    if "SLURM_PROCID" in env and "SLURM_STEP_ID" in env:
+        return "slurm"
+    return "torchrun" if "RANK" in env else "single"
+
+
 def environment_from_slurm(env: dict[str, str]) -> dict[str, str]:
-    """The torch.distributed variables for one srun task (empty when not under srun)."""
-    if "SLURM_PROCID" not in env or "RANK" in env:
+    """The torch.distributed variables for one srun task (empty when not under srun); they replace any inherited."""
+    if launcher_of(env) != "slurm":
         return {}
     return {
         "RANK": env["SLURM_PROCID"],
@@ -76,8 +89,7 @@ def setup_distributed(device_name: str | None = None, timeout_s: float = 1800.0)
     ends the job with an error on the others instead of leaving them waiting for ever."""
     import deepspeed
 
-    launcher = "slurm" if "SLURM_PROCID" in os.environ and "RANK" not in os.environ else (
-        "torchrun" if "RANK" in os.environ else "single")
+    launcher = launcher_of(dict(os.environ))
     os.environ.update(environment_from_slurm(dict(os.environ)))
     # One process alone takes any free port: two single-process runs on one machine (an evaluation beside a
     # training run) must not meet on a fixed one.
@@ -92,5 +104,8 @@ def setup_distributed(device_name: str | None = None, timeout_s: float = 1800.0)
     else:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         device, backend = torch.device("cpu"), "gloo"
+    if launcher != "single":  # one line per rank: on many nodes, which host holds which rank is the first question
+        print(f"avmae: rank {rank}/{world} local {local_rank} on {socket.gethostname()}, rendezvous "
+              f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}, {backend}", file=sys.stderr, flush=True)
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timedelta(seconds=timeout_s))
     return DistInfo(rank, world, local_rank, device, backend, launcher)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test suite on a fresh machine: installs what is missing (pipelines/setup.sh), starts a one-node SLURM cluster
-# on localhost when run as root (so the sbatch tests run for real; AVMAE_TEST_SLURM=0 skips them), runs pytest.
+# The test suite on a fresh machine: installs what is missing (pipelines/setup.sh), starts a two-node SLURM cluster
+# on this machine when run as root (so the sbatch tests run for real; AVMAE_TEST_SLURM=0 skips them), runs pytest.
 # Extra arguments go to pytest, e.g.  bash pipelines/test.sh -k shard -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,8 +12,12 @@ export PATH
 
 if [ "${AVMAE_TEST_SLURM:-1}" = "1" ] && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
   if ! command -v sinfo >/dev/null || ! sinfo -h -o %T 2>/dev/null | grep -qE 'idle|mix|alloc'; then
-    bash tests/slurm/localhost_cluster.sh start
-    trap 'bash tests/slurm/localhost_cluster.sh stop' EXIT
+    # two nodes in network namespaces (tests/test_two_nodes.py; the one-node tests run on either node), one node
+    # on localhost where namespaces cannot be made
+    cluster=tests/slurm/localhost_cluster.sh
+    if unshare --net --uts true 2>/dev/null; then cluster=tests/slurm/two_node_cluster.sh; fi
+    bash "$cluster" start
+    trap 'bash "$cluster" stop' EXIT
   fi
 fi
 

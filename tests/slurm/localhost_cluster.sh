@@ -209,6 +209,9 @@ do_status() {
   sinfo 2>/dev/null || true
 }
 
+# Sourced (by two_node_cluster.sh): define the functions only.
+[ "${BASH_SOURCE[0]}" = "$0" ] || return 0
+
 case "${1:-start}" in
   start) do_start ;;
   stop) do_stop ;;
