@@ -1,0 +1,296 @@
+"""The one-command acceptance check of a GPU machine (pipelines/gpu_check.sh, issue 14 item 5), and its CPU rehearsal.
+
+Each step runs the commands a user runs (``avmae-shard build``, ``avmae-train``, ``avmae-eval``, torchrun) as child
+processes, on shards built here from ffmpeg-made clips, and reads what they leave on disk:
+  shards      synthetic clips (avmae.shard.synth) -> avmae-shard build
+  decode      DALI's decode rate on those shards with the recipe's loader settings (``mixed`` = nvJPEG on a GPU)
+  recipe      configs/pretrain_as2m.yaml's step time, MFU and peak memory at its per-GPU batch (ViT-L, bf16)
+  collectives all-reduce / all-gather bandwidth on every local GPU (avmae/bench/collectives.py)
+  resume      a 50-step run, and the same run stopped after 25 (``stop_after``) and resumed: equal losses
+  eval        a short fine-tune of that run, scored by avmae-eval through DALI and through webdataset: equal results
+On a CPU the same steps run at the sizes of gpu_check_mode.CPU. Only a GPU can confirm: nvJPEG's rate and its
+rounding against libjpeg-turbo, bf16 numerics and MFU, NCCL's bandwidth, and that the bf16 resume stays within
+its tolerance (GPU attention backward is not bit-reproducible).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from avmae.bench.gpu_check_mode import CPU, GPU, CheckMode
+from avmae.config import load
+from avmae.data.loader import build_loader
+from avmae.eval.predictions import Predictions
+from avmae.models.counts import pretraining_flops
+from avmae.recipe.config import RunConfig
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPE = REPO / "configs" / "pretrain_as2m.yaml"
+CHILD_TIMEOUT_S = 540  # one step may not eat the whole 10 minutes; a hung child is killed, and named
+
+
+class StepFailed(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class Child:
+    returncode: int
+    seconds: float
+    max_rss_gib: float  # of the child and the processes it waited for (os.wait4)
+    stdout: str
+
+
+def run_child(command: list[str], log: Path, env: dict[str, str]) -> Child:
+    """Run ``command`` with stdout and stderr in ``log``.out / .err; its own peak resident memory from wait4."""
+    with open(f"{log}.out", "w") as out, open(f"{log}.err", "w") as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=out, stderr=err, cwd=REPO, env=env)
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() - started > CHILD_TIMEOUT_S:
+                process.kill()
+                pid, status, usage = os.wait4(process.pid, 0)
+                raise StepFailed(f"{command[2]} ran past {CHILD_TIMEOUT_S} s and was killed (log: {log}.err)")
+            time.sleep(0.1)
+        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen not to wait again
+    child = Child(process.returncode, time.perf_counter() - started, usage.ru_maxrss / 2**20,
+                  Path(f"{log}.out").read_text())
+    if child.returncode != 0:
+        tail = Path(f"{log}.err").read_text().strip().splitlines()[-1:] or ["(no output)"]
+        raise StepFailed(f"{' '.join(command[1:4])} exited {child.returncode}: {tail[0]} (log: {log}.err)")
+    return child
+
+
+def last_json(text: str) -> dict[str, Any]:
+    lines = [line for line in text.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if lines else {}
+
+
+class GpuCheck:
+    def __init__(self, mode: CheckMode, out: Path):
+        self.mode, self.out = mode, out
+        self.shards = out / "shards"
+        self.env = {**os.environ, "PYTHONPATH": str(REPO)}
+        if mode.device == "cpu":  # two shared cores: one thread per process, as the tests run
+            self.env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+
+    def python(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", *args]
+
+    # --- shards and decode ---------------------------------------------------------------------------------------
+
+    def build_shards(self) -> dict[str, Any]:
+        from avmae.shard.synth import make_corpus
+
+        mode = self.mode
+        started = time.perf_counter()
+        corpus = make_corpus(self.out / "clips", mode.clips, mode.classes, seconds=mode.clip_seconds,
+                             width=mode.clip_size[0], height=mode.clip_size[1], workers=os.cpu_count() or 1)
+        clips_s = time.perf_counter() - started
+        child = run_child(self.python("avmae.cli.shard", "build", "--list", str(corpus), "--out", str(self.shards),
+                                      "--val-fraction", "0.25", "--workers", str(os.cpu_count() or 1),
+                                      *mode.shard_flags, "--json", "--no-progress"),
+                          self.out / "shard_build", self.env)
+        manifest = json.loads((self.shards / "manifest.json").read_text())
+        splits = {name: split["samples"] for name, split in manifest["splits"].items()}
+        return {"clips": mode.clips, "clips_seconds": clips_s, "build_seconds": child.seconds,
+                "samples": manifest["totals"]["samples"], "failures": manifest["totals"]["failures"],
+                "splits": splits, "shards": sum(len(split["shards"]) for split in manifest["splits"].values()),
+                "ok": manifest["totals"]["failures"] == 0 and min(splits.get("val", 0), splits.get("train", 0)) > 0}
+
+    def recipe_config(self, model: tuple[str, ...], *extra: str) -> list[str]:
+        """--set items: the recipe on these shards and this machine, with ``model`` overrides."""
+        mode = self.mode
+        return [f"data.shards={self.shards}", f"data.batch_size={mode.batch_size}", f"data.workers={mode.workers}",
+                "data.backend=dali", "log.every=1", "log.progress=false", "log.tensorboard=false",
+                "checkpoint.keep=1", *model, *extra]
+
+    def decode(self) -> dict[str, Any]:
+        """Training batches of the recipe's loader (DALI: the frames decoded, resized-cropped, flipped, normalised on
+        the device), timed after the first (pipeline build), as the trainer receives them."""
+        config = load(RunConfig, RECIPE, self.recipe_config(self.mode.recipe_model)).validate()
+        device = torch.device(self.mode.device, 0) if self.mode.device == "cuda" else torch.device("cpu")
+        stream = iter(build_loader(config.data, config.data.train_split, train=True, device=device))
+        next(stream)
+        started = time.perf_counter()
+        for _ in range(self.mode.decode_batches):
+            batch = next(stream)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - started
+        samples = self.mode.decode_batches * config.data.batch_size
+        return {"dali_device": "mixed" if device.type == "cuda" else "cpu", "batch_size": config.data.batch_size,
+                "threads": config.data.workers, "frames_per_sample": config.data.num_frames,
+                "crop": config.data.crop_size, "video": list(batch["video"].shape),
+                "samples_per_s": samples / seconds, "frames_per_s": samples * config.data.num_frames / seconds,
+                "ok": True}
+
+    # --- the recipe's step ---------------------------------------------------------------------------------------
+
+    def train(self, name: str, *items: str) -> tuple[Child, dict[str, Any], Path]:
+        workdir = self.out / name
+        child = run_child(self.python("avmae.cli.train", "--config", str(RECIPE), "--workdir", str(workdir),
+                                      *[text for item in items for text in ("--set", item)]),
+                          self.out / f"{name}_train", self.env)
+        return child, last_json(child.stdout), workdir
+
+    def recipe_step(self) -> dict[str, Any]:
+        mode = self.mode
+        items = self.recipe_config(mode.recipe_model, f"optim.steps={mode.recipe_steps}", "optim.warmup_steps=1",
+                                   f"checkpoint.every={mode.recipe_steps}", "checkpoint.export=false")
+        child, _, workdir = self.train("recipe", *items)
+        config = load(RunConfig, RECIPE, items).validate()
+        timed = [m for m in metrics(workdir) if m["step"] > mode.recipe_warmup and "samples_per_s" in m]
+        rate = statistics.median(m["samples_per_s"] for m in timed)
+        flops = pretraining_flops(config.model)["forward_backward"]
+        result = {"model_parameters_millions": None, "precision": "bf16" if mode.device == "cuda" else "fp32",
+                  "batch_per_gpu": config.data.batch_size, "steps_timed": len(timed),
+                  "step_seconds": config.data.batch_size / rate, "samples_per_s": rate,
+                  "achieved_tflops": rate * flops / 1e12, "gflops_per_sample": flops / 1e9,
+                  "mfu": statistics.median(m["mfu"] for m in timed) if "mfu" in timed[0] else None,
+                  "peak_tflops": config.peak_tflops if mode.device == "cuda" else None,
+                  "peak_gpu_memory_gib": max(m["peak_memory_gb"] for m in timed) if "peak_memory_gb" in timed[0]
+                  else None, "peak_host_rss_gib": child.max_rss_gib, "encoder": config.model.encoder.size,
+                  "ok": True}
+        from avmae.models.counts import parameter_counts
+
+        result["model_parameters_millions"] = parameter_counts(config.model)["total"] / 1e6
+        _remove(workdir / "checkpoints")  # ViT-L's ZeRO checkpoint is ~9 GB of disk nobody needs afterwards
+        return result
+
+    # --- collectives ---------------------------------------------------------------------------------------------
+
+    def collectives(self) -> dict[str, Any]:
+        mode = self.mode
+        processes = torch.cuda.device_count() if mode.device == "cuda" else 2  # gloo: 2 CPU processes stand in
+        if processes < 2:
+            return {"processes": processes, "ok": True,
+                    "note": "one GPU: no NCCL traffic to measure (all-reduce over one rank copies nothing)"}
+        from avmae.distributed import free_port
+
+        out = self.out / "collectives.json"
+        run_child(self.python("torch.distributed.run", f"--nproc_per_node={processes}",
+                              f"--master_port={free_port()}", "-m", "avmae.bench.collectives", str(out),
+                              str(mode.collective_mebibytes), str(mode.collective_iterations)),
+                  self.out / "collectives", self.env)
+        return {**json.loads(out.read_text()), "ok": True}
+
+    # --- 50 steps, stopped and resumed ---------------------------------------------------------------------------
+
+    def resume(self) -> dict[str, Any]:
+        mode = self.mode
+        items = self.recipe_config(mode.check_model, f"optim.steps={mode.steps}", "optim.warmup_steps=5",
+                                   "optim.lr=1e-3", f"checkpoint.every={mode.steps}")
+        _, straight, straight_dir = self.train("straight", *items)
+        _, stopped, resumed_dir = self.train("resumed", *items, f"stop_after={mode.stop_after}")
+        _, resumed, _ = self.train("resumed", *items)
+        expected = {m["step"]: m["loss"] for m in metrics(straight_dir) if "loss" in m}
+        got = {m["step"]: m["loss"] for m in metrics(resumed_dir) if "loss" in m}
+        steps = list(range(1, mode.steps + 1))
+
+        def gap(span) -> float:
+            return max(abs(got[s] - expected[s]) / max(abs(expected[s]), 1e-12) for s in span)
+
+        complete = sorted(p.parent.name for p in (resumed_dir / "checkpoints").glob("step*/complete.json"))
+        logged = sorted(got) == steps == sorted(expected)
+        before = gap(range(1, mode.stop_after + 1)) if logged else None
+        after = gap(range(mode.stop_after + 1, mode.steps + 1)) if logged else None
+        ok = (logged and straight.get("finished") is True and stopped.get("step") == mode.stop_after
+              and stopped.get("finished") is False and resumed.get("step") == mode.steps
+              and resumed.get("finished") is True and max(before, after) <= mode.loss_rtol)
+        return {"steps": mode.steps, "stopped_at": stopped.get("step"), "resumed_to": resumed.get("step"),
+                "checkpoints": complete, "all_steps_logged": logged, "max_rel_gap_before_stop": before,
+                "max_rel_gap_after_resume": after, "rtol": mode.loss_rtol,
+                "first_loss": expected.get(1), "last_loss": expected.get(mode.steps), "ok": bool(ok)}
+
+    # --- evaluation through both loaders ------------------------------------------------------------------------
+
+    def evaluation(self) -> dict[str, Any]:
+        mode = self.mode
+        self.train("finetune", *self.recipe_config(
+            mode.check_model, "task=finetune", "init.kind=avmae", f"init.path={self.out / 'resumed'}",
+            f"optim.steps={mode.finetune_steps}", "optim.warmup_steps=1", "optim.lr=1e-3",
+            f"checkpoint.every={mode.finetune_steps}"))
+        reports, scores = {}, {}
+        for backend in ("dali", "webdataset"):
+            out = self.out / f"eval_{backend}"
+            run_child(self.python("avmae.cli.eval", "--ckpt", str(self.out / "finetune"), "--data", str(self.shards),
+                                  "--split", "val", "--task", "vggsound", "--backend", backend, "--device",
+                                  mode.device, "--batch-size", str(mode.batch_size), "--workers", str(mode.workers),
+                                  "--out", str(out)),
+                      self.out / f"eval_{backend}", self.env)
+            reports[backend] = json.loads((out / "report.json").read_text())
+            scores[backend] = Predictions.load(out / "predictions.npz")
+        dali, wds = scores["dali"], scores["webdataset"]
+        same_keys = list(dali.keys) == list(wds.keys)
+        gap = max(float(np.abs(dali.scores[h] - wds.scores[h]).max()) for h in dali.scores) if same_keys else None
+        metrics_dali, metrics_wds = reports["dali"]["metrics"], reports["webdataset"]["metrics"]
+        numbers = sorted(k for k, v in metrics_wds.items() if isinstance(v, (int, float)))
+        equal = same_keys and all(metrics_dali.get(k) == metrics_wds[k] for k in numbers)
+        return {"split": "val", "samples": len(wds.keys), "same_keys": same_keys,
+                "metrics_dali": {k: metrics_dali.get(k) for k in numbers},
+                "metrics_webdataset": {k: metrics_wds[k] for k in numbers},
+                "metrics_equal": bool(equal), "max_score_gap": gap, "score_atol": mode.score_atol,
+                "ok": bool(equal and gap is not None and gap <= mode.score_atol)}
+
+
+def metrics(workdir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def machine(mode: CheckMode) -> dict[str, Any]:
+    import platform
+
+    info = {"mode": mode.device, "host": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__}
+    if mode.device == "cuda":
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def run_check(out: Path, mode: CheckMode | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every step in order; a failed step is recorded with its one line and the steps that need it are skipped.
+    ``out/gpu_check.json`` is rewritten after each step, so a check cut short still leaves what it measured."""
+    mode = mode or (GPU if torch.cuda.is_available() else CPU)
+    out.mkdir(parents=True, exist_ok=True)
+    check = GpuCheck(mode, out)
+    result: dict[str, Any] = {"machine": machine(mode), "notes": list(mode.notes), "steps": {}}
+    started = time.perf_counter()
+    needs = {"decode": "shards", "recipe": "shards", "resume": "shards", "eval": "resume"}
+    for name, step in (("shards", check.build_shards), ("decode", check.decode), ("recipe", check.recipe_step),
+                       ("collectives", check.collectives), ("resume", check.resume), ("eval", check.evaluation)):
+        before = needs.get(name)
+        if before and not result["steps"].get(before, {}).get("ok"):
+            result["steps"][name] = {"ok": False, "error": f"skipped: step {before} did not pass"}
+            continue
+        step_started = time.perf_counter()
+        try:
+            result["steps"][name] = step()
+        except (StepFailed, OSError, ValueError, RuntimeError, KeyError, StopIteration) as err:
+            result["steps"][name] = {"ok": False, "error": f"{type(err).__name__}: {err}"}
+        result["steps"][name]["seconds"] = time.perf_counter() - step_started
+        log(f"gpu_check: {name}: {'ok' if result['steps'][name]['ok'] else result['steps'][name]['error']} "
+            f"({result['steps'][name]['seconds']:.0f} s)")
+        result["wall_seconds"] = time.perf_counter() - started
+        result["passed"] = all(s["ok"] for s in result["steps"].values())
+        (out / "gpu_check.json").write_text(json.dumps(result, indent=1))
+    return result

@@ -1,0 +1,63 @@
+"""The GPU check's result (gpu_check.run_check) as the one table a person reads: a row per measurement, its value,
+and pass / FAIL for the checks that can fail."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _value(name: str, step: dict[str, Any]) -> list[tuple[str, str]]:
+    """(row label, value) pairs of one passed step."""
+    if name == "shards":
+        splits = ", ".join(f"{k} {v}" for k, v in sorted(step["splits"].items()))
+        return [("shards (avmae-shard build)", f"{step['samples']} samples ({splits}) in {step['shards']} shards, "
+                                               f"{step['failures']} failures, {step['build_seconds']:.1f} s")]
+    if name == "decode":
+        return [(f"DALI {step['dali_device']} decode", f"{step['samples_per_s']:.1f} samples/s = "
+                 f"{step['frames_per_s']:.0f} frames/s ({step['frames_per_sample']} frames -> {step['crop']} px, "
+                 f"batch {step['batch_size']}, {step['threads']} threads)")]
+    if name == "recipe":
+        mfu = f", MFU {step['mfu']:.1%} of {step['peak_tflops']:g} TFLOP/s" if step["mfu"] is not None else ""
+        memory = f"GPU {step['peak_gpu_memory_gib']:.1f} GiB allocated, " if step["peak_gpu_memory_gib"] else ""
+        return [(f"recipe step ({step['model_parameters_millions']:.0f} M params, {step['precision']})",
+                 f"{step['step_seconds'] * 1e3:.0f} ms at batch {step['batch_per_gpu']} = "
+                 f"{step['samples_per_s']:.1f} samples/s, {step['achieved_tflops']:.2f} TFLOP/s{mfu}"),
+                ("peak memory", f"{memory}host {step['peak_host_rss_gib']:.2f} GiB resident")]
+    if name == "collectives":
+        if "note" in step:
+            return [("all-reduce / all-gather", step["note"])]
+        where = f"{step['backend']}, {step['processes']} processes, {step['bytes'] / 2**20:.0f} MiB {step['dtype']}"
+        return [(f"{op.replace('_', '-')} bus bandwidth", f"{step[op]['busbw_gb_s']:.2f} GB/s "
+                 f"(algorithm {step[op]['algbw_gb_s']:.2f} GB/s; {where})") for op in ("all_reduce", "all_gather")]
+    if name == "resume":
+        return [(f"{step['steps']}-step run, stop at {step['stopped_at']} + resume",
+                 f"loss {step['first_loss']:.4f} -> {step['last_loss']:.4f}; max relative gap to the uninterrupted "
+                 f"run {step['max_rel_gap_before_stop']:.1e} before the stop, {step['max_rel_gap_after_resume']:.1e} "
+                 f"after (tolerance {step['rtol']:.0e})")]
+    if name == "eval":
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in step["metrics_dali"].items() if k not in ("classes", "samples"))
+        return [("avmae-eval: DALI = webdataset", f"{step['samples']} samples, {shown} (both: "
+                 f"{'equal' if step['metrics_equal'] else 'DIFFERENT'}); max score gap {step['max_score_gap']:.1e} "
+                 f"(tolerance {step['score_atol']:.0e})")]
+    return [(name, "")]
+
+
+CAN_FAIL = {"shards", "resume", "eval"}
+
+
+def check_table(result: dict[str, Any]) -> str:
+    rows = []
+    for name, step in result["steps"].items():
+        if not step["ok"]:
+            rows.append((name, f"FAIL: {step['error']}" if "error" in step else "FAIL", "FAIL"))
+            continue
+        verdict = "pass" if name in CAN_FAIL else ""
+        rows += [(label, value, verdict) for label, value in _value(name, step)]
+    machine = result["machine"]
+    where = ", ".join(machine.get("gpus") or [f"CPU only, {machine['cpus']} cores"])
+    head = f"avmae GPU check on {machine['host']} ({where}), torch {machine['torch']}: " \
+           f"{'PASSED' if result['passed'] else 'FAILED'} in {result['wall_seconds']:.0f} s"
+    width = max(len(label) for label, _, _ in rows)
+    lines = [head, *result["notes"], ""]
+    lines += [f"{label:<{width}}  {verdict:<4}  {value}" for label, value, verdict in rows]
+    return "\n".join(lines)
