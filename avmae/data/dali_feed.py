@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from avmae.data.config import AugmentConfig, DataConfig
+from avmae.data.dali_source import CheckedSamples
 from avmae.data.spec import DataSpec
 
 
@@ -62,8 +63,6 @@ class ReaderFeed:
         self.rank, self.world, self.reader, self.start_batch = rank, world, reader, start_batch
 
     def __iter__(self) -> Iterator[list[list[np.ndarray]]]:
-        from avmae.data.dali_loader import CheckedSamples  # the loader imports this module
-
         samples = CheckedSamples(self.spec, self.config, train=True, rank=self.rank, world=self.world,
                                  start_batch=self.start_batch, augment=self.augment)
         while True:
