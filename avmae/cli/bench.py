@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--batch-size", type=int, default=2)
     model.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step")
     _plan_parser(commands)
+    _gpu_check_parser(commands)
     feed = commands.add_parser(
         "feed", help="samples/s of DALI's training external source alone (no decode), serial and in worker "
                      "processes, and the CPU it takes from the training process",
@@ -68,6 +69,16 @@ def _parser() -> argparse.ArgumentParser:
     feed.add_argument("--iterations", type=int, default=50, help="pipeline runs per timed window")
     feed.add_argument("--repeats", type=int, default=3, help="timed windows per run (median, min, max)")
     return parser
+
+
+def _gpu_check_parser(commands) -> None:
+    gpu = commands.add_parser(
+        "gpu-check", help="the GPU acceptance check of pipelines/gpu_check.sh (tiny sizes on a CPU)",
+        description="Shards from ffmpeg-made clips, DALI decode rate, the ViT-L recipe's step time / MFU / memory, "
+                    "NCCL bandwidth, a stopped-and-resumed training run and avmae-eval through both loaders; prints "
+                    "a table and writes OUT/gpu_check.json; exit 1 when a check fails (avmae/bench/gpu_check.py).")
+    gpu.add_argument("--out", type=Path, required=True, help="work folder (clips, shards, runs, logs, the JSON)")
+    gpu.add_argument("--mode", choices=["auto", "cuda", "cpu"], default="auto", help="auto: cuda when available")
 
 
 def _plan_parser(commands) -> None:
@@ -167,6 +178,15 @@ def _run(args) -> int:
         from avmae.bench.plan_run import run_plan
 
         run_plan(args)
+    elif args.command == "gpu-check":
+        from avmae.bench.gpu_check import run_check
+        from avmae.bench.gpu_check_mode import CPU, GPU
+        from avmae.bench.gpu_check_table import check_table
+
+        result = run_check(args.out, {"auto": None, "cuda": GPU, "cpu": CPU}[args.mode],
+                           log=lambda line: print(line, file=sys.stderr, flush=True))
+        print(check_table(result))
+        return 0 if result["passed"] else 1
     return 0
 
 
