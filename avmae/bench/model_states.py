@@ -40,6 +40,7 @@ def largest_layer_parameters(config: ModelConfig) -> int:
     bias = 3 * width if config.encoder.qkv_bias else 0
     candidates = [width * mlp + mlp, mlp * width + width, 3 * width * width + bias,  # MLP in, MLP out, qkv
                   3 * v.tubelet * v.patch * v.patch * width + width,  # video tubelet embedding
+                  a.patch * a.patch * width + width,  # audio patch embedding
                   d.width * d.mlp + d.mlp, d.mlp * d.width + d.width, width * d.width + d.width,
                   d.width * v.tubelet * v.patch * v.patch * 3 + v.tubelet * v.patch * v.patch * 3]
     return max(candidates)

@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from avmae.shard.format import LabelMode
+
 DESCRIPTION = """\
 Convert a CAV-MAE checkpoint (the pretrained CAVMAE or a fine-tuned CAVMAEFT state dict, as released: keys prefixed
 module.) to an avmae export (fp32 safetensors with its run config). Every CAV-MAE key is either loaded or dropped by
@@ -37,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
                                                     "CAV-MAE's data settings)")
     cavmae.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     cavmae.add_argument("--labels", type=Path, help="CAV-MAE label CSV (index,mid,display_name): names of the classes")
-    cavmae.add_argument("--label-mode", choices=["multi", "single"],
+    cavmae.add_argument("--label-mode", choices=[LabelMode.MULTI.value, LabelMode.SINGLE.value],
                         help="of a fine-tuned checkpoint: multi (AudioSet) or single (VGGSound); default: as the "
                              "--config's finetune.loss says (bce: multi, ce: single)")
     cavmae.add_argument("--json", action="store_true", help="print the whole report")

@@ -15,6 +15,7 @@ from avmae.config import to_dict
 from avmae.eval.coverage import Coverage, coverage
 from avmae.eval.outputs import summarise, write_outputs
 from avmae.eval.predictions import Predictions, task_metrics
+from avmae.shard.format import LabelMode
 
 TASKS = ("audioset", "vggsound", "epic", "retrieval")
 REPORT = "report.json"
@@ -112,7 +113,7 @@ def _score(request: EvalRequest, dist_info) -> EvalResult:
             coverages.append(coverage(train["spec"], request.train_split, train["keys"], train["skipped"],
                                       request.allow_missing))
             spec = test["spec"]
-            report["metrics"] = linear_probe(train, test, spec.label_mode == "multi", len(spec.label_names))
+            report["metrics"] = linear_probe(train, test, spec.label_mode == LabelMode.MULTI, len(spec.label_names))
             report["linear_probe"] = {"train_split": request.train_split,
                                       "features": "audio and video pooled, concatenated"}
     else:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from avmae.config import dump, to_dict
+from avmae.config import dump
 from avmae.data.augment import mixup, noise_and_shift, spec_augment
 from avmae.data.loader import Loader
 from avmae.models.counts import pretraining_flops
@@ -31,6 +31,7 @@ from avmae.train.samples import SampleLedger
 from avmae.train.stops import JobStopped, is_collective_failure
 from avmae.recipe.config import RunConfig
 from avmae.recipe.geometry import load_run_spec
+from avmae.shard.format import LabelMode
 from avmae.distributed import DistInfo, setup_distributed
 from avmae.export.format import ExportInfo, export_path, write_export
 from avmae.export.load import load_model, model_for
@@ -188,7 +189,7 @@ class Trainer:
     def _loss_kind(self) -> str:
         if self.config.finetune.loss != "auto":
             return self.config.finetune.loss
-        return "bce" if self.spec.label_mode == "multi" else "ce"
+        return "bce" if self.spec.label_mode == LabelMode.MULTI else "ce"
 
     # --- the run --------------------------------------------------------------------------------------------------
 
