@@ -4,14 +4,10 @@ equivalence, fine-tuning from the pretraining export, and the sbatch script on a
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.helpers import REPO, metrics, run_config, torchrun
 from tests.slurm_jobs import needs_slurm, submit_and_wait
