@@ -12,6 +12,7 @@ import pytest
 from tests.helpers import REPO, metrics, run_config, torchrun
 from tests.slurm_jobs import needs_slurm, submit_and_wait
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [2, 3])
 def test_two_process_zero_pretraining_loss_falls(shards, tmp_path, stage):
