@@ -19,7 +19,6 @@ import torch
 from tests.helpers import REPO, build_arguments, build_shards, metrics, run_config, torchrun
 from tests.slurm_jobs import NODES, needs_two_nodes, node_processes, submit, submit_and_wait, wait_for
 
-
 TWO_NODES = ["--nodes=2", "--ntasks-per-node=1"]
 ONE_NODE = ["--nodes=1", "--ntasks-per-node=2"]
 # One CPU per task and no GPU: the recipe's #SBATCH lines ask for 8 GPUs and 12 CPUs per task.
@@ -36,12 +35,13 @@ def ranks(log: str) -> dict[int, tuple[int, str, str]]:
     return {int(m[0]): (int(m[2]), m[3], m[4]) for m in RANK_LINE.findall(log)}
 
 
-def pretrain(folder: Path, shards: Path, layout: list[str], steps: int = 4, *extra: str) -> Path:
+def pretrain(folder: Path, shards: Path, layout: list[str]) -> Path:
+    """4 steps of the tiny pretraining through slurm/pretrain_as2m.sbatch with the given --nodes/--ntasks-per-node."""
     folder.mkdir()
-    config = run_config(folder, shards, optim={"steps": steps, "lr": 1e-3, "warmup_steps": 1},
+    config = run_config(folder, shards, optim={"steps": 4, "lr": 1e-3, "warmup_steps": 1},
                         checkpoint={"every": 2, "keep": 2})
     _, states = submit_and_wait(
-        [*layout, *SMALL, f"--output={folder}/job-%j.out", *extra,
+        [*layout, *SMALL, f"--output={folder}/job-%j.out",
          "--export=ALL,OMP_NUM_THREADS=1,AVMAE_CONFIG=" + str(config), "slurm/pretrain_as2m.sbatch",
          "--set", "log.every=1"], cwd=REPO, timeout=300)
     assert states == ["COMPLETED"], job_log(folder)[-3000:]
