@@ -29,7 +29,7 @@ def _feed_pipeline(spec, config: DataConfig):
     from nvidia.dali import fn, pipeline_def
 
     count, augment = config.num_frames, AugmentConfig()
-    types_ = source_types(count, train=True)
+    types_ = source_types(count, train=True, spec=spec)
     feeds = reader_feeds(spec, config, augment, rank=0, world=1, start_batch=0) if config.workers > 0 else []
     workers = {"py_num_workers": len(feeds), "py_start_method": start_method()} if feeds else {}
 

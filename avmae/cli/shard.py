@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from avmae.shard.errors import ParameterError
+from avmae.shard.format import LOGMEL_DTYPES
 from avmae.shard.params import BuildParams, FeatureParams
 
 _FLAGS = {"list_path": "--list", "num_classes": "--classes"}  # library parameters whose flag is not "--name-dashed"
@@ -23,7 +24,7 @@ def flag(parameter: str) -> str:
 
 DESCRIPTION = """\
 Turn raw video clips into WebDataset shards for avmae: per sample N JPEG frames spread over the segment, the
-CAV-MAE log-mel of its first audio channel (float16 .npy) and metadata JSON; a DALI index beside every tar,
+CAV-MAE log-mel of its first audio channel (float16 or float32 .npy) and metadata JSON; a DALI index beside every tar,
 manifest.json (features, labels, per-shard counts and checksums, log-mel mean/std) and failures.jsonl (every input
 that gave no sample, with the reason). Re-running the same command resumes an interrupted build.
 """
@@ -38,6 +39,7 @@ examples:
   avmae-shard build --list vggsound.csv --src vggsound_videos/ --out vggsound
   avmae-shard build --list EPIC_100_train.csv --src EPIC-KITCHENS/ --out epic_train
   avmae-shard verify shards && avmae-shard inspect shards --sample 0 --png-dir shards_preview
+  avmae-shard ids as_eval --split test --out as_eval_test.ids      # the clip set behind a number, and its sha256
 """
 
 
@@ -66,6 +68,9 @@ def _build_parser() -> argparse.ArgumentParser:
     features.add_argument("--target-frames", type=int, default=defaults_f.target_frames,
                           help="log-mel frames (10 ms each) after zero-padding or cutting")
     features.add_argument("--num-mel-bins", type=int, default=defaults_f.num_mel_bins)
+    features.add_argument("--logmel-dtype", choices=LOGMEL_DTYPES, default=defaults_f.logmel_dtype,
+                          help="stored log-mel type: float16 (half the bytes) or float32 (CAV-MAE's features bit "
+                               "for bit)")
     segments = build.add_argument_group("segments and bad input")
     segments.add_argument("--segment-seconds", type=float, default=defaults_b.segment_seconds,
                           help="segment length for folders (and VGGSound rows)")
@@ -108,6 +113,14 @@ def _build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--png-dir", type=Path, help="where the PNGs go (default: <out>/inspect)")
     inspect.add_argument("--json", action="store_true")
 
+    ids = commands.add_parser("ids", help="the sorted clip list (id, start, end) of a split and its sha256, to "
+                                          "compare with another lab's copy")
+    ids.add_argument("out", type=Path, help="shard folder")
+    ids.add_argument("--split", required=True)
+    ids.add_argument("--list-out", "--out", dest="list_out", type=Path,
+                     help="write the list here (default: standard output; the hash goes to standard error)")
+    ids.add_argument("--json", action="store_true", help="print {sha256, count, build losses, file} as JSON")
+
     synth = commands.add_parser("synth", help="make a synthetic labelled corpus with ffmpeg (demo, tests)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     synth.add_argument("--out", type=Path, required=True)
@@ -132,7 +145,8 @@ def _cmd_build(args) -> int:
                        labels_from_dirs=args.labels_from_dirs, split=args.split, segment_seconds=args.segment_seconds,
                        num_verbs=args.num_verbs, num_nouns=args.num_nouns)
     features = FeatureParams(num_frames=args.num_frames, short_side=args.short_side, jpeg_qscale=args.jpeg_qscale,
-                             target_frames=args.target_frames, num_mel_bins=args.num_mel_bins)
+                             target_frames=args.target_frames, num_mel_bins=args.num_mel_bins,
+                             logmel_dtype=args.logmel_dtype)
     build = BuildParams(segment_seconds=args.segment_seconds, segments=args.segments, min_seconds=args.min_seconds,
                         missing_audio=args.missing_audio, shard_size=args.shard_size, val_fraction=args.val_fraction,
                         labelled_per_class=args.labelled_per_class, seed=args.seed)
@@ -239,6 +253,27 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
+def _cmd_ids(args) -> int:
+    from avmae.files import write_text_atomically
+    from avmae.shard.ids import build_losses, ids_sha256, ids_text, split_rows
+
+    rows = list(split_rows(args.out, args.split).values())
+    summary = {"split": args.split, "count": len(rows), "sha256": ids_sha256(rows),
+               "build_losses": build_losses(args.out, args.split), "file": str(args.list_out or "-")}
+    if args.list_out:
+        write_text_atomically(args.list_out, ids_text(rows))
+    else:
+        sys.stdout.write(ids_text(rows))
+    if args.json:
+        print(json.dumps(summary, sort_keys=True), file=sys.stdout if args.list_out else sys.stderr)
+    else:
+        losses = summary["build_losses"]
+        print(f"{summary['sha256']}  {len(rows)} clips of split {args.split}  ({losses['missing']} rows missing, "
+              f"{losses['failed']} failed at build time)  {summary['file']}",
+              file=sys.stdout if args.list_out else sys.stderr)
+    return 0
+
+
 def _cmd_synth(args) -> int:
     from avmae.shard.synth import make_corpus
 
@@ -252,7 +287,7 @@ def _cmd_synth(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     handlers = {"build": _cmd_build, "finalize": _cmd_finalize, "verify": _cmd_verify, "inspect": _cmd_inspect,
-                "synth": _cmd_synth}
+                "synth": _cmd_synth, "ids": _cmd_ids}
     try:
         return handlers[args.command](args)
     except ParameterError as err:  # the library names its parameters; say the flags

@@ -18,7 +18,7 @@ import numpy as np
 from avmae.data.faults import SampleError
 from avmae.data.spec import DataSpec
 from avmae.data.tar_reader import IndexedShard
-from avmae.shard.format import LOGMEL_MEMBER, METADATA_MEMBER, sample_members
+from avmae.shard.format import LOGMEL_MEMBER, METADATA_MEMBER, logmel_dtype, sample_members
 
 _SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
 _FRAME_HEADERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # SOFn
@@ -68,7 +68,7 @@ class CheckedSample:
     frames: list[str]
     members: dict[str, bytes]
     frame_size: tuple[int, int]  # (height, width), the same for every frame
-    logmel: np.ndarray  # as stored (float16)
+    logmel: np.ndarray  # as stored (the manifest's logmel_dtype)
     metadata: dict[str, Any]
 
     @property
@@ -83,6 +83,7 @@ class SampleChecker:
         features = spec.features
         self.short_side = features["short_side"]
         self.logmel_shape = (features["target_frames"], features["num_mel_bins"])
+        self.logmel_dtype = np.dtype(logmel_dtype(features))  # DALI declares this type: another would break a batch
 
     def read(self, shard: IndexedShard, index: int, frames: list[str]) -> CheckedSample:
         members = shard.read(index, sample_members(frames))  # raises on missing members, truncation, checksums
@@ -109,6 +110,9 @@ class SampleChecker:
         if mel.shape != self.logmel_shape:
             raise SampleError(tar, key, LOGMEL_MEMBER, "bad_shape",
                               f"shape {mel.shape}, the manifest promises {self.logmel_shape}")
+        if mel.dtype != self.logmel_dtype:
+            raise SampleError(tar, key, LOGMEL_MEMBER, "bad_shape",
+                              f"dtype {mel.dtype}, the manifest promises {self.logmel_dtype}")
         if not np.isfinite(mel).all():
             bad = int((~np.isfinite(mel)).sum())
             raise SampleError(tar, key, LOGMEL_MEMBER, "not_finite", f"{bad} of {mel.size} values are inf or NaN")

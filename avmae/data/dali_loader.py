@@ -64,7 +64,7 @@ class DaliLoader:
         self.spec, self.train = spec, train
         device = "cpu" if device_id is None else "mixed"
         count = len(frame_members(spec.features["num_frames"], config.num_frames, config.view, config.views))
-        types_ = source_types(count, train)
+        types_ = source_types(count, train, spec)
         # Training with workers reads in DALI worker processes (dali_feed.py); evaluation, and data.workers: 0,
         # read here, in the serial external source.
         self.feeds = reader_feeds(spec, config, augment, rank=rank, world=world, start_batch=start_batch) \

@@ -18,11 +18,12 @@ from avmae.data.samples import frame_members, random_crop_box, training_frames
 from avmae.data.schedule import TrainSchedule
 from avmae.data.spec import DataSpec
 from avmae.data.wds_loader import open_shards, reader_skips
+from avmae.shard.format import logmel_dtype
 
 
 class CheckedSamples:
     """DALI external source: each call returns the next batch as lists (one per output) of per-sample arrays: the
-    frames' JPEG bytes, the log-mel (float16), in training the crop box's top-left and bottom-right corners
+    frames' JPEG bytes, the log-mel (as stored), in training the crop box's top-left and bottom-right corners
     (pixels), and the flip flag with the batch's serial number; its metadata, ``valid`` and ``skipped`` wait in ``self.pending``."""
 
     def __init__(self, spec: DataSpec, config: DataConfig, *, train: bool, rank: int, world: int, start_batch: int,
@@ -88,8 +89,10 @@ class CheckedSamples:
         return [list(column) for column in zip(*columns)]
 
 
-def source_types(count: int, train: bool) -> list:
-    """DALI types of CheckedSamples.columns: ``count`` JPEGs, the log-mel, in training the crop box, the flags."""
+def source_types(count: int, train: bool, spec: DataSpec) -> list:
+    """DALI types of CheckedSamples.columns: ``count`` JPEGs, the log-mel (of the folder's stored type), in
+    training the crop box, the flags."""
     from nvidia.dali import types
 
-    return [types.UINT8] * count + [types.FLOAT16, *([types.FLOAT, types.FLOAT] if train else []), types.INT32]
+    mel = {"float16": types.FLOAT16, "float32": types.FLOAT}[logmel_dtype(spec.features)]
+    return [types.UINT8] * count + [mel, *([types.FLOAT, types.FLOAT] if train else []), types.INT32]

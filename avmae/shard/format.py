@@ -35,6 +35,19 @@ META_LABELS = "labels"
 META_VERB = "verb_class"
 META_NOUN = "noun_class"
 
+# The log-mel's storage types (FeatureParams.logmel_dtype). A format-version-2 manifest written before the option
+# has no such feature parameter: its log-mels are float16, the only type then written.
+LOGMEL_DTYPES = ("float16", "float32")
+DEFAULT_LOGMEL_DTYPE = "float16"
+
+
+def logmel_dtype(features: dict[str, Any]) -> str:
+    """The stored log-mel's dtype name of a shard folder, from its manifest's feature parameters."""
+    name = features.get("logmel_dtype", DEFAULT_LOGMEL_DTYPE)
+    if name not in LOGMEL_DTYPES:
+        raise ValueError(f"the manifest's logmel_dtype {name!r} is not one of {list(LOGMEL_DTYPES)}")
+    return name
+
 
 def frame_member(index: int) -> str:
     """Member extension of the sample's ``index``-th stored frame: 0 -> "00.jpg"."""

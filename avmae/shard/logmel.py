@@ -30,14 +30,14 @@ def fbank(pcm: np.ndarray, params: FeatureParams) -> torch.Tensor:
     )
 
 
-def fixed_length(features: torch.Tensor, target_frames: int) -> tuple[np.ndarray, int]:
-    """(target_frames, mel) float16 array zero-padded at the end or cut, and the number of valid frames."""
+def fixed_length(features: torch.Tensor, target_frames: int, dtype: str = "float16") -> tuple[np.ndarray, int]:
+    """(target_frames, mel) array of ``dtype`` zero-padded at the end or cut, and the number of valid frames."""
     valid = min(features.shape[0], target_frames)
-    out = np.zeros((target_frames, features.shape[1]), dtype=np.float16)
-    out[:valid] = features[:valid].numpy().astype(np.float16)
+    out = np.zeros((target_frames, features.shape[1]), dtype=dtype)
+    out[:valid] = features[:valid].numpy().astype(dtype)
     return out, valid
 
 
 def logmel(pcm: np.ndarray, params: FeatureParams) -> tuple[np.ndarray, int]:
-    """The stored log-mel of a clip: fixed length float16 plus its valid frame count."""
-    return fixed_length(fbank(pcm, params), params.target_frames)
+    """The stored log-mel of a clip: fixed length, of ``params.logmel_dtype``, plus its valid frame count."""
+    return fixed_length(fbank(pcm, params), params.target_frames, params.logmel_dtype)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 from avmae.config import to_dict
 from avmae.shard.errors import ParameterError
-from avmae.shard.format import FORMAT_VERSION
+from avmae.shard.format import DEFAULT_LOGMEL_DTYPE, FORMAT_VERSION
 from avmae.shard.items import ClipItem
 from avmae.shard.params import BuildParams, FeatureParams
 
@@ -94,9 +94,14 @@ def make_plan(items: list[ClipItem], build: BuildParams) -> list[ShardPlan]:
 def fingerprint(plans: list[ShardPlan], features: FeatureParams, build: BuildParams) -> str:
     """Identity of a build: the same inputs, feature and build parameters give the same fingerprint. Resuming
     into a folder with another fingerprint is refused (its shards would mix two builds)."""
+    feature_values = to_dict(features)
+    # The default storage type is left out, so a build begun before the option existed keeps its fingerprint and
+    # resumes; float32 is part of the identity.
+    if feature_values.get("logmel_dtype") == DEFAULT_LOGMEL_DTYPE:
+        del feature_values["logmel_dtype"]
     payload = {
         "format_version": FORMAT_VERSION,
-        "features": to_dict(features),
+        "features": feature_values,
         "build": to_dict(build),
         "shards": [[plan.name, [item.to_json() for item in plan.items]] for plan in plans],
     }

@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 
 from avmae.shard.format import (LOGMEL_MEMBER, METADATA_MEMBER, UNCHECKED_VERSIONS, crc32, frame_member,
-                                parse_checksums, sample_members)
+                                logmel_dtype, parse_checksums, sample_members)
 from avmae.shard.manifest import read_manifest
 from avmae.shard.tarfiles import Member, parse_index, read_members, sha256_file
 
 
-def _check_sample(tar: tarfile.TarFile, names: list[str], num_frames: int, shape: tuple[int, int]) -> list[str]:
+def _check_sample(tar: tarfile.TarFile, names: list[str], num_frames: int, shape: tuple[int, int],
+                  dtype: str) -> list[str]:
     """Problems with one sample's members (frame count, log-mel shape and dtype, metadata)."""
     problems = []
     undotted = [name for name in names if "." not in name.strip(".")]
@@ -31,8 +32,8 @@ def _check_sample(tar: tarfile.TarFile, names: list[str], num_frames: int, shape
         return [f"{names[0].split('.', 1)[0]}: missing members {missing}"]
     key = names[0].split(".", 1)[0]
     mel = np.load(io.BytesIO(tar.extractfile(exts[LOGMEL_MEMBER]).read()), allow_pickle=False)
-    if mel.shape != shape or mel.dtype != np.float16:
-        problems.append(f"{key}: log-mel is {mel.dtype}{mel.shape}, expected float16{shape}")
+    if mel.shape != shape or mel.dtype != np.dtype(dtype):
+        problems.append(f"{key}: log-mel is {mel.dtype}{mel.shape}, expected {dtype}{shape}")
     meta = json.loads(tar.extractfile(exts[METADATA_MEMBER]).read())
     if meta.get("key") != key:
         problems.append(f"{key}: metadata key {meta.get('key')!r} differs from the member name")
@@ -119,7 +120,7 @@ def verify(out: Path, deep: bool = True) -> dict[str, Any]:
                     for sample in indexed:
                         names = [m.name for m in sample]
                         try:
-                            problems += _check_sample(tar, names, features["num_frames"], shape)
+                            problems += _check_sample(tar, names, features["num_frames"], shape, logmel_dtype(features))
                         except (tarfile.TarError, KeyError, ValueError, OSError) as err:  # bytes that do not parse
                             problems.append(f"{shard['tar']}: sample {names[0]!r}: unreadable: {err}")
         if counted != split["samples"]:
