@@ -56,6 +56,8 @@ def _eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=["cpu", "cuda"])
     parser.add_argument("--allow-missing", action="store_true",
                         help="accept samples of the split that could not be read (the report lists them and says so)")
+    parser.add_argument("--ids", help="another lab's clip list (avmae-shard ids): score only the clips of --split "
+                                      "it holds; the report counts both sides")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     return parser
 

@@ -66,22 +66,23 @@ class Coverage:
 
 
 def coverage(spec: DataSpec, split: str, scored_keys: list[str], skipped: list[dict[str, Any]],
-             allow_missing: bool = False) -> Coverage:
-    """Compare what was scored with what the split holds; each missing sample with the loader's reason."""
+             allow_missing: bool = False, only: set[str] | None = None) -> Coverage:
+    """Compare what was scored with what the split holds (or, given ``only``, with those of its keys: the samples
+    ``avmae-eval --ids`` asks for); each missing sample with the loader's reason."""
     scored = set(scored_keys)
     if len(scored) != len(scored_keys):
         raise ValueError(f"split {split!r}: a key was scored twice (the loader's padding leaked into the scores)")
     reasons = {record.get("key"): record for record in skipped}
     missing = []
     for shard, key in split_keys(spec):
-        if key in scored:
+        if key in scored or (only is not None and key not in only):
             continue
         record = reasons.pop(key, None) or {"shard": shard, "key": key, "member": None, "reason": NO_REASON,
                                             "detail": "the loader read no such sample and gave no reason"}
         missing.append(record)
     # Records whose key the indexes do not list (an index lists fewer samples than the manifest): kept, not dropped.
-    missing += [record for key, record in reasons.items() if key not in scored]
-    expected = spec.samples
+    missing += [record for key, record in reasons.items() if key not in scored and (only is None or key in only)]
+    expected = spec.samples if only is None else len(only)
     if len(scored) + len(missing) < expected:
         missing.append({"shard": None, "key": None, "member": None, "reason": "not in the index",
                         "detail": f"the manifest counts {expected} samples, the indexes and the loader account for "

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from avmae.config import to_dict
+from avmae.eval.clip_set import keep_listed, load_clip_set
 from avmae.eval.coverage import Coverage, coverage
 from avmae.eval.outputs import summarise, write_outputs
 from avmae.eval.predictions import Predictions, task_metrics
@@ -39,6 +40,7 @@ class EvalRequest:
     backend: str = "auto"
     device: str | None = None
     allow_missing: bool = False  # accept samples of the split that could not be scored (recorded in the report)
+    ids: str | None = None  # another lab's clip list (avmae-shard ids): score only the split's clips it holds
 
     def validate(self) -> "EvalRequest":
         if self.task not in TASKS:
@@ -103,9 +105,13 @@ def _score(request: EvalRequest, dist_info) -> EvalResult:
                               "alone_norms": loaded.config.model.alone_norms, "config": to_dict(loaded.config),
                               "versions": versions(), "world_size": dist_info.world}
     predictions, coverages = None, []
+    clips = load_clip_set(request.data, request.split, request.ids)
+    only = clips.only
     if request.task == "retrieval" or request.linear_probe:
-        test = embeddings(loaded, request.data, request.split, **common)
-        coverages.append(coverage(test["spec"], request.split, test["keys"], test["skipped"], request.allow_missing))
+        test = keep_listed(embeddings(loaded, request.data, request.split, **common), only)
+        coverages.append(coverage(test["spec"], request.split, test["keys"], test["skipped"], request.allow_missing,
+                                  only))
+        scored_keys = test["keys"]
         if request.task == "retrieval":
             report["metrics"] = retrieval_metrics(test["audio"], test["video"])
         else:
@@ -122,10 +128,15 @@ def _score(request: EvalRequest, dist_info) -> EvalResult:
         predictions, skipped, info = classify(loaded, request.data, request.split, request.task,
                                               views=request.views, **common)
         spec = load_run_spec(loaded.config, request.split, shards=request.data)
-        coverages.append(coverage(spec, request.split, predictions.keys, skipped, request.allow_missing))
+        if only is not None:
+            predictions = predictions.select([key for key in predictions.keys if key in only])
+            skipped = [record for record in skipped if record.get("key") in only]
+        coverages.append(coverage(spec, request.split, predictions.keys, skipped, request.allow_missing, only))
+        scored_keys = predictions.keys
         report.update(info)
         report.update(summarise(task_metrics(predictions), predictions))
     report["coverage"] = coverages[0].as_dict()
+    report["clip_set"] = clips.report(scored_keys)
     if len(coverages) > 1:
         report["train_coverage"] = coverages[1].as_dict()
     return EvalResult(report, request.out_dir(), dist_info.rank == 0, predictions, coverages)
