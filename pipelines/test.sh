@@ -10,15 +10,20 @@ bash pipelines/setup.sh
 PATH="$("${AVMAE_PYTHON:-python3}" -c 'import os, sys; print(os.path.dirname(sys.executable))'):$PATH"
 export PATH
 
+# The suite runs inside the two-node cluster's controller namespace (its own loopback; the only place sbatch reaches
+# slurmctld), or on the host beside a one-node localhost cluster where namespaces cannot be made.
+inside=()
 if [ "${AVMAE_TEST_SLURM:-1}" = "1" ] && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
-  if ! command -v sinfo >/dev/null || ! sinfo -h -o %T 2>/dev/null | grep -qE 'idle|mix|alloc'; then
-    # two nodes in network namespaces (tests/test_two_nodes.py; the one-node tests run on either node), one node
-    # on localhost where namespaces cannot be made
+  if unshare --net --uts true 2>/dev/null; then
+    cluster=tests/slurm/two_node_cluster.sh
+    inside=(bash "$cluster" run)
+  else
     cluster=tests/slurm/localhost_cluster.sh
-    if unshare --net --uts true 2>/dev/null; then cluster=tests/slurm/two_node_cluster.sh; fi
+  fi
+  if ! "${inside[@]}" sinfo -h -o %T 2>/dev/null | grep -qE 'idle|mix|alloc'; then  # else: already up, left up
     bash "$cluster" start
     trap 'bash "$cluster" stop' EXIT
   fi
 fi
 
-"$PYTHON" -m pytest -q "$@"
+"${inside[@]}" "$PYTHON" -m pytest -q "$@"

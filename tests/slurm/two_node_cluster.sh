@@ -5,13 +5,17 @@
 #   two_node_cluster.sh start    install (if needed), network, config, munged + slurmctld + two slurmd; wait for idle
 #   two_node_cluster.sh stop     stop the daemons, kill what is left in the node namespaces, remove the network
 #   two_node_cluster.sh status   daemons and sinfo
+#   two_node_cluster.sh run CMD  run CMD in the controller's network namespace (where sbatch reaches slurmctld)
 #
 # Debian's slurm is not built with --enable-multiple-slurmd, so each slurmd runs in a network and UTS namespace of
-# its own: host name avmae-nI, address 10.77.0.1I on a veth whose other end is on the bridge avmae-br0 (10.77.0.1)
-# in the host's namespace, where slurmctld and munged run. munge needs no network: its socket is a file in /run,
-# and every namespace here shares the host's mount namespace (and so its files, /tmp and the checkout). The node
-# namespaces have no default route: their only peers are each other and the controller. /etc/hosts gets the two
-# names (jobs resolve MASTER_ADDR, gloo binds the address of its own host name) and loses them on stop.
+# its own: host name avmae-nI, address 10.77.0.1I on a veth whose other end is on the bridge avmae-br0 (10.77.0.1).
+# The bridge and slurmctld live in a third namespace, avmae-ctl, and so do the clients (sbatch, squeue, the test
+# suite: `run`), so that every address of this cluster exists only inside namespaces this script made: nothing
+# here is reachable from, or aimed at, the machine's own network. Its loopback serves the suite's own servers
+# (torchrun rendezvous, test HTTP servers) as the host's would. munge needs no network: its socket is a file in
+# /run, and every namespace here shares the host's mount namespace (and so its files, /tmp and the checkout). The
+# node namespaces have no default route: their only peers are each other and the controller. /etc/hosts gets the
+# two names (jobs resolve MASTER_ADDR, gloo binds the address of its own host name) and loses them on stop.
 #
 # It takes the place of localhost_cluster.sh (same /etc/slurm/slurm.conf, pid files of the same controller and
 # munged, whose functions it sources): one cluster for the whole suite; jobs that ask for one node run on either.
@@ -24,25 +28,30 @@ NODES=(avmae-n1 avmae-n2)
 NET=10.77.0
 BRIDGE=avmae-br0
 CLUSTER=avmae2n
+CTL=avmae-ctl  # the controller's network namespace
 HOSTS_MARK="# avmae two-node cluster"
 node_addr() { echo "$NET.1$(( $1 + 1 ))"; }   # node index 0, 1 -> 10.77.0.11, 10.77.0.12
 node_pid() { echo "/run/slurmd-$1.pid"; }      # SlurmdPidFile=/run/slurmd-%n.pid
 
 log() { echo "[two_node_cluster] $*" >&2; }
+ctl() { nsenter --net="/run/netns/$CTL" -- "$@"; }  # a command in the controller's namespace
 
 network_up() {
-  if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
-    ip link add "$BRIDGE" type bridge
-    ip addr add "$NET.1/24" dev "$BRIDGE"
+  [ -e "/run/netns/$CTL" ] || ip netns add "$CTL"
+  ip -n "$CTL" link set lo up
+  if ! ip -n "$CTL" link show "$BRIDGE" >/dev/null 2>&1; then
+    ip -n "$CTL" link add "$BRIDGE" type bridge
+    ip -n "$CTL" addr add "$NET.1/24" dev "$BRIDGE"
   fi
-  ip link set "$BRIDGE" up
+  ip -n "$CTL" link set "$BRIDGE" up
   local i name
   for i in "${!NODES[@]}"; do
     name="${NODES[$i]}"
     [ -e "/run/netns/$name" ] && continue
     ip netns add "$name"
     ip link add "v-$name" type veth peer name eth0 netns "$name"
-    ip link set "v-$name" master "$BRIDGE" up
+    ip link set "v-$name" netns "$CTL"
+    ip -n "$CTL" link set "v-$name" master "$BRIDGE" up
     ip -n "$name" addr add "$(node_addr "$i")/24" dev eth0
     ip -n "$name" link set eth0 up
     ip -n "$name" link set lo up
@@ -116,9 +125,9 @@ start_controller() {
   if [ -f /var/spool/slurmctld/clustername ] && [ "$(cat /var/spool/slurmctld/clustername)" != "$CLUSTER" ]; then
     log "wiping foreign slurmctld state"; rm -rf /var/spool/slurmctld/*
   fi
-  slurmctld || { tail -n 30 /var/log/slurm/slurmctld.log >&2; exit 1; }
-  for _ in $(seq 100); do scontrol ping 2>/dev/null | grep -q 'is UP' && break; sleep 0.1; done
-  scontrol ping | grep -q 'is UP' || { tail -n 30 /var/log/slurm/slurmctld.log >&2; exit 1; }
+  ctl slurmctld || { tail -n 30 /var/log/slurm/slurmctld.log >&2; exit 1; }
+  for _ in $(seq 100); do ctl scontrol ping 2>/dev/null | grep -q 'is UP' && break; sleep 0.1; done
+  ctl scontrol ping | grep -q 'is UP' || { tail -n 30 /var/log/slurm/slurmctld.log >&2; exit 1; }
   log "slurmctld pid $(cat "$CTLD_PID")"
 }
 
@@ -133,10 +142,10 @@ wait_idle() {
   local states="" expected
   expected="$(printf '%s idle\n' "${NODES[@]}")"
   for i in $(seq 150); do
-    states="$(sinfo -h -N -o '%N %t' 2>/dev/null | sort || true)"
+    states="$(ctl sinfo -h -N -o '%N %t' 2>/dev/null | sort || true)"
     [ "$states" = "$expected" ] && { log "nodes idle: ${NODES[*]}"; return 0; }
     # a node DOWN from an earlier run comes back once its slurmd registers (ReturnToService=2); nudge it if not
-    [ "$i" -gt 20 ] && for n in "${NODES[@]}"; do scontrol update nodename="$n" state=resume 2>/dev/null || true; done
+    [ "$i" -gt 20 ] && for n in "${NODES[@]}"; do ctl scontrol update nodename="$n" state=resume 2>/dev/null || true; done
     sleep 0.2
   done
   log "nodes not ready: $states"
@@ -174,11 +183,10 @@ do_stop() {
   for n in "${NODES[@]}"; do stop_one "$(node_pid "$n")" slurmd; done
   stop_one "$CTLD_PID" slurmctld
   stop_one "$MUNGE_PID" munged
-  for n in "${NODES[@]}"; do  # job steps outlive slurmd; nothing may keep a namespace alive
+  for n in "${NODES[@]}" "$CTL"; do  # job steps outlive slurmd; nothing may keep a namespace alive
     for p in $(namespace_pids "$n"); do kill -9 "$p" 2>/dev/null || true; done
-    [ -e "/run/netns/$n" ] && ip netns del "$n"
+    if [ -e "/run/netns/$n" ]; then ip netns del "$n"; fi
   done
-  ip link show "$BRIDGE" >/dev/null 2>&1 && ip link del "$BRIDGE"
   hosts_down
 }
 
@@ -186,7 +194,7 @@ do_status() {
   echo "munged: pid=$(live_pid "$MUNGE_PID" munged)"
   echo "slurmctld: pid=$(live_pid "$CTLD_PID" slurmctld)"
   for n in "${NODES[@]}"; do echo "slurmd $n: pid=$(live_pid "$(node_pid "$n")" slurmd)"; done
-  sinfo -N 2>/dev/null || true
+  [ -e "/run/netns/$CTL" ] && ctl sinfo -N 2>/dev/null || true
 }
 
 case "${1:-start}" in
@@ -194,5 +202,6 @@ case "${1:-start}" in
   stop) do_stop ;;
   status) do_status ;;
   pids) namespace_pids "${2:?node name}" ;;
-  *) echo "usage: $0 {start|stop|status|pids NODE}" >&2; exit 2 ;;
+  run) shift; exec nsenter --net="/run/netns/$CTL" -- "$@" ;;
+  *) echo "usage: $0 {start|stop|status|pids NODE|run CMD...}" >&2; exit 2 ;;
 esac
