@@ -257,7 +257,12 @@ def _cmd_ids(args) -> int:
     from avmae.files import write_text_atomically
     from avmae.shard.ids import build_losses, ids_sha256, ids_text, split_rows
 
-    rows = list(split_rows(args.out, args.split).values())
+    found, unreadable = split_rows(args.out, args.split)
+    if unreadable:  # a list that silently lacks clips would name the wrong set
+        key, why = next(iter(unreadable.items()))
+        raise ValueError(f"{len(unreadable)} samples of split {args.split!r} have unreadable metadata, e.g. {key}: "
+                         f"{why}; avmae-shard verify {args.out} names the damage")
+    rows = list(found.values())
     summary = {"split": args.split, "count": len(rows), "sha256": ids_sha256(rows),
                "build_losses": build_losses(args.out, args.split), "file": str(args.list_out or "-")}
     if args.list_out:

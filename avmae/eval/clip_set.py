@@ -20,25 +20,27 @@ from avmae.shard.ids import build_losses, ids_sha256, read_ids, split_rows
 class ClipSet:
     root: str
     split: str
-    rows: dict[str, str]  # sample key -> clip row, every sample of the split
+    rows: dict[str, str]  # sample key -> clip row, every sample of the split whose metadata could be read
+    unreadable: dict[str, str]  # key -> why, the others (damaged shards; coverage names them as not scored)
     ids_file: str | None = None
     listed: set[str] | None = None  # the other lab's rows
 
     @property
     def only(self) -> set[str] | None:
-        """The keys to score: those whose row the list holds; None without a list (every key)."""
+        """The keys to score: those whose row the list holds, and those whose row cannot be read (they may be in the
+        list: expected, so coverage names them instead of dropping them unseen); None without a list (every key)."""
         if self.listed is None:
             return None
-        return {key for key, row in self.rows.items() if row in self.listed}
+        return {key for key, row in self.rows.items() if row in self.listed} | set(self.unreadable)
 
     def report(self, scored_keys: list[str]) -> dict[str, Any]:
         """The report's section: the hash and count of the rows scored (equal to ``avmae-shard ids`` of the split
         when every sample was scored), the split's own, the build's losses, and with a list the overlap counts."""
-        scored = [self.rows[key] for key in scored_keys]
+        scored = [self.rows[key] for key in scored_keys]  # a scored sample's metadata was read: it has a row
         section: dict[str, Any] = {
             "sha256": ids_sha256(scored), "count": len(scored), "row": "id<TAB>start<TAB>end, sorted (avmae-shard ids)",
             "split_sha256": ids_sha256(self.rows.values()), "split_count": len(self.rows),
-            "build_losses": build_losses(self.root, self.split),
+            "build_losses": build_losses(self.root, self.split), "unreadable_rows": len(self.unreadable),
         }
         if self.listed is not None:
             ours = set(self.rows.values())
@@ -50,9 +52,9 @@ class ClipSet:
 
 
 def load_clip_set(data: str, split: str, ids_file: str | Path | None) -> ClipSet:
-    rows = split_rows(data, split)
+    rows, unreadable = split_rows(data, split)
     listed = read_ids(ids_file) if ids_file is not None else None
-    return ClipSet(data, split, rows, None if ids_file is None else str(ids_file), listed)
+    return ClipSet(data, split, rows, unreadable, None if ids_file is None else str(ids_file), listed)
 
 
 def keep_listed(features: dict[str, Any], only: set[str] | None) -> dict[str, Any]:

@@ -35,26 +35,29 @@ def clip_row(metadata: dict[str, Any]) -> str:
     return row(metadata.get("ytid") or metadata["video_id"], start, end)
 
 
-def split_rows(root: str | Path, split: str) -> dict[str, str]:
-    """Sample key -> row of every sample of ``split``, read from each sample's metadata through the shard index."""
+def split_rows(root: str | Path, split: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Sample key -> row of every sample of ``split``, read from each sample's metadata through the shard index; and
+    key -> why for the samples whose metadata cannot be read (a damaged shard is data, not a stop: the loaders
+    count and name those samples where they are scored, avmae-shard verify names the bytes)."""
     root = Path(root)
     manifest = read_manifest(root)
     if split not in manifest["splits"]:
         raise ValueError(f"{root}: no split {split!r}; the manifest has {sorted(manifest['splits'])}")
-    rows = {}
+    rows, unreadable = {}, {}
     for shard in manifest["splits"][split]["shards"]:
         tar = root / shard["tar"]
         with open(tar, "rb") as handle:
             for sample in parse_index((root / shard["idx"]).read_text()):
                 meta = next((m for m in sample if m.ext == METADATA_MEMBER), None)
                 if meta is None:
-                    raise ValueError(f"{tar}: sample {sample[0].key} has no {METADATA_MEMBER} member")
+                    unreadable[sample[0].key] = f"{tar}: no {METADATA_MEMBER} member"
+                    continue
                 handle.seek(meta.offset)
                 try:
                     rows[meta.key] = clip_row(json.loads(handle.read(meta.size)))
                 except (ValueError, KeyError, TypeError) as err:
-                    raise ValueError(f"{tar}: sample {meta.key}: metadata gives no clip row ({err!r})") from None
-    return rows
+                    unreadable[meta.key] = f"{tar}: metadata gives no clip row ({err!r})"
+    return rows, unreadable
 
 
 def ids_text(rows: Iterable[str]) -> str:
