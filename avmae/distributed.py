@@ -57,6 +57,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+ALONE = "AVMAE_ALONE"  # set with the torch.distributed variables of a process that runs alone
+
+
 def launcher_of(env: dict[str, str]) -> str:
     """Who started this process: torchrun marks its workers (TORCHELASTIC_RUN_ID), srun its tasks (SLURM_STEP_ID; a
     batch script has SLURM_PROCID=0 but no step, and a process it runs directly is alone). In that order, because
@@ -66,6 +69,8 @@ def launcher_of(env: dict[str, str]) -> str:
         return "torchrun"
     if "SLURM_PROCID" in env and "SLURM_STEP_ID" in env:
         return "slurm"
+    if env.get(ALONE) == "1":  # RANK and the rest were set by an earlier set-up of a process alone, not a launcher
+        return "single"
     return "torchrun" if "RANK" in env else "single"
 
 
@@ -90,13 +95,18 @@ def setup_distributed(device_name: str | None = None, timeout_s: float = 1800.0)
     import deepspeed
 
     launcher = launcher_of(dict(os.environ))
-    os.environ.update(environment_from_slurm(dict(os.environ)))
-    # One process alone takes any free port: two single-process runs on one machine (an evaluation beside a
-    # training run) must not meet on a fixed one.
-    port = free_port() if launcher == "single" else port_for_job(os.environ.get("SLURM_JOB_ID", "0"))
-    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(port)}.items():
-        os.environ.setdefault(key, value)
+    if launcher == "single":
+        # A process alone is rank 0 of 1 whatever it inherited, and takes any free port: two single-process runs on
+        # one machine (an evaluation beside a training run) must not meet on a fixed one. The mark tells a later
+        # set-up in this process (or a child) that these variables are its own, not a launcher's.
+        os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                           "MASTER_PORT": str(free_port()), ALONE: "1"})
+    else:
+        os.environ.update(environment_from_slurm(dict(os.environ)))
+        os.environ.pop(ALONE, None)
+        for key, value in {"LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                           "MASTER_PORT": str(port_for_job(os.environ.get("SLURM_JOB_ID", "0")))}.items():
+            os.environ.setdefault(key, value)
     rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     if torch.cuda.is_available() and device_name != "cpu":
         torch.cuda.set_device(local_rank)

@@ -60,6 +60,10 @@ def test_srun_ranks_win_over_variables_inherited_from_the_submitting_shell():
     batch_script = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_ID": "7"}  # no step: python run directly
     assert launcher_of(batch_script) == "single" and environment_from_slurm(batch_script) == {}
     assert launcher_of({**task, "TORCHELASTIC_RUN_ID": "x", **inherited}) == "torchrun"  # srun ... torchrun
+    # a process alone, after an earlier set-up in it (or its parent) left the variables and the mark
+    alone = {**inherited, "AVMAE_ALONE": "1"}
+    assert launcher_of(alone) == "single" and launcher_of(inherited) == "torchrun"
+    assert launcher_of({**alone, **task}) == "slurm" and launcher_of({**alone, "TORCHELASTIC_RUN_ID": "x"}) == "torchrun"
 
 
 @pytest.fixture(scope="module")
