@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         result = trainer.run()
     except JobStopped as err:  # divergence, a failed checkpoint, a loader past its budget, a dead rank: one line
         print(f"avmae-train: {err}", file=sys.stderr, flush=True)
+        if err.group_broken:  # tearing down a process group with a dead peer waits on it: leave at once
+            sys.stdout.flush()
+            os._exit(1)
         return 1
     if trainer.is_main:  # one line from one rank: several ranks writing at once interleave on a shared pipe
         print(json.dumps(result), flush=True)

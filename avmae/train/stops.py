@@ -6,7 +6,11 @@ from __future__ import annotations
 
 
 class JobStopped(RuntimeError):
-    """The run cannot go on; ``str(error)`` names the step and the cause. Nothing that looks finished was written."""
+    """The run cannot go on; ``str(error)`` names the step and the cause. Nothing that looks finished was written.
+    ``group_broken``: a collective failed, so the process group cannot be torn down (its teardown would wait on the
+    dead or hung rank): the process must leave at once."""
+
+    group_broken = False
 
 
 # How a failed collective reads when the backend does not raise torch's DistError: gloo raises a plain RuntimeError

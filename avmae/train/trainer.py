@@ -265,10 +265,12 @@ class Trainer:
         except RuntimeError as err:  # a rank died or hung: a collective failed or timed out
             if isinstance(err, JobStopped) or not is_collective_failure(err):
                 raise
-            raise JobStopped(f"rank {self.dist.rank}: a collective failed at step {step + 1} "
+            stopped = JobStopped(f"rank {self.dist.rank}: a collective failed at step {step + 1} "
                              f"({str(err).splitlines()[0]}); another rank died or hung (guard.collective_timeout_s "
                              f"{config.guard.collective_timeout_s:g}); newest complete checkpoint: "
-                             f"{self.checkpoints.newest() or 'none'}") from err
+                             f"{self.checkpoints.newest() or 'none'}")
+            stopped.group_broken = True
+            raise stopped from err
         finally:
             logger.close()
         finished = step >= optim.steps
