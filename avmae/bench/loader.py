@@ -20,7 +20,7 @@ from PIL import Image
 from torchvision import transforms
 
 from avmae.data.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
-from avmae.data.loader import build_loader
+from avmae.data.loader import Loader
 from avmae.data.samples import frame_members, parse_metadata
 from avmae.data.spec import load_spec
 from avmae.shard.format import METADATA_MEMBER
@@ -114,7 +114,7 @@ def bench_loader(data: Path, split: str, backends: list[str], workers: list[int]
         for count in workers:
             config = DataConfig(shards=str(data), backend=backend, batch_size=batch_size, workers=count,
                                 num_frames=num_frames, crop_size=crop, shuffle_buffer=16)
-            stream = iter(_forever(lambda: build_loader(config, split, train=train)))
+            stream = iter(_forever(lambda: Loader(spec, config, train=train)))  # the spec read above
             results["runs"].append({"loader": backend, "workers": count,
                                     **_rate(stream, batches, batch_size, num_frames)})
     rows, renamed = export_cavmae_layout(spec, scratch, frame_members(spec.features["num_frames"], num_frames))
