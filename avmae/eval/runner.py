@@ -19,6 +19,7 @@ from avmae.recipe.geometry import load_run_spec
 from avmae.eval.retrieval import retrieval_metrics
 from avmae.models.avmae import pooled_unimodal
 from avmae.eval.coverage import batch_skips, gather_records
+from avmae.eval.metrics import softmax
 from avmae.eval.predict import gather, gather_keys, predict
 from avmae.eval.predictions import Predictions
 from avmae.shard.format import LabelMode
@@ -30,8 +31,7 @@ def probabilities(scores: np.ndarray, label_mode: LabelMode | str) -> np.ndarray
     """Sigmoid for multi-label heads, softmax for single-label ones (what views are averaged in)."""
     if label_mode == LabelMode.MULTI:
         return 1 / (1 + np.exp(-scores))
-    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+    return softmax(scores)
 
 
 def _data_config(loaded: LoadedModel, data: str, split: str, batch_size: int, workers: int, backend: str,
