@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from avmae.files import write_text_atomically as atomic_write
+from avmae.shard_files import join, read_bytes
 from avmae.shard.errors import ParameterError
 from avmae.shard.format import FORMAT_VERSION, READABLE_VERSIONS
 from avmae.shard.writer import read_part
@@ -46,8 +47,12 @@ def read_build(out: Path) -> dict[str, Any]:
 
 def _read_json(path: Path) -> dict[str, Any]:
     """A JSON object from ``path``; a damaged or foreign file is one ValueError naming it (not a decoder trace)."""
+    return _json_object(path.read_bytes(), path)
+
+
+def _json_object(raw: bytes, path: str | Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid JSON ({err}); the file is damaged or not avmae's") from None
     if not isinstance(data, dict):
@@ -130,12 +135,15 @@ def finalize(out: Path) -> dict[str, Any]:
     return manifest
 
 
-def read_manifest(out: Path) -> dict[str, Any]:
-    path = Path(out) / MANIFEST_FILE
-    if not path.exists():
+def read_manifest(out: str | Path) -> dict[str, Any]:
+    """The manifest of shard root ``out``: a folder, or a URL prefix or ``pipe:`` command (avmae/shard_files.py)."""
+    path = join(out, MANIFEST_FILE)
+    try:
+        raw = read_bytes(path)
+    except FileNotFoundError:
         raise FileNotFoundError(f"{path} not found: the build is unfinished (run `avmae-shard finalize {out}`) "
-                                "or this is not a shard folder")
-    manifest = _read_json(path)
+                                "or this is not a shard folder") from None
+    manifest = _json_object(raw, path)
     if manifest.get("format_version") not in READABLE_VERSIONS:
         raise ValueError(f"{path}: shard format version {manifest.get('format_version')} is not one of the "
                          f"versions {list(READABLE_VERSIONS)} this avmae reads; rebuild the shards")
