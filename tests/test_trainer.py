@@ -23,6 +23,9 @@ def test_two_process_zero_pretraining_loss_falls(shards, tmp_path, stage):
     losses = [m["loss"] for m in metrics(tmp_path / "run") if "loss" in m]
     assert len(losses) == 16
     assert sum(losses[-4:]) / 4 < 0.9 * sum(losses[:4]) / 4
+    # the largest rank's resident high-water mark: a torch + DeepSpeed process holds a few hundred MB at least
+    peaks = [m["host_peak_rss_gb"] for m in metrics(tmp_path / "run") if "loss" in m]
+    assert all(0.2 < peak < 24 for peak in peaks) and peaks == sorted(peaks)
     checkpoints = sorted((tmp_path / "run" / "checkpoints").glob("step*/complete.json"))
     assert [c.parent.name for c in checkpoints] == ["step00000016"]  # keep: 1 pruned step 8
     from safetensors.torch import load_file

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import resource
 import signal
 import time
 from pathlib import Path
@@ -62,6 +63,17 @@ def _deepspeed_config(config: RunConfig, bf16: bool) -> dict[str, Any]:
         "steps_per_print": 10**9,  # our own logging says what happens
         "wall_clock_breakdown": False,
     }
+
+
+def _host_peak_rss_gb() -> float:
+    """The largest resident-memory high-water mark of any rank's process (getrusage's ru_maxrss, KiB on Linux),
+    for logging: on CPU it is what a rank needs; on GPU its host side (the model is built there first)."""
+    peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20], dtype=torch.float64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        if dist.get_backend() == "nccl":
+            peak = peak.cuda()
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    return float(peak.item())
 
 
 def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
@@ -245,7 +257,7 @@ class Trainer:
                     totals.update(ledger.log_values())
                     now = time.perf_counter()
                     rate = samples_per_step * (step - last_step) / (now - last_time)
-                    values = {**totals, "lr": lr, "samples_per_s": rate}
+                    values = {**totals, "lr": lr, "samples_per_s": rate, "host_peak_rss_gb": _host_peak_rss_gb()}
                     if self.dist.device.type == "cuda":
                         if config.task == "pretrain":
                             values["mfu"] = rate * flops / self.dist.world / (config.peak_tflops * 1e12)
