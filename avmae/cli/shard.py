@@ -12,7 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from avmae.shard.errors import ParameterError
+from avmae.shard.cavmae_prepared import CAVMAE_FRAME_SIZE, CAVMAE_FRAMES
 from avmae.shard.format import LOGMEL_DTYPES
+from avmae.shard.lists import LIST_FORMATS, detect_format
 from avmae.shard.params import BuildParams, FeatureParams
 
 _FLAGS = {"list_path": "--list", "num_classes": "--classes"}  # library parameters whose flag is not "--name-dashed"
@@ -54,16 +56,25 @@ def _build_parser() -> argparse.ArgumentParser:
     source = build.add_argument_group("inputs")
     source.add_argument("--src", type=Path, help="folder of clips (recursive); with --list, where the list's files are")
     source.add_argument("--list", type=Path, help="dataset list: AudioSet segments CSV, VGGSound CSV, "
-                                                  "Epic-Kitchens-100 annotations, or a generic CSV (path,labels[,start,end])")
-    source.add_argument("--list-format", default="auto", choices=["auto", "audioset", "vggsound", "epic", "generic"])
-    source.add_argument("--class-labels", type=Path, help="AudioSet class_labels_indices.csv (fixes the label order)")
+                                                  "Epic-Kitchens-100 annotations, a generic CSV (path,labels[,start,end]), "
+                                                  "or CAV-MAE's data JSON (--list-format cavmae)")
+    source.add_argument("--list-format", default="auto", choices=list(LIST_FORMATS),
+                        help="cavmae: CAV-MAE's prepared data, {\"data\": [{video_id, wav, video_path, labels}]}; "
+                             "frames are read from video_path/frame_{i}/{video_id}.jpg, the log-mel from the 16 kHz wav "
+                             "as CAV-MAE computes it, no video is needed; a missing frame or wav is a failure naming "
+                             "the file")
+    source.add_argument("--class-labels", type=Path, help="AudioSet class_labels_indices.csv, or CAV-MAE's label csv "
+                                                          "(fixes the label order)")
     source.add_argument("--labels-from-dirs", action="store_true", help="with --src: a clip's label is its folder name")
     source.add_argument("--split", help="put every list row in this split (default: the list's own split or 'train')")
     source.add_argument("--num-verbs", type=int, default=97, help="Epic-Kitchens-100 verb classes")
     source.add_argument("--num-nouns", type=int, default=300, help="Epic-Kitchens-100 noun classes")
     features = build.add_argument_group("features (recorded in the manifest; loaders check them)")
-    features.add_argument("--num-frames", type=int, default=defaults_f.num_frames)
-    features.add_argument("--short-side", type=int, default=defaults_f.short_side, help="frames resized to this short side")
+    features.add_argument("--num-frames", type=int, help=f"frames per sample (default: {defaults_f.num_frames}; "
+                                                         f"{CAVMAE_FRAMES} with --list-format cavmae)")
+    features.add_argument("--short-side", type=int, help=f"frames resized to this short side (default: "
+                                                         f"{defaults_f.short_side}; {CAVMAE_FRAME_SIZE} with --list-format "
+                                                         "cavmae, which keeps its frames byte for byte)")
     features.add_argument("--jpeg-qscale", type=int, default=defaults_f.jpeg_qscale, help="ffmpeg -q:v, 2 (best) to 31")
     features.add_argument("--target-frames", type=int, default=defaults_f.target_frames,
                           help="log-mel frames (10 ms each) after zero-padding or cutting")
@@ -141,10 +152,13 @@ def _cmd_build(args) -> int:
     from avmae.shard.build import build_shards
     from avmae.shard.inputs import InputSpec
 
+    prepared = _is_cavmae(args)
+    num_frames = args.num_frames or (CAVMAE_FRAMES if prepared else FeatureParams.num_frames)
+    short_side = args.short_side or (CAVMAE_FRAME_SIZE if prepared else FeatureParams.short_side)
     inputs = InputSpec(src=args.src, list_path=args.list, list_format=args.list_format, class_labels=args.class_labels,
                        labels_from_dirs=args.labels_from_dirs, split=args.split, segment_seconds=args.segment_seconds,
                        num_verbs=args.num_verbs, num_nouns=args.num_nouns)
-    features = FeatureParams(num_frames=args.num_frames, short_side=args.short_side, jpeg_qscale=args.jpeg_qscale,
+    features = FeatureParams(num_frames=num_frames, short_side=short_side, jpeg_qscale=args.jpeg_qscale,
                              target_frames=args.target_frames, num_mel_bins=args.num_mel_bins,
                              logmel_dtype=args.logmel_dtype)
     build = BuildParams(segment_seconds=args.segment_seconds, segments=args.segments, min_seconds=args.min_seconds,
@@ -158,6 +172,16 @@ def _cmd_build(args) -> int:
     else:
         _print_build_report(report)
     return 0
+
+
+def _is_cavmae(args) -> bool:
+    """Whether the build reads CAV-MAE's prepared data (its frame count and size are then the defaults)."""
+    if args.list_format != "auto" or args.list is None or not args.list.is_file():
+        return args.list_format == "cavmae"
+    try:
+        return detect_format(args.list) == "cavmae"
+    except ValueError:
+        return False  # the list reader says what is wrong with the file
 
 
 def _print_build_report(report) -> None:

@@ -1,5 +1,6 @@
 """The inputs of a build, from a folder of clips (``src``) or a dataset list (``list_path``, matched to files under
-``src``). Errors name these parameters; the command line maps them to its flags."""
+``src``; CAV-MAE's data JSON names its prepared frames and wavs itself). Errors name these parameters; the command
+line maps them to its flags."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from avmae.shard.cavmae_prepared import read_cavmae_datafile
 from avmae.shard.errors import ParameterError
 from avmae.shard.items import ClipItem, scan_folder
-from avmae.shard.lists import LabelSet, read_list
+from avmae.shard.lists import LabelSet, detect_format, read_list
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,13 @@ def collect_inputs(spec: InputSpec) -> tuple[list[ClipItem], LabelSet, dict[str,
     else:
         if not list_path.is_file():
             raise ParameterError("list_path", f"{list_path} is not a file")
-        fmt, items, labels = read_list(list_path, spec.list_format, src, class_labels=spec.class_labels,
-                                       segment_seconds=spec.segment_seconds, num_verbs=spec.num_verbs,
-                                       num_nouns=spec.num_nouns)
+        fmt = detect_format(list_path) if spec.list_format == "auto" else spec.list_format
+        if fmt == "cavmae":
+            items, labels = read_cavmae_datafile(list_path, src, spec.class_labels)
+        else:
+            fmt, items, labels = read_list(list_path, fmt, src, class_labels=spec.class_labels,
+                                           segment_seconds=spec.segment_seconds, num_verbs=spec.num_verbs,
+                                           num_nouns=spec.num_nouns)
         source = {"kind": fmt, "list": str(list_path.resolve()), "src": str(src.resolve()) if src else None,
                   "class_labels": str(spec.class_labels.resolve()) if spec.class_labels else None}
     if spec.split is not None:

@@ -24,6 +24,13 @@ class ClipItem:
 
     ``start``/``end`` are seconds into the file; ``None`` means "decided by the segment policy" (plain folders).
     ``path`` is ``None`` when a list row matched no downloaded file.
+
+    Two inputs are not a video file of their own:
+    - ``member``: the video is this member of the tar at ``path`` (a local path or URL; video2dataset output);
+    - ``frames_root``: CAV-MAE's prepared data: frames are ``{frames_root}/frame_{i}/{video_id}.jpg`` and ``path`` is
+      the 16 kHz wav.
+    ``fault`` is ``(reason, detail)`` for an input known to be unusable when it was collected (a tar member that is
+    not a video, a download that failed): it becomes its failure, so inputs = samples + failures still holds.
     """
 
     item_id: str  # unique within a build; the sample key is derived from it
@@ -35,17 +42,28 @@ class ClipItem:
     labels: tuple[str, ...] = ()
     split: str = "train"
     extra: dict[str, Any] = field(default_factory=dict)  # per-dataset fields kept in the sample metadata
+    member: str | None = None
+    frames_root: str | None = None
+    fault: tuple[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "item_id": self.item_id, "video_id": self.video_id, "source": self.source, "path": self.path,
             "start": self.start, "end": self.end, "labels": list(self.labels), "split": self.split,
             "extra": self.extra,
         }
+        # Only when set: the fingerprint of a build of plain files stays what it was before these fields existed,
+        # so such builds still resume.
+        for name in ("member", "frames_root", "fault"):
+            value = getattr(self, name)
+            if value is not None:
+                data[name] = list(value) if isinstance(value, tuple) else value
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ClipItem":
-        return cls(**{**data, "labels": tuple(data["labels"])})
+        fault = data.get("fault")
+        return cls(**{**data, "labels": tuple(data["labels"]), "fault": tuple(fault) if fault else None})
 
 
 def safe_key(item_id: str, segment_index: int = 0) -> str:

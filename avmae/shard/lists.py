@@ -7,6 +7,8 @@ Formats (reference/methods.md B.3/B.4, the datasets' own CSVs):
 - Epic-Kitchens-100 annotations: ``narration_id,participant_id,video_id,...,start_timestamp,stop_timestamp,...,
   verb_class,...,noun_class,...`` with ``HH:MM:SS.ff`` timestamps.
 - Generic CSV with a header: ``path,labels[,start,end]`` (labels separated by ``;`` or ``|``).
+- CAV-MAE's data JSON ``{"data": [{"video_id", "wav", "video_path", "labels"}, ...]}`` (cavmae_prepared.py): its
+  prepared frames and wavs, no videos.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from avmae.shard.items import VIDEO_EXTENSIONS, ClipItem
 
-LIST_FORMATS = ("auto", "audioset", "vggsound", "epic", "generic")
+LIST_FORMATS = ("auto", "audioset", "vggsound", "epic", "generic", "cavmae")
 
 
 class ListFormatError(ValueError):
@@ -126,6 +128,13 @@ def read_audioset(path: Path, src: Path | None, class_labels: Path | None) -> tu
             path=file_path, start=seg_start, end=seg_end, labels=_split_labels(labels_text),
             extra={"ytid": ytid, "list_start": start, "list_end": end},
         ))
+    return items, label_set(items, path, class_labels)
+
+
+def label_set(items: list[ClipItem], path: Path, class_labels: Path | None) -> LabelSet:
+    """The labels of a list's items: in the order of an AudioSet-style ``class_labels_indices.csv``
+    (``index,mid,display_name``, also CAV-MAE's label csv) when one is given, every item label required to be in
+    it; otherwise the sorted labels the items use."""
     if class_labels is not None:
         names, display = [], []
         for line, row in _rows(class_labels):
@@ -138,9 +147,9 @@ def read_audioset(path: Path, src: Path | None, class_labels: Path | None) -> tu
         unknown = sorted({label for item in items for label in item.labels} - set(names))
         if unknown:
             raise ListFormatError(f"{path}: labels not in {class_labels}: {', '.join(unknown[:5])}")
-        return items, LabelSet(tuple(names), tuple(display))
+        return LabelSet(tuple(names), tuple(display))
     names = tuple(sorted({label for item in items for label in item.labels}))
-    return items, LabelSet(names, names)
+    return LabelSet(names, names)
 
 
 def read_vggsound(path: Path, src: Path | None, segment_seconds: float) -> tuple[list[ClipItem], LabelSet]:
@@ -235,6 +244,8 @@ def detect_format(path: Path) -> str:
     with open(path, encoding="utf-8") as handle:
         head = [handle.readline() for _ in range(5)]
     text = "".join(head)
+    if text.lstrip().startswith("{"):
+        return "cavmae"  # the only JSON list
     if "YTID" in text and "positive_labels" in text:
         return "audioset"
     first = head[0].lower()
@@ -250,7 +261,7 @@ def detect_format(path: Path) -> str:
 
 def read_list(path: Path, fmt: str, src: Path | None, *, class_labels: Path | None = None,
               segment_seconds: float = 10.0, num_verbs: int = 97, num_nouns: int = 300):
-    """Items and label set of a list file in any supported format."""
+    """Items and label set of a list file in any of the CSV formats (``cavmae``: cavmae_prepared.py)."""
     if fmt == "auto":
         fmt = detect_format(path)
     if fmt == "audioset":

@@ -21,10 +21,16 @@ def min_samples(params: FeatureParams) -> int:
 
 def fbank(pcm: np.ndarray, params: FeatureParams) -> torch.Tensor:
     """(frames, mel) float32 log-mel of int16 mono PCM, CAV-MAE's call with the parameters in ``params``."""
-    waveform = torch.from_numpy(pcm.astype(np.float32) / 32768.0).unsqueeze(0)
+    return waveform_fbank(torch.from_numpy(pcm.astype(np.float32) / 32768.0).unsqueeze(0), params.sample_rate, params)
+
+
+def waveform_fbank(waveform: torch.Tensor, sample_rate: int, params: FeatureParams) -> torch.Tensor:
+    """CAV-MAE's ``_wav2fbank`` on what ``torchaudio.load`` returns: a (channels, samples) float32 waveform. The
+    mean is taken over every channel; kaldi's fbank then uses the first channel (its ``channel=-1`` default picks
+    channel 0). CAV-MAE's wavs are mono (sox ``remix 1``), where both are the plain mean and the only channel."""
     waveform = waveform - waveform.mean()
     return torchaudio.compliance.kaldi.fbank(
-        waveform, htk_compat=True, sample_frequency=params.sample_rate, use_energy=False,
+        waveform, htk_compat=True, sample_frequency=sample_rate, use_energy=False,
         window_type=params.window_type, num_mel_bins=params.num_mel_bins, dither=0.0,
         frame_shift=params.frame_shift_ms, frame_length=params.frame_length_ms,
     )

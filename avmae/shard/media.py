@@ -217,3 +217,17 @@ def _error_lines(log: str, limit: int = 3) -> str:
     lines = [line.strip() for line in log.splitlines()
              if line.strip() and not line.startswith(("  ", "[Parsed_showinfo", "Input #", "Output #"))]
     return " | ".join(lines[-limit:]) if lines else "ffmpeg failed without a message"
+
+
+def resize_image(path: str, *, short_side: int, jpeg_qscale: int) -> bytes:
+    """One image file re-encoded as a JPEG of ``short_side``, resized as decode_segment resizes video frames (the
+    same filter, so frames from images and from videos share one geometry). ``MediaError('bad_frame')`` names the
+    file when ffmpeg cannot read it."""
+    source = ffmpeg.input(path)
+    scaled = _short_side_scale(source["v:0"], short_side).filter("format", "yuvj420p")
+    args = ffmpeg.output(scaled, "pipe:1", format="image2pipe", vcodec="mjpeg", **{"q:v": jpeg_qscale, "frames:v": 1}
+                         ).compile(cmd=ffmpeg_binary())
+    done = subprocess.run([args[0], "-nostdin", "-hide_banner", "-loglevel", "error", *args[1:]], capture_output=True)
+    if done.returncode != 0 or not done.stdout:
+        raise MediaError("bad_frame", f"{path}: {_error_lines(done.stderr.decode('utf-8', 'replace'))}")
+    return done.stdout

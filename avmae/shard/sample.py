@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import io
-import json
 import os
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from avmae.shard.format import LOGMEL_MEMBER, META_KEY, META_LABELS, METADATA_MEMBER, frame_member
-from avmae.shard.items import ClipItem, safe_key
+from avmae.shard.items import ClipItem
 from avmae.shard.logmel import logmel, min_samples
 from avmae.shard.media import MediaError, Probe, bin_centres, decode_segment, probe
+from avmae.shard.packing import Sample, pack_sample
 from avmae.shard.params import BuildParams, FeatureParams
+from avmae.shard.prepared_sample import make_prepared_samples
 
 # A stream may end up to one frame period before its nominal end without being "short"; beyond this many seconds
 # past the last decoded frame, the frames aimed at are missing and the segment is re-planned or the clip fails.
@@ -23,17 +20,6 @@ _END_SLACK_SECONDS = 0.25
 _TRUNCATION_SECONDS = 1.0
 # A failure's detail (failures.jsonl) names the build parameter that keeps such clips.
 _NO_AUDIO = "no audio stream (missing_audio 'silence' keeps such clips)"
-
-
-@dataclass
-class Sample:
-    key: str
-    members: dict[str, bytes]
-    split: str
-    labels: tuple[str, ...]
-    logmel_sum: float  # over valid frames, for the dataset statistics in the manifest
-    logmel_sumsq: float
-    logmel_count: int
 
 
 def plan_segments(item: ClipItem, build: BuildParams, known: Probe | None) -> list[tuple[float, float]]:
@@ -132,6 +118,10 @@ def _decode(item: ClipItem, start: float, end: float, features: FeatureParams, b
 
 def make_samples(item: ClipItem, features: FeatureParams, build: BuildParams) -> list[Sample]:
     """All samples of one input item; raises MediaError with a failure reason instead of returning none."""
+    if item.fault is not None:
+        raise MediaError(*item.fault)
+    if item.frames_root is not None:
+        return make_prepared_samples(item, features)
     if item.path is None:
         raise MediaError("missing", "no downloaded file matches this list row")
     try:
@@ -162,21 +152,7 @@ def _assemble(item: ClipItem, index: int, segment, chosen: list[int], start: flo
         # missing_audio 'silence': the features of a silent track of the segment's length.
         pcm = np.zeros(int(round((end - start) * features.sample_rate)), dtype=np.int16)
     mel, valid = logmel(pcm, features)
-    key = safe_key(item.item_id, index)
-    metadata: dict[str, Any] = {
-        META_KEY: key, "id": item.item_id, "video_id": item.video_id, "source": item.source, "path": item.path,
-        "split": item.split, "segment_index": index, "start": round(start, 6), "end": round(end, 6),
-        "frame_times": [round(start + segment.frame_times[i], 6) for i in chosen],
-        "repeated_frames": len(chosen) - len(set(chosen)),
-        "has_audio": has_audio, "audio_samples": int(len(pcm)), "audio_valid_frames": int(valid),
-        META_LABELS: list(item.labels), **item.extra,
-    }
-    members = {frame_member(i): segment.jpegs[frame] for i, frame in enumerate(chosen)}
-    buffer = io.BytesIO()
-    np.save(buffer, mel, allow_pickle=False)
-    members[LOGMEL_MEMBER] = buffer.getvalue()
-    members[METADATA_MEMBER] = json.dumps(metadata, sort_keys=True, ensure_ascii=False).encode("utf-8")
-    valid_part = mel[:valid].astype(np.float64) if has_audio else np.zeros((0,))
-    return Sample(key=key, members=members, split=item.split, labels=item.labels,
-                  logmel_sum=float(valid_part.sum()), logmel_sumsq=float((valid_part ** 2).sum()),
-                  logmel_count=int(valid_part.size))
+    return pack_sample(item, index, jpegs=[segment.jpegs[frame] for frame in chosen],
+                       frame_times=[start + segment.frame_times[i] for i in chosen],
+                       repeated_frames=len(chosen) - len(set(chosen)), start=start, end=end, mel=mel, valid=valid,
+                       has_audio=has_audio, audio_samples=len(pcm))
