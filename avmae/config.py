@@ -44,7 +44,12 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def _unknown_key_error(key: str, valid: list[str], where: str) -> ConfigError:
+def _unknown_key_error(cls: type, key: str, valid: list[str], where: str) -> ConfigError:
+    # A dataclass may name, in a MOVED_KEYS class attribute (not a field), the keys that left it and where they went:
+    # a recipe written before the move then gets directions instead of a guess.
+    moved = getattr(cls, "MOVED_KEYS", {}).get(key)
+    if moved:
+        return ConfigError(f"config key '{where}{key}' has moved: use {moved}")
     near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(sorted(valid))}"
     return ConfigError(f"unknown config key '{where}{key}'{hint}")
@@ -133,7 +138,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            raise _unknown_key_error(key, list(fields), prefix)
+            raise _unknown_key_error(cls, key, list(fields), prefix)
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
     return cls(**kwargs)
 

@@ -161,8 +161,8 @@ def test_bad_bases_are_one_line_errors(tmp_path):
 def test_train_needs_a_path_for_its_starting_weights(capsys):
     line = _train_error(capsys, "--set", "init.kind=avmae")
     assert line.endswith("init.kind avmae needs init.path (the file or run folder to start from)"), line
-    line = _train_error(capsys, "--set", "finetune.init=runs/pt")  # the old knob: gone, named
-    assert "unknown config key 'finetune.init'" in line, line
+    line = _train_error(capsys, "--set", "finetune.init=runs/pt")  # the old knob: gone, with where it went
+    assert "config key 'finetune.init' has moved: use the top-level init:" in line, line
 
 
 def test_the_clip_geometry_follows_the_model_and_other_values_are_refused(capsys):
@@ -185,12 +185,29 @@ def test_augmentation_is_its_own_section_and_saved_configs_read_in_todays_keys()
 
     config = load(RunConfig, DEMO, ["augment.mixup=0.25"])
     assert config.augment.mixup == 0.25 and not hasattr(config.data, "mixup")
-    with pytest.raises(ConfigError, match="unknown config key 'data.mixup'"):  # a recipe states it where it lives
+    with pytest.raises(ConfigError, match=r"'data.mixup' has moved: use augment.mixup"):  # stated where it lives
         load(RunConfig, DEMO, ["data.mixup=0.25"])
     # an export or run folder written before the move still describes the same run
     saved = read_saved_run_config({"data": {"shards": "s", "mixup": 0.5, "crop_scale": [0.5, 1.0], "flip": False}})
     assert (saved.augment.mixup, saved.augment.crop_scale, saved.augment.flip) == (0.5, (0.5, 1.0), False)
     assert saved.data.shards == "s"
+
+
+def test_the_old_starting_weight_keys_point_to_init_and_saved_ones_are_moved_there():
+    from avmae.recipe.config import RunConfig
+    from avmae.recipe.saved import read_saved_run_config
+
+    with pytest.raises(ConfigError, match=r"'finetune.init' has moved: use the top-level init: \{kind: avmae"):
+        load(RunConfig, DEMO, ["finetune.init=runs/pretrain"])
+    with pytest.raises(ConfigError, match=r"'model_init' has moved: use init: "):
+        load(RunConfig, DEMO, ["model_init.kind=vit"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'finetune.los'; did you mean 'loss'"):
+        load(RunConfig, DEMO, ["finetune.los=ce"])  # not a moved key: the nearest one, as before
+    saved = read_saved_run_config({"task": "finetune", "finetune": {"init": "runs/pretrain", "loss": "ce"}})
+    assert (saved.init.kind, saved.init.path, saved.finetune.loss) == ("avmae", "runs/pretrain", "ce")
+    saved = read_saved_run_config({"model_init": {"kind": "vit", "path": "vit.pth", "video_inflation": "central"}})
+    assert (saved.init.kind, saved.init.path, saved.init.video_inflation) == ("vit", "vit.pth", "central")
+    assert read_saved_run_config({"finetune": {"init": ""}}).init.kind == "none"
 
 
 def test_evaluation_takes_no_augmentation():

@@ -59,3 +59,9 @@ class AugmentConfig:
     time_mask: int = 0
     audio_noise: bool = False  # CAV-MAE's noise + circular time shift (on in all its scripts)
     mixup: float = 0.0  # fine-tuning: probability that a batch is mixed (CAV-MAE: 0.5), lambda ~ Beta(10, 10)
+
+
+# The augmentation settings sat in ``data`` until they got their own section (issue 13); config.from_dict points
+# a recipe that still has them there to their new place.
+DataConfig.MOVED_KEYS = {name: f"augment.{name} (augmentation has its own section)"
+                         for name in AugmentConfig.__dataclass_fields__}

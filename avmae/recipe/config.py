@@ -74,6 +74,9 @@ class FinetuneConfig:
     eval_every: int = 0  # steps between evaluations on data.eval_split (0 = only at the end)
     eval_batches: int = 0  # 0 = the whole evaluation split
 
+    # Keys that left this section (issue 13: one knob for starting weights); avmae.config.from_dict points to them.
+    MOVED_KEYS = {"init": "the top-level init: {kind: avmae, path: ...}"}
+
 
 @dataclass
 class ModelInitConfig:
@@ -90,6 +93,8 @@ class ModelInitConfig:
 
 @dataclass
 class RunConfig:
+    MOVED_KEYS = {"model_init": "init: {kind, path, video_inflation} (renamed)"}  # see FinetuneConfig.MOVED_KEYS
+
     task: Literal["pretrain", "finetune"] = "pretrain"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

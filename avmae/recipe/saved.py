@@ -26,6 +26,15 @@ def in_todays_keys(saved: dict[str, Any]) -> dict[str, Any]:
         moved = {key: data.pop(key) for key in AUGMENT_KEYS if key in data}
         if moved:
             saved["augment"] = {**moved, **(saved.get("augment") or {})}
+    # The starting weights had two knobs until issue 13: model_init (now init) and finetune.init, an avmae export
+    # or run folder (now init.kind avmae). The old code refused both at once, so at most one is set.
+    if "model_init" in saved:
+        saved["init"] = saved.pop("model_init")
+    finetune = saved.get("finetune")
+    if isinstance(finetune, dict) and "init" in finetune:
+        path = finetune.pop("init")
+        if path:
+            saved["init"] = {**(saved.get("init") or {}), "kind": "avmae", "path": path}
     return saved
 
 
