@@ -17,7 +17,7 @@ import numpy as np
 
 from avmae.data.faults import SampleError
 from avmae.data.spec import DataSpec
-from avmae.data.tar_reader import IndexedShard
+from avmae.data.tar_reader import IndexedShard, SampleBlock
 from avmae.shard.format import LOGMEL_MEMBER, METADATA_MEMBER, logmel_dtype, sample_members
 
 _SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
@@ -94,8 +94,10 @@ class SampleChecker:
         self.logmel_shape = (features["target_frames"], features["num_mel_bins"])
         self.logmel_dtype = np.dtype(logmel_dtype(features))  # DALI declares this type: another would break a batch
 
-    def read(self, shard: IndexedShard, index: int, frames: list[str]) -> CheckedSample:
-        members = shard.read(index, sample_members(frames))  # raises on missing members, truncation, checksums
+    def read(self, shard: IndexedShard, index: int, frames: list[str], block: SampleBlock | None = None
+             ) -> CheckedSample:
+        """``block``: the sample's bytes when a streaming reader read them ahead (remote shards)."""
+        members = shard.read(index, sample_members(frames), block)  # raises on missing members, truncation, checksums
         key = shard.keys[index]
         size = None
         for name in frames:

@@ -50,7 +50,7 @@ class CheckedSamples:
     def _draw(self, draw) -> tuple[CheckedSample, tuple[int, int, int, int], bool]:
         rng = random.Random(draw.seed)  # drawn from in the webdataset backend's order: frames, crop box, flip
         frames = training_frames(self.stored_frames, self.config.num_frames, self.augment.train_offsets, rng)
-        sample = self.checker.read(draw.shard, draw.index, frames)
+        sample = self.checker.read(draw.shard, draw.index, frames, draw.block)
         height, width = sample.frame_size
         box = random_crop_box(height, width, self.augment.crop_scale, self.augment.crop_ratio, rng)
         return sample, box, self.augment.flip and rng.random() < 0.5

@@ -7,17 +7,22 @@ an epoch at a time, reshuffled from (seed, rank, reader, epoch), or class-balanc
 each draw its own augmentation seed. So the stream depends only on the config, the rank and the batch number:
 a resumed run skips the batches it already consumed without reading them, and the two backends draw the same
 samples with the same crops.
+
+Remote shards (a URL or pipe: root) are streamed: a shard's samples enter the buffer in tar order and the draws
+carry the bytes an EpochFetcher read ahead (stream_fetch.py says how that keeps resume exact).
 """
 
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from avmae.data.config import DataConfig
 from avmae.data.samples import parse_metadata
-from avmae.data.tar_reader import IndexedShard
+from avmae.data.stream_fetch import EpochFetcher
+from avmae.data.tar_reader import IndexedShard, SampleBlock
 from avmae.shard.format import META_LABELS, METADATA_MEMBER
 
 
@@ -26,6 +31,7 @@ class Draw:
     shard: IndexedShard
     index: int
     seed: str  # seeds this draw's augmentation, so skipping earlier draws leaves it unchanged
+    block: SampleBlock | None = None  # the sample's bytes, read ahead by a streaming reader (remote shards)
 
 
 def balanced_weights(labels: list[list[str]], counts: dict[str, int]) -> list[float]:
@@ -59,45 +65,74 @@ class TrainSchedule:
                                "readers; use fewer workers or ranks")
         return owned
 
-    def _epoch_order(self, owned, rng: random.Random) -> Iterator[tuple[IndexedShard, int]]:
-        """One pass over the owned samples: shards in random order, samples shuffled within each shard, and a
-        small buffer that mixes consecutive shards (only (shard, index) pairs wait in it)."""
-        buffer: list[tuple[IndexedShard, int]] = []
+    def _epoch_order(self, owned, rng: random.Random, fetcher: EpochFetcher | None = None
+                     ) -> Iterator[tuple[int, IndexedShard, int]]:
+        """One pass over the owned samples as (push number, shard, index): shards in random order, samples shuffled
+        within each shard (streamed, with a ``fetcher``: in tar order), and a small buffer that mixes consecutive
+        shards (only (shard, index) pairs wait in it; a streaming fetcher holds their bytes)."""
+        buffer: list[tuple[int, IndexedShard, int]] = []
         order = owned[:]
         rng.shuffle(order)
+        pushed = 0
         for shard, indices in order:
             indices = indices[:]
-            rng.shuffle(indices)
+            if fetcher is None:
+                rng.shuffle(indices)
             for index in indices:
-                buffer.append((shard, index))
+                buffer.append((pushed, shard, index))
+                if fetcher is not None:
+                    fetcher.pushes.append((shard, index))
+                pushed += 1
                 if len(buffer) >= self.config.shuffle_buffer:
                     yield buffer.pop(rng.randrange(len(buffer)))
         while buffer:
             yield buffer.pop(rng.randrange(len(buffer)))
 
-    def _balanced_order(self, owned) -> Callable[[random.Random], Iterator[tuple[IndexedShard, int]]]:
+    def _balanced_order(self, owned) -> Callable[[random.Random, EpochFetcher | None],
+                                                 Iterator[tuple[int, IndexedShard, int]]]:
         """As many draws per epoch as owned samples, with replacement, each sample weighted by the rarity of its
-        labels (AudioMAE / CAV-MAE's AudioSet-2M sampler: weight = sum over its labels of 1 / label count)."""
+        labels (AudioMAE / CAV-MAE's AudioSet-2M sampler: weight = sum over its labels of 1 / label count).
+        Streamed, the epoch draws the same way, then streams each chosen sample as often as it was chosen through the
+        shuffle buffer (the same draws per epoch; their order is the buffer's)."""
         population = [(shard, i) for shard, indices in owned for i in indices]
         labels = [parse_metadata(shard.read(i, [METADATA_MEMBER])[METADATA_MEMBER])[META_LABELS] for shard, i in population]
         weights = balanced_weights(labels, self.label_counts)
-        return lambda rng: iter(rng.choices(population, weights=weights, k=len(population)))
+
+        def order(rng: random.Random, fetcher: EpochFetcher | None) -> Iterator[tuple[int, IndexedShard, int]]:
+            if fetcher is None:
+                return ((n, shard, i) for n, (shard, i) in
+                        enumerate(rng.choices(population, weights=weights, k=len(population))))
+            chosen = Counter(rng.choices(range(len(population)), weights=weights, k=len(population)))
+            repeated, at = [], 0
+            for shard, indices in owned:
+                repeated.append((shard, [i for n, i in enumerate(indices, at) for _ in range(chosen[n])]))
+                at += len(indices)
+            return self._epoch_order(repeated, rng, fetcher)
+        return order
 
     def draws(self, reader: int, skip: int = 0) -> Iterator[Draw]:
         """A reader's endless draws, the first ``skip`` left out without reading anything."""
         owned = self.owned(reader)
+        streamed = any(shard.remote for shard, _ in owned)
         if self.config.balanced_sampling:
             order = self._balanced_order(owned)
         else:
-            order = lambda rng: self._epoch_order(owned, rng)  # noqa: E731
+            order = lambda rng, fetcher: self._epoch_order(owned, rng, fetcher)  # noqa: E731
         epoch = 0
         while True:
             stream = f"{self.config.seed}:{self.rank}:{reader}:{epoch}"
-            for number, (shard, index) in enumerate(order(random.Random(stream))):
-                if skip:
-                    skip -= 1
-                    continue
-                yield Draw(shard, index, f"{stream}:{number}")
+            fetcher = EpochFetcher() if streamed else None
+            try:
+                for number, (push, shard, index) in enumerate(order(random.Random(stream), fetcher)):
+                    if skip:
+                        skip -= 1
+                        if fetcher is not None:
+                            fetcher.dropped.add(push)
+                        continue
+                    yield Draw(shard, index, f"{stream}:{number}", fetcher.take(push) if fetcher else None)
+            finally:
+                if fetcher is not None:
+                    fetcher.close()
             epoch += 1
 
     def reader_draws(self, reader: int, start_batch: int) -> Iterator[Draw]:

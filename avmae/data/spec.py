@@ -10,6 +10,7 @@ from typing import Any
 from avmae.shard.format import UNCHECKED_VERSIONS, LabelMode, label_mode
 from avmae.shard.manifest import read_manifest
 from avmae.shard.tarfiles import parse_index
+from avmae.shard_files import is_remote, join, read_many
 
 log = logging.getLogger(__name__)
 _NOTICED: set[str] = set()  # folders whose "unchecked" notice was given (once per folder and process)
@@ -29,7 +30,7 @@ class ShardFile:
 
 @dataclass(frozen=True)
 class DataSpec:
-    root: Path
+    root: str | Path  # a folder, or a URL prefix / pipe: command (avmae/shard_files.py)
     shards: tuple[ShardFile, ...]
     features: dict[str, Any]
     label_mode: LabelMode
@@ -47,16 +48,17 @@ class DataSpec:
         """Largest size of one member kind in these shards (from the DALI indexes): a DALI output must be padded
         to a fixed length to batch."""
         largest = 0
-        for shard in self.shards:
-            for sample in parse_index(Path(shard.idx).read_text()):
+        for text in read_many([shard.idx for shard in self.shards]):
+            for sample in parse_index(text.decode("utf-8")):
                 largest = max([largest, *(m.size for m in sample if m.ext == ext)])
         return largest
 
 
 def load_spec(root: str | Path, split: str, expect: dict[str, Any] | None = None) -> DataSpec:
     """The shards of ``split`` under ``root``. ``expect`` maps feature names to required values (e.g. the number of
-    log-mel frames the model was configured for); any difference is an error naming both values."""
-    root = Path(root)
+    log-mel frames the model was configured for); any difference is an error naming both values. ``root`` is a
+    folder, or a URL prefix or ``pipe:`` command (avmae/shard_files.py)."""
+    root = root if is_remote(root) else Path(root)
     manifest = read_manifest(root)
     if split not in manifest["splits"]:
         raise ValueError(f"{root}: no split {split!r}; the manifest has {sorted(manifest['splits'])}")
@@ -73,8 +75,8 @@ def load_spec(root: str | Path, split: str, expect: dict[str, Any] | None = None
         _NOTICED.add(str(root))
         log.warning("%s: shard format version %s has no member checksums; its samples are read unchecked "
                     "(rebuild with this avmae to check them)", root, manifest["format_version"])
-    shards = tuple(ShardFile(str(root / s["tar"]), str(root / s["idx"]), s["samples"],
-                             None if unchecked else str(root / s["crc"])) for s in split_info["shards"])
+    shards = tuple(ShardFile(join(root, s["tar"]), join(root, s["idx"]), s["samples"],
+                             None if unchecked else join(root, s["crc"])) for s in split_info["shards"])
     if not shards:
         raise ValueError(f"{root}: split {split!r} has no samples")
     labels = manifest["labels"]

@@ -2,46 +2,78 @@
 for, no tar parsing in Python (webdataset's tarfile streaming costs ~1 ms per 18-member sample, as much as
 decoding its audio). Each member's tar header is checked against the index, and each member's bytes against the
 CRC32 the build recorded (format.py), so a stale index, a truncated tar and flipped bits are reported, with the
-shard, key and member, instead of yielding wrong bytes."""
+shard, key and member, instead of yielding wrong bytes.
+
+A remote shard (a URL or pipe: root, avmae/shard_files.py) is read the same way through a ForwardReader: ascending
+reads stream the tar front to back. Training's streaming reader (stream_fetch.py) reads whole samples ahead and
+hands them in as a SampleBlock; the checks are the same ones either way."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from dataclasses import dataclass
 
 from avmae.data.faults import SampleError
 from avmae.shard.format import crc32, parse_checksums
 from avmae.shard.tarfiles import parse_index
+from avmae.shard_files import ForwardReader, is_remote, read_text
 
 _HEADER = 512
 
 
-class IndexedShard:
-    """``crc``: the shard's checksum sidecar, or None for format-version-1 shards (read unchecked)."""
+@dataclass(frozen=True)
+class SampleBlock:
+    """Bytes [start, start + len(data)) of a tar, read ahead; shorter than asked where the tar ends."""
+    start: int
+    data: bytes
 
-    def __init__(self, tar: str, idx: str, crc: str | None = None):
+
+class IndexedShard:
+    """``crc``: the shard's checksum sidecar, or None for format-version-1 shards (read unchecked). ``idx_text`` /
+    ``crc_text``: those files' contents when the caller fetched them already (many at once, open_shards)."""
+
+    def __init__(self, tar: str, idx: str, crc: str | None = None, *, idx_text: str | None = None,
+                 crc_text: str | None = None):
         self.tar = tar
-        self.samples = [{m.ext: (m.offset, m.size, m.name) for m in members} for members in parse_index(Path(idx).read_text())]
+        index = parse_index(idx_text if idx_text is not None else read_text(idx))
+        self.samples = [{m.ext: (m.offset, m.size, m.name) for m in members} for members in index]
         self.keys = [next(iter(sample.values()))[2].split(".", 1)[0] for sample in self.samples]
-        self.checksums = parse_checksums(Path(crc).read_text(), crc) if crc is not None else None
+        if crc is not None:
+            self.checksums = parse_checksums(crc_text if crc_text is not None else read_text(crc), crc)
+        else:
+            self.checksums = None
+        self.remote = is_remote(tar)
         self._fd: int | None = None
-        self._size = 0
+        self._reader: ForwardReader | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _open(self) -> int:
-        if self._fd is None:  # opened lazily, in the worker process that reads
+    def span(self, index: int) -> tuple[int, int]:
+        """Bytes of the tar that hold sample ``index`` whole: its first member's header to its last byte."""
+        members = self.samples[index].values()
+        return min(offset for offset, _, _ in members) - _HEADER, max(offset + size for offset, size, _ in members)
+
+    def _bytes(self, start: int, end: int) -> bytes:
+        """Bytes [start, end) of the tar, fewer where it ends. Opened lazily, in the worker process that reads."""
+        if self.remote:
+            if self._reader is None:
+                self._reader = ForwardReader(self.tar)
+            return self._reader.read(start, end)
+        if self._fd is None:
             self._fd = os.open(self.tar, os.O_RDONLY)
-            self._size = os.fstat(self._fd).st_size
-        return self._fd
+        return os.pread(self._fd, end - start, start)
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
-    def read(self, index: int, exts: list[str]) -> dict[str, bytes]:
+    def read(self, index: int, exts: list[str], block: SampleBlock | None = None) -> dict[str, bytes]:
+        """Members ``exts`` of sample ``index``, checked; from ``block`` when a streaming reader read it ahead."""
         sample, key = self.samples[index], self.keys[index]
         missing = [ext for ext in exts if ext not in sample]
         if missing:
@@ -49,19 +81,24 @@ class IndexedShard:
         wanted = [sample[ext] for ext in exts]
         start = min(offset for offset, _, _ in wanted) - _HEADER
         end = max(offset + size for offset, size, _ in wanted)
-        fd = self._open()
-        if end > self._size:
-            cut = next(ext for ext, (offset, size, _) in zip(exts, wanted) if offset + size > self._size)
-            raise SampleError(self.tar, key, cut, "truncated", f"the tar ends at byte {self._size}; the sample "
+        if block is not None:
+            assert block.start <= start, (self.tar, key, block.start, start)
+            raw = block.data[start - block.start:end - block.start]
+            tar_end = block.start + len(block.data)
+        else:
+            raw = self._bytes(start, end)
+            tar_end = start + len(raw)
+        if len(raw) < end - start:
+            cut = next(ext for ext, (offset, size, _) in zip(exts, wanted) if offset + size > tar_end)
+            raise SampleError(self.tar, key, cut, "truncated", f"the tar ends at byte {tar_end}; the sample "
                               f"needs bytes up to {end}")
-        block = os.pread(fd, end - start, start)
         out = {}
         for ext, (offset, size, name) in zip(exts, wanted):
-            header = block[offset - _HEADER - start: offset - _HEADER - start + 100]
+            header = raw[offset - _HEADER - start: offset - _HEADER - start + 100]
             if not header.startswith(name.encode("utf-8")):
                 raise SampleError(self.tar, key, ext, "index_mismatch", f"the index does not match the tar at {name} "
                                   "(rebuild the index)")
-            data = block[offset - start: offset - start + size]
+            data = raw[offset - start: offset - start + size]
             if self.checksums is not None:
                 recorded = self.checksums.get(name)
                 if recorded is None:

@@ -28,12 +28,18 @@ from avmae.data.faults import SampleError, SkipLog, good_rows
 from avmae.data.samples import decode_video, frame_members, label_tensors, training_frames
 from avmae.data.schedule import TrainSchedule
 from avmae.data.spec import DataSpec
-from avmae.data.tar_reader import IndexedShard
+from avmae.data.tar_reader import IndexedShard, SampleBlock
 from avmae.shard.format import META_KEY
+from avmae.shard_files import read_many
 
 
 def open_shards(spec: DataSpec) -> list[IndexedShard]:
-    shards = [IndexedShard(s.tar, s.idx, s.crc) for s in spec.shards]
+    """The split's shards with their indexes and checksum sidecars, fetched at once (concurrently when remote)."""
+    indexes = read_many([s.idx for s in spec.shards])
+    sidecars = dict(zip((s.crc for s in spec.shards if s.crc), read_many([s.crc for s in spec.shards if s.crc])))
+    shards = [IndexedShard(s.tar, s.idx, s.crc, idx_text=text.decode("utf-8"),
+                           crc_text=sidecars[s.crc].decode("utf-8") if s.crc else None)
+              for s, text in zip(spec.shards, indexes)]
     for shard, listed in zip(shards, spec.shards):
         if len(shard) != listed.samples:
             raise ValueError(f"{shard.tar}: its index lists {len(shard)} samples, the manifest {listed.samples}")
@@ -57,12 +63,13 @@ class ShardStream(IterableDataset):
         self.checker = SampleChecker(spec)
         self.start_batch = 0  # training: the rank's batches already consumed (a resumed run continues after them)
 
-    def _read(self, shard: IndexedShard, index: int, rng: random.Random) -> dict[str, Any]:
+    def _read(self, shard: IndexedShard, index: int, rng: random.Random, block: SampleBlock | None = None
+              ) -> dict[str, Any]:
         frames = self.frames
         if self.train:
             frames = training_frames(self.spec.features["num_frames"], self.config.num_frames,
                                      self.augment.train_offsets, rng)
-        sample = self.checker.read(shard, index, frames)
+        sample = self.checker.read(shard, index, frames, block)
         try:
             video = decode_video([sample.members[name] for name in frames], self.config,
                                  self.spec.features["short_side"], self.augment, rng)
@@ -94,7 +101,7 @@ class ShardStream(IterableDataset):
         schedule = TrainSchedule(self.shards, self.config, self.spec.label_counts, rank=self.rank, world=self.world,
                                  readers=workers)
         skips = reader_skips(self.config, self.rank, reader)
-        read = lambda draw: self._read(draw.shard, draw.index, random.Random(draw.seed))  # noqa: E731
+        read = lambda draw: self._read(draw.shard, draw.index, random.Random(draw.seed), draw.block)  # noqa: E731
         batch: list[dict[str, Any]] = []
         for row in good_rows(schedule.reader_draws(reader, self.start_batch), read, skips):
             batch.append(row)

@@ -1,12 +1,18 @@
 """``avmae-shard verify``: every tar and index reads back, counts and checksums match the manifest, and every
 member's bytes match the CRC32 its ``.crc`` sidecar recorded at build time (format version 2; version-1 folders have
-no sidecars and are reported unchecked). A damaged member is named by shard, key and member, as the loaders name it."""
+no sidecars and are reported unchecked). A damaged member is named by shard, key and member, as the loaders name it.
+
+A remote folder (a URL or pipe: root, avmae/shard_files.py) is verified the same way, one shard at a time on a
+local copy made by one sequential read of each of its files: the checks and their lines are the local ones."""
 
 from __future__ import annotations
 
 import io
 import json
 import tarfile
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +22,7 @@ from avmae.shard.format import (LOGMEL_MEMBER, METADATA_MEMBER, UNCHECKED_VERSIO
                                 logmel_dtype, parse_checksums, sample_members)
 from avmae.shard.manifest import read_manifest
 from avmae.shard.tarfiles import Member, parse_index, read_members, sha256_file
+from avmae.shard_files import copy_to, exists, is_remote, join, read_text
 
 
 def _check_sample(tar: tarfile.TarFile, names: list[str], num_frames: int, shape: tuple[int, int],
@@ -79,7 +86,55 @@ def _checksum_problems(out: Path, shard: dict[str, Any], members: list[Member]) 
     return damaged, [f"{shard['tar']}: sample {d['key']}: member {d['member']}: {d['detail']}" for d in damaged]
 
 
-def verify(out: Path, deep: bool = True) -> dict[str, Any]:
+def _check_shard(here: Path, shard: dict[str, Any], checked: bool, deep: bool, features: dict[str, Any],
+                 shape: tuple[int, int], problems: list[str], damaged: list[dict]) -> int:
+    """One shard's checks (files in the local folder ``here``), appending to ``problems`` and ``damaged``; returns
+    the samples its index lists (0 when unreadable)."""
+    tar_path, idx_path = here / shard["tar"], here / shard["idx"]
+    if sha256_file(tar_path) != shard["sha256"]:
+        problems.append(f"{shard['tar']}: checksum differs from the manifest (file changed or damaged)")
+    try:
+        members = read_members(tar_path)
+        indexed = parse_index(idx_path.read_text())
+    except (tarfile.TarError, ValueError, OSError) as err:
+        problems.append(f"{shard['name']}: unreadable: {err}")
+        return 0
+    if checked:
+        found, trouble = _checksum_problems(here, shard, members)
+        damaged += found
+        problems += trouble
+    flat = [member for sample in indexed for member in sample]
+    if flat != members:
+        problems.append(f"{shard['idx']}: does not describe {shard['tar']} (offsets, sizes or names differ)")
+    if len(indexed) != shard["samples"]:
+        problems.append(f"{shard['name']}: {len(indexed)} samples, manifest says {shard['samples']}")
+    if deep and flat == members:  # a wrong index names members the tar does not have: reported above
+        with tarfile.open(tar_path) as tar:
+            for sample in indexed:
+                names = [m.name for m in sample]
+                try:
+                    problems += _check_sample(tar, names, features["num_frames"], shape, logmel_dtype(features))
+                except (tarfile.TarError, KeyError, ValueError, OSError) as err:  # bytes that do not parse
+                    problems.append(f"{shard['tar']}: sample {names[0]!r}: unreadable: {err}")
+    return len(indexed)
+
+
+@contextmanager
+def _local_files(out: str | Path, shard: dict[str, Any]) -> Iterator[Path]:
+    """A local folder holding the shard's tar, index and sidecar: ``out`` itself, or a temporary copy of a remote
+    shard (removed after its checks)."""
+    if not is_remote(out):
+        yield Path(out)
+        return
+    with tempfile.TemporaryDirectory(prefix="avmae-verify-") as folder:
+        for name in (shard["tar"], shard["idx"], shard.get("crc")):
+            if name and exists(join(out, name)):
+                (Path(folder) / name).parent.mkdir(parents=True, exist_ok=True)
+                copy_to(join(out, name), Path(folder) / name)
+        yield Path(folder)
+
+
+def verify(out: str | Path, deep: bool = True) -> dict[str, Any]:
     """Check a finished build. Returns {"ok", "shards", "samples", "failures", "problems", "checksums" ("checked" or
     "unchecked"), "damaged" (members whose CRC32 is wrong)}; ``deep`` also opens every sample."""
     manifest = read_manifest(out)
@@ -93,41 +148,17 @@ def verify(out: Path, deep: bool = True) -> dict[str, Any]:
         counted = 0
         for shard in split["shards"]:
             shards += 1
-            tar_path, idx_path = out / shard["tar"], out / shard["idx"]
-            if not tar_path.exists() or not idx_path.exists():
-                problems.append(f"{shard['name']}: {'tar' if not tar_path.exists() else 'index'} file is missing")
+            tar_found, idx_found = exists(join(out, shard["tar"])), exists(join(out, shard["idx"]))
+            if not tar_found or not idx_found:
+                problems.append(f"{shard['name']}: {'tar' if not tar_found else 'index'} file is missing")
                 continue
-            if sha256_file(tar_path) != shard["sha256"]:
-                problems.append(f"{shard['tar']}: checksum differs from the manifest (file changed or damaged)")
-            try:
-                members = read_members(tar_path)
-                indexed = parse_index(idx_path.read_text())
-            except (tarfile.TarError, ValueError, OSError) as err:
-                problems.append(f"{shard['name']}: unreadable: {err}")
-                continue
-            if checked:
-                found, trouble = _checksum_problems(out, shard, members)
-                damaged += found
-                problems += trouble
-            flat = [member for sample in indexed for member in sample]
-            if flat != members:
-                problems.append(f"{shard['idx']}: does not describe {shard['tar']} (offsets, sizes or names differ)")
-            if len(indexed) != shard["samples"]:
-                problems.append(f"{shard['name']}: {len(indexed)} samples, manifest says {shard['samples']}")
-            counted += len(indexed)
-            if deep and flat == members:  # a wrong index names members the tar does not have: reported above
-                with tarfile.open(tar_path) as tar:
-                    for sample in indexed:
-                        names = [m.name for m in sample]
-                        try:
-                            problems += _check_sample(tar, names, features["num_frames"], shape, logmel_dtype(features))
-                        except (tarfile.TarError, KeyError, ValueError, OSError) as err:  # bytes that do not parse
-                            problems.append(f"{shard['tar']}: sample {names[0]!r}: unreadable: {err}")
+            with _local_files(out, shard) as here:
+                counted += _check_shard(here, shard, checked, deep, features, shape, problems, damaged)
         if counted != split["samples"]:
             problems.append(f"split {split_name}: shards hold {counted} samples, manifest says {split['samples']}")
         samples += counted
-    failures_path = out / "failures.jsonl"
-    failures = sum(1 for line in failures_path.read_text().splitlines() if line.strip()) if failures_path.exists() else 0
+    failures_path = join(out, "failures.jsonl")
+    failures = sum(1 for line in read_text(failures_path).splitlines() if line.strip()) if exists(failures_path) else 0
     totals = manifest["totals"]
     if failures != totals["failures"]:
         problems.append(f"failures.jsonl has {failures} lines, manifest says {totals['failures']}")
