@@ -20,6 +20,7 @@ from typing import Any, Iterable
 from avmae.shard.format import METADATA_MEMBER
 from avmae.shard.manifest import FAILURES_FILE, read_manifest
 from avmae.shard.tarfiles import parse_index
+from avmae.shard_files import ForwardReader, exists, is_remote, join, read_text
 
 
 def row(video: str, start: float, end: float) -> str:
@@ -38,23 +39,23 @@ def clip_row(metadata: dict[str, Any]) -> str:
 def split_rows(root: str | Path, split: str) -> tuple[dict[str, str], dict[str, str]]:
     """Sample key -> row of every sample of ``split``, read from each sample's metadata through the shard index; and
     key -> why for the samples whose metadata cannot be read (a damaged shard is data, not a stop: the loaders
-    count and name those samples where they are scored, avmae-shard verify names the bytes)."""
-    root = Path(root)
+    count and name those samples where they are scored, avmae-shard verify names the bytes). ``root``: a folder,
+    or a URL prefix or pipe: command (avmae/shard_files.py); each tar is read front to back over one stream."""
+    root = root if is_remote(root) else Path(root)
     manifest = read_manifest(root)
     if split not in manifest["splits"]:
         raise ValueError(f"{root}: no split {split!r}; the manifest has {sorted(manifest['splits'])}")
     rows, unreadable = {}, {}
     for shard in manifest["splits"][split]["shards"]:
-        tar = root / shard["tar"]
-        with open(tar, "rb") as handle:
-            for sample in parse_index((root / shard["idx"]).read_text()):
+        tar = join(root, shard["tar"])
+        with ForwardReader(tar) as reader:
+            for sample in parse_index(read_text(join(root, shard["idx"]))):
                 meta = next((m for m in sample if m.ext == METADATA_MEMBER), None)
                 if meta is None:
                     unreadable[sample[0].key] = f"{tar}: no {METADATA_MEMBER} member"
                     continue
-                handle.seek(meta.offset)
                 try:
-                    rows[meta.key] = clip_row(json.loads(handle.read(meta.size)))
+                    rows[meta.key] = clip_row(json.loads(reader.read(meta.offset, meta.offset + meta.size)))
                 except (ValueError, KeyError, TypeError) as err:
                     unreadable[meta.key] = f"{tar}: metadata gives no clip row ({err!r})"
     return rows, unreadable
@@ -89,10 +90,10 @@ def read_ids(path: str | Path) -> set[str]:
 def build_losses(root: str | Path, split: str) -> dict[str, int]:
     """How many of the build's inputs for ``split`` gave no sample: ``missing`` (no downloaded file) and ``failed``
     (any other reason), from failures.jsonl."""
-    path = Path(root) / FAILURES_FILE
+    path = join(root, FAILURES_FILE)
     reasons: Counter[str] = Counter()
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
+    if exists(path):
+        for line in read_text(path).splitlines():
             if line.strip():
                 failure = json.loads(line)
                 if failure.get("split") == split:

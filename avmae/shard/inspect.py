@@ -16,9 +16,12 @@ from avmae.shard.format import LOGMEL_MEMBER, METADATA_MEMBER, is_frame_member
 from avmae.shard.items import file_stem_for_key
 from avmae.shard.manifest import read_manifest
 from avmae.shard.tarfiles import parse_index
+from avmae.shard_files import ForwardReader, join, read_text
+
+_BLOCK = 512  # tar header and padding unit
 
 
-def summary(out: Path) -> dict[str, Any]:
+def summary(out: str | Path) -> dict[str, Any]:
     manifest = read_manifest(out)
     coverage = manifest["label_coverage"]
     return {
@@ -35,30 +38,36 @@ def summary(out: Path) -> dict[str, Any]:
     }
 
 
-def find_sample(out: Path, wanted: str | int | None) -> tuple[str, dict[str, bytes]]:
-    """A sample's members by key, by global position (an int), or the first one."""
+def find_sample(out: str | Path, wanted: str | int | None) -> tuple[str, dict[str, bytes]]:
+    """A sample's members by key, by global position (an int), or the first one; ``out`` a folder, or a URL prefix
+    or pipe: command (avmae/shard_files.py): only the sample's bytes are read."""
     manifest = read_manifest(out)
     position = 0
     for split in manifest["splits"].values():
         for shard in split["shards"]:
-            samples = parse_index((out / shard["idx"]).read_text())
+            samples = parse_index(read_text(join(out, shard["idx"])))
             for members in samples:
                 key = members[0].name.partition(".")[0]
                 if wanted is None or wanted == key or wanted == position:
-                    return key, _read_sample(out / shard["tar"], key, members)
+                    return key, _read_sample(join(out, shard["tar"]), key, members)
                 position += 1
     raise ValueError(f"{out}: no sample {wanted!r} (give a key or a position below {position})")
 
 
-def _read_sample(tar_path: Path, key: str, members) -> dict[str, bytes]:
-    """member -> bytes of one sample; a ValueError naming the tar and the sample when they are not readable."""
+def _read_sample(tar_path: str, key: str, members) -> dict[str, bytes]:
+    """member -> bytes of one sample, from one read of its span of the tar (its headers, data and padding, which
+    tarfile reads as a tar of its own); a ValueError naming the tar and the sample when they are not readable."""
     exts = {member.name.partition(".")[2]: member.name for member in members}
     missing = [ext for ext in (LOGMEL_MEMBER, METADATA_MEMBER) if ext not in exts]
     if missing or not key or "" in exts:
         raise ValueError(f"{tar_path}: sample {key!r} (members {[m.name for m in members]}) is not a sample of "
                          f"this format: missing {missing or 'a key or a member part'}")
     try:
-        with tarfile.open(tar_path, mode="r:") as tar:  # plain tar: one error, not one per compression tried
+        start = min(member.offset for member in members) - _BLOCK
+        end = max(member.offset + member.size for member in members)
+        with ForwardReader(tar_path) as reader:
+            span = reader.read(start, -(-end // _BLOCK) * _BLOCK)
+        with tarfile.open(fileobj=io.BytesIO(span), mode="r:") as tar:  # plain tar: one error, not one per compression
             return {ext: tar.extractfile(name).read() for ext, name in exts.items()}
     except (tarfile.TarError, KeyError, OSError) as err:
         raise ValueError(f"{tar_path}: sample {key!r} is unreadable ({err}); `avmae-shard verify` checks the "
@@ -99,7 +108,7 @@ def spectrogram_png(members: dict[str, bytes], path: Path) -> None:
     plt.close(figure)
 
 
-def render_sample(out: Path, wanted: str | int | None, png_dir: Path) -> dict[str, Any]:
+def render_sample(out: str | Path, wanted: str | int | None, png_dir: Path) -> dict[str, Any]:
     """Write ``<stem>_frames.png`` and ``<stem>_spectrogram.png`` (the stem is the key, made safe as a file name);
     returns their paths, the sample's metadata and, for a key that is not a safe file name, ``"unsafe_key": True``."""
     key, members = find_sample(out, wanted)
