@@ -12,11 +12,15 @@ from avmae.shard.cavmae_prepared import read_cavmae_datafile
 from avmae.shard.errors import ParameterError
 from avmae.shard.items import ClipItem, scan_folder
 from avmae.shard.lists import LabelSet, detect_format, read_list
+from avmae.shard.video2dataset import join_list, tar_items
+from avmae.storage import is_url
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    src: Path | None = None  # folder of clips; with list_path, where the list's files are
+    # folder of clips; with list_path, where the list's files are; or video2dataset tars (a path, a URL, a brace
+    # pattern such as downloads/{00000..00099}.tar, or a folder of .tar files)
+    src: Path | str | None = None
     list_path: Path | None = None
     list_format: str = "auto"
     class_labels: Path | None = None
@@ -27,25 +31,40 @@ class InputSpec:
     num_nouns: int = 300
 
 
+def is_tar_source(src: Path | str | None) -> bool:
+    """Whether ``src`` names tar shards (video2dataset output) rather than a folder of clips: a URL, a ``.tar`` path,
+    a brace or ``::`` pattern, or a folder that holds ``.tar`` files and no video."""
+    if src is None:
+        return False
+    text = str(src)
+    if is_url(text) or text.endswith(".tar") or "{" in text or "::" in text:
+        return True
+    folder = Path(text)
+    return folder.is_dir() and any(folder.glob("*.tar")) and not scan_folder(folder)[0]
+
+
 def collect_inputs(spec: InputSpec) -> tuple[list[ClipItem], LabelSet, dict[str, Any]]:
     """(items, label set, description of the source for the manifest). A folder's description counts the files
     the scan ignored, by extension (``ignored_files``)."""
     src, list_path = spec.src, spec.list_path
     if list_path is None and src is None:
-        raise ParameterError("src", "is needed (a folder of clips), unless a dataset list is given")
-    if src is not None and not src.is_dir():
-        raise ParameterError("src", f"{src} is not a folder")
-    if list_path is None:
+        raise ParameterError("src", "is needed (a folder of clips or video2dataset tars), unless a dataset list is given")
+    if list_path is not None and not list_path.is_file():
+        raise ParameterError("list_path", f"{list_path} is not a file")
+    if is_tar_source(src):
+        items, labels, source = _tar_inputs(str(src), spec)
+    elif src is not None and not Path(src).is_dir():
+        raise ParameterError("src", f"{src} is not a folder, a .tar file, a tar pattern or a URL")
+    elif list_path is None:
+        src = Path(src)
         items, ignored = scan_folder(src, labels_from_dirs=spec.labels_from_dirs)
         if not items:
             raise ParameterError("src", f"{src} holds no video files" + (
                 f" (ignored: {', '.join(f'{ext}: {n}' for ext, n in ignored.items())})" if ignored else ""))
-        names = tuple(sorted({label for item in items for label in item.labels}))
-        labels = LabelSet(names, names)
+        labels = _used_labels(items)
         source = {"kind": "folder", "src": str(src.resolve()), "ignored_files": ignored}
     else:
-        if not list_path.is_file():
-            raise ParameterError("list_path", f"{list_path} is not a file")
+        src = Path(src) if src is not None else None
         fmt = detect_format(list_path) if spec.list_format == "auto" else spec.list_format
         if fmt == "cavmae":
             items, labels = read_cavmae_datafile(list_path, src, spec.class_labels)
@@ -58,3 +77,29 @@ def collect_inputs(spec: InputSpec) -> tuple[list[ClipItem], LabelSet, dict[str,
     if spec.split is not None:
         items = [replace(item, split=spec.split) for item in items]
     return items, labels, source
+
+
+def _used_labels(items: list[ClipItem]) -> LabelSet:
+    names = tuple(sorted({label for item in items for label in item.labels}))
+    return LabelSet(names, names)
+
+
+def _tar_inputs(src: str, spec: InputSpec) -> tuple[list[ClipItem], LabelSet, dict[str, Any]]:
+    """video2dataset tars: every member group an input, or with a list, the list's rows joined by YouTube id."""
+    videos, source = tar_items(src)
+    if not source["members"] and not source["unreadable_tars"]:
+        raise ParameterError("src", f"{src} names no tar with members ({source['tars']} tars)")
+    if len(source["unreadable_tars"]) == source["tars"]:
+        raise ParameterError("src", f"{src}: no tar could be read, e.g. "
+                                    f"{next(item.fault[1] for item in videos if item.fault)}")
+    if spec.list_path is None:
+        return videos, _used_labels(videos), {**source, "ignored_files": {}}
+    fmt = detect_format(spec.list_path) if spec.list_format == "auto" else spec.list_format
+    if fmt not in ("audioset", "vggsound"):
+        raise ParameterError("list_format", f"{fmt!r}: a list is joined to video2dataset tars by YouTube id and "
+                                            "segment, which AudioSet and VGGSound lists give")
+    fmt, rows, labels = read_list(spec.list_path, fmt, None, class_labels=spec.class_labels,
+                                  segment_seconds=spec.segment_seconds)
+    items, unused = join_list(rows, videos)
+    return items, labels, {**source, "kind": f"video2dataset+{fmt}", "list": str(spec.list_path.resolve()),
+                           "ignored_files": {"(tar member groups no list row names)": unused} if unused else {}}

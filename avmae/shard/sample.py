@@ -12,6 +12,7 @@ from avmae.shard.media import MediaError, Probe, bin_centres, decode_segment, pr
 from avmae.shard.packing import Sample, pack_sample
 from avmae.shard.params import BuildParams, FeatureParams
 from avmae.shard.prepared_sample import make_prepared_samples
+from avmae.shard.tar_members import member_file, read_member
 
 # A stream may end up to one frame period before its nominal end without being "short"; beyond this many seconds
 # past the last decoded frame, the frames aimed at are missing and the segment is re-planned or the clip fails.
@@ -72,12 +73,11 @@ def _frames_for_targets(frame_times: list[float], targets: list[float]) -> list[
     return chosen
 
 
-def _decode(item: ClipItem, start: float, end: float, features: FeatureParams, build: BuildParams,
+def _decode(path: str, start: float, end: float, features: FeatureParams, build: BuildParams,
             facts: Probe | None):
     """Decode one segment, shortened to what the stream really holds when the clip is shorter than the segment.
 
     Returns (segment, chosen frame per target, start, end, has_audio)."""
-    path = item.path
     want_audio = not (facts is not None and not facts.has_audio)
     if not want_audio and build.missing_audio == "fail":
         raise MediaError("no_audio", _NO_AUDIO)
@@ -124,21 +124,30 @@ def make_samples(item: ClipItem, features: FeatureParams, build: BuildParams) ->
         return make_prepared_samples(item, features)
     if item.path is None:
         raise MediaError("missing", "no downloaded file matches this list row")
+    if item.member is not None:  # a video inside a tar: its bytes, held in memory, as a seekable file for ffmpeg
+        data = read_member(item.path, item.extra["v2d_member_offset"], item.extra["v2d_member_bytes"])
+        with member_file(data, item.member) as path:
+            return _file_samples(item, path, features, build)
+    return _file_samples(item, item.path, features, build)
+
+
+def _file_samples(item: ClipItem, path: str, features: FeatureParams, build: BuildParams) -> list[Sample]:
+    """The samples of ``item`` decoded from the media file at ``path``."""
     try:
-        size = os.path.getsize(item.path)
+        size = os.path.getsize(path)
     except OSError as err:
         raise MediaError("missing", f"cannot stat the file: {err.strerror}") from None
     if size == 0:
         raise MediaError("empty_file", "the file has zero bytes")
     needs_probe = item.start is None and build.segments != "first"
-    facts = probe(item.path) if needs_probe else None
+    facts = probe(path) if needs_probe else None
     if facts is not None and not facts.has_video:
         raise MediaError("no_video", f"no video stream (audio: {facts.audio_codec or 'none'})")
     samples = []
     for index, (start, end) in enumerate(plan_segments(item, build, facts)):
         if end - start < build.min_seconds:
             raise MediaError("too_short", f"segment {start:.2f}-{end:.2f} s is shorter than min_seconds {build.min_seconds}")
-        segment, chosen, start, end, has_audio = _decode(item, start, end, features, build, facts)
+        segment, chosen, start, end, has_audio = _decode(path, start, end, features, build, facts)
         samples.append(_assemble(item, index, segment, chosen, start, end, has_audio, features))
     return samples
 

@@ -1,0 +1,149 @@
+"""Videos inside tar files (local paths or fsspec URLs: s3://, https://, gs://...), read without unpacking the tar.
+
+Collecting the inputs reads each tar once, in order: the headers, and the bytes of the small members (JSON, text).
+A local tar is opened seekable, so the video bytes are skipped; a remote one is streamed (a tar has no index, and an
+object store's strength is one long read). Each video member is then known by its offset and size in the tar.
+
+Decoding a member reads just those bytes: a seek on a local file, one ranged read on an object store. An HTTP server
+that ignores Range headers (``python -m http.server`` does) is read as a stream up to the member's end instead: it
+works, at the price of transferring the tar's bytes before the member for every clip.
+
+ffmpeg then reads the bytes from memory. Not through a pipe: an mp4 whose index (moov atom) is written at the end,
+which is the default of ffmpeg's muxer and of most downloads, cannot be demuxed from a non-seekable pipe. The bytes go
+into an anonymous memory file (``memfd_create``), which ffmpeg opens as ``/proc/<pid>/fd/<n>``: seekable like any
+file, never on a disk, and freed when closed, also when the process is killed (a /dev/shm file would outlive a killed
+worker). Where memfd is missing (not Linux) a temporary file is used instead.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from avmae.shard.media import MediaError
+from avmae.storage import StorageError, filesystem_for, is_url, storage_errors
+
+_SMALL_MEMBER_BYTES = 1 << 20  # members read at collection time (JSON, text); a video is never read then
+_STREAM_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class TarEntry:
+    name: str
+    offset: int  # of the member's data in the tar
+    size: int
+    data: bytes | None  # the bytes of a small member that was asked for; None for the others
+
+
+@dataclass
+class TarListing:
+    url: str
+    entries: list[TarEntry]
+    error: str | None = None  # why the listing stopped early (a cut or corrupt tar), or why it could not start
+
+
+def expand_sources(src: str) -> list[str]:
+    """The tars a ``src`` names: webdataset's shard syntax (braces ``{00000..00099}``, several patterns joined by
+    ``::``), or a local folder's ``*.tar`` files, sorted."""
+    if not is_url(src) and Path(src).is_dir():
+        return [str(path) for path in sorted(Path(src).glob("*.tar"))]
+    from webdataset.shardlists import expand_urls
+
+    return list(expand_urls(src))
+
+
+@contextmanager
+def _opened(url: str, streaming: bool) -> Iterator:
+    if not is_url(url):
+        with open(url, "rb") as handle:
+            yield handle
+        return
+    filesystem, path = filesystem_for(url)
+    with storage_errors(url):
+        # block_size=0: fsspec's sequential stream (HTTP), no ranged requests
+        with filesystem.open(path, "rb", **({"block_size": 0} if streaming else {})) as handle:
+            yield handle
+
+
+def list_tar(url: str, read_small: Callable[[str], bool]) -> TarListing:
+    """Every regular member of the tar with its offset and size; ``read_small(name)`` says which members' bytes to
+    keep. A tar that breaks part way keeps the members listed before the break, with the error."""
+    entries: list[TarEntry] = []
+    try:
+        with _opened(url, streaming=is_url(url)) as handle:
+            with tarfile.open(fileobj=handle, mode="r|" if is_url(url) else "r:") as tar:
+                for info in tar:
+                    if not info.isfile():
+                        continue
+                    data = None
+                    if read_small(info.name) and info.size <= _SMALL_MEMBER_BYTES:
+                        data = tar.extractfile(info).read()
+                    entries.append(TarEntry(info.name, info.offset_data, info.size, data))
+    except (tarfile.TarError, EOFError, OSError) as err:
+        return TarListing(url, entries, f"{type(err).__name__}: {err}")
+    return TarListing(url, entries)
+
+
+def read_member(url: str, offset: int, size: int) -> bytes:
+    """The ``size`` bytes at ``offset`` of the tar at ``url``; MediaError('unreadable_member') naming the tar when
+    they cannot be read whole."""
+    try:
+        if not is_url(url):
+            with open(url, "rb") as handle:
+                handle.seek(offset)
+                data = handle.read(size)
+        else:
+            try:
+                with _opened(url, streaming=False) as handle:
+                    handle.seek(offset)
+                    data = handle.read(size)
+            except ValueError:  # fsspec: "The HTTP server doesn't appear to support range requests"
+                data = _read_streaming(url, offset, size)
+    except (OSError, StorageError) as err:
+        raise MediaError("unreadable_member", f"{url}: {err}") from None
+    if len(data) != size:
+        raise MediaError("unreadable_member", f"{url}: {len(data)} of the member's {size} bytes at offset {offset} "
+                                              "could be read (the tar is shorter than when it was listed)")
+    return data
+
+
+def _read_streaming(url: str, offset: int, size: int) -> bytes:
+    with _opened(url, streaming=True) as handle:
+        left = offset
+        while left > 0:
+            skipped = handle.read(min(left, _STREAM_CHUNK))
+            if not skipped:
+                return b""
+            left -= len(skipped)
+        parts, wanted = [], size
+        while wanted > 0:
+            part = handle.read(min(wanted, _STREAM_CHUNK))
+            if not part:
+                break
+            parts.append(part)
+            wanted -= len(part)
+        return b"".join(parts)
+
+
+@contextmanager
+def member_file(data: bytes, name: str) -> Iterator[str]:
+    """A path ffmpeg and ffprobe can open and seek that holds ``data``, kept in memory (see above)."""
+    if hasattr(os, "memfd_create"):
+        descriptor = os.memfd_create(f"avmae-{Path(name).name}"[:200])
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(descriptor, view):]
+            yield f"/proc/{os.getpid()}/fd/{descriptor}"
+        finally:
+            os.close(descriptor)
+        return
+    with tempfile.NamedTemporaryFile(suffix=Path(name).suffix) as handle:  # pragma: no cover - not Linux
+        handle.write(data)
+        handle.flush()
+        yield handle.name
