@@ -40,6 +40,10 @@ examples:
                     --src audioset_videos/ --out as20k
   avmae-shard build --list vggsound.csv --src vggsound_videos/ --out vggsound
   avmae-shard build --list EPIC_100_train.csv --src EPIC-KITCHENS/ --out epic_train
+  avmae-shard build --src 'downloads/{00000..00099}.tar' --out v2d    # video2dataset output, read in place
+  avmae-shard build --src 's3://bucket/v2d/{00000..00099}.tar' --list balanced_train_segments.csv \
+                    --class-labels class_labels_indices.csv --out as20k
+  avmae-shard build --list audioset_eval_cavmae.json --list-format cavmae --out as_eval   # CAV-MAE's frames + wavs
   avmae-shard verify shards && avmae-shard inspect shards --sample 0 --png-dir shards_preview
   avmae-shard ids as_eval --split test --out as_eval_test.ids      # the clip set behind a number, and its sha256
 """
@@ -61,7 +65,12 @@ def _build_parser() -> argparse.ArgumentParser:
     build = commands.add_parser("build", help="make shards from a folder of clips or a dataset list",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     source = build.add_argument_group("inputs")
-    source.add_argument("--src", type=Path, help="folder of clips (recursive); with --list, where the list's files are")
+    source.add_argument("--src", help="folder of clips (recursive); with --list, where the list's files are. Or "
+                                      "video2dataset tars, read in place: a .tar, a folder of them, a brace pattern "
+                                      "(downloads/{00000..00099}.tar) or a URL (s3://, https://); each KEY.mp4 (or other "
+                                      "video) is an input with ids from KEY.json; a JSON without video, a member that is "
+                                      "no video and a corrupt video are failures naming the tar and member; with an "
+                                      "AudioSet/VGGSound --list, rows are joined to the tars' videos by YouTube id")
     source.add_argument("--list", type=Path, help="dataset list: AudioSet segments CSV, VGGSound CSV, "
                                                   "Epic-Kitchens-100 annotations, a generic CSV (path,labels[,start,end]), "
                                                   "or CAV-MAE's data JSON (--list-format cavmae)")

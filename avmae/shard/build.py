@@ -1,4 +1,5 @@
-"""Run a shard build: plan, claim the output folder, write this task's pending shards on N processes, finalize.
+"""Run a shard build: plan, claim the output (a folder or a URL, output.py), write this task's pending shards on N
+processes, finalize.
 
 Parallelism is one shard per worker process, so the bytes of a shard never depend on the worker count. With
 ``num_tasks > 1`` (SLURM array jobs) task ``i`` writes shards ``i, i + n, i + 2n...``; whichever task finds all
@@ -10,7 +11,6 @@ from __future__ import annotations
 import errno
 import multiprocessing
 import queue
-import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -26,12 +26,13 @@ from avmae.shard.format import FORMAT_VERSION
 from avmae.shard.inputs import InputSpec, collect_inputs
 from avmae.shard.items import ClipItem
 from avmae.shard.lists import LabelSet
-from avmae.shard.manifest import claim_output, finalize, pending_shards
 from avmae.shard.media import ffmpeg_version
+from avmae.shard.output import open_output
 from avmae.shard.params import BuildParams, FeatureParams
 from avmae.shard.plan import ShardPlan, fingerprint, make_plan
 from avmae.shard.progress import BuildProgress
 from avmae.shard.writer import PARTS_DIR, write_shard
+from avmae.storage import is_url
 
 
 @dataclass
@@ -56,16 +57,20 @@ def _init_worker(progress_queue) -> None:
     _progress_queue = progress_queue
 
 
-def _write_in_worker(out: Path, plan: ShardPlan, features: FeatureParams, build: BuildParams, identity: str):
-    return _write_or_clean_up(out, plan, features, build, identity, lambda ok: _progress_queue.put(ok))
+def _write_in_worker(output, plan: ShardPlan, features: FeatureParams, build: BuildParams, identity: str):
+    return _write_or_clean_up(output, plan, features, build, identity, lambda ok: _progress_queue.put(ok))
 
 
-def _write_or_clean_up(out: Path, plan: ShardPlan, features: FeatureParams, build: BuildParams, identity: str,
+def _write_or_clean_up(output, plan: ShardPlan, features: FeatureParams, build: BuildParams, identity: str,
                        on_item) -> dict[str, Any]:
-    """write_shard, and when it fails, no file of the shard is left behind (without its part record none holds
-    finished work: a shard is redone whole). A full disk becomes one line naming the shard and the folder."""
+    """write_shard into the output's folder and publish it (a remote output uploads it); when either fails, no
+    local file of the shard is left behind (without its part record none holds finished work: a shard is redone
+    whole). A full disk becomes one line naming the shard and the folder."""
+    out = output.folder
     try:
-        return write_shard(out, plan, features, build, identity, on_item=on_item)
+        record = write_shard(out, plan, features, build, identity, on_item=on_item)
+        output.publish_shard(plan.name, record)
+        return record
     except BaseException as err:
         _remove_unfinished(out, plan.name)
         if isinstance(err, OSError) and err.errno in NO_SPACE_ERRNOS:
@@ -75,25 +80,38 @@ def _write_or_clean_up(out: Path, plan: ShardPlan, features: FeatureParams, buil
 
 
 def _remove_unfinished(out: Path, name: str) -> None:
-    """The files of a shard whose part record was not written: the hidden ones kept under temporary names while it
-    is written (by write_shard and files.py), and a tar and index already renamed when the record failed."""
-    leftovers = [*out.glob(f".{name}.*partial"), *(out / PARTS_DIR).glob(f".{name}.json.*partial"), *out.glob(f"{name}.*")]
+    """The local files of a shard that failed before it was done (written, and uploaded for a remote output): the
+    hidden ones kept under temporary names while it is written (by write_shard and files.py), a tar and index
+    already renamed when the record failed, and a staged record whose upload failed."""
+    # The record first: a record whose tar is gone would claim a shard that is not there.
+    leftovers = [*(out / PARTS_DIR).glob(f"{name}.json"), *out.glob(f".{name}.*partial"),
+                 *(out / PARTS_DIR).glob(f".{name}.json.*partial"), *out.glob(f"{name}.*")]
     for path in leftovers:
         path.unlink(missing_ok=True)
 
 
-def run_build(out: Path, items: list[ClipItem], labels: LabelSet, source: dict[str, Any], features: FeatureParams,
-              build: BuildParams, *, workers: int = 1, task_index: int = 0, num_tasks: int = 1,
-              overwrite: bool = False, show_progress: bool = True) -> BuildResult:
+def run_build(out: Path | str, items: list[ClipItem], labels: LabelSet, source: dict[str, Any],
+              features: FeatureParams, build: BuildParams, *, workers: int = 1, task_index: int = 0,
+              num_tasks: int = 1, overwrite: bool = False, show_progress: bool = True,
+              stage: Path | None = None) -> BuildResult:
+    """Build (or resume) this task's shards into ``out``, a folder or a URL (``stage``: where a remote build
+    keeps its shards in flight, see remote_out.py)."""
     if not 0 <= task_index < num_tasks:
         raise ParameterError("task_index", f"{task_index} is not in [0, `num_tasks` {num_tasks})")
     if workers < 1:
         raise ParameterError("workers", f"must be at least 1, got {workers}")
+    output = open_output(out, stage)
+    try:
+        return _build_into(output, items, labels, source, features, build, workers=workers, task_index=task_index,
+                           num_tasks=num_tasks, overwrite=overwrite, show_progress=show_progress)
+    finally:
+        output.close()
+
+
+def _build_into(output, items, labels, source, features, build, *, workers, task_index, num_tasks, overwrite,
+                show_progress) -> BuildResult:
     started = time.time()
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / PARTS_DIR).mkdir(exist_ok=True)
+    output.prepare(overwrite)
     plans = make_plan(items, build)
     identity = fingerprint(plans, features, build)
     description = {
@@ -102,25 +120,25 @@ def run_build(out: Path, items: list[ClipItem], labels: LabelSet, source: dict[s
         "tools": {"avmae": avmae.__version__, "ffmpeg": ffmpeg_version(), "torchaudio": torchaudio.__version__},
         "shards": [plan.name for plan in plans], "inputs": sum(len(plan.items) for plan in plans),
     }
-    claim_output(out, description)
-    pending = set(pending_shards(out, description))
+    output.claim(description)
+    pending = set(output.pending(description))
     mine = [plan for index, plan in enumerate(plans) if index % num_tasks == task_index]
     todo = [plan for plan in mine if plan.name in pending]
     total_items = sum(len(plan.items) for plan in todo)
 
     if workers == 1 or len(todo) <= 1:
         with BuildProgress(total_items, enabled=show_progress) as progress:
-            records = [_write_or_clean_up(out, plan, features, build, identity, progress.advance) for plan in todo]
+            records = [_write_or_clean_up(output, plan, features, build, identity, progress.advance) for plan in todo]
     else:
-        records = _run_pool(out, todo, features, build, identity, workers, total_items, show_progress)
-    manifest = finalize(out) if not pending_shards(out, description) else None
+        records = _run_pool(output, todo, features, build, identity, workers, total_items, show_progress)
+    manifest = output.finalize() if not output.pending(description) else None
     return BuildResult(shards_total=len(plans), shards_written=len(todo), shards_skipped=len(mine) - len(todo),
                        items_processed=sum(record["items"] for record in records),
                        failures_this_run=sum(len(record["failures"]) for record in records), seconds=time.time() - started,
                        manifest=manifest)
 
 
-def _run_pool(out, todo, features, build, identity, workers, total_items, show_progress) -> list[dict[str, Any]]:
+def _run_pool(output, todo, features, build, identity, workers, total_items, show_progress) -> list[dict[str, Any]]:
     # fork, not spawn: a spawned worker spends ~1.3 s importing torch again, which is most of a small build's time.
     # The pool forks all its workers at the first submit, before the progress bar starts its refresh thread, so no
     # thread of the parent is ever copied mid-operation.
@@ -128,7 +146,7 @@ def _run_pool(out, todo, features, build, identity, workers, total_items, show_p
     progress_queue = context.Queue()
     with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context,
                              initializer=_init_worker, initargs=(progress_queue,)) as pool:
-        futures = {pool.submit(_write_in_worker, out, plan, features, build, identity) for plan in todo}
+        futures = {pool.submit(_write_in_worker, output, plan, features, build, identity) for plan in todo}
         records = []
         with BuildProgress(total_items, enabled=show_progress) as progress:
             try:
@@ -153,12 +171,12 @@ def _drain(progress_queue, on_item) -> None:
             return
 
 
-def build_summary(out: Path, result: BuildResult, source: dict[str, Any]) -> dict[str, Any]:
+def build_summary(out: Path | str, result: BuildResult, source: dict[str, Any]) -> dict[str, Any]:
     """What a build did, as ``avmae-shard build`` prints it (and ``--json`` gives it): this run's work, and once the
     manifest is written the totals, splits, log-mel statistics and the labels with the fewest samples. A folder
     scan's ignored files (by extension) are part of it: they are inputs that are in neither samples nor failures."""
     summary: dict[str, Any] = {
-        "out": str(out), "shards_total": result.shards_total, "shards_written": result.shards_written,
+        "out": str(out).rstrip("/") if is_url(str(out)) else str(out), "shards_total": result.shards_total, "shards_written": result.shards_written,
         "shards_skipped": result.shards_skipped, "items_processed": result.items_processed,
         "failures_this_run": result.failures_this_run, "seconds": round(result.seconds, 2),
         "clips_per_second": round(result.items_processed / result.seconds, 2) if result.seconds else None,
@@ -178,11 +196,12 @@ def build_summary(out: Path, result: BuildResult, source: dict[str, Any]) -> dic
     return summary
 
 
-def build_shards(out: Path, inputs: InputSpec, features: FeatureParams, build: BuildParams, *, workers: int = 1,
-                 task_index: int = 0, num_tasks: int = 1, overwrite: bool = False,
-                 show_progress: bool = True) -> dict[str, Any]:
-    """Collect the inputs, build (or resume) this task's shards, finalize when all are done; returns the summary."""
+def build_shards(out: Path | str, inputs: InputSpec, features: FeatureParams, build: BuildParams, *,
+                 workers: int = 1, task_index: int = 0, num_tasks: int = 1, overwrite: bool = False,
+                 show_progress: bool = True, stage: Path | None = None) -> dict[str, Any]:
+    """Collect the inputs, build (or resume) this task's shards into a folder or a URL, finalize when all are
+    done; returns the summary."""
     items, labels, source = collect_inputs(inputs)
     result = run_build(out, items, labels, source, features, build, workers=workers, task_index=task_index,
-                       num_tasks=num_tasks, overwrite=overwrite, show_progress=show_progress)
+                       num_tasks=num_tasks, overwrite=overwrite, show_progress=show_progress, stage=stage)
     return build_summary(out, result, source)

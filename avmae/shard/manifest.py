@@ -24,18 +24,20 @@ class BuildMismatchError(ParameterError):
     """The output folder (parameter ``out``) holds a build of other inputs or parameters."""
 
 
-def claim_output(out: Path, description: dict[str, Any]) -> None:
-    """Write ``build.json``, or check that the one there describes the same build (resume / other array tasks)."""
+def claim_output(out: Path, description: dict[str, Any], shown: str | None = None) -> bool:
+    """Write ``build.json``, or check that the one there describes the same build (resume / other array tasks).
+    Returns whether it wrote one. ``shown`` is the output as the user named it, when ``out`` stages a remote one."""
     path = out / BUILD_FILE
     if path.exists():
         existing = _read_json(path)
         if existing.get("fingerprint") != description["fingerprint"]:
             raise BuildMismatchError(
-                "out", f"{out} already holds a build of other inputs or parameters (fingerprint "
+                "out", f"{shown or out} already holds a build of other inputs or parameters (fingerprint "
                 f"{str(existing.get('fingerprint', '?'))[:12]} vs {description['fingerprint'][:12]}); "
                 "use another folder, or `overwrite` to start over")
-        return
+        return False
     atomic_write(path, json.dumps(description, indent=1, sort_keys=True, ensure_ascii=False))
+    return True
 
 
 def read_build(out: Path) -> dict[str, Any]:
