@@ -24,6 +24,13 @@ def flag(parameter: str) -> str:
     """The flag of a shard-library parameter (``task_index`` -> ``--task-index``)."""
     return _FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
 
+
+def _folder_or_url(text: str) -> Path | str:
+    """A build output: a URL (``s3://bucket/prefix``, any fsspec URL) stays text, anything else is a folder."""
+    from avmae.storage import is_url
+
+    return text if is_url(text) else Path(text)
+
 DESCRIPTION = """\
 Turn raw video clips into WebDataset shards for avmae: per sample N JPEG frames spread over the segment, the
 CAV-MAE log-mel of its first audio channel (float16 or float32 .npy) and metadata JSON; a DALI index beside every tar,
@@ -36,6 +43,7 @@ examples:
   avmae-shard synth --out corpus --num 200 --classes 8
   avmae-shard build --list corpus/corpus.csv --out shards --segment-seconds 4 --val-fraction 0.2 --workers 2
   avmae-shard build --src videos/ --out shards                      # every clip in a folder, first 10 s
+  avmae-shard build --src videos/ --out s3://bucket/shards          # straight to object storage (any fsspec URL)
   avmae-shard build --list balanced_train_segments.csv --class-labels class_labels_indices.csv \\
                     --src audioset_videos/ --out as20k
   avmae-shard build --list vggsound.csv --src vggsound_videos/ --out vggsound
@@ -108,7 +116,13 @@ def _build_parser() -> argparse.ArgumentParser:
     segments.add_argument("--missing-audio", choices=["fail", "silence"], default=defaults_b.missing_audio,
                           help="a clip without audio fails, or gets the features of silence")
     output = build.add_argument_group("output and parallelism")
-    output.add_argument("--out", type=Path, required=True, help="output folder (re-run to resume)")
+    output.add_argument("--out", type=_folder_or_url, required=True,
+                        help="output folder, or a URL such as s3://bucket/prefix (credentials and endpoint from the "
+                             "standard AWS_* / FSSPEC_S3_* variables or ~/.aws); re-run to resume")
+    output.add_argument("--stage", type=Path,
+                        help="with a URL --out: the local folder under which shards are staged before upload (a "
+                             "fresh subfolder per run, holding only the shards in flight, removed at the end); "
+                             "default: the system temp folder")
     output.add_argument("--shard-size", type=int, default=defaults_b.shard_size, help="inputs per shard")
     output.add_argument("--val-fraction", type=float, default=defaults_b.val_fraction,
                         help="hold out this share of training videos (by video id) as split 'val'")
@@ -126,7 +140,7 @@ def _build_parser() -> argparse.ArgumentParser:
     output.add_argument("--no-progress", action="store_true")
 
     finalize = commands.add_parser("finalize", help="write manifest.json once every array task has finished")
-    finalize.add_argument("out", type=Path)
+    finalize.add_argument("out", type=_folder_or_url, help="the build's folder or URL")
     finalize.add_argument("--json", action="store_true")
 
     verify = commands.add_parser("verify", help="check tars, indexes, counts and checksums against the manifest")
@@ -182,7 +196,7 @@ def _cmd_build(args) -> int:
                         labelled_per_class=args.labelled_per_class, seed=args.seed)
     report = build_shards(args.out, inputs, features, build, workers=args.workers, task_index=args.task_index,
                           num_tasks=args.num_tasks, overwrite=args.overwrite,
-                          show_progress=not (args.json or args.no_progress))
+                          show_progress=not (args.json or args.no_progress), stage=args.stage)
     if args.json:
         _print_json(report)
     else:
@@ -227,13 +241,13 @@ def _print_build_report(report) -> None:
 
 
 def _cmd_finalize(args) -> int:
-    from avmae.shard.manifest import finalize
+    from avmae.shard.output import finalize_output
 
-    manifest = finalize(args.out)
+    manifest = finalize_output(args.out)
     if args.json:
         _print_json(manifest["totals"])
     else:
-        Console().print(f"manifest written: {args.out / 'manifest.json'} ({manifest['totals']['samples']} samples)")
+        Console().print(f"manifest written: {str(args.out).rstrip('/')}/manifest.json ({manifest['totals']['samples']} samples)")
     return 0
 
 
