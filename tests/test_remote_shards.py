@@ -1,0 +1,173 @@
+"""Shards read from where a cluster keeps them: an S3-compatible server (moto), an HTTP server and a pipe: command, all
+on loopback, over the same tiny shards as a local folder. Evaluation equals the local one; training streams each
+shard whole, covers every sample once per epoch and resumes exactly; damage is a recorded skip naming the URL; verify
+and inspect agree with the local folder; failures are one line naming the URL."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from avmae.data.config import DataConfig
+from avmae.data.faults import SampleError
+from avmae.data.loader import build_loader
+from avmae.shard.inspect import find_sample, summary
+from avmae.shard.verify import verify
+from avmae.shard_files import join
+from avmae.storage import StorageError
+from tests.faults.damage import cut_in_half, flip_bits_in_place, keys_of
+from tests.helpers import build_shards
+from tests.servers import apply_env, http_server, s3_server
+
+BUCKET = "avmae-shards"
+
+
+@pytest.fixture(scope="module")
+def shards(synth_corpus, tmp_path_factory) -> Path:
+    """12 samples in 6 shards of split train, and a copy with one flipped log-mel byte and one cut tar."""
+    folder = build_shards(synth_corpus, tmp_path_factory.mktemp("remote") / "shards", val_fraction=0)
+    damaged = folder.parent / "damaged"
+    shutil.copytree(folder, damaged)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def damaged(shards) -> tuple[Path, str, list[str]]:
+    """The copy: shard 2's first sample has a flipped log-mel byte, shard 4 is cut in half."""
+    folder = shards.parent / "damaged"
+    flipped = flip_bits_in_place(folder / "train-000002.tar", "logmel.npy")
+    cut = cut_in_half(folder / "train-000004.tar")
+    return folder, flipped, cut
+
+
+@pytest.fixture(scope="module")
+def s3(shards, damaged):
+    """moto's S3 with both folders uploaded; the environment stays applied for the module."""
+    with s3_server() as env, pytest.MonkeyPatch.context() as patch:
+        apply_env(env, patch)
+        import s3fs
+
+        fs = s3fs.S3FileSystem(skip_instance_cache=True)
+        fs.mkdir(BUCKET)
+        for folder in (shards, damaged[0]):
+            fs.put(f"{folder}/", f"{BUCKET}/{folder.name}/", recursive=True)
+        yield f"s3://{BUCKET}"
+
+
+@pytest.fixture(scope="module")
+def http(shards):
+    with http_server(shards.parent) as url:
+        yield url
+
+
+@pytest.fixture(params=["http", "s3", "pipe"])
+def remote(request, shards) -> str:
+    """Each remote form of a shard root's parent folder: ``remote + "/" + name`` or ``remote.format(name)``."""
+    if request.param == "pipe":
+        return f"pipe:cat {shards.parent}/{{}}"
+    return request.getfixturevalue(request.param) + "/{}"
+
+
+def at(remote: str, name: str) -> str:
+    return remote.replace("{}", name + "/{}") if remote.startswith("pipe:") else remote.replace("{}", name)
+
+
+def config(shards: str | Path, **overrides) -> DataConfig:
+    base = dict(shards=str(shards), eval_split="train", batch_size=2, workers=0, num_frames=4, crop_size=64,
+                shuffle_buffer=3, backend="webdataset")
+    return DataConfig(**{**base, **overrides})
+
+
+def take(loader, count: int) -> list[dict]:
+    stream = iter(loader)
+    return [next(stream) for _ in range(count)]
+
+
+def test_remote_evaluation_equals_the_local_one(shards, remote):
+    local = list(build_loader(config(shards), "train", train=False))
+    far = list(build_loader(config(at(remote, "shards"), workers=2), "train", train=False))
+    assert len(far) == len(local) == 6
+    for ours, theirs in zip(far, local):
+        assert ours["key"] == theirs["key"]
+        assert torch.equal(ours["video"], theirs["video"]) and torch.equal(ours["audio"], theirs["audio"])
+        assert ours["valid"].all() and ours["skipped"] == []
+
+
+@pytest.mark.parametrize("where", ["s3", "http"])
+def test_remote_training_covers_each_sample_once_per_epoch_and_resumes_exactly(shards, where, request):
+    root = request.getfixturevalue(where) + "/shards"
+    everything = sorted(keys for tar in sorted(shards.glob("*.tar")) for keys in keys_of(tar))
+    one = [key for b in take(build_loader(config(root), "train", train=True), 12) for key in b["key"]]
+    assert sorted(one[:12]) == everything and sorted(one[12:]) == everything  # each epoch: every sample once
+    assert one[:12] != one[12:]  # reshuffled per epoch
+    ranks = []
+    for rank in range(2):  # 2 ranks x 2 workers: each reader streams its own whole shards
+        batches = take(build_loader(config(root, workers=2), "train", train=True, rank=rank, world=2), 6)
+        assert all(torch.isfinite(b["audio"]).all() and b["skipped"] == [] for b in batches)
+        ranks.append({key for b in batches for key in b["key"]})
+    assert not ranks[0] & ranks[1] and sorted(ranks[0] | ranks[1]) == everything
+    straight = take(build_loader(config(root), "train", train=True), 9)
+    resumed = take(build_loader(config(root), "train", train=True, start_batch=5), 4)
+    for ours, theirs in zip(resumed, straight[5:]):
+        assert ours["key"] == theirs["key"] and torch.equal(ours["video"], theirs["video"])
+
+
+def test_dali_reads_remote_shards_as_the_webdataset_backend_does(s3):
+    pytest.importorskip("nvidia.dali")
+    root = s3 + "/shards"
+    for train in (False, True):
+        count = 6 if not train else 4
+        make = lambda backend: build_loader(config(root, backend=backend), "train", train=train)  # noqa: E731
+        dali, wds = take(make("dali"), count), take(make("webdataset"), count)
+        assert [b["key"] for b in dali] == [b["key"] for b in wds]
+        assert all(torch.allclose(d["audio"], w["audio"], atol=1e-3) for d, w in zip(dali, wds))
+
+
+def test_damage_in_remote_shards_is_a_recorded_skip(damaged, s3, http):
+    folder, flipped, cut = damaged
+    for root in (f"{s3}/damaged", f"{http}/damaged", f"pipe:cat {folder}/{{}}"):
+        batches = take(build_loader(config(root, max_skip_fraction=0.5), "train", train=True), 10)
+        records = {(r["key"], r["reason"]): r for b in batches for r in b["skipped"]}
+        flip = records[(flipped, "checksum")]
+        assert flip["shard"] == join(root, "train-000002.tar")
+        assert flip["member"] == "logmel.npy" and "recorded at build time" in flip["detail"]
+        assert {key for key, reason in records if reason == "truncated"} == set(cut)
+        scored = list(build_loader(config(root), "train", train=False))
+        invalid = [(key, ok) for b in scored for key, ok in zip(b["key"], b["valid"].tolist()) if not ok]
+        assert len(invalid) == 1 + len(cut)
+        assert sorted(r["key"] for b in scored for r in b["skipped"]) == sorted([flipped, *cut])
+
+
+def test_verify_and_inspect_over_http_and_s3_equal_the_local_folder(shards, damaged, s3, http):
+    for name, folder in (("shards", shards), ("damaged", damaged[0])):
+        local = verify(folder)
+        for root in (f"{s3}/{name}", f"{http}/{name}"):
+            assert verify(root) == local, root
+            assert {k: v for k, v in summary(root).items() if k != "folder"} == \
+                {k: v for k, v in summary(folder).items() if k != "folder"}
+            assert find_sample(root, 3) == find_sample(folder, 3)
+    assert verify(shards)["ok"] and not verify(damaged[0])["ok"]
+    assert [d["key"] for d in verify(damaged[0])["damaged"]] == [damaged[1]]
+
+
+def test_unusable_remote_roots_are_one_line_naming_the_url(s3, http, shards):
+    with pytest.raises(FileNotFoundError, match=rf"{http}/nowhere/manifest.json not found"):
+        build_loader(config(f"{http}/nowhere"), "train", train=False)
+    with pytest.raises(OSError, match=rf"{s3}/nowhere/manifest.json"):
+        build_loader(config(f"{s3}/nowhere"), "train", train=False)
+    with pytest.raises(StorageError, match="needs {} where a file's name goes"):
+        build_loader(config(f"pipe:cat {shards}/manifest.json"), "train", train=False)
+    with pytest.raises(OSError, match="s3://no-such-bucket-here/x/manifest.json"):
+        build_loader(config("s3://no-such-bucket-here/x"), "train", train=False)
+    with pytest.raises(OSError, match=r"http://127\.0\.0\.1:9/x/manifest.json"):
+        build_loader(config("http://127.0.0.1:9/x"), "train", train=False)
+
+
+def test_a_sample_error_names_the_remote_shard(http):
+    loader = build_loader(config(f"{http}/shards"), "train", train=False)
+    shard = loader._source.dataset.shards[0]
+    with pytest.raises(SampleError, match=rf"{http}/shards/train-000000.tar: sample .* missing_member"):
+        shard.read(0, ["99.jpg"])
