@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
@@ -114,6 +119,30 @@ def test_s3_resume_rebuilds_only_the_shard_without_a_part_record(local_build, s3
     assert _files(_download("built/shards", tmp_path / "copy")) == _files(local_build)
     again = _report(synth_corpus, url, capsys)  # a finished build: nothing to redo
     assert (again["shards_written"], again["shards_skipped"]) == (0, 4)
+
+
+def test_s3_build_killed_mid_way_resumes_to_the_same_objects(local_build, synth_corpus, bucket, s3_env, tmp_path,
+                                                             capsys):
+    url = f"s3://{bucket}/killed"
+    command = [sys.executable, "-m", "avmae.cli.shard", *build_arguments(synth_corpus, url, **BUILD)]
+    process = subprocess.Popen(command, env={**os.environ, **s3_env}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    fs = _s3()
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        fs.invalidate_cache()
+        if fs.exists(f"{bucket}/killed/_parts/train-000000.json"):
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    fs.invalidate_cache()
+    done_before = len(fs.find(f"{bucket}/killed/_parts"))
+    assert 1 <= done_before < 4, "the kill should land mid-build"
+    assert not fs.exists(f"{bucket}/killed/manifest.json")
+    resumed = _report(synth_corpus, url, capsys)
+    assert (resumed["shards_skipped"], resumed["shards_written"]) == (done_before, 4 - done_before)
+    assert _files(_download(f"{bucket}/killed", tmp_path / "copy")) == _files(local_build)
 
 
 def test_s3_array_tasks_then_finalize(local_build, synth_corpus, bucket, tmp_path, capsys):
