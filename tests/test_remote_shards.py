@@ -5,6 +5,7 @@ and inspect agree with the local folder; failures are one line naming the URL.""
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from avmae.shard.verify import verify
 from avmae.shard_files import join
 from avmae.storage import StorageError
 from tests.faults.damage import cut_in_half, flip_bits_in_place, keys_of
-from tests.helpers import build_shards
+from tests.helpers import build_shards, metrics, run_config, torchrun
 from tests.servers import apply_env, http_server, s3_server
 
 BUCKET = "avmae-shards"
@@ -171,3 +172,16 @@ def test_a_sample_error_names_the_remote_shard(http):
     shard = loader._source.dataset.shards[0]
     with pytest.raises(SampleError, match=rf"{http}/shards/train-000000.tar: sample .* missing_member"):
         shard.read(0, ["99.jpg"])
+
+
+@pytest.mark.slow
+def test_two_rank_training_from_s3_stops_and_resumes(s3, tmp_path):
+    """Both ranks take the trainer's steps over S3 (each reader streams its own shards), stop after step 3 with a
+    checkpoint and resume to step 6: every step once, finite losses. (That the resumed stream equals the
+    uninterrupted one batch for batch is the loader test above.)"""
+    config = run_config(tmp_path, f"{s3}/shards", optim={"steps": 6, "lr": 2e-3, "warmup_steps": 1},
+                        checkpoint={"every": 3, "keep": 1}, data={"workers": 1})
+    assert torchrun(config, "stop_after=3")["step"] == 3
+    assert torchrun(config) == {"step": 6, "finished": True, "signal": 0, "best": None}
+    losses = {m["step"]: m["loss"] for m in metrics(tmp_path / "run") if "loss" in m}
+    assert sorted(losses) == list(range(1, 7)) and all(math.isfinite(loss) for loss in losses.values())
