@@ -92,7 +92,14 @@ class RemoteOutput:
         with storage_errors(self.url):
             self.fs.invalidate_cache()
             self._download(BUILD_FILE)
-            if claim_output(self.folder, description, shown=self.url):
+            try:
+                wrote = claim_output(self.folder, description, shown=self.url)
+            except ValueError as err:
+                if type(err) is not ValueError:  # a refused build already names the URL
+                    raise
+                # a damaged build.json: name the object, not its staged copy
+                raise ValueError(str(err).replace(str(self.folder), self.url)) from None
+            if wrote:
                 self._upload(BUILD_FILE)
 
     def _pull_parts(self, names: list[str]) -> None:
