@@ -104,7 +104,8 @@ def test_inspect_an_unknown_sample(shards, capsys):
 
 def test_build_from_a_missing_folder(tmp_path, capsys):
     assert shard_main(["build", "--src", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
-    assert _one_line(capsys) == f"avmae-shard build: --src {tmp_path / 'nowhere'} is not a folder"
+    assert _one_line(capsys) == (f"avmae-shard build: --src {tmp_path / 'nowhere'} is not a folder, a .tar file, "
+                                 "a tar pattern or a URL")
     assert shard_main(["build", "--out", str(tmp_path / "out")]) == 2
     assert _one_line(capsys) == ("avmae-shard build: --src is needed (a folder of clips), unless a dataset list "
                                  "is given")
