@@ -116,6 +116,18 @@ def test_remote_training_covers_each_sample_once_per_epoch_and_resumes_exactly(s
         assert ours["key"] == theirs["key"] and torch.equal(ours["video"], theirs["video"])
 
 
+def test_class_balanced_sampling_streams_remote_shards(http, shards):
+    """Each epoch draws as many samples as the reader owns, with replacement; streamed, each drawn sample is read
+    once per draw from its shard's stream, and resume replays the same draws."""
+    root = f"{http}/shards"
+    everything = {keys for tar in shards.glob("*.tar") for keys in keys_of(tar)}
+    straight = take(build_loader(config(root, balanced_sampling=True), "train", train=True), 8)
+    assert {key for b in straight for key in b["key"]} <= everything
+    resumed = take(build_loader(config(root, balanced_sampling=True), "train", train=True, start_batch=3), 5)
+    assert [b["key"] for b in resumed] == [b["key"] for b in straight[3:]]
+    assert all(torch.equal(r["video"], s["video"]) for r, s in zip(resumed, straight[3:]))
+
+
 def test_dali_reads_remote_shards_as_the_webdataset_backend_does(s3):
     pytest.importorskip("nvidia.dali")
     root = s3 + "/shards"

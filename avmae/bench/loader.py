@@ -3,6 +3,9 @@
 The baseline does what CAV-MAE's dataloader does per sample (methods.md B.1/B.2): open one JPEG file per frame
 (PIL, Resize + CenterCrop/RandomResizedCrop, ToTensor, Normalize) and a 16 kHz wav (torchaudio.load), and compute
 the Kaldi fbank on the fly. Its files are made once from the same shards (frames) and source clips (audio).
+
+``remote``: the same shards at other roots (s3://, https://, pipe:, avmae/shard_files.py), measured with the same
+backends and workers; each run names its ``location``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from avmae.data.spec import load_spec
 from avmae.shard.format import METADATA_MEMBER
 from avmae.shard.items import file_stem_for_key
 from avmae.shard.media import ffmpeg_binary
+from avmae.shard_files import is_remote
 
 
 def export_cavmae_layout(spec, folder: Path, frames: list[str]) -> tuple[list[dict[str, Any]], dict[str, str]]:
@@ -99,8 +103,13 @@ def _rate(iterator, batches: int, batch_size: int, frames: int) -> dict[str, flo
     return {"samples_per_s": round(samples / seconds, 1), "frames_per_s": round(samples * frames / seconds, 1)}
 
 
-def bench_loader(data: Path, split: str, backends: list[str], workers: list[int], *, batch_size: int, batches: int,
-                 num_frames: int, crop: int, train: bool, scratch: Path, threads: int = 1) -> dict[str, Any]:
+def _location(root: str | Path) -> str:
+    return str(root).split(":", 1)[0] if is_remote(root) else "local"
+
+
+def bench_loader(data: str | Path, split: str, backends: list[str], workers: list[int], *, batch_size: int,
+                 batches: int, num_frames: int, crop: int, train: bool, scratch: Path, threads: int = 1,
+                 remote: list[str] = ()) -> dict[str, Any]:
     # The receiving process's threads: with more than the cores the workers leave free, its OpenMP threads spin
     # against them (2 threads cost 4.0 ms of CPU per sample in the main process against 2.1 with 1, measured).
     torch.set_num_threads(threads)
@@ -110,13 +119,20 @@ def bench_loader(data: Path, split: str, backends: list[str], workers: list[int]
     results: dict[str, Any] = {"data": str(data), "split": split, "samples": spec.samples, "batch_size": batch_size,
                                "frames_per_sample": num_frames, "crop": crop, "train_augmentation": train,
                                "receiving_threads": threads, "runs": []}
-    for backend in backends:
-        for count in workers:
-            config = DataConfig(shards=str(data), backend=backend, batch_size=batch_size, workers=count,
-                                num_frames=num_frames, crop_size=crop, shuffle_buffer=16)
-            stream = iter(_forever(lambda: Loader(spec, config, train=train)))  # the spec read above
-            results["runs"].append({"loader": backend, "workers": count,
-                                    **_rate(stream, batches, batch_size, num_frames)})
+    for root in [data, *remote]:
+        located = spec if root is data else load_spec(root, split)
+        if located.samples != spec.samples:
+            raise ValueError(f"{root}: split {split!r} holds {located.samples} samples, {data} {spec.samples}: "
+                             "not the same shards")
+        for backend in backends:
+            for count in workers:
+                config = DataConfig(shards=str(root), backend=backend, batch_size=batch_size, workers=count,
+                                    num_frames=num_frames, crop_size=crop, shuffle_buffer=16)
+                stream = iter(_forever(lambda: Loader(located, config, train=train)))  # the spec read above
+                results["runs"].append({"loader": backend, "location": _location(root), "workers": count,
+                                        **_rate(stream, batches, batch_size, num_frames)})
+    if is_remote(data):  # the baseline reads local tars and source clips
+        return results
     rows, renamed = export_cavmae_layout(spec, scratch, frame_members(spec.features["num_frames"], num_frames))
     if renamed:
         results["unsafe_keys"] = renamed
@@ -129,7 +145,8 @@ def bench_loader(data: Path, split: str, backends: list[str], workers: list[int]
                                 **_rate(iter(_forever(make)), batches, batch_size, num_frames)})
     best = {}
     for run in results["runs"]:
-        best[run["loader"]] = max(best.get(run["loader"], 0), run["samples_per_s"])
+        if run.get("location", "local") == "local":
+            best[run["loader"]] = max(best.get(run["loader"], 0), run["samples_per_s"])
     if "cavmae_style" in best:
         results["speedup_over_cavmae_style"] = {name: round(rate / best["cavmae_style"], 2)
                                                 for name, rate in best.items() if name != "cavmae_style"}

@@ -32,7 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     loader = commands.add_parser(
         "loader", help="samples/s and frames/s of each loader backend, and of a CAV-MAE-style loader as baseline",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    loader.add_argument("--data", type=Path, required=True, help="a shard folder (avmae-shard build)")
+    loader.add_argument("--data", required=True, help="a shard folder (avmae-shard build), or a URL (s3://, gs://, "
+                        "https://) or pipe: command (then without the CAV-MAE-style baseline, which needs local tars)")
+    loader.add_argument("--remote", action="append", default=[],
+                        help="the same shards at a URL or pipe: root, measured beside --data; repeat for several")
     loader.add_argument("--split", default="train")
     loader.add_argument("--backend", action="append", choices=["webdataset", "dali"],
                         help="repeat for several (default: webdataset, and dali when it is installed)")
@@ -161,7 +164,8 @@ def _run(args) -> int:
         with tempfile.TemporaryDirectory(prefix="avmae-cavmae-") as scratch:
             result = bench_loader(args.data, args.split, backends, workers, batch_size=args.batch_size,
                                   batches=args.batches, num_frames=args.num_frames, crop=args.crop,
-                                  train=not args.eval, scratch=Path(scratch), threads=args.threads)
+                                  train=not args.eval, scratch=Path(scratch), threads=args.threads,
+                                  remote=args.remote)
         print(json.dumps(result, indent=1))
     elif args.command == "model":
         from avmae.bench.model import bench_model

@@ -37,7 +37,8 @@ def _eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpt", required=True, help="exported .safetensors or a run folder")
     parser.add_argument("--weights", default="model", choices=["model", "best", "averaged"],
                         help="which export of a run folder")
-    parser.add_argument("--data", required=True, help="shard folder (avmae-shard build)")
+    parser.add_argument("--data", required=True, help="shard folder (avmae-shard build), or a URL (s3://, gs://, "
+                        "https://) or pipe: command with {} for the file name")
     parser.add_argument("--split", default="test")
     parser.add_argument("--task", required=True, choices=["audioset", "vggsound", "epic", "retrieval"])
     parser.add_argument("--modality", choices=["av", "audio", "video"], help="inputs used (default: as trained)")
