@@ -107,8 +107,8 @@ def test_build_from_a_missing_folder(tmp_path, capsys):
     assert _one_line(capsys) == (f"avmae-shard build: --src {tmp_path / 'nowhere'} is not a folder, a .tar file, "
                                  "a tar pattern or a URL")
     assert shard_main(["build", "--out", str(tmp_path / "out")]) == 2
-    assert _one_line(capsys) == ("avmae-shard build: --src is needed (a folder of clips), unless a dataset list "
-                                 "is given")
+    assert _one_line(capsys) == ("avmae-shard build: --src is needed (a folder of clips or video2dataset tars), "
+                                 "unless a dataset list is given")
 
 
 def test_loader_bench_refuses_a_split_smaller_than_a_batch(shards, capsys):
