@@ -28,7 +28,7 @@ from avmae.models.config import ModelConfig
 from avmae.models.counts import parameter_counts
 
 BF16, FP32 = 2, 4
-REDUCE_BUCKET_ELEMENTS = 5e8  # avmae/train/trainer.py's zero_optimization.reduce_bucket_size
+REDUCE_BUCKET_ELEMENTS = 5e8  # RunConfig.zero_bucket_elements' default (the trainer's reduce_bucket_size)
 GRADIENT_BUCKETS_WITH_OVERLAP = 2  # DeepSpeed stage_1_and_2.py: two ipg buffers when overlap_comm is on
 
 

@@ -107,6 +107,10 @@ class RunConfig:
     log: LogConfig = field(default_factory=LogConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)  # non-finite steps, collective timeouts
     zero_stage: int = 2  # ZeRO 2 shards optimizer states and gradients; 3 also shards parameters
+    # Elements per ZeRO gradient-reduce / all-gather bucket (DeepSpeed's default 5e8); ZeRO-3's live-parameter cap
+    # (2x) and prefetch bucket (1/10) follow it, so the default is DeepSpeed's throughout. Each bucket is memory
+    # every rank holds: 5e8 fp32 elements are 2 GB, which a CPU rank of ViT-L cannot spare (pipelines/full_size.sh).
+    zero_bucket_elements: int = 500_000_000
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     grad_accum: int = 1
     seed: int = 0
@@ -119,6 +123,7 @@ class RunConfig:
         self._clip_geometry()
         if self.zero_stage not in (1, 2, 3):
             raise ConfigError(f"zero_stage must be 1, 2 or 3, got {self.zero_stage}")
+        at_least(1_000_000, {"zero_bucket_elements": self.zero_bucket_elements})
         # Counts and intervals: a zero interval divides by zero mid-run, a zero batch hangs the loader.
         at_least(1, {"optim.steps": self.optim.steps, "grad_accum": self.grad_accum,
                      "checkpoint.every": self.checkpoint.every, "log.every": self.log.every,

@@ -50,6 +50,7 @@ def _seed_everything(seed: int) -> None:
 
 
 def _deepspeed_config(config: RunConfig, bf16: bool) -> dict[str, Any]:
+    bucket = config.zero_bucket_elements
     return {
         "train_micro_batch_size_per_gpu": config.data.batch_size,
         "gradient_accumulation_steps": config.grad_accum,
@@ -57,7 +58,8 @@ def _deepspeed_config(config: RunConfig, bf16: bool) -> dict[str, Any]:
         # A non-finite gradient norm discards the step in bf16 too (avmae/train/divergence.py relies on it).
         "bf16": {"enabled": bf16, "check_grad_overflow": True},
         "zero_optimization": {"stage": config.zero_stage, "overlap_comm": bf16, "contiguous_gradients": True,
-                              "reduce_bucket_size": 5e8, "allgather_bucket_size": 5e8},
+                              "reduce_bucket_size": bucket, "allgather_bucket_size": bucket,
+                              "stage3_max_live_parameters": 2 * bucket, "stage3_prefetch_bucket_size": bucket // 10},
         # ZeRO shards any torch optimizer's state; DeepSpeed only asks to be told when it is not an Adam.
         "zero_allow_untested_optimizer": config.optim.optimizer != "adamw",
         "steps_per_print": 10**9,  # our own logging says what happens
