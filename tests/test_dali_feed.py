@@ -1,14 +1,19 @@
 """DALI's training feed in worker processes (avmae/data/dali_feed.py) gives exactly the serial feed's batches: the
-same samples in the same order, the same skip records, from the start and from a resumed batch."""
+same samples in the same order, the same skip records, from the start and from a resumed batch; and the dense
+batches both feeds hand DALI (avmae/data/dali_batch.py) carry every member unchanged: the same pixels out of the
+decoder, the same log-mel bits, boxes, flips, serials and notes."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from avmae.data.config import AugmentConfig, DataConfig
+from avmae.data.checked import jpeg_size
+from avmae.data.dali_batch import DenseBatch, batch_types, dense_batch, pad_jpeg
 from avmae.data.dali_feed import reader_slots
 from avmae.data.spec import load_spec
 from tests.faults.damage import flip_bits_in_place
@@ -69,3 +74,81 @@ def test_worker_feed_gives_the_serial_batches(shards, start_batch, balanced):
     assert all(b["valid"].all() for b in got)
     if not balanced and start_batch == 0:
         assert any(skipped for _, skipped in expected)  # the damaged sample was met, and recorded on its batch
+
+
+def _decoded(jpegs: list[bytes | np.ndarray]) -> list[np.ndarray]:
+    """The CPU decoder's RGB pixels of each JPEG (the graph's decoder, one batch)."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    batch = [np.frombuffer(jpeg, dtype=np.uint8) for jpeg in jpegs]
+
+    @pipeline_def(batch_size=len(batch), num_threads=1, device_id=None)
+    def pipeline():
+        return fn.decoders.image(fn.external_source(source=lambda: batch, batch=True, dtype=types.UINT8),
+                                 device="cpu", output_type=types.RGB)
+
+    pipe = pipeline()
+    pipe.build()
+    return [np.array(image) for image in pipe.run()[0]]
+
+
+@pytest.mark.parametrize("pad", [4, 5, 65537, 65538, 65540, 70000, 140000])
+def test_a_padded_jpeg_is_its_length_and_decodes_to_the_same_pixels(shards, pad):
+    """COM segments of any total length (one segment holds at most 65537 bytes; a remainder under 4 cannot be one)."""
+    pytest.importorskip("nvidia.dali")
+    spec = load_spec(shards, "train")
+    sample = _rows(spec, _config(shards, workers=0))[0][0]
+    jpeg = sample.members[sample.frames[0]]
+    out = np.zeros(len(jpeg) + pad, dtype=np.uint8)
+    pad_jpeg(jpeg, out)
+    assert jpeg_size(out.tobytes()) == sample.frame_size  # the checker's marker walk reads it as a whole JPEG
+    assert out.tobytes().endswith(jpeg[2:])
+    padded, plain = _decoded([out, jpeg])
+    assert np.array_equal(padded, plain)
+
+
+def _rows(spec, config: DataConfig):
+    from avmae.data.dali_source import CheckedSamples
+
+    source = CheckedSamples(spec, config, train=True, rank=0, world=1, start_batch=0, augment=AugmentConfig())
+    return source.reader_rows(0)[0]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_dense_batches_carry_every_member_unchanged(shards, dtype):
+    """A real batch through a DALI pipeline built from DenseBatch, as the loader's graph takes it: the decoded
+    frames equal those of the stored JPEGs, the log-mel (float16 as stored, or float32) its bits, the header the
+    crop boxes, flips and serial, the notes their bytes."""
+    pytest.importorskip("nvidia.dali")
+    from nvidia.dali import fn, pipeline_def
+
+    spec = load_spec(shards, "train")
+    config = _config(shards, workers=0, batch_size=3)
+    rows = [(sample, box, i == 1) for i, (sample, box, _) in enumerate(_rows(spec, config))]  # one flipped row
+    for sample, _, _ in rows:
+        sample.logmel = sample.logmel.astype(dtype)
+    features = {**spec.features, "logmel_dtype": dtype}
+    notes = [b'["a"]', b"", b'["longest note"]']
+    count = len(rows[0][0].frames)
+    arrays = dense_batch(rows, 7, notes)
+    assert len(arrays) == len(batch_types(count, features, notes=True))
+
+    @pipeline_def(batch_size=len(rows), num_threads=1, device_id=None)
+    def pipeline():
+        batch = DenseBatch(fn.external_source(source=lambda: arrays, num_outputs=len(arrays), batch=True,
+                                              dtype=batch_types(count, features, notes=True)), count)
+        return (*(fn.decoders.image(jpeg, device="cpu") for jpeg in batch.jpegs), batch.logmel, *batch.box(),
+                batch.flip, batch.serial, batch.note)
+
+    pipe = pipeline()
+    pipe.build()
+    out = [[np.array(sample) for sample in output] for output in pipe.run()]
+    for j in range(count):
+        assert all(np.array_equal(a, b) for a, b in
+                   zip(out[j], _decoded([sample.members[sample.frames[j]] for sample, _, _ in rows])))
+    logmel, start, end, flip, serial, note = out[count:]
+    for i, (sample, (top, left, h, w), flipped) in enumerate(rows):
+        assert logmel[i].dtype == np.dtype(dtype) and logmel[i].tobytes() == sample.logmel.tobytes()
+        assert start[i].tolist() == [top, left] and end[i].tolist() == [top + h, left + w]
+        assert int(flip[i]) == flipped and int(serial[i]) == 7
+        assert note[i].tobytes().rstrip(b"\0") == notes[i]

@@ -1,9 +1,11 @@
 """The DALI training feed on its own: samples/s of the external source with no decode, and the CPU it takes from the
 process that runs the pipeline (on a GPU node, the training process).
 
-A pipeline made of the external source alone (every output returned, nothing decoded) runs the training stream of
-a shard folder: serially (``workers: 0``, the source in this process) and in W worker processes (dali_feed.py).
-The process's CPU time (all its threads, DALI's included) per sample is the cost to the trainer; the workers' CPU
+A pipeline made of the external source and what the training graph does before its decoders (the crop box's cast,
+the flip flag; dali_batch.py) runs the training stream of a shard folder: serially (``workers: 0``, the source in
+this process) and in W worker processes (dali_feed.py). It ends in the inputs' shapes (and the notes or serial
+numbers, which the loader takes too), so that their bytes are fed to DALI but not copied out again: in training
+the decoders read them where they are. The process's CPU time (all its threads, DALI's included) per sample is the cost to the trainer; the workers' CPU
 time is the price of the feed, paid on other cores. Reads come from the page cache after the warm-up batches: this
 is the rate of the source, not of the storage.
 """
@@ -19,17 +21,22 @@ from typing import Any
 import psutil
 
 from avmae.data.config import AugmentConfig, DataConfig
+from avmae.data.dali_batch import DenseBatch, batch_types
 from avmae.data.dali_feed import parallel_outputs, reader_feeds, start_method
-from avmae.data.dali_loader import CheckedSamples, source_types
+from avmae.data.dali_source import CheckedSamples
 from avmae.data.spec import load_spec
 
 
+def _undecoded(batch: DenseBatch, last) -> list:
+    """What the training graph takes from a batch before decoding, ended in shapes (see above) but for ``last``."""
+    return [*(jpeg.shape() for jpeg in batch.jpegs), batch.logmel.shape(), *batch.box(), batch.flip, last]
+
+
 def _feed_pipeline(spec, config: DataConfig):
-    """The external source(s) of the training DaliLoader for ``config``, with nothing after them."""
+    """The external source(s) of the training DaliLoader for ``config``, with nothing after them but _undecoded."""
     from nvidia.dali import fn, pipeline_def
 
     count, augment = config.num_frames, AugmentConfig()
-    types_ = source_types(count, train=True, spec=spec)
     feeds = reader_feeds(spec, config, augment, rank=0, world=1, start_batch=0) if config.workers > 0 else []
     workers = {"py_num_workers": len(feeds), "py_start_method": start_method()} if feeds else {}
 
@@ -37,9 +44,13 @@ def _feed_pipeline(spec, config: DataConfig):
     def pipeline():
         if not feeds:
             source = CheckedSamples(spec, config, train=True, rank=0, world=1, start_batch=0, augment=augment)
-            return tuple(fn.external_source(source=source, num_outputs=len(types_), batch=True, parallel=False,
-                                            dtype=types_))
-        return tuple(output for feed in feeds for output in parallel_outputs(feed, types_))
+            types_ = batch_types(count, spec.features, notes=False)
+            batch = DenseBatch(fn.external_source(source=source, num_outputs=len(types_), batch=True, parallel=False,
+                                                  dtype=types_), count)
+            return tuple(_undecoded(batch, batch.serial))
+        types_ = batch_types(count, spec.features, notes=True)
+        batches = [DenseBatch(parallel_outputs(feed, types_), count) for feed in feeds]
+        return tuple(output for batch in batches for output in _undecoded(batch, batch.note))
 
     pipe = pipeline()
     pipe.build()

@@ -9,8 +9,8 @@ from every reader; slot j holds reader (start_batch + j) mod R, so the iteration
 batches in the serial order, whatever batch the stream resumed at.
 
 A batch's metadata and skip records are made in the worker, so they travel with it through DALI as a "note" per
-sample: the JSON of [metadata, records], the records on the batch's first row only, zero-padded to the batch's
-longest (JSON never holds a NUL byte).
+sample, a row of the batch's dense note array (dali_batch.py): the JSON of [metadata, records], the records on the
+batch's first row only, zero-padded to the batch's longest (JSON never holds a NUL byte).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from avmae.data.config import AugmentConfig, DataConfig
+from avmae.data.dali_batch import dense_batch
 from avmae.data.dali_source import CheckedSamples
 from avmae.data.spec import DataSpec
 
@@ -39,8 +40,8 @@ def start_method() -> str:
     return "spawn" if torch.cuda.is_initialized() else "fork"
 
 
-def encode_note(metadata: dict[str, Any], skipped: list[dict[str, Any]]) -> np.ndarray:
-    return np.frombuffer(json.dumps([metadata, skipped]).encode("utf-8"), dtype=np.uint8)
+def encode_note(metadata: dict[str, Any], skipped: list[dict[str, Any]]) -> bytes:
+    return json.dumps([metadata, skipped]).encode("utf-8")
 
 
 def decode_notes(notes: torch.Tensor) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -54,7 +55,7 @@ def decode_notes(notes: torch.Tensor) -> tuple[list[dict[str, Any]], list[dict[s
 
 
 class ReaderFeed:
-    """One training reader's batches, endlessly, as CheckedSamples.columns plus the notes. Built in the worker on the
+    """One training reader's batches, endlessly, as dense arrays with their notes (dense_batch). Built in the worker on the
     first ``next``: the shards are opened there, and only the spec and configs are pickled."""
 
     def __init__(self, spec: DataSpec, config: DataConfig, augment: AugmentConfig | None, *, rank: int, world: int,
@@ -62,13 +63,13 @@ class ReaderFeed:
         self.spec, self.config, self.augment = spec, config, augment
         self.rank, self.world, self.reader, self.start_batch = rank, world, reader, start_batch
 
-    def __iter__(self) -> Iterator[list[list[np.ndarray]]]:
+    def __iter__(self) -> Iterator[list[np.ndarray]]:
         samples = CheckedSamples(self.spec, self.config, train=True, rank=self.rank, world=self.world,
                                  start_batch=self.start_batch, augment=self.augment)
         while True:
             rows, skipped = samples.reader_rows(self.reader)
             notes = [encode_note(sample.metadata, skipped if i == 0 else []) for i, (sample, _, _) in enumerate(rows)]
-            yield [*samples.columns(rows, 0), notes]
+            yield dense_batch(rows, 0, notes)
 
 
 def reader_feeds(spec: DataSpec, config: DataConfig, augment: AugmentConfig | None, *, rank: int, world: int,
@@ -79,9 +80,10 @@ def reader_feeds(spec: DataSpec, config: DataConfig, augment: AugmentConfig | No
 
 
 def parallel_outputs(feed: ReaderFeed, types_: list) -> list:
-    """The external source over one feed, in a worker of its own; its last output is the padded note."""
-    from nvidia.dali import fn, types
+    """The external source over one feed, in a worker of its own: dense_batch's outputs with the notes (types_:
+    batch_types(..., notes=True)). Dense arrays go through the worker's shared memory into DALI without a copy
+    (no_copy, the parallel default)."""
+    from nvidia.dali import fn
 
-    outputs = fn.external_source(source=feed, num_outputs=len(types_) + 1, batch=True, parallel=True,
-                                 prefetch_queue_depth=2, dtype=[*types_, types.UINT8])
-    return [*outputs[:-1], fn.pad(outputs[-1], fill_value=0)]
+    return fn.external_source(source=feed, num_outputs=len(types_), batch=True, parallel=True, prefetch_queue_depth=2,
+                              dtype=types_)

@@ -3,11 +3,12 @@ graph runs on the CPU (``device_id=None``, environment.md 3).
 
 Samples reach DALI through a Python external source, in training and in evaluation: it reads each sample's
 members through the shard index (one ``pread``), checks them (checked.py: CRC32, JPEG markers, log-mel shape and
-finiteness) and only then hands the bytes to DALI, so a bad sample is skipped or marked invalid and recorded, the
-same way and for the same reasons as in the webdataset backend, and DALI never stops on it. Training follows the
-rank's TrainSchedule (schedule.py) with each draw's crop box and flip computed from its seed; evaluation follows
-eval_order.py. So both backends give the same samples, crops, order and ``skipped`` records. Labels, keys and
-records stay in Python; DALI carries only a batch serial number to match them to its outputs.
+finiteness) and only then hands the bytes to DALI (a few dense arrays per batch, dali_batch.py), so a bad sample is
+skipped or marked invalid and recorded, the same way and for the same reasons as in the webdataset backend, and
+DALI never stops on it. Training follows the rank's TrainSchedule (schedule.py) with each draw's crop box and flip
+computed from its seed; evaluation follows eval_order.py. So both backends give the same samples, crops, order and ``skipped`` records. Labels, keys and
+records stay in Python; DALI carries only a batch serial number to match them to its outputs (or, from worker
+processes, each sample's note: dali_feed.py).
 """
 
 from __future__ import annotations
@@ -19,25 +20,26 @@ import torch
 
 from avmae.data.config import AugmentConfig, DataConfig
 from avmae.data.dali_feed import decode_notes, parallel_outputs, reader_feeds, start_method
-from avmae.data.dali_source import CheckedSamples, source_types
+from avmae.data.dali_batch import DenseBatch, batch_types
+from avmae.data.dali_source import CheckedSamples
 from avmae.data.samples import frame_members, label_tensors
 from avmae.data.spec import DataSpec
 from avmae.shard.format import META_KEY
 
 
-def _graph(spec: DataSpec, config: DataConfig, *, outputs: list, count: int, train: bool, device: str):
-    """One graph for the CPU and the GPU: only the decoder's ``device`` ("cpu" or "mixed") differs. ``outputs``:
-    the external source's, in the order of CheckedSamples.columns."""
+def _graph(spec: DataSpec, config: DataConfig, batch: DenseBatch, *, train: bool, device: str):
+    """One graph for the CPU and the GPU: only the decoder's ``device`` ("cpu" or "mixed") differs. ``batch``: the
+    external source's outputs (dali_batch.py)."""
     from nvidia.dali import fn, types
 
-    jpegs, logmel, flags = outputs[:count], outputs[count], outputs[count + (3 if train else 1)]
-    decoded = [fn.decoders.image(jpeg, device=device, output_type=types.RGB) for jpeg in jpegs]
+    decoded = [fn.decoders.image(jpeg, device=device, output_type=types.RGB) for jpeg in batch.jpegs]
     video = fn.stack(*decoded, axis=0, axis_name="F")  # (T, H, W, C): one geometry for every frame below
     crop = config.crop_size
     if train:
-        video = fn.resize(video, size=[crop, crop], roi_start=outputs[count + 1], roi_end=outputs[count + 2],
-                          roi_relative=False, antialias=True)
-        video = fn.flip(video, horizontal=flags[0])
+        roi_start, roi_end = batch.box()
+        video = fn.resize(video, size=[crop, crop], roi_start=roi_start, roi_end=roi_end, roi_relative=False,
+                          antialias=True)
+        video = fn.flip(video, horizontal=batch.flip)
     else:
         if config.eval_short_side and config.eval_short_side != spec.features["short_side"]:
             video = fn.resize(video, resize_shorter=config.eval_short_side, antialias=True)
@@ -45,10 +47,10 @@ def _graph(spec: DataSpec, config: DataConfig, *, outputs: list, count: int, tra
     video = fn.transpose(video, perm=[0, 3, 1, 2])  # (T, 3, H, W) uint8; the Loader normalises on the device
     audio_mean = config.audio_mean if config.audio_mean is not None else spec.logmel_mean
     audio_std = config.audio_std if config.audio_std is not None else spec.logmel_std
-    audio = (fn.cast(logmel, dtype=types.FLOAT) - audio_mean) / audio_std
+    audio = (fn.cast(batch.logmel, dtype=types.FLOAT) - audio_mean) / audio_std
     if device == "mixed":
         audio = audio.gpu()
-    return video, audio, flags[1]
+    return video, audio
 
 
 class DaliLoader:
@@ -64,7 +66,7 @@ class DaliLoader:
         self.spec, self.train = spec, train
         device = "cpu" if device_id is None else "mixed"
         count = len(frame_members(spec.features["num_frames"], config.num_frames, config.view, config.views))
-        types_ = source_types(count, train, spec)
+        types_ = batch_types(count, spec.features, notes=False)
         # Training with workers reads in DALI worker processes (dali_feed.py); evaluation, and data.workers: 0,
         # read here, in the serial external source.
         self.feeds = reader_feeds(spec, config, augment, rank=rank, world=world, start_batch=start_batch) \
@@ -79,14 +81,13 @@ class DaliLoader:
             from nvidia.dali import fn
 
             if not self.feeds:
-                outputs = fn.external_source(source=self.source, num_outputs=len(types_), batch=True, parallel=False,
-                                             dtype=types_)
-                return _graph(spec, config, outputs=outputs, count=count, train=train, device=device)
+                batch = DenseBatch(fn.external_source(source=self.source, num_outputs=len(types_), batch=True,
+                                                      parallel=False, dtype=types_), count)
+                return (*_graph(spec, config, batch, train=train, device=device), batch.serial)
             slots = []
             for feed in self.feeds:
-                outputs = parallel_outputs(feed, types_)
-                video, audio, _ = _graph(spec, config, outputs=outputs[:-1], count=count, train=True, device=device)
-                slots += [video, audio, outputs[-1]]
+                batch = DenseBatch(parallel_outputs(feed, batch_types(count, spec.features, notes=True)), count)
+                slots += [*_graph(spec, config, batch, train=True, device=device), batch.note]
             return tuple(slots)
 
         self.pipe = pipeline()

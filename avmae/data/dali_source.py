@@ -1,7 +1,7 @@
 """The Python external source that feeds DALI, in training and in evaluation: it reads each sample's members
 through the shard index (one ``pread``), checks them (checked.py) and hands DALI only bytes that passed, with the
-crop box and flip of each training draw. The serial loader calls it in the training process; dali_feed.py runs one
-per training reader in DALI's worker processes."""
+crop box and flip of each training draw, as a few dense arrays per batch (dali_batch.py). The serial loader
+calls it in the training process; dali_feed.py runs one per training reader in DALI's worker processes."""
 
 from __future__ import annotations
 
@@ -10,21 +10,21 @@ from typing import Any
 
 import numpy as np
 
-from avmae.data.checked import CheckedSample, SampleChecker
+from avmae.data.checked import SampleChecker
 from avmae.data.config import AugmentConfig, DataConfig
+from avmae.data.dali_batch import Row, dense_batch
 from avmae.data.eval_order import EvalOrder
 from avmae.data.faults import good_rows
 from avmae.data.samples import frame_members, random_crop_box, training_frames
 from avmae.data.schedule import TrainSchedule
 from avmae.data.spec import DataSpec
 from avmae.data.wds_loader import open_shards, reader_skips
-from avmae.shard.format import logmel_dtype
 
 
 class CheckedSamples:
-    """DALI external source: each call returns the next batch as lists (one per output) of per-sample arrays: the
-    frames' JPEG bytes, the log-mel (as stored), in training the crop box's top-left and bottom-right corners
-    (pixels), and the flip flag with the batch's serial number; its metadata, ``valid`` and ``skipped`` wait in ``self.pending``."""
+    """DALI external source: each call returns the next batch as dali_batch.dense_batch's arrays: the frames'
+    JPEG bytes, the log-mel (as stored), the crop box (zeros in evaluation: the graph centre-crops), the flip flag
+    and the batch's serial number; its metadata, ``valid`` and ``skipped`` wait in ``self.pending``."""
 
     def __init__(self, spec: DataSpec, config: DataConfig, *, train: bool, rank: int, world: int, start_batch: int,
                  augment: AugmentConfig | None = None):
@@ -47,7 +47,7 @@ class CheckedSamples:
             self.order = EvalOrder(shards, rank, world, config.batch_size, self._eval_row, reader_skips(config, rank, 0))
             self.batch = 0
 
-    def _draw(self, draw) -> tuple[CheckedSample, tuple[int, int, int, int], bool]:
+    def _draw(self, draw) -> Row:
         rng = random.Random(draw.seed)  # drawn from in the webdataset backend's order: frames, crop box, flip
         frames = training_frames(self.stored_frames, self.config.num_frames, self.augment.train_offsets, rng)
         sample = self.checker.read(draw.shard, draw.index, frames, draw.block)
@@ -55,10 +55,10 @@ class CheckedSamples:
         box = random_crop_box(height, width, self.augment.crop_scale, self.augment.crop_ratio, rng)
         return sample, box, self.augment.flip and rng.random() < 0.5
 
-    def _eval_row(self, shard, index) -> tuple[CheckedSample, tuple[int, int, int, int], bool]:
+    def _eval_row(self, shard, index) -> Row:
         return self.checker.read(shard, index, self.frames), (0, 0, 0, 0), False  # the graph centre-crops
 
-    def __call__(self) -> list[list[np.ndarray]]:
+    def __call__(self) -> list[np.ndarray]:
         if self.train:
             rows, skipped = self.reader_rows(self.batch % self.readers)
             valid = [True] * len(rows)
@@ -70,29 +70,9 @@ class CheckedSamples:
         self.batch += 1
         self.serial += 1
         self.pending[self.serial] = ([sample.metadata for sample, _, _ in rows], valid, skipped)
-        return self.columns(rows, self.serial)
+        return dense_batch(rows, self.serial)
 
-    def reader_rows(self, reader: int) -> tuple[list[tuple[CheckedSample, tuple[int, int, int, int], bool]],
-                                                list[dict[str, Any]]]:
+    def reader_rows(self, reader: int) -> tuple[list[Row], list[dict[str, Any]]]:
         """Training reader ``reader``'s next batch: its rows and the records of the samples it skipped on the way."""
         rows = [next(self.streams[reader]) for _ in range(self.config.batch_size)]
         return rows, self.skips[reader].take()
-
-    def columns(self, rows, serial: int) -> list[list[np.ndarray]]:
-        """Rows as the external source's outputs: one list per output, one array per sample."""
-        columns = []
-        for sample, (top, left, h, w), flip in rows:
-            box = [np.array([top, left], dtype=np.float32), np.array([top + h, left + w], dtype=np.float32)]
-            columns.append([*(np.frombuffer(sample.members[name], dtype=np.uint8) for name in sample.frames),
-                            sample.logmel, *(box if self.train else []),
-                            np.array([int(flip), serial], dtype=np.int32)])
-        return [list(column) for column in zip(*columns)]
-
-
-def source_types(count: int, train: bool, spec: DataSpec) -> list:
-    """DALI types of CheckedSamples.columns: ``count`` JPEGs, the log-mel (of the folder's stored type), in
-    training the crop box, the flags."""
-    from nvidia.dali import types
-
-    mel = {"float16": types.FLOAT16, "float32": types.FLOAT}[logmel_dtype(spec.features)]
-    return [types.UINT8] * count + [mel, *([types.FLOAT, types.FLOAT] if train else []), types.INT32]
