@@ -12,6 +12,7 @@ again only to go back."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from pathlib import Path
 from typing import IO, Any
@@ -43,7 +44,9 @@ def is_remote(location: str | Path) -> bool:
 
 
 def join(root: str | Path, name: str) -> str:
-    """The location of file ``name`` of shard root ``root`` (a folder, a URL prefix or a ``pipe:`` template)."""
+    """The location of file ``name`` of shard root ``root`` (a folder, a URL prefix or a ``pipe:`` template). In a
+    ``pipe:`` command the name is shell-quoted: names come from a manifest, which must not add commands (the readers
+    also refuse names that are not plain file names, shard/format.py SHARD_FILE_NAME)."""
     if not is_remote(root):
         return str(Path(root) / name)
     if root.startswith(PIPE):
@@ -51,7 +54,7 @@ def join(root: str | Path, name: str) -> str:
             raise StorageError(f"{root}: a pipe: shard root needs {{}} where a file's name goes, e.g. "
                                "pipe:cat /data/shards/{} (manifest.json and each NAME.tar, .idx, .crc are read "
                                "through it)")
-        return root.replace("{}", name)
+        return root.replace("{}", shlex.quote(name))
     return root.rstrip("/") + "/" + name
 
 

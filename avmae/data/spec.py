@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from avmae.shard.format import UNCHECKED_VERSIONS, LabelMode, label_mode
-from avmae.shard.manifest import read_manifest
+from avmae.shard.format import UNCHECKED_VERSIONS, LabelMode, check_shard_file_names, label_mode
+from avmae.shard.manifest import MANIFEST_FILE, read_manifest
 from avmae.shard.tarfiles import parse_index
 from avmae.shard_files import is_remote, join, read_many
 
@@ -60,6 +60,7 @@ def load_spec(root: str | Path, split: str, expect: dict[str, Any] | None = None
     folder, or a URL prefix or ``pipe:`` command (avmae/shard_files.py)."""
     root = root if is_remote(root) else Path(root)
     manifest = read_manifest(root)
+    check_shard_file_names(manifest, join(root, MANIFEST_FILE))
     if split not in manifest["splits"]:
         raise ValueError(f"{root}: no split {split!r}; the manifest has {sorted(manifest['splits'])}")
     features = manifest["features"]

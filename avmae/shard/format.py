@@ -13,6 +13,7 @@ atomic rename as they are. CRC32 (zlib) checks ~1 GB/s per core: a cost of well 
 
 from __future__ import annotations
 
+import re
 import zlib
 from enum import StrEnum
 from typing import Any, Iterable
@@ -28,6 +29,10 @@ FRAME_SUFFIX = ".jpg"
 LOGMEL_MEMBER = "logmel.npy"
 METADATA_MEMBER = "json"
 CHECKSUM_SUFFIX = ".crc"  # the sidecar's file suffix (NAME.crc beside NAME.tar)
+# The names a manifest may give a shard's files: what the writer writes (``<split>-<index:06d>.tar`` / ``.idx`` /
+# ``.crc``), a plain name inside the shard root. No "/", no leading dot, no shell characters: a name is joined to a
+# root that may be a ``pipe:`` shell command (shard_files.join), so a manifest must not be able to name anything else.
+SHARD_FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*\.(tar|idx|crc)")
 
 # Metadata keys the loaders read (the writer writes more; see shard/sample.py).
 META_KEY = "key"
@@ -47,6 +52,21 @@ def logmel_dtype(features: dict[str, Any]) -> str:
     if name not in LOGMEL_DTYPES:
         raise ValueError(f"the manifest's logmel_dtype {name!r} is not one of {list(LOGMEL_DTYPES)}")
     return name
+
+
+def check_shard_file_names(manifest: dict[str, Any], source: str) -> None:
+    """Refuse a manifest (``source``: its location) whose shards name files other than SHARD_FILE_NAME allows, in one
+    line naming the manifest and the name."""
+    for split in manifest.get("splits", {}).values():
+        for shard in split.get("shards", ()):
+            for field in ("tar", "idx", "crc"):
+                name = shard.get(field)
+                if name is None and field == "crc":  # format-version-1 shards have no sidecar
+                    continue
+                if not isinstance(name, str) or not SHARD_FILE_NAME.fullmatch(name):
+                    raise ValueError(f"{source}: shard file name {name!r} ({field}) is not a plain NAME.tar/.idx/.crc "
+                                     "file name (letters, digits, '_', '-', '.'); the manifest is damaged or not "
+                                     "avmae's")
 
 
 def frame_member(index: int) -> str:

@@ -17,8 +17,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
-from avmae.shard.format import METADATA_MEMBER
-from avmae.shard.manifest import FAILURES_FILE, read_manifest
+from avmae.shard.format import METADATA_MEMBER, check_shard_file_names
+from avmae.shard.manifest import FAILURES_FILE, MANIFEST_FILE, read_manifest
 from avmae.shard.tarfiles import parse_index
 from avmae.shard_files import ForwardReader, exists, is_remote, join, read_text
 
@@ -43,6 +43,7 @@ def split_rows(root: str | Path, split: str) -> tuple[dict[str, str], dict[str, 
     or a URL prefix or pipe: command (avmae/shard_files.py); each tar is read front to back over one stream."""
     root = root if is_remote(root) else Path(root)
     manifest = read_manifest(root)
+    check_shard_file_names(manifest, join(root, MANIFEST_FILE))
     if split not in manifest["splits"]:
         raise ValueError(f"{root}: no split {split!r}; the manifest has {sorted(manifest['splits'])}")
     rows, unreadable = {}, {}

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from avmae.shard.format import LOGMEL_MEMBER, METADATA_MEMBER, is_frame_member
+from avmae.shard.format import LOGMEL_MEMBER, METADATA_MEMBER, check_shard_file_names, is_frame_member
 from avmae.shard.items import file_stem_for_key
-from avmae.shard.manifest import read_manifest
+from avmae.shard.manifest import MANIFEST_FILE, read_manifest
 from avmae.shard.tarfiles import parse_index
 from avmae.shard_files import ForwardReader, join, read_text
 
@@ -42,6 +42,7 @@ def find_sample(out: str | Path, wanted: str | int | None) -> tuple[str, dict[st
     """A sample's members by key, by global position (an int), or the first one; ``out`` a folder, or a URL prefix
     or pipe: command (avmae/shard_files.py): only the sample's bytes are read."""
     manifest = read_manifest(out)
+    check_shard_file_names(manifest, join(out, MANIFEST_FILE))
     position = 0
     for split in manifest["splits"].values():
         for shard in split["shards"]:

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from avmae.shard.format import (LOGMEL_MEMBER, METADATA_MEMBER, UNCHECKED_VERSIONS, crc32, frame_member,
-                                logmel_dtype, parse_checksums, sample_members)
-from avmae.shard.manifest import read_manifest
+from avmae.shard.format import (LOGMEL_MEMBER, METADATA_MEMBER, UNCHECKED_VERSIONS, check_shard_file_names, crc32,
+                                frame_member, logmel_dtype, parse_checksums, sample_members)
+from avmae.shard.manifest import MANIFEST_FILE, read_manifest
 from avmae.shard.tarfiles import Member, parse_index, read_members, sha256_file
 from avmae.shard_files import copy_to, exists, is_remote, join, read_text
 
@@ -138,6 +138,7 @@ def verify(out: str | Path, deep: bool = True) -> dict[str, Any]:
     """Check a finished build. Returns {"ok", "shards", "samples", "failures", "problems", "checksums" ("checked" or
     "unchecked"), "damaged" (members whose CRC32 is wrong)}; ``deep`` also opens every sample."""
     manifest = read_manifest(out)
+    check_shard_file_names(manifest, join(out, MANIFEST_FILE))
     checked = manifest["format_version"] not in UNCHECKED_VERSIONS
     damaged: list[dict] = []
     features = manifest["features"]
