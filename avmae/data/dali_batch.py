@@ -35,21 +35,24 @@ JPEG_SLACK = _SEGMENT_MIN  # bytes added to the batch's longest JPEG, so that ev
 HEADER = ("top", "left", "bottom", "right", "flip", "serial")
 
 
-def pad_jpeg(jpeg: bytes, out: np.ndarray) -> None:
-    """Write ``jpeg`` into the zeroed uint8 row ``out`` (at least JPEG_SLACK bytes longer), filling the difference
-    with COM segments of zeros right after its start-of-image marker."""
+def pad_jpeg(jpeg: bytes, out) -> None:
+    """Write ``jpeg`` into the zeroed byte buffer ``out`` (at least JPEG_SLACK bytes longer), filling the difference
+    with COM segments of zeros right after its start-of-image marker. Plain memoryview writes: this runs once per
+    frame, and with numpy slice assignments dense_batch took 0.30 ms per sample of 16 frames, not 0.13 (measured
+    on the shards of README "The DALI feed")."""
+    out = memoryview(out)
     pad = len(out) - len(jpeg)
     assert pad >= _SEGMENT_MIN and jpeg[:2] == _SOI, (pad, jpeg[:2])  # the checker saw every JPEG start with SOI
-    out[:2] = np.frombuffer(_SOI, dtype=np.uint8)
+    out[:2] = _SOI
     at = 2
     while pad:
         segment = min(pad, _SEGMENT_MAX)
         if 0 < pad - segment < _SEGMENT_MIN:
             segment -= _SEGMENT_MIN  # leave the last segment room for its marker and length
-        out[at:at + 4] = np.frombuffer(_COM + (segment - 2).to_bytes(2, "big"), dtype=np.uint8)
+        out[at:at + 4] = _COM + (segment - 2).to_bytes(2, "big")
         at += segment
         pad -= segment
-    out[at:] = np.frombuffer(jpeg, dtype=np.uint8)[2:]
+    out[at:] = memoryview(jpeg)[2:]
 
 
 def dense_batch(rows: list[Row], serial: int, notes: list[bytes] | None = None) -> list[np.ndarray]:
@@ -58,18 +61,19 @@ def dense_batch(rows: list[Row], serial: int, notes: list[bytes] | None = None) 
     frames = []
     for j in range(len(samples[0].frames)):
         jpegs = [sample.members[sample.frames[j]] for sample in samples]
-        column = np.zeros((len(rows), max(map(len, jpegs)) + JPEG_SLACK), dtype=np.uint8)
-        for jpeg, out in zip(jpegs, column):
-            pad_jpeg(jpeg, out)
-        frames.append(column)
+        length = max(map(len, jpegs)) + JPEG_SLACK
+        column = bytearray(len(rows) * length)
+        view = memoryview(column)
+        for i, jpeg in enumerate(jpegs):
+            pad_jpeg(jpeg, view[i * length:(i + 1) * length])
+        frames.append(np.frombuffer(column, dtype=np.uint8).reshape(len(rows), length))
     header = np.array([[top, left, top + h, left + w, int(flip), serial] for _, (top, left, h, w), flip in rows],
                       dtype=np.int32)
     outputs = [*frames, np.stack([sample.logmel for sample in samples]), header]
     if notes is not None:
-        note = np.zeros((len(rows), max(map(len, notes))), dtype=np.uint8)
-        for text, out in zip(notes, note):
-            out[:len(text)] = np.frombuffer(text, dtype=np.uint8)
-        outputs.append(note)
+        length = max(map(len, notes))
+        outputs.append(np.frombuffer(b"".join(note.ljust(length, b"\0") for note in notes), dtype=np.uint8)
+                       .reshape(len(rows), length))
     return outputs
 
 
