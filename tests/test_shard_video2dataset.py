@@ -11,11 +11,14 @@ import shutil
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from avmae.shard.format import LOGMEL_MEMBER, METADATA_MEMBER
 from avmae.shard.manifest import read_manifest
-from avmae.shard.video2dataset import youtube_id
+from avmae.shard import tar_members
+from avmae.shard.tar_members import list_tar, read_member
+from avmae.shard.video2dataset import tar_items, youtube_id
 from avmae.cli.shard import main as shard_main
 from tests.helpers import SMALL_BUILD, build_flags, build_shards
 from tests.servers import apply_env, http_server, s3_server
@@ -223,6 +226,88 @@ def test_a_cut_tar_is_a_failure_and_its_first_members_stay(downloads, tmp_path):
     broken = [row for row in failures.values() if row["reason"] == "unreadable_tar"]
     assert len(broken) == 1 and str(cut / "00000.tar") in broken[0]["detail"]
     assert "000000000" in _samples(out) and "000010000" in _samples(out)
+    # the fault's words are part of the build's fingerprint: they depend on the tar's bytes only
+    assert [item.to_json() for item in tar_items(str(cut))[0]] == [item.to_json() for item in tar_items(str(cut))[0]]
+    assert broken[0]["detail"] == f"{cut / '00000.tar'}: read stopped after 4 members: ReadError: unexpected end of data"
+
+
+class _ResetAfter:
+    """A local tar whose connection is reset once ``limit`` bytes were read: a storage failure, not a damaged tar."""
+
+    def __init__(self, path: str, limit: int):
+        self._file, self._limit = open(path, "rb"), limit
+
+    def read(self, size: int = -1) -> bytes:
+        if self._file.tell() >= self._limit:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return self._file.read(size)
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()
+
+
+def test_a_storage_error_while_listing_stops_the_build_and_the_same_build_then_resumes(
+        downloads, local_build, tmp_path, monkeypatch, capsys):
+    """A reset connection says nothing about the tar: it must not become an unreadable_tar failure, whose text the
+    build's fingerprint would hold (a re-run reading the tar fine would be refused). The build stops naming the tar."""
+    flaky = str(downloads / "00001.tar")
+    monkeypatch.setattr(tar_members, "open", lambda path, mode: _ResetAfter(path, 1024) if path == flaky
+                        else open(path, mode), raising=False)
+    out = tmp_path / "out"
+    src = str(downloads / "{00000..00001}.tar")
+    assert shard_main(["build", "--src", src, "--out", str(out), *build_flags(**V2D), "--json"]) == 2
+    message = capsys.readouterr().err.strip()
+    assert len(message.splitlines()) == 1 and flaky in message and "Connection reset" in message
+    assert not (out / "failures.jsonl").exists()
+    monkeypatch.undo()
+    _build(src, out)
+    assert read_manifest(out)["fingerprint"] == read_manifest(local_build)["fingerprint"]
+
+
+def test_tars_in_s3_are_listed_by_seeking_past_videos_and_members_read_with_one_exact_get(tmp_path, monkeypatch):
+    """Counts the S3 requests: listing skips the video bytes (a few block-sized GETs, not one per 10 KB tar record)
+    and a member is one GET of exactly its bytes (no read-ahead)."""
+    import fsspec
+    import s3fs
+
+    rng = np.random.default_rng(0)
+    members = [("a.json", _meta("a", "https://youtu.be/AAAAAAAAAAA")), ("a.mp4", rng.bytes(3 << 20)),
+               ("b.json", _meta("b", "https://youtu.be/BBBBBBBBBBB")), ("b.txt", b"caption"),
+               ("b.mp4", rng.bytes(3 << 20)), ("c.json", _meta("c", "https://youtu.be/CCCCCCCCCCC")),
+               ("c.mp4", rng.bytes(200_000))]
+    _write_tar(tmp_path / "00000.tar", members)
+    gets: list[tuple[int, int]] = []
+    call_s3 = s3fs.S3FileSystem._call_s3
+
+    async def counted(self, method, *args, **kwargs):
+        if method == "get_object":
+            first, _, last = kwargs.get("Range", "bytes=0-").removeprefix("bytes=").partition("-")
+            gets.append((int(first), int(last or -1)))
+        return await call_s3(self, method, *args, **kwargs)
+
+    with s3_server() as env:
+        apply_env(env, monkeypatch)
+        s3 = fsspec.filesystem("s3", skip_instance_cache=True)
+        s3.mkdir("v2d")
+        s3.put_file(str(tmp_path / "00000.tar"), "v2d/00000.tar")
+        monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counted)
+        listing = list_tar("s3://v2d/00000.tar", lambda name: not name.endswith(".mp4"))
+        listed = list(gets)
+        gets.clear()
+        entry = next(entry for entry in listing.entries if entry.name == "c.mp4")
+        data = read_member("s3://v2d/00000.tar", entry.offset, entry.size)
+    assert listing.error is None and [entry.name for entry in listing.entries] == [name for name, _ in members]
+    assert [entry.data for entry in listing.entries] == [None if name.endswith(".mp4") else data
+                                                        for name, data in members]
+    fetched = sum(last + 1 - first for first, last in listed)
+    assert len(listed) <= 4 and fetched < (1 << 20), f"listing: {len(listed)} GETs, {fetched} bytes"
+    assert data == members[-1][1] and gets == [(entry.offset, entry.offset + entry.size - 1)]
 
 
 def test_youtube_ids_from_video2dataset_urls():
