@@ -57,3 +57,32 @@ def test_names_joined_into_a_pipe_command_are_quoted_and_real_names_still_read(s
     assert join("pipe:cat /d/{}", "a b;c.tar") == "pipe:cat /d/'a b;c.tar'"
     assert join("pipe:cat /d/{}", "train-000000.tar") == "pipe:cat /d/train-000000.tar"
     assert verify(shards)["ok"] and verify(f"pipe:cat {shards}/{{}}")["ok"]
+
+
+def _commands() -> int:
+    """Pipe commands this process started and has not reaped (the `sh -c` of each; a finished one not yet waited
+    for counts too: its reader was never closed)."""
+    import gc
+
+    import psutil
+
+    gc.collect()  # readers of loaders of earlier tests
+    return len(psutil.Process().children())
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_a_pipe_pass_over_many_shards_keeps_one_command_running(shards, train):
+    """Evaluation (every shard in turn) and class-balanced training (labels of every owned shard read first, then
+    streamed) over a pipe: root: each shard's `cat` ends when the reader moves on, not with the run."""
+    root = f"pipe:cat {shards}/{{}}"
+    assert len(json.loads((shards / "manifest.json").read_text())["splits"]["train"]["shards"]) >= 3
+    before = _commands()
+    loader = build_loader(_config(root, balanced_sampling=train), "train", train=train)
+    live = []
+    for number, _ in enumerate(loader):
+        live.append(_commands() - before)
+        if number == 8:
+            break
+    assert len(live) >= 5 and max(live) <= 1, live
+    del loader
+    assert _commands() - before <= 1

@@ -2,7 +2,11 @@
 global sample order (DALI's split), every rank yields the same number of batches, and every row that is not a good
 sample of the range (the padding past its end, and bad samples, which keep their place) carries the data of the
 rank's last good sample with ``valid`` False. So each sample counts exactly once and collectives never wait on a
-rank that ran out."""
+rank that ran out.
+
+A shard's reader (for a remote shard an open stream: a running ``pipe:`` command, a connection, a read-ahead
+buffer) is closed as soon as the order moves on to another shard, so one is open at a time, not one per shard
+passed."""
 
 from __future__ import annotations
 
@@ -44,6 +48,20 @@ class EvalOrder(Generic[Row]):
                                "use fewer ranks")
         self.batches = eval_batches(total, world, batch_size)
         self._filler: Row | None = None
+        self._current: IndexedShard | None = None  # the shard being read; closed when the order moves on
+
+    def _read(self, index: int) -> Row:
+        shard, at = self.locate(index)
+        if shard is not self._current:
+            self.close()
+            self._current = shard
+        return self.read(shard, at)
+
+    def close(self) -> None:
+        """Close the reader of the shard being read (reopened, lazily, if the order reads on)."""
+        if self._current is not None:
+            self._current.close()
+            self._current = None
 
     def locate(self, index: int) -> tuple[IndexedShard, int]:
         number = bisect.bisect_right(self.starts, index) - 1
@@ -53,11 +71,15 @@ class EvalOrder(Generic[Row]):
         """The rank's last good sample (read without recording: its own place records it)."""
         if self._filler is None:
             for index in range(self.end - 1, self.first - 1, -1):
+                shard, at = self.locate(index)
                 try:
-                    self._filler = self.read(*self.locate(index))
+                    self._filler = self.read(shard, at)
                     break
                 except SampleError:
                     continue
+                finally:
+                    if shard is not self._current:  # read out of order: do not leave its stream open
+                        shard.close()
             else:
                 raise SkipBudgetExceeded(f"rank {self.rank}: every one of the {self.end - self.first} samples of its "
                                          "evaluation range is bad (see the warnings above)")
@@ -70,7 +92,7 @@ class EvalOrder(Generic[Row]):
                 rows.append(None)
                 continue
             try:
-                rows.append(self.read(*self.locate(index)))
+                rows.append(self._read(index))
                 self.skips.used()
             except SampleError as err:
                 rows.append(None)

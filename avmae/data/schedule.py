@@ -95,7 +95,13 @@ class TrainSchedule:
         Streamed, the epoch draws the same way, then streams each chosen sample as often as it was chosen through the
         shuffle buffer (the same draws per epoch; their order is the buffer's)."""
         population = [(shard, i) for shard, indices in owned for i in indices]
-        labels = [parse_metadata(shard.read(i, [METADATA_MEMBER])[METADATA_MEMBER])[META_LABELS] for shard, i in population]
+        labels = []
+        for shard, indices in owned:  # each shard's reader closed once its labels are read: one open at a time
+            try:
+                labels += [parse_metadata(shard.read(i, [METADATA_MEMBER])[METADATA_MEMBER])[META_LABELS]
+                           for i in indices]
+            finally:
+                shard.close()
         weights = balanced_weights(labels, self.label_counts)
 
         def order(rng: random.Random, fetcher: EpochFetcher | None) -> Iterator[tuple[int, IndexedShard, int]]:

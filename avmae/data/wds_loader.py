@@ -118,8 +118,11 @@ class ShardStream(IterableDataset):
         rng = random.Random(0)
         order = EvalOrder(self.shards, self.rank, self.world, self.config.batch_size,
                           lambda shard, index: self._read(shard, index, rng), reader_skips(self.config, self.rank, worker))
-        for number in range(worker, order.batches, workers):
-            yield self._collate(*order.batch(number))
+        try:
+            for number in range(worker, order.batches, workers):
+                yield self._collate(*order.batch(number))
+        finally:
+            order.close()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self._train_batches() if self.train else self._eval_batches()
