@@ -201,9 +201,10 @@ def test_audioset_list_joined_by_youtube_id(downloads, tmp_path):
     out = _build(str(downloads / "{00000..00001}.tar"), tmp_path / "joined", "--list", str(tmp_path / "segments.csv"))
     manifest = read_manifest(out)
     assert manifest["source"]["kind"] == "video2dataset+audioset"
-    assert manifest["totals"]["inputs"] == 5 and manifest["totals"]["samples"] == 2
-    # the corrupt mp4, the audio-only download, the README and the video of GGG: no row names them
-    assert manifest["source"]["ignored_files"] == {"(tar member groups no list row names)": 4}
+    # the rows, and the README: a failure no YouTube id ties to a row stays an input
+    assert manifest["totals"]["inputs"] == 6 and manifest["totals"]["samples"] == 2
+    # the corrupt mp4, the audio-only download and the video of GGG: no row names them
+    assert manifest["source"]["ignored_files"] == {"(tar member groups no list row names)": 3}
     samples = {meta["ytid"] + f"@{meta['list_start']}": meta for meta, _ in _samples(out).values()}
     whole = samples["AAAAAAAAAAA@0.5"]
     assert (whole["start"], whole["end"], whole["labels"]) == (0.5, 2.5, ["/m/dog"])
@@ -212,7 +213,28 @@ def test_audioset_list_joined_by_youtube_id(downloads, tmp_path):
     assert clip["start"] == 0.0 and clip["end"] == pytest.approx(3.0, abs=0.1)  # the clip lasts 3 s, not 10
     assert clip["v2d_key"] == "000000001_00000"
     assert {key: row["reason"] for key, row in _failures(out).items()} == {
-        "BBBBBBBBBBB_50000": "missing", "CCCCCCCCCCC_0": "download_failed", "ZZZZZZZZZZZ_0": "missing"}
+        "BBBBBBBBBBB_50000": "missing", "CCCCCCCCCCC_0": "download_failed", "ZZZZZZZZZZZ_0": "missing",
+        "README": "not_a_video"}
+
+
+def test_a_cut_tar_joined_to_a_list_keeps_its_failure(downloads, tmp_path):
+    """The rows whose videos were past the break are missing, and failures.jsonl says which tar broke and why."""
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    data = (downloads / "00000.tar").read_bytes()
+    (cut / "00000.tar").write_bytes(data[: len(data) * 2 // 3])
+    (tmp_path / "segments.csv").write_text(
+        "# YTID, start_seconds, end_seconds, positive_labels\n"
+        'AAAAAAAAAAA, 0.500, 2.500, "/m/dog"\n'  # listed before the break
+        'CCCCCCCCCCC, 0.000, 10.000, "/m/cat"\n')  # its JSON lies past the break
+    out = _build(str(cut), tmp_path / "out", "--list", str(tmp_path / "segments.csv"))
+    failures = _failures(out)
+    broken = [row for row in failures.values() if row["reason"] == "unreadable_tar"]
+    assert len(broken) == 1 and str(cut / "00000.tar") in broken[0]["detail"]
+    assert "unexpected end of data" in broken[0]["detail"]
+    assert failures["CCCCCCCCCCC_0"]["reason"] == "missing"
+    totals = read_manifest(out)["totals"]
+    assert totals["inputs"] == 3 == totals["samples"] + totals["failures"] == len(_samples(out)) + len(failures)
 
 
 def test_a_cut_tar_is_a_failure_and_its_first_members_stay(downloads, tmp_path):

@@ -87,11 +87,13 @@ def _used_labels(items: list[ClipItem]) -> LabelSet:
 def _tar_inputs(src: str, spec: InputSpec) -> tuple[list[ClipItem], LabelSet, dict[str, Any]]:
     """video2dataset tars: every member group an input, or with a list, the list's rows joined by YouTube id."""
     videos, source = tar_items(src)
-    if not source["members"] and not source["unreadable_tars"]:
-        raise ParameterError("src", f"{src} names no tar with members ({source['tars']} tars)")
-    if len(source["unreadable_tars"]) == source["tars"]:
+    # A tar cut part way still gives the members before the break (and its failure): only a source of which no
+    # member could be listed is refused.
+    if not source["members"] and source["unreadable_tars"]:
         raise ParameterError("src", f"{src}: no tar could be read, e.g. "
                                     f"{next(item.fault[1] for item in videos if item.fault)}")
+    if not source["members"]:
+        raise ParameterError("src", f"{src} names no tar with members ({source['tars']} tars)")
     if spec.list_path is None:
         return videos, _used_labels(videos), {**source, "ignored_files": {}}
     fmt = detect_format(spec.list_path) if spec.list_format == "auto" else spec.list_format

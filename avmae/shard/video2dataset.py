@@ -17,7 +17,8 @@ one input, so every member is accounted for:
 Labels without a list come from a ``labels`` (or ``label``) column saved in the JSON. With a list (AudioSet or
 VGGSound), rows are joined to the videos by YouTube id: a whole video is cut at the row's segment, a clip whose
 ``clips`` start is the row's start is read from its beginning; the list's rows are then the inputs, and the videos no
-row names are counted as ignored.
+row names are counted as ignored. A failure that no YouTube id ties to a row (a cut tar, a stray file, bad JSON) stays
+an input of its own: it may be what a row marked ``missing`` is missing, and its reason must reach failures.jsonl.
 """
 
 from __future__ import annotations
@@ -169,8 +170,9 @@ def tar_items(src: str) -> tuple[list[ClipItem], dict[str, Any]]:
 
 
 def join_list(rows: list[ClipItem], videos: list[ClipItem]) -> tuple[list[ClipItem], int]:
-    """List rows (no file yet) matched to video2dataset inputs by YouTube id; (rows, number of videos no row took).
-    A row whose video failed to download carries video2dataset's error instead of plain "missing"."""
+    """List rows (no file yet) matched to video2dataset inputs by YouTube id, followed by the failures no YouTube id
+    ties to a row; (those inputs, number of video2dataset inputs no row took). A row whose video failed to download
+    carries video2dataset's error instead of plain "missing"."""
     by_ytid: dict[str, list[ClipItem]] = defaultdict(list)
     for video in videos:
         if video.extra.get("ytid"):
@@ -192,8 +194,11 @@ def join_list(rows: list[ClipItem], videos: list[ClipItem]) -> tuple[list[ClipIt
         joined.append(replace(row, fault=failed[0].fault, extra={**row.extra, "v2d_tar": failed[0].path})
                       if failed else row)
         used.update(id(video) for video in failed)
+    unmatchable = [video for video in videos if video.fault is not None and not video.extra.get("ytid")
+                   and id(video) not in used]
+    used.update(id(video) for video in unmatchable)
     unused = sum(1 for video in videos if id(video) not in used)
-    return joined, unused
+    return joined + unmatchable, unused
 
 
 def _match(row: ClipItem, videos: list[ClipItem]) -> tuple[ClipItem, bool] | None:
