@@ -106,3 +106,17 @@ def build_shards(corpus: Path, out: Path, *extra: str, exit_code: int = 0, as_js
     """``avmae-shard build`` (build_arguments), asserting its exit code; returns ``out``."""
     assert shard_main(build_arguments(corpus, out, *extra, as_json=as_json, **options)) == exit_code
     return out
+
+
+def shard_members(folder: Path) -> dict[str, dict[str, bytes]]:
+    """Every sample of the shard tars in ``folder``: its key -> its members' bytes by extension (``"json"``,
+    ``"npy"``, ``"00.jpg"``: the member name after the key's dot, as webdataset splits it)."""
+    import tarfile
+
+    samples: dict[str, dict[str, bytes]] = {}
+    for tar_path in sorted(Path(folder).glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for member in tar.getmembers():
+                key, _, ext = member.name.partition(".")
+                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    return samples

@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import shutil
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from avmae.shard.media import decode_segment
 from avmae.shard.params import BuildParams, FeatureParams
 from avmae.shard.plan import fingerprint
 from avmae.shard.verify import verify
-from tests.helpers import TINY_SHARDS, build_shards
+from tests.helpers import TINY_SHARDS, build_shards, shard_members
 
 FRAMES, BINS = int(TINY_SHARDS["target_frames"]), 128
 
@@ -43,16 +42,8 @@ def builds(synth_corpus, tmp_path_factory) -> dict[str, Path]:
 
 def stored(folder: Path) -> dict[str, tuple[np.ndarray, dict]]:
     """key -> (log-mel as stored, metadata) of every sample of the folder."""
-    out = {}
-    for tar_path in sorted(folder.glob("*.tar")):
-        with tarfile.open(tar_path) as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-        for name, data in members.items():
-            key, _, ext = name.partition(".")
-            if ext == LOGMEL_MEMBER:
-                meta = json.loads(members[f"{key}.{METADATA_MEMBER}"])
-                out[key] = (np.load(io.BytesIO(data), allow_pickle=False), meta)
-    return out
+    return {key: (np.load(io.BytesIO(members[LOGMEL_MEMBER]), allow_pickle=False), json.loads(members[METADATA_MEMBER]))
+            for key, members in shard_members(folder).items()}
 
 
 def first_sample(folder: Path) -> tuple[IndexedShard, int]:

@@ -20,7 +20,7 @@ from avmae.shard import tar_members
 from avmae.shard.tar_members import list_tar, read_member
 from avmae.shard.video2dataset import tar_items, youtube_id
 from avmae.cli.shard import main as shard_main
-from tests.helpers import SMALL_BUILD, build_flags, build_shards
+from tests.helpers import SMALL_BUILD, build_flags, build_shards, shard_members
 from tests.servers import apply_env, http_server, s3_server
 
 V2D = {**SMALL_BUILD, "segment_seconds": "2", "shard_size": "4", "workers": "1"}
@@ -86,17 +86,8 @@ def downloads(tmp_path_factory, clip_factory) -> Path:
 
 def _samples(out: Path) -> dict[str, tuple[dict, dict[str, bytes]]]:
     """metadata id -> (metadata, members by extension) of every sample."""
-    found = {}
-    for tar_path in sorted(out.glob("*.tar")):
-        with tarfile.open(tar_path) as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-        for name, data in members.items():
-            key, _, ext = name.partition(".")
-            if ext == METADATA_MEMBER:
-                meta = json.loads(data)
-                found[meta["id"]] = (meta, {n.partition(".")[2]: d for n, d in members.items()
-                                            if n.partition(".")[0] == key})
-    return found
+    return {json.loads(members[METADATA_MEMBER])["id"]: (json.loads(members[METADATA_MEMBER]), members)
+            for members in shard_members(out).values()}
 
 
 def _failures(out: Path) -> dict[str, dict]:
@@ -248,6 +239,8 @@ def test_a_cut_tar_is_a_failure_and_its_first_members_stay(downloads, tmp_path):
     broken = [row for row in failures.values() if row["reason"] == "unreadable_tar"]
     assert len(broken) == 1 and str(cut / "00000.tar") in broken[0]["detail"]
     assert "000000000" in _samples(out) and "000010000" in _samples(out)
+    totals = read_manifest(out)["totals"]
+    assert totals["inputs"] == totals["samples"] + totals["failures"] == len(_samples(out)) + len(failures)
     # the fault's words are part of the build's fingerprint: they depend on the tar's bytes only
     assert [item.to_json() for item in tar_items(str(cut))[0]] == [item.to_json() for item in tar_items(str(cut))[0]]
     assert broken[0]["detail"] == f"{cut / '00000.tar'}: read stopped after 4 members: ReadError: unexpected end of data"
