@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import subprocess
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +17,12 @@ import torchaudio
 from PIL import Image
 from scipy.io import wavfile
 
+from avmae.shard.inputs import InputSpec, reads_cavmae_prepared
 from avmae.shard.format import LOGMEL_MEMBER, METADATA_MEMBER, frame_member
 from avmae.shard.manifest import read_manifest
 from avmae.shard.media import ffmpeg_binary
 from avmae.shard.verify import verify
-from tests.helpers import build_shards
+from tests.helpers import build_shards, shard_members
 
 TARGET_LENGTH = 1024  # CAV-MAE's target_length in every released run
 
@@ -99,17 +99,7 @@ def built(prepared, tmp_path_factory) -> Path:
 
 def _samples(out: Path) -> dict[str, dict[str, bytes]]:
     """video_id -> members of its sample."""
-    found = {}
-    for tar_path in sorted(out.glob("*.tar")):
-        with tarfile.open(tar_path) as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-        for name in members:
-            key, _, ext = name.partition(".")
-            if ext == METADATA_MEMBER:
-                meta = json.loads(members[name])
-                found[meta["video_id"]] = {n.partition(".")[2]: data for n, data in members.items()
-                                           if n.partition(".")[0] == key}
-    return found
+    return {json.loads(members[METADATA_MEMBER])["video_id"]: members for members in shard_members(out).values()}
 
 
 def test_logmel_equals_cavmae_wav2fbank_and_frames_are_the_extracted_jpegs(built, prepared):
@@ -173,3 +163,18 @@ def test_cli_defaults_to_cavmae_geometry_and_rejects_a_malformed_datafile(prepar
     bad.write_text(json.dumps({"data": [{"video_id": "x", "wav": "x.wav", "labels": "/m/a"}]}))
     assert shard_main(["build", "--list", str(bad), "--list-format", "cavmae", "--out", str(tmp_path / "o")]) == 2
     assert "data[0] lacks the text field(s) video_path" in capsys.readouterr().err
+
+
+def test_one_rule_tells_cavmae_prepared_data(prepared, tmp_path):
+    """The command's frame defaults and the input collection ask the same question of inputs.py."""
+    datafile = prepared / "datafile.json"
+    csv = tmp_path / "segments.csv"
+    csv.write_text('# YTID, start_seconds, end_seconds, positive_labels\nAAAAAAAAAAA, 0, 10, "/m/dog"\n')
+    odd = tmp_path / "odd.txt"
+    odd.write_text("what is this\n")
+    assert reads_cavmae_prepared(InputSpec(list_path=datafile))  # told from the file
+    assert reads_cavmae_prepared(InputSpec(list_path=tmp_path / "gone.json", list_format="cavmae"))  # as named
+    assert not reads_cavmae_prepared(InputSpec(list_path=csv))
+    assert not reads_cavmae_prepared(InputSpec(list_path=datafile, list_format="audioset"))
+    assert not reads_cavmae_prepared(InputSpec(list_path=odd))  # the list reader says what is wrong with it
+    assert not reads_cavmae_prepared(InputSpec(src=tmp_path))

@@ -43,6 +43,25 @@ def is_tar_source(src: Path | str | None) -> bool:
     return folder.is_dir() and any(folder.glob("*.tar")) and not scan_folder(folder)[0]
 
 
+def list_format(spec: InputSpec) -> str | None:
+    """The format of the dataset list: as named, or told from its first lines (ListFormatError when it cannot be);
+    None without a list."""
+    if spec.list_path is None:
+        return None
+    return detect_format(spec.list_path) if spec.list_format == "auto" else spec.list_format
+
+
+def reads_cavmae_prepared(spec: InputSpec) -> bool:
+    """Whether the build reads CAV-MAE's prepared data (frames and wavs its data JSON names; its frame count and size
+    are then the defaults). A list that cannot be read or told apart is not: collect_inputs says what is wrong."""
+    if spec.list_path is None or not spec.list_path.is_file():
+        return spec.list_format == "cavmae"
+    try:
+        return list_format(spec) == "cavmae"
+    except ValueError:
+        return False
+
+
 def collect_inputs(spec: InputSpec) -> tuple[list[ClipItem], LabelSet, dict[str, Any]]:
     """(items, label set, description of the source for the manifest). A folder's description counts the files
     the scan ignored, by extension (``ignored_files``)."""
@@ -65,11 +84,11 @@ def collect_inputs(spec: InputSpec) -> tuple[list[ClipItem], LabelSet, dict[str,
         source = {"kind": "folder", "src": str(src.resolve()), "ignored_files": ignored}
     else:
         src = Path(src) if src is not None else None
-        fmt = detect_format(list_path) if spec.list_format == "auto" else spec.list_format
-        if fmt == "cavmae":
+        if reads_cavmae_prepared(spec):
+            fmt = "cavmae"
             items, labels = read_cavmae_datafile(list_path, src, spec.class_labels)
         else:
-            fmt, items, labels = read_list(list_path, fmt, src, class_labels=spec.class_labels,
+            fmt, items, labels = read_list(list_path, list_format(spec), src, class_labels=spec.class_labels,
                                            segment_seconds=spec.segment_seconds, num_verbs=spec.num_verbs,
                                            num_nouns=spec.num_nouns)
         source = {"kind": fmt, "list": str(list_path.resolve()), "src": str(src.resolve()) if src else None,
@@ -96,7 +115,7 @@ def _tar_inputs(src: str, spec: InputSpec) -> tuple[list[ClipItem], LabelSet, di
         raise ParameterError("src", f"{src} names no tar with members ({source['tars']} tars)")
     if spec.list_path is None:
         return videos, _used_labels(videos), {**source, "ignored_files": {}}
-    fmt = detect_format(spec.list_path) if spec.list_format == "auto" else spec.list_format
+    fmt = list_format(spec)
     if fmt not in ("audioset", "vggsound"):
         raise ParameterError("list_format", f"{fmt!r}: a list is joined to video2dataset tars by YouTube id and "
                                             "segment, which AudioSet and VGGSound lists give")
