@@ -14,12 +14,13 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 from typing import IO, Any
 
-from avmae.storage import StorageError, filesystem_for, is_url, storage_errors
+from avmae.storage import PIPE, StorageError, filesystem_for, is_pipe, is_url, storage_errors
 
-PIPE = "pipe:"
 READ_AHEAD = 16 << 20  # bytes per ranged request of s3/gs streams: long reads, a few requests per shard
 _SKIP_CHUNK = 1 << 20
 _RETRIES = 2  # a stream cut mid-read (a reset connection) is reopened at the byte it reached, this many times
@@ -39,17 +40,17 @@ def _filesystem(location: str) -> tuple[Any, str]:
     return filesystem, filesystem._strip_protocol(location).rstrip("/")
 
 
-def is_remote(location: str | Path) -> bool:
-    return isinstance(location, str) and (is_url(location) or location.startswith(PIPE))
+def _is_fsspec(location: str | Path) -> bool:
+    return is_url(location) and not is_pipe(location)
 
 
 def join(root: str | Path, name: str) -> str:
     """The location of file ``name`` of shard root ``root`` (a folder, a URL prefix or a ``pipe:`` template). In a
     ``pipe:`` command the name is shell-quoted: names come from a manifest, which must not add commands (the readers
     also refuse names that are not plain file names, shard/format.py SHARD_FILE_NAME)."""
-    if not is_remote(root):
+    if not is_url(root):
         return str(Path(root) / name)
-    if root.startswith(PIPE):
+    if is_pipe(root):
         if "{}" not in root:
             raise StorageError(f"{root}: a pipe: shard root needs {{}} where a file's name goes, e.g. "
                                "pipe:cat /data/shards/{} (manifest.json and each NAME.tar, .idx, .crc are read "
@@ -60,9 +61,9 @@ def join(root: str | Path, name: str) -> str:
 
 def read_bytes(location: str | Path) -> bytes:
     """The whole file; FileNotFoundError when it is not there (a 404, a missing key), StorageError for the rest."""
-    if not is_remote(location):
+    if not is_url(location):
         return Path(location).read_bytes()
-    if location.startswith(PIPE):
+    if is_pipe(location):
         with ForwardReader(location) as reader:
             return reader.read_all()
     filesystem, path = _filesystem(location)
@@ -83,9 +84,9 @@ def read_many(locations: list[str]) -> list[bytes]:
     """Several whole files (a split's indexes and checksum sidecars): fsspec fetches those of one store
     concurrently, so a thousand small objects cost a few round trips, not a thousand."""
     found: dict[str, bytes] = {}
-    urls = [location for location in locations if is_url(location)]
+    urls = [location for location in locations if _is_fsspec(location)]
     for location in locations:
-        if not is_url(location):
+        if not _is_fsspec(location):
             found[location] = read_bytes(location)
     if urls:
         filesystem, _ = _filesystem(urls[0])
@@ -104,22 +105,50 @@ def read_many(locations: list[str]) -> list[bytes]:
 
 
 def exists(location: str | Path) -> bool:
-    if not is_remote(location):
+    if not is_url(location):
         return Path(location).exists()
-    if location.startswith(PIPE):  # a command cannot be asked: it exists if it gives a first byte
-        try:
-            with ForwardReader(location) as reader:
-                return bool(reader.read(0, 1))
-        except OSError:
-            return False
+    if is_pipe(location):
+        return _pipe_exists(location)
     filesystem, path = _filesystem(location)
     with storage_errors(location):
         return filesystem.exists(path)
 
 
+# What a command's error output says when the file it was asked for is not there: cat and other POSIX tools, the aws,
+# gsutil/gcloud and curl tools (curl -f: "The requested URL returned error: 404"), an HTTP or S3 404.
+_MISSING_WORDS = ("no such file", "not found", "does not exist", "nosuchkey", "error: 404", "(404)", "404 not found",
+                  "matched no objects")
+
+
+def _pipe_exists(location: str) -> bool:
+    """A command cannot be asked whether its file exists: it does if the command gives a first byte or succeeds.
+    A command that fails is "missing" only where its error output says so; any other failure (a typo, a refused
+    credential, an unreachable host) is a StorageError naming the command, its exit status and its last error line,
+    not a missing file."""
+    command = location[len(PIPE):]
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, stderr=errors)
+        try:
+            if process.stdout.read(1):
+                return True
+        finally:
+            process.stdout.close()
+            if process.poll() is None:
+                process.terminate()
+            status = process.wait()
+        if status == 0:
+            return True  # an empty file
+        errors.seek(0)
+        said = errors.read().decode("utf-8", "replace").strip()
+    if any(words in said.lower() for words in _MISSING_WORDS):
+        return False
+    last = said.splitlines()[-1] if said else "no error output"
+    raise StorageError(f"{command}: the command failed with exit status {status} ({last})")
+
+
 def copy_to(location: str | Path, path: Path) -> Path:
     """``location`` copied to the local file ``path`` in one sequential read."""
-    if not is_remote(location):
+    if not is_url(location):
         shutil.copyfile(location, path)
         return path
     with ForwardReader(location) as reader, open(path, "wb") as out:
@@ -137,7 +166,7 @@ class ForwardReader:
 
     def __init__(self, location: str | Path):
         self.location = str(location)
-        self.kind = ("local" if not is_remote(location) else "pipe" if self.location.startswith(PIPE)
+        self.kind = ("local" if not is_url(location) else "pipe" if is_pipe(self.location)
                      else "stream" if self.location.startswith(("http://", "https://")) else "ranged")
         self._stream: IO[bytes] | None = None
         self._position = 0

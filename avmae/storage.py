@@ -1,6 +1,7 @@
 """Where data may live besides a local folder: a URL that fsspec opens (``s3://bucket/prefix``, ``gs://…``,
-``https://…``). One home for telling a URL from a path and for turning a storage client's failure (no credentials,
-an unreachable endpoint, a missing bucket) into one line that names the URL, so every command says it the same way.
+``https://…``) or a webdataset ``pipe:`` command. One home for telling a URL from a path (is_url, root_of) and for
+turning a storage client's failure (no credentials, an unreachable endpoint, a missing bucket) into one line that
+names the URL and a hint fit for its protocol, so every command says it the same way.
 
 Credentials and endpoints come from the standard places only (AWS_* variables or ~/.aws for S3, fsspec's
 FSSPEC_<PROTOCOL>_<OPTION> variables): avmae adds no options of its own.
@@ -11,21 +12,32 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+PIPE = "pipe:"
 # The client libraries' own exception families (they are not OSErrors): botocore/aiobotocore (S3), aiohttp (HTTP,
 # S3 transport), google (GCS). A failure from one of them is a storage failure, not a bug of avmae.
 _CLIENT_MODULES = ("botocore", "aiobotocore", "aiohttp", "google", "gcsfs", "s3fs", "fsspec")
-# What a person can do about the common failures, by the words the clients use.
+# What a person can do about the common failures, by the words the clients use and the URL's protocol (an http URL
+# has no AWS endpoint or bucket to check). A protocol of None: any.
+_S3 = ("s3", "s3a")
+_ENDPOINT = "endpoint unreachable (check AWS_ENDPOINT_URL / FSSPEC_S3_ENDPOINT_URL and the network)"
+_SERVER = "server unreachable (check the host, the port and the network)"
 _HINTS = (
-    ("credentials", "no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"),
-    ("could not connect", "endpoint unreachable (check AWS_ENDPOINT_URL / FSSPEC_S3_ENDPOINT_URL and the network)"),
-    ("connect call failed", "endpoint unreachable (check AWS_ENDPOINT_URL / FSSPEC_S3_ENDPOINT_URL and the network)"),
-    ("bucket does not exist", "the bucket does not exist"),
-    ("nosuchbucket", "the bucket does not exist"),
-    ("access denied", "access denied: the credentials may not use this bucket or prefix"),
-    ("forbidden", "access denied: the credentials may not use this bucket or prefix"),
+    ("credentials", _S3, "no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"),
+    ("could not connect", _S3, _ENDPOINT),
+    ("connect call failed", _S3, _ENDPOINT),
+    ("could not connect", None, _SERVER),
+    ("connect call failed", None, _SERVER),
+    ("cannot connect to host", None, _SERVER),
+    ("connection refused", None, _SERVER),
+    ("bucket does not exist", None, "the bucket does not exist"),
+    ("nosuchbucket", None, "the bucket does not exist"),
+    ("access denied", None, "access denied: the credentials may not use this bucket or prefix"),
+    ("forbidden", _S3 + ("gs", "gcs"), "access denied: the credentials may not use this bucket or prefix"),
+    ("forbidden", None, "access denied (HTTP 403)"),
 )
 
 
@@ -34,8 +46,27 @@ class StorageError(OSError):
 
 
 def is_url(text: Any) -> bool:
-    """``s3://b/p``, ``https://h/p``, ``file:///p``: yes; a local path (``shards``, ``/data/x``, ``C:\\x``): no."""
-    return isinstance(text, str) and bool(_URL.match(text))
+    """Whether ``text`` names a location that is not a local path: an fsspec URL (``s3://b/p``, ``https://h/p``,
+    ``file:///p``) or a webdataset ``pipe:`` command (is_pipe); a local path (``shards``, ``/data/x``, ``C:\\x``):
+    no. The one test of "remote or local" for every layer."""
+    return isinstance(text, str) and (bool(_URL.match(text)) or text.startswith(PIPE))
+
+
+def is_pipe(text: Any) -> bool:
+    """A webdataset ``pipe:`` command (``pipe:aws s3 cp s3://b/{} -``), read through a shell, not a file system."""
+    return isinstance(text, str) and text.startswith(PIPE)
+
+
+def root_of(text: str | Path) -> str | Path:
+    """A location as given on a command line or in a config: a URL or pipe: command stays text, else a Path."""
+    return text if is_url(text) else Path(text)
+
+
+def protocol(url: str) -> str:
+    """``s3`` of ``s3://b/p``, ``pipe`` of a pipe: command, ``file`` of a local path."""
+    if is_pipe(url):
+        return "pipe"
+    return url.split("://", 1)[0].lower() if _URL.match(url) else "file"
 
 
 def filesystem_for(url: str) -> tuple[Any, str]:
@@ -45,6 +76,9 @@ def filesystem_for(url: str) -> tuple[Any, str]:
     import fsspec
     from fsspec.core import url_to_fs
 
+    if is_pipe(url):
+        raise StorageError(f"{url}: a pipe: command is read through its shell command, not a file system; "
+                           "use a folder or a URL (s3://, gs://, https://) here")
     try:
         filesystem, path = url_to_fs(url, skip_instance_cache=True)
     except (ImportError, ValueError) as err:
@@ -58,7 +92,9 @@ def describe_failure(url: str, err: BaseException) -> str:
     """One line: the URL, what is wrong in words a person can act on, and the client's own message."""
     message = str(err) or type(err).__name__
     lowered = f"{type(err).__name__} {message}".lower()
-    hint = next((words for key, words in _HINTS if key in lowered), None)
+    scheme = protocol(url)
+    hint = next((words for key, protocols, words in _HINTS
+                 if key in lowered and (protocols is None or scheme in protocols)), None)
     if hint is None and isinstance(err, FileNotFoundError):
         hint = "not found"
     return f"{url}: {hint or 'storage request failed'} ({type(err).__name__}: {message})"

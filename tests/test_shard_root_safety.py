@@ -86,3 +86,79 @@ def test_a_pipe_pass_over_many_shards_keeps_one_command_running(shards, train):
     assert len(live) >= 5 and max(live) <= 1, live
     del loader
     assert _commands() - before <= 1
+
+
+UNREACHABLE = "http://127.0.0.1:9/x"  # the discard port: nothing listens on loopback
+
+
+def _single_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    lines = [line for line in err if line.startswith("avmae-")]  # DeepSpeed's import notices aside
+    assert len(lines) == 1 and "Traceback" not in "\n".join(err), err
+    return lines[0]
+
+
+def test_train_and_eval_say_an_unreachable_shard_url_in_one_line(tmp_path, capsys, monkeypatch):
+    from types import SimpleNamespace
+
+    import avmae.export.load
+    from avmae.cli.eval import main as eval_main
+    from avmae.cli.train import main as train_main
+    from avmae.recipe.config import RunConfig
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "demo_pretrain.yaml"
+    assert train_main(["--config", str(config), "--set", f"data.shards={UNREACHABLE}",
+                       "--workdir", str(tmp_path / "run")]) == 2
+    line = _single_line(capsys)
+    assert line.startswith(f"avmae-train: {UNREACHABLE}/manifest.json: server unreachable")
+    assert "AWS_ENDPOINT_URL" not in line  # an http URL has no S3 endpoint to check
+
+    monkeypatch.setattr(avmae.export.load, "load_model",  # a model is not what this test is about
+                        lambda *args: SimpleNamespace(path=Path("model.safetensors"), config=RunConfig()))
+    assert eval_main(["--ckpt", "model.safetensors", "--data", UNREACHABLE, "--task", "audioset",
+                      "--out", str(tmp_path / "eval")]) == 2
+    assert _single_line(capsys).startswith(f"avmae-eval: {UNREACHABLE}/manifest.json: server unreachable")
+
+
+def test_the_hint_for_an_unreachable_store_follows_the_protocol():
+    from avmae.storage import describe_failure
+
+    refused = OSError("Cannot connect to host 127.0.0.1:9 ssl:default [Connect call failed ('127.0.0.1', 9)]")
+    assert "AWS_ENDPOINT_URL" in describe_failure("s3://bucket/x", refused)
+    for url in ("http://127.0.0.1:9/x", "https://host/x", "gs://bucket/x"):
+        assert "AWS_" not in describe_failure(url, refused) and "server unreachable" in describe_failure(url, refused)
+
+
+def test_verify_over_a_pipe_tells_a_failing_command_from_a_missing_file(shards, tmp_path):
+    from avmae.storage import StorageError
+
+    log = tmp_path / "runs.log"
+    counted = f"pipe:echo {{}} >> {log}; cat {shards}/{{}}"
+    assert verify(counted)["ok"]
+    runs = log.read_text().split()
+    assert all(runs.count(name) == 1 for name in runs if name.endswith((".tar", ".idx", ".crc"))), runs
+
+    denied = (f"pipe:f() {{ case $1 in *.tar) echo 'An error occurred (AccessDenied) when calling GetObject' >&2; "
+              f"return 3;; esac; cat {shards}/$1; }}; f {{}}")
+    with pytest.raises(StorageError, match=r"exit status 3 \(An error occurred \(AccessDenied\)"):
+        verify(denied)
+
+    gone = tmp_path / "gone"
+    shutil.copytree(shards, gone)
+    (gone / "train-000001.tar").unlink()
+    report = verify(f"pipe:cat {gone}/{{}}")
+    assert report["problems"] == verify(gone)["problems"]
+    assert "train-000001: tar file is missing" in report["problems"]
+
+
+def test_a_read_ahead_block_that_misses_the_sample_is_a_sample_error(shards):
+    """A check, not an assert: `python -O` strips asserts and would slice the wrong bytes."""
+    from avmae.data.faults import SampleError
+    from avmae.data.tar_reader import IndexedShard, SampleBlock
+
+    shard = IndexedShard(str(shards / "train-000000.tar"), str(shards / "train-000000.idx"),
+                         str(shards / "train-000000.crc"))
+    start, end = shard.span(1)
+    with pytest.raises(SampleError, match="index_mismatch: the bytes read ahead start at byte") as caught:
+        shard.read(0, ["json"], SampleBlock(start, b"\0" * (end - start)))
+    assert caught.value.reason == "index_mismatch" and caught.value.shard.endswith("train-000000.tar")

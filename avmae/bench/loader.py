@@ -29,7 +29,7 @@ from avmae.data.spec import load_spec
 from avmae.shard.format import METADATA_MEMBER
 from avmae.shard.items import file_stem_for_key
 from avmae.shard.media import ffmpeg_binary
-from avmae.shard_files import is_remote
+from avmae.storage import is_url
 
 
 def export_cavmae_layout(spec, folder: Path, frames: list[str]) -> tuple[list[dict[str, Any]], dict[str, str]]:
@@ -104,7 +104,7 @@ def _rate(iterator, batches: int, batch_size: int, frames: int) -> dict[str, flo
 
 
 def _location(root: str | Path) -> str:
-    return str(root).split(":", 1)[0] if is_remote(root) else "local"
+    return str(root).split(":", 1)[0] if is_url(root) else "local"
 
 
 def bench_loader(data: str | Path, split: str, backends: list[str], workers: list[int], *, batch_size: int,
@@ -131,7 +131,7 @@ def bench_loader(data: str | Path, split: str, backends: list[str], workers: lis
                 stream = iter(_forever(lambda: Loader(located, config, train=train)))  # the spec read above
                 results["runs"].append({"loader": backend, "location": _location(root), "workers": count,
                                         **_rate(stream, batches, batch_size, num_frames)})
-    if is_remote(data):  # the baseline reads local tars and source clips
+    if is_url(data):  # the baseline reads local tars and source clips
         return results
     rows, renamed = export_cavmae_layout(spec, scratch, frame_members(spec.features["num_frames"], num_frames))
     if renamed:

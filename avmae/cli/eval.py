@@ -119,6 +119,7 @@ def as_flags(message: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     from avmae.config import ConfigError
     from avmae.eval.predictions import PredictionsError
+    from avmae.storage import StorageError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] == "reconstruct":
             return _run_reconstruct(argv[1:])
         return _run_eval(_eval_parser().parse_args(argv))
-    except (ValueError, FileNotFoundError, ConfigError, PredictionsError) as err:
+    except (ValueError, FileNotFoundError, ConfigError, PredictionsError, StorageError) as err:
         message = " ".join(str(err).split())  # one line, whatever the library wrote
         print(f"avmae-eval: {as_flags(message)}", file=sys.stderr)
         return 2

@@ -24,6 +24,10 @@ examples:
 """
 
 
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())  # whatever the library or a storage client wrote
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="avmae-train", description=DESCRIPTION, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,20 +44,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load(RunConfig, args.config, overrides).validate()
     except (ConfigError, ValueError, FileNotFoundError) as err:
-        print(f"avmae-train: {err}", file=sys.stderr)
+        print(f"avmae-train: {_one_line(err)}", file=sys.stderr)
         return 2
     from avmae.eval.during_training import SplitEvaluator
+    from avmae.storage import StorageError
     from avmae.train.trainer import Trainer
 
     try:
         trainer = Trainer(config, evaluator=SplitEvaluator(config) if config.task == "finetune" else None)
-    except (ValueError, FileNotFoundError) as err:  # shards missing or made for another model: say which
-        print(f"avmae-train: {err}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, StorageError) as err:  # shards missing, unreachable or made for another
+        print(f"avmae-train: {_one_line(err)}", file=sys.stderr)  # model: say which
         return 2
     from avmae.train.stops import JobStopped
 
     try:
         result = trainer.run()
+    except StorageError as err:  # the store failed past a loader's retries: the URL and what is wrong, no trace
+        print(f"avmae-train: {_one_line(err)}", file=sys.stderr, flush=True)
+        return 2
     except JobStopped as err:  # divergence, a failed checkpoint, a loader past its budget, a dead rank: one line
         print(f"avmae-train: {err}", file=sys.stderr, flush=True)
         if err.group_broken:  # tearing down a process group with a dead peer waits on it: leave at once

@@ -10,7 +10,8 @@ from typing import Any
 from avmae.shard.format import UNCHECKED_VERSIONS, LabelMode, check_shard_file_names, label_mode
 from avmae.shard.manifest import MANIFEST_FILE, read_manifest
 from avmae.shard.tarfiles import parse_index
-from avmae.shard_files import is_remote, join, read_many
+from avmae.shard_files import join, read_many
+from avmae.storage import root_of
 
 log = logging.getLogger(__name__)
 _NOTICED: set[str] = set()  # folders whose "unchecked" notice was given (once per folder and process)
@@ -58,7 +59,7 @@ def load_spec(root: str | Path, split: str, expect: dict[str, Any] | None = None
     """The shards of ``split`` under ``root``. ``expect`` maps feature names to required values (e.g. the number of
     log-mel frames the model was configured for); any difference is an error naming both values. ``root`` is a
     folder, or a URL prefix or ``pipe:`` command (avmae/shard_files.py)."""
-    root = root if is_remote(root) else Path(root)
+    root = root_of(root)
     manifest = read_manifest(root)
     check_shard_file_names(manifest, join(root, MANIFEST_FILE))
     if split not in manifest["splits"]:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from avmae.data.faults import SampleError
 from avmae.shard.format import crc32, parse_checksums
 from avmae.shard.tarfiles import parse_index
-from avmae.shard_files import ForwardReader, is_remote, read_text
+from avmae.shard_files import ForwardReader, read_text
+from avmae.storage import is_url
 
 _HEADER = 512
 
@@ -42,7 +43,7 @@ class IndexedShard:
             self.checksums = parse_checksums(crc_text if crc_text is not None else read_text(crc), crc)
         else:
             self.checksums = None
-        self.remote = is_remote(tar)
+        self.remote = is_url(tar)
         self._fd: int | None = None
         self._reader: ForwardReader | None = None
 
@@ -82,7 +83,9 @@ class IndexedShard:
         start = min(offset for offset, _, _ in wanted) - _HEADER
         end = max(offset + size for offset, size, _ in wanted)
         if block is not None:
-            assert block.start <= start, (self.tar, key, block.start, start)
+            if block.start > start:  # bytes read ahead for another span: a check, not an assert (python -O)
+                raise SampleError(self.tar, key, exts[0], "index_mismatch", f"the bytes read ahead start at byte "
+                                  f"{block.start}, after the sample's first member header at {start}")
             raw = block.data[start - block.start:end - block.start]
             tar_end = block.start + len(block.data)
         else:

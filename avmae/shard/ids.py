@@ -20,7 +20,8 @@ from typing import Any, Iterable
 from avmae.shard.format import METADATA_MEMBER, check_shard_file_names
 from avmae.shard.manifest import FAILURES_FILE, MANIFEST_FILE, read_manifest
 from avmae.shard.tarfiles import parse_index
-from avmae.shard_files import ForwardReader, exists, is_remote, join, read_text
+from avmae.shard_files import ForwardReader, exists, join, read_text
+from avmae.storage import root_of
 
 
 def row(video: str, start: float, end: float) -> str:
@@ -41,7 +42,7 @@ def split_rows(root: str | Path, split: str) -> tuple[dict[str, str], dict[str, 
     key -> why for the samples whose metadata cannot be read (a damaged shard is data, not a stop: the loaders
     count and name those samples where they are scored, avmae-shard verify names the bytes). ``root``: a folder,
     or a URL prefix or pipe: command (avmae/shard_files.py); each tar is read front to back over one stream."""
-    root = root if is_remote(root) else Path(root)
+    root = root_of(root)
     manifest = read_manifest(root)
     check_shard_file_names(manifest, join(root, MANIFEST_FILE))
     if split not in manifest["splits"]:

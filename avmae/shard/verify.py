@@ -22,7 +22,8 @@ from avmae.shard.format import (LOGMEL_MEMBER, METADATA_MEMBER, UNCHECKED_VERSIO
                                 frame_member, logmel_dtype, parse_checksums, sample_members)
 from avmae.shard.manifest import MANIFEST_FILE, read_manifest
 from avmae.shard.tarfiles import Member, parse_index, read_members, sha256_file
-from avmae.shard_files import copy_to, exists, is_remote, join, read_text
+from avmae.shard_files import copy_to, exists, join, read_text
+from avmae.storage import is_url
 
 
 def _check_sample(tar: tarfile.TarFile, names: list[str], num_frames: int, shape: tuple[int, int],
@@ -119,18 +120,37 @@ def _check_shard(here: Path, shard: dict[str, Any], checked: bool, deep: bool, f
     return len(indexed)
 
 
+class _Missing(Exception):
+    """A shard's tar or index is not there (``what``: "tar" or "index")."""
+
+    def __init__(self, what: str):
+        super().__init__(what)
+        self.what = what
+
+
 @contextmanager
 def _local_files(out: str | Path, shard: dict[str, Any]) -> Iterator[Path]:
     """A local folder holding the shard's tar, index and sidecar: ``out`` itself, or a temporary copy of a remote
-    shard (removed after its checks)."""
-    if not is_remote(out):
+    shard (removed after its checks), each file read once. _Missing when the tar or index is not there; a remote
+    file that cannot be read for another reason (a failing command, refused credentials) is the StorageError that
+    says so, not a missing file."""
+    if not is_url(out):
+        for what, name in (("tar", shard["tar"]), ("index", shard["idx"])):
+            if not (Path(out) / name).exists():
+                raise _Missing(what)
         yield Path(out)
         return
     with tempfile.TemporaryDirectory(prefix="avmae-verify-") as folder:
-        for name in (shard["tar"], shard["idx"], shard.get("crc")):
-            if name and exists(join(out, name)):
-                (Path(folder) / name).parent.mkdir(parents=True, exist_ok=True)
+        for what, name in (("tar", shard["tar"]), ("index", shard["idx"]), ("sidecar", shard.get("crc"))):
+            if not name:
+                continue
+            try:
                 copy_to(join(out, name), Path(folder) / name)
+            except OSError:
+                if exists(join(out, name)):  # asked only after a failed read: it raises when the store failed
+                    raise
+                if what != "sidecar":  # a missing sidecar is reported by the checksum check
+                    raise _Missing(what) from None
         yield Path(folder)
 
 
@@ -149,12 +169,11 @@ def verify(out: str | Path, deep: bool = True) -> dict[str, Any]:
         counted = 0
         for shard in split["shards"]:
             shards += 1
-            tar_found, idx_found = exists(join(out, shard["tar"])), exists(join(out, shard["idx"]))
-            if not tar_found or not idx_found:
-                problems.append(f"{shard['name']}: {'tar' if not tar_found else 'index'} file is missing")
-                continue
-            with _local_files(out, shard) as here:
-                counted += _check_shard(here, shard, checked, deep, features, shape, problems, damaged)
+            try:
+                with _local_files(out, shard) as here:
+                    counted += _check_shard(here, shard, checked, deep, features, shape, problems, damaged)
+            except _Missing as missing:
+                problems.append(f"{shard['name']}: {missing.what} file is missing")
         if counted != split["samples"]:
             problems.append(f"split {split_name}: shards hold {counted} samples, manifest says {split['samples']}")
         samples += counted
