@@ -120,11 +120,15 @@ def test_class_balanced_sampling_streams_remote_shards(http, shards):
     """Each epoch draws as many samples as the reader owns, with replacement; streamed, each drawn sample is read
     once per draw from its shard's stream, and resume replays the same draws."""
     root = f"{http}/shards"
-    everything = {keys for tar in shards.glob("*.tar") for keys in keys_of(tar)}
-    straight = take(build_loader(config(root, balanced_sampling=True), "train", train=True), 8)
-    assert {key for b in straight for key in b["key"]} <= everything
+    straight = take(build_loader(config(root, balanced_sampling=True), "train", train=True), 12)
+    local = take(build_loader(config(shards, balanced_sampling=True), "train", train=True), 12)
+    drawn = [[key for b in batches[epoch * 6:(epoch + 1) * 6] for key in b["key"]] for batches in (straight, local)
+             for epoch in range(2)]
+    assert all(len(keys) == 12 for keys in drawn)  # 12 owned samples: 12 draws (6 batches) per epoch
+    assert sorted(drawn[0]) == sorted(drawn[2]) and sorted(drawn[1]) == sorted(drawn[3])  # the local epochs' draws
+    assert len(set(drawn[0])) < 12 and sorted(drawn[0]) != sorted(drawn[1])  # with replacement, redrawn per epoch
     resumed = take(build_loader(config(root, balanced_sampling=True), "train", train=True, start_batch=3), 5)
-    assert [b["key"] for b in resumed] == [b["key"] for b in straight[3:]]
+    assert [b["key"] for b in resumed] == [b["key"] for b in straight[3:8]]
     assert all(torch.equal(r["video"], s["video"]) for r, s in zip(resumed, straight[3:]))
 
 
