@@ -14,7 +14,7 @@ from rich.table import Table
 from avmae.shard.errors import ParameterError
 from avmae.shard.cavmae_prepared import CAVMAE_FRAME_SIZE, CAVMAE_FRAMES
 from avmae.shard.format import LOGMEL_DTYPES
-from avmae.shard.lists import LIST_FORMATS, detect_format
+from avmae.shard.lists import LIST_FORMATS
 from avmae.shard.params import BuildParams, FeatureParams
 
 _FLAGS = {"list_path": "--list", "num_classes": "--classes"}  # library parameters whose flag is not "--name-dashed"
@@ -26,10 +26,11 @@ def flag(parameter: str) -> str:
 
 
 def _folder_or_url(text: str) -> Path | str:
-    """A build output: a URL (``s3://bucket/prefix``, any fsspec URL) stays text, anything else is a folder."""
-    from avmae.storage import is_url
+    """A build output or a shard folder to read: a URL (``s3://bucket/prefix``, any fsspec URL) or a pipe: command
+    stays text, anything else is a folder (storage.root_of)."""
+    from avmae.storage import root_of
 
-    return text if is_url(text) else Path(text)
+    return root_of(text)
 
 DESCRIPTION = """\
 Turn raw video clips into WebDataset shards for avmae: per sample N JPEG frames spread over the segment, the
@@ -55,13 +56,6 @@ examples:
   avmae-shard verify shards && avmae-shard inspect shards --sample 0 --png-dir shards_preview
   avmae-shard ids as_eval --split test --out as_eval_test.ids      # the clip set behind a number, and its sha256
 """
-
-
-def _shard_root(text: str) -> Path | str:
-    """A shard folder to read: a URL (s3://, gs://, https://) or a pipe: command stays text (avmae/shard_files.py)."""
-    from avmae.shard_files import is_remote
-
-    return text if is_remote(text) else Path(text)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -144,19 +138,19 @@ def _build_parser() -> argparse.ArgumentParser:
     finalize.add_argument("--json", action="store_true")
 
     verify = commands.add_parser("verify", help="check tars, indexes, counts and checksums against the manifest")
-    verify.add_argument("out", type=_shard_root, help="shard folder, URL (s3://, gs://, https://) or pipe:... {} command")
+    verify.add_argument("out", type=_folder_or_url, help="shard folder, URL (s3://, gs://, https://) or pipe:... {} command")
     verify.add_argument("--quick", action="store_true", help="skip opening every sample")
     verify.add_argument("--json", action="store_true")
 
     inspect = commands.add_parser("inspect", help="summary, label histogram, PNGs of one sample")
-    inspect.add_argument("out", type=_shard_root, help="shard folder, URL or pipe: command")
+    inspect.add_argument("out", type=_folder_or_url, help="shard folder, URL or pipe: command")
     inspect.add_argument("--sample", help="key or position of a sample to render (PNG contact sheet + spectrogram)")
     inspect.add_argument("--png-dir", type=Path, help="where the PNGs go (default: <out>/inspect)")
     inspect.add_argument("--json", action="store_true")
 
     ids = commands.add_parser("ids", help="the sorted clip list (id, start, end) of a split and its sha256, to "
                                           "compare with another lab's copy")
-    ids.add_argument("out", type=_shard_root, help="shard folder, URL or pipe: command")
+    ids.add_argument("out", type=_folder_or_url, help="shard folder, URL or pipe: command")
     ids.add_argument("--split", required=True)
     ids.add_argument("--list-out", "--out", dest="list_out", type=Path,
                      help="write the list here (default: standard output; the hash goes to standard error)")
@@ -180,14 +174,14 @@ def _print_json(data) -> None:
 
 def _cmd_build(args) -> int:
     from avmae.shard.build import build_shards
-    from avmae.shard.inputs import InputSpec
+    from avmae.shard.inputs import InputSpec, reads_cavmae_prepared
 
-    prepared = _is_cavmae(args)
-    num_frames = args.num_frames or (CAVMAE_FRAMES if prepared else FeatureParams.num_frames)
-    short_side = args.short_side or (CAVMAE_FRAME_SIZE if prepared else FeatureParams.short_side)
     inputs = InputSpec(src=args.src, list_path=args.list, list_format=args.list_format, class_labels=args.class_labels,
                        labels_from_dirs=args.labels_from_dirs, split=args.split, segment_seconds=args.segment_seconds,
                        num_verbs=args.num_verbs, num_nouns=args.num_nouns)
+    prepared = reads_cavmae_prepared(inputs)
+    num_frames = args.num_frames or (CAVMAE_FRAMES if prepared else FeatureParams.num_frames)
+    short_side = args.short_side or (CAVMAE_FRAME_SIZE if prepared else FeatureParams.short_side)
     features = FeatureParams(num_frames=num_frames, short_side=short_side, jpeg_qscale=args.jpeg_qscale,
                              target_frames=args.target_frames, num_mel_bins=args.num_mel_bins,
                              logmel_dtype=args.logmel_dtype)
@@ -202,16 +196,6 @@ def _cmd_build(args) -> int:
     else:
         _print_build_report(report)
     return 0
-
-
-def _is_cavmae(args) -> bool:
-    """Whether the build reads CAV-MAE's prepared data (its frame count and size are then the defaults)."""
-    if args.list_format != "auto" or args.list is None or not args.list.is_file():
-        return args.list_format == "cavmae"
-    try:
-        return detect_format(args.list) == "cavmae"
-    except ValueError:
-        return False  # the list reader says what is wrong with the file
 
 
 def _print_build_report(report) -> None:
