@@ -154,6 +154,33 @@ def test_distributed_eval_equals_single_process(runs, shards, tmp_path):  # noqa
     assert np.allclose(a["scores"], b["scores"], atol=1e-5)
 
 
+def test_eval_from_http_and_s3_shards_reports_what_the_local_folder_gives(runs, shards, tmp_path, monkeypatch):  # noqa: F811
+    """avmae-eval end to end on remote roots (issue 15): the same metrics, predictions in the same order, and the
+    same clip set, whether the shards are a folder, served over HTTP or in an S3 bucket."""
+    import fsspec
+
+    from tests.servers import apply_env, http_server, s3_server
+
+    _, finetuned = runs
+    args = ("--ckpt", str(finetuned), "--split", "train", "--task", "vggsound")
+    local = _eval(*args, "--data", str(shards), "--out", str(tmp_path / "local"))
+    with http_server(shards.parent) as url:
+        over_http = _eval(*args, "--data", f"{url}/{shards.name}", "--out", str(tmp_path / "http"))
+    with s3_server() as env:
+        apply_env(env, monkeypatch)
+        fs = fsspec.filesystem("s3", skip_instance_cache=True)
+        fs.mkdir("evalbucket")
+        fs.put(f"{shards}/", f"evalbucket/{shards.name}/", recursive=True)
+        over_s3 = _eval(*args, "--data", f"s3://evalbucket/{shards.name}", "--out", str(tmp_path / "s3"))
+    reference = np.load(tmp_path / "local" / "predictions.npz")
+    for name, report in (("http", over_http), ("s3", over_s3)):
+        assert report["metrics"] == local["metrics"], name
+        assert report["clip_set"]["sha256"] == local["clip_set"]["sha256"], name
+        remote = np.load(tmp_path / name / "predictions.npz")
+        assert remote["keys"].tolist() == reference["keys"].tolist(), name
+        assert np.array_equal(remote["scores"], reference["scores"]), name
+
+
 def test_retrieval_probe_and_reconstruction_of_a_pretraining_checkpoint(runs, shards, tmp_path):  # noqa: F811
     pretrained, _ = runs
     report = _eval("--ckpt", str(pretrained), "--data", str(shards), "--split", "train", "--task", "retrieval",

@@ -69,7 +69,8 @@ def _deepspeed_config(config: RunConfig, bf16: bool) -> dict[str, Any]:
 
 def _host_peak_rss_gb() -> float:
     """The largest resident-memory high-water mark of any rank's process (getrusage's ru_maxrss, KiB on Linux),
-    for logging: on CPU it is what a rank needs; on GPU its host side (the model is built there first)."""
+    for logging: on CPU what a rank's model, optimizer and activations need; on GPU their host side (the model is
+    built there first). The rank's DataLoader workers are processes of their own and are not counted."""
     peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20], dtype=torch.float64)
     if dist.is_initialized() and dist.get_world_size() > 1:
         if dist.get_backend() == "nccl":
