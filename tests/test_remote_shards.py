@@ -132,12 +132,15 @@ def test_class_balanced_sampling_streams_remote_shards(http, shards):
     assert all(torch.equal(r["video"], s["video"]) for r, s in zip(resumed, straight[3:]))
 
 
-def test_dali_reads_remote_shards_as_the_webdataset_backend_does(s3):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_dali_reads_remote_shards_as_the_webdataset_backend_does(s3, workers):
+    """Serial and with DALI's worker processes (dali_feed.py, one per training reader, streaming in the worker)."""
     pytest.importorskip("nvidia.dali")
     root = s3 + "/shards"
     for train in (False, True):
         count = 6 if not train else 4
-        make = lambda backend: build_loader(config(root, backend=backend), "train", train=train)  # noqa: E731
+        make = lambda backend: build_loader(config(root, backend=backend, workers=workers), "train",  # noqa: E731
+                                            train=train)
         dali, wds = take(make("dali"), count), take(make("webdataset"), count)
         assert [b["key"] for b in dali] == [b["key"] for b in wds]
         assert all(torch.allclose(d["audio"], w["audio"], atol=1e-3) for d, w in zip(dali, wds))
