@@ -285,6 +285,21 @@ def test_a_storage_error_while_listing_stops_the_build_and_the_same_build_then_r
     assert read_manifest(out)["fingerprint"] == read_manifest(local_build)["fingerprint"]
 
 
+def test_a_read_error_on_a_member_stops_instead_of_failing_the_clip(downloads, monkeypatch):
+    """Reading a listed member: a reset connection (or a disk's read error) is an OSError naming the tar, which stops
+    the build (resumable), not an unreadable_member failure recorded for good; a tar shorter than listed is one."""
+    tar = str(downloads / "00001.tar")
+    entry = next(e for e in list_tar(tar, lambda name: False).entries if e.name.endswith(".mp4"))
+    assert len(read_member(tar, entry.offset, entry.size)) == entry.size
+    monkeypatch.setattr(tar_members, "open", lambda path, mode: _ResetAfter(path, 0), raising=False)
+    with pytest.raises(OSError, match=rf"{tar}: cannot read the member at byte {entry.offset}: .*reset") as caught:
+        read_member(tar, entry.offset, entry.size)
+    assert not isinstance(caught.value, tar_members.MediaError)
+    monkeypatch.undo()
+    with pytest.raises(tar_members.MediaError, match="shorter than when it was listed"):
+        read_member(tar, entry.offset, Path(tar).stat().st_size)
+
+
 def test_tars_in_s3_are_listed_by_seeking_past_videos_and_members_read_with_one_exact_get(tmp_path, monkeypatch):
     """Counts the S3 requests: listing skips the video bytes (a few block-sized GETs, not one per 10 KB tar record)
     and a member is one GET of exactly its bytes (no read-ahead)."""

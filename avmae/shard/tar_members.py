@@ -117,7 +117,7 @@ def list_tar(url: str, read_small: Callable[[str], bool]) -> TarListing:
 
 def read_member(url: str, offset: int, size: int) -> bytes:
     """The ``size`` bytes at ``offset`` of the tar at ``url``; MediaError('unreadable_member') naming the tar when
-    they cannot be read whole."""
+    the tar is shorter than when it was listed; an OSError naming it when the read itself fails."""
     try:
         if not is_url(url):
             with open(url, "rb") as handle:
@@ -135,8 +135,10 @@ def read_member(url: str, offset: int, size: int) -> bytes:
                     data = handle.read(size)
             except ValueError:  # fsspec: "The HTTP server doesn't appear to support range requests"
                 data = _read_streaming(url, offset, size)
-    except OSError as err:  # StorageError is one
-        raise MediaError("unreadable_member", f"{url}: {err}") from None
+    except StorageError:
+        raise  # a store or network failure says nothing about the clip: the build stops, and the same build resumes
+    except OSError as err:  # the same for a local read error (a failure recorded now would be final for the build)
+        raise OSError(err.errno, f"{url}: cannot read the member at byte {offset}: {err.strerror or err}") from None
     if len(data) != size:
         raise MediaError("unreadable_member", f"{url}: {len(data)} of the member's {size} bytes at offset {offset} "
                                               "could be read (the tar is shorter than when it was listed)")
