@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from avmae.shard.media import MediaError
+from avmae.shard_files import ForwardReader
 from avmae.storage import StorageError, filesystem_for, is_url, storage_errors
 
 _SMALL_MEMBER_BYTES = 1 << 20  # members read at collection time (JSON, text); a video is never read then
-_STREAM_CHUNK = 1 << 20
 # One ranged GET per read past the cache while listing a tar in an object store: enough for a member group's
 # headers and JSON (video2dataset's yt_meta_dict can be ~100 KB), small beside a video, which is skipped by a seek.
 _LIST_BLOCK_BYTES = 1 << 18
@@ -134,7 +134,8 @@ def read_member(url: str, offset: int, size: int) -> bytes:
                     handle.seek(offset)
                     data = handle.read(size)
             except ValueError:  # fsspec: "The HTTP server doesn't appear to support range requests"
-                data = _read_streaming(url, offset, size)
+                with ForwardReader(url) as reader:  # one streaming GET, read on up to the member
+                    data = reader.read(offset, offset + size)
     except StorageError:
         raise  # a store or network failure says nothing about the clip: the build stops, and the same build resumes
     except OSError as err:  # the same for a local read error (a failure recorded now would be final for the build)
@@ -143,24 +144,6 @@ def read_member(url: str, offset: int, size: int) -> bytes:
         raise MediaError("unreadable_member", f"{url}: {len(data)} of the member's {size} bytes at offset {offset} "
                                               "could be read (the tar is shorter than when it was listed)")
     return data
-
-
-def _read_streaming(url: str, offset: int, size: int) -> bytes:
-    with _opened(url, streaming=True) as handle:
-        left = offset
-        while left > 0:
-            skipped = handle.read(min(left, _STREAM_CHUNK))
-            if not skipped:
-                return b""
-            left -= len(skipped)
-        parts, wanted = [], size
-        while wanted > 0:
-            part = handle.read(min(wanted, _STREAM_CHUNK))
-            if not part:
-                break
-            parts.append(part)
-            wanted -= len(part)
-        return b"".join(parts)
 
 
 @contextmanager
