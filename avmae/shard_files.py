@@ -16,6 +16,8 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -59,6 +61,18 @@ def join(root: str | Path, name: str) -> str:
     return root.rstrip("/") + "/" + name
 
 
+@contextmanager
+def _missing_or_storage_errors(location: str) -> Iterator[None]:
+    """storage_errors, except that a file that is not there (a 404, a missing key) stays a FileNotFoundError."""
+    try:
+        with storage_errors(location):
+            yield
+    except StorageError as err:
+        if isinstance(err.__cause__, FileNotFoundError):
+            raise FileNotFoundError(f"{location}: not found") from None
+        raise
+
+
 def read_bytes(location: str | Path) -> bytes:
     """The whole file; FileNotFoundError when it is not there (a 404, a missing key), StorageError for the rest."""
     if not is_url(location):
@@ -67,13 +81,8 @@ def read_bytes(location: str | Path) -> bytes:
         with ForwardReader(location) as reader:
             return reader.read_all()
     filesystem, path = _filesystem(location)
-    try:
-        with storage_errors(location):
-            return filesystem.cat_file(path)
-    except StorageError as err:
-        if isinstance(err.__cause__, FileNotFoundError):
-            raise FileNotFoundError(f"{location}: not found") from None
-        raise
+    with _missing_or_storage_errors(location):
+        return filesystem.cat_file(path)
 
 
 def read_text(location: str | Path) -> str:
@@ -194,13 +203,8 @@ class ForwardReader:
             # HTTP: a plain streaming GET (block_size 0); s3/gs: ranged GETs of READ_AHEAD bytes, read ahead.
             options = {"block_size": 0} if self.kind == "stream" else {"block_size": READ_AHEAD,
                                                                           "cache_type": "readahead"}
-            try:
-                with storage_errors(self.location):
-                    self._stream = filesystem.open(path, "rb", **options)
-            except StorageError as err:
-                if isinstance(err.__cause__, FileNotFoundError):
-                    raise FileNotFoundError(f"{self.location}: not found") from None
-                raise
+            with _missing_or_storage_errors(self.location):
+                self._stream = filesystem.open(path, "rb", **options)
         self._position, self._ended = 0, False
         if start:
             self._skip(start)
