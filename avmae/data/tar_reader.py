@@ -11,15 +11,16 @@ hands them in as a SampleBlock; the checks are the same ones either way."""
 from __future__ import annotations
 
 import os
+import tarfile
 from dataclasses import dataclass
 
 from avmae.data.faults import SampleError
 from avmae.shard.format import crc32, parse_checksums
-from avmae.shard.tarfiles import parse_index
+from avmae.shard.tarfiles import parse_index, sample_span
 from avmae.shard_files import ForwardReader, read_text
 from avmae.storage import is_url
 
-_HEADER = 512
+_HEADER = tarfile.BLOCKSIZE  # a member's header block, before its data
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,7 @@ class IndexedShard:
 
     def span(self, index: int) -> tuple[int, int]:
         """Bytes of the tar that hold sample ``index`` whole: its first member's header to its last byte."""
-        members = self.samples[index].values()
-        return min(offset for offset, _, _ in members) - _HEADER, max(offset + size for offset, size, _ in members)
+        return sample_span((offset, size) for offset, size, _ in self.samples[index].values())
 
     def _bytes(self, start: int, end: int) -> bytes:
         """Bytes [start, end) of the tar, fewer where it ends. Opened lazily, in the worker process that reads."""
@@ -80,8 +80,7 @@ class IndexedShard:
         if missing:
             raise SampleError(self.tar, key, missing[0], "missing_member", f"lacks members {missing}")
         wanted = [sample[ext] for ext in exts]
-        start = min(offset for offset, _, _ in wanted) - _HEADER
-        end = max(offset + size for offset, size, _ in wanted)
+        start, end = sample_span((offset, size) for offset, size, _ in wanted)
         if block is not None:
             if block.start > start:  # bytes read ahead for another span: a check, not an assert (python -O)
                 raise SampleError(self.tar, key, exts[0], "index_mismatch", f"the bytes read ahead start at byte "

@@ -15,10 +15,8 @@ from PIL import Image
 from avmae.shard.format import LOGMEL_MEMBER, METADATA_MEMBER, check_shard_file_names, is_frame_member
 from avmae.shard.items import file_stem_for_key
 from avmae.shard.manifest import MANIFEST_FILE, read_manifest
-from avmae.shard.tarfiles import parse_index
+from avmae.shard.tarfiles import parse_index, sample_span
 from avmae.shard_files import ForwardReader, join, read_text
-
-_BLOCK = 512  # tar header and padding unit
 
 
 def summary(out: str | Path) -> dict[str, Any]:
@@ -64,10 +62,9 @@ def _read_sample(tar_path: str, key: str, members) -> dict[str, bytes]:
         raise ValueError(f"{tar_path}: sample {key!r} (members {[m.name for m in members]}) is not a sample of "
                          f"this format: missing {missing or 'a key or a member part'}")
     try:
-        start = min(member.offset for member in members) - _BLOCK
-        end = max(member.offset + member.size for member in members)
-        with ForwardReader(tar_path) as reader:
-            span = reader.read(start, -(-end // _BLOCK) * _BLOCK)
+        start, end = sample_span((member.offset, member.size) for member in members)
+        with ForwardReader(tar_path) as reader:  # to the end of the last member's padding: a whole tar for tarfile
+            span = reader.read(start, -(-end // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE)
         with tarfile.open(fileobj=io.BytesIO(span), mode="r:") as tar:  # plain tar: one error, not one per compression
             return {ext: tar.extractfile(name).read() for ext, name in exts.items()}
     except (tarfile.TarError, KeyError, OSError) as err:

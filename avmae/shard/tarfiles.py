@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import tarfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +89,13 @@ def read_members(path: Path) -> list[Member]:
     """Members of an existing tar, as the index describes them (raises tarfile.TarError on a damaged tar)."""
     with tarfile.open(path, mode="r:") as tar:
         return [Member(info.name, info.offset_data, info.size) for info in tar.getmembers() if info.isfile()]
+
+
+def sample_span(members: Iterable[tuple[int, int]]) -> tuple[int, int]:
+    """The bytes [start, end) of a tar that hold a sample's members whole, from each member's (data offset, size):
+    the first member's header block to the last member's last data byte."""
+    members = list(members)
+    return min(offset for offset, _ in members) - tarfile.BLOCKSIZE, max(offset + size for offset, size in members)
 
 
 def parse_index(text: str) -> list[list[Member]]:
