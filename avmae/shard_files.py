@@ -31,7 +31,7 @@ _RETRIES = 2  # a stream cut mid-read (a reset connection) is reopened at the by
 _FILESYSTEMS: dict[tuple[Any, ...], Any] = {}
 
 
-def _filesystem(location: str) -> tuple[Any, str]:
+def filesystem_of(location: str) -> tuple[Any, str]:
     """The fsspec file system of ``location`` and the path in it: one instance per protocol and process (a client
     costs ~0.3 s to set up; a forked worker makes its own, as storage.filesystem_for intends)."""
     settings = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("AWS_", "FSSPEC_", "GOOGLE_"))))
@@ -80,7 +80,7 @@ def read_bytes(location: str | Path) -> bytes:
     if is_pipe(location):
         with ForwardReader(location) as reader:
             return reader.read_all()
-    filesystem, path = _filesystem(location)
+    filesystem, path = filesystem_of(location)
     with _missing_or_storage_errors(location):
         return filesystem.cat_file(path)
 
@@ -98,8 +98,8 @@ def read_many(locations: list[str]) -> list[bytes]:
         if not _is_fsspec(location):
             found[location] = read_bytes(location)
     if urls:
-        filesystem, _ = _filesystem(urls[0])
-        paths = {location: _filesystem(location)[1] for location in urls}
+        filesystem, _ = filesystem_of(urls[0])
+        paths = {location: filesystem_of(location)[1] for location in urls}
         with storage_errors(urls[0]):
             fetched = filesystem.cat(list(paths.values()), on_error="return")
         for location, path in paths.items():
@@ -118,7 +118,7 @@ def exists(location: str | Path) -> bool:
         return Path(location).exists()
     if is_pipe(location):
         return _pipe_exists(location)
-    filesystem, path = _filesystem(location)
+    filesystem, path = filesystem_of(location)
     with storage_errors(location):
         return filesystem.exists(path)
 
@@ -199,7 +199,7 @@ class ForwardReader:
 
             self._stream = gopen(self.location, "rb")
         else:
-            filesystem, path = _filesystem(self.location)
+            filesystem, path = filesystem_of(self.location)
             # HTTP: a plain streaming GET (block_size 0); s3/gs: ranged GETs of READ_AHEAD bytes, read ahead.
             options = {"block_size": 0} if self.kind == "stream" else {"block_size": READ_AHEAD,
                                                                           "cache_type": "readahead"}

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from avmae.shard.media import MediaError
-from avmae.shard_files import ForwardReader
-from avmae.storage import StorageError, filesystem_for, is_url, storage_errors
+from avmae.shard_files import ForwardReader, filesystem_of
+from avmae.storage import StorageError, is_url, storage_errors
 
 _SMALL_MEMBER_BYTES = 1 << 20  # members read at collection time (JSON, text); a video is never read then
 # One ranged GET per read past the cache while listing a tar in an object store: enough for a member group's
@@ -81,7 +81,7 @@ def _opened(url: str, streaming: bool, **options) -> Iterator:
             with open(url, "rb") as handle:
                 yield handle
             return
-        filesystem, path = filesystem_for(url)
+        filesystem, path = filesystem_of(url)
         # block_size=0: fsspec's sequential stream (HTTP), no ranged requests
         with filesystem.open(path, "rb", **({"block_size": 0} if streaming else options)) as handle:
             yield handle
@@ -124,7 +124,7 @@ def read_member(url: str, offset: int, size: int) -> bytes:
                 handle.seek(offset)
                 data = handle.read(size)
         elif not _is_http(url):  # an object store: one ranged GET of exactly the member
-            filesystem, path = filesystem_for(url)
+            filesystem, path = filesystem_of(url)
             with storage_errors(url):
                 data = filesystem.cat_file(path, start=offset, end=offset + size)
         else:
