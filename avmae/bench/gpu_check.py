@@ -34,6 +34,7 @@ from avmae.data.loader import build_loader
 from avmae.eval.predictions import Predictions
 from avmae.models.counts import pretraining_flops
 from avmae.recipe.config import RunConfig
+from avmae.shard.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "configs" / "pretrain_as2m.yaml"
@@ -105,7 +106,7 @@ class GpuCheck:
                                       "--val-fraction", "0.25", "--workers", str(os.cpu_count() or 1),
                                       *mode.shard_flags, "--json", "--no-progress"),
                           self.out / "shard_build", self.env)
-        manifest = json.loads((self.shards / "manifest.json").read_text())
+        manifest = read_manifest(self.shards)
         splits = {name: split["samples"] for name, split in manifest["splits"].items()}
         return {"clips": mode.clips, "clips_seconds": clips_s, "build_seconds": child.seconds,
                 "samples": manifest["totals"]["samples"], "failures": manifest["totals"]["failures"],

@@ -28,6 +28,7 @@ UNCHECKED_VERSIONS = (1,)  # readable, but without checksums
 FRAME_SUFFIX = ".jpg"
 LOGMEL_MEMBER = "logmel.npy"
 METADATA_MEMBER = "json"
+TAR_SUFFIX, INDEX_SUFFIX = ".tar", ".idx"  # a shard NAME is NAME.tar and its DALI index NAME.idx
 CHECKSUM_SUFFIX = ".crc"  # the sidecar's file suffix (NAME.crc beside NAME.tar)
 # The names a manifest may give a shard's files: what the writer writes (``<split>-<index:06d>.tar`` / ``.idx`` /
 # ``.crc``), a plain name inside the shard root. No "/", no leading dot, no shell characters: a name is joined to a

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from avmae.shard.format import CHECKSUM_SUFFIX
+from avmae.shard.format import CHECKSUM_SUFFIX, INDEX_SUFFIX, TAR_SUFFIX
 from avmae.shard.manifest import BUILD_FILE, FAILURES_FILE, MANIFEST_FILE, claim_output, finalize, pending_shards
 from avmae.shard.writer import PARTS_DIR, part_path
 from avmae.storage import StorageError, filesystem_for, storage_errors
@@ -128,7 +128,7 @@ class RemoteOutput:
         files = [record[key] for key in ("tar", "idx", "crc") if key in record]
         with storage_errors(self.url):
             if not files:
-                stale = [self._remote(f"{name}{suffix}") for suffix in (".tar", ".idx", CHECKSUM_SUFFIX)]
+                stale = [self._remote(f"{name}{suffix}") for suffix in (TAR_SUFFIX, INDEX_SUFFIX, CHECKSUM_SUFFIX)]
                 self.fs.invalidate_cache()
                 present = [path for path in stale if self.fs.exists(path)]
                 if present:

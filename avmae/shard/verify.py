@@ -20,7 +20,7 @@ import numpy as np
 
 from avmae.shard.format import (LOGMEL_MEMBER, METADATA_MEMBER, UNCHECKED_VERSIONS, check_shard_file_names, crc32,
                                 frame_member, logmel_dtype, parse_checksums, sample_members)
-from avmae.shard.manifest import MANIFEST_FILE, read_manifest
+from avmae.shard.manifest import FAILURES_FILE, MANIFEST_FILE, read_manifest
 from avmae.shard.tarfiles import Member, parse_index, read_members, sha256_file
 from avmae.shard_files import copy_to, exists, join, read_text
 from avmae.storage import is_url
@@ -177,7 +177,7 @@ def verify(out: str | Path, deep: bool = True) -> dict[str, Any]:
         if counted != split["samples"]:
             problems.append(f"split {split_name}: shards hold {counted} samples, manifest says {split['samples']}")
         samples += counted
-    failures_path = join(out, "failures.jsonl")
+    failures_path = join(out, FAILURES_FILE)
     failures = sum(1 for line in read_text(failures_path).splitlines() if line.strip()) if exists(failures_path) else 0
     totals = manifest["totals"]
     if failures != totals["failures"]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from avmae.files import publish, write_text_atomically as atomic_write
-from avmae.shard.format import CHECKSUM_SUFFIX, checksum_text
+from avmae.shard.format import CHECKSUM_SUFFIX, INDEX_SUFFIX, TAR_SUFFIX, checksum_text
 from avmae.shard.media import MediaError
 from avmae.shard.params import BuildParams, FeatureParams
 from avmae.shard.plan import ShardPlan
@@ -47,8 +47,8 @@ def _failure(plan: ShardPlan, item, reason: str, detail: str) -> dict[str, Any]:
 def write_shard(out: Path, plan: ShardPlan, features: FeatureParams, build: BuildParams, fingerprint: str,
                 on_item: Callable[[bool], None] = lambda ok: None) -> dict[str, Any]:
     """Turn every item of ``plan`` into samples or a failure; returns the part record it wrote."""
-    tar_path = out / f"{plan.name}.tar"
-    idx_path = out / f"{plan.name}.idx"
+    tar_path = out / f"{plan.name}{TAR_SUFFIX}"
+    idx_path = out / f"{plan.name}{INDEX_SUFFIX}"
     crc_path = out / f"{plan.name}{CHECKSUM_SUFFIX}"
     partial_tar = out / f".{plan.name}.tar.partial"  # one task owns a shard, so these names need no pid
     for leftover in (out / PARTS_DIR).glob(f".{plan.name}.json.*.partial"):  # from a killed earlier run
