@@ -67,28 +67,32 @@ def _deepspeed_config(config: RunConfig, bf16: bool) -> dict[str, Any]:
     }
 
 
+def _over_ranks(values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
+    """``values`` reduced over the ranks with ``op``, in float64 (on the GPU under NCCL, which reduces CUDA tensors
+    only); as they are in a single process."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor, op=op)
+    return tensor.tolist()
+
+
 def _host_peak_rss_gb() -> float:
     """The largest resident-memory high-water mark of any rank's process (getrusage's ru_maxrss, KiB on Linux),
     for logging: on CPU what a rank's model, optimizer and activations need; on GPU their host side (the model is
     built there first). The rank's DataLoader workers are processes of their own and are not counted."""
-    peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20], dtype=torch.float64)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        if dist.get_backend() == "nccl":
-            peak = peak.cuda()
-        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
-    return float(peak.item())
+    return _over_ranks([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20], dist.ReduceOp.MAX)[0]
 
 
 def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     """Losses as the mean over ranks (what the global batch saw), for logging."""
-    if dist.get_world_size() == 1 or not values:
+    if not values:
         return values
     names = sorted(values)
-    tensor = torch.tensor([values[n] for n in names], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        tensor = tensor.cuda()
-    dist.all_reduce(tensor)
-    return {n: float(v) / dist.get_world_size() for n, v in zip(names, tensor.tolist())}
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return {n: v / world for n, v in zip(names, _over_ranks([values[n] for n in names]))}
 
 
 class Evaluator(Protocol):
