@@ -117,5 +117,18 @@ def setup_distributed(device_name: str | None = None, timeout_s: float = 1800.0)
     if launcher != "single":  # one line per rank: on many nodes, which host holds which rank is the first question
         print(f"avmae: rank {rank}/{world} local {local_rank} on {socket.gethostname()}, rendezvous "
               f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}, {backend}", file=sys.stderr, flush=True)
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timedelta(seconds=timeout_s))
+    timeout = timedelta(seconds=timeout_s)
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout)
+    _bound_deepspeed_world_copy(world, timeout)
     return DistInfo(rank, world, local_rank, device, backend, launcher)
+
+
+def _bound_deepspeed_world_copy(world: int, timeout: timedelta) -> None:
+    """DeepSpeed runs ZeRO's gradient reductions and parameter gathers on its own copy of the world group, which
+    it creates with torch's default timeout (30 minutes on gloo, 10 on NCCL), not the one given to
+    ``init_distributed``: a rank that hung during a reduction held the others that long, not
+    ``guard.collective_timeout_s``. The copy is made here first, with the job's timeout; DeepSpeed then uses it."""
+    from deepspeed.utils import groups
+
+    if groups._WORLD_GROUP is None:  # every rank calls this, as creating a group needs
+        groups._WORLD_GROUP = torch.distributed.new_group(ranks=list(range(world)), timeout=timeout)
