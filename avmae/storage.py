@@ -9,6 +9,7 @@ FSSPEC_<PROTOCOL>_<OPTION> variables): avmae adds no options of its own.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -115,3 +116,29 @@ def storage_errors(url: str) -> Iterator[None]:
         if not is_storage_failure(err):
             raise
         raise StorageError(describe_failure(url, err)) from err
+
+
+_FILESYSTEMS: dict[tuple[Any, ...], Any] = {}
+
+
+def filesystem_of(location: str) -> tuple[Any, str]:
+    """The fsspec file system of ``location`` and the path in it: one instance per protocol and process (a client
+    costs ~0.3 s to set up; a forked worker makes its own, as filesystem_for intends)."""
+    settings = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("AWS_", "FSSPEC_", "GOOGLE_"))))
+    key = (os.getpid(), location.split("://", 1)[0], settings)  # new credentials or endpoint: a new client
+    if key not in _FILESYSTEMS:
+        _FILESYSTEMS[key] = filesystem_for(location)[0]
+    filesystem = _FILESYSTEMS[key]
+    return filesystem, filesystem._strip_protocol(location).rstrip("/")
+
+
+@contextmanager
+def missing_or_storage_errors(location: str) -> Iterator[None]:
+    """storage_errors, except that a file that is not there (a 404, a missing key) stays a FileNotFoundError."""
+    try:
+        with storage_errors(location):
+            yield
+    except StorageError as err:
+        if isinstance(err.__cause__, FileNotFoundError):
+            raise FileNotFoundError(f"{location}: not found") from None
+        raise

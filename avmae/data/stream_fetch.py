@@ -15,7 +15,7 @@ consumed are never opened."""
 from __future__ import annotations
 
 from avmae.data.tar_reader import IndexedShard, SampleBlock
-from avmae.shard_files import ForwardReader
+from avmae.forward_reader import ForwardReader
 
 
 class EpochFetcher:

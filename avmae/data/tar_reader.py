@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from avmae.data.faults import SampleError
 from avmae.shard.format import crc32, parse_checksums
 from avmae.shard.tarfiles import parse_index, sample_span
-from avmae.shard_files import ForwardReader, read_text
+from avmae.forward_reader import ForwardReader
+from avmae.shard_files import read_text
 from avmae.storage import is_url
 
 _HEADER = tarfile.BLOCKSIZE  # a member's header block, before its data

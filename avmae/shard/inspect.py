@@ -16,7 +16,8 @@ from avmae.shard.format import LOGMEL_MEMBER, METADATA_MEMBER, check_shard_file_
 from avmae.shard.items import file_stem_for_key
 from avmae.shard.manifest import MANIFEST_FILE, read_manifest
 from avmae.shard.tarfiles import parse_index, sample_span
-from avmae.shard_files import ForwardReader, join, read_text
+from avmae.forward_reader import ForwardReader
+from avmae.shard_files import join, read_text
 
 
 def summary(out: str | Path) -> dict[str, Any]:

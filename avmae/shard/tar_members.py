@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from avmae.shard.media import MediaError
-from avmae.shard_files import ForwardReader, filesystem_of
+from avmae.forward_reader import ForwardReader
+from avmae.storage import filesystem_of
 from avmae.storage import StorageError, is_url, storage_errors
 
 _SMALL_MEMBER_BYTES = 1 << 20  # members read at collection time (JSON, text); a video is never read then
