@@ -3,14 +3,18 @@ process) and a plain HTTP server (``python -m http.server``) over a folder. Noth
 
 from __future__ import annotations
 
+import http.client
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tests.helpers import free_port
 
@@ -65,6 +69,64 @@ def http_server(root: Path) -> Iterator[str]:
     port = int(free_port())
     with _serving([sys.executable, "-m", "http.server", "-b", "127.0.0.1", str(port)], port, "http.server", cwd=root):
         yield f"http://127.0.0.1:{port}"
+
+
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
+_DENIED = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>Access Denied (refused '
+           b'by the test proxy)</Message></Error>')
+
+
+@contextmanager
+def refusing_proxy(upstream: str, refuse: Callable[[str, str], bool]) -> Iterator[list[str]]:
+    """A loopback HTTP proxy in front of the S3 server at ``upstream`` that answers 403 AccessDenied to the requests
+    ``refuse(method, path)`` picks (as a bucket policy or an expired token would, mid-build) and passes every other
+    request through unchanged. Yields a list: its URL first, then each refused request as "METHOD path"."""
+    target = urlsplit(upstream)
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _relay(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if refuse(self.command, self.path):
+                seen.append(f"{self.command} {self.path}")
+                self.send_response(403)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(_DENIED)))
+                self.end_headers()
+                self.wfile.write(_DENIED)
+                return
+            connection = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+            connection.request(self.command, self.path, body=body, headers=headers)
+            response = connection.getresponse()
+            data = response.read()
+            self.send_response(response.status)
+            for name, value in response.getheaders():
+                if name.lower() not in _HOP_BY_HOP:
+                    self.send_header(name, value)
+            # A HEAD answer keeps the object's length; its body is empty.
+            length = response.getheader("Content-Length") if self.command == "HEAD" else str(len(data))
+            self.send_header("Content-Length", length or "0")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+            connection.close()
+
+        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        seen.append(f"http://127.0.0.1:{server.server_address[1]}")
+        yield seen
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def apply_env(env: dict[str, str], monkeypatch) -> None:

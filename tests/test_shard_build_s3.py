@@ -1,6 +1,7 @@
 """``avmae-shard build --out s3://…`` against a real S3 server (moto, loopback): the objects equal a local build's
-files byte for byte, a resumed build redoes only the shards without a part record, array tasks share the prefix,
-another build is refused, and a bucket that cannot be used is one line naming the URL."""
+files byte for byte, a resumed build redoes only the shards without a part record (after a lost record, a SIGKILL,
+or an upload refused mid-shard), array tasks share the prefix, another build is refused, and a bucket that cannot
+be used is one line naming the URL."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import pytest
 
 from avmae.cli.shard import main as shard_main
 from tests.helpers import SMALL_BUILD, build_arguments, build_shards, free_port
-from tests.servers import apply_env, s3_server
+from tests.servers import apply_env, refusing_proxy, s3_server
 
 BUILD = {**SMALL_BUILD, "shard_size": "3"}  # 12 clips: 4 shards
 SHARDS = ["train-000000", "train-000001", "train-000002", "train-000003"]
@@ -143,6 +144,30 @@ def test_s3_build_killed_mid_way_resumes_to_the_same_objects(local_build, synth_
     resumed = _report(synth_corpus, url, capsys)
     assert (resumed["shards_skipped"], resumed["shards_written"]) == (done_before, 4 - done_before)
     assert _files(_download(f"{bucket}/killed", tmp_path / "copy")) == _files(local_build)
+
+
+def test_an_upload_refused_mid_shard_stops_the_build_and_the_rerun_redoes_that_shard(local_build, synth_corpus,
+                                                                                    bucket, s3_env, monkeypatch,
+                                                                                    tmp_path, capsys):
+    url = f"s3://{bucket}/refused"
+    # Shard 1's tar goes up, its index is refused: the shard is half there, with no part record.
+    with refusing_proxy(s3_env["AWS_ENDPOINT_URL"],
+                        lambda method, path: method == "PUT" and path.endswith("/train-000001.idx")) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy[0])
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+        assert shard_main(build_arguments(synth_corpus, url, **BUILD)) == 2
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env["AWS_ENDPOINT_URL"])
+    assert proxy[1:] == [f"PUT /{bucket}/refused/train-000001.idx"]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{url}" in err and "access denied" in err, err
+    fs = _s3()
+    fs.invalidate_cache()
+    assert fs.exists(f"{bucket}/refused/train-000001.tar") and not fs.exists(f"{bucket}/refused/train-000001.idx")
+    assert [Path(p).name for p in fs.find(f"{bucket}/refused/_parts")] == ["train-000000.json"]
+    assert not fs.exists(f"{bucket}/refused/manifest.json")
+    resumed = _report(synth_corpus, url, capsys)
+    assert (resumed["shards_skipped"], resumed["shards_written"]) == (1, 3) and resumed["finished"]
+    assert _files(_download(f"{bucket}/refused", tmp_path / "copy")) == _files(local_build)
 
 
 def test_s3_array_tasks_then_finalize(local_build, synth_corpus, bucket, tmp_path, capsys):
