@@ -24,6 +24,7 @@ from avmae.data.config import AugmentConfig, DataConfig
 from avmae.data.dali_batch import DenseBatch, batch_types
 from avmae.data.dali_feed import parallel_outputs, reader_feeds, start_method
 from avmae.data.dali_source import CheckedSamples
+from avmae.data.host_memory import keep_large_allocations
 from avmae.data.spec import load_spec
 
 
@@ -82,6 +83,7 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 def bench_feed(data: Path, split: str, workers: list[int], *, batch_size: int, num_frames: int, iterations: int,
                repeats: int, warmup: int = 3) -> dict[str, Any]:
+    keep_large_allocations()  # as the training process's Loader does for DALI (the serial feed packs batches here)
     spec = load_spec(data, split)
     results: dict[str, Any] = {"data": str(data), "split": split, "samples": spec.samples, "batch_size": batch_size,
                                "frames_per_sample": num_frames, "stored_short_side": spec.features["short_side"],

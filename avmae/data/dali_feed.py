@@ -25,6 +25,7 @@ import torch
 from avmae.data.config import AugmentConfig, DataConfig
 from avmae.data.dali_batch import dense_batch
 from avmae.data.dali_source import CheckedSamples
+from avmae.data.host_memory import keep_large_allocations
 from avmae.data.spec import DataSpec
 
 
@@ -64,6 +65,7 @@ class ReaderFeed:
         self.rank, self.world, self.reader, self.start_batch = rank, world, reader, start_batch
 
     def __iter__(self) -> Iterator[list[np.ndarray]]:
+        keep_large_allocations()  # in this worker process: a spawned worker does not inherit the parent's setting
         samples = CheckedSamples(self.spec, self.config, train=True, rank=self.rank, world=self.world,
                                  start_batch=self.start_batch, augment=self.augment)
         while True:

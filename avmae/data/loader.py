@@ -36,8 +36,10 @@ class Loader:
         self.spec, self.config, self.train = spec, config, train
         self.device = device or torch.device("cpu")
         self.backend = choose_backend(config.backend)
-        if self.device.type == "cpu":
-            keep_large_allocations()  # batches are normalised into fresh CPU tensors: reuse their pages
+        if self.device.type == "cpu" or self.backend == "dali":
+            # CPU batches are normalised into fresh tensors, and the DALI feed packs every batch into fresh host
+            # arrays (on any device): reuse their pages
+            keep_large_allocations()
         if self.backend == "dali":
             from avmae.data.dali_loader import DaliLoader
 
