@@ -17,7 +17,7 @@ from avmae.data.config import AugmentConfig, DataConfig
 from avmae.data.loader import build_loader
 from avmae.data.samples import frame_members
 from avmae.data.spec import DataMismatchError
-from tests.faults.damage import rewrite_samples
+from tests.faults.damage import rewrite_samples, write_label_sidecar
 from tests.helpers import build_shards
 
 
@@ -285,6 +285,7 @@ def test_balanced_sampling_draws_each_class_about_equally(shards, tmp_path, back
 
     for tar in sorted(copy.glob("train-*.tar")):
         rewrite_samples(tar, relabel)
+        write_label_sidecar(tar)  # balanced sampling weighs by the sidecar: it must carry the new labels too
     manifest["splits"]["train"]["label_counts"] = {"class_00": 1, "class_01": 5, "class_02": 3, "class_03": 3}
     (copy / "manifest.json").write_text(json.dumps(manifest))
     draws = {}

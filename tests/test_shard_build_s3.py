@@ -102,7 +102,7 @@ def test_s3_build_equals_the_local_build(local_build, s3_build, s3, tmp_path):
     remote = _files(_download("built/shards", tmp_path / "copy"))
     # Every file, build.json and the part records included: nothing in them depends on where the output is.
     assert remote == _files(local_build)
-    assert {f"{name}{suffix}" for name in SHARDS for suffix in (".tar", ".idx", ".crc")} <= set(remote)
+    assert {f"{name}{suffix}" for name in SHARDS for suffix in (".tar", ".idx", ".crc", ".labels")} <= set(remote)
     assert shard_main(["verify", str(tmp_path / "copy"), "--json"]) == 0
     assert list(stage.iterdir()) == []  # the run's staging folder is gone, nothing left on local disk
 
@@ -198,7 +198,7 @@ def test_s3_another_build_into_the_same_prefix_is_refused(synth_corpus, bucket, 
     _report(synth_corpus, url, capsys, "--overwrite", task_index=1, num_tasks=4, num_frames="3")
     assert sorted(_s3().find(f"{bucket}/mixed")) == [
         f"{bucket}/mixed/{name}" for name in ("_parts/train-000001.json", "build.json", "train-000001.crc",
-                                              "train-000001.idx", "train-000001.tar")]
+                                              "train-000001.idx", "train-000001.labels", "train-000001.tar")]
     assert json.loads(_s3().cat_file(f"{bucket}/mixed/build.json"))["features"]["num_frames"] == 3
 
 

@@ -47,7 +47,7 @@ def test_a_pipe_root_never_runs_a_name_from_the_manifest(hostile):
             read()
         message = str(caught.value)
         assert "\n" not in message and message.startswith(manifest)
-        assert "is not a plain NAME.tar/.idx/.crc file name" in message and "x.tar; touch" in message
+        assert "is not a plain NAME.tar/.idx/.crc/.labels file name" in message and "x.tar; touch" in message
     assert not marker.exists()
     with pytest.raises(ValueError, match=rf"^{folder}/manifest.json: shard file name"):  # local folders: the same
         verify(folder)
@@ -136,7 +136,7 @@ def test_verify_over_a_pipe_tells_a_failing_command_from_a_missing_file(shards, 
     counted = f"pipe:echo {{}} >> {log}; cat {shards}/{{}}"
     assert verify(counted)["ok"]
     runs = log.read_text().split()
-    assert all(runs.count(name) == 1 for name in runs if name.endswith((".tar", ".idx", ".crc"))), runs
+    assert all(runs.count(name) == 1 for name in runs if name.endswith((".tar", ".idx", ".crc", ".labels"))), runs
 
     denied = (f"pipe:f() {{ case $1 in *.tar) echo 'An error occurred (AccessDenied) when calling GetObject' >&2; "
               f"return 3;; esac; cat {shards}/$1; }}; f {{}}")

@@ -10,6 +10,12 @@ samples with the same crops.
 
 Remote shards (a URL or pipe: root) are streamed: a shard's samples enter the buffer in tar order and the draws
 carry the bytes an EpochFetcher read ahead (stream_fetch.py says how that keeps resume exact).
+
+Class-balanced sampling weighs the owned samples by their labels before its first draw. It takes them from each
+shard's labels sidecar (format.py): one small file per shard, fetched by the reader for its own shards only (at once,
+as a split's indexes are), so a reader starts without reading any sample of a remote shard. Shards built before the
+sidecar existed have none: their samples' JSON members are read, as they always were; the labels, hence the
+weights and the draws, are the same either way.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from avmae.data.config import DataConfig
 from avmae.data.samples import parse_metadata
 from avmae.data.stream_fetch import EpochFetcher
 from avmae.data.tar_reader import IndexedShard, SampleBlock
-from avmae.shard.format import META_LABELS, METADATA_MEMBER
+from avmae.shard.format import META_LABELS, METADATA_MEMBER, sidecar_labels
+from avmae.shard_files import read_many
 
 
 @dataclass(frozen=True)
@@ -42,11 +49,31 @@ def balanced_weights(labels: list[list[str]], counts: dict[str, int]) -> list[fl
     return [w if w > 0 else floor for w in weights]
 
 
+def _json_labels(shard: IndexedShard, indices: list[int]) -> list[list[str]]:
+    """The labels of samples ``indices`` from their JSON members (a shard without a labels sidecar); the shard's
+    reader is closed once they are read, so one is open at a time."""
+    try:
+        return [parse_metadata(shard.read(i, [METADATA_MEMBER])[METADATA_MEMBER])[META_LABELS] for i in indices]
+    finally:
+        shard.close()
+
+
+def _decoded(raw: bytes, sidecar: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{sidecar}: not UTF-8 text ({err}); the labels sidecar is damaged or not avmae's") from None
+
+
 class TrainSchedule:
+    """``label_sidecars``: the labels sidecar of each shard that has one, by the shard's tar location
+    (DataSpec.label_sidecars); only class-balanced sampling reads them."""
+
     def __init__(self, shards: list[IndexedShard], config: DataConfig, label_counts: dict[str, int], *,
-                 rank: int, world: int, readers: int):
+                 rank: int, world: int, readers: int, label_sidecars: dict[str, str] | None = None):
         self.shards, self.config, self.label_counts = shards, config, label_counts
         self.rank, self.world, self.readers = rank, world, max(1, readers)
+        self.label_sidecars = label_sidecars or {}
 
     def owned(self, reader: int) -> list[tuple[IndexedShard, list[int]]]:
         """(shard, sample indices) a reader owns: whole shards when there are enough, else every slots-th sample."""
@@ -95,14 +122,7 @@ class TrainSchedule:
         Streamed, the epoch draws the same way, then streams each chosen sample as often as it was chosen through the
         shuffle buffer (the same draws per epoch; their order is the buffer's)."""
         population = [(shard, i) for shard, indices in owned for i in indices]
-        labels = []
-        for shard, indices in owned:  # each shard's reader closed once its labels are read: one open at a time
-            try:
-                labels += [parse_metadata(shard.read(i, [METADATA_MEMBER])[METADATA_MEMBER])[META_LABELS]
-                           for i in indices]
-            finally:
-                shard.close()
-        weights = balanced_weights(labels, self.label_counts)
+        weights = balanced_weights(self.owned_labels(owned), self.label_counts)
 
         def order(rng: random.Random, fetcher: EpochFetcher | None) -> Iterator[tuple[int, IndexedShard, int]]:
             if fetcher is None:
@@ -115,6 +135,21 @@ class TrainSchedule:
                 at += len(indices)
             return self._epoch_order(repeated, rng, fetcher)
         return order
+
+    def owned_labels(self, owned) -> list[list[str]]:
+        """The labels of the owned samples, in owned order: from the shards' labels sidecars, all fetched at once,
+        else (shards built before the sidecar) from the samples' JSON members. A sidecar that does not parse or whose
+        rows are not the index's keys in order is a ValueError naming it."""
+        sidecars = [self.label_sidecars.get(shard.tar) for shard, _ in owned]
+        texts = iter(read_many([sidecar for sidecar in sidecars if sidecar]))
+        labels: list[list[str]] = []
+        for (shard, indices), sidecar in zip(owned, sidecars):
+            if sidecar is None:
+                labels += _json_labels(shard, indices)
+                continue
+            rows = sidecar_labels(_decoded(next(texts), sidecar), shard.keys, sidecar)
+            labels += [rows[i] for i in indices]
+        return labels
 
     def draws(self, reader: int, skip: int = 0) -> Iterator[Draw]:
         """A reader's endless draws, the first ``skip`` left out without reading anything."""

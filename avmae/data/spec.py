@@ -27,6 +27,7 @@ class ShardFile:
     idx: str
     samples: int
     crc: str | None = None  # checksum sidecar; None: a format-version-1 shard, read unchecked
+    labels: str | None = None  # labels sidecar (format.py); None: built before it, balanced sampling reads the JSONs
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class DataSpec:
     @property
     def samples(self) -> int:
         return sum(s.samples for s in self.shards)
+
+    def label_sidecars(self) -> dict[str, str]:
+        """Each shard's labels sidecar by its tar's location, for the shards that have one (TrainSchedule)."""
+        return {shard.tar: shard.labels for shard in self.shards if shard.labels}
 
     def max_member_size(self, ext: str) -> int:
         """Largest size of one member kind in these shards (from the DALI indexes): a DALI output must be padded
@@ -78,7 +83,8 @@ def load_spec(root: str | Path, split: str, expect: dict[str, Any] | None = None
         log.warning("%s: shard format version %s has no member checksums; its samples are read unchecked "
                     "(rebuild with this avmae to check them)", root, manifest["format_version"])
     shards = tuple(ShardFile(join(root, s["tar"]), join(root, s["idx"]), s["samples"],
-                             None if unchecked else join(root, s["crc"])) for s in split_info["shards"])
+                             None if unchecked else join(root, s["crc"]),
+                             join(root, s["labels"]) if s.get("labels") else None) for s in split_info["shards"])
     if not shards:
         raise ValueError(f"{root}: split {split!r} has no samples")
     labels = manifest["labels"]

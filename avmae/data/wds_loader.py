@@ -34,7 +34,9 @@ from avmae.shard_files import read_many
 
 
 def open_shards(spec: DataSpec) -> list[IndexedShard]:
-    """The split's shards with their indexes and checksum sidecars, fetched at once (concurrently when remote)."""
+    """The split's shards with their indexes and checksum sidecars, fetched at once (concurrently when remote). Not
+    their labels sidecars: only class-balanced training needs them, and each reader fetches those of its own shards
+    (TrainSchedule.owned_labels)."""
     indexes = read_many([s.idx for s in spec.shards])
     sidecars = dict(zip((s.crc for s in spec.shards if s.crc), read_many([s.crc for s in spec.shards if s.crc])))
     shards = [IndexedShard(s.tar, s.idx, s.crc, idx_text=text.decode("utf-8"),
@@ -99,7 +101,7 @@ class ShardStream(IterableDataset):
         worker, workers = self._worker()
         reader = (worker + self.start_batch) % workers
         schedule = TrainSchedule(self.shards, self.config, self.spec.label_counts, rank=self.rank, world=self.world,
-                                 readers=workers)
+                                 readers=workers, label_sidecars=self.spec.label_sidecars())
         skips = reader_skips(self.config, self.rank, reader)
         read = lambda draw: self._read(draw.shard, draw.index, random.Random(draw.seed), draw.block)  # noqa: E731
         batch: list[dict[str, Any]] = []

@@ -9,10 +9,21 @@ line per member, ``<member name> <crc32 hex>``, in tar order. Not in the ``.idx`
 that needs a checksum, and a reader would have to read and parse it before it could check the frames. A sidecar
 costs one small read per shard at start-up, changes no byte of the tar or the index, and is written by the same
 atomic rename as they are. CRC32 (zlib) checks ~1 GB/s per core: a cost of well under 1 % of a JPEG decode.
+
+Labels live in a second sidecar, ``NAME.labels``: one line per sample in tar order, ``<sample key>\t<labels as a
+JSON array>`` (JSON, not a comma-joined list: label names hold commas, AudioSet's "Male speech, man speaking"). It
+is what class-balanced sampling weighs samples by, so the sampler need not read every sample's JSON member before
+the first step: over a URL root that would stream every shard once, hours at AudioSet-2M scale. Not in the index
+(DALI's fixed format, as above) nor in the manifest (2M rows in one JSON file every process parses at start-up);
+the key of each row lets a reader check the rows against the index (a truncated, reordered or foreign sidecar is an
+error, not wrong weights). The rows are the labels of the sample's own JSON member, which stays the reference:
+``avmae-shard verify`` compares the two, and shards built before the sidecar existed have none (the sampler reads
+their JSON members, as it always did).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import zlib
 from enum import StrEnum
@@ -30,10 +41,18 @@ LOGMEL_MEMBER = "logmel.npy"
 METADATA_MEMBER = "json"
 TAR_SUFFIX, INDEX_SUFFIX = ".tar", ".idx"  # a shard NAME is NAME.tar and its DALI index NAME.idx
 CHECKSUM_SUFFIX = ".crc"  # the sidecar's file suffix (NAME.crc beside NAME.tar)
+# The labels sidecar (NAME.labels), manifest field "labels" of a shard entry. Optional and added without a version
+# bump: older readers ignore the unknown field, and the tar, index and checksum bytes are the same as before.
+LABELS_SUFFIX = ".labels"
 # The names a manifest may give a shard's files: what the writer writes (``<split>-<index:06d>.tar`` / ``.idx`` /
-# ``.crc``), a plain name inside the shard root. No "/", no leading dot, no shell characters: a name is joined to a
-# root that may be a ``pipe:`` shell command (shard_files.join), so a manifest must not be able to name anything else.
-SHARD_FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*\.(tar|idx|crc)")
+# ``.crc`` / ``.labels``), a plain name inside the shard root. No "/", no leading dot, no shell characters: a name is
+# joined to a root that may be a ``pipe:`` shell command (shard_files.join), so a manifest must not be able to name
+# anything else.
+SHARD_FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*\.(tar|idx|crc|labels)")
+# A shard entry's file fields, and those a shard may lack: "crc" (format-version-1 shards), "labels" (shards built
+# before the labels sidecar).
+SHARD_FILE_FIELDS = ("tar", "idx", "crc", "labels")
+OPTIONAL_SHARD_FILE_FIELDS = ("crc", "labels")
 
 # Metadata keys the loaders read (the writer writes more; see shard/sample.py).
 META_KEY = "key"
@@ -60,14 +79,14 @@ def check_shard_file_names(manifest: dict[str, Any], source: str) -> None:
     line naming the manifest and the name."""
     for split in manifest.get("splits", {}).values():
         for shard in split.get("shards", ()):
-            for field in ("tar", "idx", "crc"):
+            for field in SHARD_FILE_FIELDS:
                 name = shard.get(field)
-                if name is None and field == "crc":  # format-version-1 shards have no sidecar
+                if name is None and field in OPTIONAL_SHARD_FILE_FIELDS:
                     continue
                 if not isinstance(name, str) or not SHARD_FILE_NAME.fullmatch(name):
-                    raise ValueError(f"{source}: shard file name {name!r} ({field}) is not a plain NAME.tar/.idx/.crc "
-                                     "file name (letters, digits, '_', '-', '.'); the manifest is damaged or not "
-                                     "avmae's")
+                    raise ValueError(f"{source}: shard file name {name!r} ({field}) is not a plain "
+                                     "NAME.tar/.idx/.crc/.labels file name (letters, digits, '_', '-', '.'); the "
+                                     "manifest is damaged or not avmae's")
 
 
 def frame_member(index: int) -> str:
@@ -130,3 +149,40 @@ def parse_checksums(text: str, source: str) -> dict[str, int]:
         except ValueError:
             raise ValueError(f"{source}:{number}: {fields[1]!r} is not a hexadecimal CRC32") from None
     return table
+
+
+# --- labels ---------------------------------------------------------------------------------------------------------
+
+def labels_text(rows: Iterable[tuple[str, Iterable[str]]]) -> str:
+    """The labels sidecar for (sample key, its labels) pairs in tar order."""
+    return "".join(f"{key}\t{json.dumps(list(labels), ensure_ascii=False)}\n" for key, labels in rows)
+
+
+def parse_labels(text: str, source: str) -> list[tuple[str, list[str]]]:
+    """(sample key, labels) rows of a labels sidecar; raises ValueError naming ``source`` and the line on a
+    malformed one."""
+    rows = []
+    lines = text.split("\n")  # not splitlines(): a label may hold U+2028 and the like, which JSON leaves as they are
+    for number, line in enumerate(lines[:-1] if lines[-1] == "" else lines, 1):
+        key, tab, encoded = line.partition("\t")
+        try:
+            labels = json.loads(encoded) if tab and key else None
+        except ValueError:
+            labels = None
+        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+            raise ValueError(f"{source}:{number}: {line[:80]!r} is not '<key>\\t<labels as a JSON array of strings>'")
+        rows.append((key, labels))
+    return rows
+
+
+def sidecar_labels(text: str, keys: list[str], source: str) -> list[list[str]]:
+    """Each sample's labels, in index order, from a labels sidecar whose rows must name exactly the index's ``keys``
+    in order; a sidecar that does not parse or disagrees (a missing or extra row, another key: truncated, reordered
+    or another shard's) is one ValueError naming ``source`` and the first difference."""
+    rows = parse_labels(text, source)
+    if len(rows) != len(keys):
+        raise ValueError(f"{source}: {len(rows)} label rows for the {len(keys)} samples of the shard's index")
+    for number, ((key, _), wanted) in enumerate(zip(rows, keys), 1):
+        if key != wanted:
+            raise ValueError(f"{source}:{number}: row of sample {key!r} where the index has {wanted!r}")
+    return [labels for _, labels in rows]

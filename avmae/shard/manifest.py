@@ -99,7 +99,9 @@ def finalize(out: Path) -> dict[str, Any]:
         split["_sumsq"] += part["logmel_sumsq"]
         split["_count"] += part["logmel_count"]
         if part["samples"]:
-            split["shards"].append({key: part[key] for key in ("name", "tar", "idx", "crc", "samples", "bytes", "sha256")})
+            # "labels": absent from the part records of shards built before the labels sidecar (a resumed build)
+            fields = ("name", "tar", "idx", "crc", "labels", "samples", "bytes", "sha256")
+            split["shards"].append({key: part[key] for key in fields if key in part})
         for failure in part["failures"]:
             reasons[failure["reason"]] += 1
             failure_lines.append(json.dumps(failure, sort_keys=True, ensure_ascii=False))

@@ -3,9 +3,9 @@ into a local staging folder, exactly as a local build writes it, then uploaded a
 bytes are the local bytes and the local disk holds only the shards in flight.
 
 Object stores have atomic single-object PUTs (a multipart upload appears only when completed) and no rename, so
-the order of the uploads is the protocol: a shard's tar, index and checksum sidecar first, its part record last.
-The part record is the "done" marker: a resumed build, another array task and finalize trust a shard only when its
-record is there and carries the build's fingerprint; a tar without one is a leftover that the shard's next build
+the order of the uploads is the protocol: a shard's tar, index, checksum and labels sidecars first, its part record
+last. The part record is the "done" marker: a resumed build, another array task and finalize trust a shard only when
+its record is there and carries the build's fingerprint; a tar without one is a leftover that the shard's next build
 replaces. ``build.json`` is claimed before any shard, ``failures.jsonl`` and ``manifest.json`` are uploaded last.
 Nothing the build decides is read from the staging folder of an earlier run: every run stages in a fresh
 temporary folder and reads build.json and the part records from the URL.
@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from avmae.shard.format import CHECKSUM_SUFFIX, INDEX_SUFFIX, TAR_SUFFIX
+from avmae.shard.format import CHECKSUM_SUFFIX, INDEX_SUFFIX, LABELS_SUFFIX, TAR_SUFFIX
 from avmae.shard.manifest import BUILD_FILE, FAILURES_FILE, MANIFEST_FILE, claim_output, finalize, pending_shards
 from avmae.shard.writer import PARTS_DIR, part_path
 from avmae.storage import StorageError, filesystem_for, storage_errors
@@ -122,13 +122,14 @@ class RemoteOutput:
         return pending_shards(self.folder, description)
 
     def publish_shard(self, name: str, record: dict[str, Any]) -> None:
-        """Upload the shard write_shard just staged: tar, index, sidecar, then the part record; then free the
+        """Upload the shard write_shard just staged: tar, index, sidecars, then the part record; then free the
         local disk. A shard without samples has no tar: a tar of an earlier attempt of it is deleted first, so no
         object contradicts the record."""
-        files = [record[key] for key in ("tar", "idx", "crc") if key in record]
+        files = [record[key] for key in ("tar", "idx", "crc", "labels") if key in record]
         with storage_errors(self.url):
             if not files:
-                stale = [self._remote(f"{name}{suffix}") for suffix in (TAR_SUFFIX, INDEX_SUFFIX, CHECKSUM_SUFFIX)]
+                stale = [self._remote(f"{name}{suffix}")
+                         for suffix in (TAR_SUFFIX, INDEX_SUFFIX, CHECKSUM_SUFFIX, LABELS_SUFFIX)]
                 self.fs.invalidate_cache()
                 present = [path for path in stale if self.fs.exists(path)]
                 if present:

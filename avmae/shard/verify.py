@@ -1,6 +1,9 @@
 """``avmae-shard verify``: every tar and index reads back, counts and checksums match the manifest, and every
 member's bytes match the CRC32 its ``.crc`` sidecar recorded at build time (format version 2; version-1 folders have
 no sidecars and are reported unchecked). A damaged member is named by shard, key and member, as the loaders name it.
+A shard's ``.labels`` sidecar, where it has one, must list the index's keys in order with the labels of each
+sample's JSON member (class-balanced sampling trusts it instead of the JSONs); a row that differs is a problem naming
+the sidecar and the sample.
 
 A remote folder (a URL or pipe: root, avmae/shard_files.py) is verified the same way, one shard at a time on a
 local copy made by one sequential read of each of its files: the checks and their lines are the local ones."""
@@ -18,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from avmae.shard.format import (LOGMEL_MEMBER, METADATA_MEMBER, UNCHECKED_VERSIONS, check_shard_file_names, crc32,
-                                frame_member, logmel_dtype, parse_checksums, sample_members)
+from avmae.shard.format import (LOGMEL_MEMBER, META_LABELS, METADATA_MEMBER, UNCHECKED_VERSIONS,
+                                check_shard_file_names, crc32, frame_member, logmel_dtype, parse_checksums,
+                                sample_members, sidecar_labels)
 from avmae.shard.manifest import FAILURES_FILE, MANIFEST_FILE, read_manifest
 from avmae.shard.tarfiles import Member, parse_index, read_members, sha256_file
 from avmae.shard_files import copy_to, exists, join, read_text
@@ -87,6 +91,38 @@ def _checksum_problems(out: Path, shard: dict[str, Any], members: list[Member]) 
     return damaged, [f"{shard['tar']}: sample {d['key']}: member {d['member']}: {d['detail']}" for d in damaged]
 
 
+def _json_labels(handle, sample: list[Member]) -> list[str] | None:
+    """The labels of a sample's JSON member, read from the open tar; None when it has no readable JSON (the sample
+    checks report that)."""
+    meta = next((member for member in sample if member.ext == METADATA_MEMBER), None)
+    if meta is None:
+        return None
+    handle.seek(meta.offset)
+    try:
+        return json.loads(handle.read(meta.size)).get(META_LABELS, [])
+    except (ValueError, AttributeError):  # not JSON, or not an object
+        return None
+
+
+def _label_problems(here: Path, shard: dict[str, Any], indexed: list[list[Member]]) -> list[str]:
+    """Problem lines of a shard's labels sidecar: unusable (missing, malformed, rows that are not the index's keys
+    in order), or a row whose labels differ from the sample's JSON. A shard built before the sidecar has none."""
+    if not shard.get("labels"):
+        return []
+    keys = [sample[0].key for sample in indexed]
+    try:
+        rows = sidecar_labels((here / shard["labels"]).read_text(encoding="utf-8"), keys, shard["labels"])
+    except (ValueError, OSError) as err:  # UnicodeDecodeError is a ValueError
+        return [f"{shard['name']}: labels sidecar unusable: {err}"]
+    problems = []
+    with open(here / shard["tar"], "rb") as handle:
+        for sample, key, labels in zip(indexed, keys, rows):
+            recorded = _json_labels(handle, sample)
+            if recorded is not None and recorded != labels:
+                problems.append(f"{shard['labels']}: sample {key}: labels {labels} differ from its JSON's {recorded}")
+    return problems
+
+
 def _check_shard(here: Path, shard: dict[str, Any], checked: bool, deep: bool, features: dict[str, Any],
                  shape: tuple[int, int], problems: list[str], damaged: list[dict]) -> int:
     """One shard's checks (files in the local folder ``here``), appending to ``problems`` and ``damaged``; returns
@@ -109,6 +145,8 @@ def _check_shard(here: Path, shard: dict[str, Any], checked: bool, deep: bool, f
         problems.append(f"{shard['idx']}: does not describe {shard['tar']} (offsets, sizes or names differ)")
     if len(indexed) != shard["samples"]:
         problems.append(f"{shard['name']}: {len(indexed)} samples, manifest says {shard['samples']}")
+    if flat == members:  # the JSONs are read where the index says: a wrong index is reported above
+        problems += _label_problems(here, shard, indexed)
     if deep and flat == members:  # a wrong index names members the tar does not have: reported above
         with tarfile.open(tar_path) as tar:
             for sample in indexed:
@@ -130,7 +168,7 @@ class _Missing(Exception):
 
 @contextmanager
 def _local_files(out: str | Path, shard: dict[str, Any]) -> Iterator[Path]:
-    """A local folder holding the shard's tar, index and sidecar: ``out`` itself, or a temporary copy of a remote
+    """A local folder holding the shard's tar, index and sidecars: ``out`` itself, or a temporary copy of a remote
     shard (removed after its checks), each file read once. _Missing when the tar or index is not there; a remote
     file that cannot be read for another reason (a failing command, refused credentials) is the StorageError that
     says so, not a missing file."""
@@ -141,7 +179,8 @@ def _local_files(out: str | Path, shard: dict[str, Any]) -> Iterator[Path]:
         yield Path(out)
         return
     with tempfile.TemporaryDirectory(prefix="avmae-verify-") as folder:
-        for what, name in (("tar", shard["tar"]), ("index", shard["idx"]), ("sidecar", shard.get("crc"))):
+        for what, name in (("tar", shard["tar"]), ("index", shard["idx"]), ("sidecar", shard.get("crc")),
+                           ("sidecar", shard.get("labels"))):
             if not name:
                 continue
             try:
@@ -149,7 +188,7 @@ def _local_files(out: str | Path, shard: dict[str, Any]) -> Iterator[Path]:
             except OSError:
                 if exists(join(out, name)):  # asked only after a failed read: it raises when the store failed
                     raise
-                if what != "sidecar":  # a missing sidecar is reported by the checksum check
+                if what != "sidecar":  # a missing sidecar is reported by the checksum or labels check
                     raise _Missing(what) from None
         yield Path(folder)
 

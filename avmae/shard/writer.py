@@ -1,8 +1,8 @@
-"""Write one planned shard: its tar, its DALI index and, last, its part record (the "done" marker).
+"""Write one planned shard: its tar, its DALI index, its sidecars and, last, its part record (the "done" marker).
 
-Files appear by rename only, tar then index then checksum sidecar (format.py) then part record, so a build killed at any moment leaves either a
-finished shard (part record present) or one that the next run redoes from scratch (video2dataset's stats-file-last
-rule, engineering.md 1.1).
+Files appear by rename only, tar then index then checksum sidecar then labels sidecar (format.py) then part record,
+so a build killed at any moment leaves either a finished shard (part record present) or one that the next run redoes
+from scratch (video2dataset's stats-file-last rule, engineering.md 1.1).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from avmae.files import publish, write_text_atomically as atomic_write
-from avmae.shard.format import CHECKSUM_SUFFIX, INDEX_SUFFIX, TAR_SUFFIX, checksum_text
+from avmae.shard.format import (CHECKSUM_SUFFIX, INDEX_SUFFIX, LABELS_SUFFIX, META_LABELS, METADATA_MEMBER, TAR_SUFFIX,
+                                checksum_text, labels_text)
 from avmae.shard.media import MediaError
 from avmae.shard.params import BuildParams, FeatureParams
 from avmae.shard.plan import ShardPlan
@@ -39,6 +40,11 @@ def read_part(out: Path, name: str, fingerprint: str) -> dict[str, Any] | None:
     return record if record.get("fingerprint") == fingerprint else None
 
 
+def _json_labels(members: dict[str, bytes]) -> list[str]:
+    """The labels a sample's JSON member carries: the sidecar repeats exactly what a reader of the JSON would find."""
+    return json.loads(members[METADATA_MEMBER]).get(META_LABELS, [])
+
+
 def _failure(plan: ShardPlan, item, reason: str, detail: str) -> dict[str, Any]:
     return {"id": item.item_id, "source": item.source, "path": item.path, "split": plan.split, "shard": plan.name,
             "labels": list(item.labels), "reason": reason, "detail": detail[:_DETAIL_LIMIT]}
@@ -50,6 +56,7 @@ def write_shard(out: Path, plan: ShardPlan, features: FeatureParams, build: Buil
     tar_path = out / f"{plan.name}{TAR_SUFFIX}"
     idx_path = out / f"{plan.name}{INDEX_SUFFIX}"
     crc_path = out / f"{plan.name}{CHECKSUM_SUFFIX}"
+    labels_path = out / f"{plan.name}{LABELS_SUFFIX}"
     partial_tar = out / f".{plan.name}.tar.partial"  # one task owns a shard, so these names need no pid
     for leftover in (out / PARTS_DIR).glob(f".{plan.name}.json.*.partial"):  # from a killed earlier run
         leftover.unlink()
@@ -57,6 +64,7 @@ def write_shard(out: Path, plan: ShardPlan, features: FeatureParams, build: Buil
     failures: list[dict[str, Any]] = []
     label_rows: Counter[str] = Counter()
     label_ok: Counter[str] = Counter()
+    sample_labels: list[tuple[str, list[str]]] = []  # (key, labels) per sample in tar order: the labels sidecar
     sums = [0.0, 0.0, 0]
     most_labels = 0
     try:
@@ -75,6 +83,7 @@ def write_shard(out: Path, plan: ShardPlan, features: FeatureParams, build: Buil
                 continue
             for sample in samples:
                 writer.write(sample.key, sample.members)
+                sample_labels.append((sample.key, _json_labels(sample.members)))
                 sums[0] += sample.logmel_sum
                 sums[1] += sample.logmel_sumsq
                 sums[2] += sample.logmel_count
@@ -95,11 +104,13 @@ def write_shard(out: Path, plan: ShardPlan, features: FeatureParams, build: Buil
         publish(partial_tar, tar_path)
         atomic_write(idx_path, index_text(writer.members))
         atomic_write(crc_path, checksum_text(writer.checksums))
-        record.update(tar=tar_path.name, idx=idx_path.name, crc=crc_path.name, bytes=tar_path.stat().st_size,
-                      sha256=sha256_file(tar_path))
+        atomic_write(labels_path, labels_text(sample_labels))
+        record.update(tar=tar_path.name, idx=idx_path.name, crc=crc_path.name, labels=labels_path.name,
+                      bytes=tar_path.stat().st_size, sha256=sha256_file(tar_path))
     else:
         partial_tar.unlink()
-        for stale in (tar_path, idx_path, crc_path):  # left by an older run of this shard with other results
+        # left by an older run of this shard with other results
+        for stale in (tar_path, idx_path, crc_path, labels_path):
             stale.unlink(missing_ok=True)
     (out / PARTS_DIR).mkdir(exist_ok=True)
     atomic_write(part_path(out, plan.name), json.dumps(record, sort_keys=True, ensure_ascii=False))

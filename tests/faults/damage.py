@@ -8,7 +8,8 @@ import tarfile
 from pathlib import Path
 from typing import Callable
 
-from avmae.shard.format import CHECKSUM_SUFFIX, METADATA_MEMBER, META_KEY, checksum_text
+from avmae.shard.format import (CHECKSUM_SUFFIX, LABELS_SUFFIX, METADATA_MEMBER, META_KEY, META_LABELS, checksum_text,
+                                labels_text)
 from avmae.shard.tarfiles import ShardTarWriter, index_text, parse_index
 
 Members = dict[str, bytes]
@@ -30,6 +31,19 @@ def rewrite_samples(tar_path: Path, change: Callable[[Members], Members], *, fix
     tar_path.with_suffix(".idx").write_text(index_text(writer.members))
     if fix_checksums:
         tar_path.with_suffix(CHECKSUM_SUFFIX).write_text(checksum_text(writer.checksums))
+
+
+def json_label_rows(tar_path: Path) -> list[tuple[str, list[str]]]:
+    """(key, labels) of every sample of a tar, in tar order, read from the samples' JSON members."""
+    with tarfile.open(tar_path) as tar:
+        metas = [json.loads(tar.extractfile(member).read()) for member in tar.getmembers()
+                 if member.name.endswith(f".{METADATA_MEMBER}")]
+    return [(meta[META_KEY], meta[META_LABELS]) for meta in metas]
+
+
+def write_label_sidecar(tar_path: Path) -> None:
+    """Rewrite a tar's labels sidecar from its samples' JSON members (after rewrite_samples changed labels)."""
+    tar_path.with_suffix(LABELS_SUFFIX).write_text(labels_text(json_label_rows(tar_path)))
 
 
 def change_one(tar_path: Path, ext: str, damage: Callable[[bytes], bytes], *, fix_checksums: bool,

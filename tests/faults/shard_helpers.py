@@ -1,4 +1,4 @@
-"""Shard folders for the shard-stage fault tests (built by tests/helpers.build_shards): a rewrite of one of its tars with other sample keys (hostile ones), keeping its index, checksum sidecar and manifest consistent so
+"""Shard folders for the shard-stage fault tests (built by tests/helpers.build_shards): a rewrite of one of its tars with other sample keys (hostile ones), keeping its index, sidecars and manifest consistent so
 that only the keys are wrong."""
 
 from __future__ import annotations
@@ -31,6 +31,12 @@ def rename_keys(out: Path, shard_tar: str, new_keys: dict[str, str]) -> None:
         from avmae.shard.format import checksum_text
 
         sidecar.write_text(checksum_text(members_with_new_names(tar_path)))
+    labels = tar_path.with_suffix(".labels")
+    if labels.exists():
+        from avmae.shard.format import labels_text, parse_labels
+
+        rows = parse_labels(labels.read_text(encoding="utf-8"), labels.name)
+        labels.write_text(labels_text([(new_keys.get(key, key), row) for key, row in rows]), encoding="utf-8")
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     for split in manifest["splits"].values():

@@ -19,7 +19,7 @@ SHARDS = {**SMALL_BUILD, "shard_size": "1", "target_frames": "256", "num_mel_bin
 
 def _defining_bytes(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.iterdir())
-            if p.suffix in (".tar", ".idx", ".crc") or p.name in ("manifest.json", "failures.jsonl")}
+            if p.suffix in (".tar", ".idx", ".crc", ".labels") or p.name in ("manifest.json", "failures.jsonl")}
 
 
 def _disk_usage(folder: Path) -> int:
@@ -64,7 +64,7 @@ def test_disk_full_stops_cleanly_and_resumes_to_the_same_bytes(reference, small_
     assert 0 < len(done) < 6, "the build neither started nor ran out of space"
     expected = _defining_bytes(reference_out)
     for path in out.glob("*.*"):
-        if path.suffix in (".tar", ".idx", ".crc"):  # only finished shards, byte for byte those of a whole build
+        if path.suffix in (".tar", ".idx", ".crc", ".labels"):  # finished shards only, byte for byte a whole build's
             assert path.stem in done and path.read_bytes() == expected[path.name], path.name
 
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
