@@ -19,8 +19,11 @@ TIMEOUT_S = 2
 def _rank(rank: int, port: str, stage: int, results) -> None:
     import deepspeed
 
-    from avmae.distributed import setup_distributed
+    from avmae.distributed import ALONE, setup_distributed
 
+    # What a launcher gives its workers; not the mark of a process alone, which an earlier test's in-process run
+    # may have left in the environment this process inherited.
+    os.environ.pop(ALONE, None)
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=port)
     setup_distributed(device_name="cpu", timeout_s=TIMEOUT_S)
