@@ -65,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     except JobStopped as err:  # divergence, a failed checkpoint, a loader past its budget, a dead rank: one line
         print(f"avmae-train: {err}", file=sys.stderr, flush=True)
         if err.group_broken:  # tearing down a process group with a dead peer waits on it: leave at once
+            if err.requeues:  # said after the stop line: requeuing ends this job, maybe before a second line
+                from avmae.train.signals import requeue_after_lost_rank
+
+                print(f"avmae-train: rank {trainer.dist.rank}: {requeue_after_lost_rank(err.requeues)}",
+                      file=sys.stderr, flush=True)
             sys.stdout.flush()
             os._exit(1)
         return 1

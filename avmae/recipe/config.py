@@ -45,11 +45,15 @@ class CheckpointConfig:
 class GuardConfig:
     """What the trainer tolerates before it ends the job (issue 12): a step whose loss or gradient norm is not
     finite on any rank is skipped on every rank (no update) and counted; past either budget the run stops. A
-    collective that waits longer than collective_timeout_s for a dead or hung rank ends the job."""
+    collective that waits longer than collective_timeout_s for a dead or hung rank ends the job (and requeues a
+    SLURM job, max_requeues times at most)."""
 
     nonfinite_in_row: int = 5  # skipped steps in a row
     nonfinite_total: int = 50  # skipped steps over the whole run (resumes included)
     collective_timeout_s: float = 1800.0  # torch's process-group timeout, for every collective
+    # Under SLURM, a job whose collective failed (a rank or a node was lost) requeues itself to resume from its
+    # newest checkpoint, at most this many times (SLURM_RESTART_COUNT); 0: never, a person requeues it.
+    max_requeues: int = 3
 
 
 @dataclass
@@ -142,9 +146,10 @@ class RunConfig:
             raise ConfigError(f"data.view must be in [0, data.views = {self.data.views}), got {self.data.view}")
         if not self.data.shards:
             raise ValueError("data.shards is not set: point it at a folder made by avmae-shard build")
-        if min(self.guard.nonfinite_in_row, self.guard.nonfinite_total) < 1 or self.guard.collective_timeout_s <= 0:
+        if (min(self.guard.nonfinite_in_row, self.guard.nonfinite_total) < 1 or self.guard.collective_timeout_s <= 0
+                or self.guard.max_requeues < 0):
             raise ValueError("guard.nonfinite_in_row and guard.nonfinite_total must be at least 1, "
-                             "guard.collective_timeout_s above 0")
+                             "guard.collective_timeout_s above 0, guard.max_requeues at least 0")
         if self.init.kind != "none" and not self.init.path:
             raise ConfigError(f"init.kind {self.init.kind} needs init.path (the file or run folder to start from)")
         if self.optim.schedule == "step" and list(self.optim.milestones) != sorted(self.optim.milestones):

@@ -36,3 +36,16 @@ def requeue() -> bool:
         return False
     result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
     return result.returncode == 0
+
+
+def requeue_after_lost_rank(limit: int) -> str:
+    """Requeue this SLURM job after a rank or node was lost, unless it restarted ``limit`` times already (a rank
+    that dies at every start would otherwise loop); what happened, for the stop line. Every surviving rank asks:
+    the first request requeues the job (SLURM then ends this one), the others find it requeued already."""
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    if restarts >= limit:
+        return (f"not requeued: the job restarted {restarts} times already (guard.max_requeues {limit}); "
+                f"scontrol requeue {os.environ.get('SLURM_JOB_ID', 'JOBID')} resumes it")
+    if requeue():
+        return f"requeued to resume from the newest complete checkpoint (restart {restarts + 1} of at most {limit})"
+    return "SLURM did not requeue the job (another rank may have already)"

@@ -8,9 +8,11 @@ from __future__ import annotations
 class JobStopped(RuntimeError):
     """The run cannot go on; ``str(error)`` names the step and the cause. Nothing that looks finished was written.
     ``group_broken``: a collective failed, so the process group cannot be torn down (its teardown would wait on the
-    dead or hung rank): the process must leave at once."""
+    dead or hung rank): the process must leave at once. ``requeues``: how many times the job may requeue itself
+    after such a failure (guard.max_requeues under SLURM; 0 elsewhere)."""
 
     group_broken = False
+    requeues = 0
 
 
 # How a failed collective reads when the backend does not raise torch's DistError: gloo raises a plain RuntimeError

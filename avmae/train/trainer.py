@@ -289,6 +289,7 @@ class Trainer:
                              f"{config.guard.collective_timeout_s:g}); newest complete checkpoint: "
                              f"{self.checkpoints.newest() or 'none'}")
             stopped.group_broken = True
+            stopped.requeues = config.guard.max_requeues if self.dist.launcher == "slurm" else 0
             raise stopped from err
         finally:
             logger.close()
