@@ -159,3 +159,17 @@ def test_shards_made_for_another_model_are_refused_before_training(shards, tmp_p
     assert train_main(["--config", str(config), "--set", "model.audio.frames=1024"]) == 2  # shards hold 208
     assert train_main(["--config", str(config), "--set", f"data.shards={tmp_path / 'nothing'}"]) == 2
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_job_requeues_itself_after_a_lost_rank_at_most_max_requeues_times(monkeypatch):
+    from avmae.train.signals import requeue_after_lost_rank
+
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "3")
+    said = requeue_after_lost_rank(3)  # the budget is spent: SLURM is not asked (no scontrol needed)
+    assert said == ("not requeued: the job restarted 3 times already (guard.max_requeues 3); "
+                    "scontrol requeue 4242 resumes it")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    assert requeue_after_lost_rank(0).startswith("not requeued")  # guard.max_requeues 0: never
+    monkeypatch.delenv("SLURM_JOB_ID")  # not a SLURM job: nothing to requeue
+    assert requeue_after_lost_rank(3) == "SLURM did not requeue the job (another rank may have already)"
