@@ -28,10 +28,10 @@ def test_the_cpu_mode_passes_and_prints_one_table(check):
     result, data, _ = check
     assert result.returncode == 0, result.stderr[-3000:]
     assert data["passed"] and data["machine"]["mode"] == "cpu"
-    assert list(data["steps"]) == ["shards", "decode", "recipe", "collectives", "resume", "eval"]
+    assert list(data["steps"]) == ["shards", "decode", "recipe", "feed", "collectives", "resume", "eval"]
     table = result.stdout
     assert "PASSED" in table and table.count("pass ") == 3  # shards, resume, eval: the checks that can fail
-    for row in ("DALI cpu decode", "recipe step", "peak memory", "all-reduce bus bandwidth",
+    for row in ("DALI cpu decode", "DALI feed, data.workers 1 (no decode)", "recipe step", "peak memory", "all-reduce bus bandwidth",
                 "all-gather bus bandwidth", "16-step run, stop at 8 + resume", "avmae-eval: DALI = webdataset"):
         assert row in table, row
 
@@ -51,6 +51,10 @@ def test_measurements_are_present_and_sane(check):
     assert recipe["achieved_tflops"] == pytest.approx(recipe["samples_per_s"] * recipe["gflops_per_sample"] / 1e3)
     assert recipe["mfu"] is None and recipe["peak_gpu_memory_gib"] is None  # no GPU: nothing to claim
     assert 0.1 < recipe["peak_host_rss_gib"] < 8
+    feed = steps["feed"]
+    assert feed["workers"] == 1 and feed["batch_size"] == 4 and feed["frames_per_sample"] == 4
+    assert feed["samples_per_s"] > 1 and feed["worker_cpu_ms_per_sample"] > 0
+    assert feed["times_the_recipe_step"] == pytest.approx(feed["samples_per_s"] / recipe["samples_per_s"])
     collectives = steps["collectives"]
     assert collectives["backend"] == "gloo" and collectives["processes"] == 2
     for op, factor in (("all_reduce", 1.0), ("all_gather", 0.5)):  # nccl-tests' bus factors for 2 ranks

@@ -5,6 +5,7 @@ processes, on shards built here from ffmpeg-made clips, and reads what they leav
   shards      synthetic clips (avmae.shard.synth) -> avmae-shard build
   decode      DALI's decode rate on those shards with the recipe's loader settings (``mixed`` = nvJPEG on a GPU)
   recipe      configs/pretrain_as2m.yaml's step time, MFU and peak memory at its per-GPU batch (ViT-L, bf16)
+  feed        DALI's training feed alone (avmae-bench feed, data.workers processes) against the recipe step's rate
   collectives all-reduce / all-gather bandwidth on every local GPU (avmae/bench/collectives.py)
   resume      a 50-step run, and the same run stopped after 25 (``stop_after``) and resumed: equal losses
   eval        a short fine-tune of that run, scored by avmae-eval through DALI and through webdataset: equal results
@@ -139,6 +140,21 @@ class GpuCheck:
                 "crop": config.data.crop_size, "video": list(batch["video"].shape),
                 "samples_per_s": samples / seconds, "frames_per_s": samples * config.data.num_frames / seconds,
                 "ok": True}
+
+    def feed(self) -> dict[str, Any]:
+        """DALI's training feed alone, as ``avmae-bench feed`` measures it: the recipe's batch and frames read and
+        checked by data.workers worker processes, no decode. A GPU must be fed several times what it consumes (4x,
+        README "The DALI feed"): compared with the recipe step's rate measured before it."""
+        from avmae.bench.feed import bench_feed
+
+        config = load(RunConfig, RECIPE, self.recipe_config(self.mode.recipe_model)).validate()
+        run = bench_feed(self.shards, config.data.train_split, [config.data.workers],
+                         batch_size=config.data.batch_size, num_frames=config.data.num_frames,
+                         iterations=self.mode.feed_iterations, repeats=3)["runs"][0]
+        return {"workers": config.data.workers, "batch_size": config.data.batch_size,
+                "frames_per_sample": config.data.num_frames, "samples_per_s": run["samples_per_s"]["median"],
+                "trainer_cpu_ms_per_sample": run["trainer_cpu_ms_per_sample"]["median"],
+                "worker_cpu_ms_per_sample": run["worker_cpu_ms_per_sample"]["median"], "ok": True}
 
     # --- the recipe's step ---------------------------------------------------------------------------------------
 
@@ -276,9 +292,10 @@ def run_check(out: Path, mode: CheckMode | None = None, log: Callable[[str], Non
     check = GpuCheck(mode, out)
     result: dict[str, Any] = {"machine": machine(mode), "notes": list(mode.notes), "steps": {}}
     started = time.perf_counter()
-    needs = {"decode": "shards", "recipe": "shards", "resume": "shards", "eval": "resume"}
+    needs = {"decode": "shards", "recipe": "shards", "feed": "shards", "resume": "shards", "eval": "resume"}
     for name, step in (("shards", check.build_shards), ("decode", check.decode), ("recipe", check.recipe_step),
-                       ("collectives", check.collectives), ("resume", check.resume), ("eval", check.evaluation)):
+                       ("feed", check.feed), ("collectives", check.collectives), ("resume", check.resume),
+                       ("eval", check.evaluation)):
         before = needs.get(name)
         if before and not result["steps"].get(before, {}).get("ok"):
             result["steps"][name] = {"ok": False, "error": f"skipped: step {before} did not pass"}
@@ -289,6 +306,9 @@ def run_check(out: Path, mode: CheckMode | None = None, log: Callable[[str], Non
         except (StepFailed, OSError, ValueError, RuntimeError, KeyError, StopIteration) as err:
             result["steps"][name] = {"ok": False, "error": f"{type(err).__name__}: {err}"}
         result["steps"][name]["seconds"] = time.perf_counter() - step_started
+        if name == "feed" and result["steps"][name]["ok"] and result["steps"]["recipe"].get("ok"):
+            result["steps"][name]["times_the_recipe_step"] = (result["steps"][name]["samples_per_s"]
+                                                              / result["steps"]["recipe"]["samples_per_s"])
         log(f"gpu_check: {name}: {'ok' if result['steps'][name]['ok'] else result['steps'][name]['error']} "
             f"({result['steps'][name]['seconds']:.0f} s)")
         result["wall_seconds"] = time.perf_counter() - started

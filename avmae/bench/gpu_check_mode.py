@@ -27,6 +27,7 @@ class CheckMode:
     stop_after: int
     finetune_steps: int
     decode_batches: int
+    feed_iterations: int  # pipeline runs per timed window of the feed step (3 windows)
     loss_rtol: float  # uninterrupted vs stopped-and-resumed losses
     score_atol: float  # DALI vs webdataset evaluation probabilities
     collective_mebibytes: float
@@ -55,7 +56,7 @@ GPU = CheckMode(
     shard_flags=("--shard-size", "8"),  # avmae-shard build's defaults: 16 frames, short side 256, 1024 x 128 log-mel
     recipe_model=(), recipe_steps=16, recipe_warmup=6,
     check_model=_small_model(TINY_YAML, 16, 224, 1024), batch_size=8, workers=8, steps=50, stop_after=25, finetune_steps=20,
-    decode_batches=40,
+    decode_batches=40, feed_iterations=50,
     # bf16 on a GPU: attention backward kernels accumulate with atomics (not bit-reproducible run to run), so the
     # two runs agree to bf16's precision, not exactly; the table shows the gap before and after the resume apart.
     loss_rtol=1e-2,
@@ -72,7 +73,7 @@ CPU = CheckMode(
     # 16 steps, stopped after 8: the structure of the GPU's 50 / 25 at a third of the CPU time
     check_model=_small_model(TESTS_TINY, 4, 64, 208), batch_size=4, workers=1, steps=16, stop_after=8,
     finetune_steps=4,
-    decode_batches=10,
+    decode_batches=10, feed_iterations=200,  # tiny samples: enough for CPU times to move (10 ms ticks)
     loss_rtol=1e-4,  # fp32 on a CPU is deterministic: as tests/test_trainer.py's resume test
     score_atol=1e-4,  # both decode with libjpeg-turbo
     collective_mebibytes=4, collective_iterations=5,

@@ -16,6 +16,13 @@ def _value(name: str, step: dict[str, Any]) -> list[tuple[str, str]]:
         return [(f"DALI {step['dali_device']} decode", f"{step['samples_per_s']:.1f} samples/s = "
                  f"{step['frames_per_s']:.0f} frames/s ({step['frames_per_sample']} frames -> {step['crop']} px, "
                  f"batch {step['batch_size']}, {step['threads']} threads)")]
+    if name == "feed":
+        times = step.get("times_the_recipe_step")
+        against = f"; {times:.1f}x the recipe step's rate (needed: 4x)" if times else ""
+        return [(f"DALI feed, data.workers {step['workers']} (no decode)",
+                 f"{step['samples_per_s']:.0f} samples/s{against}; CPU per sample: training process "
+                 f"{step['trainer_cpu_ms_per_sample']:.2f} ms, each worker {step['worker_cpu_ms_per_sample']:.2f} ms "
+                 f"(batch {step['batch_size']}, {step['frames_per_sample']} frames)")]
     if name == "recipe":
         mfu = f", MFU {step['mfu']:.1%} of {step['peak_tflops']:g} TFLOP/s" if step["mfu"] is not None else ""
         memory = f"GPU {step['peak_gpu_memory_gib']:.1f} GiB allocated, " if step["peak_gpu_memory_gib"] else ""
