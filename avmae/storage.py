@@ -28,6 +28,8 @@ _ENDPOINT = "endpoint unreachable (check AWS_ENDPOINT_URL / FSSPEC_S3_ENDPOINT_U
 _SERVER = "server unreachable (check the host, the port and the network)"
 _HINTS = (
     ("credentials", _S3, "no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"),
+    ("credentials", ("gs", "gcs"), "no credentials found: set GOOGLE_APPLICATION_CREDENTIALS, or run gcloud auth "
+                                   "application-default login"),
     ("could not connect", _S3, _ENDPOINT),
     ("connect call failed", _S3, _ENDPOINT),
     ("could not connect", None, _SERVER),
@@ -124,7 +126,8 @@ _FILESYSTEMS: dict[tuple[Any, ...], Any] = {}
 def filesystem_of(location: str) -> tuple[Any, str]:
     """The fsspec file system of ``location`` and the path in it: one instance per protocol and process (a client
     costs ~0.3 s to set up; a forked worker makes its own, as filesystem_for intends)."""
-    settings = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("AWS_", "FSSPEC_", "GOOGLE_"))))
+    settings = tuple(sorted((k, v) for k, v in os.environ.items()
+                            if k.startswith(("AWS_", "FSSPEC_", "GOOGLE_", "STORAGE_EMULATOR_HOST"))))
     key = (os.getpid(), location.split("://", 1)[0], settings)  # new credentials or endpoint: a new client
     if key not in _FILESYSTEMS:
         _FILESYSTEMS[key] = filesystem_for(location)[0]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from avmae.shard.media import ffmpeg_binary
+from tests.servers import GCS_ENV
+
+os.environ.update(GCS_ENV)  # before anything imports gcsfs, which reads it once (tests/servers.py says why)
 
 
 def make_clip(path: Path, *, seconds: float = 3.0, size: str = "96x64", rate: int = 25, audio: bool = True,

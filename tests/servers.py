@@ -1,5 +1,6 @@
 """Real servers on loopback for the remote-data tests: an S3-compatible endpoint (moto's server mode, in its own
-process) and a plain HTTP server (``python -m http.server``) over a folder. Nothing listens beyond 127.0.0.1."""
+process), a GCS endpoint (gcp-storage-emulator, in its own process) and a plain HTTP server (``python -m
+http.server``) over a folder. Nothing listens beyond 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -61,6 +62,22 @@ def s3_server() -> Iterator[dict[str, str]]:
     url = f"http://127.0.0.1:{port}"
     with _serving([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port, "moto server"):
         yield {**_CREDENTIALS, "AWS_ENDPOINT_URL": url, "FSSPEC_S3_ENDPOINT_URL": url}
+
+
+# gcsfs first asks a bucket's type over gRPC (zonal / hierarchical buckets), which the emulator does not serve: that
+# costs a 60 s timeout per bucket. Set before gcsfs is imported (it reads this once, at import); real GCS answers.
+GCS_ENV = {"GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+
+
+@contextmanager
+def gcs_server() -> Iterator[dict[str, str]]:
+    """gcp-storage-emulator (a GCS JSON API in Python, in memory) on a free loopback port. Yields the environment a
+    client needs: ``STORAGE_EMULATOR_HOST``, which gcsfs takes as its endpoint (anonymous access)."""
+    port = int(free_port())
+    command = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(port),
+               "--in-memory"]
+    with _serving(command, port, "gcp-storage-emulator"):
+        yield {**GCS_ENV, "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}"}
 
 
 @contextmanager

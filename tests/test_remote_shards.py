@@ -1,7 +1,7 @@
-"""Shards read from where a cluster keeps them: an S3-compatible server (moto), an HTTP server and a pipe: command, all
-on loopback, over the same tiny shards as a local folder. Evaluation equals the local one; training streams each
-shard whole, covers every sample once per epoch and resumes exactly; damage is a recorded skip naming the URL; verify
-and inspect agree with the local folder; failures are one line naming the URL."""
+"""Shards read from where a cluster keeps them: an S3-compatible server (moto), a GCS emulator, an HTTP server and a
+pipe: command, all on loopback, over the same tiny shards as a local folder. Evaluation equals the local one;
+training streams each shard whole, covers every sample once per epoch and resumes exactly; damage is a recorded skip
+naming the URL; verify and inspect agree with the local folder; failures are one line naming the URL."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from avmae.shard_files import join
 from avmae.storage import StorageError
 from tests.faults.damage import cut_in_half, flip_bits_in_place, keys_of
 from tests.helpers import build_shards, metrics, run_config, torchrun
-from tests.servers import apply_env, http_server, s3_server
+from tests.servers import apply_env, gcs_server, http_server, s3_server
 
 BUCKET = "avmae-shards"
 
@@ -59,12 +59,26 @@ def s3(shards, damaged):
 
 
 @pytest.fixture(scope="module")
+def gs(shards, damaged):
+    """The GCS emulator with both folders uploaded; the environment stays applied for the module."""
+    with gcs_server() as env, pytest.MonkeyPatch.context() as patch:
+        apply_env(env, patch)
+        import gcsfs
+
+        fs = gcsfs.GCSFileSystem(skip_instance_cache=True)
+        fs.mkdir(BUCKET)
+        for folder in (shards, damaged[0]):
+            fs.put(f"{folder}/", f"{BUCKET}/{folder.name}/", recursive=True)
+        yield f"gs://{BUCKET}"
+
+
+@pytest.fixture(scope="module")
 def http(shards):
     with http_server(shards.parent) as url:
         yield url
 
 
-@pytest.fixture(params=["http", "s3", "pipe"])
+@pytest.fixture(params=["http", "s3", "gs", "pipe"])
 def remote(request, shards) -> str:
     """Each remote form of a shard root's parent folder: ``remote + "/" + name`` or ``remote.format(name)``."""
     if request.param == "pipe":
@@ -97,7 +111,7 @@ def test_remote_evaluation_equals_the_local_one(shards, remote):
         assert ours["valid"].all() and ours["skipped"] == []
 
 
-@pytest.mark.parametrize("where", ["s3", "http"])
+@pytest.mark.parametrize("where", ["s3", "gs", "http"])
 def test_remote_training_covers_each_sample_once_per_epoch_and_resumes_exactly(shards, where, request):
     root = request.getfixturevalue(where) + "/shards"
     everything = sorted(keys for tar in sorted(shards.glob("*.tar")) for keys in keys_of(tar))
@@ -146,9 +160,9 @@ def test_dali_reads_remote_shards_as_the_webdataset_backend_does(s3, workers):
         assert all(torch.allclose(d["audio"], w["audio"], atol=1e-3) for d, w in zip(dali, wds))
 
 
-def test_damage_in_remote_shards_is_a_recorded_skip(damaged, s3, http):
+def test_damage_in_remote_shards_is_a_recorded_skip(damaged, s3, gs, http):
     folder, flipped, cut = damaged
-    for root in (f"{s3}/damaged", f"{http}/damaged", f"pipe:cat {folder}/{{}}"):
+    for root in (f"{s3}/damaged", f"{gs}/damaged", f"{http}/damaged", f"pipe:cat {folder}/{{}}"):
         batches = take(build_loader(config(root, max_skip_fraction=0.5), "train", train=True), 10)
         records = {(r["key"], r["reason"]): r for b in batches for r in b["skipped"]}
         flip = records[(flipped, "checksum")]
@@ -161,10 +175,10 @@ def test_damage_in_remote_shards_is_a_recorded_skip(damaged, s3, http):
         assert sorted(r["key"] for b in scored for r in b["skipped"]) == sorted([flipped, *cut])
 
 
-def test_verify_and_inspect_over_http_and_s3_equal_the_local_folder(shards, damaged, s3, http):
+def test_verify_and_inspect_over_http_s3_and_gs_equal_the_local_folder(shards, damaged, s3, gs, http):
     for name, folder in (("shards", shards), ("damaged", damaged[0])):
         local = verify(folder)
-        for root in (f"{s3}/{name}", f"{http}/{name}"):
+        for root in (f"{s3}/{name}", f"{gs}/{name}", f"{http}/{name}"):
             assert verify(root) == local, root
             assert {k: v for k, v in summary(root).items() if k != "folder"} == \
                 {k: v for k, v in summary(folder).items() if k != "folder"}
@@ -173,7 +187,7 @@ def test_verify_and_inspect_over_http_and_s3_equal_the_local_folder(shards, dama
     assert [d["key"] for d in verify(damaged[0])["damaged"]] == [damaged[1]]
 
 
-def test_unusable_remote_roots_are_one_line_naming_the_url(s3, http, shards):
+def test_unusable_remote_roots_are_one_line_naming_the_url(s3, gs, http, shards):
     with pytest.raises(FileNotFoundError, match=rf"{http}/nowhere/manifest.json not found"):
         build_loader(config(f"{http}/nowhere"), "train", train=False)
     with pytest.raises(OSError, match=rf"{s3}/nowhere/manifest.json"):
@@ -182,6 +196,8 @@ def test_unusable_remote_roots_are_one_line_naming_the_url(s3, http, shards):
         build_loader(config(f"pipe:cat {shards}/manifest.json"), "train", train=False)
     with pytest.raises(OSError, match="s3://no-such-bucket-here/x/manifest.json"):
         build_loader(config("s3://no-such-bucket-here/x"), "train", train=False)
+    with pytest.raises(OSError, match="gs://no-such-bucket-here/x/manifest.json"):
+        build_loader(config("gs://no-such-bucket-here/x"), "train", train=False)
     with pytest.raises(OSError, match=r"http://127\.0\.0\.1:9/x/manifest.json"):
         build_loader(config("http://127.0.0.1:9/x"), "train", train=False)
 
