@@ -1,7 +1,7 @@
 """Reading the files of a shard root wherever it lives: a local folder, a URL prefix that fsspec opens
-(``s3://bucket/shards``, ``gs://…`` with gcsfs installed, ``https://host/shards``), or a webdataset ``pipe:``
+(``s3://bucket/shards``, ``gs://bucket/shards``, ``https://host/shards``), or a webdataset ``pipe:``
 command (``webdataset.gopen``) holding ``{}`` where a file's name goes (``pipe:aws s3 cp s3://b/shards/{} -``).
-Every file of the folder (manifest.json, NAME.tar, NAME.idx, NAME.crc) is read the same way. No HTTP or S3 client of
+Every file of the folder (manifest.json, NAME.tar, .idx, .crc, .labels) is read the same way. No HTTP or S3 client of
 its own: fsspec (s3fs, gcsfs, aiohttp) and webdataset do the talking; storage.py turns their failures into one line.
 
 Whole files are read in one request (several of one store at once, read_many); long files front to back through
