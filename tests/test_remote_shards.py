@@ -44,18 +44,23 @@ def damaged(shards) -> tuple[Path, str, list[str]]:
     return folder, flipped, cut
 
 
+def uploaded(protocol: str, shards: Path, damaged: tuple) -> str:
+    """Both folders put into a new bucket of the server the environment points at; the bucket's URL."""
+    import fsspec
+
+    fs = fsspec.filesystem(protocol, skip_instance_cache=True)
+    fs.mkdir(BUCKET)
+    for folder in (shards, damaged[0]):
+        fs.put(f"{folder}/", f"{BUCKET}/{folder.name}/", recursive=True)
+    return f"{protocol}://{BUCKET}"
+
+
 @pytest.fixture(scope="module")
 def s3(shards, damaged):
     """moto's S3 with both folders uploaded; the environment stays applied for the module."""
     with s3_server() as env, pytest.MonkeyPatch.context() as patch:
         apply_env(env, patch)
-        import s3fs
-
-        fs = s3fs.S3FileSystem(skip_instance_cache=True)
-        fs.mkdir(BUCKET)
-        for folder in (shards, damaged[0]):
-            fs.put(f"{folder}/", f"{BUCKET}/{folder.name}/", recursive=True)
-        yield f"s3://{BUCKET}"
+        yield uploaded("s3", shards, damaged)
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +68,7 @@ def gs(shards, damaged):
     """The GCS emulator with both folders uploaded; the environment stays applied for the module."""
     with gcs_server() as env, pytest.MonkeyPatch.context() as patch:
         apply_env(env, patch)
-        import gcsfs
-
-        fs = gcsfs.GCSFileSystem(skip_instance_cache=True)
-        fs.mkdir(BUCKET)
-        for folder in (shards, damaged[0]):
-            fs.put(f"{folder}/", f"{BUCKET}/{folder.name}/", recursive=True)
-        yield f"gs://{BUCKET}"
+        yield uploaded("gs", shards, damaged)
 
 
 @pytest.fixture(scope="module")
