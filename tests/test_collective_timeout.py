@@ -57,6 +57,8 @@ def test_a_rank_hung_in_a_zero_step_fails_the_others_after_the_jobs_timeout(stag
         process.start()
     for process in ranks:
         process.join(timeout=180)
+        if process.is_alive():  # a failed test leaves nothing running
+            process.kill()
     message, waited = results.get("rank 0", ("rank 0 never answered", 0.0))
     assert "Timed out" in message or "timed out" in message, message
     assert TIMEOUT_S - 0.5 <= waited < TIMEOUT_S + 10  # torch's default would be 1800 s
