@@ -58,7 +58,7 @@ def _config(root: str | Path, **overrides) -> DataConfig:
 def _schedule(root: str | Path, *, rank: int = 0, world: int = 1, readers: int = 1, **overrides) -> TrainSchedule:
     spec = load_spec(root, "train")
     return TrainSchedule(open_shards(spec), _config(root, **overrides), spec.label_counts, rank=rank, world=world,
-                         readers=readers, label_sidecars=spec.label_sidecars())
+                         readers=readers)
 
 
 def _draws(schedule: TrainSchedule, reader: int, count: int) -> list[tuple[str, int, str]]:
@@ -93,7 +93,7 @@ def test_balanced_draws_from_the_sidecar_equal_those_from_the_jsons(skewed, worl
     with_sidecar, without = skewed
     for rank in range(world):
         ours, theirs = (_schedule(root, rank=rank, world=world, readers=readers) for root in skewed)
-        assert ours.label_sidecars and not theirs.label_sidecars
+        assert all(shard.labels for shard in ours.shards) and not any(shard.labels for shard in theirs.shards)
         for reader in range(readers):
             owned = ours.owned(reader)
             assert ours.owned_labels(owned) == theirs.owned_labels(theirs.owned(reader))

@@ -38,8 +38,7 @@ class CheckedSamples:
         if train:
             # As many readers as the webdataset backend has workers, so both give the same stream for one config.
             self.readers = max(1, config.workers)
-            schedule = TrainSchedule(shards, config, spec.label_counts, rank=rank, world=world, readers=self.readers,
-                                     label_sidecars=spec.label_sidecars())
+            schedule = TrainSchedule(shards, config, spec.label_counts, rank=rank, world=world, readers=self.readers)
             self.skips = [reader_skips(config, rank, r) for r in range(self.readers)]
             self.streams = [good_rows(schedule.reader_draws(r, start_batch), self._draw, self.skips[r])
                             for r in range(self.readers)]

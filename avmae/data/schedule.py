@@ -66,14 +66,10 @@ def _decoded(raw: bytes, sidecar: str) -> str:
 
 
 class TrainSchedule:
-    """``label_sidecars``: the labels sidecar of each shard that has one, by the shard's tar location
-    (DataSpec.label_sidecars); only class-balanced sampling reads them."""
-
     def __init__(self, shards: list[IndexedShard], config: DataConfig, label_counts: dict[str, int], *,
-                 rank: int, world: int, readers: int, label_sidecars: dict[str, str] | None = None):
+                 rank: int, world: int, readers: int):
         self.shards, self.config, self.label_counts = shards, config, label_counts
         self.rank, self.world, self.readers = rank, world, max(1, readers)
-        self.label_sidecars = label_sidecars or {}
 
     def owned(self, reader: int) -> list[tuple[IndexedShard, list[int]]]:
         """(shard, sample indices) a reader owns: whole shards when there are enough, else every slots-th sample."""
@@ -140,7 +136,7 @@ class TrainSchedule:
         """The labels of the owned samples, in owned order: from the shards' labels sidecars, all fetched at once,
         else (shards built before the sidecar) from the samples' JSON members. A sidecar that does not parse or whose
         rows are not the index's keys in order is a ValueError naming it."""
-        sidecars = [self.label_sidecars.get(shard.tar) for shard, _ in owned]
+        sidecars = [shard.labels for shard, _ in owned]
         texts = iter(read_many([sidecar for sidecar in sidecars if sidecar]))
         labels: list[list[str]] = []
         for (shard, indices), sidecar in zip(owned, sidecars):

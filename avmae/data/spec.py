@@ -46,10 +46,6 @@ class DataSpec:
     def samples(self) -> int:
         return sum(s.samples for s in self.shards)
 
-    def label_sidecars(self) -> dict[str, str]:
-        """Each shard's labels sidecar by its tar's location, for the shards that have one (TrainSchedule)."""
-        return {shard.tar: shard.labels for shard in self.shards if shard.labels}
-
     def max_member_size(self, ext: str) -> int:
         """Largest size of one member kind in these shards (from the DALI indexes): a DALI output must be padded
         to a fixed length to batch."""

@@ -33,11 +33,13 @@ class SampleBlock:
 
 class IndexedShard:
     """``crc``: the shard's checksum sidecar, or None for format-version-1 shards (read unchecked). ``idx_text`` /
-    ``crc_text``: those files' contents when the caller fetched them already (many at once, open_shards)."""
+    ``crc_text``: those files' contents when the caller fetched them already (many at once, open_shards).
+    ``labels``: the shard's labels sidecar, or None for shards built before it; only class-balanced sampling reads
+    it (schedule.py)."""
 
     def __init__(self, tar: str, idx: str, crc: str | None = None, *, idx_text: str | None = None,
-                 crc_text: str | None = None):
-        self.tar = tar
+                 crc_text: str | None = None, labels: str | None = None):
+        self.tar, self.labels = tar, labels
         index = parse_index(idx_text if idx_text is not None else read_text(idx))
         self.samples = [{m.ext: (m.offset, m.size, m.name) for m in members} for members in index]
         self.keys = [next(iter(sample.values()))[2].split(".", 1)[0] for sample in self.samples]

@@ -40,7 +40,7 @@ def open_shards(spec: DataSpec) -> list[IndexedShard]:
     indexes = read_many([s.idx for s in spec.shards])
     sidecars = dict(zip((s.crc for s in spec.shards if s.crc), read_many([s.crc for s in spec.shards if s.crc])))
     shards = [IndexedShard(s.tar, s.idx, s.crc, idx_text=text.decode("utf-8"),
-                           crc_text=sidecars[s.crc].decode("utf-8") if s.crc else None)
+                           crc_text=sidecars[s.crc].decode("utf-8") if s.crc else None, labels=s.labels)
               for s, text in zip(spec.shards, indexes)]
     for shard, listed in zip(shards, spec.shards):
         if len(shard) != listed.samples:
@@ -101,7 +101,7 @@ class ShardStream(IterableDataset):
         worker, workers = self._worker()
         reader = (worker + self.start_batch) % workers
         schedule = TrainSchedule(self.shards, self.config, self.spec.label_counts, rank=self.rank, world=self.world,
-                                 readers=workers, label_sidecars=self.spec.label_sidecars())
+                                 readers=workers)
         skips = reader_skips(self.config, self.rank, reader)
         read = lambda draw: self._read(draw.shard, draw.index, random.Random(draw.seed), draw.block)  # noqa: E731
         batch: list[dict[str, Any]] = []
