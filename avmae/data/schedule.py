@@ -58,13 +58,6 @@ def _json_labels(shard: IndexedShard, indices: list[int]) -> list[list[str]]:
         shard.close()
 
 
-def _decoded(raw: bytes, sidecar: str) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{sidecar}: not UTF-8 text ({err}); the labels sidecar is damaged or not avmae's") from None
-
-
 class TrainSchedule:
     def __init__(self, shards: list[IndexedShard], config: DataConfig, label_counts: dict[str, int], *,
                  rank: int, world: int, readers: int):
@@ -143,7 +136,7 @@ class TrainSchedule:
             if sidecar is None:
                 labels += _json_labels(shard, indices)
                 continue
-            rows = sidecar_labels(_decoded(next(texts), sidecar), shard.keys, sidecar)
+            rows = sidecar_labels(next(texts), shard.keys, sidecar)
             labels += [rows[i] for i in indices]
         return labels
 

@@ -153,6 +153,12 @@ def parse_checksums(text: str, source: str) -> dict[str, int]:
 
 # --- labels ---------------------------------------------------------------------------------------------------------
 
+def metadata_labels(raw: bytes) -> list[str]:
+    """The labels a sample's JSON member carries: what its labels sidecar row repeats (the writer writes the row
+    from it, verify compares the row with it)."""
+    return json.loads(raw).get(META_LABELS, [])
+
+
 def labels_text(rows: Iterable[tuple[str, Iterable[str]]]) -> str:
     """The labels sidecar for (sample key, its labels) pairs in tar order."""
     return "".join(f"{key}\t{json.dumps(list(labels), ensure_ascii=False)}\n" for key, labels in rows)
@@ -175,10 +181,14 @@ def parse_labels(text: str, source: str) -> list[tuple[str, list[str]]]:
     return rows
 
 
-def sidecar_labels(text: str, keys: list[str], source: str) -> list[list[str]]:
-    """Each sample's labels, in index order, from a labels sidecar whose rows must name exactly the index's ``keys``
-    in order; a sidecar that does not parse or disagrees (a missing or extra row, another key: truncated, reordered
-    or another shard's) is one ValueError naming ``source`` and the first difference."""
+def sidecar_labels(data: bytes, keys: list[str], source: str) -> list[list[str]]:
+    """Each sample's labels, in index order, from a labels sidecar's bytes whose rows must name exactly the index's
+    ``keys`` in order; a sidecar that is not UTF-8 text, does not parse or disagrees (a missing or extra row, another
+    key: truncated, reordered or another shard's) is one ValueError naming ``source`` and the first difference."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{source}: not UTF-8 text ({err}); the labels sidecar is damaged or not avmae's") from None
     rows = parse_labels(text, source)
     if len(rows) != len(keys):
         raise ValueError(f"{source}: {len(rows)} label rows for the {len(keys)} samples of the shard's index")

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from avmae.shard.format import (LOGMEL_MEMBER, META_LABELS, METADATA_MEMBER, UNCHECKED_VERSIONS,
-                                check_shard_file_names, crc32, frame_member, logmel_dtype, parse_checksums,
-                                sample_members, sidecar_labels)
+from avmae.shard.format import (LOGMEL_MEMBER, METADATA_MEMBER, UNCHECKED_VERSIONS, check_shard_file_names, crc32,
+                                frame_member, logmel_dtype, metadata_labels, parse_checksums, sample_members,
+                                sidecar_labels)
 from avmae.shard.manifest import FAILURES_FILE, MANIFEST_FILE, read_manifest
 from avmae.shard.tarfiles import Member, parse_index, read_members, sha256_file
 from avmae.shard_files import copy_to, exists, join, read_text
@@ -99,7 +99,7 @@ def _json_labels(handle, sample: list[Member]) -> list[str] | None:
         return None
     handle.seek(meta.offset)
     try:
-        return json.loads(handle.read(meta.size)).get(META_LABELS, [])
+        return metadata_labels(handle.read(meta.size))
     except (ValueError, AttributeError):  # not JSON, or not an object
         return None
 
@@ -111,8 +111,8 @@ def _label_problems(here: Path, shard: dict[str, Any], indexed: list[list[Member
         return []
     keys = [sample[0].key for sample in indexed]
     try:
-        rows = sidecar_labels((here / shard["labels"]).read_text(encoding="utf-8"), keys, shard["labels"])
-    except (ValueError, OSError) as err:  # UnicodeDecodeError is a ValueError
+        rows = sidecar_labels((here / shard["labels"]).read_bytes(), keys, shard["labels"])
+    except (ValueError, OSError) as err:
         return [f"{shard['name']}: labels sidecar unusable: {err}"]
     problems = []
     with open(here / shard["tar"], "rb") as handle:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from avmae.files import publish, write_text_atomically as atomic_write
-from avmae.shard.format import (CHECKSUM_SUFFIX, INDEX_SUFFIX, LABELS_SUFFIX, META_LABELS, METADATA_MEMBER, TAR_SUFFIX,
-                                checksum_text, labels_text)
+from avmae.shard.format import (CHECKSUM_SUFFIX, INDEX_SUFFIX, LABELS_SUFFIX, METADATA_MEMBER, TAR_SUFFIX,
+                                checksum_text, labels_text, metadata_labels)
 from avmae.shard.media import MediaError
 from avmae.shard.params import BuildParams, FeatureParams
 from avmae.shard.plan import ShardPlan
@@ -38,11 +38,6 @@ def read_part(out: Path, name: str, fingerprint: str) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError):
         return None
     return record if record.get("fingerprint") == fingerprint else None
-
-
-def _json_labels(members: dict[str, bytes]) -> list[str]:
-    """The labels a sample's JSON member carries: the sidecar repeats exactly what a reader of the JSON would find."""
-    return json.loads(members[METADATA_MEMBER]).get(META_LABELS, [])
 
 
 def _failure(plan: ShardPlan, item, reason: str, detail: str) -> dict[str, Any]:
@@ -83,7 +78,7 @@ def write_shard(out: Path, plan: ShardPlan, features: FeatureParams, build: Buil
                 continue
             for sample in samples:
                 writer.write(sample.key, sample.members)
-                sample_labels.append((sample.key, _json_labels(sample.members)))
+                sample_labels.append((sample.key, metadata_labels(sample.members[METADATA_MEMBER])))
                 sums[0] += sample.logmel_sum
                 sums[1] += sample.logmel_sumsq
                 sums[2] += sample.logmel_count
