@@ -12,7 +12,7 @@ from typing import Any
 from avmae.files import write_text_atomically as atomic_write
 from avmae.shard_files import join, read_bytes
 from avmae.shard.errors import ParameterError
-from avmae.shard.format import FORMAT_VERSION, READABLE_VERSIONS
+from avmae.shard.format import FORMAT_VERSION, READABLE_VERSIONS, SHARD_FILE_FIELDS
 from avmae.shard.writer import read_part
 
 BUILD_FILE = "build.json"
@@ -100,7 +100,7 @@ def finalize(out: Path) -> dict[str, Any]:
         split["_count"] += part["logmel_count"]
         if part["samples"]:
             # "labels": absent from the part records of shards built before the labels sidecar (a resumed build)
-            fields = ("name", "tar", "idx", "crc", "labels", "samples", "bytes", "sha256")
+            fields = ("name", *SHARD_FILE_FIELDS, "samples", "bytes", "sha256")
             split["shards"].append({key: part[key] for key in fields if key in part})
         for failure in part["failures"]:
             reasons[failure["reason"]] += 1

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from avmae.shard.format import CHECKSUM_SUFFIX, INDEX_SUFFIX, LABELS_SUFFIX, TAR_SUFFIX
+from avmae.shard.format import CHECKSUM_SUFFIX, INDEX_SUFFIX, LABELS_SUFFIX, SHARD_FILE_FIELDS, TAR_SUFFIX
 from avmae.shard.manifest import BUILD_FILE, FAILURES_FILE, MANIFEST_FILE, claim_output, finalize, pending_shards
 from avmae.shard.writer import PARTS_DIR, part_path
 from avmae.storage import StorageError, filesystem_for, storage_errors
@@ -125,7 +125,7 @@ class RemoteOutput:
         """Upload the shard write_shard just staged: tar, index, sidecars, then the part record; then free the
         local disk. A shard without samples has no tar: a tar of an earlier attempt of it is deleted first, so no
         object contradicts the record."""
-        files = [record[key] for key in ("tar", "idx", "crc", "labels") if key in record]
+        files = [record[key] for key in SHARD_FILE_FIELDS if key in record]  # the tar first, then its sidecars
         with storage_errors(self.url):
             if not files:
                 stale = [self._remote(f"{name}{suffix}")

@@ -36,8 +36,7 @@ from pathlib import Path
 
 from avmae.shard.media import MediaError
 from avmae.forward_reader import ForwardReader
-from avmae.storage import filesystem_of
-from avmae.storage import StorageError, is_url, storage_errors
+from avmae.storage import StorageError, filesystem_of, is_url, storage_errors
 
 _SMALL_MEMBER_BYTES = 1 << 20  # members read at collection time (JSON, text); a video is never read then
 # One ranged GET per read past the cache while listing a tar in an object store: enough for a member group's
