@@ -181,7 +181,7 @@ def test_bytes_per_sample_of_real_shards_matches_the_recorded_default(tmp_path, 
     assert shard_main(["build", "--src", str(clips), "--out", str(out), "--workers", "1"]) == 0
     capsys.readouterr()
     measured = shard_bytes_per_sample(out)
-    on_disk = sum(f.stat().st_size for f in out.iterdir() if f.suffix in (".tar", ".idx", ".crc"))
+    on_disk = sum(f.stat().st_size for f in out.iterdir() if f.suffix in (".tar", ".idx", ".crc", ".labels"))
     assert measured["samples"] == 2 and measured["bytes_per_sample"] == on_disk / 2
     assert measured["features"]["num_frames"] == load_recipe(RECIPE, []).model.video.frames
     assert measured["bytes_per_sample"] == pytest.approx(MEASURED_BYTES_PER_SAMPLE, rel=0.03)

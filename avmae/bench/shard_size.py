@@ -6,17 +6,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+from avmae.shard.format import SHARD_FILE_FIELDS
 from avmae.shard.manifest import MANIFEST_FILE
 
 
 def shard_bytes_per_sample(folder: Path) -> dict[str, Any]:
-    """Bytes on disk of every shard's tar, DALI index and CRC sidecar listed in ``manifest.json``, over the
-    samples they hold (all splits). The index and sidecar are read too (once per shard), so they count."""
+    """Bytes on disk of every shard's files listed in ``manifest.json`` (tar, DALI index, CRC and labels
+    sidecars), over the samples they hold (all splits). The index and sidecars are read too (once per shard), so
+    they count."""
     manifest = json.loads((Path(folder) / MANIFEST_FILE).read_text())
     total, samples, shards = 0, 0, 0
     for split in manifest["splits"].values():
         for shard in split["shards"]:
-            total += sum((Path(folder) / shard[member]).stat().st_size for member in ("tar", "idx", "crc")
+            total += sum((Path(folder) / shard[member]).stat().st_size for member in SHARD_FILE_FIELDS
                          if shard.get(member))
             samples += shard["samples"]
             shards += 1
