@@ -29,7 +29,7 @@ if [ "$have" != "$want_torch $want_vision $want_audio" ]; then
   "$PYTHON" -m pip install -q "$want_torch" "$want_vision" "$want_audio"
 fi
 
-if ! "$PYTHON" -c "import avmae, deepspeed, webdataset, nvidia.dali, isal, pytest, sklearn, scipy, tensorboard, s3fs, gcsfs, moto.server, gcp_storage_emulator" 2>/dev/null \
+if ! "$PYTHON" -c "import avmae, deepspeed, webdataset, nvidia.dali, isal, pytest, xdist, sklearn, scipy, tensorboard, s3fs, gcsfs, moto.server, gcp_storage_emulator" 2>/dev/null \
    || [ "$("$PYTHON" -c 'import avmae, os; print(os.path.dirname(os.path.dirname(avmae.__file__)))' 2>/dev/null)" != "$PWD" ]; then
   say "installing avmae and its dependencies (pip install -e .[test])"
   "$PYTHON" -m pip install -q -e ".[test]"

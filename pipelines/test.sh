@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test suite on a fresh machine: installs what is missing (pipelines/setup.sh), starts a two-node SLURM cluster
 # on this machine when run as root (so the sbatch tests run for real; AVMAE_TEST_SLURM=0 skips them), runs pytest.
-# Extra arguments go to pytest, e.g.  bash pipelines/test.sh -k shard -x
+# Extra arguments go to pytest, in one plain run, e.g.  bash pipelines/test.sh -k shard -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${AVMAE_PYTHON:-python3}"
@@ -26,4 +26,15 @@ if [ "${AVMAE_TEST_SLURM:-1}" = "1" ] && [ "$(id -u)" -eq 0 ] && command -v apt-
   fi
 fi
 
-"${inside[@]}" "$PYTHON" -m pytest -q "$@"
+pytest=("${inside[@]}" "$PYTHON" -m pytest -q)
+if [ $# -gt 0 ]; then  # a chosen part of the suite: one plain run
+  "${pytest[@]}" "$@"
+  exit 0
+fi
+# The whole suite in two parts. Most tests spend much of their time waiting on subprocesses, imports, ffmpeg and
+# servers, so they run on 2 workers (a file's tests stay on one worker: its shards are built once). The tests that
+# assert how soon something happens (marked serial) or that share the SLURM cluster then run alone.
+status=0
+"${pytest[@]}" -n "${AVMAE_TEST_WORKERS:-2}" --dist loadfile -m "not serial and not slurm" || status=$?
+"${pytest[@]}" -m "serial or slurm" || status=$?
+exit "$status"

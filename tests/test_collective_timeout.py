@@ -13,6 +13,8 @@ import torch.multiprocessing as mp
 
 from tests.helpers import free_port
 
+pytestmark = pytest.mark.serial  # rank 0 must fail within the timeout: not beside other tests' load
+
 TIMEOUT_S = 2
 
 

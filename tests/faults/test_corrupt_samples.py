@@ -129,6 +129,7 @@ def test_both_backends_record_the_same_faults(damaged):
     assert records["webdataset"] == records["dali"]
 
 
+@pytest.mark.serial
 def test_a_rank_whose_every_sample_is_bad_stops_within_the_budget(clean, tmp_path, backend):
     shards = tmp_path / "all_bad"
     shutil.copytree(clean, shards)

@@ -170,6 +170,7 @@ def fault_a_rank_mid_run(tmp_path: Path, config: Path, signum: int) -> tuple[flo
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_a_hung_rank_ends_the_job_after_the_collective_timeout(shards, tmp_path):
     config = run_config(tmp_path, shards, optim={"steps": 200, "lr": 1e-3, "warmup_steps": 1},
                         checkpoint={"every": 1000, "keep": 2}, guard={"collective_timeout_s": 5})
@@ -182,6 +183,7 @@ def test_a_hung_rank_ends_the_job_after_the_collective_timeout(shards, tmp_path)
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_a_killed_rank_ends_the_job_promptly_and_a_rerun_resumes(shards, tmp_path):
     config = run_config(tmp_path, shards, optim={"steps": 40, "lr": 1e-3, "warmup_steps": 1},
                         checkpoint={"every": 4, "keep": 2}, guard={"collective_timeout_s": 20})
@@ -218,6 +220,7 @@ def test_skipped_samples_of_both_ranks_are_named_and_counted_in_metrics(shards, 
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_a_rank_past_its_skip_budget_ends_the_job_with_one_line(shards, tmp_path):
     from tests.faults.damage import flip_bits_in_place, keys_of
 
