@@ -37,8 +37,8 @@ def _config(shards: Path, **overrides) -> DataConfig:
                                 shuffle_buffer=2), **overrides})
 
 
-def _serial(spec, config: DataConfig, start_batch: int, batches: int) -> list[tuple[list[str], list[dict]]]:
-    """The rank's batches as the serial feed makes them, in this process: (keys, skip records) each."""
+def _serial(spec, config: DataConfig, start_batch: int, batches: int) -> list[tuple[list[str], list[dict], list[int]]]:
+    """The rank's batches as the serial feed makes them, in this process: (keys, skip records, drawn) each."""
     from avmae.data.dali_loader import CheckedSamples
 
     source = CheckedSamples(spec, config, train=True, rank=0, world=1, start_batch=start_batch,
@@ -46,8 +46,8 @@ def _serial(spec, config: DataConfig, start_batch: int, batches: int) -> list[tu
     out = []
     for _ in range(batches):
         source()
-        metadata, _, skipped = source.pending.pop(source.serial)
-        out.append(([m["key"] for m in metadata], skipped))
+        metadata, _, skipped, drawn = source.pending.pop(source.serial)
+        out.append(([m["key"] for m in metadata], skipped, drawn))
     return out
 
 
@@ -69,11 +69,12 @@ def test_worker_feed_gives_the_serial_batches(shards, start_batch, balanced):
     stream = iter(loader)
     got = [next(stream) for _ in range(10)]
     expected = _serial(spec, config, start_batch, 10)
-    assert [b["key"] for b in got] == [keys for keys, _ in expected]
-    assert [b["skipped"] for b in got] == [skipped for _, skipped in expected]
+    assert [b["key"] for b in got] == [keys for keys, _, _ in expected]
+    assert [b["skipped"] for b in got] == [skipped for _, skipped, _ in expected]
+    assert [b["drawn"] for b in got] == [drawn for _, _, drawn in expected]  # each reader's draws, bad ones too
     assert all(b["valid"].all() for b in got)
     if not balanced and start_batch == 0:
-        assert any(skipped for _, skipped in expected)  # the damaged sample was met, and recorded on its batch
+        assert any(skipped for _, skipped, _ in expected)  # the damaged sample was met, and recorded on its batch
 
 
 def _decoded(jpegs: list[bytes | np.ndarray]) -> list[np.ndarray]:

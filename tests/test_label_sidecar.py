@@ -16,10 +16,10 @@ from avmae.data.loader import build_loader
 from avmae.data.schedule import TrainSchedule
 from avmae.data.spec import load_spec
 from avmae.data.wds_loader import open_shards
-from avmae.shard.format import LABELS_SUFFIX, labels_text, parse_labels
+from avmae.shard.format import LABELS_SUFFIX, METADATA_MEMBER, labels_text, parse_labels
 from avmae.shard.manifest import MANIFEST_FILE, read_manifest
 from avmae.shard.verify import verify
-from tests.faults.damage import json_label_rows
+from tests.faults.damage import change_one, flip_bits_in_place, json_label_rows, keys_of
 from tests.helpers import SMALL_BUILD, build_shards
 
 # Skewed label counts, so that the weights, hence the draws, depend on each sample's labels.
@@ -123,6 +123,26 @@ def test_weighing_by_the_sidecars_reads_no_tar(skewed, tmp_path):
         logged[name] = log.read_text().split()
     assert sorted(logged["sidecar"]) == [f"train-{n:06d}.labels" for n in range(6)]
     assert not [name for name in logged["json"] if not name.endswith(".tar")] and len(logged["json"]) >= 6
+
+
+def test_a_bad_json_member_of_a_shard_without_sidecar_is_a_sample_without_labels_not_a_stop(skewed, caplog):
+    """Shards built before the sidecar are weighed by their JSON members, read before the first draw: a flipped
+    bit there (a CRC mismatch) or a member that is not JSON gives that sample no labels (the smallest weight) and
+    a warning naming it; when drawn, the sample is skipped and recorded like any bad one."""
+    _, without = skewed
+    first, second = sorted(without.glob("train-*.tar"))[:2]
+    flipped = flip_bits_in_place(first, METADATA_MEMBER, 0)
+    change_one(second, METADATA_MEMBER, lambda _: b"not json", fix_checksums=True)
+    schedule = _schedule(without)
+    owned = schedule.owned(0)
+    labels = dict(zip([shard.keys[i] for shard, indices in owned for i in indices], schedule.owned_labels(owned)))
+    assert labels[flipped] == [] and labels[keys_of(second)[0]] == []
+    assert sum(1 for value in labels.values() if value) == len(labels) - 2  # every other sample keeps its labels
+    assert f"sample {flipped} member json: checksum" in caplog.text and "its JSON member" in caplog.text
+    stream = iter(build_loader(_config(without, max_skip_fraction=1.0), "train", train=True))
+    batches = [next(stream) for _ in range(12)]
+    skipped = {record["key"] for batch in batches for record in batch["skipped"]}
+    assert skipped <= {flipped, keys_of(second)[0]}
 
 
 def _sidecar_of_first_shard(folder: Path) -> tuple[Path, list[str]]:

@@ -17,7 +17,8 @@ from avmae.data.config import AugmentConfig, DataConfig
 from avmae.data.loader import build_loader
 from avmae.data.samples import frame_members
 from avmae.data.spec import DataMismatchError
-from tests.faults.damage import rewrite_samples, write_label_sidecar
+from avmae.shard.format import LOGMEL_MEMBER
+from tests.faults.damage import flip_bits_in_place, keys_of, rewrite_samples, write_label_sidecar
 from tests.helpers import build_shards
 
 
@@ -313,6 +314,36 @@ def test_a_resumed_stream_continues_where_it_stopped(shards, backend, workers):
         again = next(resumed)
         assert again["key"] == batch["key"]
         assert torch.equal(again["video"], batch["video"])  # the same crops and flips too
+
+
+@pytest.mark.parametrize("backend,workers", [("webdataset", 0), ("webdataset", 2),
+                                             pytest.param("dali", 0, marks=pytest.mark.dali),
+                                             pytest.param("dali", 2, marks=pytest.mark.dali)])
+def test_a_stream_resumed_after_bad_samples_continues_where_it_stopped(shards, tmp_path, backend, workers):
+    """A reader's batch takes its bad draws too: the resumed stream starts each reader after the draws its last
+    consumed batch reports (``drawn``), not after batches x batch size, which would replay samples."""
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali")
+    damaged = Path(shutil.copytree(shards, tmp_path / "shards"))
+    for tar in sorted(damaged.glob("train-*.tar")):  # one bad sample in every shard: each reader meets some early
+        flip_bits_in_place(tar, LOGMEL_MEMBER, len(keys_of(tar)) - 1)  # read by every draw, whatever its frames
+    cfg = config(damaged, backend=backend, workers=workers, batch_size=2, shuffle_buffer=3, max_skip_fraction=1.0)
+    straight = iter(build_loader(cfg, "train", train=True))
+    expected = [next(straight) for _ in range(9)]
+    assert any(batch["skipped"] for batch in expected[:5])  # bad samples were met before the stop
+    positions = {}
+    for batch in expected[:5]:
+        reader, draws = batch["drawn"]
+        positions[reader] = draws
+    resumed = iter(build_loader(cfg, "train", train=True, start_batch=5, reader_draws=positions))
+    for batch in expected[5:]:
+        again = next(resumed)
+        assert again["key"] == batch["key"] and again["drawn"] == batch["drawn"]
+        assert again["skipped"] == batch["skipped"]
+        assert torch.equal(again["video"], batch["video"])  # the same crops and flips too
+    # batches x batch size, as before the readers' draws were recorded: the stream slips back over used samples
+    replayed = iter(build_loader(cfg, "train", train=True, start_batch=5))
+    assert [next(replayed)["key"] for _ in expected[5:]] != [batch["key"] for batch in expected[5:]]
 
 
 def test_noise_and_shift_adds_bounded_noise_then_rolls_each_sample_in_time():

@@ -4,11 +4,15 @@ equivalence, fine-tuning from the pretraining export, and the sbatch script on a
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from avmae.shard.format import LOGMEL_MEMBER
+from tests.faults.damage import flip_bits_in_place, keys_of
 from tests.helpers import REPO, metrics, run_config, torchrun
 from tests.slurm_jobs import needs_slurm, submit_and_wait
 
@@ -37,14 +41,22 @@ def test_two_process_zero_pretraining_loss_falls(shards, tmp_path, stage):
 
 @pytest.mark.slow
 def test_stopped_and_resumed_run_matches_an_uninterrupted_one(shards, tmp_path):
+    """On shards with bad samples: a reader's batches take its skipped draws too, so the resumed run must start each
+    reader after the draws the checkpoint recorded (data_rank<r>.json), or it trains on samples again and drifts."""
+    damaged = Path(shutil.copytree(shards, tmp_path / "shards"))
+    for tar in sorted(damaged.glob("train-*.tar"))[:3]:  # read by every draw, whatever its frames
+        flip_bits_in_place(tar, LOGMEL_MEMBER, len(keys_of(tar)) - 1)
     straight = tmp_path / "straight"
     straight.mkdir()
-    torchrun(run_config(straight, shards))
+    torchrun(run_config(straight, damaged))
     resumed = tmp_path / "resumed"
     resumed.mkdir()
-    config = run_config(resumed, shards)
+    config = run_config(resumed, damaged)
     first = torchrun(config, "stop_after=3")  # leaves after step 3 with a checkpoint (as on SIGUSR1)
     assert first["step"] == 3 and not first["finished"]
+    assert metrics(resumed / "run")[2]["samples_skipped"] > 0  # bad samples were met before the stop
+    assert sorted(p.name for p in (resumed / "run" / "checkpoints" / "step00000003").glob("data_rank*.json")) == \
+        ["data_rank0.json", "data_rank1.json"]
     second = torchrun(config)
     assert second["step"] == 8 and second["finished"]
     expected = {m["step"]: m["loss"] for m in metrics(straight / "run") if "loss" in m}
@@ -52,6 +64,8 @@ def test_stopped_and_resumed_run_matches_an_uninterrupted_one(shards, tmp_path):
     assert sorted(got) == list(range(1, 9))
     for step in range(1, 9):
         assert got[step] == pytest.approx(expected[step], rel=1e-4, abs=1e-5), step
+    totals = ("samples_drawn", "samples_used", "samples_skipped")  # nothing replayed or counted twice
+    assert {k: metrics(resumed / "run")[-1][k] for k in totals} == {k: metrics(straight / "run")[-1][k] for k in totals}
 
 
 @pytest.mark.slow

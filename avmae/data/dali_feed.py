@@ -8,9 +8,10 @@ exactly those of the serial feed, and R readers read in R processes at once. Eac
 from every reader; slot j holds reader (start_batch + j) mod R, so the iteration's R batches are the rank's next R
 batches in the serial order, whatever batch the stream resumed at.
 
-A batch's metadata and skip records are made in the worker, so they travel with it through DALI as a "note" per
-sample, a row of the batch's dense note array (dali_batch.py): the JSON of [metadata, records], the records on the
-batch's first row only, zero-padded to the batch's longest (JSON never holds a NUL byte).
+A batch's metadata, skip records and reader position are made in the worker, so they travel with it through DALI
+as a "note" per sample, a row of the batch's dense note array (dali_batch.py): the JSON of [metadata, records,
+drawn], the records and the reader's [reader, draws so far] (faults.py) on the batch's first row only, zero-padded
+to the batch's longest (JSON never holds a NUL byte).
 """
 
 from __future__ import annotations
@@ -41,18 +42,20 @@ def start_method() -> str:
     return "spawn" if torch.cuda.is_initialized() else "fork"
 
 
-def encode_note(metadata: dict[str, Any], skipped: list[dict[str, Any]]) -> bytes:
-    return json.dumps([metadata, skipped]).encode("utf-8")
+def encode_note(metadata: dict[str, Any], skipped: list[dict[str, Any]], drawn: list[int] | None) -> bytes:
+    return json.dumps([metadata, skipped, drawn]).encode("utf-8")
 
 
-def decode_notes(notes: torch.Tensor) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """A batch's (metadata per row, records of the samples skipped before it) from its padded notes (B, L)."""
-    metadata, skipped = [], []
+def decode_notes(notes: torch.Tensor) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[int]]:
+    """A batch's (metadata per row, records of the samples skipped before it, its reader's [reader, draws]) from its
+    padded notes (B, L)."""
+    metadata, skipped, drawn = [], [], None
     for row in notes.cpu().numpy():
-        meta, records = json.loads(row.tobytes().rstrip(b"\0"))
+        meta, records, position = json.loads(row.tobytes().rstrip(b"\0"))
         metadata.append(meta)
         skipped.extend(records)
-    return metadata, skipped
+        drawn = drawn or position
+    return metadata, skipped, drawn
 
 
 class ReaderFeed:
@@ -60,24 +63,28 @@ class ReaderFeed:
     first ``next``: the shards are opened there, and only the spec and configs are pickled."""
 
     def __init__(self, spec: DataSpec, config: DataConfig, augment: AugmentConfig | None, *, rank: int, world: int,
-                 reader: int, start_batch: int):
+                 reader: int, start_batch: int, reader_draws: dict[int, int] | None = None):
         self.spec, self.config, self.augment = spec, config, augment
         self.rank, self.world, self.reader, self.start_batch = rank, world, reader, start_batch
+        self.reader_draws = dict(reader_draws or {})
 
     def __iter__(self) -> Iterator[list[np.ndarray]]:
         keep_large_allocations()  # in this worker process: a spawned worker does not inherit the parent's setting
         samples = CheckedSamples(self.spec, self.config, train=True, rank=self.rank, world=self.world,
-                                 start_batch=self.start_batch, augment=self.augment)
+                                 start_batch=self.start_batch, augment=self.augment, reader_draws=self.reader_draws)
         while True:
             rows, skipped = samples.reader_rows(self.reader)
-            notes = [encode_note(sample.metadata, skipped if i == 0 else []) for i, (sample, _, _) in enumerate(rows)]
+            drawn = [self.reader, samples.skips[self.reader].position]
+            notes = [encode_note(sample.metadata, skipped, drawn) if i == 0 else encode_note(sample.metadata, [], None)
+                     for i, (sample, _, _) in enumerate(rows)]
             yield dense_batch(rows, 0, notes)
 
 
 def reader_feeds(spec: DataSpec, config: DataConfig, augment: AugmentConfig | None, *, rank: int, world: int,
-                 start_batch: int) -> list[ReaderFeed]:
+                 start_batch: int, reader_draws: dict[int, int] | None = None) -> list[ReaderFeed]:
     """One feed per slot (as many readers as the webdataset backend has workers, as in the serial feed)."""
-    return [ReaderFeed(spec, config, augment, rank=rank, world=world, reader=reader, start_batch=start_batch)
+    return [ReaderFeed(spec, config, augment, rank=rank, world=world, reader=reader, start_batch=start_batch,
+                       reader_draws=reader_draws)
             for reader in reader_slots(max(1, config.workers), start_batch)]
 
 

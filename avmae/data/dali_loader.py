@@ -58,7 +58,8 @@ class DaliLoader:
     every rank the same number of batches, with ``valid`` marking the padding and the bad samples."""
 
     def __init__(self, spec: DataSpec, config: DataConfig, *, train: bool, rank: int, world: int,
-                 device_id: int | None, start_batch: int = 0, augment: AugmentConfig | None = None):
+                 device_id: int | None, start_batch: int = 0, augment: AugmentConfig | None = None,
+                 reader_draws: dict[int, int] | None = None):
         from nvidia.dali import pipeline_def
         from nvidia.dali.plugin.base_iterator import LastBatchPolicy
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
@@ -69,10 +70,11 @@ class DaliLoader:
         types_ = batch_types(count, spec.features, notes=False)
         # Training with workers reads in DALI worker processes (dali_feed.py); evaluation, and data.workers: 0,
         # read here, in the serial external source.
-        self.feeds = reader_feeds(spec, config, augment, rank=rank, world=world, start_batch=start_batch) \
-            if train and config.workers > 0 else []
+        self.feeds = reader_feeds(spec, config, augment, rank=rank, world=world, start_batch=start_batch,
+                                  reader_draws=reader_draws) if train and config.workers > 0 else []
         self.source = None if self.feeds else CheckedSamples(spec, config, train=train, rank=rank, world=world,
-                                                             start_batch=start_batch, augment=augment)
+                                                             start_batch=start_batch, augment=augment,
+                                                             reader_draws=reader_draws)
         workers = {"py_num_workers": len(self.feeds), "py_start_method": start_method()} if self.feeds else {}
 
         @pipeline_def(batch_size=config.batch_size, num_threads=max(1, config.workers), device_id=device_id,
@@ -98,10 +100,10 @@ class DaliLoader:
                                             auto_reset=not train)
 
     def _batch(self, video: torch.Tensor, audio: torch.Tensor, metadata: list[dict[str, Any]], valid: list[bool],
-               skipped: list[dict[str, Any]]) -> dict[str, Any]:
+               skipped: list[dict[str, Any]], drawn: list[int] | None) -> dict[str, Any]:
         labels = {name: t.to(video.device) for name, t in label_tensors(metadata, self.spec).items()}
         return {"video": video, "audio": audio, **labels, "key": [m[META_KEY] for m in metadata],
-                "valid": torch.tensor(valid), "skipped": skipped}
+                "valid": torch.tensor(valid), "skipped": skipped, **({"drawn": drawn} if drawn else {})}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for data in self.iterator:
@@ -110,5 +112,6 @@ class DaliLoader:
                 yield self._batch(data["video"], data["audio"], *self.source.pending.pop(int(data["serial"][0])))
                 continue
             for j in range(len(self.feeds)):  # the rank's next batches, in order (dali_feed.reader_slots)
-                metadata, skipped = decode_notes(data[f"note{j}"])
-                yield self._batch(data[f"video{j}"], data[f"audio{j}"], metadata, [True] * len(metadata), skipped)
+                metadata, skipped, drawn = decode_notes(data[f"note{j}"])
+                yield self._batch(data[f"video{j}"], data[f"audio{j}"], metadata, [True] * len(metadata), skipped,
+                                  drawn)

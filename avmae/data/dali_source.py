@@ -24,24 +24,26 @@ from avmae.data.wds_loader import open_shards, reader_skips
 class CheckedSamples:
     """DALI external source: each call returns the next batch as dali_batch.dense_batch's arrays: the frames'
     JPEG bytes, the log-mel (as stored), the crop box (zeros in evaluation: the graph centre-crops), the flip flag
-    and the batch's serial number; its metadata, ``valid`` and ``skipped`` wait in ``self.pending``."""
+    and the batch's serial number; its metadata, ``valid``, ``skipped`` and (training) ``drawn`` wait in
+    ``self.pending``. ``reader_draws``: each reader's draws before ``start_batch``, as a checkpoint recorded them."""
 
     def __init__(self, spec: DataSpec, config: DataConfig, *, train: bool, rank: int, world: int, start_batch: int,
-                 augment: AugmentConfig | None = None):
+                 augment: AugmentConfig | None = None, reader_draws: dict[int, int] | None = None):
         self.config, self.train, self.stored_frames = config, train, spec.features["num_frames"]
         self.augment = augment
         self.frames = frame_members(spec.features["num_frames"], config.num_frames, config.view, config.views)
         self.checker = SampleChecker(spec)
         shards = open_shards(spec)
         self.serial = 0
-        self.pending: dict[int, tuple[list[dict[str, Any]], list[bool], list[dict[str, Any]]]] = {}
+        self.pending: dict[int, tuple[list[dict[str, Any]], list[bool], list[dict[str, Any]], list[int] | None]] = {}
         if train:
             # As many readers as the webdataset backend has workers, so both give the same stream for one config.
             self.readers = max(1, config.workers)
             schedule = TrainSchedule(shards, config, spec.label_counts, rank=rank, world=world, readers=self.readers)
-            self.skips = [reader_skips(config, rank, r) for r in range(self.readers)]
-            self.streams = [good_rows(schedule.reader_draws(r, start_batch), self._draw, self.skips[r])
-                            for r in range(self.readers)]
+            starts = [schedule.reader_start(r, start_batch, (reader_draws or {}).get(r)) for r in range(self.readers)]
+            self.skips = [reader_skips(config, rank, r, before=start) for r, start in enumerate(starts)]
+            self.streams = [good_rows(schedule.draws(r, skip=start), self._draw, self.skips[r])
+                            for r, start in enumerate(starts)]
             self.batch = start_batch
         else:
             self.order = EvalOrder(shards, rank, world, config.batch_size, self._eval_row, reader_skips(config, rank, 0))
@@ -59,9 +61,11 @@ class CheckedSamples:
         return self.checker.read(shard, index, self.frames), (0, 0, 0, 0), False  # the graph centre-crops
 
     def __call__(self) -> list[np.ndarray]:
+        drawn = None
         if self.train:
-            rows, skipped = self.reader_rows(self.batch % self.readers)
-            valid = [True] * len(rows)
+            reader = self.batch % self.readers
+            rows, skipped = self.reader_rows(reader)
+            valid, drawn = [True] * len(rows), [reader, self.skips[reader].position]
         else:
             if self.batch == self.order.batches:
                 self.batch = 0  # the next pass (DALI resets after StopIteration) starts over
@@ -69,10 +73,11 @@ class CheckedSamples:
             rows, valid, skipped = self.order.batch(self.batch)
         self.batch += 1
         self.serial += 1
-        self.pending[self.serial] = ([sample.metadata for sample, _, _ in rows], valid, skipped)
+        self.pending[self.serial] = ([sample.metadata for sample, _, _ in rows], valid, skipped, drawn)
         return dense_batch(rows, self.serial)
 
     def reader_rows(self, reader: int) -> tuple[list[Row], list[dict[str, Any]]]:
-        """Training reader ``reader``'s next batch: its rows and the records of the samples it skipped on the way."""
+        """Training reader ``reader``'s next batch: its rows and the records of the samples it skipped on the way
+        (its draws so far: ``self.skips[reader].position``)."""
         rows = [next(self.streams[reader]) for _ in range(self.config.batch_size)]
         return rows, self.skips[reader].take()

@@ -4,6 +4,9 @@ counts draws and skips, warns without flooding, and stops a reader whose skips p
 Every batch of both backends carries ``batch["skipped"]``: the records of the samples its reader skipped since its
 previous batch (training) or of the batch's invalid samples (evaluation). A record is
 ``{"shard", "key", "member", "reason", "detail"}``; the reasons are the ``REASONS`` below, the same on both backends.
+A training batch also carries ``batch["drawn"]``, ``[reader, draws]``: the reader that made it and its draws so far
+(``SkipLog.position``), which the trainer records in each checkpoint so that a resumed run starts every reader
+exactly after the draws it made, bad ones included.
 """
 
 from __future__ import annotations
@@ -44,9 +47,10 @@ class SkipLog:
     The share budget is judged once the reader has skipped more than ``max_skip_run`` samples in all: a few early
     faults are no evidence of a rate, and the run budget already stops a reader that finds nothing good."""
 
-    def __init__(self, name: str, max_skip_fraction: float, max_skip_run: int):
+    def __init__(self, name: str, max_skip_fraction: float, max_skip_run: int, before: int = 0):
         self.name, self.max_fraction, self.max_run = name, max_skip_fraction, max_skip_run
-        self.draws = self.skipped = self.run = 0
+        self.draws = self.skipped = self.run = 0  # this process's: the budgets judge what it has seen
+        self.before = before  # the reader's draws before this process (a resumed run skipped them unread)
         self.per_shard: Counter[str] = Counter()
         self.per_reason: Counter[str] = Counter()
         self._pending: list[dict[str, Any]] = []
@@ -80,6 +84,12 @@ class SkipLog:
         limit = (f"{self.run} bad samples in a row (data.max_skip_run={self.max_run})" if over_run else
                  f"{self.skipped} of {self.draws} draws bad (data.max_skip_fraction={self.max_fraction})")
         raise SkipBudgetExceeded(f"{self.name}: {limit}; most skips in {worst}; reasons: {reasons}")
+
+    @property
+    def position(self) -> int:
+        """The reader's draws since the run began, good and bad: where a run resumed after this batch starts it
+        (TrainSchedule.reader_start), which batches times the batch size would miss once a draw was bad."""
+        return self.before + self.draws
 
     def take(self) -> list[dict[str, Any]]:
         records, self._pending = self._pending, []

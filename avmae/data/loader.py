@@ -29,7 +29,8 @@ class Loader:
     (its defaults when None); evaluation yields ``len(self)`` batches and takes no augmentation."""
 
     def __init__(self, spec: DataSpec, config: DataConfig, *, train: bool, rank: int = 0, world: int = 1,
-                 device: torch.device | None = None, start_batch: int = 0, augment: AugmentConfig | None = None):
+                 device: torch.device | None = None, start_batch: int = 0, augment: AugmentConfig | None = None,
+                 reader_draws: dict[int, int] | None = None):
         if augment is not None and not train:
             raise ValueError("evaluation takes no augmentation: the augment section is for training only")
         augment = (augment or AugmentConfig()) if train else None
@@ -47,11 +48,11 @@ class Loader:
             if device_id is None and self.device.type == "cuda":
                 device_id = torch.cuda.current_device()
             self._source = DaliLoader(spec, config, train=train, rank=rank, world=world, device_id=device_id,
-                                      start_batch=start_batch, augment=augment)
+                                      start_batch=start_batch, augment=augment, reader_draws=reader_draws)
         else:
             self._source = webdataset_loader(spec, config, train=train, rank=rank, world=world,
                                              pin_memory=self.device.type == "cuda", start_batch=start_batch,
-                                             augment=augment)
+                                             reader_draws=reader_draws, augment=augment)
         self._batches = None if train else eval_batches(spec.samples, world, config.batch_size)
 
     def __len__(self) -> int:
@@ -69,12 +70,15 @@ class Loader:
 
 def build_loader(config: DataConfig, split: str, *, train: bool, rank: int = 0, world: int = 1,
                  device: torch.device | None = None, expect: dict[str, Any] | None = None,
-                 start_batch: int = 0, augment: AugmentConfig | None = None) -> Loader:
+                 start_batch: int = 0, augment: AugmentConfig | None = None,
+                 reader_draws: dict[int, int] | None = None) -> Loader:
     """A loader over ``config.shards`` / ``split``; ``expect`` are feature parameters the shards must have;
-    ``start_batch`` continues a training stream after the batches a resumed run already consumed; ``augment``:
-    training's transforms (as ``Loader``)."""
+    ``start_batch`` continues a training stream after the batches a resumed run already consumed, and
+    ``reader_draws`` are its readers' draws up to there (the last consumed batch of each reader's ``drawn``;
+    without them, batches times the batch size, wrong once a sample was skipped); ``augment``: training's
+    transforms (as ``Loader``)."""
     if not config.shards:
         raise ValueError("data.shards is not set: point it at a folder made by avmae-shard build")
     spec = load_spec(config.shards, split, expect)
     return Loader(spec, config, train=train, rank=rank, world=world, device=device, start_batch=start_batch,
-                  augment=augment)
+                  augment=augment, reader_draws=reader_draws)

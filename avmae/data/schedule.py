@@ -20,17 +20,21 @@ weights and the draws, are the same either way.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from avmae.data.config import DataConfig
+from avmae.data.faults import SampleError
 from avmae.data.samples import parse_metadata
 from avmae.data.stream_fetch import EpochFetcher
 from avmae.data.tar_reader import IndexedShard, SampleBlock
 from avmae.shard.format import META_LABELS, METADATA_MEMBER, sidecar_labels
 from avmae.shard_files import read_many
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,11 +55,26 @@ def balanced_weights(labels: list[list[str]], counts: dict[str, int]) -> list[fl
 
 def _json_labels(shard: IndexedShard, indices: list[int]) -> list[list[str]]:
     """The labels of samples ``indices`` from their JSON members (a shard without a labels sidecar); the shard's
-    reader is closed once they are read, so one is open at a time."""
+    reader is closed once they are read, so one is open at a time. A sample whose JSON member cannot be read gets
+    no labels (the smallest weight) and a warning: it is a bad sample, skipped and recorded when it is drawn, not a
+    reason to stop before the first step."""
     try:
-        return [parse_metadata(shard.read(i, [METADATA_MEMBER])[METADATA_MEMBER])[META_LABELS] for i in indices]
+        return [_sample_labels(shard, index) for index in indices]
     finally:
         shard.close()
+
+
+def _sample_labels(shard: IndexedShard, index: int) -> list[str]:
+    try:
+        labels = parse_metadata(shard.read(index, [METADATA_MEMBER])[METADATA_MEMBER])[META_LABELS]
+    except SampleError as err:
+        log.warning("balanced sampling: no labels for %s", err)
+        return []
+    except (ValueError, KeyError, TypeError) as err:  # not JSON, not an object, no labels
+        log.warning("balanced sampling: no labels for %s: sample %s: its JSON member: %s", shard.tar,
+                    shard.keys[index], err)
+        return []
+    return labels if isinstance(labels, list) else []
 
 
 class TrainSchedule:
@@ -165,7 +184,11 @@ class TrainSchedule:
                     fetcher.close()
             epoch += 1
 
-    def reader_draws(self, reader: int, start_batch: int) -> Iterator[Draw]:
-        """Reader's draws from its first batch at or after the rank's batch ``start_batch``."""
-        consumed = len(range(reader, start_batch, self.readers))  # its batches among 0 .. start_batch - 1
-        return self.draws(reader, skip=consumed * self.config.batch_size)
+    def reader_start(self, reader: int, start_batch: int, drawn: int | None = None) -> int:
+        """How many of a reader's draws precede its first batch at or after the rank's batch ``start_batch``:
+        ``drawn``, the count a resumed run's checkpoint recorded for it (each batch took batch_size good draws plus
+        the bad ones skipped on the way), else its batches among 0 .. start_batch - 1 times the batch size, which
+        is exact only when none of its draws was bad (a checkpoint written before the counts were recorded)."""
+        if drawn is not None:
+            return drawn
+        return len(range(reader, start_batch, self.readers)) * self.config.batch_size

@@ -48,8 +48,8 @@ def open_shards(spec: DataSpec) -> list[IndexedShard]:
     return shards
 
 
-def reader_skips(config: DataConfig, rank: int, reader: int) -> SkipLog:
-    return SkipLog(f"rank {rank} reader {reader}", config.max_skip_fraction, config.max_skip_run)
+def reader_skips(config: DataConfig, rank: int, reader: int, before: int = 0) -> SkipLog:
+    return SkipLog(f"rank {rank} reader {reader}", config.max_skip_fraction, config.max_skip_run, before)
 
 
 class ShardStream(IterableDataset):
@@ -64,6 +64,7 @@ class ShardStream(IterableDataset):
         self.shards = open_shards(spec)
         self.checker = SampleChecker(spec)
         self.start_batch = 0  # training: the rank's batches already consumed (a resumed run continues after them)
+        self.reader_draws: dict[int, int] = {}  # and its readers' draws before them, as its checkpoint recorded
 
     def _read(self, shard: IndexedShard, index: int, rng: random.Random, block: SampleBlock | None = None
               ) -> dict[str, Any]:
@@ -80,14 +81,15 @@ class ShardStream(IterableDataset):
         audio = (torch.from_numpy(sample.logmel.astype("float32")) - self.mean) / self.std
         return {"video": video, "audio": audio, "meta": sample.metadata}
 
-    def _collate(self, rows: list[dict[str, Any]], valid: list[bool], skipped: list[dict[str, Any]]) -> dict[str, Any]:
+    def _collate(self, rows: list[dict[str, Any]], valid: list[bool], skipped: list[dict[str, Any]],
+                 **extra: Any) -> dict[str, Any]:
         metadata = [row["meta"] for row in rows]
         # default_collate stacks straight into shared memory inside a worker, sparing the copy the DataLoader
         # would otherwise make to hand the batch to the main process.
         return {"video": default_collate([row["video"] for row in rows]),
                 "audio": default_collate([row["audio"] for row in rows]),
                 **label_tensors(metadata, self.spec), "key": [m[META_KEY] for m in metadata],
-                "valid": torch.tensor(valid), "skipped": skipped}
+                "valid": torch.tensor(valid), "skipped": skipped, **extra}
 
     def _worker(self) -> tuple[int, int]:
         info = get_worker_info()
@@ -102,13 +104,14 @@ class ShardStream(IterableDataset):
         reader = (worker + self.start_batch) % workers
         schedule = TrainSchedule(self.shards, self.config, self.spec.label_counts, rank=self.rank, world=self.world,
                                  readers=workers)
-        skips = reader_skips(self.config, self.rank, reader)
+        start = schedule.reader_start(reader, self.start_batch, self.reader_draws.get(reader))
+        skips = reader_skips(self.config, self.rank, reader, before=start)
         read = lambda draw: self._read(draw.shard, draw.index, random.Random(draw.seed), draw.block)  # noqa: E731
         batch: list[dict[str, Any]] = []
-        for row in good_rows(schedule.reader_draws(reader, self.start_batch), read, skips):
+        for row in good_rows(schedule.draws(reader, skip=start), read, skips):
             batch.append(row)
             if len(batch) == self.config.batch_size:
-                yield self._collate(batch, [True] * len(batch), skips.take())
+                yield self._collate(batch, [True] * len(batch), skips.take(), drawn=[reader, skips.position])
                 batch = []
 
     # --- evaluation -----------------------------------------------------------------------------------------------
@@ -131,10 +134,10 @@ class ShardStream(IterableDataset):
 
 
 def webdataset_loader(spec: DataSpec, config: DataConfig, *, train: bool, rank: int, world: int,
-                      pin_memory: bool = False, start_batch: int = 0,
+                      pin_memory: bool = False, start_batch: int = 0, reader_draws: dict[int, int] | None = None,
                       augment: AugmentConfig | None = None) -> torch.utils.data.DataLoader:
     stream = ShardStream(spec, config, train=train, rank=rank, world=world, augment=augment)
-    stream.start_batch = start_batch
+    stream.start_batch, stream.reader_draws = start_batch, dict(reader_draws or {})
     workers = config.workers
     # Its own generator: a DataLoader draws its base seed from the global RNG otherwise, and a resumed run, whose
     # RNG state comes from the checkpoint, would then draw different masks than an uninterrupted one.

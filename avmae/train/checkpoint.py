@@ -108,15 +108,20 @@ class Checkpoints:
         complete = self.complete()
         return str(self.root / complete[-1][1]) if complete else ""
 
-    def save(self, engine, step: int, client_state: dict[str, Any], protect: str | None = None) -> str:
+    def save(self, engine, step: int, client_state: dict[str, Any], protect: str | None = None,
+             rank_data: dict[str, Any] | None = None) -> str:
         """Every rank must call this (DeepSpeed saves each rank's shard). ``protect`` (the best checkpoint so far)
-        survives pruning. A save that fails on any rank (a full disk) stops the job: no marker is written."""
+        survives pruning. ``rank_data``: this rank's own JSON state (its readers' positions), which DeepSpeed's
+        client state, saved by rank 0 alone, cannot hold. A save that fails on any rank (a full disk) stops the
+        job: no marker is written."""
         tag = tag_for(step)
         folder = self.root / tag
         error: BaseException | None = None
         try:
             engine.save_checkpoint(str(self.root), tag=tag, client_state={**client_state, "step": step})
             write_text_atomically(folder / f"rng_rank{dist.get_rank()}.json", json.dumps(rng_state()))
+            if rank_data is not None:
+                write_text_atomically(folder / f"data_rank{dist.get_rank()}.json", json.dumps(rank_data))
         except Exception as err:  # DeepSpeed's torch.save raises RuntimeError on a full disk, not OSError
             error = err
         if _all_ranks_ok(error is None) and self.is_main:
@@ -147,8 +152,9 @@ class Checkpoints:
         return None, skipped
 
     def resume(self, engine) -> tuple[dict[str, Any] | None, list[str]]:
-        """Load the newest checkpoint that matches its marker, if any: its client state, and one line per newer
-        checkpoint skipped (rank 0 checks, every rank loads the same one)."""
+        """Load the newest checkpoint that matches its marker, if any: its client state (with this rank's own
+        ``rank_data`` where the checkpoint has it), and one line per newer checkpoint skipped (rank 0 checks, every
+        rank loads the same one)."""
         choice: list[Any] = list(self._newest_sound()) if self.is_main else [None, []]
         if dist.get_world_size() > 1:
             dist.broadcast_object_list(choice, src=0)  # between our own ranks: not data from a file
@@ -161,6 +167,9 @@ class Checkpoints:
         own = self.root / tag / f"rng_rank{dist.get_rank()}.json"
         if own.exists():  # absent when the world size changed: the run goes on with fresh random streams
             set_rng_state(json.loads(own.read_text()))
+        data = self.root / tag / f"data_rank{dist.get_rank()}.json"
+        if data.exists():  # absent in checkpoints written before it, or for a rank the run did not have
+            client_state = {**client_state, "rank_data": json.loads(data.read_text())}
         return client_state, skipped
 
     def fp32_state_dict(self, tag: str) -> dict[str, torch.Tensor]:

@@ -40,6 +40,7 @@ from avmae.train.logging import RunLogger
 from avmae.export.init import initialise
 from avmae.train.losses import finetune_loss
 from avmae.train.optim import learning_rate, parameter_groups
+from avmae.train.reader_positions import ReaderPositions
 from avmae.train.signals import StopRequest, requeue
 
 
@@ -219,8 +220,11 @@ class Trainer:
         best = client.get("best") if client else None
         guard = NonFiniteGuard(config.guard, start, client.get("nonfinite_total", 0) if client else 0)
         ledger = SampleLedger(self.dist.rank, client.get("samples") if client else None)
+        positions = ReaderPositions(max(1, config.data.workers), self.dist.world,
+                                    client.get("rank_data") if client else None)
         loader = Loader(self.spec, config.data, train=True, rank=self.dist.rank, world=self.dist.world,
-                        device=self.dist.device, start_batch=start * config.grad_accum, augment=config.augment)
+                        device=self.dist.device, start_batch=start * config.grad_accum, augment=config.augment,
+                        reader_draws=positions.draws)
         batches = iter(loader)
         logger = RunLogger(self.workdir, config.log, optim.steps, start, enabled=self.is_main)
         for note in skipped_checkpoints:
@@ -244,6 +248,7 @@ class Trainer:
                 every_loss_finite = True
                 for _ in range(config.grad_accum):
                     batch = self._next_batch(batches, step + 1)
+                    positions.saw(batch)
                     loss, parts = step_fn(batch)
                     if not ledger.agree(batch, step + 1, math.isfinite(parts.get("loss", loss.detach().item()))):
                         loss, every_loss_finite = poison(loss), False  # every rank's update is discarded
@@ -278,7 +283,7 @@ class Trainer:
                 leaving = signum or (config.stop_after and ran >= config.stop_after)
                 if step % config.checkpoint.every == 0 or step == optim.steps or leaving or self._eval_due(step):
                     best = self._checkpoint(step, best, logger, {"nonfinite_total": guard.total,
-                                                                 "samples": dict(ledger.totals)})
+                                                                 "samples": dict(ledger.totals)}, positions.state())
                 if leaving:
                     break
         except RuntimeError as err:  # a rank died or hung: a collective failed or timed out
@@ -306,8 +311,9 @@ class Trainer:
         in a collective (torchrun / srun end them, or their collective fails)."""
         try:
             return next(batches)
-        except RuntimeError as err:
-            raise JobStopped(f"rank {self.dist.rank}: the loader stopped at step {step}: {err}") from err
+        except Exception as err:  # noqa: BLE001 -- whatever it is, this rank cannot go on: one line, then leave
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise JobStopped(f"rank {self.dist.rank}: the loader stopped at step {step}: {first}") from err
 
     def _newest_checkpoint_at_or_before(self, step: int) -> str:
         good = [tag for s, tag in self.checkpoints.complete() if s <= step]
@@ -320,7 +326,8 @@ class Trainer:
         return (self.config.task == "finetune" and self.evaluator is not None
                 and (bool(every) and step % every == 0 or step == self.config.optim.steps))
 
-    def _checkpoint(self, step: int, best: dict | None, logger: RunLogger, counts: dict[str, Any]) -> dict | None:
+    def _checkpoint(self, step: int, best: dict | None, logger: RunLogger, counts: dict[str, Any],
+                    rank_data: dict[str, Any]) -> dict | None:
         client: dict[str, Any] = {"best": best, **counts}
         if self._eval_due(step):
             metrics = self.evaluate()
@@ -331,7 +338,8 @@ class Trainer:
                                                                   if isinstance(v, (int, float))}}
             client["best"] = best
             client["metrics"] = metrics
-        self.checkpoints.save(self.engine, step, client, protect=tag_for(best["step"]) if best else None)
+        self.checkpoints.save(self.engine, step, client, protect=tag_for(best["step"]) if best else None,
+                              rank_data=rank_data)
         return best
 
     def evaluate(self) -> dict[str, Any]:

@@ -71,7 +71,7 @@ def config(shards: Path, **overrides) -> DataConfig:
 def _expected_training_records(cfg: DataConfig, bad: dict[str, str], batches: int) -> list[list[str]]:
     """The reference: walk the rank's schedule; each batch carries the bad draws since the previous batch."""
     spec = load_spec(cfg.shards, "train")
-    draws = TrainSchedule(open_shards(spec), cfg, spec.label_counts, rank=0, world=1, readers=1).reader_draws(0, 0)
+    draws = TrainSchedule(open_shards(spec), cfg, spec.label_counts, rank=0, world=1, readers=1).draws(0)
     expected, pending = [], []
     for draw in draws:
         key = draw.shard.keys[draw.index]
