@@ -12,15 +12,33 @@ by ffmpeg's default autorotation before the resize.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 from dataclasses import dataclass
 
 import ffmpeg
 import numpy as np
+
+
+# Every ffmpeg and ffprobe call has a deadline: a file that never finishes decoding (a pathological stream, a
+# stalled network file system, a container that names a FIFO) must become a failure of its clip, not a worker
+# blocked for ever, a shard without its part record and a build that a rerun cannot finish. A call may take
+# TIMEOUT_BASE_S (start-up, opening, seeking, probing) plus TIMEOUT_PER_MEDIA_SECOND for each second of media it
+# decodes: generous for a 4K clip on one core (ffmpeg decodes faster than real time), short against for ever.
+# Module constants, not build parameters: they do not change what a shard holds (BuildParams feed the fingerprint).
+TIMEOUT_BASE_S = 60.0
+TIMEOUT_PER_MEDIA_SECOND = 10.0
+TIMED_OUT = "timed_out"  # the failure reason of a call that passed its deadline (failures.jsonl)
+
+
+def timeout_for(media_seconds: float = 0.0) -> float:
+    """Seconds an ffmpeg or ffprobe call may run that decodes ``media_seconds`` of media."""
+    return TIMEOUT_BASE_S + TIMEOUT_PER_MEDIA_SECOND * max(0.0, media_seconds)
 
 
 class MediaError(Exception):
@@ -53,8 +71,53 @@ def ffprobe_binary() -> str:
 
 @functools.cache
 def ffmpeg_version() -> str:
-    out = subprocess.run([ffmpeg_binary(), "-hide_banner", "-version"], capture_output=True, text=True).stdout
-    return out.splitlines()[0] if out else "unknown"
+    try:
+        out, _, _ = _run([ffmpeg_binary(), "-hide_banner", "-version"], "ffmpeg -version", timeout_for())
+    except MediaError as err:  # not a clip's fault: the build cannot name its ffmpeg, so it does not start
+        raise RuntimeError(f"{ffmpeg_binary()}: {err.detail}") from None
+    text = out.decode("utf-8", "replace")
+    return text.splitlines()[0] if text else "unknown"
+
+
+def _start(command: list[str], **options) -> subprocess.Popen:
+    """``command`` in a process group of its own (process_group=0), so that a timeout ends everything it started:
+    $AVMAE_FFMPEG may name a wrapper script whose ffmpeg child would otherwise outlive it, holding our pipes."""
+    return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            process_group=0, **options)
+
+
+def _kill(process: subprocess.Popen) -> None:
+    """SIGKILL the process group of ``process`` and reap it. Not SIGTERM: ffmpeg blocked in open() on a FIFO ignores
+    it. Its pipes are closed, not drained: a child that left the group could hold them open for ever."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:  # it had already ended
+        pass
+    process.wait()
+    for pipe in (process.stdout, process.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
+def _finish(process: subprocess.Popen, what: str, timeout_s: float) -> tuple[bytes, bytes]:
+    """(stdout, stderr) of ``process`` once it ends; past ``timeout_s`` it is killed and the clip fails with
+    MediaError(TIMED_OUT). Any other interruption (Ctrl-C in the worker) kills it too: in its own process group it
+    would not get the terminal's signal."""
+    try:
+        return process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _kill(process)
+        raise MediaError(TIMED_OUT, f"{what} timed out after {timeout_s:g} s (killed)") from None
+    except BaseException:
+        _kill(process)
+        raise
+
+
+def _run(command: list[str], what: str, timeout_s: float) -> tuple[bytes, bytes, int]:
+    """(stdout, stderr, exit status) of ``command``, within ``timeout_s`` (else MediaError(TIMED_OUT))."""
+    process = _start(command)
+    stdout, stderr = _finish(process, what, timeout_s)
+    return stdout, stderr, process.returncode
 
 
 @dataclass(frozen=True)
@@ -86,12 +149,15 @@ def _float_or_none(value) -> float | None:
 
 
 def probe(path: str) -> Probe:
-    """Stream facts of a file; ``MediaError('unreadable')`` if ffprobe cannot open it."""
-    try:
-        info = ffmpeg.probe(path, cmd=ffprobe_binary())
-    except ffmpeg.Error as err:
-        message = err.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise MediaError("unreadable", message[-1] if message else "ffprobe failed") from None
+    """Stream facts of a file; ``MediaError('unreadable')`` if ffprobe cannot open it, ``MediaError(TIMED_OUT)``
+    if it does not answer within ``timeout_for()``."""
+    # ffmpeg.probe's command line, run here because ffmpeg.probe waits without a deadline
+    command = [ffprobe_binary(), "-show_format", "-show_streams", "-of", "json", path]
+    out, err, status = _run(command, f"{path}: ffprobe", timeout_for())
+    if status != 0:
+        message = err.decode("utf-8", "replace").strip().splitlines()
+        raise MediaError("unreadable", message[-1] if message else "ffprobe failed")
+    info = json.loads(out.decode("utf-8"))
     streams = info.get("streams", [])
     video = next((s for s in streams if s.get("codec_type") == "video"
                   and not s.get("disposition", {}).get("attached_pic")), None)
@@ -164,7 +230,8 @@ def decode_segment(path: str, start: float, duration: float, *, num_frames: int,
     """Decode ``[start, start + duration)`` of ``path``: ``num_frames`` JPEGs (fewer if the stream ends early or a
     gap spans two targets) and, if ``sample_rate`` is given, the first audio channel as int16 PCM.
 
-    Raises ``MediaError('decode_error')`` when ffmpeg fails; the caller probes the file to name the cause."""
+    Raises ``MediaError('decode_error')`` when ffmpeg fails; the caller probes the file to name the cause.
+    ``MediaError(TIMED_OUT)`` when it runs past ``timeout_for(duration)``."""
     source = ffmpeg.input(path, ss=f"{start:.6f}", t=f"{duration:.6f}")
     video = source["v:0"].filter("select", _select_expression(bin_centres(duration, num_frames))).filter("showinfo")
     video = _short_side_scale(video, short_side).filter("format", "yuvj420p")
@@ -182,8 +249,11 @@ def decode_segment(path: str, start: float, duration: float, *, num_frames: int,
     chunks: list[bytes] = []
     reader = None
     try:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   pass_fds=(write_fd,) if write_fd is not None else ())
+        process = _start(command, pass_fds=(write_fd,) if write_fd is not None else ())
+    except BaseException:
+        if read_fd is not None:
+            os.close(read_fd)
+        raise
     finally:
         if write_fd is not None:
             os.close(write_fd)
@@ -194,10 +264,13 @@ def decode_segment(path: str, start: float, duration: float, *, num_frames: int,
 
         reader = threading.Thread(target=drain, daemon=True)
         reader.start()
-    stdout, stderr = process.communicate()
-    if reader is not None:
-        reader.join()
-        os.close(read_fd)
+    try:
+        stdout, stderr = _finish(process, f"{path}: ffmpeg decoding {start:.3f}-{start + duration:.3f} s",
+                                 timeout_for(duration))
+    finally:
+        if reader is not None:  # ends at EOF: the audio pipe's only writer has exited (or was killed)
+            reader.join()
+            os.close(read_fd)
     log = stderr.decode("utf-8", "replace")
     if process.returncode != 0:
         raise MediaError("decode_error", _error_lines(log))
@@ -227,7 +300,8 @@ def resize_image(path: str, *, short_side: int, jpeg_qscale: int) -> bytes:
     scaled = _short_side_scale(source["v:0"], short_side).filter("format", "yuvj420p")
     args = ffmpeg.output(scaled, "pipe:1", format="image2pipe", vcodec="mjpeg", **{"q:v": jpeg_qscale, "frames:v": 1}
                          ).compile(cmd=ffmpeg_binary())
-    done = subprocess.run([args[0], "-nostdin", "-hide_banner", "-loglevel", "error", *args[1:]], capture_output=True)
-    if done.returncode != 0 or not done.stdout:
-        raise MediaError("bad_frame", f"{path}: {_error_lines(done.stderr.decode('utf-8', 'replace'))}")
-    return done.stdout
+    command = [args[0], "-nostdin", "-hide_banner", "-loglevel", "error", *args[1:]]
+    out, err, status = _run(command, f"{path}: ffmpeg", timeout_for())
+    if status != 0 or not out:
+        raise MediaError("bad_frame", f"{path}: {_error_lines(err.decode('utf-8', 'replace'))}")
+    return out
