@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
+import traceback
 from pathlib import Path
+from typing import NoReturn
 
 DESCRIPTION = """\
 Evaluate an avmae checkpoint (an export/*.safetensors file or a run folder) on a shard split:
@@ -18,7 +21,9 @@ Evaluate an avmae checkpoint (an export/*.safetensors file or a run folder) on a
 Runs in one process or under torchrun / srun (every sample counted once). Writes report.json, predictions.npz
 (recompute with `avmae-eval metrics`), per-class AP CSV and PNG plots to --out.
 Every sample of the split is scored or listed in report.json with the reason; a split with samples that could
-not be scored ends with exit code 2 unless --allow-missing is given.
+not be scored ends with exit code 2 unless --allow-missing is given. Under torchrun / srun, a rank that cannot
+score its share (a reader past its skip budget, unreadable storage) prints one line and exits at once, so the
+launcher ends the job; its peers do not wait --collective-timeout-s for it.
 """
 
 EXAMPLES = """\
@@ -59,6 +64,12 @@ def _eval_parser() -> argparse.ArgumentParser:
                         help="accept samples of the split that could not be read (the report lists them and says so)")
     parser.add_argument("--ids", help="another lab's clip list (avmae-shard ids): score only the clips of --split "
                                       "it holds; the report counts both sides")
+    # The default is training's guard.collective_timeout_s (EvalRequest takes it from there): not imported here,
+    # as that would load torch for --help; tests/test_eval_rank_failure.py checks the two agree.
+    parser.add_argument("--collective-timeout-s", type=float, metavar="SECONDS",
+                        help="under torchrun / srun: how long a collective waits for a rank that died or hangs "
+                             "before the job ends with an error (default: 1800, as training's "
+                             "guard.collective_timeout_s)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     return parser
 
@@ -68,6 +79,8 @@ def _run_eval(args) -> int:
     from avmae.eval.evaluate import EvalRequest, evaluate
 
     fields = {k: v for k, v in vars(args).items() if k != "json"}
+    if fields["collective_timeout_s"] is None:  # not given: the request's default
+        del fields["collective_timeout_s"]
     result = evaluate(EvalRequest(**fields))
     if not result.is_main:
         return 0
@@ -116,11 +129,33 @@ def as_flags(message: str) -> str:
     return re.sub(rf"(?<![\w./-])({names})(?![\w./-])", lambda m: "--" + m.group(1).replace("_", "-"), message)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """What bad input or unreadable data raises: printed as one line, exit code 2."""
     from avmae.config import ConfigError
+    from avmae.data.faults import SkipBudgetExceeded
     from avmae.eval.predictions import PredictionsError
     from avmae.storage import StorageError
 
+    return ValueError, FileNotFoundError, ConfigError, PredictionsError, StorageError, SkipBudgetExceeded
+
+
+def _leave_rank(failed) -> NoReturn:
+    """A rank that failed while scoring (avmae.eval.evaluate.RankFailed): its line, then ``os._exit``, not a
+    return: its peers may be inside a collective waiting for it, and an orderly exit would tear the process group
+    down, which waits on them. Once it is gone, torchrun / srun end the job and the peers' collective fails. A
+    failure that is not bad input nor a lost peer (a bug) also gets its traceback."""
+    from avmae.train.stops import is_collective_failure
+
+    cause = failed.__cause__
+    expected = isinstance(cause, _input_errors())
+    if not (expected or is_collective_failure(cause)):
+        traceback.print_exception(cause)
+    print(f"avmae-eval: {as_flags(str(failed))}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(2 if expected else 1)
+
+
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] == "metrics":
@@ -128,7 +163,13 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] == "reconstruct":
             return _run_reconstruct(argv[1:])
         return _run_eval(_eval_parser().parse_args(argv))
-    except (ValueError, FileNotFoundError, ConfigError, PredictionsError, StorageError) as err:
+    except Exception as err:
+        from avmae.eval.evaluate import RankFailed  # here, not above: --help does not load torch
+
+        if isinstance(err, RankFailed):
+            _leave_rank(err)
+        if not isinstance(err, _input_errors()):
+            raise
         message = " ".join(str(err).split())  # one line, whatever the library wrote
         print(f"avmae-eval: {as_flags(message)}", file=sys.stderr)
         return 2

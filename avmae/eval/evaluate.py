@@ -3,7 +3,13 @@
 ``evaluate`` starts the process group (one process, torchrun or srun: avmae/distributed.py), loads the export,
 scores the split (a fine-tuned classifier, a linear probe on frozen features, or audio<->video retrieval), accounts
 for every sample of the split (avmae/eval/coverage.py), and has rank 0 write the outputs. Errors name the request's
-fields; the CLI maps them to its flags."""
+fields; the CLI maps them to its flags.
+
+A rank whose scoring fails (its loader past the skip budget, its storage unreadable) may leave its peers inside a
+collective (predict.py gathers), which a barrier of its own would never match: every rank would wait for the whole
+collective timeout, and the barrier's timeout would replace the real error. So that rank raises RankFailed and
+enters no other collective; the CLI prints its line and ends the process at once, and the peers' collective fails
+as soon as it is gone (or the launcher ends them)."""
 
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from avmae.eval.clip_set import keep_listed, load_clip_set
 from avmae.eval.coverage import Coverage, coverage
 from avmae.eval.outputs import summarise, write_outputs
 from avmae.eval.predictions import Predictions, task_metrics
+from avmae.recipe.config import GuardConfig
 from avmae.shard.format import LabelMode
 
 TASKS = ("audioset", "vggsound", "epic", "retrieval")
@@ -41,6 +48,8 @@ class EvalRequest:
     device: str | None = None
     allow_missing: bool = False  # accept samples of the split that could not be scored (recorded in the report)
     ids: str | None = None  # another lab's clip list (avmae-shard ids): score only the split's clips it holds
+    # How long a collective waits for a rank that died or hangs before it fails: training's default
+    collective_timeout_s: float = GuardConfig.collective_timeout_s
 
     def validate(self) -> "EvalRequest":
         if self.task not in TASKS:
@@ -50,6 +59,8 @@ class EvalRequest:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.workers < 0:
             raise ValueError(f"workers must be 0 or more, got {self.workers}")
+        if not self.collective_timeout_s > 0:
+            raise ValueError(f"collective_timeout_s must be more than 0, got {self.collective_timeout_s}")
         return self
 
     def out_dir(self) -> Path:
@@ -69,26 +80,53 @@ class EvalResult:
     coverages: list[Coverage] = field(default_factory=list)
 
 
+class RankFailed(RuntimeError):
+    """One rank of several could not score its share; ``__cause__`` is its error. Its peers may be waiting in a
+    collective for it, so the process group is left as it is (a barrier would not match their collective, and
+    tearing the group down waits on them): the process must print the line and leave at once (``os._exit``)."""
+
+    def __init__(self, rank: int, world: int, cause: BaseException):
+        line = " ".join(str(cause).split()) or type(cause).__name__  # one line, whatever the library wrote
+        if not line.startswith(f"rank {rank} "):  # a loader's message names its rank already
+            line = f"rank {rank} of {world}: {line}"
+        super().__init__(line)
+        self.rank, self.world = rank, world
+
+
 def evaluate(request: EvalRequest) -> EvalResult:
     """Score ``request`` and write its outputs; raises IncompleteEvaluation (after writing the report, which lists
-    the missing samples) when samples could not be scored and ``allow_missing`` is off."""
-    import torch.distributed as dist
-
+    the missing samples) when samples could not be scored and ``allow_missing`` is off, and RankFailed when one
+    rank of several failed while scoring (the module's docstring says why that one differs)."""
     from avmae.distributed import setup_distributed
 
     request.validate()
-    dist_info = setup_distributed(request.device)
+    dist_info = setup_distributed(request.device, request.collective_timeout_s)
     try:
         result = _score(request, dist_info)
+    except Exception as err:
+        if dist_info.world > 1:
+            raise RankFailed(dist_info.rank, dist_info.world, err) from err
+        _leave_group()  # alone: no peer to wait for
+        raise
+    try:  # every rank gets here with the same results, past the last gather: their barriers match
         if result.is_main:
             write_outputs(result.report, result.predictions, result.out)
         for cover in result.coverages:
             cover.check(str(result.out / REPORT))
         return result
     finally:
-        if dist.is_initialized():  # every rank leaves together; a rank exiting alone aborts the others in gloo
+        _leave_group(together=True)
+
+
+def _leave_group(together: bool = False) -> None:
+    """Tear the process group down; ``together``: after a barrier, because a rank exiting alone aborts the others
+    in gloo (rank 0 may still be writing the outputs)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        if together:
             dist.barrier()
-            dist.destroy_process_group()
+        dist.destroy_process_group()
 
 
 def _score(request: EvalRequest, dist_info) -> EvalResult:

@@ -1,0 +1,108 @@
+"""A rank of a distributed evaluation that cannot score its share ends the job at once with its own one-line error.
+It used to enter a barrier while its peers were gathering scores: the collectives did not match, every rank waited
+the whole collective timeout (1800 s, not settable), and the barrier's timeout replaced the real error."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from avmae.config import load
+from avmae.data.eval_order import eval_range
+from avmae.data.spec import load_spec
+from avmae.export.format import ExportInfo, write_export
+from avmae.export.load import model_for
+from avmae.recipe.config import GuardConfig, RunConfig
+from tests.faults.damage import flip_bits_in_place, keys_of
+from tests.helpers import REPO, free_port, run_config
+
+pytestmark = pytest.mark.serial  # asserts how soon the job ends: not beside other tests' load
+
+# Long enough that a job waiting out a collective's timeout cannot pass the bound below; short enough that such a
+# regression still ends by itself.
+COLLECTIVE_TIMEOUT_S = 120
+BOUND_S = 60
+
+
+@pytest.fixture(scope="module")
+def export(shards, tmp_path_factory) -> Path:
+    """A classifier export of the tiny model (weights as initialised: the weights are not under test) whose loader
+    gives up at the second bad sample in a row (data.max_skip_run=1), so that the failing rank's message names the
+    shard it could not read."""
+    root = tmp_path_factory.mktemp("export")
+    config = load(RunConfig, run_config(root, shards, task="finetune", data={"max_skip_run": 1}))
+    spec = load_spec(shards, "train")
+    heads = {"label": len(spec.label_names)}
+    info = ExportInfo(task="finetune", config=config, label_mode=str(spec.label_mode),
+                      label_names=list(spec.label_names), heads=heads)
+    return write_export(root / "run" / "export" / "model.safetensors",
+                        model_for(config, "finetune", heads).state_dict(), info)
+
+
+@pytest.fixture
+def rank_one_damaged(shards, tmp_path) -> tuple[Path, Path]:
+    """A copy of the shards in which every sample of one tar that only rank 1 of 2 reads fails its checksum;
+    returns the copy and that tar. Rank 0's share is intact."""
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    tars = load_spec(copy, "train").shards
+    first, end = eval_range(sum(tar.samples for tar in tars), 1, 2)
+    start = 0
+    for tar in tars:
+        if start >= first and start + tar.samples <= end and tar.samples >= 2:
+            break
+        start += tar.samples
+    else:
+        raise AssertionError(f"no tar of two samples or more lies in rank 1's range {first}-{end}")
+    damaged = Path(tar.tar)
+    for sample in range(len(keys_of(damaged))):
+        flip_bits_in_place(damaged, "01.jpg", sample)
+    return copy, damaged
+
+
+def _run(command: list[str], limit_s: float) -> tuple[int, str, float]:
+    """(exit status, stderr, seconds) of ``command``; past ``limit_s`` it and the ranks it started are killed."""
+    started = time.monotonic()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, process_group=0)
+    try:
+        _, stderr = process.communicate(timeout=limit_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        _, stderr = process.communicate()
+    return process.returncode, stderr, time.monotonic() - started
+
+
+def test_a_failing_rank_ends_the_job_at_once_with_its_own_line(export, rank_one_damaged, tmp_path):
+    data, damaged = rank_one_damaged
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               "-m", "avmae.cli.eval", "--ckpt", str(export), "--data", str(data), "--split", "train",
+               "--task", "vggsound", "--backend", "webdataset", "--device", "cpu", "--out", str(tmp_path / "out"),
+               "--workers", "0", "--batch-size", "4", "--json", "--collective-timeout-s", str(COLLECTIVE_TIMEOUT_S)]
+    status, stderr, took = _run(command, COLLECTIVE_TIMEOUT_S + 60)
+    assert status != 0
+    assert took < BOUND_S, f"{took:.0f} s: {stderr[-3000:]}"
+    failing = [line for line in stderr.splitlines() if line.startswith("avmae-eval: rank 1 ")]
+    assert failing, stderr[-3000:]
+    assert "2 bad samples in a row (data.max_skip_run=1)" in failing[0] and str(damaged) in failing[0], failing
+    assert "Timed out" not in stderr, stderr[-3000:]  # no collective waited out its timeout
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_the_collective_timeout_is_a_flag_whose_default_is_trainings():
+    from avmae.eval.evaluate import EvalRequest
+
+    assert EvalRequest("ckpt", "data", "vggsound").collective_timeout_s == GuardConfig.collective_timeout_s
+    shown = subprocess.run([sys.executable, "-m", "avmae.cli.eval", "--help"], capture_output=True, text=True,
+                           cwd=REPO, check=True).stdout
+    assert "--collective-timeout-s" in shown
+    assert f"default: {GuardConfig.collective_timeout_s:g}, as training's" in " ".join(shown.split())
+    with pytest.raises(ValueError, match="collective_timeout_s must be more than 0"):
+        EvalRequest("ckpt", "data", "vggsound", collective_timeout_s=0).validate()
