@@ -3,7 +3,7 @@ within the deadline, its ffmpeg is killed, and the rest of the build finishes: i
 
 The clip is real: an ffconcat list (ffmpeg and ffprobe recognise it by its content, whatever its extension) naming
 a FIFO that nobody writes, so ffmpeg blocks in open(), as on a stalled network file system. A FIFO given directly
-is no such case: the build stats it first, and a FIFO has size 0 (an empty_file failure)."""
+never reaches ffmpeg: the build refuses any input that is not a regular file (an unreadable failure)."""
 
 from __future__ import annotations
 
@@ -55,8 +55,8 @@ def test_a_clip_that_never_decodes_is_a_timed_out_failure_and_the_build_finishes
     started = time.monotonic()
     build_shards(stalling_folder, out, **{**SMALL_BUILD, "segment_seconds": "1", "shard_size": "1", "workers": "2"})
     took = time.monotonic() - started
-    # the decode's deadline, then the probe that names the cause (its own deadline), plus the two good clips
-    assert took < 4 * DEADLINE_S + 10, took
+    # the decode's deadline (no probe after it: that would wait out a second one), plus the two good clips
+    assert took < 2 * DEADLINE_S + 10, took
     failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
     assert [(Path(f["path"]).name, f["reason"]) for f in failures] == [("stalls.mp4", "timed_out")], failures
     assert str(stalling_folder / "stalls.mp4") in failures[0]["detail"]
@@ -84,3 +84,15 @@ def test_every_call_kills_its_process_at_the_deadline(stalling_folder, monkeypat
         assert caught.value.detail.startswith(f"{clip}: ") and f"timed out after {deadline:g} s" in caught.value.detail
         assert deadline <= took < deadline + 3, (name, took)
     assert _processes_reading(stalling_folder) == []
+
+
+def test_a_fifo_given_as_a_clip_is_an_unreadable_failure_not_a_wait(tmp_path, clip_factory):
+    src = tmp_path / "src"
+    clip_factory(src / "good.mp4", seconds=2)
+    os.mkfifo(src / "pipe.mp4")  # nobody writes it: opening it for reading would block
+    out = tmp_path / "shards"
+    build_shards(src, out, **{**SMALL_BUILD, "segment_seconds": "1", "shard_size": "1", "workers": "1"})
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert [(Path(f["path"]).name, f["reason"]) for f in failures] == [("pipe.mp4", "unreadable")], failures
+    assert "not a regular file" in failures[0]["detail"]
+    assert read_manifest(out)["totals"]["samples"] == 1

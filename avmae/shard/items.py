@@ -96,8 +96,8 @@ def scan_folder(src: Path, labels_from_dirs: bool = False) -> tuple[list[ClipIte
     """
     items, ignored = [], Counter()
     for path in sorted(src.rglob("*")):
-        if not path.is_file():
-            continue
+        if path.is_dir():  # anything else is an input or counted as ignored: a FIFO or a broken link named
+            continue       # .mp4 becomes a recorded failure, not a silent omission
         rel = path.relative_to(src)
         if any(part.startswith(".") for part in rel.parts):
             ignored["(hidden)"] += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 
 import numpy as np
 
@@ -88,6 +89,8 @@ def _decode(path: str, start: float, end: float, features: FeatureParams, build:
                                      short_side=features.short_side, jpeg_qscale=features.jpeg_qscale,
                                      sample_rate=features.sample_rate if want_audio else None)
         except MediaError as err:
+            if err.reason == "timed_out":  # a probe would wait out a second deadline and hide this one
+                raise
             reason = _diagnose(path, want_audio, start, err)
             if reason.reason == "no_audio" and build.missing_audio == "silence":
                 want_audio = False
@@ -134,10 +137,12 @@ def make_samples(item: ClipItem, features: FeatureParams, build: BuildParams) ->
 def _file_samples(item: ClipItem, path: str, features: FeatureParams, build: BuildParams) -> list[Sample]:
     """The samples of ``item`` decoded from the media file at ``path``."""
     try:
-        size = os.path.getsize(path)
+        status = os.stat(path)
     except OSError as err:
         raise MediaError("missing", f"cannot stat the file: {err.strerror}") from None
-    if size == 0:
+    if not stat.S_ISREG(status.st_mode):  # a FIFO or a device would block ffmpeg, not feed it a clip
+        raise MediaError("unreadable", "not a regular file (a FIFO, a device or a socket)")
+    if status.st_size == 0:
         raise MediaError("empty_file", "the file has zero bytes")
     needs_probe = item.start is None and build.segments != "first"
     facts = probe(path) if needs_probe else None
