@@ -14,6 +14,7 @@ import bisect
 import itertools
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from avmae.data.faults import SampleError, SkipBudgetExceeded, SkipLog
@@ -81,8 +82,10 @@ class EvalOrder(Generic[Row]):
                     if shard is not self._current:  # read out of order: do not leave its stream open
                         shard.close()
             else:
+                shards = sorted({Path(self.locate(i)[0].tar).name for i in range(self.first, self.end)})
+                listed = ", ".join(shards[:3]) + (f" and {len(shards) - 3} more" if len(shards) > 3 else "")
                 raise SkipBudgetExceeded(f"rank {self.rank}: every one of the {self.end - self.first} samples of its "
-                                         "evaluation range is bad (see the warnings above)")
+                                         f"evaluation range is bad (in {listed}; see the warnings above)")
         return self._filler
 
     def batch(self, number: int) -> tuple[list[Row], list[bool], list[dict[str, Any]]]:

@@ -198,3 +198,25 @@ def test_fine_tuning_evaluation_counts_what_it_scored(cut_shards, tmp_path):
                                      device=torch.device("cpu"), dtype=torch.float32)
     assert metrics["samples_in_split"] == 9 and metrics["samples_skipped"] >= 1
     assert metrics["samples_scored"] + metrics["samples_skipped"] == 9 == metrics["samples"] + metrics["samples_skipped"]
+
+
+def test_a_rank_whose_every_evaluation_sample_is_bad_stops_naming_its_shards(shards, tmp_path):
+    """Evaluation keeps bad samples in place (valid=False) with a good one as filler; a rank with none good has no
+    filler and stops with one line naming its shards."""
+    from avmae.data.config import DataConfig
+    from avmae.data.faults import SkipBudgetExceeded
+    from avmae.data.loader import build_loader
+    from avmae.shard.format import LOGMEL_MEMBER
+    from tests.faults.damage import flip_bits_in_place, keys_of
+
+    copy = Path(shutil.copytree(shards, tmp_path / "shards"))
+    tars = sorted(copy.glob("val-*.tar"))
+    assert tars
+    for tar in tars:
+        for sample in range(len(keys_of(tar))):
+            flip_bits_in_place(tar, LOGMEL_MEMBER, sample)
+    config = DataConfig(shards=str(copy), eval_split="val", batch_size=2, workers=0, num_frames=4, crop_size=64,
+                        max_skip_fraction=1.0, max_skip_run=1000)
+    with pytest.raises(SkipBudgetExceeded, match=r"every one of the \d+ samples of its evaluation range is bad") as err:
+        next(iter(build_loader(config, "val", train=False)))
+    assert all(tar.name in str(err.value) for tar in tars[:3])
