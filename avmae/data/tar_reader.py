@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 from avmae.data.faults import SampleError
 from avmae.shard.format import crc32, parse_checksums
-from avmae.shard.tarfiles import parse_index, sample_span
+from avmae.shard.tarfiles import parse_index, sample_span, utf8_text
 from avmae.forward_reader import ForwardReader
-from avmae.shard_files import read_text
+from avmae.shard_files import read_bytes
 from avmae.storage import is_url
 
 _HEADER = tarfile.BLOCKSIZE  # a member's header block, before its data
@@ -33,18 +33,20 @@ class SampleBlock:
 
 class IndexedShard:
     """``crc``: the shard's checksum sidecar, or None for format-version-1 shards (read unchecked). ``idx_text`` /
-    ``crc_text``: those files' contents when the caller fetched them already (many at once, open_shards).
+    ``crc_text``: those files' contents (text or bytes) when the caller fetched them already (many at once,
+    open_shards). A damaged index or sidecar is one ValueError naming the file (parse_index checks each line).
     ``labels``: the shard's labels sidecar, or None for shards built before it; only class-balanced sampling reads
     it (schedule.py)."""
 
-    def __init__(self, tar: str, idx: str, crc: str | None = None, *, idx_text: str | None = None,
-                 crc_text: str | None = None, labels: str | None = None):
+    def __init__(self, tar: str, idx: str, crc: str | None = None, *, idx_text: str | bytes | None = None,
+                 crc_text: str | bytes | None = None, labels: str | None = None):
         self.tar, self.labels = tar, labels
-        index = parse_index(idx_text if idx_text is not None else read_text(idx))
+        # bytes, decoded by parse_index / utf8_text: a damaged file is a ValueError naming it, not a UnicodeDecodeError
+        index = parse_index(idx_text if idx_text is not None else read_bytes(idx), idx)
         self.samples = [{m.ext: (m.offset, m.size, m.name) for m in members} for members in index]
-        self.keys = [next(iter(sample.values()))[2].split(".", 1)[0] for sample in self.samples]
+        self.keys = [members[0].key for members in index]  # parse_index: every sample has members, all of one key
         if crc is not None:
-            self.checksums = parse_checksums(crc_text if crc_text is not None else read_text(crc), crc)
+            self.checksums = parse_checksums(utf8_text(crc_text if crc_text is not None else read_bytes(crc), crc), crc)
         else:
             self.checksums = None
         self.remote = is_url(tar)

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import bisect
 import csv
+import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,8 +103,40 @@ def _split_labels(text: str) -> tuple[str, ...]:
     return tuple(label.strip() for label in re.split(r"[;|,]", text) if label.strip())
 
 
+@contextmanager
+def _utf8(path: Path) -> Iterator[None]:
+    """Reading ``path`` as UTF-8 text: bytes that are not are a ListFormatError naming the file and line, not a
+    UnicodeDecodeError that names neither (the line is looked for only then, in a second read)."""
+    try:
+        yield
+    except UnicodeDecodeError as err:
+        raise ListFormatError(f"{path}:{_undecodable_line(path)}: not UTF-8 text ({err.reason}); save the list "
+                              "as UTF-8") from None
+
+
+def _undecodable_line(path: Path) -> int | str:
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, 1):  # a newline byte is never inside a UTF-8 character
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return "?"  # a character cut by the end of the file
+
+
+def _seconds(text: str, what: str, where: str) -> float:
+    """A time in seconds from a list cell; a cell that is no finite number is a ListFormatError naming ``where``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ListFormatError(f"{where}: {what} {text[:40]!r} is not a number of seconds")
+    return value
+
+
 def _rows(path: Path, skip_comments: bool = True):
-    with open(path, newline="", encoding="utf-8") as handle:
+    with _utf8(path), open(path, newline="", encoding="utf-8") as handle:
         for line_number, row in enumerate(csv.reader(handle, skipinitialspace=True), start=1):
             if not row or (skip_comments and row[0].lstrip().startswith("#")):
                 continue
@@ -121,7 +156,9 @@ def read_audioset(path: Path, src: Path | None, class_labels: Path | None) -> tu
         try:
             start, end = float(start_text), float(end_text)
         except ValueError:
-            raise ListFormatError(f"{path}:{line}: start/end are not numbers: {start_text!r}, {end_text!r}") from None
+            start = end = math.nan
+        if not (math.isfinite(start) and math.isfinite(end)):  # nan and inf would fail the item id, naming nothing
+            raise ListFormatError(f"{path}:{line}: start/end are not numbers: {start_text!r}, {end_text!r}")
         file_path, seg_start, seg_end = _resolve(index, ytid, start, end)
         items.append(ClipItem(
             item_id=f"{ytid}_{int(round(start * 1000))}", video_id=ytid, source=f"{path.name}:{line}",
@@ -160,10 +197,7 @@ def read_vggsound(path: Path, src: Path | None, segment_seconds: float) -> tuple
             raise ListFormatError(f"{path}:{line}: expected YTID,start,label[,split]")
         ytid, start_text, label = row[0], row[1], row[2]
         split = row[3] if len(row) > 3 and row[3] else "train"
-        try:
-            start = float(start_text)
-        except ValueError:
-            raise ListFormatError(f"{path}:{line}: start is not a number: {start_text!r}") from None
+        start = _seconds(start_text, "start", f"{path}:{line}")
         end = start + segment_seconds
         file_path, seg_start, seg_end = _resolve(index, ytid, start, end)
         items.append(ClipItem(
@@ -187,20 +221,29 @@ def _timestamp(text: str, where: str) -> float:
     return seconds
 
 
+def _class_index(text: str | None, column: str, where: str) -> int:
+    try:
+        return int(text or "")
+    except ValueError:
+        raise ListFormatError(f"{where}: {column} {(text or '')[:40]!r} is not a class index") from None
+
+
 def read_epic(path: Path, src: Path | None, num_verbs: int, num_nouns: int) -> tuple[list[ClipItem], LabelSet]:
     index = FileIndex(src) if src else None
     items = []
-    with open(path, newline="", encoding="utf-8") as handle:
+    with _utf8(path), open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         needed = {"narration_id", "video_id", "start_timestamp", "stop_timestamp", "verb_class", "noun_class"}
         missing = needed - set(reader.fieldnames or ())
         if missing:
             raise ListFormatError(f"{path}: not an Epic-Kitchens annotation CSV, missing columns {sorted(missing)}")
-        for line, row in enumerate(reader, start=2):
+        for row in reader:
+            line = reader.line_num  # the file's line (a row may span several), not the row's number
             where = f"{path}:{line}"
-            start = _timestamp(row["start_timestamp"], where)
-            end = _timestamp(row["stop_timestamp"], where)
-            verb, noun = int(row["verb_class"]), int(row["noun_class"])
+            start = _timestamp(row["start_timestamp"] or "", where)  # None: a short row
+            end = _timestamp(row["stop_timestamp"] or "", where)
+            verb = _class_index(row["verb_class"], "verb_class", where)
+            noun = _class_index(row["noun_class"], "noun_class", where)
             if not (0 <= verb < num_verbs and 0 <= noun < num_nouns):
                 raise ListFormatError(f"{where}: verb {verb} / noun {noun} outside {num_verbs} verbs / {num_nouns} nouns")
             found = index.find(row["video_id"], None) if index else None
@@ -217,15 +260,16 @@ def read_epic(path: Path, src: Path | None, num_verbs: int, num_nouns: int) -> t
 def read_generic(path: Path, src: Path | None) -> tuple[list[ClipItem], LabelSet]:
     root = src if src is not None else path.parent
     items = []
-    with open(path, newline="", encoding="utf-8") as handle:
+    with _utf8(path), open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle, skipinitialspace=True)
         if not reader.fieldnames or "path" not in reader.fieldnames:
             raise ListFormatError(f"{path}: a generic list needs a header with a 'path' column (path,labels[,start,end])")
-        for line, row in enumerate(reader, start=2):
+        for row in reader:
+            line = reader.line_num  # the file's line (blank lines are skipped, a row may span several)
             rel = row["path"].strip()
             file_path = Path(rel) if Path(rel).is_absolute() else root / rel
-            start = float(row["start"]) if row.get("start") not in (None, "") else None
-            end = float(row["end"]) if row.get("end") not in (None, "") else None
+            start = _seconds(row["start"], "start", f"{path}:{line}") if row.get("start") else None
+            end = _seconds(row["end"], "end", f"{path}:{line}") if row.get("end") else None
             if (start is None) != (end is None):
                 raise ListFormatError(f"{path}:{line}: give both start and end, or neither")
             item_id = rel if start is None else f"{rel}_{int(round(start * 1000))}"
@@ -241,7 +285,7 @@ def read_generic(path: Path, src: Path | None) -> tuple[list[ClipItem], LabelSet
 
 def detect_format(path: Path) -> str:
     """Guess a list's format from its first lines."""
-    with open(path, encoding="utf-8") as handle:
+    with _utf8(path), open(path, encoding="utf-8") as handle:
         head = [handle.readline() for _ in range(5)]
     text = "".join(head)
     if text.lstrip().startswith("{"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import operator
 import os
 import tarfile
 from collections.abc import Iterable
@@ -19,6 +20,10 @@ from avmae.shard.format import crc32
 
 INDEX_VERSION = "v1.2"
 _FIXED_MTIME = 0  # 1970-01-01: byte-identical rebuilds
+# The largest member a USTAR header can describe (11 octal digits of size), so the largest an index of our tars can
+# list: a bigger size is a damaged index, and past 2**63 os.pread fails with an OverflowError instead of a named error.
+MAX_MEMBER_SIZE = 8 ** 11 - 1
+_MAX_FILE_SIZE = 2 ** 63 - 1  # a file offset's range (off_t): an index pointing past it is damaged
 
 
 @dataclass(frozen=True)
@@ -29,11 +34,11 @@ class Member:
 
     @property
     def key(self) -> str:
-        return self.name.split(".", 1)[0]
+        return self.name.partition(".")[0]
 
     @property
     def ext(self) -> str:
-        return self.name.split(".", 1)[1]
+        return self.name.partition(".")[2]  # "" for a name without a dot (parse_index refuses those)
 
 
 class ShardTarWriter:
@@ -98,23 +103,89 @@ def sample_span(members: Iterable[tuple[int, int]]) -> tuple[int, int]:
     return min(offset for offset, _ in members) - tarfile.BLOCKSIZE, max(offset + size for offset, size in members)
 
 
-def parse_index(text: str) -> list[list[Member]]:
-    """Samples of an index file; raises ValueError on a malformed one."""
-    lines = text.strip().splitlines()
+def utf8_text(data: str | bytes, source: str) -> str:
+    """A shard file's text (an index, a checksum sidecar); bytes that are not UTF-8 are one ValueError naming
+    ``source``, not a UnicodeDecodeError that names no file."""
+    if isinstance(data, str):
+        return data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{source}: not UTF-8 text ({err}); the file is damaged or not avmae's") from None
+
+
+def parse_index(text: str | bytes, source: str = "the index") -> list[list[Member]]:
+    """Samples of an index file (``source``: its path, for the errors); a malformed one is one ValueError naming
+    ``source`` and the line. Blank lines are ignored (as the surrounding ones always were). Member names are data,
+    as the tar holds them: one without a '.<member>' part, or with a hostile key, is a sample that lacks the
+    members a reader asks for (a SampleError when read), not a malformed index."""
+    lines = [(number, line) for number, line in enumerate(utf8_text(text, source).splitlines(), 1) if line.strip()]
     if not lines:
-        raise ValueError("empty index")
-    header = lines[0].split()
-    if len(header) != 2 or header[0] != INDEX_VERSION:
-        raise ValueError(f"index header {lines[0]!r} is not '{INDEX_VERSION} <count>'")
-    samples = []
-    for line in lines[1:]:
-        fields = line.split()
-        if len(fields) % 4:
-            raise ValueError(f"index line {line!r} is not groups of 'ext offset size name'")
-        samples.append([Member(fields[i + 3], int(fields[i + 1]), int(fields[i + 2])) for i in range(0, len(fields), 4)])
+        raise ValueError(f"{source}: empty index")
+    number, first = lines[0]
+    header = first.split()
+    if len(header) != 2 or header[0] != INDEX_VERSION or not (header[1].isascii() and header[1].isdigit()) or (
+            len(header[1]) > 18):
+        raise ValueError(f"{source}:{number}: index header {first[:80]!r} is not '{INDEX_VERSION} <count>'")
+    samples = [_index_sample(line, f"{source}:{number}") for number, line in lines[1:]]
     if len(samples) != int(header[1]):
-        raise ValueError(f"index says {header[1]} samples but lists {len(samples)}")
+        raise ValueError(f"{source}: index says {header[1]} samples but lists {len(samples)}")
     return samples
+
+
+def _index_sample(line: str, where: str) -> list[Member]:
+    """One sample's line, ``where`` being "<index>:<line number>". Checked so that a reader asks the tar only for
+    bytes a sample can have (a negative or huge size would reach os.pread as an OSError or OverflowError): each
+    member's data follows its 512-byte header on a block boundary, its size fits a USTAR header, and the members lie
+    side by side (a reader reads their span in one go: a damaged offset must not make it gigabytes). These checks
+    run on every line of every index at start-up, so they run on whole lists; the per-member walk that words the
+    error runs only for a line that fails them."""
+    fields = line.split()
+    if len(fields) % 4:
+        raise ValueError(f"{where}: index line {line[:80]!r} is not groups of 'ext offset size name'")
+    offsets, sizes, names = fields[1::4], fields[2::4], fields[3::4]
+    try:
+        starts, lengths = list(map(int, offsets)), list(map(int, sizes))
+    except ValueError:
+        starts = lengths = [-1]
+    if min(starts) < tarfile.BLOCKSIZE or any(map((tarfile.BLOCKSIZE - 1).__and__, starts)) or min(lengths) < 0 or (
+            max(lengths) > MAX_MEMBER_SIZE):
+        raise ValueError(f"{where}: {_first_bad_member(offsets, sizes, names)}")
+    start, end = min(starts) - tarfile.BLOCKSIZE, max(map(operator.add, starts, lengths))
+    if end - start > sum(lengths) + 2 * tarfile.BLOCKSIZE * len(starts) or end > _MAX_FILE_SIZE:  # see _spread
+        raise ValueError(f"{where}: {_spread(names, starts, lengths)}")
+    return list(map(Member, names, starts, lengths))
+
+
+def _first_bad_member(offsets: list[str], sizes: list[str], names: list[str]) -> str:
+    """What is wrong with the first bad 'ext offset size name' group of an index line (_index_sample)."""
+    for offset, size, name in zip(offsets, sizes, names):
+        for what, text in (("offset", offset), ("size", size)):
+            if _number(text) is None:
+                return f"{name}: {what} {text[:40]!r} is not a whole number"
+        if int(offset) < tarfile.BLOCKSIZE or int(offset) % tarfile.BLOCKSIZE:
+            return (f"{name}: offset {offset} is not where member data can start (after a {tarfile.BLOCKSIZE}-byte "
+                    f"header, on a {tarfile.BLOCKSIZE}-byte block boundary)")
+        if not 0 <= int(size) <= MAX_MEMBER_SIZE:
+            return f"{name}: size {size} is not one a tar member can have (0 to {MAX_MEMBER_SIZE} bytes)"
+    return "the line does not describe a sample's members"  # not reached: the checks above are _index_sample's
+
+
+def _number(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:  # not a number, or more digits than int() takes
+        return None
+
+
+def _spread(names: list[str], starts: list[int], lengths: list[int]) -> str:
+    """The error for a sample whose members do not lie side by side. A tar holds each member as a header block and
+    its data padded to whole blocks; _index_sample's bound, the data plus two blocks a member, allows up to a block
+    less padding per member than that, and costs no pass over the members to pad each size."""
+    start, end = min(starts) - tarfile.BLOCKSIZE, max(map(operator.add, starts, lengths))
+    blocks = sum(tarfile.BLOCKSIZE + -(-length // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE for length in lengths)
+    return (f"the members of sample {names[0].partition('.')[0]} span bytes {start} to {end} of the tar; side by "
+            f"side, as a tar holds them, they take {blocks}")
 
 
 def sha256_file(path: Path) -> str:

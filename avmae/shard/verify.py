@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import tarfile
 import tempfile
+import tokenize
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,42 +27,86 @@ from avmae.shard.format import (LOGMEL_MEMBER, METADATA_MEMBER, UNCHECKED_VERSIO
                                 frame_member, logmel_dtype, metadata_labels, parse_checksums, sample_members,
                                 sidecar_labels)
 from avmae.shard.manifest import FAILURES_FILE, MANIFEST_FILE, read_manifest
-from avmae.shard.tarfiles import Member, parse_index, read_members, sha256_file
+from avmae.shard.tarfiles import Member, parse_index, read_members, sha256_file, utf8_text
 from avmae.shard_files import copy_to, exists, join, read_text
 from avmae.storage import is_url
 
 
-def _check_sample(tar: tarfile.TarFile, names: list[str], num_frames: int, shape: tuple[int, int],
+# What the parsers raise on a damaged member besides ValueError (UnicodeDecodeError is one): numpy's .npy header
+# parsing EOFError (an empty member), SyntaxError and TypeError (its header evaluation) and tokenize.TokenError (its
+# fallback header filter); json's RecursionError (nesting deeper than it goes); OSError and tarfile.TarError reading
+# the member from a damaged tar. A damaged member is a problem line; verify must not lose its report to one.
+_UNREADABLE = (ValueError, TypeError, EOFError, OSError, SyntaxError, tokenize.TokenError, RecursionError,
+               tarfile.TarError)
+
+
+def _check_sample(tar: tarfile.TarFile, where: str, names: list[str], num_frames: int, shape: tuple[int, int],
                   dtype: str) -> list[str]:
-    """Problems with one sample's members (frame count, log-mel shape and dtype, metadata)."""
+    """Problems with one sample's members (frame count, log-mel shape and dtype, metadata); ``where`` names the
+    shard in each line."""
     problems = []
     undotted = [name for name in names if "." not in name.strip(".")]
     if undotted:  # WebDataset splits a member name at its first dot into key and member: these have no member part
-        return [f"{names[0]}: member names without a '.<member>' part: {undotted}"]
-    exts = {name.split(".", 1)[1]: name for name in names}
+        return [f"{where}: {names[0]}: member names without a '.<member>' part: {undotted}"]
+    exts = {name.partition(".")[2]: name for name in names}
     frames = [frame_member(i) for i in range(num_frames)]
+    key = names[0].partition(".")[0]
     missing = [ext for ext in sample_members(frames) if ext not in exts]
     if missing:
-        return [f"{names[0].split('.', 1)[0]}: missing members {missing}"]
-    key = names[0].split(".", 1)[0]
-    mel = np.load(io.BytesIO(tar.extractfile(exts[LOGMEL_MEMBER]).read()), allow_pickle=False)
-    if mel.shape != shape or mel.dtype != np.dtype(dtype):
-        problems.append(f"{key}: log-mel is {mel.dtype}{mel.shape}, expected {dtype}{shape}")
-    meta = json.loads(tar.extractfile(exts[METADATA_MEMBER]).read())
-    if meta.get("key") != key:
-        problems.append(f"{key}: metadata key {meta.get('key')!r} differs from the member name")
+        return [f"{where}: sample {key}: missing members {missing}"]
+    try:
+        mel_shape, mel_dtype = _npy_header(tar.extractfile(exts[LOGMEL_MEMBER]).read())
+    except _UNREADABLE as err:
+        problems.append(f"{where}: sample {key}: member {LOGMEL_MEMBER}: not a .npy array: {_error(err)}")
+    else:
+        if mel_shape != shape or mel_dtype != np.dtype(dtype):
+            problems.append(f"{where}: sample {key}: log-mel is {mel_dtype}{mel_shape}, expected {dtype}{shape}")
+    problems += _metadata_problems(tar.extractfile(exts[METADATA_MEMBER]).read(), f"{where}: sample {key}", key)
     for ext in frames:
         head = tar.extractfile(exts[ext]).read(2)
         if head != b"\xff\xd8":
-            problems.append(f"{key}: {ext} is not a JPEG")
+            problems.append(f"{where}: sample {key}: member {ext}: not a JPEG")
             break
     return problems
+
+
+def _npy_header(npy: bytes) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a .npy member whose data is exactly what they need, as the loaders require it
+    (checked.load_npy); read from its header, without loading (or allocating) the array."""
+    stream = io.BytesIO(npy)
+    version = np.lib.format.read_magic(stream)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(stream)
+    if dtype.hasobject:
+        raise ValueError(f"an array of Python objects ({dtype})")
+    data, needed = len(npy) - stream.tell(), math.prod(shape) * dtype.itemsize
+    if data != needed:
+        raise ValueError(f"{data} bytes of data, the header's shape {shape} {dtype} needs {needed}")
+    return shape, dtype
+
+
+def _metadata_problems(raw: bytes, where: str, key: str) -> list[str]:
+    """Problems with a sample's JSON member: not JSON, not an object, or naming another key."""
+    try:
+        meta = json.loads(raw)
+    except _UNREADABLE as err:
+        return [f"{where}: member {METADATA_MEMBER}: not JSON: {_error(err)}"]
+    if not isinstance(meta, dict):
+        return [f"{where}: member {METADATA_MEMBER}: the JSON is {type(meta).__name__}, not an object"]
+    if meta.get("key") != key:
+        return [f"{where}: metadata key {meta.get('key')!r} differs from the member name"]
+    return []
+
+
+def _error(err: BaseException) -> str:
+    """An error on one line, with its type (a TokenError's text alone is a tuple)."""
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"
 
 
 def _damaged_members(shard: dict[str, Any], tar_path: Path, crc_path: Path, members: list[Member]) -> list[dict]:
     """Each member of the tar whose CRC32 differs from the sidecar's (or that the sidecar lacks), as
     {shard, key, member, detail}. Raises ValueError for a sidecar that does not describe the tar."""
-    recorded = parse_checksums(crc_path.read_text(), str(crc_path))
+    recorded = parse_checksums(utf8_text(crc_path.read_bytes(), crc_path.name), str(crc_path))
     unknown = sorted(set(recorded) - {member.name for member in members})
     if unknown:
         raise ValueError(f"{crc_path.name}: lists members the tar does not hold: {unknown[:3]}")
@@ -100,7 +146,7 @@ def _json_labels(handle, sample: list[Member]) -> list[str] | None:
     handle.seek(meta.offset)
     try:
         return metadata_labels(handle.read(meta.size))
-    except (ValueError, AttributeError):  # not JSON, or not an object
+    except (ValueError, AttributeError, RecursionError):  # not JSON, not an object, nested past the parser
         return None
 
 
@@ -132,7 +178,7 @@ def _check_shard(here: Path, shard: dict[str, Any], checked: bool, deep: bool, f
         problems.append(f"{shard['tar']}: checksum differs from the manifest (file changed or damaged)")
     try:
         members = read_members(tar_path)
-        indexed = parse_index(idx_path.read_text())
+        indexed = parse_index(idx_path.read_bytes(), shard["idx"])
     except (tarfile.TarError, ValueError, OSError) as err:
         problems.append(f"{shard['name']}: unreadable: {err}")
         return 0
@@ -152,9 +198,10 @@ def _check_shard(here: Path, shard: dict[str, Any], checked: bool, deep: bool, f
             for sample in indexed:
                 names = [m.name for m in sample]
                 try:
-                    problems += _check_sample(tar, names, features["num_frames"], shape, logmel_dtype(features))
-                except (tarfile.TarError, KeyError, ValueError, OSError) as err:  # bytes that do not parse
-                    problems.append(f"{shard['tar']}: sample {names[0]!r}: unreadable: {err}")
+                    problems += _check_sample(tar, shard["tar"], names, features["num_frames"], shape,
+                                              logmel_dtype(features))
+                except (KeyError, *_UNREADABLE) as err:  # a member the tar does not hold, a tar that breaks off
+                    problems.append(f"{shard['tar']}: sample {names[0]!r}: unreadable: {_error(err)}")
     return len(indexed)
 
 
