@@ -1,7 +1,8 @@
 """One sample read and checked in Python before any decoder sees it, the same for both backends: the members'
-CRC32 (tar_reader), each frame's JPEG markers and geometry, the log-mel's shape and finiteness, the metadata's JSON.
-A failure is a SampleError with one of faults.REASONS, so both backends skip and record the same samples for the
-same reasons; and DALI, which cannot drop one sample of a batch, never meets a frame it would stop on.
+CRC32 (tar_reader), each frame's JPEG markers and geometry, the log-mel's shape and finiteness, the metadata's JSON
+and labels (what a batch needs of them: samples.label_tensors, the batch's keys). A failure is a SampleError with
+one of faults.REASONS, so both backends skip and record the same samples for the same reasons; and DALI, which
+cannot drop one sample of a batch, never meets a frame it would stop on (nor either backend's collate a label).
 
 The JPEG check walks the marker segments up to the start of scan (a few dozen bytes, no decode): a JPEG that
 passes its CRC and this check but still fails to decode cannot come from our writer."""
@@ -11,6 +12,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import tokenize
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,12 +22,18 @@ import numpy as np
 from avmae.data.faults import SampleError
 from avmae.data.spec import DataSpec
 from avmae.data.tar_reader import IndexedShard, SampleBlock
-from avmae.shard.format import LOGMEL_MEMBER, METADATA_MEMBER, logmel_dtype, sample_members
+from avmae.shard.format import (LOGMEL_MEMBER, META_KEY, META_LABELS, META_NOUN, META_VERB, METADATA_MEMBER,
+                                LabelMode, logmel_dtype, sample_members)
 
 _SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
 _FRAME_HEADERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # SOFn
 _NO_LENGTH = {0x01, *range(0xD0, 0xD8)}  # TEM, RSTn: markers without a length field
 _QUANT_TABLE, _START_OF_SCAN = 0xDB, 0xDA
+# What numpy's .npy header parsing raises on hostile bytes besides ValueError: EOFError (an empty member), OSError,
+# SyntaxError and TypeError (its header evaluation), tokenize.TokenError (its fallback header filter, e.g. for a
+# quote turned into a bracket). In a version-1 shard no checksum stops such bytes first.
+_NPY_ERRORS = (ValueError, TypeError, OSError, EOFError, SyntaxError, tokenize.TokenError)
+_HEADS = {META_VERB: "verb", META_NOUN: "noun"}  # Epic-Kitchens' metadata fields -> the manifest's heads
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:
@@ -93,13 +102,55 @@ def load_npy(npy: bytes) -> np.ndarray:
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran_order, dtype = read_header(stream)
         if fortran_order or dtype.hasobject:
+            if not dtype.hasobject:  # np.load allocates what the header says before it reads: check the length first
+                _check_length(npy, start, shape, dtype)
             return np.load(io.BytesIO(npy), allow_pickle=False)
         _NPY_HEADERS[prefix] = (dtype, shape, math.prod(shape))
     dtype, shape, count = _NPY_HEADERS[prefix]
-    if len(npy) - start != count * dtype.itemsize:
-        raise ValueError(f"{len(npy) - start} bytes of data, the header's shape {shape} {dtype} needs "
-                         f"{count * dtype.itemsize}")
+    _check_length(npy, start, shape, dtype)
     return np.frombuffer(npy, dtype=dtype, count=count, offset=start).reshape(shape)
+
+
+def _check_length(npy: bytes, start: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    needed = math.prod(shape) * dtype.itemsize
+    if len(npy) - start != needed:
+        raise ValueError(f"{len(npy) - start} bytes of data, the header's shape {shape} {dtype} needs {needed}")
+
+
+def metadata_problem(metadata: Any, mode: LabelMode, names: Collection[str], heads: dict[str, int]) -> str | None:
+    """Why a sample's decoded JSON cannot be batched, or None: it must be an object with the sample's key, and its
+    labels must fit the label mode as samples.label_tensors reads them (names among ``names``; exactly one for
+    single-label data; verb and noun classes within ``heads`` for Epic-Kitchens): DataSpec's label_mode,
+    label_names and heads. Our own builds can make samples that do not fit (a generic list's blank labels cell, a
+    file at the top of a labels_from_dirs folder): they are bad samples, skipped and recorded, where a batch holding
+    one would stop the run. Unlabelled data (LabelMode.NONE) batches no labels, so its labels are not looked at."""
+    if not isinstance(metadata, dict):
+        return f"the JSON is {type(metadata).__name__}, not an object"
+    if not isinstance(metadata.get(META_KEY), str):
+        return f"the JSON has no {META_KEY!r} string"
+    if mode == LabelMode.NONE:
+        return None
+    if mode == LabelMode.VERB_NOUN:
+        return next(filter(None, (_class_problem(metadata, field, heads.get(head)) for field, head in _HEADS.items())),
+                    None)
+    labels = metadata.get(META_LABELS)
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        return f"{META_LABELS} {repr(labels)[:80]} are not a list of label names"
+    unknown = [label for label in labels if label not in names]
+    if unknown:
+        return f"labels {unknown[:3]} are not among the manifest's {len(names)} label names"
+    if mode == LabelMode.SINGLE and len(labels) != 1:
+        return f"{len(labels)} labels {labels[:3]}; single-label data needs exactly one per sample"
+    return None
+
+
+def _class_problem(metadata: dict[str, Any], field: str, classes: int | None) -> str | None:
+    value = metadata.get(field)
+    if not isinstance(value, int) or isinstance(value, bool):
+        return f"{field} {repr(value)[:40]} is not a class index"
+    if classes is not None and not 0 <= value < classes:
+        return f"{field} {value} is outside the manifest's {classes} classes"
+    return None
 
 
 @dataclass
@@ -125,6 +176,7 @@ class SampleChecker:
         self.short_side = features["short_side"]
         self.logmel_shape = (features["target_frames"], features["num_mel_bins"])
         self.logmel_dtype = np.dtype(logmel_dtype(features))  # DALI declares this type: another would break a batch
+        self.label_mode, self.label_names, self.heads = spec.label_mode, frozenset(spec.label_names), dict(spec.heads)
 
     def read(self, shard: IndexedShard, index: int, frames: list[str], block: SampleBlock | None = None
              ) -> CheckedSample:
@@ -148,8 +200,8 @@ class SampleChecker:
     def _logmel(self, tar: str, key: str, npy: bytes) -> np.ndarray:
         try:
             mel = load_npy(npy)
-        except (ValueError, OSError, EOFError) as err:
-            raise SampleError(tar, key, LOGMEL_MEMBER, "decode", f"not a .npy array: {err}") from None
+        except _NPY_ERRORS as err:
+            raise SampleError(tar, key, LOGMEL_MEMBER, "decode", f"not a .npy array: {_error(err)}") from None
         if mel.shape != self.logmel_shape:
             raise SampleError(tar, key, LOGMEL_MEMBER, "bad_shape",
                               f"shape {mel.shape}, the manifest promises {self.logmel_shape}")
@@ -161,9 +213,18 @@ class SampleChecker:
             raise SampleError(tar, key, LOGMEL_MEMBER, "not_finite", f"{bad} of {mel.size} values are inf or NaN")
         return mel
 
-    @staticmethod
-    def _metadata(tar: str, key: str, raw: bytes) -> dict[str, Any]:
+    def _metadata(self, tar: str, key: str, raw: bytes) -> dict[str, Any]:
         try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as err:
-            raise SampleError(tar, key, METADATA_MEMBER, "decode", f"not JSON: {err}") from None
+            metadata = json.loads(raw)
+        except (ValueError, RecursionError) as err:  # not UTF-8 or not JSON; nested deeper than the parser goes
+            raise SampleError(tar, key, METADATA_MEMBER, "decode", f"not JSON: {_error(err)}") from None
+        problem = metadata_problem(metadata, self.label_mode, self.label_names, self.heads)
+        if problem:
+            raise SampleError(tar, key, METADATA_MEMBER, "decode", problem)
+        return metadata
+
+
+def _error(err: BaseException) -> str:
+    """An error on one line, with its type where its text alone says little (a TokenError's is a tuple)."""
+    text = " ".join(str(err).split())
+    return text if isinstance(err, ValueError) else f"{type(err).__name__}: {text}"

@@ -121,7 +121,9 @@ def label_tensors(metadata: list[dict[str, Any]], spec: DataSpec) -> dict[str, t
         for row, meta in enumerate(metadata):
             label[row, [index[name] for name in meta[META_LABELS]]] = 1.0
         return {"label": label}
-    missing = [m[META_KEY] for m in metadata if len(m[META_LABELS]) != 1]
-    if missing:
-        raise ValueError(f"single-label data, but samples {missing[:3]} have {len(metadata[0][META_LABELS])} labels")
+    # checked.SampleChecker skips such samples before they reach a batch: this is the last guard, not the check
+    wrong = [(m[META_KEY], len(m[META_LABELS])) for m in metadata if len(m[META_LABELS]) != 1]
+    if wrong:
+        raise ValueError("single-label data, but " + ", ".join(f"sample {key} has {count} labels"
+                                                                for key, count in wrong[:3]))
     return {"label": torch.tensor([index[m[META_LABELS][0]] for m in metadata])}

@@ -1,0 +1,224 @@
+"""Samples whose members are well-formed bytes but hostile content, made for real by the builder (a generic list
+with a blank labels cell) or written into built shards: each is a recorded bad sample of both backends (skipped in
+training, invalid in evaluation), never a crash at collate time, and ``avmae-shard verify`` reports each member it
+cannot parse instead of losing its report to a traceback."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avmae.cli.shard import main as shard_main
+from avmae.data.checked import SampleChecker, metadata_problem
+from avmae.data.config import DataConfig
+from avmae.data.faults import SampleError
+from avmae.data.loader import build_loader
+from avmae.data.samples import frame_members, label_tensors
+from avmae.data.spec import DataSpec, load_spec
+from avmae.data.tar_reader import IndexedShard
+from avmae.shard.format import (CHECKSUM_SUFFIX, LOGMEL_MEMBER, META_KEY, META_LABELS, METADATA_MEMBER, LabelMode,
+                                label_mode)
+from avmae.shard.manifest import MANIFEST_FILE, read_manifest
+from avmae.shard.verify import verify
+from tests.faults.damage import change_one, keys_of
+from tests.helpers import build_shards, shard_members
+
+
+@pytest.fixture(params=["webdataset", pytest.param("dali", marks=pytest.mark.dali)])
+def backend(request) -> str:
+    if request.param == "dali":
+        pytest.importorskip("nvidia.dali")
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def one_unlabelled(synth_corpus, tmp_path_factory) -> tuple[Path, str]:
+    """Single-label shards built from the synthetic corpus's list with one labels cell left blank (as a user's
+    generic list can have it); returns the folder and that sample's key."""
+    root = tmp_path_factory.mktemp("unlabelled")
+    with open(synth_corpus, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    rows[4]["labels"] = ""
+    listed = root / "list.csv"
+    with open(listed, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "labels"])
+        writer.writerows([str(synth_corpus.parent / row["path"]), row["labels"]] for row in rows)
+    out = build_shards(listed, root / "shards", val_fraction="0")
+    unlabelled = [key for key, members in shard_members(out).items()
+                  if json.loads(members[METADATA_MEMBER])[META_LABELS] == []]
+    assert len(unlabelled) == 1
+    return out, unlabelled[0]
+
+
+def _config(shards: Path, **overrides) -> DataConfig:
+    base = dict(shards=str(shards), eval_split="train", batch_size=1, workers=0, num_frames=4, crop_size=64,
+                shuffle_buffer=1, max_skip_fraction=1.0)
+    return DataConfig(**{**base, **overrides})
+
+
+def _tar_of(shards: Path, key: str) -> Path:
+    return next(tar for tar in sorted(shards.glob("train-*.tar")) if key in keys_of(tar))
+
+
+def test_the_build_says_single_label(one_unlabelled):
+    shards, _ = one_unlabelled
+    assert label_mode(read_manifest(shards)) == LabelMode.SINGLE  # what made label_tensors stop the run
+
+
+def test_training_skips_an_unlabelled_sample_of_single_label_data_on_both_backends(one_unlabelled, backend):
+    shards, key = one_unlabelled
+    stream = iter(build_loader(_config(shards, backend=backend), "train", train=True))
+    batches = [next(stream) for _ in range(2 * 11 + 1)]  # two epochs of the 11 good samples and one more
+    records = [record for batch in batches for record in batch["skipped"]]
+    assert len(records) >= 2 and {record["key"] for record in records} == {key}
+    tar = _tar_of(shards, key)
+    assert all(record["shard"] == str(tar) and record["member"] == METADATA_MEMBER and record["reason"] == "decode"
+               for record in records), records
+    assert records[0]["detail"] == "0 labels []; single-label data needs exactly one per sample"
+    assert key not in [k for batch in batches for k in batch["key"]]
+    assert all(batch["label"].shape == (1,) for batch in batches)
+
+
+def test_both_backends_record_the_unlabelled_sample_alike(one_unlabelled):
+    pytest.importorskip("nvidia.dali")
+    shards, _ = one_unlabelled
+    records = {}
+    for backend in ("webdataset", "dali"):
+        stream = iter(build_loader(_config(shards, backend=backend), "train", train=True))
+        records[backend] = [batch["skipped"] for batch in (next(stream) for _ in range(13))]
+    assert any(records["webdataset"]) and records["webdataset"] == records["dali"]
+
+
+def test_evaluation_keeps_the_unlabelled_sample_in_place_invalid(one_unlabelled, backend):
+    shards, key = one_unlabelled
+    batches = list(build_loader(_config(shards, backend=backend, batch_size=4), "train", train=False))
+    order = [k for tar in sorted(shards.glob("train-*.tar")) for k in keys_of(tar)]
+    valid = [ok for batch in batches for ok in batch["valid"].tolist()]
+    assert valid == [k != key for k in order]
+    records = [record for batch in batches for record in batch["skipped"]]
+    assert [(r["key"], r["member"], r["reason"]) for r in records] == [(key, METADATA_MEMBER, "decode")]
+
+
+def test_label_tensors_names_each_sample_and_its_own_count():
+    spec = DataSpec(root="shards", shards=(), features={}, label_mode=LabelMode.SINGLE, label_names=("a", "b"),
+                    heads={"label": 2}, logmel_mean=0.0, logmel_std=1.0, label_counts={})
+    metadata = [{META_KEY: "k1", META_LABELS: ["a"]}, {META_KEY: "k2", META_LABELS: []},
+                {META_KEY: "k3", META_LABELS: ["a", "b"]}]
+    with pytest.raises(ValueError) as caught:
+        label_tensors(metadata, spec)
+    assert str(caught.value) == "single-label data, but sample k2 has 0 labels, sample k3 has 2 labels"
+
+
+@pytest.mark.parametrize("metadata, mode, problem", [
+    ([1], LabelMode.NONE, "the JSON is list, not an object"),
+    ({"labels": ["a"]}, LabelMode.SINGLE, "the JSON has no 'key' string"),
+    ({"key": "k", "labels": []}, LabelMode.NONE, None),  # unlabelled data batches no labels
+    ({"key": "k", "labels": []}, LabelMode.MULTI, None),  # no positive label: a row of zeros
+    ({"key": "k", "labels": ["a", "zz"]}, LabelMode.MULTI,
+     "labels ['zz'] are not among the manifest's 2 label names"),
+    ({"key": "k", "labels": "a"}, LabelMode.SINGLE, "labels 'a' are not a list of label names"),
+    ({"key": "k", "labels": ["a", "b"]}, LabelMode.SINGLE,
+     "2 labels ['a', 'b']; single-label data needs exactly one per sample"),
+    ({"key": "k", "verb_class": 3, "noun_class": 7}, LabelMode.VERB_NOUN, None),
+    ({"key": "k", "verb_class": 3}, LabelMode.VERB_NOUN, "noun_class None is not a class index"),
+    ({"key": "k", "verb_class": True, "noun_class": 7}, LabelMode.VERB_NOUN, "verb_class True is not a class index"),
+    ({"key": "k", "verb_class": 3, "noun_class": 300}, LabelMode.VERB_NOUN,
+     "noun_class 300 is outside the manifest's 300 classes"),
+])
+def test_metadata_problems_for_each_label_mode(metadata, mode, problem):
+    assert metadata_problem(metadata, mode, frozenset({"a", "b"}), {"verb": 97, "noun": 300}) == problem
+
+
+# --- members numpy and json cannot parse ---------------------------------------------------------------------------
+
+def _token_error_npy(npy: bytes) -> bytes:
+    """The log-mel with its header's first quote turned into a bracket: numpy's fallback header parser raises
+    tokenize.TokenError, no ValueError."""
+    assert npy[11:12] == b"'"
+    return npy[:11] + b"(" + npy[12:]
+
+
+HOSTILE = {"token_error": (LOGMEL_MEMBER, _token_error_npy), "empty_npy": (LOGMEL_MEMBER, lambda _: b""),
+           "json_list": (METADATA_MEMBER, lambda _: b"[1]")}
+
+
+@pytest.fixture(scope="module")
+def hostile(one_unlabelled, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A copy of the shards with each HOSTILE member written into the first sample of its own tar (not the one of the
+    unlabelled sample), with its CRC32 recorded (so the parsing behind the checksum is what must cope); returns it
+    and {case: key}."""
+    out = tmp_path_factory.mktemp("hostile") / "shards"
+    shutil.copytree(one_unlabelled[0], out)
+    tars = [tar for tar in sorted(out.glob("train-*.tar")) if one_unlabelled[1] not in keys_of(tar)]
+    keys = {case: change_one(tar, member, damage, fix_checksums=True)
+            for tar, (case, (member, damage)) in zip(tars, HOSTILE.items())}
+    return out, keys
+
+
+def test_numpy_raises_a_token_error_on_that_header():
+    import tokenize
+
+    out = io.BytesIO()
+    np.save(out, np.zeros((4, 3), np.float16))
+    with pytest.raises(tokenize.TokenError):
+        np.load(io.BytesIO(_token_error_npy(out.getvalue())))
+
+
+@pytest.mark.parametrize("case, detail", [
+    ("token_error", "not a .npy array: TokenError: ('EOF in multi-line statement', (2, 0))"),
+    ("empty_npy", "not a .npy array: not a .npy file (no NUMPY magic)"),
+    ("json_list", "the JSON is list, not an object"),
+])
+def test_the_sample_checker_names_the_member(hostile, case, detail):
+    shards, keys = hostile
+    spec = load_spec(shards, "train")
+    tar = _tar_of(shards, keys[case])
+    shard = next(IndexedShard(s.tar, s.idx, s.crc) for s in spec.shards if s.tar == str(tar))
+    with pytest.raises(SampleError) as caught:
+        SampleChecker(spec).read(shard, 0, frame_members(spec.features["num_frames"], 4))
+    error = caught.value
+    assert (error.shard, error.key, error.member, error.reason, error.detail) == (
+        str(tar), keys[case], HOSTILE[case][0], "decode", detail)
+    assert "\n" not in str(error)
+
+
+def test_version_1_shards_skip_the_hostile_members(hostile, one_unlabelled, tmp_path, backend):
+    """Without checksums nothing stops the bytes before the parsers: the checks must turn them into records."""
+    shards = Path(shutil.copytree(hostile[0], tmp_path / "v1"))
+    manifest = json.loads((shards / MANIFEST_FILE).read_text())
+    manifest["format_version"] = 1
+    for split in manifest["splits"].values():
+        for shard in split["shards"]:
+            del shard["crc"]
+    (shards / MANIFEST_FILE).write_text(json.dumps(manifest))
+    for sidecar in shards.glob(f"*{CHECKSUM_SUFFIX}"):
+        sidecar.unlink()
+    unlabelled = one_unlabelled[1]
+    batches = list(build_loader(_config(shards, backend=backend, batch_size=4), "train", train=False))
+    records = {(r["key"], r["member"], r["reason"]) for batch in batches for r in batch["skipped"]}
+    assert records == {(key, HOSTILE[case][0], "decode") for case, key in hostile[1].items()} | {
+        (unlabelled, METADATA_MEMBER, "decode")}
+
+
+def test_verify_reports_each_hostile_member_and_keeps_its_report(hostile, capsys):
+    shards, keys = hostile
+    tars = {case: _tar_of(shards, key).name for case, key in keys.items()}
+    result = verify(shards)
+    assert not result["ok"]
+    expected = {
+        "token_error": f"member {LOGMEL_MEMBER}: not a .npy array: TokenError: ('EOF in multi-line statement', (2, 0))",
+        "empty_npy": f"member {LOGMEL_MEMBER}: not a .npy array: ValueError: EOF: reading magic string, expected 8 "
+                     "bytes got 0",  # np.load's EOFError before the fix; verify reads the header only now
+        "json_list": f"member {METADATA_MEMBER}: the JSON is list, not an object",
+    }
+    for case, problem in expected.items():
+        assert f"{tars[case]}: sample {keys[case]}: {problem}" in result["problems"], result["problems"]
+    assert shard_main(["verify", str(shards), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["problems"] == result["problems"]
