@@ -38,7 +38,7 @@ class Member:
 
     @property
     def ext(self) -> str:
-        return self.name.partition(".")[2]  # "" for a name without a dot (parse_index refuses those)
+        return self.name.partition(".")[2]  # "" for a name without a dot: its sample lacks the members asked for
 
 
 class ShardTarWriter:
