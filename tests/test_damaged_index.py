@@ -123,6 +123,15 @@ def test_verify_reports_a_damaged_index_as_a_problem(copy, case, capsys):
     assert shard_main(["verify", str(copy)]) == 1
 
 
+def test_avmae_train_on_a_damaged_index_is_one_line_naming_it(copy, tmp_path, capsys):
+    from avmae.cli.train import main as train_main
+    from tests.helpers import run_config
+
+    idx, expected = _damage(copy, "negative_size")
+    assert train_main(["--config", str(run_config(tmp_path, copy))]) == 2
+    assert capsys.readouterr().err.strip() == f"avmae-train: {idx}{expected}"
+
+
 def test_a_non_utf8_index_or_sidecar_names_the_file(copy, capsys):
     tar, idx, crc = (str(copy / f"{FIRST}{suffix}") for suffix in (".tar", ".idx", ".crc"))
     original = Path(idx).read_bytes()
@@ -131,6 +140,9 @@ def test_a_non_utf8_index_or_sidecar_names_the_file(copy, capsys):
         IndexedShard(tar, idx, crc)
     assert type(caught.value) is ValueError
     assert str(caught.value).startswith(f"{idx}: not UTF-8 text ('utf-8' codec can't decode byte 0xff in position")
+    config = DataConfig(shards=str(copy), batch_size=1, workers=0, num_frames=4, crop_size=64, shuffle_buffer=1)
+    with pytest.raises(ValueError, match=f"^{idx}: not UTF-8 text"):  # the loaders read it as bytes: named too
+        build_loader(config, "train", train=True)
     assert any(p.startswith(f"{FIRST}: unreadable: {FIRST}.idx: not UTF-8 text") for p in verify(copy)["problems"])
 
     Path(idx).write_bytes(original)

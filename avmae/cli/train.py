@@ -59,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = trainer.run()
-    except StorageError as err:  # the store failed past a loader's retries: the URL and what is wrong, no trace
-        print(f"avmae-train: {_one_line(err)}", file=sys.stderr, flush=True)
-        return 2
+    except (StorageError, ValueError) as err:  # the store failed past a loader's retries, or a shard's index or
+        print(f"avmae-train: {_one_line(err)}", file=sys.stderr, flush=True)  # sidecar is damaged: the file and
+        return 2  # what is wrong, no trace
     except JobStopped as err:  # divergence, a failed checkpoint, a loader past its budget, a dead rank: one line
         print(f"avmae-train: {err}", file=sys.stderr, flush=True)
         if err.group_broken:  # tearing down a process group with a dead peer waits on it: leave at once

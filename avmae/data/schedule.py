@@ -70,7 +70,7 @@ def _sample_labels(shard: IndexedShard, index: int) -> list[str]:
     except SampleError as err:
         log.warning("balanced sampling: no labels for %s", err)
         return []
-    except (ValueError, KeyError, TypeError) as err:  # not JSON, not an object, no labels
+    except (ValueError, KeyError, TypeError, RecursionError) as err:  # not JSON (or nested too deep), no labels
         log.warning("balanced sampling: no labels for %s: sample %s: its JSON member: %s", shard.tar,
                     shard.keys[index], err)
         return []

@@ -9,8 +9,7 @@ from typing import Any
 
 from avmae.shard.format import UNCHECKED_VERSIONS, LabelMode, check_shard_file_names, label_mode
 from avmae.shard.manifest import MANIFEST_FILE, read_manifest
-from avmae.shard.tarfiles import parse_index
-from avmae.shard_files import join, read_many
+from avmae.shard_files import join
 from avmae.storage import root_of
 
 log = logging.getLogger(__name__)
@@ -45,15 +44,6 @@ class DataSpec:
     @property
     def samples(self) -> int:
         return sum(s.samples for s in self.shards)
-
-    def max_member_size(self, ext: str) -> int:
-        """Largest size of one member kind in these shards (from the DALI indexes): a DALI output must be padded
-        to a fixed length to batch."""
-        largest = 0
-        for text in read_many([shard.idx for shard in self.shards]):
-            for sample in parse_index(text.decode("utf-8")):
-                largest = max([largest, *(m.size for m in sample if m.ext == ext)])
-        return largest
 
 
 def load_spec(root: str | Path, split: str, expect: dict[str, Any] | None = None) -> DataSpec:

@@ -39,8 +39,8 @@ def open_shards(spec: DataSpec) -> list[IndexedShard]:
     (TrainSchedule.owned_labels)."""
     indexes = read_many([s.idx for s in spec.shards])
     sidecars = dict(zip((s.crc for s in spec.shards if s.crc), read_many([s.crc for s in spec.shards if s.crc])))
-    shards = [IndexedShard(s.tar, s.idx, s.crc, idx_text=text.decode("utf-8"),
-                           crc_text=sidecars[s.crc].decode("utf-8") if s.crc else None, labels=s.labels)
+    shards = [IndexedShard(s.tar, s.idx, s.crc, idx_text=text, crc_text=sidecars[s.crc] if s.crc else None,
+                           labels=s.labels)  # bytes: IndexedShard decodes them, naming a file that is not UTF-8
               for s, text in zip(spec.shards, indexes)]
     for shard, listed in zip(shards, spec.shards):
         if len(shard) != listed.samples:

@@ -52,7 +52,8 @@ def split_rows(root: str | Path, split: str) -> tuple[dict[str, str], dict[str, 
     for shard in manifest["splits"][split]["shards"]:
         tar = join(root, shard["tar"])
         with ForwardReader(tar) as reader:
-            for sample in parse_index(read_text(join(root, shard["idx"]))):
+            index = join(root, shard["idx"])
+            for sample in parse_index(read_text(index), index):
                 meta = next((m for m in sample if m.ext == METADATA_MEMBER), None)
                 if meta is None:
                     unreadable[sample[0].key] = f"{tar}: no {METADATA_MEMBER} member"

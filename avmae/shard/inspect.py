@@ -45,7 +45,8 @@ def find_sample(out: str | Path, wanted: str | int | None) -> tuple[str, dict[st
     position = 0
     for split in manifest["splits"].values():
         for shard in split["shards"]:
-            samples = parse_index(read_text(join(out, shard["idx"])))
+            index = join(out, shard["idx"])
+            samples = parse_index(read_text(index), index)
             for members in samples:
                 key = members[0].name.partition(".")[0]
                 if wanted is None or wanted == key or wanted == position:
