@@ -120,3 +120,11 @@ def shard_members(folder: Path) -> dict[str, dict[str, bytes]]:
                 key, _, ext = member.name.partition(".")
                 samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
     return samples
+
+
+def training_skips(config, batches: int) -> list[list[dict]]:
+    """The ``skipped`` records of the first ``batches`` training batches of a loader over ``config`` (a DataConfig)."""
+    from avmae.data.loader import build_loader
+
+    stream = iter(build_loader(config, "train", train=True))
+    return [next(stream)["skipped"] for _ in range(batches)]

@@ -27,7 +27,7 @@ from avmae.shard.format import (CHECKSUM_SUFFIX, LOGMEL_MEMBER, META_KEY, META_L
 from avmae.shard.manifest import MANIFEST_FILE, read_manifest
 from avmae.shard.verify import verify
 from tests.faults.damage import change_one, keys_of
-from tests.helpers import build_shards, shard_members
+from tests.helpers import build_shards, shard_members, training_skips
 
 
 @pytest.fixture(params=["webdataset", pytest.param("dali", marks=pytest.mark.dali)])
@@ -89,10 +89,7 @@ def test_training_skips_an_unlabelled_sample_of_single_label_data_on_both_backen
 def test_both_backends_record_the_unlabelled_sample_alike(one_unlabelled):
     pytest.importorskip("nvidia.dali")
     shards, _ = one_unlabelled
-    records = {}
-    for backend in ("webdataset", "dali"):
-        stream = iter(build_loader(_config(shards, backend=backend), "train", train=True))
-        records[backend] = [batch["skipped"] for batch in (next(stream) for _ in range(13))]
+    records = {backend: training_skips(_config(shards, backend=backend), 13) for backend in ("webdataset", "dali")}
     assert any(records["webdataset"]) and records["webdataset"] == records["dali"]
 
 

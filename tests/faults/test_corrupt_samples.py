@@ -23,7 +23,7 @@ from avmae.data.spec import load_spec
 from avmae.data.wds_loader import open_shards
 from avmae.shard.format import CHECKSUM_SUFFIX, LOGMEL_MEMBER
 from tests.faults.damage import change_one, cut_in_half, flip_bits_in_place, keys_of
-from tests.helpers import build_shards
+from tests.helpers import build_shards, training_skips
 
 
 @pytest.fixture(scope="module")
@@ -122,10 +122,7 @@ def test_evaluation_keeps_bad_samples_in_place_invalid_and_recorded(damaged, bac
 def test_both_backends_record_the_same_faults(damaged):
     pytest.importorskip("nvidia.dali")
     shards, _ = damaged
-    records = {}
-    for backend in ("webdataset", "dali"):
-        stream = iter(build_loader(config(shards, backend=backend), "train", train=True))
-        records[backend] = [b["skipped"] for b in (next(stream) for _ in range(9))]
+    records = {backend: training_skips(config(shards, backend=backend), 9) for backend in ("webdataset", "dali")}
     assert records["webdataset"] == records["dali"]
 
 
