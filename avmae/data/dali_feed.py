@@ -46,7 +46,7 @@ def encode_note(metadata: dict[str, Any], skipped: list[dict[str, Any]], drawn: 
     return json.dumps([metadata, skipped, drawn]).encode("utf-8")
 
 
-def decode_notes(notes: torch.Tensor) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[int]]:
+def decode_notes(notes: torch.Tensor) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[int] | None]:
     """A batch's (metadata per row, records of the samples skipped before it, its reader's [reader, draws]) from its
     padded notes (B, L)."""
     metadata, skipped, drawn = [], [], None
