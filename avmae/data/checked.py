@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import tokenize
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -24,15 +23,12 @@ from avmae.data.spec import DataSpec
 from avmae.data.tar_reader import IndexedShard, SampleBlock
 from avmae.shard.format import (LOGMEL_MEMBER, META_KEY, META_LABELS, META_NOUN, META_VERB, METADATA_MEMBER,
                                 LabelMode, logmel_dtype, sample_members)
+from avmae.shard.npy import NPY_ERRORS, check_data_length, npy_header
 
 _SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
 _FRAME_HEADERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # SOFn
 _NO_LENGTH = {0x01, *range(0xD0, 0xD8)}  # TEM, RSTn: markers without a length field
 _QUANT_TABLE, _START_OF_SCAN = 0xDB, 0xDA
-# What numpy's .npy header parsing raises on hostile bytes besides ValueError: EOFError (an empty member), OSError,
-# SyntaxError and TypeError (its header evaluation), tokenize.TokenError (its fallback header filter, e.g. for a
-# quote turned into a bracket). In a version-1 shard no checksum stops such bytes first.
-_NPY_ERRORS = (ValueError, TypeError, OSError, EOFError, SyntaxError, tokenize.TokenError)
 _HEADS = {META_VERB: "verb", META_NOUN: "noun"}  # Epic-Kitchens' metadata fields -> the manifest's heads
 
 
@@ -97,24 +93,15 @@ def load_npy(npy: bytes) -> np.ndarray:
     start = 8 + size_bytes + int.from_bytes(npy[8:8 + size_bytes], "little")
     prefix = npy[:start]
     if prefix not in _NPY_HEADERS:
-        stream = io.BytesIO(npy)
-        version = np.lib.format.read_magic(stream)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read_header(stream)
+        shape, fortran_order, dtype, _ = npy_header(npy)
         if fortran_order or dtype.hasobject:
             if not dtype.hasobject:  # np.load allocates what the header says before it reads: check the length first
-                _check_length(npy, start, shape, dtype)
+                check_data_length(npy, start, shape, dtype)
             return np.load(io.BytesIO(npy), allow_pickle=False)
         _NPY_HEADERS[prefix] = (dtype, shape, math.prod(shape))
     dtype, shape, count = _NPY_HEADERS[prefix]
-    _check_length(npy, start, shape, dtype)
+    check_data_length(npy, start, shape, dtype)
     return np.frombuffer(npy, dtype=dtype, count=count, offset=start).reshape(shape)
-
-
-def _check_length(npy: bytes, start: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
-    needed = math.prod(shape) * dtype.itemsize
-    if len(npy) - start != needed:
-        raise ValueError(f"{len(npy) - start} bytes of data, the header's shape {shape} {dtype} needs {needed}")
 
 
 def metadata_problem(metadata: Any, mode: LabelMode, names: Collection[str], heads: dict[str, int]) -> str | None:
@@ -200,7 +187,7 @@ class SampleChecker:
     def _logmel(self, tar: str, key: str, npy: bytes) -> np.ndarray:
         try:
             mel = load_npy(npy)
-        except _NPY_ERRORS as err:
+        except NPY_ERRORS as err:
             raise SampleError(tar, key, LOGMEL_MEMBER, "decode", f"not a .npy array: {_error(err)}") from None
         if mel.shape != self.logmel_shape:
             raise SampleError(tar, key, LOGMEL_MEMBER, "bad_shape",

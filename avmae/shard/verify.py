@@ -10,12 +10,9 @@ local copy made by one sequential read of each of its files: the checks and thei
 
 from __future__ import annotations
 
-import io
 import json
-import math
 import tarfile
 import tempfile
-import tokenize
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,17 +24,16 @@ from avmae.shard.format import (LOGMEL_MEMBER, METADATA_MEMBER, UNCHECKED_VERSIO
                                 frame_member, logmel_dtype, metadata_labels, parse_checksums, sample_members,
                                 sidecar_labels)
 from avmae.shard.manifest import FAILURES_FILE, MANIFEST_FILE, read_manifest
+from avmae.shard.npy import NPY_ERRORS, check_data_length, npy_header
 from avmae.shard.tarfiles import Member, parse_index, read_members, sha256_file, utf8_text
 from avmae.shard_files import copy_to, exists, join, read_text
 from avmae.storage import is_url
 
 
-# What the parsers raise on a damaged member besides ValueError (UnicodeDecodeError is one): numpy's .npy header
-# parsing EOFError (an empty member), SyntaxError and TypeError (its header evaluation) and tokenize.TokenError (its
-# fallback header filter); json's RecursionError (nesting deeper than it goes); OSError and tarfile.TarError reading
-# the member from a damaged tar. A damaged member is a problem line; verify must not lose its report to one.
-_UNREADABLE = (ValueError, TypeError, EOFError, OSError, SyntaxError, tokenize.TokenError, RecursionError,
-               tarfile.TarError)
+# What the parsers raise on a damaged member: numpy's .npy header parsing (NPY_ERRORS; ValueError covers json's and
+# UnicodeDecodeError), json's RecursionError (nesting deeper than it goes), tarfile.TarError reading the member from
+# a damaged tar. A damaged member is a problem line; verify must not lose its report to one.
+_UNREADABLE = (*NPY_ERRORS, RecursionError, tarfile.TarError)
 
 
 def _check_sample(tar: tarfile.TarFile, where: str, names: list[str], num_frames: int, shape: tuple[int, int],
@@ -72,16 +68,11 @@ def _check_sample(tar: tarfile.TarFile, where: str, names: list[str], num_frames
 
 def _npy_header(npy: bytes) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of a .npy member whose data is exactly what they need, as the loaders require it
-    (checked.load_npy); read from its header, without loading (or allocating) the array."""
-    stream = io.BytesIO(npy)
-    version = np.lib.format.read_magic(stream)
-    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, _, dtype = read_header(stream)
+    (shard/npy.py); read from its header, without loading (or allocating) the array."""
+    shape, _, dtype, start = npy_header(npy)
     if dtype.hasobject:
         raise ValueError(f"an array of Python objects ({dtype})")
-    data, needed = len(npy) - stream.tell(), math.prod(shape) * dtype.itemsize
-    if data != needed:
-        raise ValueError(f"{data} bytes of data, the header's shape {shape} {dtype} needs {needed}")
+    check_data_length(npy, start, shape, dtype)
     return shape, dtype
 
 
