@@ -14,11 +14,10 @@ from avmae.data.checked import SampleChecker
 from avmae.data.config import AugmentConfig, DataConfig
 from avmae.data.dali_batch import Row, dense_batch
 from avmae.data.eval_order import EvalOrder
-from avmae.data.faults import good_rows
 from avmae.data.samples import frame_members, random_crop_box, training_frames
 from avmae.data.schedule import TrainSchedule
 from avmae.data.spec import DataSpec
-from avmae.data.wds_loader import open_shards, reader_skips
+from avmae.data.wds_loader import open_shards, reader_rows, reader_skips
 
 
 class CheckedSamples:
@@ -40,10 +39,9 @@ class CheckedSamples:
             # As many readers as the webdataset backend has workers, so both give the same stream for one config.
             self.readers = max(1, config.workers)
             schedule = TrainSchedule(shards, config, spec.label_counts, rank=rank, world=world, readers=self.readers)
-            starts = [schedule.reader_start(r, start_batch, (reader_draws or {}).get(r)) for r in range(self.readers)]
-            self.skips = [reader_skips(config, rank, r, before=start) for r, start in enumerate(starts)]
-            self.streams = [good_rows(schedule.draws(r, skip=start), self._draw, self.skips[r])
-                            for r, start in enumerate(starts)]
+            streams = [reader_rows(schedule, r, start_batch, (reader_draws or {}).get(r), self._draw)
+                       for r in range(self.readers)]
+            self.streams, self.skips = [rows for rows, _ in streams], [skips for _, skips in streams]
             self.batch = start_batch
         else:
             self.order = EvalOrder(shards, rank, world, config.batch_size, self._eval_row, reader_skips(config, rank, 0))

@@ -15,7 +15,7 @@ invalid, in evaluation, and recorded in the batch's ``skipped`` list (faults.py)
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -26,7 +26,7 @@ from avmae.data.config import AugmentConfig, DataConfig
 from avmae.data.eval_order import EvalOrder
 from avmae.data.faults import SampleError, SkipLog, good_rows
 from avmae.data.samples import decode_video, frame_members, label_tensors, training_frames
-from avmae.data.schedule import TrainSchedule
+from avmae.data.schedule import Draw, TrainSchedule
 from avmae.data.spec import DataSpec
 from avmae.data.tar_reader import IndexedShard, SampleBlock
 from avmae.shard.format import META_KEY
@@ -50,6 +50,16 @@ def open_shards(spec: DataSpec) -> list[IndexedShard]:
 
 def reader_skips(config: DataConfig, rank: int, reader: int, before: int = 0) -> SkipLog:
     return SkipLog(f"rank {rank} reader {reader}", config.max_skip_fraction, config.max_skip_run, before)
+
+
+def reader_rows(schedule: TrainSchedule, reader: int, start_batch: int, drawn: int | None,
+                read: Callable[[Draw], Any]) -> tuple[Iterator[Any], SkipLog]:
+    """A training reader's good rows (``read`` of each good draw) from its first batch at or after the rank's batch
+    ``start_batch``, and the log of its draws and skips, which counts from the draws it skipped unread (``drawn``,
+    as a checkpoint recorded them: TrainSchedule.reader_start): both backends start a reader here."""
+    start = schedule.reader_start(reader, start_batch, drawn)
+    skips = reader_skips(schedule.config, schedule.rank, reader, before=start)
+    return good_rows(schedule.draws(reader, skip=start), read, skips), skips
 
 
 class ShardStream(IterableDataset):
@@ -104,11 +114,10 @@ class ShardStream(IterableDataset):
         reader = (worker + self.start_batch) % workers
         schedule = TrainSchedule(self.shards, self.config, self.spec.label_counts, rank=self.rank, world=self.world,
                                  readers=workers)
-        start = schedule.reader_start(reader, self.start_batch, self.reader_draws.get(reader))
-        skips = reader_skips(self.config, self.rank, reader, before=start)
         read = lambda draw: self._read(draw.shard, draw.index, random.Random(draw.seed), draw.block)  # noqa: E731
+        rows, skips = reader_rows(schedule, reader, self.start_batch, self.reader_draws.get(reader), read)
         batch: list[dict[str, Any]] = []
-        for row in good_rows(schedule.draws(reader, skip=start), read, skips):
+        for row in rows:
             batch.append(row)
             if len(batch) == self.config.batch_size:
                 yield self._collate(batch, [True] * len(batch), skips.take(), drawn=[reader, skips.position])
