@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from avmae.cli.shard import main as shard_main
-from avmae.data.checked import SampleChecker, metadata_problem
+from avmae.data.checked import SampleChecker
 from avmae.data.config import DataConfig
 from avmae.data.faults import SampleError
 from avmae.data.loader import build_loader
@@ -23,7 +23,7 @@ from avmae.data.samples import frame_members, label_tensors
 from avmae.data.spec import DataSpec, load_spec
 from avmae.data.tar_reader import IndexedShard
 from avmae.shard.format import (CHECKSUM_SUFFIX, LOGMEL_MEMBER, META_KEY, META_LABELS, METADATA_MEMBER, LabelMode,
-                                label_mode)
+                                label_mode, metadata_problem)
 from avmae.shard.manifest import MANIFEST_FILE, read_manifest
 from avmae.shard.verify import verify
 from tests.faults.damage import change_one, keys_of
@@ -69,7 +69,29 @@ def _tar_of(shards: Path, key: str) -> Path:
 
 def test_the_build_says_single_label(one_unlabelled):
     shards, _ = one_unlabelled
-    assert label_mode(read_manifest(shards)) == LabelMode.SINGLE  # what made label_tensors stop the run
+    manifest = read_manifest(shards)
+    assert label_mode(manifest) == LabelMode.SINGLE  # what made label_tensors stop the run
+    assert manifest["labels"]["unlabelled_inputs"] == 1
+
+
+def test_the_build_report_counts_the_unlabelled_input(one_unlabelled, tmp_path, capsys):
+    """Run again on a copy of the finished folder: every shard is done, so the build only reports."""
+    shards, _ = one_unlabelled
+    copy = Path(shutil.copytree(shards, tmp_path / "shards"))
+    build_shards(shards.parent / "list.csv", copy, val_fraction="0")
+    report = json.loads(capsys.readouterr().out)
+    assert (report["shards_written"], report["label_mode"], report["unlabelled_inputs"]) == (0, "single", 1)
+    build_shards(shards.parent / "list.csv", copy, val_fraction="0", as_json=False)
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "unlabelled │ 1 inputs have samples but no label:" in printed, printed
+
+
+def test_verify_names_the_unlabelled_sample_as_the_loaders_skip_it(one_unlabelled):
+    shards, key = one_unlabelled
+    result = verify(shards)
+    assert result["problems"] == [f"{_tar_of(shards, key).name}: sample {key}: member {METADATA_MEMBER}: 0 labels "
+                                  "[]; single-label data needs exactly one per sample"]
+    assert verify(shards, deep=False)["ok"]  # only the deep check opens the samples
 
 
 def test_training_skips_an_unlabelled_sample_of_single_label_data_on_both_backends(one_unlabelled, backend):

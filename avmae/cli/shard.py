@@ -13,7 +13,7 @@ from rich.table import Table
 
 from avmae.shard.errors import ParameterError
 from avmae.shard.cavmae_prepared import CAVMAE_FRAME_SIZE, CAVMAE_FRAMES
-from avmae.shard.format import LOGMEL_DTYPES
+from avmae.shard.format import LOGMEL_DTYPES, LabelMode
 from avmae.shard.lists import LIST_FORMATS
 from avmae.shard.params import BuildParams, FeatureParams
 
@@ -217,6 +217,10 @@ def _print_build_report(report) -> None:
         if totals["failure_reasons"]:
             table.add_row("failures", ", ".join(f"{r}: {n}" for r, n in totals["failure_reasons"].items())
                           + f"  (details: {report['out']}/failures.jsonl)")
+        if report["unlabelled_inputs"] and report["label_mode"] == LabelMode.SINGLE:
+            table.add_row("[yellow]unlabelled[/]", f"{report['unlabelled_inputs']} inputs have samples but no label: "
+                          "single-label training and evaluation skip those samples as bad (`avmae-shard verify` "
+                          "names them)")
         for row in report["worst_label_coverage"]:
             table.add_row("coverage", f"{row['label']}: {row['ok']}/{row['rows']} rows have a sample")
     else:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,15 +20,13 @@ import numpy as np
 from avmae.data.faults import SampleError
 from avmae.data.spec import DataSpec
 from avmae.data.tar_reader import IndexedShard, SampleBlock
-from avmae.shard.format import (LOGMEL_MEMBER, META_KEY, META_LABELS, META_NOUN, META_VERB, METADATA_MEMBER,
-                                LabelMode, logmel_dtype, sample_members)
+from avmae.shard.format import LOGMEL_MEMBER, METADATA_MEMBER, logmel_dtype, metadata_problem, sample_members
 from avmae.shard.npy import NPY_ERRORS, check_data_length, npy_header
 
 _SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
 _FRAME_HEADERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # SOFn
 _NO_LENGTH = {0x01, *range(0xD0, 0xD8)}  # TEM, RSTn: markers without a length field
 _QUANT_TABLE, _START_OF_SCAN = 0xDB, 0xDA
-_HEADS = {META_VERB: "verb", META_NOUN: "noun"}  # Epic-Kitchens' metadata fields -> the manifest's heads
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:
@@ -102,42 +99,6 @@ def load_npy(npy: bytes) -> np.ndarray:
     dtype, shape, count = _NPY_HEADERS[prefix]
     check_data_length(npy, start, shape, dtype)
     return np.frombuffer(npy, dtype=dtype, count=count, offset=start).reshape(shape)
-
-
-def metadata_problem(metadata: Any, mode: LabelMode, names: Collection[str], heads: dict[str, int]) -> str | None:
-    """Why a sample's decoded JSON cannot be batched, or None: it must be an object with the sample's key, and its
-    labels must fit the label mode as samples.label_tensors reads them (names among ``names``; exactly one for
-    single-label data; verb and noun classes within ``heads`` for Epic-Kitchens): DataSpec's label_mode,
-    label_names and heads. Our own builds can make samples that do not fit (a generic list's blank labels cell, a
-    file at the top of a labels_from_dirs folder): they are bad samples, skipped and recorded, where a batch holding
-    one would stop the run. Unlabelled data (LabelMode.NONE) batches no labels, so its labels are not looked at."""
-    if not isinstance(metadata, dict):
-        return f"the JSON is {type(metadata).__name__}, not an object"
-    if not isinstance(metadata.get(META_KEY), str):
-        return f"the JSON has no {META_KEY!r} string"
-    if mode == LabelMode.NONE:
-        return None
-    if mode == LabelMode.VERB_NOUN:
-        return next(filter(None, (_class_problem(metadata, field, heads.get(head)) for field, head in _HEADS.items())),
-                    None)
-    labels = metadata.get(META_LABELS)
-    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
-        return f"{META_LABELS} {repr(labels)[:80]} are not a list of label names"
-    unknown = [label for label in labels if label not in names]
-    if unknown:
-        return f"labels {unknown[:3]} are not among the manifest's {len(names)} label names"
-    if mode == LabelMode.SINGLE and len(labels) != 1:
-        return f"{len(labels)} labels {labels[:3]}; single-label data needs exactly one per sample"
-    return None
-
-
-def _class_problem(metadata: dict[str, Any], field: str, classes: int | None) -> str | None:
-    value = metadata.get(field)
-    if not isinstance(value, int) or isinstance(value, bool):
-        return f"{field} {repr(value)[:40]} is not a class index"
-    if classes is not None and not 0 <= value < classes:
-        return f"{field} {value} is outside the manifest's {classes} classes"
-    return None
 
 
 @dataclass

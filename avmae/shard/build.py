@@ -22,7 +22,7 @@ import torchaudio
 import avmae
 from avmae.config import to_dict
 from avmae.shard.errors import NO_SPACE_ERRNOS, OutOfSpaceError, ParameterError
-from avmae.shard.format import FORMAT_VERSION
+from avmae.shard.format import FORMAT_VERSION, label_mode
 from avmae.shard.inputs import InputSpec, collect_inputs
 from avmae.shard.items import ClipItem
 from avmae.shard.lists import LabelSet
@@ -190,6 +190,11 @@ def build_summary(out: Path | str, result: BuildResult, source: dict[str, Any]) 
         summary["logmel_mean"] = manifest["logmel_mean"]
         summary["logmel_std"] = manifest["logmel_std"]
         coverage = manifest["label_coverage"]
+        summary["label_mode"] = str(label_mode(manifest))
+        # Inputs of labelled data whose samples carry no label (a blank labels cell, a file at the top of a
+        # labels_from_dirs folder). Single-label training skips each such sample as bad (format.metadata_problem),
+        # so the build says how many there are and verify names them.
+        summary["unlabelled_inputs"] = manifest["labels"].get("unlabelled_inputs", 0)
         summary["worst_label_coverage"] = sorted(
             ({"label": label, "rows": c["rows"], "ok": c["ok"]} for label, c in coverage.items() if c["ok"] < c["rows"]),
             key=lambda row: (row["ok"] / row["rows"], row["label"]))[:10]

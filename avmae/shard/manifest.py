@@ -88,7 +88,7 @@ def finalize(out: Path) -> dict[str, Any]:
     label_rows: Counter[str] = Counter()
     label_ok: Counter[str] = Counter()
     failure_lines = []
-    most_labels = 0
+    most_labels = unlabelled = 0
     for part in parts:
         split = splits.setdefault(part["split"], {"shards": [], "samples": 0, "items": 0, "failures": 0,
                                                   "label_counts": Counter(), "_sum": 0.0, "_sumsq": 0.0, "_count": 0})
@@ -109,6 +109,7 @@ def finalize(out: Path) -> dict[str, Any]:
         label_ok.update(part["label_ok"])
         split["label_counts"].update(part["label_ok"])  # inputs with samples per label: class-balanced sampling
         most_labels = max(most_labels, part["max_labels_per_input"])
+        unlabelled += part.get("unlabelled_inputs", 0)  # absent from parts written before the count
     for split in splits.values():
         split["label_counts"] = dict(sorted(split["label_counts"].items()))
         split["logmel_mean"], split["logmel_std"] = _stats(split.pop("_sum"), split.pop("_sumsq"), split.pop("_count"))
@@ -123,7 +124,7 @@ def finalize(out: Path) -> dict[str, Any]:
         "features": build["features"],
         "build": build["build"],
         "source": build["source"],
-        "labels": {**build["labels"], "max_per_input": most_labels},
+        "labels": {**build["labels"], "max_per_input": most_labels, "unlabelled_inputs": unlabelled},
         "tools": build["tools"],
         "logmel_mean": reference.get("logmel_mean"),
         "logmel_std": reference.get("logmel_std"),

@@ -62,6 +62,7 @@ def write_shard(out: Path, plan: ShardPlan, features: FeatureParams, build: Buil
     sample_labels: list[tuple[str, list[str]]] = []  # (key, labels) per sample in tar order: the labels sidecar
     sums = [0.0, 0.0, 0]
     most_labels = 0
+    unlabelled = 0  # inputs with samples but no label: single-label loaders skip their samples (format.metadata_problem)
     try:
         for item in plan.items:
             label_rows.update(item.labels)
@@ -84,6 +85,7 @@ def write_shard(out: Path, plan: ShardPlan, features: FeatureParams, build: Buil
                 sums[2] += sample.logmel_count
             label_ok.update(item.labels)
             most_labels = max(most_labels, len(item.labels))
+            unlabelled += not item.labels
             on_item(True)
     finally:
         writer.close()
@@ -92,7 +94,7 @@ def write_shard(out: Path, plan: ShardPlan, features: FeatureParams, build: Buil
         "items_ok": len(plan.items) - len(failures), "samples": writer.samples,
         "logmel_sum": sums[0], "logmel_sumsq": sums[1], "logmel_count": sums[2],
         "label_rows": dict(sorted(label_rows.items())), "label_ok": dict(sorted(label_ok.items())),
-        "max_labels_per_input": most_labels,
+        "max_labels_per_input": most_labels, "unlabelled_inputs": unlabelled,
         "failures": failures,
     }
     if writer.samples:
