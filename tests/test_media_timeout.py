@@ -16,6 +16,7 @@ import pytest
 
 import avmae.shard.media as media
 from avmae.shard.manifest import read_manifest
+from avmae.shard.synth import make_corpus
 from tests.helpers import SMALL_BUILD, build_shards
 
 pytestmark = pytest.mark.serial  # asserts how soon the build ends: not beside other tests' load
@@ -96,3 +97,16 @@ def test_a_fifo_given_as_a_clip_is_an_unreadable_failure_not_a_wait(tmp_path, cl
     assert [(Path(f["path"]).name, f["reason"]) for f in failures] == [("pipe.mp4", "unreadable")], failures
     assert "not a regular file" in failures[0]["detail"]
     assert read_manifest(out)["totals"]["samples"] == 1
+
+
+def test_a_synthetic_clip_that_never_finishes_is_an_error_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(media, "TIMEOUT_BASE_S", 1.0)
+    monkeypatch.setattr(media, "TIMEOUT_PER_MEDIA_SECOND", 0.0)
+    out = tmp_path / "corpus"
+    (out / "class_00").mkdir(parents=True)
+    os.mkfifo(out / "class_00" / "clip_00000.mp4")  # nobody reads it: ffmpeg blocks opening its output
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"making \S+/class_00/clip_00000\.mp4 timed out after 1 s \(killed\)"):
+        make_corpus(out, 1, 1, seconds=1.0)
+    assert time.monotonic() - started < 5
+    assert _processes_reading(out) == []

@@ -28,7 +28,7 @@ from avmae.data.samples import frame_members, parse_metadata
 from avmae.data.spec import load_spec
 from avmae.shard.format import METADATA_MEMBER
 from avmae.shard.items import file_stem_for_key
-from avmae.shard.media import ffmpeg_binary
+from avmae.shard.media import ffmpeg_binary, timeout_for
 from avmae.storage import is_url
 
 
@@ -56,9 +56,10 @@ def export_cavmae_layout(spec, folder: Path, frames: list[str]) -> tuple[list[di
                 wav = folder / "audio" / f"{stem}.wav"
                 wav.parent.mkdir(parents=True, exist_ok=True)
                 if not wav.exists():
+                    length = meta["end"] - meta["start"]
                     subprocess.run([ffmpeg_binary(), "-nostdin", "-v", "error", "-y", "-ss", str(meta["start"]),
-                                    "-t", str(meta["end"] - meta["start"]), "-i", meta["path"], "-vn", "-ac", "1",
-                                    "-ar", "16000", str(wav)], check=True)
+                                    "-t", str(length), "-i", meta["path"], "-vn", "-ac", "1", "-ar", "16000", str(wav)],
+                                   check=True, timeout=timeout_for(length))
                 rows.append({"frames": paths, "wav": str(wav)})
     return rows, renamed
 

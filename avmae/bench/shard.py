@@ -12,7 +12,7 @@ from typing import Any
 
 from avmae.shard.build import run_build
 from avmae.shard.inputs import InputSpec, collect_inputs
-from avmae.shard.media import ffmpeg_binary, ffmpeg_version
+from avmae.shard.media import ffmpeg_binary, ffmpeg_version, timeout_for
 from avmae.shard.params import BuildParams, FeatureParams
 
 
@@ -29,7 +29,8 @@ def make_bench_clips(folder: Path, count: int, *, seconds: float = 10.0, size: s
                         "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30:duration={seconds},noise=alls=12:allf=t",
                         "-f", "lavfi", "-i", f"sine=frequency={220 + 20 * index}:sample_rate=44100:duration={seconds}",
                         "-ac", "2", "-c:v", "libx264", "-preset", "veryfast", "-crf", "26", "-pix_fmt", "yuv420p",
-                        "-c:a", "aac", "-b:a", "128k", "-shortest", str(path)], check=True, capture_output=True)
+                        "-c:a", "aac", "-b:a", "128k", "-shortest", str(path)], check=True, capture_output=True,
+                       timeout=timeout_for(seconds))
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(make, range(count)))

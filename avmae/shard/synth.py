@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from avmae.shard.errors import ParameterError
-from avmae.shard.media import ffmpeg_binary
+from avmae.shard.media import ffmpeg_binary, timeout_for
 
 CORPUS_LIST = "corpus.csv"  # generic list format: path,labels
 
@@ -95,8 +95,13 @@ def make_corpus(out: Path, num: int, num_classes: int, *, seed: int = 0, seconds
         jobs.append(clip_command(out / rel, style, rng, seconds=length, width=width, height=height, fps=fps))
         rows.append((rel.as_posix(), style.name))
 
+    deadline = timeout_for(seconds * 1.25)  # the longest clip's encode, bounded as a build's ffmpeg calls (media.py)
+
     def run(command: list[str]) -> None:
-        result = subprocess.run(command, capture_output=True, text=True)
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=deadline)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"ffmpeg making {command[-1]} timed out after {deadline:g} s (killed)") from None
         if result.returncode != 0:
             raise RuntimeError(f"ffmpeg failed making {command[-1]}: {result.stderr.strip()[-500:]}")
 
