@@ -23,8 +23,9 @@ from avmae.data.samples import frame_members, label_tensors
 from avmae.data.spec import DataSpec, load_spec
 from avmae.data.tar_reader import IndexedShard
 from avmae.shard.format import (CHECKSUM_SUFFIX, LOGMEL_MEMBER, META_KEY, META_LABELS, METADATA_MEMBER, LabelMode,
-                                label_mode, metadata_problem)
+                                label_mode)
 from avmae.shard.manifest import MANIFEST_FILE, read_manifest
+from avmae.shard.sample_check import metadata_problem
 from avmae.shard.verify import verify
 from tests.faults.damage import change_one, keys_of
 from tests.helpers import build_shards, shard_members, training_skips
@@ -89,8 +90,8 @@ def test_the_build_report_counts_the_unlabelled_input(one_unlabelled, tmp_path, 
 def test_verify_names_the_unlabelled_sample_as_the_loaders_skip_it(one_unlabelled):
     shards, key = one_unlabelled
     result = verify(shards)
-    assert result["problems"] == [f"{_tar_of(shards, key).name}: sample {key}: member {METADATA_MEMBER}: 0 labels "
-                                  "[]; single-label data needs exactly one per sample"]
+    assert result["problems"] == [f"{_tar_of(shards, key).name}: sample {key}: member {METADATA_MEMBER}: decode: 0 "
+                                  "labels []; single-label data needs exactly one per sample"]
     assert verify(shards, deep=False)["ok"]  # only the deep check opens the samples
 
 
@@ -231,13 +232,60 @@ def test_verify_reports_each_hostile_member_and_keeps_its_report(hostile, capsys
     tars = {case: _tar_of(shards, key).name for case, key in keys.items()}
     result = verify(shards)
     assert not result["ok"]
-    expected = {
-        "token_error": f"member {LOGMEL_MEMBER}: not a .npy array: TokenError: ('EOF in multi-line statement', (2, 0))",
-        "empty_npy": f"member {LOGMEL_MEMBER}: not a .npy array: ValueError: EOF: reading magic string, expected 8 "
-                     "bytes got 0",  # np.load's EOFError before the fix; verify reads the header only now
-        "json_list": f"member {METADATA_MEMBER}: the JSON is list, not an object",
+    expected = {  # the loaders' own checks, reasons and details (test_the_sample_checker_names_the_member)
+        "token_error": f"member {LOGMEL_MEMBER}: decode: not a .npy array: TokenError: ('EOF in multi-line statement', "
+                       "(2, 0))",
+        "empty_npy": f"member {LOGMEL_MEMBER}: decode: not a .npy array: not a .npy file (no NUMPY magic)",
+        "json_list": f"member {METADATA_MEMBER}: decode: the JSON is list, not an object",
     }
     for case, problem in expected.items():
         assert f"{tars[case]}: sample {keys[case]}: {problem}" in result["problems"], result["problems"]
     assert shard_main(["verify", str(shards), "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["problems"] == result["problems"]
+
+
+# --- members that parse but that the loaders would still skip ------------------------------------------------------
+
+def _nan_logmel(npy: bytes) -> bytes:
+    mel = np.load(io.BytesIO(npy)).copy()
+    mel[3, 5] = np.nan
+    out = io.BytesIO()
+    np.save(out, mel)
+    return out.getvalue()
+
+
+def _small_frame(jpeg: bytes) -> bytes:
+    """A whole JPEG of another size: its frame header's height lowered by one."""
+    at = next(i for i in range(2, len(jpeg) - 1) if jpeg[i] == 0xFF and jpeg[i + 1] in (0xC0, 0xC2))
+    height = int.from_bytes(jpeg[at + 5:at + 7], "big")
+    return jpeg[:at + 5] + (height - 1).to_bytes(2, "big") + jpeg[at + 7:]
+
+
+CONTENT_FAULTS = {"nan_logmel": (LOGMEL_MEMBER, _nan_logmel), "truncated_jpeg": ("01.jpg", lambda jpeg: jpeg[:-2]),
+                  "small_frame": ("00.jpg", _small_frame)}
+
+
+def test_verify_names_each_sample_the_loaders_skip_with_their_reason_and_detail(one_unlabelled, tmp_path):
+    """Checksums recorded for the new bytes: what must catch them is the checks behind the checksum, the same in
+    ``avmae-shard verify`` as in the loaders (shard/sample_check.py)."""
+    shards = Path(shutil.copytree(one_unlabelled[0], tmp_path / "shards"))
+    tars = [tar for tar in sorted(shards.glob("train-*.tar")) if one_unlabelled[1] not in keys_of(tar)]
+    keys = {case: change_one(tar, member, damage, fix_checksums=True)
+            for tar, (case, (member, damage)) in zip(tars, CONTENT_FAULTS.items())}
+    spec = load_spec(shards, "train")
+    checker, stored = SampleChecker(spec), frame_members(spec.features["num_frames"], spec.features["num_frames"])
+    expected = {f"{_tar_of(shards, one_unlabelled[1]).name}: sample {one_unlabelled[1]}: member {METADATA_MEMBER}: "
+                "decode: 0 labels []; single-label data needs exactly one per sample"}
+    for case, key in keys.items():
+        shard = next(IndexedShard(s.tar, s.idx, s.crc) for s in spec.shards if key in keys_of(Path(s.tar)))
+        with pytest.raises(SampleError) as caught:
+            checker.read(shard, shard.keys.index(key), stored)
+        error = caught.value
+        assert (error.member, error.reason) == (CONTENT_FAULTS[case][0], {"nan_logmel": "not_finite",
+                                                "truncated_jpeg": "truncated", "small_frame": "decode"}[case])
+        expected.add(f"{Path(error.shard).name}: sample {key}: member {error.member}: {error.reason}: {error.detail}")
+    rewritten = {f"{tar.name}: checksum differs from the manifest (file changed or damaged)"
+                 for tar in tars[:len(CONTENT_FAULTS)]}  # the tar's sha256; its members' CRC32s all match
+    assert set(verify(shards, deep=False)["problems"]) == rewritten  # only the sample checks see the faults
+    problems = verify(shards)["problems"]
+    assert set(problems) == expected | rewritten and len(problems) == len(expected | rewritten), problems

@@ -1,4 +1,4 @@
-"""checked.load_npy, the log-mel reader of both backends' checks: the same arrays as np.load for every header it
+"""npy.load_npy, the log-mel reader of both backends' checks: the same arrays as np.load for every header it
 meets (cached or not, format 1.0 and 2.0, Fortran order through np.load), and a ValueError where np.load would fail
 or where the data is longer than the header says."""
 
@@ -9,7 +9,7 @@ import io
 import numpy as np
 import pytest
 
-from avmae.data.checked import load_npy
+from avmae.shard.npy import load_npy
 
 
 def npy_bytes(array: np.ndarray, version: tuple[int, int] | None = None) -> bytes:

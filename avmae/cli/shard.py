@@ -137,9 +137,11 @@ def _build_parser() -> argparse.ArgumentParser:
     finalize.add_argument("out", type=_folder_or_url, help="the build's folder or URL")
     finalize.add_argument("--json", action="store_true")
 
-    verify = commands.add_parser("verify", help="check tars, indexes, counts and checksums against the manifest")
+    verify = commands.add_parser("verify", help="check tars, indexes, counts and checksums against the manifest, "
+                                     "and every sample by the checks the loaders run")
     verify.add_argument("out", type=_folder_or_url, help="shard folder, URL (s3://, gs://, https://) or pipe:... {} command")
-    verify.add_argument("--quick", action="store_true", help="skip opening every sample")
+    verify.add_argument("--quick", action="store_true", help="skip opening every sample (the frames' JPEG "
+                        "markers and size, the log-mel's shape and finiteness, the JSON's labels)")
     verify.add_argument("--json", action="store_true")
 
     inspect = commands.add_parser("inspect", help="summary, label histogram, PNGs of one sample")

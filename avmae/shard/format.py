@@ -27,8 +27,7 @@ from __future__ import annotations
 import json
 import re
 from enum import StrEnum
-from collections.abc import Collection, Iterable
-from typing import Any
+from typing import Any, Iterable
 
 from avmae.crc import crc32
 
@@ -124,45 +123,6 @@ def label_mode(manifest: dict[str, Any]) -> LabelMode:
         return LabelMode.MULTI
     return LabelMode.SINGLE
 
-
-_HEADS = {META_VERB: "verb", META_NOUN: "noun"}  # Epic-Kitchens' metadata fields -> the manifest's heads
-
-
-def metadata_problem(metadata: Any, mode: LabelMode, names: Collection[str], heads: dict[str, int]) -> str | None:
-    """Why a sample's decoded JSON cannot be batched, or None: it must be an object with the sample's key, and its
-    labels must fit the label mode as the loaders read them (names among ``names``; exactly one for single-label
-    data; verb and noun classes within ``heads`` for Epic-Kitchens): the manifest's label mode, label names and
-    heads. The loaders skip and record such a sample (data/checked.py) and ``avmae-shard verify`` reports it, by
-    this one rule. Our own builds can make samples that do not fit (a generic list's blank labels cell, a file at
-    the top of a labels_from_dirs folder), where a batch holding one would stop the run. Unlabelled data
-    (LabelMode.NONE) batches no labels, so its labels are not looked at."""
-    if not isinstance(metadata, dict):
-        return f"the JSON is {type(metadata).__name__}, not an object"
-    if not isinstance(metadata.get(META_KEY), str):
-        return f"the JSON has no {META_KEY!r} string"
-    if mode == LabelMode.NONE:
-        return None
-    if mode == LabelMode.VERB_NOUN:
-        return next(filter(None, (_class_problem(metadata, field, heads.get(head)) for field, head in _HEADS.items())),
-                    None)
-    labels = metadata.get(META_LABELS)
-    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
-        return f"{META_LABELS} {repr(labels)[:80]} are not a list of label names"
-    unknown = [label for label in labels if label not in names]
-    if unknown:
-        return f"labels {unknown[:3]} are not among the manifest's {len(names)} label names"
-    if mode == LabelMode.SINGLE and len(labels) != 1:
-        return f"{len(labels)} labels {labels[:3]}; single-label data needs exactly one per sample"
-    return None
-
-
-def _class_problem(metadata: dict[str, Any], field: str, classes: int | None) -> str | None:
-    value = metadata.get(field)
-    if not isinstance(value, int) or isinstance(value, bool):
-        return f"{field} {repr(value)[:40]} is not a class index"
-    if classes is not None and not 0 <= value < classes:
-        return f"{field} {value} is outside the manifest's {classes} classes"
-    return None
 
 
 # --- checksums ------------------------------------------------------------------------------------------------------

@@ -3,116 +3,76 @@ member's bytes match the CRC32 its ``.crc`` sidecar recorded at build time (form
 no sidecars and are reported unchecked). A damaged member is named by shard, key and member, as the loaders name it.
 A shard's ``.labels`` sidecar, where it has one, must list the index's keys in order with the labels of each
 sample's JSON member (class-balanced sampling trusts it instead of the JSONs); a row that differs is a problem naming
-the sidecar and the sample. The deep check opens every sample and applies the loaders' own rules to it (the
-members the manifest promises, the log-mel's header, the JSON and its labels against the label mode:
-format.metadata_problem), so a sample verify passes is one the loaders do not skip for its metadata or log-mel
-shape.
+the sidecar and the sample. The deep check opens every sample and applies the loaders' own checks to each member
+(shard/sample_check.py: whole JPEGs of the promised size, a finite log-mel of the promised shape and dtype, a JSON
+whose labels fit the label mode), so a folder verify passes holds no sample the loaders would skip.
 
 A remote folder (a URL or pipe: root, avmae/shard_files.py) is verified the same way, one shard at a time on a
 local copy made by one sequential read of each of its files: the checks and their lines are the local ones."""
 
 from __future__ import annotations
 
-import json
 import tarfile
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from avmae.shard.format import (LOGMEL_MEMBER, META_KEY, METADATA_MEMBER, UNCHECKED_VERSIONS, LabelMode,
-                                check_shard_file_names, crc32, frame_member, label_mode, logmel_dtype, metadata_labels,
-                                metadata_problem, parse_checksums, sample_members, sidecar_labels)
+from avmae.shard.format import (LOGMEL_MEMBER, META_KEY, METADATA_MEMBER, UNCHECKED_VERSIONS, check_shard_file_names,
+                                crc32, frame_member, metadata_labels, parse_checksums, sample_members, sidecar_labels)
 from avmae.shard.manifest import FAILURES_FILE, MANIFEST_FILE, read_manifest
-from avmae.shard.npy import NPY_ERRORS, check_data_length, npy_header
+from avmae.shard.sample_check import SampleProblem, SampleRules, checked_logmel, checked_metadata, frame_size
 from avmae.shard.tarfiles import Member, parse_index, read_members, sha256_file, utf8_text
 from avmae.shard_files import copy_to, exists, join, read_text
 from avmae.storage import is_url
 
 
-# What the parsers raise on a damaged member: numpy's .npy header parsing (NPY_ERRORS; ValueError covers json's and
-# UnicodeDecodeError), json's RecursionError (nesting deeper than it goes), tarfile.TarError reading the member from
-# a damaged tar. A damaged member is a problem line; verify must not lose its report to one.
-_UNREADABLE = (*NPY_ERRORS, RecursionError, tarfile.TarError)
+# What reading a sample's members from a damaged tar raises: tarfile.TarError, or OSError and EOFError from a tar
+# that breaks off. (The sample checks turn their parsers' errors into SampleProblems.) A damaged member is a problem
+# line; verify must not lose its report to one.
+_UNREADABLE = (tarfile.TarError, OSError, EOFError)
 
 
-@dataclass(frozen=True)
-class _SampleRules:
-    """What the manifest promises of every sample, as the loaders check it: the stored frames, the log-mel's shape
-    and dtype, and the label mode, names and heads its JSON must fit (format.metadata_problem)."""
-    num_frames: int
-    shape: tuple[int, int]
-    dtype: np.dtype
-    label_mode: LabelMode
-    label_names: frozenset[str]
-    heads: dict[str, int]
-
-    @classmethod
-    def of(cls, manifest: dict[str, Any]) -> _SampleRules:
-        features, labels = manifest["features"], manifest["labels"]
-        return cls(features["num_frames"], (features["target_frames"], features["num_mel_bins"]),
-                   np.dtype(logmel_dtype(features)), label_mode(manifest), frozenset(labels.get("names", ())),
-                   dict(labels.get("heads") or {}))
-
-
-def _check_sample(tar: tarfile.TarFile, where: str, names: list[str], rules: _SampleRules) -> list[str]:
-    """Problems with one sample's members (frame count, log-mel shape and dtype, metadata and its labels);
-    ``where`` names the shard in each line."""
-    problems = []
+def _check_sample(tar: tarfile.TarFile, where: str, names: list[str], num_frames: int, rules: SampleRules
+                  ) -> list[str]:
+    """Problems with one sample's members: the members the manifest promises (``num_frames`` stored frames, the
+    log-mel, the JSON), each checked by the loaders' rules (sample_check.py: one line per bad member, with the skip
+    reason the loaders would record), and a JSON naming its own key; ``where`` names the shard in each line."""
     undotted = [name for name in names if "." not in name.strip(".")]
     if undotted:  # WebDataset splits a member name at its first dot into key and member: these have no member part
         return [f"{where}: {names[0]}: member names without a '.<member>' part: {undotted}"]
     exts = {name.partition(".")[2]: name for name in names}
-    frames = [frame_member(i) for i in range(rules.num_frames)]
+    frames = [frame_member(i) for i in range(num_frames)]
     key = names[0].partition(".")[0]
     missing = [ext for ext in sample_members(frames) if ext not in exts]
     if missing:
         return [f"{where}: sample {key}: missing members {missing}"]
+    members = {ext: _member_bytes(tar, exts[ext]) for ext in sample_members(frames)}
+    problems = []
     try:
-        mel_shape, mel_dtype = _npy_header(tar.extractfile(exts[LOGMEL_MEMBER]).read())
-    except _UNREADABLE as err:
-        problems.append(f"{where}: sample {key}: member {LOGMEL_MEMBER}: not a .npy array: {_error(err)}")
+        frame_size(members, frames, rules)
+    except SampleProblem as problem:
+        problems.append(f"{where}: sample {key}: {problem}")
+    try:
+        checked_logmel(members[LOGMEL_MEMBER], rules)
+    except SampleProblem as problem:
+        problems.append(f"{where}: sample {key}: {problem}")
+    try:
+        metadata = checked_metadata(members[METADATA_MEMBER], rules)
+    except SampleProblem as problem:
+        problems.append(f"{where}: sample {key}: {problem}")
     else:
-        if mel_shape != rules.shape or mel_dtype != rules.dtype:
-            problems.append(f"{where}: sample {key}: log-mel is {mel_dtype}{mel_shape}, expected "
-                            f"{rules.dtype}{rules.shape}")
-    problems += _metadata_problems(tar.extractfile(exts[METADATA_MEMBER]).read(), f"{where}: sample {key}", key,
-                                   rules)
-    for ext in frames:
-        head = tar.extractfile(exts[ext]).read(2)
-        if head != b"\xff\xd8":
-            problems.append(f"{where}: sample {key}: member {ext}: not a JPEG")
-            break
+        if metadata[META_KEY] != key:
+            problems.append(f"{where}: sample {key}: metadata key {metadata[META_KEY]!r} differs from the member name")
     return problems
 
 
-def _npy_header(npy: bytes) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of a .npy member whose data is exactly what they need, as the loaders require it
-    (shard/npy.py); read from its header, without loading (or allocating) the array."""
-    shape, _, dtype, start = npy_header(npy)
-    if dtype.hasobject:
-        raise ValueError(f"an array of Python objects ({dtype})")
-    check_data_length(npy, start, shape, dtype)
-    return shape, dtype
-
-
-def _metadata_problems(raw: bytes, where: str, key: str, rules: _SampleRules) -> list[str]:
-    """Problems with a sample's JSON member: not JSON, not what the loaders can batch (format.metadata_problem:
-    not an object, no key, labels that do not fit the label mode), or naming another key."""
-    try:
-        meta = json.loads(raw)
-    except _UNREADABLE as err:
-        return [f"{where}: member {METADATA_MEMBER}: not JSON: {_error(err)}"]
-    problem = metadata_problem(meta, rules.label_mode, rules.label_names, rules.heads)
-    if problem:
-        return [f"{where}: member {METADATA_MEMBER}: {problem}"]
-    if meta[META_KEY] != key:
-        return [f"{where}: metadata key {meta[META_KEY]!r} differs from the member name"]
-    return []
+def _member_bytes(tar: tarfile.TarFile, name: str) -> bytes:
+    handle = tar.extractfile(name)
+    if handle is None:  # a directory, a device: tarfile has no bytes to give
+        raise tarfile.TarError(f"member {name} is not a file")
+    return handle.read()
 
 
 def _error(err: BaseException) -> str:
@@ -186,7 +146,7 @@ def _label_problems(here: Path, shard: dict[str, Any], indexed: list[list[Member
     return problems
 
 
-def _check_shard(here: Path, shard: dict[str, Any], checked: bool, deep: bool, rules: _SampleRules,
+def _check_shard(here: Path, shard: dict[str, Any], checked: bool, deep: bool, num_frames: int, rules: SampleRules,
                  problems: list[str], damaged: list[dict]) -> int:
     """One shard's checks (files in the local folder ``here``), appending to ``problems`` and ``damaged``; returns
     the samples its index lists (0 when unreadable)."""
@@ -215,7 +175,7 @@ def _check_shard(here: Path, shard: dict[str, Any], checked: bool, deep: bool, r
             for sample in indexed:
                 names = [m.name for m in sample]
                 try:
-                    problems += _check_sample(tar, shard["tar"], names, rules)
+                    problems += _check_sample(tar, shard["tar"], names, num_frames, rules)
                 except (KeyError, *_UNREADABLE) as err:  # a member the tar does not hold, a tar that breaks off
                     problems.append(f"{shard['tar']}: sample {names[0]!r}: unreadable: {_error(err)}")
     return len(indexed)
@@ -263,7 +223,7 @@ def verify(out: str | Path, deep: bool = True) -> dict[str, Any]:
     check_shard_file_names(manifest, join(out, MANIFEST_FILE))
     checked = manifest["format_version"] not in UNCHECKED_VERSIONS
     damaged: list[dict] = []
-    rules = _SampleRules.of(manifest)
+    num_frames, rules = manifest["features"]["num_frames"], SampleRules.of_manifest(manifest)
     problems: list[str] = []
     shards = samples = 0
     for split_name, split in manifest["splits"].items():
@@ -272,7 +232,7 @@ def verify(out: str | Path, deep: bool = True) -> dict[str, Any]:
             shards += 1
             try:
                 with _local_files(out, shard) as here:
-                    counted += _check_shard(here, shard, checked, deep, rules, problems, damaged)
+                    counted += _check_shard(here, shard, checked, deep, num_frames, rules, problems, damaged)
             except _Missing as missing:
                 problems.append(f"{shard['name']}: {missing.what} file is missing")
         if counted != split["samples"]:
@@ -284,6 +244,7 @@ def verify(out: str | Path, deep: bool = True) -> dict[str, Any]:
     if failures != totals["failures"]:
         problems.append(f"failures.jsonl has {failures} lines, manifest says {totals['failures']}")
     if totals["inputs"] != totals["inputs_ok"] + totals["failures"]:
-        problems.append(f"inputs {totals['inputs']} != inputs with samples {totals['inputs_ok']} + failures {totals['failures']}")
+        problems.append(f"inputs {totals['inputs']} != inputs with samples {totals['inputs_ok']} + failures "
+                        f"{totals['failures']}")
     return {"ok": not problems, "shards": shards, "samples": samples, "failures": failures, "problems": problems,
             "checksums": "checked" if checked else "unchecked", "damaged": damaged}
