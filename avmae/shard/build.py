@@ -192,7 +192,7 @@ def build_summary(out: Path | str, result: BuildResult, source: dict[str, Any]) 
         coverage = manifest["label_coverage"]
         summary["label_mode"] = str(label_mode(manifest))
         # Inputs of labelled data whose samples carry no label (a blank labels cell, a file at the top of a
-        # labels_from_dirs folder). Single-label training skips each such sample as bad (format.metadata_problem),
+        # labels_from_dirs folder). Single-label training skips each such sample as bad (sample_check.py),
         # so the build says how many there are and verify names them.
         summary["unlabelled_inputs"] = manifest["labels"].get("unlabelled_inputs", 0)
         summary["worst_label_coverage"] = sorted(

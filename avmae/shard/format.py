@@ -124,7 +124,6 @@ def label_mode(manifest: dict[str, Any]) -> LabelMode:
     return LabelMode.SINGLE
 
 
-
 # --- checksums ------------------------------------------------------------------------------------------------------
 
 def checksum_text(members: Iterable[tuple[str, bytes | int]]) -> str:

@@ -62,7 +62,7 @@ def write_shard(out: Path, plan: ShardPlan, features: FeatureParams, build: Buil
     sample_labels: list[tuple[str, list[str]]] = []  # (key, labels) per sample in tar order: the labels sidecar
     sums = [0.0, 0.0, 0]
     most_labels = 0
-    unlabelled = 0  # inputs with samples but no label: single-label loaders skip their samples (format.metadata_problem)
+    unlabelled = 0  # inputs with samples but no label: single-label loaders skip their samples (sample_check.py)
     try:
         for item in plan.items:
             label_rows.update(item.labels)
