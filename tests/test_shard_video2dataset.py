@@ -300,6 +300,39 @@ def test_a_read_error_on_a_member_stops_instead_of_failing_the_clip(downloads, m
         read_member(tar, entry.offset, Path(tar).stat().st_size)
 
 
+class _ResetAt(_ResetAfter):
+    """A local tar whose connection is reset when a read starts at byte ``offset``: the listing (headers, small
+    members) reads fine, the build's read of the member there fails."""
+
+    def read(self, size: int = -1) -> bytes:
+        if self._file.tell() == self._limit:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return self._file.read(size)
+
+
+def test_a_read_error_on_a_member_mid_build_stops_the_build_and_the_rerun_builds_the_clip(
+        downloads, local_build, tmp_path, monkeypatch, capsys):
+    """Through the whole build: the reset must reach the build (exit 2, one line naming the tar), leave no part record
+    and no failure for the clip; it was an internal_error recorded for good, which a rerun never retried."""
+    flaky = str(downloads / "00001.tar")
+    video = next(e for e in list_tar(flaky, lambda name: False).entries if e.name.endswith(".mp4"))
+    monkeypatch.setattr(tar_members, "open", lambda path, mode: _ResetAt(path, video.offset) if path == flaky
+                        else open(path, mode), raising=False)
+    out = tmp_path / "out"
+    src = str(downloads / "{00000..00001}.tar")
+    assert shard_main(["build", "--src", src, "--out", str(out), *build_flags(**V2D), "--json"]) == 2
+    message = capsys.readouterr().err.strip()
+    assert len(message.splitlines()) == 1 and flaky in message and "Connection reset" in message, message
+    assert not (out / "failures.jsonl").exists() and not (out / "manifest.json").exists()
+    recorded = [json.loads(p.read_text()) for p in (out / "_parts").glob("*.json")]
+    assert all(f["reason"] != "internal_error" for record in recorded for f in record["failures"]), recorded
+    monkeypatch.undo()
+    _build(src, out)
+    assert read_manifest(out)["fingerprint"] == read_manifest(local_build)["fingerprint"]
+    assert _samples(out) == _samples(local_build)
+    assert _failures(out) == _failures(local_build)
+
+
 def test_tars_in_s3_are_listed_by_seeking_past_videos_and_members_read_with_one_exact_get(tmp_path, monkeypatch):
     """Counts the S3 requests: listing skips the video bytes (a few block-sized GETs, not one per 10 KB tar record)
     and a member is one GET of exactly its bytes (no read-ahead)."""

@@ -72,6 +72,11 @@ def write_shard(out: Path, plan: ShardPlan, features: FeatureParams, build: Buil
                 failures.append(_failure(plan, item, err.reason, err.detail))
                 on_item(False)
                 continue
+            except (OSError, MemoryError):
+                # The machine or the storage failed, not the clip: a reset connection, a full disk, no file handles
+                # or memory left to start ffmpeg. Recorded, it would be a failure for good (a rerun skips a shard
+                # with a part record); raised, it stops the build, which the same command resumes.
+                raise
             except Exception as err:  # a bug must not cost the rest of the shard; it is recorded, not hidden
                 detail = f"{type(err).__name__}: {err} | {traceback.format_exc(limit=3)}"
                 failures.append(_failure(plan, item, "internal_error", detail))
