@@ -15,7 +15,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, top_k_accura
 
 from avmae.cli.eval import main as eval_main
 from avmae.eval.metrics import average_precision, epic_metrics, multilabel_metrics, roc_auc, top_k_accuracy
-from avmae.eval.retrieval import ranks_of_true_pairs, recall_metrics
+from avmae.eval.retrieval import ranks_of_true_pairs, recall_metrics, retrieval_metrics
 from avmae.models.tokenizers import patchify_audio, patchify_video, unpatchify_audio, unpatchify_video
 from tests.helpers import REPO, build_shards, free_port, run_config, torchrun
 
@@ -66,6 +66,21 @@ def test_retrieval_recall_on_a_known_case():
     ranks = ranks_of_true_pairs(queries, candidates)
     assert ranks.tolist() == list(range(12))
     assert recall_metrics(ranks) == {"R@1": 1 / 12, "R@5": 5 / 12, "R@10": 10 / 12, "MR": 6.5}
+
+
+def test_retrieval_ties_do_not_favour_the_true_pair_and_non_finite_embeddings_are_refused():
+    collapsed = torch.ones(10, 8)  # a collapsed model: every clip embeds the same
+    ranks = ranks_of_true_pairs(collapsed, collapsed)
+    assert ranks.tolist() == list(range(10))  # a stable sort's order: as good as chance, not perfect
+    assert recall_metrics(ranks)["R@1"] == pytest.approx(0.1)
+    assert ranks_of_true_pairs(torch.zeros(4, 3), torch.zeros(4, 3)).tolist() == [0, 1, 2, 3]  # all-zero rows too
+    video = torch.randn(6, 8)
+    audio = video.clone()
+    audio[2, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"retrieval: 1 of 6 audio embeddings hold inf or NaN"):
+        retrieval_metrics(audio, video)
+    with pytest.raises(ValueError, match=r"retrieval: 6 of 6 video embeddings hold inf or NaN"):
+        retrieval_metrics(video, torch.full((6, 8), float("inf")))
 
 
 def test_patches_round_trip():

@@ -1,7 +1,10 @@
 """Audio <-> video retrieval from pooled embeddings, vectorised (CAV-MAE's is an O(N^2) Python loop, methods.md D).
 
-Cosine similarity; the rank of the true pair is the number of candidates scored strictly higher (0-based);
-R@K = mean(rank < K); MR = median(rank) + 1, as CAV-MAE defines them."""
+Cosine similarity; the rank of the true pair (0-based) is its position in a stable descending sort of the scores: the
+candidates scored higher, plus those scored the same that come before it. R@K = mean(rank < K); MR = median(rank) + 1,
+as CAV-MAE defines them. Ties must not go to the true pair: a collapsed model (every embedding the same) would then
+score R@1 = 1. Embeddings that hold inf or NaN compare false with everything, which would do the same: they are an
+error naming the modality, not a score."""
 
 from __future__ import annotations
 
@@ -14,7 +17,16 @@ def ranks_of_true_pairs(queries: torch.Tensor, candidates: torch.Tensor) -> torc
     """(N,) 0-based rank of candidate i among all candidates for query i."""
     similarity = F.normalize(queries.float(), dim=1) @ F.normalize(candidates.float(), dim=1).T
     true = similarity.diagonal().unsqueeze(1)
-    return (similarity > true).sum(dim=1)
+    index = torch.arange(len(similarity), device=similarity.device)
+    before = index.unsqueeze(0) < index.unsqueeze(1)  # [i, j]: candidate j comes before candidate i
+    return (similarity > true).sum(dim=1) + ((similarity == true) & before).sum(dim=1)
+
+
+def _check_finite(embeddings: torch.Tensor, modality: str) -> None:
+    bad = int((~torch.isfinite(embeddings)).any(dim=1).sum())
+    if bad:
+        raise ValueError(f"retrieval: {bad} of {len(embeddings)} {modality} embeddings hold inf or NaN (the model's "
+                         "outputs are not finite); they cannot be ranked")
 
 
 def recall_metrics(ranks: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
@@ -26,6 +38,8 @@ def recall_metrics(ranks: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dic
 
 def retrieval_metrics(audio: torch.Tensor, video: torch.Tensor) -> dict[str, dict[str, float]]:
     """Both directions, with chance levels for reference (R@K of random ranking = K / N)."""
+    _check_finite(audio, "audio")
+    _check_finite(video, "video")
     count = len(audio)
     return {
         "audio_to_video": recall_metrics(ranks_of_true_pairs(audio, video)),
