@@ -224,6 +224,35 @@ def test_task_and_label_mismatches_are_refused(runs, shards, tmp_path):  # noqa:
                       "--out", str(tmp_path / "y")]) == 2  # a pretraining checkpoint has no heads
 
 
+def test_an_export_without_label_names_is_scored_with_the_order_unchecked_and_another_class_count_refused(
+        runs, shards, tmp_path, capsys):  # noqa: F811
+    """As a CAV-MAE checkpoint converted without --labels: the class count is all that can be checked."""
+    import dataclasses
+
+    from avmae.export.format import read_export, write_export
+    from avmae.export.load import model_for
+
+    _, finetuned = runs
+    state, info, _ = read_export(finetuned)
+    nameless = write_export(tmp_path / "nameless.safetensors", state, dataclasses.replace(info, label_names=[]))
+    report = _eval("--ckpt", str(nameless), "--data", str(shards), "--split", "train", "--task", "vggsound",
+                   "--out", str(tmp_path / "nameless"))
+    assert report["label_order"] == "unchecked: the checkpoint holds no label names"
+    assert report["metrics"]["samples"] == 9
+    checked = _eval("--ckpt", str(finetuned), "--data", str(shards), "--split", "train", "--task", "vggsound",
+                    "--out", str(tmp_path / "named"))
+    assert checked["label_order"] == "checked" and checked["metrics"] == report["metrics"]
+    three = model_for(info.config, "finetune", {"label": 3}).state_dict()
+    other = write_export(tmp_path / "three.safetensors", three,
+                         dataclasses.replace(info, label_names=[], heads={"label": 3}))
+    capsys.readouterr()
+    assert eval_main(["--ckpt", str(other), "--data", str(shards), "--split", "train", "--task", "vggsound",
+                      "--workers", "0", "--out", str(tmp_path / "three")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "three.safetensors has the heads {'label': 3} (classes per head) but" in error
+    assert "{'label': 4}: it was trained on another label set" in error
+
+
 @pytest.fixture(scope="module")
 def multilabel_shards(synth_corpus, tmp_path_factory) -> Path:
     """The synthetic corpus with a second label per clip (its class's parity), so data and models are multi-label."""

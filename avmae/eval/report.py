@@ -42,7 +42,7 @@ def print_table(report: dict[str, Any], title: str) -> None:
     for direction in ("audio_to_video", "video_to_audio", "chance"):
         if direction in metrics:
             table.add_row(direction, "  ".join(f"{k} {v:.3f}" for k, v in metrics[direction].items()))
-    for name in ("views", "view_aggregation", "modality", "label_set_hash"):
+    for name in ("views", "view_aggregation", "modality", "label_set_hash", "label_order"):
         if name in report:
             table.add_row(name, str(report[name]))
     Console().print(table)

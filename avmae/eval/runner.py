@@ -4,6 +4,7 @@ aggregate views, compute the task's metrics, and write what changes the number n
 from __future__ import annotations
 
 import dataclasses
+import logging
 import platform
 from typing import Any
 
@@ -23,6 +24,8 @@ from avmae.eval.metrics import softmax
 from avmae.eval.predict import gather, gather_keys, predict
 from avmae.eval.predictions import Predictions
 from avmae.shard.format import LabelMode
+
+log = logging.getLogger(__name__)
 
 TASK_LABEL_MODES = {"audioset": LabelMode.MULTI, "vggsound": LabelMode.SINGLE, "epic": LabelMode.VERB_NOUN}
 
@@ -66,9 +69,23 @@ def classify(loaded: LoadedModel, data: str, split: str, task: str, *, views: in
     wanted = TASK_LABEL_MODES.get(task, spec.label_mode)
     if spec.label_mode != wanted:
         raise ValueError(f"task {task} needs {wanted} labels but {data} has {spec.label_mode} labels")
+    if loaded.heads != spec.heads:
+        raise ValueError(f"{loaded.path.name} has the heads {loaded.heads} (classes per head) but {data} has "
+                         f"{spec.heads}: it was trained on another label set")
     if loaded.label_names and list(spec.label_names) != loaded.label_names:
         raise ValueError(f"the label set of {data} (hash {label_set_hash(list(spec.label_names))}) differs from the "
                          f"one {loaded.path.name} was trained on (hash {label_set_hash(loaded.label_names)})")
+    # A converted CAV-MAE checkpoint may hold no label names (avmae-convert without --labels): the class count is
+    # checked above, the order cannot be. Shards in another order (AudioSet built without --class-labels) would
+    # score near chance with no error, so the report says the order was taken on trust.
+    if spec.label_mode == LabelMode.VERB_NOUN:
+        label_order = "class indices"  # Epic-Kitchens' verb_class and noun_class: the dataset's numbering
+    elif loaded.label_names:
+        label_order = "checked"
+    else:
+        label_order = "unchecked: the checkpoint holds no label names"
+        log.warning("%s holds no label names: the class order of %s is taken on trust (convert it with --labels to "
+                    "check it)", loaded.path.name, data)
     model = loaded.model.to(device)
     per_view, skipped = [], []
     for view in range(views):
@@ -77,7 +94,8 @@ def classify(loaded: LoadedModel, data: str, split: str, task: str, *, views: in
         predictions, view_skipped = predict(model, loader, loaded.heads, spec.label_mode, list(spec.label_names))
         per_view.append(predictions)
         skipped += [{**record, "view": view} for record in view_skipped]
-    info = {"label_set_hash": label_set_hash(list(spec.label_names)), "features": spec.features, "views": views,
+    info = {"label_set_hash": label_set_hash(list(spec.label_names)), "label_order": label_order,
+            "features": spec.features, "views": views,
             "view_aggregation": "mean of sigmoid" if spec.label_mode == LabelMode.MULTI else "mean of softmax"}
     return _average_views(per_view), skipped, info
 
