@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -21,6 +22,14 @@ from avmae.data.faults import SampleError, SkipBudgetExceeded, SkipLog
 from avmae.data.tar_reader import IndexedShard
 
 Row = TypeVar("Row")
+
+
+def eval_skips(rank: int, reader: int) -> SkipLog:
+    """An evaluation reader's skip log, without a budget: evaluation counts every sample of the split and reports
+    those it could not score (eval/coverage.py), so the training run's data.max_skip_fraction / max_skip_run would
+    only stop it before that count (a tar cut in half of a large split). EvalOrder stops a rank whose every sample
+    is bad."""
+    return SkipLog(f"rank {rank} reader {reader}", max_skip_fraction=1.0, max_skip_run=sys.maxsize)
 
 
 def eval_range(total: int, rank: int, world: int) -> tuple[int, int]:

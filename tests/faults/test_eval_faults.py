@@ -100,6 +100,27 @@ def test_a_tar_cut_in_half_is_counted_and_refused_unless_allowed(export, cut_sha
     assert report["metrics"]["samples"] == coverage["scored"]
 
 
+@pytest.mark.parametrize("backend", ["webdataset", "dali"])
+def test_the_training_skip_budget_does_not_stop_an_evaluation(export, cut_shards, backend, tmp_path):
+    """A run trained with a strict budget (no bad sample in a row allowed): its evaluation still counts the cut
+    tar's samples as missing, where the budget used to stop it with SkipBudgetExceeded (a large split's cut tar)."""
+    import dataclasses
+
+    from avmae.export.format import read_export
+
+    state, info, _ = read_export(export)
+    strict = dataclasses.replace(info.config, data=dataclasses.replace(info.config.data, max_skip_run=0,
+                                                                        max_skip_fraction=0.0))
+    strict_export = write_export(tmp_path / "strict.safetensors", state, dataclasses.replace(info, config=strict))
+    data, cut_keys = cut_shards
+    out = tmp_path / "eval"
+    assert _eval("--ckpt", str(strict_export), "--data", str(data), "--split", "train", "--task", "vggsound",
+                 "--backend", backend, "--out", str(out), "--allow-missing") == 0
+    coverage = json.loads((out / "report.json").read_text())["coverage"]
+    assert coverage["expected"] == 9 and 1 <= coverage["missing"] <= len(cut_keys)
+    assert coverage["scored"] + coverage["missing"] == 9
+
+
 def test_alone_norms_is_the_model_config_saved_with_the_report(export, shards, tmp_path):
     out = tmp_path / "alone"
     assert _eval("--ckpt", str(export), "--data", str(shards), "--split", "val", "--task", "vggsound",
