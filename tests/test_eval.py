@@ -224,6 +224,22 @@ def test_task_and_label_mismatches_are_refused(runs, shards, tmp_path):  # noqa:
                       "--out", str(tmp_path / "y")]) == 2  # a pretraining checkpoint has no heads
 
 
+def test_exports_hold_the_log_mel_normalisation_they_trained_with(runs, shards, tmp_path):  # noqa: F811
+    """The recipes leave data.audio_mean/std to the training build's manifest; an export writes them in, so that
+    evaluating it on another build (an eval-only split with statistics of its own) normalises as training did."""
+    from avmae.config import load
+    from avmae.export.format import read_export
+    from avmae.recipe.config import RunConfig
+    from avmae.shard.manifest import read_manifest
+
+    manifest = read_manifest(shards)
+    for run in runs:
+        assert load(RunConfig, run / "config.yaml").data.audio_mean is None  # what the run was given
+        data = read_export(run)[1].config.data
+        assert (data.audio_mean, data.audio_std) == (manifest["logmel_mean"], manifest["logmel_std"])
+        assert load(RunConfig, run / "export" / "config.yaml").data.audio_mean == manifest["logmel_mean"]
+
+
 def test_an_export_without_label_names_is_scored_with_the_order_unchecked_and_another_class_count_refused(
         runs, shards, tmp_path, capsys):  # noqa: F811
     """As a CAV-MAE checkpoint converted without --labels: the class count is all that can be checked."""

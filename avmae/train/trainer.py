@@ -7,6 +7,7 @@ stop requests from SLURM) -> final checkpoint and fp32 export.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -350,6 +351,16 @@ class Trainer:
         finally:
             self.engine.train()
 
+    def _exported_config(self) -> RunConfig:
+        """The run's config as its exports hold it, with the log-mel normalisation it trained with written in (the
+        training build's statistics, where the config left them to the manifest): evaluated on another build (an
+        eval-only test split), the model then sees its inputs normalised as in training, not by that build's own
+        statistics."""
+        data = self.config.data
+        mean = data.audio_mean if data.audio_mean is not None else self.spec.logmel_mean
+        std = data.audio_std if data.audio_std is not None else self.spec.logmel_std
+        return dataclasses.replace(self.config, data=dataclasses.replace(data, audio_mean=mean, audio_std=std))
+
     def _export(self, best: dict | None) -> None:
         """Consolidated fp32 weights of the final step (and of the best and averaged ones for fine-tuning)."""
         if not self.config.checkpoint.export:
@@ -359,9 +370,11 @@ class Trainer:
             complete = self.checkpoints.complete()
             heads = self._heads() if self.config.task == "finetune" else {}
 
+            config = self._exported_config()
+
             def export(weights: str, tag_or_state, extra: dict[str, str]) -> None:
                 state = self.checkpoints.fp32_state_dict(tag_or_state) if isinstance(tag_or_state, str) else tag_or_state
-                info = ExportInfo(task=self.config.task, config=self.config, label_mode=self.spec.label_mode,
+                info = ExportInfo(task=self.config.task, config=config, label_mode=self.spec.label_mode,
                                   label_names=list(self.spec.label_names), heads=heads, extra=extra)
                 write_export(export_path(self.workdir, weights), state, info)
 
@@ -374,5 +387,5 @@ class Trainer:
                 states = [self.checkpoints.fp32_state_dict(tag) for _, tag in complete[-average:]]
                 mean = {k: torch.stack([s[k] for s in states]).mean(0) for k in states[0]}
                 export("averaged", mean, {"averaged": ",".join(tag for _, tag in complete[-average:])})
-            dump(self.config, export_path(self.workdir).with_name("config.yaml"))
+            dump(config, export_path(self.workdir).with_name("config.yaml"))
         dist.barrier()
