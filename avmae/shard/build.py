@@ -98,6 +98,10 @@ def run_build(out: Path | str, items: list[ClipItem], labels: LabelSet, source: 
     keeps its shards in flight, see remote_out.py)."""
     if not 0 <= task_index < num_tasks:
         raise ParameterError("task_index", f"{task_index} is not in [0, `num_tasks` {num_tasks})")
+    if overwrite and num_tasks > 1:
+        raise ParameterError("overwrite", f"cannot be used with array tasks ({num_tasks}): each would delete the "
+                             "shards the others write; clear the output once before submitting the array (rm -r, "
+                             "or one build with `overwrite` and no array)")
     if workers < 1:
         raise ParameterError("workers", f"must be at least 1, got {workers}")
     output = open_output(out, stage)

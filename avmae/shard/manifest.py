@@ -35,9 +35,27 @@ def claim_output(out: Path, description: dict[str, Any], shown: str | None = Non
                 "out", f"{shown or out} already holds a build of other inputs or parameters (fingerprint "
                 f"{str(existing.get('fingerprint', '?'))[:12]} vs {description['fingerprint'][:12]}); "
                 "use another folder, or `overwrite` to start over")
+        _check_same_tools(existing.get("tools"), description["tools"], shown or out)
         return False
     atomic_write(path, json.dumps(description, indent=1, sort_keys=True, ensure_ascii=False))
     return True
+
+
+# The tools whose versions decide a shard's bytes (JPEG encoding, resampling, the fbank): a build resumed, or an array
+# task run, with others would mix two encodings in one dataset, which its fingerprint (parameters and inputs) cannot
+# tell apart. avmae's own version is not among them: the format version is part of the fingerprint.
+_BYTE_DEFINING_TOOLS = ("ffmpeg", "torchaudio")
+
+
+def _check_same_tools(started: dict[str, str] | None, here: dict[str, str], shown: str | Path) -> None:
+    if not started:  # a build.json written before the tools were recorded
+        return
+    differ = [f"{tool} {started.get(tool)!r} there, {here.get(tool)!r} here" for tool in _BYTE_DEFINING_TOOLS
+              if started.get(tool) != here.get(tool)]
+    if differ:
+        raise BuildMismatchError(
+            "out", f"{shown} was started with other tools ({'; '.join(differ)}): its shards would mix two encodings; "
+            "run every task of a build with the same ffmpeg and torchaudio, or `overwrite` to start over")
 
 
 def read_build(out: Path) -> dict[str, Any]:

@@ -166,3 +166,29 @@ def test_another_build_in_the_output_folder_names_the_flags(shards, tmp_path, ca
     line = _one_line(capsys)
     assert line.startswith(f"avmae-shard build: --out {out} already holds a build of other inputs or parameters")
     assert line.endswith("use another folder, or --overwrite to start over"), line
+
+
+def test_a_resume_with_another_ffmpeg_is_refused_naming_both(shards, tmp_path, capsys):
+    """As an array task on a node with another ffmpeg module would find the build.json of the first task."""
+    out, _ = _copy(shards, tmp_path)
+    build = json.loads((out / "build.json").read_text())
+    ours = build["tools"]["ffmpeg"]
+    build["tools"]["ffmpeg"] = "ffmpeg version 4.4.2-0ubuntu0.22.04.1"
+    (out / "build.json").write_text(json.dumps(build))
+    build_shards(Path(build["source"]["src"]), out, shard_size=2, exit_code=2, **SMALL_BUILD)
+    line = _one_line(capsys)
+    assert line.startswith(f"avmae-shard build: --out {out} was started with other tools (ffmpeg "
+                           f"'ffmpeg version 4.4.2-0ubuntu0.22.04.1' there, {ours!r} here)"), line
+    assert line.endswith("or --overwrite to start over"), line
+
+
+def test_overwrite_with_array_tasks_is_refused(shards, tmp_path, capsys):
+    out, _ = _copy(shards, tmp_path)
+    source = json.loads((out / "build.json").read_text())["source"]["src"]
+    before = sorted(p.name for p in out.iterdir())
+    assert shard_main(["build", "--src", source, "--out", str(out), "--overwrite", "--num-tasks", "2",
+                       "--task-index", "1"]) == 2
+    assert _one_line(capsys) == ("avmae-shard build: --overwrite cannot be used with array tasks (2): each would "
+                                 "delete the shards the others write; clear the output once before submitting the "
+                                 "array (rm -r, or one build with --overwrite and no array)")
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing deleted
