@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from avmae.shard.items import ClipItem
 from avmae.shard.lists import ListFormatError, detect_format, read_list
 from avmae.shard.manifest import read_manifest
+from avmae.shard.plan import unique_ids
 from tests.helpers import SMALL_BUILD, build_shards
 
 
@@ -152,3 +154,12 @@ def test_folder_segments_middle_and_all_with_dir_labels(tmp_path, clip_factory):
     build_shards(tmp_path / "src", middle, "--segments", "middle", segment_seconds=2, **SMALL_BUILD)
     [only] = _metadata(middle).values()
     assert (only["start"], only["end"]) == (2.5, 4.5)
+
+
+def test_repeated_rows_get_ids_no_other_row_has():
+    def ids(*names: str) -> list[str]:
+        return [item.item_id for item in unique_ids([ClipItem(name, name, "list", None) for name in names])]
+
+    assert ids("a", "a", "a") == ["a", "a~2", "a~3"]
+    assert ids("a", "a", "a~2") == ["a", "a~3", "a~2"]  # a~2 is a row's own id: the repeat passes it over
+    assert ids("a~2", "a", "a", "a~3") == ["a~2", "a", "a~4", "a~3"]

@@ -33,13 +33,21 @@ def _unit_hash(text: str) -> float:
 
 
 def unique_ids(items: list[ClipItem]) -> list[ClipItem]:
-    """A list may name the same clip twice; both are kept, the repeats get ``~2``, ``~3``... so keys stay unique."""
-    seen: Counter[str] = Counter()
+    """A list may name the same clip twice; both are kept, the repeats get ``~2``, ``~3``... so keys stay unique: a
+    suffix that another input already has as its own id (``a, a, a~2``) is passed over (``a, a~3, a~2``)."""
+    listed = {item.item_id for item in items}
+    used: set[str] = set()
+    repeats: Counter[str] = Counter()
     out = []
     for item in items:
-        seen[item.item_id] += 1
-        count = seen[item.item_id]
-        out.append(item if count == 1 else replace(item, item_id=f"{item.item_id}~{count}"))
+        item_id = item.item_id
+        if item_id in used:
+            while item_id in used or item_id in listed:
+                repeats[item.item_id] += 1
+                item_id = f"{item.item_id}~{repeats[item.item_id] + 1}"
+            item = replace(item, item_id=item_id)
+        used.add(item_id)
+        out.append(item)
     return out
 
 
