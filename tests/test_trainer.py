@@ -141,7 +141,7 @@ def test_sbatch_job_signalled_before_its_time_limit_requeues_and_resumes(shards,
                         checkpoint={"every": 1000, "keep": 2})
     out = subprocess.run(
         ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1",
-         "--open-mode=append", f"--output={tmp_path}/job-%j.out",
+         f"--output={tmp_path}/job-%j.out",
          "--export=ALL,OMP_NUM_THREADS=1,AVMAE_CONFIG=" + str(config), "slurm/pretrain_as2m.sbatch"],
         cwd=REPO, capture_output=True, text=True, check=True)
     job = out.stdout.strip()

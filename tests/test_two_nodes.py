@@ -151,7 +151,7 @@ def test_losing_a_node_ends_the_job_which_requeues_itself_and_resumes_to_the_end
     steps = 40
     config = run_config(tmp_path, shards, optim={"steps": steps, "lr": 1e-3, "warmup_steps": 1},
                         checkpoint={"every": 3, "keep": 2})
-    job = submit([*TWO_NODES, *SMALL, "--open-mode=append", f"--output={tmp_path}/job-%j.out",
+    job = submit([*TWO_NODES, *SMALL, f"--output={tmp_path}/job-%j.out",
                   # launch.sh gives the other node this long to report once the batch node's tasks left
                   "--export=ALL,OMP_NUM_THREADS=1,AVMAE_STEP_GRACE_S=10,AVMAE_CONFIG=" + str(config),
                   "slurm/pretrain_as2m.sbatch"], cwd=REPO)
