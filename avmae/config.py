@@ -144,7 +144,9 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` strings to a nested dict; values are parsed as YAML scalars (``1e-4``, ``true``, ``[1,2]``)."""
+    """Apply ``a.b.c=value`` strings to a nested dict; values are parsed as YAML (``1e-4``, ``true``, ``[1,2]``). A
+    mapping merges into the one it lands on, as a base's does (``optim={lr: 1e-4}`` changes the rate and keeps the
+    recipe's steps and warm-up: replaced whole, the section fell back to the defaults, a 1,000-step run)."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
@@ -156,9 +158,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{item}': '{part}' is not a section")
         try:
-            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as err:
             raise ConfigError(f"override '{item}': the value is not valid YAML ({_problem(err)})") from None
+        node[parts[-1]] = merge(node.get(parts[-1]), value)
     return data
 
 

@@ -43,6 +43,16 @@ def test_unknown_key_names_the_nearest_valid_one(tmp_path):
         load(Experiment, None, ["step=3"])
 
 
+def test_a_mapping_override_merges_into_its_section(tmp_path):
+    """`--set 'optimizer={lr: ...}'` changes the rate and keeps what the file set beside it (replaced whole, the
+    section's other keys fell back to their defaults without a word)."""
+    path = tmp_path / "exp.yaml"
+    path.write_text("optimizer:\n  lr: 2.0e-4\n  betas: [0.8, 0.9]\nsteps: 50\n")
+    config = load(Experiment, path, ["optimizer={lr: 1.0e-4}"])
+    assert config.optimizer == Optimizer(lr=1e-4, betas=(0.8, 0.9)) and config.steps == 50
+    assert load(Experiment, path, ["optimizer.betas=[0.5]"]).optimizer.betas == (0.5,)  # a list is replaced whole
+
+
 def test_wrong_types_and_choices_are_errors():
     with pytest.raises(ConfigError, match="steps: expected an integer"):
         load(Experiment, None, ["steps=many"])

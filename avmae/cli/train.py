@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, required=True, help="run YAML (configs/*.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. optim.lr=1e-4 or model.encoder.size=base (repeatable)")
+                        help="override a config value, e.g. optim.lr=1e-4 or model.encoder.size=base (repeatable); a "
+                             "mapping merges into its section: optim={lr: 1e-4, warmup_steps: 100}")
     parser.add_argument("--workdir", help="run folder (overrides the config's workdir)")
     args = parser.parse_args(argv)
 
