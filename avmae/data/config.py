@@ -21,7 +21,7 @@ class DataConfig:
     eval_split: str = "val"
     backend: Backend = "auto"  # DALI when CUDA is present, webdataset otherwise
     batch_size: int = 8  # per rank
-    workers: int = 2  # DataLoader workers (webdataset) or DALI threads
+    workers: int = 2  # readers per rank: DataLoader workers (webdataset) or DALI feed processes; fixed for a run
     seed: int = 0
     # Video: how many of the stored frames (evenly spread) and the crop the model sees. None = the model's
     # (model.video.frames / model.video.size), filled in when a run config is validated, which refuses

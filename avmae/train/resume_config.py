@@ -8,7 +8,11 @@ What a resume may change, and why it is safe:
 - ``log.*``, ``checkpoint.every``, ``checkpoint.keep``, ``checkpoint.export``, ``finetune.eval_every``: what is
   written and when, not what is learned.
 - ``guard.*``: how many faults are tolerated before the job ends.
-- ``data.workers``, ``peak_tflops``: speed and the MFU estimate.
+- ``peak_tflops``: the MFU estimate.
+
+``data.workers`` is not among them, although it looks like a speed setting: it is the number of readers per rank,
+and the shards are dealt to the rank's readers and each reader's shuffle is seeded by its number (data/schedule.py),
+so another count would repeat or skip part of the epoch, and the readers' recorded positions would not apply.
 - ``workdir``: where the run folder is (a moved run folder resumes).
 """
 
@@ -24,7 +28,7 @@ from avmae.recipe.config import RunConfig
 from avmae.recipe.saved import read_saved_run_config
 
 RESUMABLE = ("optim.steps", "stop_after", "log.", "checkpoint.every", "checkpoint.keep", "checkpoint.export",
-             "finetune.eval_every", "guard.", "data.workers", "peak_tflops", "workdir")
+             "finetune.eval_every", "guard.", "peak_tflops", "workdir")
 
 
 def _flat(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -107,10 +107,11 @@ def test_a_planted_pickle_in_a_checkpoint_does_not_run_and_a_changed_config_is_r
         (folder / name).write_bytes(payload)
     assert json.loads((folder / "rng_rank0.json").read_text())["torch"]  # the state avmae reads: JSON
 
-    refused = train(config, "model.encoder.depth=4", "optim.lr=1e-3")
+    refused = train(config, "model.encoder.depth=4", "optim.lr=1e-3", "data.workers=2")
     assert refused.returncode == 2
     line = stop_line(refused)
     assert "model.encoder.depth 3 -> 4" in line and "optim.lr 0.002 -> 0.001" in line
+    assert "data.workers 0 -> 2" in line  # the readers the shards are dealt to: not a speed setting
     resumed = train(config, "optim.steps=6", "log.every=2", "checkpoint.every=3")  # changes a resume may make
     assert result_of(resumed)["step"] == 6 and "resumed from step 2" in resumed.stderr
     assert not witness.exists()
