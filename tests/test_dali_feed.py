@@ -77,6 +77,40 @@ def test_worker_feed_gives_the_serial_batches(shards, start_batch, balanced):
         assert any(skipped for _, skipped, _ in expected)  # the damaged sample was met, and recorded on its batch
 
 
+def test_feed_workers_outlive_slurms_usr1(shards):
+    """SLURM's --signal=USR1 reaches every process of the job, DALI's feed workers too: they must keep feeding, and
+    the training process keep its own reaction (its handler, installed after the loader, stops at a step)."""
+    pytest.importorskip("nvidia.dali")
+    import faulthandler
+    import os
+    import signal
+
+    import psutil
+
+    from avmae.data.dali_loader import DaliLoader
+
+    config = _config(shards)
+    spec = load_spec(shards, "train")
+    before = {child.pid for child in psutil.Process().children()}
+    loader = DaliLoader(spec, config, train=True, rank=0, world=1, device_id=None, augment=AugmentConfig())
+    stream = iter(loader)
+    first = [next(stream)["key"] for _ in range(2)]
+    workers = [child for child in psutil.Process().children() if child.pid not in before]
+    assert len(workers) >= len(loader.feeds) == 2
+    for worker in workers:
+        os.kill(worker.pid, signal.SIGUSR1)
+    # Before the fix the workers died of it and the next batches never came: end the suite loudly, not hang it.
+    faulthandler.dump_traceback_later(120, exit=True)
+    try:
+        later = [next(stream)["key"] for _ in range(8)]
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    assert all(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE for worker in workers)
+    expected = _serial(spec, config, 0, 10)
+    assert first + later == [keys for keys, _, _ in expected]
+    assert signal.SIGUSR1 not in signal.pthread_sigmask(signal.SIG_BLOCK, set())  # this process hears it as before
+
+
 def _decoded(jpegs: list[bytes | np.ndarray]) -> list[np.ndarray]:
     """The CPU decoder's RGB pixels of each JPEG (the graph's decoder, one batch)."""
     from nvidia.dali import fn, pipeline_def, types

@@ -17,7 +17,9 @@ to the batch's longest (JSON never holds a NUL byte).
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -34,6 +36,24 @@ def reader_slots(readers: int, start_batch: int) -> list[int]:
     """The reader in each slot of an iteration: the rank's batch start_batch + j comes from reader
     (start_batch + j) mod R (schedule.py), so the slots read in order give the serial feed's order."""
     return [(start_batch + j) % readers for j in range(readers)]
+
+
+@contextmanager
+def workers_deaf_to_usr1() -> Iterator[None]:
+    """Start DALI's feed workers (pipeline build) inside this: they begin life with SIGUSR1 blocked. SLURM's
+    ``--signal=USR1@300`` (the recipes' warning before the time limit) reaches every process of the job step, and a
+    worker keeps the default action, to die (spawned ones always; forked ones because the trainer installs its
+    handler after the loader): the rank then finds its loader broken instead of stopping at the step with a
+    checkpoint. The mask is inherited through fork and kept across a spawn's exec; the training process's own mask
+    is restored at once. SIGTERM is left alone: DALI ends a worker that does not stop by itself with it."""
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - not POSIX
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def start_method() -> str:

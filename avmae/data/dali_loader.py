@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from avmae.data.config import AugmentConfig, DataConfig
-from avmae.data.dali_feed import decode_notes, parallel_outputs, reader_feeds, start_method
+from avmae.data.dali_feed import decode_notes, parallel_outputs, reader_feeds, start_method, workers_deaf_to_usr1
 from avmae.data.dali_batch import DenseBatch, batch_types
 from avmae.data.dali_source import CheckedSamples
 from avmae.data.samples import frame_members, label_tensors
@@ -93,11 +93,12 @@ class DaliLoader:
             return tuple(slots)
 
         self.pipe = pipeline()
-        self.pipe.build()
         names = [f"{name}{j}" for j in range(len(self.feeds)) for name in ("video", "audio", "note")] or \
             ["video", "audio", "serial"]
-        self.iterator = DALIGenericIterator([self.pipe], names, last_batch_policy=LastBatchPolicy.DROP,
-                                            auto_reset=not train)
+        with workers_deaf_to_usr1():  # the feed workers start here
+            self.pipe.build()
+            self.iterator = DALIGenericIterator([self.pipe], names, last_batch_policy=LastBatchPolicy.DROP,
+                                                auto_reset=not train)
 
     def _batch(self, video: torch.Tensor, audio: torch.Tensor, metadata: list[dict[str, Any]], valid: list[bool],
                skipped: list[dict[str, Any]], drawn: list[int] | None) -> dict[str, Any]:
