@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,36 @@ def problem_with(folder: Path) -> str:
     return ""
 
 
+@contextmanager
+def _save_errors_kept(engine) -> Iterator[list[tuple[str, Exception]]]:
+    """While DeepSpeed saves, its checkpoint engine keeps the errors of its writes, with the file each was writing,
+    instead of raising them.
+
+    DeepSpeed's save_checkpoint ends in a barrier. A rank whose torch.save raised (a full disk or quota on its node)
+    would leave before that barrier for the agreement below, while the ranks that saved wait in it: two different
+    collectives, so every rank waits out the collective timeout and the job ends as if a rank had died, without the
+    error. Kept here, the failing rank writes nothing more of the checkpoint, passes DeepSpeed's barriers with the
+    others, and every rank then agrees the checkpoint failed and says why."""
+    checkpoint_engine = engine.checkpoint_engine
+    write = checkpoint_engine.save
+    errors: list[tuple[str, Exception]] = []
+
+    def save(state_dict, path, *args, **kwargs):
+        if errors:
+            return None  # this rank's checkpoint is lost already
+        try:
+            return write(state_dict, path, *args, **kwargs)
+        except Exception as err:  # torch.save raises RuntimeError on a full disk, not OSError
+            errors.append((str(path), err))
+            return None
+
+    checkpoint_engine.save = save
+    try:
+        yield errors
+    finally:
+        checkpoint_engine.save = write
+
+
 def _all_ranks_ok(ok: bool) -> bool:
     """Whether every rank succeeded; a collective, so one failing rank stops all of them at the same place instead
     of leaving the others in a barrier."""
@@ -118,7 +150,14 @@ class Checkpoints:
         folder = self.root / tag
         error: BaseException | None = None
         try:
-            engine.save_checkpoint(str(self.root), tag=tag, client_state={**client_state, "step": step})
+            # save_latest=False: DeepSpeed's 'latest' file is written by rank 0 alone just before its last barrier
+            # (a failure there is the same mismatch as above); avmae finds checkpoints by their markers.
+            with _save_errors_kept(engine) as failed:
+                engine.save_checkpoint(str(self.root), tag=tag, client_state={**client_state, "step": step},
+                                       save_latest=False)
+            if failed:  # torch's message does not name the file
+                path, err = failed[0]
+                raise RuntimeError(f"{path}: {' '.join(str(err).split())}") from err
             write_text_atomically(folder / f"rng_rank{dist.get_rank()}.json", json.dumps(rng_state()))
             if rank_data is not None:
                 write_text_atomically(folder / f"data_rank{dist.get_rank()}.json", json.dumps(rank_data))

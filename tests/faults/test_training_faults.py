@@ -141,6 +141,34 @@ def test_a_full_disk_during_a_save_stops_the_run_and_a_rerun_resumes(shards, tmp
         subprocess.run(["umount", "-l", str(workdir)], check=False)
 
 
+@pytest.mark.slow
+@pytest.mark.serial
+def test_a_save_that_fails_on_one_rank_stops_every_rank_at_once_saying_why(shards, tmp_path):
+    """Only rank 1's write fails: a directory stands where its optimizer shard of step 4 goes (a real error, as a
+    full disk or quota on its node would be). It used to leave DeepSpeed's last barrier for the agreement while
+    rank 0 waited in it: both waited out the collective timeout and ended "a collective failed at step 5", without
+    the error, which the SLURM scripts then requeue as a lost rank."""
+    config = run_config(tmp_path, shards, optim={"steps": 6, "lr": 1e-3, "warmup_steps": 1},
+                        checkpoint={"every": 2, "keep": 5}, guard={"collective_timeout_s": 120})
+    checkpoints = tmp_path / "run" / "checkpoints"
+    blocked = checkpoints / "step00000004" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    blocked.mkdir(parents=True)
+    started = time.time()
+    failed = train(config, processes=2, timeout=600)
+    took = time.time() - started
+    assert failed.returncode != 0 and took < 110, (took, failed.stderr[-3000:])  # not the collective timeout
+    assert "a collective failed" not in failed.stderr, failed.stderr[-3000:]
+    written = f"checkpoint {checkpoints}/step00000004 (step 4) could not be written"
+    assert f"{written}: {blocked}: " in failed.stderr and "Is a directory" in failed.stderr, failed.stderr[-3000:]
+    assert f"{written} on another rank" in failed.stderr
+    assert f"the newest complete checkpoint is {checkpoints}/step00000002" in failed.stderr
+    assert not (checkpoints / "step00000004" / "complete.json").exists()
+    blocked.rmdir()
+    resumed = train(config, processes=2)
+    assert result_of(resumed)["step"] == 6 and "resumed from step 2" in resumed.stderr
+    assert [r["step"] for r in metrics(tmp_path / "run")] == list(range(1, 7))
+
+
 def fault_a_rank_mid_run(tmp_path: Path, config: Path, signum: int) -> tuple[float, str]:
     """Start 2 ranks under torchrun, send ``signum`` to rank 1 after step 6; how long the job took to end, and its
     stderr (the job must have failed)."""
