@@ -68,6 +68,24 @@ def test_stopped_and_resumed_run_matches_an_uninterrupted_one(shards, tmp_path):
     assert {k: metrics(resumed / "run")[-1][k] for k in totals} == {k: metrics(straight / "run")[-1][k] for k in totals}
 
 
+def test_a_checkpoint_off_the_cycle_neither_takes_a_kept_place_nor_joins_the_average(shards, tmp_path):
+    """checkpoint.every 4, keep 3, average_last 3, and a stop at step 10 (as SLURM's USR1 would) before the run ends at
+    12: the kept and averaged checkpoints are 4, 8 and 12, and 10 goes once 12 exists. It used to push 4 out and be
+    averaged with 8 and 12."""
+    from avmae.export.format import read_export
+
+    config = run_config(tmp_path, shards, optim={"steps": 12, "lr": 1e-3, "warmup_steps": 1},
+                        checkpoint={"every": 4, "keep": 3, "average_last": 3})
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert torchrun(config, "stop_after=10", processes=1)["step"] == 10
+    assert sorted(p.name for p in checkpoints.glob("step*")) == ["step00000004", "step00000008", "step00000010"]
+    assert json.loads((checkpoints / "step00000010" / "complete.json").read_text())["regular"] is False
+    assert torchrun(config, processes=1)["finished"]
+    assert sorted(p.name for p in checkpoints.glob("step*")) == ["step00000004", "step00000008", "step00000012"]
+    _, info, _ = read_export(tmp_path / "run", "averaged")
+    assert info.extra["averaged"] == "step00000004,step00000008,step00000012"
+
+
 @pytest.mark.slow
 def test_finetune_from_the_pretraining_export(shards, tmp_path):
     pretrain = tmp_path / "pretrain"

@@ -135,17 +135,30 @@ class Checkpoints:
                     continue  # damaged: not a complete checkpoint
         return sorted(found)
 
+    def regular(self) -> list[tuple[int, str]]:
+        """The complete checkpoints of the ``checkpoint.every`` cycle (and the final step), oldest first: those that
+        ``keep`` counts and ``average_last`` averages. A checkpoint written off the cycle (a signal, ``stop_after``, a
+        fine-tuning evaluation between two) says so in its marker; markers written before that are regular."""
+        found = []
+        for step, tag in self.complete():
+            try:
+                if json.loads((self.root / tag / COMPLETE).read_text()).get("regular", True):
+                    found.append((step, tag))
+            except (OSError, ValueError):
+                continue
+        return found
+
     def newest(self) -> str:
         """The newest checkpoint with a marker, as a path for messages ("" when there is none)."""
         complete = self.complete()
         return str(self.root / complete[-1][1]) if complete else ""
 
     def save(self, engine, step: int, client_state: dict[str, Any], protect: str | None = None,
-             rank_data: dict[str, Any] | None = None) -> str:
+             rank_data: dict[str, Any] | None = None, regular: bool = True) -> str:
         """Every rank must call this (DeepSpeed saves each rank's shard). ``protect`` (the best checkpoint so far)
         survives pruning. ``rank_data``: this rank's own JSON state (its readers' positions), which DeepSpeed's
-        client state, saved by rank 0 alone, cannot hold. A save that fails on any rank (a full disk) stops the
-        job: no marker is written."""
+        client state, saved by rank 0 alone, cannot hold. ``regular``: on the ``checkpoint.every`` cycle (see
+        ``regular``). A save that fails on any rank (a full disk) stops the job: no marker is written."""
         tag = tag_for(step)
         folder = self.root / tag
         error: BaseException | None = None
@@ -167,7 +180,7 @@ class Checkpoints:
             try:
                 files = describe_and_sync(folder)
                 write_text_atomically(folder / COMPLETE, json.dumps(
-                    {"step": step, "world_size": dist.get_world_size(), "files": files}, indent=1))
+                    {"step": step, "world_size": dist.get_world_size(), "regular": regular, "files": files}, indent=1))
             except OSError as err:
                 error = err
         if not _all_ranks_ok(error is None):
@@ -175,11 +188,23 @@ class Checkpoints:
             raise JobStopped(f"checkpoint {folder} (step {step}) could not be written{reason}; it has no completion "
                              f"marker; the newest complete checkpoint is {self.newest() or 'none'}") from error
         if self.is_main:
-            for _, old in self.complete()[:-self.keep] if self.keep > 0 else []:
+            for old in self._prunable():
                 if old != protect:
                     shutil.rmtree(self.root / old, ignore_errors=True)
         dist.barrier()
         return tag
+
+    def _prunable(self) -> list[str]:
+        """The regular checkpoints beyond the newest ``keep`` (0 keeps all), and the off-cycle ones older than the
+        newest regular one: an off-cycle checkpoint only bridges a resume to the next regular one. Counted among
+        the regular ones, a save at a signal or at ``stop_after`` pushed a regular checkpoint out of ``keep`` and took
+        its place in ``average_last``'s mean."""
+        regular = self.regular()
+        newest_regular = regular[-1][0] if regular else -1
+        kept = {tag for _, tag in (regular[-self.keep:] if self.keep > 0 else regular)}
+        on_cycle = {tag for _, tag in regular}
+        return [tag for step, tag in self.complete()
+                if (tag in on_cycle and tag not in kept) or (tag not in on_cycle and step < newest_regular)]
 
     def _newest_sound(self) -> tuple[str | None, list[str]]:
         skipped = []

@@ -282,9 +282,11 @@ class Trainer:
                     raise guard.stop(step, budget, self._newest_checkpoint_at_or_before(guard.last_applied))
                 signum = stop.agreed()
                 leaving = signum or (config.stop_after and ran >= config.stop_after)
-                if step % config.checkpoint.every == 0 or step == optim.steps or leaving or self._eval_due(step):
+                regular = step % config.checkpoint.every == 0 or step == optim.steps
+                if regular or leaving or self._eval_due(step):
                     best = self._checkpoint(step, best, logger, {"nonfinite_total": guard.total,
-                                                                 "samples": dict(ledger.totals)}, positions.state())
+                                                                 "samples": dict(ledger.totals)}, positions.state(),
+                                            regular)
                 if leaving:
                     break
         except RuntimeError as err:  # a rank died or hung: a collective failed or timed out
@@ -328,7 +330,7 @@ class Trainer:
                 and (bool(every) and step % every == 0 or step == self.config.optim.steps))
 
     def _checkpoint(self, step: int, best: dict | None, logger: RunLogger, counts: dict[str, Any],
-                    rank_data: dict[str, Any]) -> dict | None:
+                    rank_data: dict[str, Any], regular: bool) -> dict | None:
         client: dict[str, Any] = {"best": best, **counts}
         if self._eval_due(step):
             metrics = self.evaluate()
@@ -340,7 +342,7 @@ class Trainer:
             client["best"] = best
             client["metrics"] = metrics
         self.checkpoints.save(self.engine, step, client, protect=tag_for(best["step"]) if best else None,
-                              rank_data=rank_data)
+                              rank_data=rank_data, regular=regular)
         return best
 
     def evaluate(self) -> dict[str, Any]:
@@ -383,9 +385,10 @@ class Trainer:
             if best is not None and any(tag == tag_for(best["step"]) for _, tag in complete):
                 export("best", tag_for(best["step"]), {"best": json.dumps(best)})
             average = self.config.checkpoint.average_last
-            if average > 1:
-                states = [self.checkpoints.fp32_state_dict(tag) for _, tag in complete[-average:]]
+            if average > 1:  # of the checkpoint.every cycle's checkpoints (the epochs), not of a signal's
+                averaged = self.checkpoints.regular()[-average:]
+                states = [self.checkpoints.fp32_state_dict(tag) for _, tag in averaged]
                 mean = {k: torch.stack([s[k] for s in states]).mean(0) for k in states[0]}
-                export("averaged", mean, {"averaged": ",".join(tag for _, tag in complete[-average:])})
+                export("averaged", mean, {"averaged": ",".join(tag for _, tag in averaged)})
             dump(config, export_path(self.workdir).with_name("config.yaml"))
         dist.barrier()
