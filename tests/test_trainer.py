@@ -193,15 +193,25 @@ def test_shards_made_for_another_model_are_refused_before_training(shards, tmp_p
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_a_job_requeues_itself_after_a_lost_rank_at_most_max_requeues_times(monkeypatch):
-    from avmae.train.signals import requeue_after_lost_rank
+def test_a_job_requeues_itself_after_a_lost_rank_at_most_max_requeues_times(monkeypatch, tmp_path):
+    from avmae.train.signals import LOST_RANK_REQUEUES, requeue_after_lost_rank
 
+    monkeypatch.setenv("PATH", "")  # no scontrol: SLURM is never really asked here
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    record = tmp_path / LOST_RANK_REQUEUES
+    # Three time-limit requeues (SIGUSR1) and no lost rank yet: the budget is whole.
     monkeypatch.setenv("SLURM_RESTART_COUNT", "3")
-    said = requeue_after_lost_rank(3)  # the budget is spent: SLURM is not asked (no scontrol needed)
-    assert said == ("not requeued: the job restarted 3 times already (guard.max_requeues 3); "
+    assert requeue_after_lost_rank(3, tmp_path) == "SLURM did not requeue the job (another rank may have already)"
+    assert json.loads(record.read_text()) == {"4242": [3]}
+    assert requeue_after_lost_rank(3, tmp_path).startswith("SLURM did not")  # a second rank reporting the same loss
+    assert json.loads(record.read_text()) == {"4242": [3]}  # counts once
+    for restart in ("5", "8"):
+        monkeypatch.setenv("SLURM_RESTART_COUNT", restart)
+        requeue_after_lost_rank(3, tmp_path)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "9")
+    said = requeue_after_lost_rank(3, tmp_path)  # the budget is spent: SLURM is not asked
+    assert said == ("not requeued: a lost rank requeued the job 3 times already (guard.max_requeues 3); "
                     "scontrol requeue 4242 resumes it")
-    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
-    assert requeue_after_lost_rank(0).startswith("not requeued")  # guard.max_requeues 0: never
+    assert requeue_after_lost_rank(0, tmp_path / "other").startswith("not requeued")  # guard.max_requeues 0: never
     monkeypatch.delenv("SLURM_JOB_ID")  # not a SLURM job: nothing to requeue
-    assert requeue_after_lost_rank(3) == "SLURM did not requeue the job (another rank may have already)"
+    assert requeue_after_lost_rank(3, tmp_path / "new").startswith("SLURM did not requeue the job")

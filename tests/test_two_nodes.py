@@ -169,7 +169,8 @@ def test_losing_a_node_ends_the_job_which_requeues_itself_and_resumes_to_the_end
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
     # The surviving rank's collective fails; it says so and requeues the job (guard.max_requeues), no person needed.
-    requeued = "avmae-train: rank 0: requeued to resume from the newest complete checkpoint (restart 1 of at most 3)"
+    requeued = ("avmae-train: rank 0: requeued to resume from the newest complete checkpoint (lost-rank restart 1 of "
+                "at most 3)")
     while time.time() < killed + 90 and requeued not in job_log(tmp_path):
         time.sleep(0.2)
     assert requeued in job_log(tmp_path), job_log(tmp_path)[-3000:]

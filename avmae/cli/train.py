@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             if err.requeues:  # said after the stop line: requeuing ends this job, maybe before a second line
                 from avmae.train.signals import requeue_after_lost_rank
 
-                print(f"avmae-train: rank {trainer.dist.rank}: {requeue_after_lost_rank(err.requeues)}",
-                      file=sys.stderr, flush=True)
+                said = requeue_after_lost_rank(err.requeues, trainer.workdir)
+                print(f"avmae-train: rank {trainer.dist.rank}: {said}", file=sys.stderr, flush=True)
             sys.stdout.flush()
             os._exit(1)
         return 1

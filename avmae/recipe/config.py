@@ -52,7 +52,8 @@ class GuardConfig:
     nonfinite_total: int = 50  # skipped steps over the whole run (resumes included)
     collective_timeout_s: float = 1800.0  # torch's process-group timeout, for every collective
     # Under SLURM, a job whose collective failed (a rank or a node was lost) requeues itself to resume from its
-    # newest checkpoint, at most this many times (SLURM_RESTART_COUNT); 0: never, a person requeues it.
+    # newest checkpoint, at most this many times (counted in the run folder: signals.requeue_after_lost_rank); 0:
+    # never, a person requeues it.
     max_requeues: int = 3
 
 
