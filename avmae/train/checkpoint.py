@@ -225,11 +225,17 @@ class Checkpoints:
         tag, skipped = choice
         if tag is None:
             return None, skipped
+        saved_world = json.loads((self.root / tag / COMPLETE).read_text()).get("world_size")
+        if saved_world is not None and saved_world != dist.get_world_size():
+            # DeepSpeed refuses it too, deep in ZeRO's optimizer with a traceback: say it in one line, before loading
+            raise ValueError(f"{self.root / tag} was written by {saved_world} ranks and this run has "
+                             f"{dist.get_world_size()}: ZeRO's partitioned optimizer state resumes only on as many "
+                             f"ranks (relaunch with {saved_world}, or start a new run from its export with init)")
         path, client_state = engine.load_checkpoint(str(self.root), tag=tag)
         if path is None:
             raise RuntimeError(f"{self.root / tag} matches its marker but DeepSpeed could not load it")
         own = self.root / tag / f"rng_rank{dist.get_rank()}.json"
-        if own.exists():  # absent when the world size changed: the run goes on with fresh random streams
+        if own.exists():  # absent in checkpoints written before the random state was kept as JSON
             set_rng_state(json.loads(own.read_text()))
         data = self.root / tag / f"data_rank{dist.get_rank()}.json"
         if data.exists():  # absent in checkpoints written before it, or for a rank the run did not have

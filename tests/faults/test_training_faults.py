@@ -169,6 +169,19 @@ def test_a_save_that_fails_on_one_rank_stops_every_rank_at_once_saying_why(shard
     assert [r["step"] for r in metrics(tmp_path / "run")] == list(range(1, 7))
 
 
+@pytest.mark.slow
+def test_a_resume_on_another_number_of_ranks_is_refused_in_one_line(shards, tmp_path):
+    config = run_config(tmp_path, shards, checkpoint={"every": 2, "keep": 2})
+    assert result_of(train(config, "stop_after=2"))["step"] == 2  # one rank
+    refused = train(config, processes=2)
+    assert refused.returncode != 0
+    lines = [line for line in refused.stderr.splitlines() if line.startswith("avmae-train: ")]
+    assert lines and all(line == lines[0] for line in lines) and "Traceback" not in refused.stderr.split(lines[0])[0]
+    assert lines[0] == (f"avmae-train: {tmp_path}/run/checkpoints/step00000002 was written by 1 ranks and this run has "
+                        "2: ZeRO's partitioned optimizer state resumes only on as many ranks (relaunch with 1, or "
+                        "start a new run from its export with init)")
+
+
 def fault_a_rank_mid_run(tmp_path: Path, config: Path, signum: int) -> tuple[float, str]:
     """Start 2 ranks under torchrun, send ``signum`` to rank 1 after step 6; how long the job took to end, and its
     stderr (the job must have failed)."""
