@@ -110,7 +110,7 @@ def _save_errors_kept(engine) -> Iterator[list[tuple[str, Exception]]]:
         checkpoint_engine.save = write
 
 
-def _all_ranks_ok(ok: bool) -> bool:
+def all_ranks_ok(ok: bool) -> bool:
     """Whether every rank succeeded; a collective, so one failing rank stops all of them at the same place instead
     of leaving the others in a barrier."""
     flag = torch.tensor([1 if ok else 0], dtype=torch.int64)
@@ -176,14 +176,14 @@ class Checkpoints:
                 write_text_atomically(folder / f"data_rank{dist.get_rank()}.json", json.dumps(rank_data))
         except Exception as err:  # DeepSpeed's torch.save raises RuntimeError on a full disk, not OSError
             error = err
-        if _all_ranks_ok(error is None) and self.is_main:
+        if all_ranks_ok(error is None) and self.is_main:
             try:
                 files = describe_and_sync(folder)
                 write_text_atomically(folder / COMPLETE, json.dumps(
                     {"step": step, "world_size": dist.get_world_size(), "regular": regular, "files": files}, indent=1))
             except OSError as err:
                 error = err
-        if not _all_ranks_ok(error is None):
+        if not all_ranks_ok(error is None):
             reason = f": {str(error).splitlines()[0]}" if error else " on another rank"
             raise JobStopped(f"checkpoint {folder} (step {step}) could not be written{reason}; it has no completion "
                              f"marker; the newest complete checkpoint is {self.newest() or 'none'}") from error

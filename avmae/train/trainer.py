@@ -26,7 +26,7 @@ from avmae.data.augment import mixup, noise_and_shift, spec_augment
 from avmae.data.loader import Loader
 from avmae.models.counts import pretraining_flops
 from avmae.files import write_atomically
-from avmae.train.checkpoint import Checkpoints, tag_for
+from avmae.train.checkpoint import Checkpoints, all_ranks_ok, tag_for
 from avmae.train.divergence import NonFiniteGuard, poison
 from avmae.train.resume_config import check_resumable
 from avmae.train.samples import SampleLedger
@@ -368,27 +368,38 @@ class Trainer:
         if not self.config.checkpoint.export:
             return
         dist.barrier()
+        error: Exception | None = None
         if self.is_main:
-            complete = self.checkpoints.complete()
-            heads = self._heads() if self.config.task == "finetune" else {}
+            try:
+                self._write_exports(best)
+            except (OSError, RuntimeError) as err:  # a full disk: safetensors raises either
+                error = err
+        # Not a barrier: rank 0's failure must reach every rank, or the others wait in the barrier for the
+        # collective timeout while rank 0 leaves.
+        if not all_ranks_ok(error is None):
+            reason = f": {' '.join(str(error).split())}" if error else " on rank 0"
+            raise JobStopped(f"the export to {export_path(self.workdir).parent} could not be written{reason}; the "
+                             "run's checkpoints are complete: the same command again writes it")
 
-            config = self._exported_config()
+    def _write_exports(self, best: dict | None) -> None:
+        complete = self.checkpoints.complete()
+        heads = self._heads() if self.config.task == "finetune" else {}
+        config = self._exported_config()
 
-            def export(weights: str, tag_or_state, extra: dict[str, str]) -> None:
-                state = self.checkpoints.fp32_state_dict(tag_or_state) if isinstance(tag_or_state, str) else tag_or_state
-                info = ExportInfo(task=self.config.task, config=config, label_mode=self.spec.label_mode,
-                                  label_names=list(self.spec.label_names), heads=heads, extra=extra)
-                write_export(export_path(self.workdir, weights), state, info)
+        def export(weights: str, tag_or_state, extra: dict[str, str]) -> None:
+            state = self.checkpoints.fp32_state_dict(tag_or_state) if isinstance(tag_or_state, str) else tag_or_state
+            info = ExportInfo(task=self.config.task, config=config, label_mode=self.spec.label_mode,
+                              label_names=list(self.spec.label_names), heads=heads, extra=extra)
+            write_export(export_path(self.workdir, weights), state, info)
 
-            _, last = complete[-1]
-            export("model", last, {"tag": last})
-            if best is not None and any(tag == tag_for(best["step"]) for _, tag in complete):
-                export("best", tag_for(best["step"]), {"best": json.dumps(best)})
-            average = self.config.checkpoint.average_last
-            if average > 1:  # of the checkpoint.every cycle's checkpoints (the epochs), not of a signal's
-                averaged = self.checkpoints.regular()[-average:]
-                states = [self.checkpoints.fp32_state_dict(tag) for _, tag in averaged]
-                mean = {k: torch.stack([s[k] for s in states]).mean(0) for k in states[0]}
-                export("averaged", mean, {"averaged": ",".join(tag for _, tag in averaged)})
-            dump(config, export_path(self.workdir).with_name("config.yaml"))
-        dist.barrier()
+        _, last = complete[-1]
+        export("model", last, {"tag": last})
+        if best is not None and any(tag == tag_for(best["step"]) for _, tag in complete):
+            export("best", tag_for(best["step"]), {"best": json.dumps(best)})
+        average = self.config.checkpoint.average_last
+        if average > 1:  # of the checkpoint.every cycle's checkpoints (the epochs), not of a signal's
+            averaged = self.checkpoints.regular()[-average:]
+            states = [self.checkpoints.fp32_state_dict(tag) for _, tag in averaged]
+            mean = {k: torch.stack([s[k] for s in states]).mean(0) for k in states[0]}
+            export("averaged", mean, {"averaged": ",".join(tag for _, tag in averaged)})
+        dump(config, export_path(self.workdir).with_name("config.yaml"))

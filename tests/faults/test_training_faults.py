@@ -182,6 +182,28 @@ def test_a_resume_on_another_number_of_ranks_is_refused_in_one_line(shards, tmp_
                         "start a new run from its export with init)")
 
 
+@pytest.mark.slow
+@pytest.mark.serial
+def test_an_export_that_cannot_be_written_stops_every_rank_in_one_line_and_a_rerun_writes_it(shards, tmp_path):
+    """A directory stands where rank 0 writes the export (a real error, as a full disk would be): rank 0 used to
+    raise a traceback while rank 1 waited in the barrier after the export for the collective timeout."""
+    config = run_config(tmp_path, shards, optim={"steps": 4, "lr": 1e-3, "warmup_steps": 1},
+                        checkpoint={"every": 2, "keep": 2}, guard={"collective_timeout_s": 120})
+    blocked = tmp_path / "run" / "export" / "model.safetensors"
+    blocked.mkdir(parents=True)
+    started = time.time()
+    failed = train(config, processes=2, timeout=600)
+    assert failed.returncode != 0 and time.time() - started < 110, failed.stderr[-3000:]
+    lines = [line for line in failed.stderr.splitlines() if line.startswith("avmae-train: ")]
+    assert any(line.startswith(f"avmae-train: the export to {blocked.parent} could not be written: ")
+               and "Is a directory" in line and line.endswith("the same command again writes it") for line in lines)
+    assert f"avmae-train: the export to {blocked.parent} could not be written on rank 0; the run's" in failed.stderr
+    assert "Traceback" not in failed.stderr.split("torch/distributed/elastic")[0], failed.stderr[-3000:]  # torchrun's
+    blocked.rmdir()
+    again = train(config, processes=2)
+    assert result_of(again)["finished"] and blocked.is_file()
+
+
 def fault_a_rank_mid_run(tmp_path: Path, config: Path, signum: int) -> tuple[float, str]:
     """Start 2 ranks under torchrun, send ``signum`` to rank 1 after step 6; how long the job took to end, and its
     stderr (the job must have failed)."""
