@@ -194,12 +194,20 @@ def test_s3_another_build_into_the_same_prefix_is_refused(synth_corpus, bucket, 
     line = capsys.readouterr().err.strip()
     assert line.count("\n") == 0 and f"--out {url} already holds a build of other inputs" in line
     assert sorted(_s3().find(f"{bucket}/mixed")) == objects_before
+    # --overwrite with array tasks is refused before anything goes: each task would delete the others' shards
+    assert shard_main(build_arguments(synth_corpus, url, "--overwrite", **{**BUILD, "num_frames": "3",
+                                                                          "task_index": 1, "num_tasks": 4})) == 2
+    assert "--overwrite cannot be used with array tasks (4)" in capsys.readouterr().err
+    assert sorted(_s3().find(f"{bucket}/mixed")) == objects_before
     # --overwrite starts over: every old object goes (shard 0 of the old build too), the new build's are there
-    _report(synth_corpus, url, capsys, "--overwrite", task_index=1, num_tasks=4, num_frames="3")
-    assert sorted(_s3().find(f"{bucket}/mixed")) == [
-        f"{bucket}/mixed/{name}" for name in ("_parts/train-000001.json", "build.json", "train-000001.crc",
-                                              "train-000001.idx", "train-000001.labels", "train-000001.tar")]
+    old_tar = _s3().cat_file(f"{bucket}/mixed/train-000000.tar")
+    assert _report(synth_corpus, url, capsys, "--overwrite", num_frames="3")["finished"]
+    shards = [f"train-00000{i}" for i in range(4)]
+    names = ["build.json", "manifest.json", "failures.jsonl", *(f"_parts/{s}.json" for s in shards),
+             *(f"{s}.{ext}" for s in shards for ext in ("crc", "idx", "labels", "tar"))]
+    assert sorted(_s3().find(f"{bucket}/mixed")) == sorted(f"{bucket}/mixed/{name}" for name in names)
     assert json.loads(_s3().cat_file(f"{bucket}/mixed/build.json"))["features"]["num_frames"] == 3
+    assert _s3().cat_file(f"{bucket}/mixed/train-000000.tar") != old_tar
 
 
 @pytest.mark.parametrize("problem", ["no_bucket", "no_credentials", "unreachable"])
