@@ -12,6 +12,8 @@ import traceback
 from pathlib import Path
 from typing import NoReturn
 
+from avmae.cli import say
+
 DESCRIPTION = """\
 Evaluate an avmae checkpoint (an export/*.safetensors file or a run folder) on a shard split:
   audioset   mAP (classes without positives are excluded and counted; mAP_sklearn scores them 0), mAUC, d-prime
@@ -150,7 +152,7 @@ def _leave_rank(failed) -> NoReturn:
     expected = isinstance(cause, _input_errors())
     if not (expected or is_collective_failure(cause)):
         traceback.print_exception(cause)
-    print(f"avmae-eval: {as_flags(str(failed))}", file=sys.stderr, flush=True)
+    say(f"avmae-eval: {as_flags(str(failed))}")
     sys.stdout.flush()
     os._exit(2 if expected else 1)
 
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(err, _input_errors()):
             raise
         message = " ".join(str(err).split())  # one line, whatever the library wrote
-        print(f"avmae-eval: {as_flags(message)}", file=sys.stderr)
+        say(f"avmae-eval: {as_flags(message)}")
         return 2
 
 

@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from avmae.cli import say
+
 DESCRIPTION = """\
 Train an AV-MAE (task: pretrain) or fine-tune its encoder (task: finetune) with DeepSpeed ZeRO, in one CPU process,
 under torchrun, or as srun tasks of a SLURM job (the process group is set up from the SLURM variables). The run
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load(RunConfig, args.config, overrides).validate()
     except (ConfigError, ValueError, FileNotFoundError) as err:
-        print(f"avmae-train: {_one_line(err)}", file=sys.stderr)
+        say(f"avmae-train: {_one_line(err)}")
         return 2
     from avmae.eval.during_training import SplitEvaluator
     from avmae.storage import StorageError
@@ -54,23 +56,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trainer = Trainer(config, evaluator=SplitEvaluator(config) if config.task == "finetune" else None)
     except (ValueError, FileNotFoundError, StorageError) as err:  # shards missing, unreachable or made for another
-        print(f"avmae-train: {_one_line(err)}", file=sys.stderr)  # model: say which
+        say(f"avmae-train: {_one_line(err)}")  # model: say which
         return 2
     from avmae.train.stops import JobStopped
 
     try:
         result = trainer.run()
     except (StorageError, ValueError) as err:  # the store failed past a loader's retries, or a shard's index or
-        print(f"avmae-train: {_one_line(err)}", file=sys.stderr, flush=True)  # sidecar is damaged: the file and
+        say(f"avmae-train: {_one_line(err)}")  # sidecar is damaged: the file and
         return 2  # what is wrong, no trace
     except JobStopped as err:  # divergence, a failed checkpoint, a loader past its budget, a dead rank: one line
-        print(f"avmae-train: {err}", file=sys.stderr, flush=True)
+        say(f"avmae-train: {err}")
         if err.group_broken:  # tearing down a process group with a dead peer waits on it: leave at once
             if err.requeues:  # said after the stop line: requeuing ends this job, maybe before a second line
                 from avmae.train.signals import requeue_after_lost_rank
 
                 said = requeue_after_lost_rank(err.requeues, trainer.workdir)
-                print(f"avmae-train: rank {trainer.dist.rank}: {said}", file=sys.stderr, flush=True)
+                say(f"avmae-train: rank {trainer.dist.rank}: {said}")
             sys.stdout.flush()
             os._exit(1)
         return 1
