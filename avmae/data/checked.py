@@ -18,7 +18,7 @@ import numpy as np
 from avmae.data.faults import SampleError
 from avmae.data.spec import DataSpec
 from avmae.data.tar_reader import IndexedShard, SampleBlock
-from avmae.shard.format import LOGMEL_MEMBER, METADATA_MEMBER, logmel_dtype, sample_members
+from avmae.shard.format import LOGMEL_MEMBER, METADATA_MEMBER, sample_members
 from avmae.shard.sample_check import SampleProblem, SampleRules, checked_logmel, checked_metadata, frame_size
 
 
@@ -42,11 +42,7 @@ class SampleChecker:
     the manifest promises."""
 
     def __init__(self, spec: DataSpec):
-        features = spec.features
-        self.rules = SampleRules(short_side=features["short_side"],
-                                 logmel_shape=(features["target_frames"], features["num_mel_bins"]),
-                                 logmel_dtype=np.dtype(logmel_dtype(features)), label_mode=spec.label_mode,
-                                 label_names=frozenset(spec.label_names), heads=dict(spec.heads))
+        self.rules = SampleRules.of(spec.features, spec.label_mode, spec.label_names, spec.heads)
 
     def read(self, shard: IndexedShard, index: int, frames: list[str], block: SampleBlock | None = None
              ) -> CheckedSample:

@@ -13,7 +13,7 @@ import numpy as np
 from avmae.data.checked import SampleChecker
 from avmae.data.config import AugmentConfig, DataConfig
 from avmae.data.dali_batch import Row, dense_batch
-from avmae.data.eval_order import EvalOrder, eval_skips
+from avmae.data.eval_order import EvalOrder
 from avmae.data.samples import frame_members, random_crop_box, training_frames
 from avmae.data.schedule import TrainSchedule
 from avmae.data.spec import DataSpec
@@ -44,7 +44,7 @@ class CheckedSamples:
             self.streams, self.skips = [rows for rows, _ in streams], [skips for _, skips in streams]
             self.batch = start_batch
         else:
-            self.order = EvalOrder(shards, rank, world, config.batch_size, self._eval_row, eval_skips(rank, 0))
+            self.order = EvalOrder(shards, rank, world, config.batch_size, self._eval_row)
             self.batch = 0
 
     def _draw(self, draw) -> Row:

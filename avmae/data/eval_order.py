@@ -24,14 +24,6 @@ from avmae.data.tar_reader import IndexedShard
 Row = TypeVar("Row")
 
 
-def eval_skips(rank: int, reader: int) -> SkipLog:
-    """An evaluation reader's skip log, without a budget: evaluation counts every sample of the split and reports
-    those it could not score (eval/coverage.py), so the training run's data.max_skip_fraction / max_skip_run would
-    only stop it before that count (a tar cut in half of a large split). EvalOrder stops a rank whose every sample
-    is bad."""
-    return SkipLog(f"rank {rank} reader {reader}", max_skip_fraction=1.0, max_skip_run=sys.maxsize)
-
-
 def eval_range(total: int, rank: int, world: int) -> tuple[int, int]:
     """DALI's shard of a reader: [floor(N r / R), floor(N (r + 1) / R))."""
     return total * rank // world, total * (rank + 1) // world
@@ -45,11 +37,16 @@ def eval_batches(total: int, world: int, batch_size: int) -> int:
 
 class EvalOrder(Generic[Row]):
     """Batch ``number`` of one rank's evaluation: ``batch(number)`` -> (rows, valid, records of its bad samples).
-    ``read(shard, index)`` makes a row or raises SampleError."""
+    ``read(shard, index)`` makes a row or raises SampleError; ``reader`` names the rank's reader in the log.
+
+    Its skip log has no budget: evaluation counts every sample of the split and reports those it could not score
+    (eval/coverage.py), so the training run's data.max_skip_fraction / max_skip_run would only stop it before that
+    count (a tar cut in half of a large split). A rank whose every sample is bad stops (``filler``)."""
 
     def __init__(self, shards: list[IndexedShard], rank: int, world: int, batch_size: int,
-                 read: Callable[[IndexedShard, int], Row], skips: SkipLog):
-        self.shards, self.rank, self.batch_size, self.read, self.skips = shards, rank, batch_size, read, skips
+                 read: Callable[[IndexedShard, int], Row], reader: int = 0):
+        self.shards, self.rank, self.batch_size, self.read = shards, rank, batch_size, read
+        self.skips = SkipLog(f"rank {rank} reader {reader}", max_skip_fraction=1.0, max_skip_run=sys.maxsize)
         self.starts = list(itertools.accumulate((len(shard) for shard in shards), initial=0))
         total = self.starts[-1]
         self.first, self.end = eval_range(total, rank, world)

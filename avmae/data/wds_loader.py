@@ -23,7 +23,7 @@ from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
 from avmae.data.checked import SampleChecker
 from avmae.data.config import AugmentConfig, DataConfig
-from avmae.data.eval_order import EvalOrder, eval_skips
+from avmae.data.eval_order import EvalOrder
 from avmae.data.faults import SampleError, SkipLog, good_rows
 from avmae.data.samples import decode_video, frame_members, label_tensors, training_frames
 from avmae.data.schedule import Draw, TrainSchedule
@@ -131,7 +131,7 @@ class ShardStream(IterableDataset):
         worker, workers = self._worker()
         rng = random.Random(0)
         order = EvalOrder(self.shards, self.rank, self.world, self.config.batch_size,
-                          lambda shard, index: self._read(shard, index, rng), eval_skips(self.rank, worker))
+                          lambda shard, index: self._read(shard, index, rng), worker)
         try:
             for number in range(worker, order.batches, workers):
                 yield self._collate(*order.batch(number))

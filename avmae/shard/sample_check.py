@@ -51,13 +51,18 @@ class SampleRules:
     heads: dict[str, int]
 
     @classmethod
-    def of_manifest(cls, manifest: dict[str, Any]) -> SampleRules:
-        features, labels = manifest["features"], manifest["labels"]
+    def of(cls, features: dict[str, Any], mode: LabelMode, names: Collection[str], heads: dict[str, int]
+           ) -> SampleRules:
+        """The rules for a manifest's feature parameters and its label mode, names and heads."""
         return cls(short_side=features["short_side"],
                    logmel_shape=(features["target_frames"], features["num_mel_bins"]),
                    logmel_dtype=np.dtype(logmel_dtype(features)),  # DALI declares it: another would break a batch
-                   label_mode=label_mode(manifest), label_names=frozenset(labels.get("names", ())),
-                   heads=dict(labels.get("heads") or {}))
+                   label_mode=mode, label_names=frozenset(names), heads=dict(heads))
+
+    @classmethod
+    def of_manifest(cls, manifest: dict[str, Any]) -> SampleRules:
+        labels = manifest["labels"]
+        return cls.of(manifest["features"], label_mode(manifest), labels.get("names", ()), labels.get("heads") or {})
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:

@@ -126,27 +126,25 @@ class Checkpoints:
 
     def complete(self) -> list[tuple[int, str]]:
         """(step, tag) of every checkpoint with a completion marker, oldest first (unchecked: see ``resume``)."""
-        found = []
-        if self.root.is_dir():
-            for marker in self.root.glob(f"*/{COMPLETE}"):
-                try:
-                    found.append((json.loads(marker.read_text())["step"], marker.parent.name))
-                except (OSError, ValueError, KeyError):
-                    continue  # damaged: not a complete checkpoint
-        return sorted(found)
+        return [(step, tag) for step, tag, _ in self._marked()]
 
     def regular(self) -> list[tuple[int, str]]:
         """The complete checkpoints of the ``checkpoint.every`` cycle (and the final step), oldest first: those that
         ``keep`` counts and ``average_last`` averages. A checkpoint written off the cycle (a signal, ``stop_after``, a
         fine-tuning evaluation between two) says so in its marker; markers written before that are regular."""
+        return [(step, tag) for step, tag, regular in self._marked() if regular]
+
+    def _marked(self) -> list[tuple[int, str, bool]]:
+        """(step, tag, regular) of every checkpoint with a readable completion marker, oldest first."""
         found = []
-        for step, tag in self.complete():
-            try:
-                if json.loads((self.root / tag / COMPLETE).read_text()).get("regular", True):
-                    found.append((step, tag))
-            except (OSError, ValueError):
-                continue
-        return found
+        if self.root.is_dir():
+            for marker in self.root.glob(f"*/{COMPLETE}"):
+                try:
+                    content = json.loads(marker.read_text())
+                    found.append((content["step"], marker.parent.name, bool(content.get("regular", True))))
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue  # damaged: not a complete checkpoint
+        return sorted(found)
 
     def newest(self) -> str:
         """The newest checkpoint with a marker, as a path for messages ("" when there is none)."""
@@ -199,12 +197,12 @@ class Checkpoints:
         newest regular one: an off-cycle checkpoint only bridges a resume to the next regular one. Counted among
         the regular ones, a save at a signal or at ``stop_after`` pushed a regular checkpoint out of ``keep`` and took
         its place in ``average_last``'s mean."""
-        regular = self.regular()
-        newest_regular = regular[-1][0] if regular else -1
-        kept = {tag for _, tag in (regular[-self.keep:] if self.keep > 0 else regular)}
-        on_cycle = {tag for _, tag in regular}
-        return [tag for step, tag in self.complete()
-                if (tag in on_cycle and tag not in kept) or (tag not in on_cycle and step < newest_regular)]
+        marked = self._marked()
+        regular = [tag for _, tag, on_cycle in marked if on_cycle]
+        newest_regular = max((step for step, _, on_cycle in marked if on_cycle), default=-1)
+        kept = set(regular[-self.keep:] if self.keep > 0 else regular)
+        return [tag for step, tag, on_cycle in marked
+                if (on_cycle and tag not in kept) or (not on_cycle and step < newest_regular)]
 
     def _newest_sound(self) -> tuple[str | None, list[str]]:
         skipped = []
