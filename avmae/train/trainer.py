@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.distributed as dist
+from avmae import collectives
 
 from avmae.config import dump
 from avmae.data.augment import mixup, noise_and_shift, spec_augment
@@ -69,23 +69,17 @@ def _deepspeed_config(config: RunConfig, bf16: bool) -> dict[str, Any]:
     }
 
 
-def _over_ranks(values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
-    """``values`` reduced over the ranks with ``op``, in float64 (on the GPU under NCCL, which reduces CUDA tensors
-    only); as they are in a single process."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        tensor = tensor.cuda()
-    dist.all_reduce(tensor, op=op)
-    return tensor.tolist()
+def _over_ranks(values: list[float], op: str = "sum") -> list[float]:
+    """``values`` reduced over the ranks with ``op`` (sum, max or min), in float64; as they are in a single
+    process. One collective: for log and guard boundaries."""
+    return collectives.all_reduce_values(values, op)
 
 
 def _host_peak_rss_gb() -> float:
     """The largest resident-memory high-water mark of any rank's process (getrusage's ru_maxrss, KiB on Linux),
     for logging: on CPU what a rank's model, optimizer and activations need; on GPU their host side (the model is
     built there first). The rank's DataLoader workers are processes of their own and are not counted."""
-    return _over_ranks([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20], dist.ReduceOp.MAX)[0]
+    return _over_ranks([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20], "max")[0]
 
 
 def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
@@ -93,7 +87,7 @@ def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     if not values:
         return values
     names = sorted(values)
-    world = dist.get_world_size() if dist.is_initialized() else 1
+    world = collectives.world_size()
     return {n: v / world for n, v in zip(names, _over_ranks([values[n] for n in names]))}
 
 
@@ -367,7 +361,7 @@ class Trainer:
         """Consolidated fp32 weights of the final step (and of the best and averaged ones for fine-tuning)."""
         if not self.config.checkpoint.export:
             return
-        dist.barrier()
+        collectives.barrier()
         error: Exception | None = None
         if self.is_main:
             try:
