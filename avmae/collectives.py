@@ -9,8 +9,8 @@ Object collectives (``all_gather_object``, ``gather_object``, ``broadcast_object
 NCCL torch places those on ``torch.cuda.current_device()``, so the rank's device must have been made current
 (``torch.cuda.set_device``) before the first one: avmae/distributed.py does that before the group starts.
 
-Nothing else under ``avmae/`` calls ``torch.distributed`` collectives (tests/test_collectives.py checks the
-source), and the tests run under a checking backend that refuses a tensor this module did not place.
+Nothing else under ``avmae/`` calls ``torch.distributed`` collectives: tests/test_collectives.py checks the source,
+and runs evaluation under avmae/testing_backend.py, which refuses a collective that does not come from here.
 """
 
 from __future__ import annotations
@@ -19,10 +19,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-
-# Attribute set on the tensors this module hands to a collective; the test-only checking backend
-# (avmae/testing_backend.py) refuses any tensor without it, naming the call.
-PLACED = "_avmae_placed"
 
 _OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
 
@@ -48,11 +44,8 @@ def group_device() -> torch.device:
 
 
 def _placed(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` on the group's device, contiguous, as a tensor of its own (a collective may write into it), marked
-    as placed here."""
-    moved = tensor.detach().to(group_device(), copy=True).contiguous()
-    setattr(moved, PLACED, True)
-    return moved
+    """``tensor`` on the group's device, contiguous, as a tensor of its own (a collective may write into it)."""
+    return tensor.detach().to(group_device(), copy=True).contiguous()
 
 
 def _op(op: str) -> dist.ReduceOp:
@@ -71,6 +64,35 @@ def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return work.to(tensor.device)
 
 
+def all_reduce_(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """``tensor`` reduced over the ranks in place, with no copy: for a tensor that already lives on
+    ``group_device()`` (a benchmark's buffer, a flag the caller keeps there); any other is refused."""
+    reduction = _op(op)
+    if is_distributed():
+        _on_group_device("all_reduce_", tensor)
+        dist.all_reduce(tensor, op=reduction)
+    return tensor
+
+
+def all_gather_into_(output: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``tensor`` written into ``output`` (``world_size()`` times its rows), in rank order, with no
+    copy; both must already live on ``group_device()``."""
+    if not is_distributed():
+        output.copy_(tensor.reshape(output.shape))
+        return output
+    _on_group_device("all_gather_into_", output, tensor)
+    dist.all_gather_into_tensor(output, tensor)
+    return output
+
+
+def _on_group_device(call: str, *tensors: torch.Tensor) -> None:
+    device = group_device()
+    for tensor in tensors:
+        if tensor.device != device:
+            raise ValueError(f"avmae.collectives.{call}: a tensor on {tensor.device}, and the group's collectives "
+                             f"run on {device} (use the copying form, without the trailing underscore)")
+
+
 def all_reduce_values(values: list[float], op: str = "sum") -> list[float]:
     """Host numbers reduced over the ranks, in float64, in one collective (and one device sync under NCCL): for log,
     checkpoint and guard boundaries, never inside a micro-step."""
@@ -87,7 +109,6 @@ def all_gather_tensor(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.detach().clone().reshape(-1, *tensor.shape[1:]) if tensor.dim() == 0 else tensor.detach().clone()
     work = _placed(tensor.reshape(1) if tensor.dim() == 0 else tensor)
     out = torch.empty((world_size() * work.shape[0], *work.shape[1:]), dtype=work.dtype, device=work.device)
-    setattr(out, PLACED, True)
     dist.all_gather_into_tensor(out, work)
     return out.to(tensor.device)
 
@@ -117,6 +138,18 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``tensor`` concatenated in rank order along dim 0, on ``tensor``'s device, differentiable: the
+    gradient of each rank's rows flows back to that rank (torch.distributed.nn.functional.all_gather), as a
+    contrastive loss over the global batch needs."""
+    if not is_distributed():
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    parts = all_gather(tensor.to(group_device()).contiguous())
+    return torch.cat(parts, dim=0).to(tensor.device)
 
 
 def barrier() -> None:

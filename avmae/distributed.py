@@ -1,19 +1,27 @@
 """Process-group set-up from SLURM, torchrun or nothing (one process), before DeepSpeed sees it.
 
 DeepSpeed falls back to MPI discovery (and needs mpi4py) when RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT /
-LOCAL_RANK are missing (engineering.md 5.3); so they are always set here, from SLURM's variables when srun
-started us: MASTER_ADDR is the first host of the job's node list, MASTER_PORT is derived from the job id so two
-jobs sharing a node do not collide.
+LOCAL_RANK are missing (deepspeed/comm/comm.py, ``init_distributed``); so they are always set here, from SLURM's
+variables when srun started us: MASTER_ADDR is the first host of the job's node list, MASTER_PORT is derived from
+the job id so two jobs sharing a node do not collide.
+
+The device is ``cuda:(LOCAL_RANK % device_count)``, and a machine whose GPUs torch cannot use stops with one line
+instead of running on the CPU; both decisions are pure functions of the facts they are given (``choose_device``),
+so the tests try them without a GPU. NCCL's error-handling variables get their defaults here too, before the
+group starts.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 
@@ -87,9 +95,119 @@ def environment_from_slurm(env: dict[str, str]) -> dict[str, str]:
     }
 
 
+DEVICE_VARIABLE = "AVMAE_DEVICE"  # "cpu": run on the CPU on purpose, on a machine that has GPUs
+BACKEND_VARIABLE = "AVMAE_DIST_BACKEND"  # "avmae_checked": the CPU rehearsal of NCCL's rules (avmae/testing_backend.py)
+NVIDIA_PROC = Path("/proc/driver/nvidia")
+
+
+class NoUsableGPU(RuntimeError):
+    """The machine shows NVIDIA GPUs that torch cannot use; ``str(error)`` is the one line a person reads."""
+
+
+@dataclass(frozen=True)
+class MachineGPUs:
+    """What the machine itself shows of NVIDIA GPUs, whatever torch makes of them."""
+
+    count: int  # GPUs the driver lists (0: none, or no driver)
+    driver: str | None  # the kernel module's version, e.g. "535.104.05"
+
+
+def gpus_of_machine(proc_root: Path = NVIDIA_PROC, smi: str | None = "nvidia-smi") -> MachineGPUs:
+    """The NVIDIA driver's view: one folder per GPU under ``/proc/driver/nvidia/gpus`` and the version line of
+    ``/proc/driver/nvidia/version`` ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05 ..."); where
+    /proc shows nothing (a container that hides it), ``nvidia-smi -L`` lists the GPUs. ``smi=None`` skips it."""
+    gpus = proc_root / "gpus"
+    count = len(list(gpus.iterdir())) if gpus.is_dir() else 0
+    version_file = proc_root / "version"
+    driver = None
+    if version_file.is_file():
+        found = re.search(r"Kernel Module\s+([0-9][0-9.]*)", version_file.read_text(errors="replace"))
+        driver = found.group(1) if found else None
+    if (count == 0 or driver is None) and smi and shutil.which(smi):
+        try:
+            listed = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30).stdout
+            count = count or sum(line.startswith("GPU ") for line in listed.splitlines())
+            query = [smi, "--query-gpu=driver_version", "--format=csv,noheader"]
+            driver = driver or (subprocess.run(query, capture_output=True, text=True, timeout=30).stdout.split()
+                                or [None])[0]
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return MachineGPUs(count, driver)
+
+
+def device_index(local_rank: int, device_count: int) -> int:
+    """The CUDA device of a rank: ``LOCAL_RANK % device_count``. Under ``srun --gpus-per-task=1`` (or any per-task
+    ``CUDA_VISIBLE_DEVICES``) each task sees one GPU, index 0, whatever its local rank; with every GPU of the node
+    visible, the local rank picks one."""
+    if device_count < 1:
+        raise ValueError(f"device_index: no CUDA device to place local rank {local_rank} on")
+    return local_rank % device_count
+
+
+def choose_device(requested: str | None, cuda_available: bool, device_count: int, local_rank: int,
+                  machine: MachineGPUs, torch_cuda: str | None) -> torch.device:
+    """The rank's device, from the facts given: ``requested`` "cpu" (``device_name`` or ``AVMAE_DEVICE``) keeps the
+    rank on the CPU; otherwise a usable GPU is used, and GPUs that the machine shows but torch cannot use (a
+    driver older than torch's CUDA needs, or a CPU-only torch) are an error: a silent CPU run of a GPU job would
+    take days and look like a slow cluster."""
+    if requested not in (None, "", "cpu", "cuda"):
+        raise ValueError(f"{DEVICE_VARIABLE} / device_name: {requested!r} is not 'cpu' or 'cuda'")
+    if requested == "cpu":
+        return torch.device("cpu")
+    if cuda_available and device_count > 0:
+        return torch.device("cuda", device_index(local_rank, device_count))
+    if machine.count > 0 or requested == "cuda":
+        shown = f"this machine shows {machine.count} NVIDIA GPU(s)" if machine.count else "a GPU was asked for"
+        raise NoUsableGPU(
+            f"avmae: {shown} (driver {machine.driver or 'unknown'}) but torch cannot use them (torch "
+            f"{torch.__version__}, built for CUDA {torch_cuda or 'none: a CPU-only build'}); install a torch built for "
+            f"this driver's CUDA, or run on the CPU on purpose with {DEVICE_VARIABLE}=cpu")
+    return torch.device("cpu")
+
+
+def backend_for(device: torch.device, env: dict[str, str]) -> str:
+    """NCCL on CUDA; on the CPU gloo, or the checking backend of the tests when ``AVMAE_DIST_BACKEND`` asks."""
+    asked = env.get(BACKEND_VARIABLE, "")
+    if device.type == "cuda":
+        if asked and asked != "nccl":
+            raise ValueError(f"{BACKEND_VARIABLE}={asked}: a CUDA device runs NCCL only")
+        return "nccl"
+    if asked in ("", "gloo"):
+        return "gloo"
+    from avmae import testing_backend
+
+    if asked != testing_backend.NAME:
+        raise ValueError(f"{BACKEND_VARIABLE}={asked}: not one of gloo, {testing_backend.NAME}")
+    return testing_backend.register()
+
+
+# What a cluster run of NCCL needs, set before the group starts and only where the user has not chosen otherwise.
+# Names and values from torch 2.11's ProcessGroupNCCL.hpp and its "ProcessGroupNCCL Environment Variables" page
+# (pytorch.org/docs/stable/torch_nccl_environment_variables.html):
+# - TORCH_NCCL_ASYNC_ERROR_HANDLING=3: the watchdog tears the process down when a collective fails or passes the
+#   group's timeout, instead of leaving it waiting on a dead rank; 3 (torch's default) skips aborting the
+#   communicators first, an abort that can itself hang; stated here so the behaviour does not depend on the
+#   version's default. TORCH_NCCL_BLOCKING_WAIT stays unset: a blocking wait() would stall the host at every
+#   collective instead of only when a value is read.
+# - TORCH_NCCL_DUMP_ON_TIMEOUT=1 with TORCH_NCCL_TRACE_BUFFER_SIZE>0: on a timeout each rank writes its flight
+#   recorder (the last collectives it issued) to TORCH_NCCL_DEBUG_INFO_TEMP_FILE<rank> (default
+#   /tmp/nccl_trace_rank_<rank>), which says which rank stopped issuing collectives.
+NCCL_DEFAULTS = {
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "3",
+    "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
+    "TORCH_NCCL_TRACE_BUFFER_SIZE": "2000",
+}
+
+
+def nccl_environment(env: dict[str, str]) -> dict[str, str]:
+    """The NCCL variables to add to ``env``: the defaults above that it does not set already."""
+    return {key: value for key, value in NCCL_DEFAULTS.items() if key not in env}
+
+
 def setup_distributed(device_name: str | None = None, timeout_s: float = 1800.0) -> DistInfo:
     """Set the variables, choose the device and backend (NCCL on CUDA, gloo on CPU), start the process group.
-    The one set-up of training and evaluation; ``device_name="cpu"`` keeps a GPU machine's process on the CPU.
+    The one set-up of training and evaluation; ``device_name="cpu"`` (or ``AVMAE_DEVICE=cpu``) keeps a GPU
+    machine's process on the CPU; a GPU the machine shows but torch cannot use is an error (``NoUsableGPU``).
     ``timeout_s`` (``guard.collective_timeout_s``) bounds every collective of the group: a rank that died or hangs
     ends the job with an error on the others instead of leaving them waiting for ever."""
     import deepspeed
@@ -108,15 +226,23 @@ def setup_distributed(device_name: str | None = None, timeout_s: float = 1800.0)
                            "MASTER_PORT": str(port_for_job(os.environ.get("SLURM_JOB_ID", "0")))}.items():
             os.environ.setdefault(key, value)
     rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    if torch.cuda.is_available() and device_name != "cpu":
-        torch.cuda.set_device(local_rank)
-        device, backend = torch.device("cuda", local_rank), "nccl"
+    requested = device_name or os.environ.get(DEVICE_VARIABLE) or None
+    cuda = requested != "cpu" and torch.cuda.is_available()
+    machine = gpus_of_machine() if requested != "cpu" and not cuda else MachineGPUs(0, None)
+    device = choose_device(requested, cuda, torch.cuda.device_count() if cuda else 0, local_rank, machine,
+                           torch.version.cuda)
+    backend = backend_for(device, dict(os.environ))
+    if device.type == "cuda":
+        # Before the group starts: NCCL's communicator, and the byte tensors of object collectives, go on the
+        # current device, which would otherwise be cuda:0 for every rank of the node.
+        torch.cuda.set_device(device)
+        os.environ.update(nccl_environment(dict(os.environ)))
     else:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        device, backend = torch.device("cpu"), "gloo"
     if launcher != "single":  # one line per rank: on many nodes, which host holds which rank is the first question
         print(f"avmae: rank {rank}/{world} local {local_rank} on {socket.gethostname()}, rendezvous "
-              f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}, {backend}", file=sys.stderr, flush=True)
+              f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}, {backend} on {device}", file=sys.stderr,
+              flush=True)
     timeout = timedelta(seconds=timeout_s)
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout)
     _bound_deepspeed_world_copy(world, timeout)

@@ -1,4 +1,5 @@
-"""Evaluation counts every sample of the split or says why not (DESIGN.md "Faults are data").
+"""Evaluation counts every sample of the split or says why not: a sample that was not scored is named, with the
+reason the loader gave.
 
 The loaders mark a sample they could not read as ``valid=False`` and describe it in ``batch["skipped"]``
 (``{"shard", "key", "member", "reason", "detail"}``). Each rank collects those records; they are gathered to every
@@ -10,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch.distributed as dist
-
+from avmae import collectives
 from avmae.data.spec import DataSpec
 from avmae.data.tar_reader import IndexedShard
 
@@ -29,11 +29,7 @@ def batch_skips(batch: dict[str, Any]) -> list[dict[str, Any]]:
 
 def gather_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every rank's records, on every rank, in rank order."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return records
-    everyone: list[list[dict[str, Any]]] = [[] for _ in range(dist.get_world_size())]
-    dist.all_gather_object(everyone, records)
-    return [record for part in everyone for record in part]
+    return [record for part in collectives.all_gather_object(records) for record in part]
 
 
 def split_keys(spec: DataSpec) -> list[tuple[str, str]]:

@@ -123,9 +123,11 @@ def _leave_group(together: bool = False) -> None:
     in gloo (rank 0 may still be writing the outputs)."""
     import torch.distributed as dist
 
+    from avmae import collectives
+
     if dist.is_initialized():
         if together:
-            dist.barrier()
+            collectives.barrier()
         dist.destroy_process_group()
 
 

@@ -7,28 +7,22 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
+from avmae import collectives
 from avmae.eval.coverage import batch_skips, gather_records
 from avmae.eval.predictions import Predictions, task_metrics
 from avmae.shard.format import LabelMode
 
 
 def gather(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate a tensor from every rank, rank order (all ranks hold the same shape: the loaders pad)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensor
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts)
+    """Concatenate a tensor from every rank, rank order (all ranks hold the same shape: the loaders pad), on the
+    tensor's own device: avmae.collectives moves it to the group's device (the GPU under NCCL) for the gather."""
+    return collectives.all_gather_tensor(tensor)
 
 
 def gather_keys(keys: list[str]) -> list[str]:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return keys
-    everyone: list[list[str]] = [[] for _ in range(dist.get_world_size())]
-    dist.all_gather_object(everyone, keys)
-    return [key for part in everyone for key in part]
+    """Every rank's sample keys, in rank order."""
+    return [key for part in collectives.all_gather_object(keys) for key in part]
 
 
 @torch.no_grad()

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
+from avmae import collectives
 from avmae.crc import crc32
 from avmae.files import sync_folder, write_text_atomically
 from avmae.train.rng import rng_state, set_rng_state
@@ -113,11 +113,7 @@ def _save_errors_kept(engine) -> Iterator[list[tuple[str, Exception]]]:
 def all_ranks_ok(ok: bool) -> bool:
     """Whether every rank succeeded; a collective, so one failing rank stops all of them at the same place instead
     of leaving the others in a barrier."""
-    flag = torch.tensor([1 if ok else 0], dtype=torch.int64)
-    if dist.get_backend() == "nccl":
-        flag = flag.cuda()
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+    return collectives.all_reduce_values([1.0 if ok else 0.0], "min")[0] == 1.0
 
 
 class Checkpoints:
@@ -169,16 +165,16 @@ class Checkpoints:
             if failed:  # torch's message does not name the file
                 path, err = failed[0]
                 raise RuntimeError(f"{path}: {' '.join(str(err).split())}") from err
-            write_text_atomically(folder / f"rng_rank{dist.get_rank()}.json", json.dumps(rng_state()))
+            write_text_atomically(folder / f"rng_rank{collectives.rank()}.json", json.dumps(rng_state()))
             if rank_data is not None:
-                write_text_atomically(folder / f"data_rank{dist.get_rank()}.json", json.dumps(rank_data))
+                write_text_atomically(folder / f"data_rank{collectives.rank()}.json", json.dumps(rank_data))
         except Exception as err:  # DeepSpeed's torch.save raises RuntimeError on a full disk, not OSError
             error = err
         if all_ranks_ok(error is None) and self.is_main:
             try:
                 files = describe_and_sync(folder)
-                write_text_atomically(folder / COMPLETE, json.dumps(
-                    {"step": step, "world_size": dist.get_world_size(), "regular": regular, "files": files}, indent=1))
+                marker = {"step": step, "world_size": collectives.world_size(), "regular": regular, "files": files}
+                write_text_atomically(folder / COMPLETE, json.dumps(marker, indent=1))
             except OSError as err:
                 error = err
         if not all_ranks_ok(error is None):
@@ -189,7 +185,7 @@ class Checkpoints:
             for old in self._prunable():
                 if old != protect:
                     shutil.rmtree(self.root / old, ignore_errors=True)
-        dist.barrier()
+        collectives.barrier()
         return tag
 
     def _prunable(self) -> list[str]:
@@ -218,24 +214,22 @@ class Checkpoints:
         ``rank_data`` where the checkpoint has it), and one line per newer checkpoint skipped (rank 0 checks, every
         rank loads the same one)."""
         choice: list[Any] = list(self._newest_sound()) if self.is_main else [None, []]
-        if dist.get_world_size() > 1:
-            dist.broadcast_object_list(choice, src=0)  # between our own ranks: not data from a file
-        tag, skipped = choice
+        tag, skipped = collectives.broadcast_object(choice, src=0)  # between our own ranks: not data from a file
         if tag is None:
             return None, skipped
         saved_world = json.loads((self.root / tag / COMPLETE).read_text()).get("world_size")
-        if saved_world is not None and saved_world != dist.get_world_size():
+        if saved_world is not None and saved_world != collectives.world_size():
             # DeepSpeed refuses it too, deep in ZeRO's optimizer with a traceback: say it in one line, before loading
             raise ValueError(f"{self.root / tag} was written by {saved_world} ranks and this run has "
-                             f"{dist.get_world_size()}: ZeRO's partitioned optimizer state resumes only on as many "
+                             f"{collectives.world_size()}: ZeRO's partitioned optimizer state resumes only on as many "
                              f"ranks (relaunch with {saved_world}, or start a new run from its export with init)")
         path, client_state = engine.load_checkpoint(str(self.root), tag=tag)
         if path is None:
             raise RuntimeError(f"{self.root / tag} matches its marker but DeepSpeed could not load it")
-        own = self.root / tag / f"rng_rank{dist.get_rank()}.json"
+        own = self.root / tag / f"rng_rank{collectives.rank()}.json"
         if own.exists():  # absent in checkpoints written before the random state was kept as JSON
             set_rng_state(json.loads(own.read_text()))
-        data = self.root / tag / f"data_rank{dist.get_rank()}.json"
+        data = self.root / tag / f"data_rank{collectives.rank()}.json"
         if data.exists():  # absent in checkpoints written before it, or for a rank the run did not have
             client_state = {**client_state, "rank_data": json.loads(data.read_text())}
         return client_state, skipped

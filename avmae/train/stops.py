@@ -15,14 +15,32 @@ class JobStopped(RuntimeError):
     requeues = 0
 
 
-# How a failed collective reads when the backend does not raise torch's DistError: gloo raises a plain RuntimeError
-# ("Timed out waiting 5000ms for recv operation", "Connection closed by peer"), as measured with torch 2.11.
+# A failed collective, told by its type: torch raises DistError or a subclass of it (DistBackendError from NCCL's
+# watchdog on a timeout or a remote error, DistNetworkError for a lost connection, DistStoreError when the rendezvous
+# store, held by rank 0, is gone); torch/distributed/__init__.py exports them.
+# gloo raises a plain RuntimeError instead, so its wording is kept as the fallback: "[.../gloo/transport/tcp/pair.cc]
+# Connection closed by peer" when a rank died, "Timed out waiting 3000ms for recv operation to complete" when one
+# hung (both measured with torch 2.11 on two CPU processes).
 COLLECTIVE_FAILURES = ("gloo/transport", "Connection closed by peer", "Connection reset by peer", "NCCL error",
                        "Timed out waiting")
 
 
+def _chain(error: BaseException) -> list[BaseException]:
+    """The error and the errors it was raised from or during (DeepSpeed and the loaders re-raise), each once."""
+    seen: list[BaseException] = []
+    while error is not None and all(error is not other for other in seen) and len(seen) < 16:
+        seen.append(error)
+        error = error.__cause__ or error.__context__
+    return seen
+
+
 def is_collective_failure(error: BaseException) -> bool:
+    """Whether ``error`` (or one it came from) says a collective failed: another rank died or hung."""
     import torch.distributed as dist
 
-    return isinstance(error, dist.DistError) or (
-        isinstance(error, RuntimeError) and any(mark in str(error) for mark in COLLECTIVE_FAILURES))
+    for link in _chain(error):
+        if isinstance(link, dist.DistError):
+            return True
+        if isinstance(link, RuntimeError) and any(mark in str(link) for mark in COLLECTIVE_FAILURES):
+            return True
+    return False
