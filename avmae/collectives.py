@@ -140,16 +140,30 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """All ranks' rows forward; backward, each rank gets the sum over ranks of the gradient of its own rows (every
+    rank's loss used them). The gradient is summed with one all-reduce of the gathered shape and sliced, which gloo
+    and NCCL both run (gloo has no reduce-scatter); torch.distributed.nn.functional.all_gather computes the same
+    sum, with an all-to-all off NCCL."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.rows = tensor.shape[0]
+        return all_gather_tensor(tensor)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        start = rank() * ctx.rows
+        return all_reduce(grad.contiguous(), "sum")[start:start + ctx.rows]
+
+
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Every rank's ``tensor`` concatenated in rank order along dim 0, on ``tensor``'s device, differentiable: the
-    gradient of each rank's rows flows back to that rank (torch.distributed.nn.functional.all_gather), as a
-    contrastive loss over the global batch needs."""
+    """Every rank's ``tensor`` (the same shape on every rank) concatenated in rank order along dim 0, on
+    ``tensor``'s device, differentiable: the gradient of each rank's rows flows back to that rank, as a contrastive
+    loss whose negatives are the global batch needs. Every rank must run the backward too."""
     if not is_distributed():
         return tensor
-    from torch.distributed.nn.functional import all_gather
-
-    parts = all_gather(tensor.to(group_device()).contiguous())
-    return torch.cat(parts, dim=0).to(tensor.device)
+    return _GatherWithGrad.apply(tensor)
 
 
 def barrier() -> None:

@@ -100,8 +100,9 @@ BACKEND_VARIABLE = "AVMAE_DIST_BACKEND"  # "avmae_checked": the CPU rehearsal of
 NVIDIA_PROC = Path("/proc/driver/nvidia")
 
 
-class NoUsableGPU(RuntimeError):
-    """The machine shows NVIDIA GPUs that torch cannot use; ``str(error)`` is the one line a person reads."""
+class NoUsableGPU(ValueError):
+    """The machine shows NVIDIA GPUs that torch cannot use; ``str(error)`` is the one line a person reads (a
+    ValueError: avmae-train and avmae-eval print it as bad input, without a traceback, and exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ def choose_device(requested: str | None, cuda_available: bool, device_count: int
     if machine.count > 0 or requested == "cuda":
         shown = f"this machine shows {machine.count} NVIDIA GPU(s)" if machine.count else "a GPU was asked for"
         raise NoUsableGPU(
-            f"avmae: {shown} (driver {machine.driver or 'unknown'}) but torch cannot use them (torch "
+            f"avmae: {shown} (driver {machine.driver or 'unknown'}) but torch sees no usable CUDA device (torch "
             f"{torch.__version__}, built for CUDA {torch_cuda or 'none: a CPU-only build'}); install a torch built for "
             f"this driver's CUDA, or run on the CPU on purpose with {DEVICE_VARIABLE}=cpu")
     return torch.device("cpu")
@@ -210,8 +211,6 @@ def setup_distributed(device_name: str | None = None, timeout_s: float = 1800.0)
     machine's process on the CPU; a GPU the machine shows but torch cannot use is an error (``NoUsableGPU``).
     ``timeout_s`` (``guard.collective_timeout_s``) bounds every collective of the group: a rank that died or hangs
     ends the job with an error on the others instead of leaving them waiting for ever."""
-    import deepspeed
-
     launcher = launcher_of(dict(os.environ))
     if launcher == "single":
         # A process alone is rank 0 of 1 whatever it inherited, and takes any free port: two single-process runs on
@@ -243,6 +242,8 @@ def setup_distributed(device_name: str | None = None, timeout_s: float = 1800.0)
         print(f"avmae: rank {rank}/{world} local {local_rank} on {socket.gethostname()}, rendezvous "
               f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}, {backend} on {device}", file=sys.stderr,
               flush=True)
+    import deepspeed  # here: after the device is chosen, a GPU that cannot be used stops the run without loading it
+
     timeout = timedelta(seconds=timeout_s)
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout)
     _bound_deepspeed_world_copy(world, timeout)

@@ -126,6 +126,10 @@ class CheckedGroup(dist.ProcessGroup):
         _check("reduce_scatter_tensor", output, input)
         return self.gloo._reduce_scatter_base(output, input, opts or dist.ReduceScatterOptions())
 
+    def alltoall(self, outputs, inputs, opts=None):
+        _check("all_to_all", outputs, inputs)
+        return self.gloo.alltoall(outputs, inputs, opts or dist.AllToAllOptions())
+
     def alltoall_base(self, output, input, output_splits, input_splits, opts=None):
         _check("all_to_all_single", output, input)
         return self.gloo.alltoall_base(output, input, output_splits, input_splits, opts or dist.AllToAllOptions())
