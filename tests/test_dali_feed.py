@@ -13,7 +13,7 @@ import pytest
 
 from avmae.data.config import AugmentConfig, DataConfig
 from avmae.shard.sample_check import jpeg_size
-from avmae.data.dali_batch import DenseBatch, batch_types, dense_batch, pad_jpeg
+from avmae.data.dali_batch import HEADER, DenseBatch, batch_types, dense_batch, pad_jpeg, unpack_payload
 from avmae.data.dali_feed import reader_slots
 from avmae.data.spec import load_spec
 from tests.faults.damage import flip_bits_in_place
@@ -151,10 +151,12 @@ def _rows(spec, config: DataConfig):
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_dense_batches_carry_every_member_unchanged(shards, dtype):
-    """A real batch through a DALI pipeline built from DenseBatch, as the loader's graph takes it: the decoded
-    frames equal those of the stored JPEGs, the log-mel (float16 as stored, or float32) its bits, the header the
-    crop boxes, flips and serial, the notes their bytes."""
+    """A real batch through a DALI pipeline built from DenseBatch, as the loader's graph takes it: one row per frame,
+    the decoded frames equal those of the stored JPEGs, sample by sample and in order, each frame row's header its
+    sample's crop box, flip, serial and log-mel shape, and the payload gives back the log-mel (float16 as stored, or
+    float32) to the bit and the notes byte for byte."""
     pytest.importorskip("nvidia.dali")
+    import torch
     from nvidia.dali import fn, pipeline_def
 
     spec = load_spec(shards, "train")
@@ -166,24 +168,28 @@ def test_dense_batches_carry_every_member_unchanged(shards, dtype):
     notes = [b'["a"]', b"", b'["longest note"]']
     count = len(rows[0][0].frames)
     arrays = dense_batch(rows, 7, notes)
-    assert len(arrays) == len(batch_types(count, features, notes=True))
+    assert [a.shape[0] for a in arrays] == [3 * count] * 3  # every output: one row per frame
 
-    @pipeline_def(batch_size=len(rows), num_threads=1, device_id=None)
+    @pipeline_def(batch_size=3 * count, num_threads=1, device_id=None)
     def pipeline():
         batch = DenseBatch(fn.external_source(source=lambda: arrays, num_outputs=len(arrays), batch=True,
-                                              dtype=batch_types(count, features, notes=True)), count)
-        return (*(fn.decoders.image(jpeg, device="cpu") for jpeg in batch.jpegs), batch.logmel, *batch.box(),
-                batch.flip, batch.serial, batch.note)
+                                              dtype=batch_types()))
+        return (fn.decoders.image(batch.jpegs, device="cpu"), *batch.box(), batch.flip, batch.payload, batch.header)
 
     pipe = pipeline()
     pipe.build()
-    out = [[np.array(sample) for sample in output] for output in pipe.run()]
-    for j in range(count):
-        assert all(np.array_equal(a, b) for a, b in
-                   zip(out[j], _decoded([sample.members[sample.frames[j]] for sample, _, _ in rows])))
-    logmel, start, end, flip, serial, note = out[count:]
-    for i, (sample, (top, left, h, w), flipped) in enumerate(rows):
-        assert logmel[i].dtype == np.dtype(dtype) and logmel[i].tobytes() == sample.logmel.tobytes()
-        assert start[i].tolist() == [top, left] and end[i].tolist() == [top + h, left + w]
-        assert int(flip[i]) == flipped and int(serial[i]) == 7
-        assert note[i].tobytes().rstrip(b"\0") == notes[i]
+    images, start, end, flip, payload, header = [[np.array(sample) for sample in output] for output in pipe.run()]
+    stored = [sample.members[name] for sample, _, _ in rows for name in sample.frames]
+    assert len(images) == len(stored) == 3 * count
+    assert all(np.array_equal(a, b) for a, b in zip(images, _decoded(stored)))
+    for k in range(3 * count):
+        sample, (top, left, h, w), flipped = rows[k // count]
+        assert start[k].tolist() == [top, left] and end[k].tolist() == [top + h, left + w]
+        assert int(flip[k]) == flipped
+        assert header[k].tolist()[HEADER.index("serial"):] == [7, *sample.logmel.shape]
+    logmel, got_notes = unpack_payload(torch.from_numpy(np.stack(payload)), torch.from_numpy(np.stack(header)),
+                                       count, features)
+    assert logmel.shape == (3, *rows[0][0].logmel.shape) and logmel.dtype == getattr(torch, dtype)
+    for i, (sample, _, _) in enumerate(rows):
+        assert logmel[i].numpy().tobytes() == sample.logmel.tobytes()
+    assert got_notes == notes

@@ -1,11 +1,11 @@
 """The DALI training feed on its own: samples/s of the external source with no decode, and the CPU it takes from the
 process that runs the pipeline (on a GPU node, the training process).
 
-A pipeline made of the external source and what the training graph does before its decoders (the crop box's cast,
+A pipeline made of the external source and what the training graph does before its decoder (the crop box's cast,
 the flip flag; dali_batch.py) runs the training stream of a shard folder: serially (``workers: 0``, the source in
-this process) and in W worker processes (dali_feed.py). It ends in the inputs' shapes (and the notes or serial
-numbers, which the loader takes too), so that their bytes are fed to DALI but not copied out again: in training
-the decoders read them where they are. The process's CPU time (all its threads, DALI's included) per sample is the cost to the trainer; the workers' CPU
+this process) and in W worker processes (dali_feed.py). It ends in the frames' shapes and the payload and header
+(log-mels, notes, serial numbers, which the loader takes too), so that the frames' bytes are fed to DALI but not
+copied out again: in training the decoder reads them where they are. The process's CPU time (all its threads, DALI's included) per sample is the cost to the trainer; the workers' CPU
 time is the price of the feed, paid on other cores. Reads come from the page cache after the warm-up batches: this
 is the rate of the source, not of the storage.
 """
@@ -28,30 +28,29 @@ from avmae.data.host_memory import keep_large_allocations
 from avmae.data.spec import load_spec
 
 
-def _undecoded(batch: DenseBatch, last) -> list:
-    """What the training graph takes from a batch before decoding, ended in shapes (see above) but for ``last``."""
-    return [*(jpeg.shape() for jpeg in batch.jpegs), batch.logmel.shape(), *batch.box(), batch.flip, last]
+def _undecoded(batch: DenseBatch) -> list:
+    """What the training graph and the loader take from a batch, the frames ended in their shapes (see above)."""
+    return [batch.jpegs.shape(), *batch.box(), batch.flip, batch.payload, batch.header]
 
 
 def _feed_pipeline(spec, config: DataConfig):
     """The external source(s) of the training DaliLoader for ``config``, with nothing after them but _undecoded."""
     from nvidia.dali import fn, pipeline_def
 
-    count, augment = config.num_frames, AugmentConfig()
+    augment = AugmentConfig()
     feeds = reader_feeds(spec, config, augment, rank=0, world=1, start_batch=0) if config.workers > 0 else []
     workers = {"py_num_workers": len(feeds), "py_start_method": start_method()} if feeds else {}
 
-    @pipeline_def(batch_size=config.batch_size, num_threads=1, device_id=None, prefetch_queue_depth=2, **workers)
+    @pipeline_def(batch_size=config.batch_size * config.num_frames, num_threads=1, device_id=None,
+                  prefetch_queue_depth=2, **workers)
     def pipeline():
         if not feeds:
             source = CheckedSamples(spec, config, train=True, rank=0, world=1, start_batch=0, augment=augment)
-            types_ = batch_types(count, spec.features, notes=False)
-            batch = DenseBatch(fn.external_source(source=source, num_outputs=len(types_), batch=True, parallel=False,
-                                                  dtype=types_), count)
-            return tuple(_undecoded(batch, batch.serial))
-        types_ = batch_types(count, spec.features, notes=True)
-        batches = [DenseBatch(parallel_outputs(feed, types_), count) for feed in feeds]
-        return tuple(output for batch in batches for output in _undecoded(batch, batch.note))
+            batch = DenseBatch(fn.external_source(source=source, num_outputs=len(batch_types()), batch=True,
+                                                  parallel=False, dtype=batch_types()))
+            return tuple(_undecoded(batch))
+        batches = [DenseBatch(parallel_outputs(feed, batch_types())) for feed in feeds]
+        return tuple(output for batch in batches for output in _undecoded(batch))
 
     pipe = pipeline()
     pipe.build()

@@ -9,9 +9,9 @@ from every reader; slot j holds reader (start_batch + j) mod R, so the iteration
 batches in the serial order, whatever batch the stream resumed at.
 
 A batch's metadata, skip records and reader position are made in the worker, so they travel with it through DALI
-as a "note" per sample, a row of the batch's dense note array (dali_batch.py): the JSON of [metadata, records,
-drawn], the records and the reader's [reader, draws so far] (faults.py) on the batch's first row only, zero-padded
-to the batch's longest (JSON never holds a NUL byte).
+as a "note" per sample, after its log-mel in the batch's payload (dali_batch.py): the JSON of [metadata, records,
+drawn], the records and the reader's [reader, draws so far] (faults.py) on the batch's first sample only, then
+zeros (JSON never holds a NUL byte).
 """
 
 from __future__ import annotations
@@ -66,12 +66,12 @@ def encode_note(metadata: dict[str, Any], skipped: list[dict[str, Any]], drawn: 
     return json.dumps([metadata, skipped, drawn]).encode("utf-8")
 
 
-def decode_notes(notes: torch.Tensor) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[int] | None]:
+def decode_notes(notes: list[bytes]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[int] | None]:
     """A batch's (metadata per row, records of the samples skipped before it, its reader's [reader, draws]) from its
-    padded notes (B, L)."""
+    notes (dali_batch.unpack_payload)."""
     metadata, skipped, drawn = [], [], None
-    for row in notes.cpu().numpy():
-        meta, records, position = json.loads(row.tobytes().rstrip(b"\0"))
+    for note in notes:
+        meta, records, position = json.loads(note)
         metadata.append(meta)
         skipped.extend(records)
         drawn = drawn or position
@@ -109,8 +109,8 @@ def reader_feeds(spec: DataSpec, config: DataConfig, augment: AugmentConfig | No
 
 
 def parallel_outputs(feed: ReaderFeed, types_: list) -> list:
-    """The external source over one feed, in a worker of its own: dense_batch's outputs with the notes (types_:
-    batch_types(..., notes=True)). Dense arrays go through the worker's shared memory into DALI without a copy
+    """The external source over one feed, in a worker of its own: dense_batch's outputs with the notes in the payload
+    (types_: batch_types()). Dense arrays go through the worker's shared memory into DALI without a copy
     (no_copy, the parallel default)."""
     from nvidia.dali import fn
 

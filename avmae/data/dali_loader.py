@@ -1,18 +1,28 @@
 """The GPU loader: NVIDIA DALI decodes the JPEG frames with nvJPEG (``device="mixed"``); without a GPU the same
-graph runs on the CPU (``device_id=None``, environment.md 3).
+graph runs on the CPU (``device_id=None``).
 
 Samples reach DALI through a Python external source, in training and in evaluation: it reads each sample's
 members through the shard index (one ``pread``), checks them (checked.py: CRC32, JPEG markers, log-mel shape and
-finiteness) and only then hands the bytes to DALI (a few dense arrays per batch, dali_batch.py), so a bad sample is
+finiteness) and only then hands the bytes to DALI (three dense arrays per batch, dali_batch.py), so a bad sample is
 skipped or marked invalid and recorded, the same way and for the same reasons as in the webdataset backend, and
 DALI never stops on it. Training follows the rank's TrainSchedule (schedule.py) with each draw's crop box and flip
-computed from its seed; evaluation follows eval_order.py. So both backends give the same samples, crops, order and ``skipped`` records. Labels, keys and
-records stay in Python; DALI carries only a batch serial number to match them to its outputs (or, from worker
-processes, each sample's note: dali_feed.py).
+computed from its seed; evaluation follows eval_order.py. So both backends give the same samples, crops, order and
+``skipped`` records. Labels, keys and records stay in Python; DALI carries only a batch serial number to match them
+to its outputs (or, from worker processes, each sample's note: dali_feed.py).
+
+The graph is sized by operators, not by frames: a batch's B*T frames are the rows of one DALI batch, so one decoder,
+one resize (or resize and crop) and one flip handle them all, and the frames become (B, T, 3, H, W) again in torch, a
+view. Each DALI operator instance owns its resources (the decoder: a thread pool of ``num_threads`` and, ``mixed``,
+nvJPEG's pinned host and device buffers per thread), so a graph with one decoder per frame position held T times as
+many. The log-mel rides in the frames' rows as bytes (dali_batch.py) and is normalised here, as the webdataset
+backend does it.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,20 +30,56 @@ import torch
 
 from avmae.data.config import AugmentConfig, DataConfig
 from avmae.data.dali_feed import decode_notes, parallel_outputs, reader_feeds, start_method, workers_deaf_to_usr1
-from avmae.data.dali_batch import DenseBatch, batch_types
+from avmae.data.dali_batch import HEADER, DenseBatch, batch_types, unpack_payload
 from avmae.data.dali_source import CheckedSamples
 from avmae.data.samples import frame_members, label_tensors
 from avmae.data.spec import DataSpec
 from avmae.shard.format import META_KEY
 
 
+# nvJPEG's per-thread scratch is sized for the largest image a decoder thread meets (DALI's fn.decoders.image
+# documentation: device_memory_padding, host_memory_padding; defaults 16 MiB and 8 MiB, sized for photographs).
+# Frames are stored at the shard's short side; 16:9 is the widest common video frame, so its RGB bytes bound what a
+# thread decodes; a wider frame costs one reallocation, not a failure.
+_WIDEST_ASPECT = 16 / 9
+# Share of the JPEGs given to the A100/H100 hardware JPEG decoder. 0.65 is DALI's default, tuned on an A100 with
+# ImageNet photographs (NVIDIA's blog "Loading Data Fast with DALI and the New Hardware JPEG Decoder in NVIDIA A100
+# GPUs"); the best share for small video frames is for a GPU run to measure, and only a GPU reads it.
+HW_DECODER_LOAD = 0.65
+# Host threads per pipeline: on a CPU they decode, resize and flip; with ``mixed`` they do the host side of nvJPEG's
+# decode (Huffman decoding of what the hardware decoder does not take) and the CPU operators. The feed workers and
+# the training process need the rest of the rank's cores, so the pipeline takes what they leave, at most 4.
+MAX_PIPELINE_THREADS = 4
+
+
+def pipeline_threads(workers: int) -> int:
+    """DALI threads for a rank whose process may run on ``os.sched_getaffinity`` cores (SLURM binds a task to its
+    share of a node) and that starts ``workers`` feed worker processes; one core stays with the training process."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_PIPELINE_THREADS, cores - workers - 1))
+
+
+def decoder_settings(device: str, short_side: int) -> dict[str, Any]:
+    """fn.decoders.image's arguments besides its input: RGB; with ``mixed`` the chroma upsampling of the CPU decoder
+    (libjpeg-turbo's "fancy" upsampling, which the webdataset backend's decoder uses too: without it nvJPEG's pixels
+    differ from the CPU's), scratch sized for the stored frames and the hardware decoder's share."""
+    from nvidia.dali import types
+
+    settings: dict[str, Any] = {"output_type": types.RGB}
+    if device == "mixed":  # what only a GPU run confirms: the equal pixels, the memory, the rate
+        frame_bytes = 3 * short_side * math.ceil(short_side * _WIDEST_ASPECT)
+        settings.update(jpeg_fancy_upsampling=True, device_memory_padding=frame_bytes, host_memory_padding=frame_bytes,
+                        hw_decoder_load=HW_DECODER_LOAD)
+    return settings
+
+
 def _graph(spec: DataSpec, config: DataConfig, batch: DenseBatch, *, train: bool, device: str):
     """One graph for the CPU and the GPU: only the decoder's ``device`` ("cpu" or "mixed") differs. ``batch``: the
-    external source's outputs (dali_batch.py)."""
-    from nvidia.dali import fn, types
+    external source's outputs (dali_batch.py), one row per frame; each operator below runs once per batch, and takes
+    per-row arguments (a sample's crop box and flip, repeated over its frames' rows)."""
+    from nvidia.dali import fn
 
-    decoded = [fn.decoders.image(jpeg, device=device, output_type=types.RGB) for jpeg in batch.jpegs]
-    video = fn.stack(*decoded, axis=0, axis_name="F")  # (T, H, W, C): one geometry for every frame below
+    video = fn.decoders.image(batch.jpegs, device=device, **decoder_settings(device, spec.features["short_side"]))
     crop = config.crop_size
     if train:
         roi_start, roi_end = batch.box()
@@ -44,13 +90,7 @@ def _graph(spec: DataSpec, config: DataConfig, batch: DenseBatch, *, train: bool
         if config.eval_short_side and config.eval_short_side != spec.features["short_side"]:
             video = fn.resize(video, resize_shorter=config.eval_short_side, antialias=True)
         video = fn.crop(video, crop=(crop, crop), crop_pos_x=0.5, crop_pos_y=0.5)
-    video = fn.transpose(video, perm=[0, 3, 1, 2])  # (T, 3, H, W) uint8; the Loader normalises on the device
-    audio_mean = config.audio_mean if config.audio_mean is not None else spec.logmel_mean
-    audio_std = config.audio_std if config.audio_std is not None else spec.logmel_std
-    audio = (fn.cast(batch.logmel, dtype=types.FLOAT) - audio_mean) / audio_std
-    if device == "mixed":
-        audio = audio.gpu()
-    return video, audio
+    return fn.transpose(video, perm=[2, 0, 1])  # (3, H, W) uint8 per frame; the Loader normalises on the device
 
 
 class DaliLoader:
@@ -65,9 +105,10 @@ class DaliLoader:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
         self.spec, self.train = spec, train
+        self.audio_mean = config.audio_mean if config.audio_mean is not None else spec.logmel_mean
+        self.audio_std = config.audio_std if config.audio_std is not None else spec.logmel_std
         device = "cpu" if device_id is None else "mixed"
-        count = len(frame_members(spec.features["num_frames"], config.num_frames, config.view, config.views))
-        types_ = batch_types(count, spec.features, notes=False)
+        self.frames = len(frame_members(spec.features["num_frames"], config.num_frames, config.view, config.views))
         # Training with workers reads in DALI worker processes (dali_feed.py); evaluation, and data.workers: 0,
         # read here, in the serial external source.
         self.feeds = reader_feeds(spec, config, augment, rank=rank, world=world, start_batch=start_batch,
@@ -77,42 +118,55 @@ class DaliLoader:
                                                              reader_draws=reader_draws)
         workers = {"py_num_workers": len(self.feeds), "py_start_method": start_method()} if self.feeds else {}
 
-        @pipeline_def(batch_size=config.batch_size, num_threads=max(1, config.workers), device_id=device_id,
-                      seed=config.seed + rank, prefetch_queue_depth=2, **workers)
+        # A DALI batch is a batch's frames, batch_size * frames rows (dali_batch.py).
+        @pipeline_def(batch_size=config.batch_size * self.frames, num_threads=pipeline_threads(len(self.feeds)),
+                      device_id=device_id, seed=config.seed + rank, prefetch_queue_depth=2, **workers)
         def pipeline():
             from nvidia.dali import fn
 
             if not self.feeds:
-                batch = DenseBatch(fn.external_source(source=self.source, num_outputs=len(types_), batch=True,
-                                                      parallel=False, dtype=types_), count)
-                return (*_graph(spec, config, batch, train=train, device=device), batch.serial)
+                batch = DenseBatch(fn.external_source(source=self.source, num_outputs=len(batch_types()), batch=True,
+                                                      parallel=False, dtype=batch_types()))
+                return _graph(spec, config, batch, train=train, device=device), batch.payload, batch.header
+            # One external source per reader (a stateful source has a worker of its own, dali_feed.py): each slot's
+            # batch is its own DALI batch, so each slot has its own decoder.
             slots = []
             for feed in self.feeds:
-                batch = DenseBatch(parallel_outputs(feed, batch_types(count, spec.features, notes=True)), count)
-                slots += [*_graph(spec, config, batch, train=True, device=device), batch.note]
+                batch = DenseBatch(parallel_outputs(feed, batch_types()))
+                slots += [_graph(spec, config, batch, train=True, device=device), batch.payload, batch.header]
             return tuple(slots)
 
         self.pipe = pipeline()
-        names = [f"{name}{j}" for j in range(len(self.feeds)) for name in ("video", "audio", "note")] or \
-            ["video", "audio", "serial"]
+        names = [f"{name}{j}" for j in range(len(self.feeds)) for name in ("video", "payload", "header")] or \
+            ["video", "payload", "header"]
         with workers_deaf_to_usr1():  # the feed workers start here
+            started = time.perf_counter()
             self.pipe.build()
+            built = time.perf_counter()
             self.iterator = DALIGenericIterator([self.pipe], names, last_batch_policy=LastBatchPolicy.DROP,
-                                                auto_reset=not train)
+                                                auto_reset=not train)  # runs the pipeline: its first batches
+        # For avmae/bench/dali_graph.py: seconds to build the graph (operators, thread pools, workers) and to
+        # produce the prefetched batches.
+        self.seconds = {"build": built - started, "prefetch": time.perf_counter() - built}
 
-    def _batch(self, video: torch.Tensor, audio: torch.Tensor, metadata: list[dict[str, Any]], valid: list[bool],
+    def _batch(self, video: torch.Tensor, logmel: torch.Tensor, metadata: list[dict[str, Any]], valid: list[bool],
                skipped: list[dict[str, Any]], drawn: list[int] | None) -> dict[str, Any]:
+        video = video.reshape(len(metadata), self.frames, *video.shape[1:])  # (B*T, 3, H, W) rows -> (B, T, 3, H, W)
+        audio = (logmel.float() - self.audio_mean) / self.audio_std  # as the webdataset backend, to the bit
         labels = {name: t.to(video.device) for name, t in label_tensors(metadata, self.spec).items()}
         return {"video": video, "audio": audio, **labels, "key": [m[META_KEY] for m in metadata],
                 "valid": torch.tensor(valid), "skipped": skipped, **({"drawn": drawn} if drawn else {})}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        features = self.spec.features
         for data in self.iterator:
             data = data[0]
             if not self.feeds:
-                yield self._batch(data["video"], data["audio"], *self.source.pending.pop(int(data["serial"][0])))
+                logmel, _ = unpack_payload(data["payload"], data["header"], self.frames, features)
+                serial = int(data["header"][0, HEADER.index("serial")])
+                yield self._batch(data["video"], logmel, *self.source.pending.pop(serial))
                 continue
             for j in range(len(self.feeds)):  # the rank's next batches, in order (dali_feed.reader_slots)
-                metadata, skipped, drawn = decode_notes(data[f"note{j}"])
-                yield self._batch(data[f"video{j}"], data[f"audio{j}"], metadata, [True] * len(metadata), skipped,
-                                  drawn)
+                logmel, notes = unpack_payload(data[f"payload{j}"], data[f"header{j}"], self.frames, features)
+                metadata, skipped, drawn = decode_notes(notes)
+                yield self._batch(data[f"video{j}"], logmel, metadata, [True] * len(metadata), skipped, drawn)
