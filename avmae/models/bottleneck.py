@@ -26,7 +26,12 @@ from avmae.models.encoder import MODALITIES
 @dataclass
 class BottleneckConfig:
     tokens: int = 4  # AV-MAE's n_bottlenecks
-    fusion_layer: int = 18  # first fused layer, counted from 0: AudioSet 18 of 24, VGGSound 16 (methods.md C.2)
+    fusion_layer: int = 18  # first fused layer, counted from 0: AudioSet 18 of 24, VGGSound 16 (Scenic's configs)
+    # One final LayerNorm for both modalities (Scenic's MBT: Transformer/encoder_norm over [rgb ; spectrogram],
+    # scenic/projects/mbt/model.py) instead of one per modality encoder. A LayerNorm acts on each token alone, so
+    # one norm over the concatenation is the same as that norm on each modality; sharing its parameters is what
+    # makes training the same too (one set of scale and bias, its gradient summed over both modalities).
+    shared_norm: bool = False
 
 
 def mid_to_separate(state_dict: dict[str, torch.Tensor], depth: int) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -70,6 +75,10 @@ class BottleneckClassifier(AVClassifier):
         if not 0 <= self.bottleneck_config.fusion_layer < depth:
             raise ValueError(f"bottleneck fusion_layer must be in [0, {depth}), got {self.bottleneck_config.fusion_layer}")
         del self.head_norm  # each encoder's final LayerNorm feeds the shared heads (Scenic's 'gap' classifier)
+        if self.bottleneck_config.shared_norm:
+            self.encoder_norm = nn.LayerNorm(width, eps=config.encoder.layer_norm_eps)
+            for m in MODALITIES:
+                getattr(self.encoder, m).norm = nn.Identity()
         self.bottleneck = nn.Parameter(torch.empty(1, self.bottleneck_config.tokens, width))
         nn.init.normal_(self.bottleneck, std=0.02)  # MBT: normal(0.02)
         for head in self.heads.values():  # Scenic's output_projection is zero-initialised
@@ -88,6 +97,8 @@ class BottleneckClassifier(AVClassifier):
                 out = stacks[m].run_block(layer, torch.cat([x, shared.to(x.dtype)], dim=1))
                 tokens[m], updated[m] = out[:, : x.shape[1]], out[:, x.shape[1]:]
             shared = torch.stack(list(updated.values())).mean(dim=0)
+        if self.bottleneck_config.shared_norm:
+            return {m: self.encoder_norm(x) for m, x in tokens.items()}
         return {m: stacks[m].norm(x) for m, x in tokens.items()}
 
     def modality_logits(self, audio: torch.Tensor | None = None,
@@ -114,8 +125,18 @@ class BottleneckClassifier(AVClassifier):
         """AVClassifier's loading, after converting a mid-fusion checkpoint to separate encoders."""
         state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
         separate, dropped = mid_to_separate(state_dict, self.config.encoder.dims()[1])
+        norms = {}
+        if self.bottleneck_config.shared_norm:  # the encoders' final norms are this model's one encoder_norm
+            norms = {k: separate.pop(k) for k in list(separate) if re.match(r"encoder\.(audio|video)\.norm\.", k)}
         report = super().load_pretrained(separate)
         if dropped:
             report["converted"] = ["mid fusion: joint layers copied into both encoders, joint norm as final norm"]
             report["skipped"] = sorted(report["skipped"] + dropped)
+        if norms and dropped:  # from a mid-fusion run: the joint norm (Scenic's initialise_from_mid_fusion)
+            joint = {f"encoder_norm.{k.removeprefix('encoder.audio.norm.')}": v for k, v in norms.items()
+                     if k.startswith("encoder.audio.norm.")}
+            self.load_state_dict(joint, strict=False)
+            report["loaded"] = sorted(report["loaded"] + list(joint))
+        elif norms:  # two separate encoders' norms: Scenic keeps encoder_norm at its init for these
+            report["skipped"] = sorted(report["skipped"] + list(norms))
         return report

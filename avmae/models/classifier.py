@@ -15,6 +15,7 @@ from torch import nn
 
 from avmae.models.config import ModelConfig
 from avmae.models.encoder import FusionEncoder
+from avmae.models.scenic_init import init_transformer
 from avmae.models.tokenizers import Tokenizer
 from avmae.models.vit import init_weights
 
@@ -42,7 +43,10 @@ class AVClassifier(nn.Module):
         self.encoder = FusionEncoder(config)
         self.head_norm = nn.LayerNorm(width, eps=config.encoder.layer_norm_eps)
         self.heads = nn.ModuleDict({name: nn.Linear(width, classes) for name, classes in heads.items()})
-        self.encoder.apply(init_weights)
+        if config.init == "scenic":
+            init_transformer(self.encoder)
+        else:
+            self.encoder.apply(init_weights)
         for head in self.heads.values():  # small heads: the pretrained features decide the first steps (MAE)
             nn.init.trunc_normal_(head.weight, std=2e-5)
             nn.init.zeros_(head.bias)

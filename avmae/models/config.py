@@ -31,7 +31,9 @@ Objective = Literal["reconstruction", "inpainting"]
 
 @dataclass
 class AudioInput:
-    frames: int = 1024  # log-mel frames (10 ms each)
+    # log-mel frames (10 ms each). Need not be a multiple of the patch: the token grid floors, as Scenic's VALID
+    # patch convolution does (1000 frames give 62 time patches; frames 992-999 reach no token and no target).
+    frames: int = 1024
     mel_bins: int = 128
     patch: int = 16  # 16x16 patches: 64 (time) x 8 (mel) = 512 tokens, time-major
     # freq_major: CAV-MAE's order (methods.md A.1): the log-mel is transposed to (mel, time) before patching, so token
@@ -60,6 +62,10 @@ class EncoderConfig:
     drop_path: float = 0.0
     qkv_bias: bool = True
     layer_norm_eps: float = 1e-6  # MAE / AV-MAE; CAV-MAE uses PyTorch's default 1e-5
+    # true: a kept residual branch is scaled by 1/(1 - p) (timm's DropPath). false: a dropped branch is multiplied by
+    # 0 and a kept one by 1, as Scenic's StochasticDepth (scenic/model_lib/layers/nn_layers.py), so a branch averages
+    # 1 - p in training and 1 at evaluation.
+    drop_path_rescale: bool = True
     # The joint layers get a second set of LayerNorms per modality (norm1/norm2 and the final norm), used whenever they
     # see one modality alone: the contrastive term, audio-only or video-only inputs (CAV-MAE's norm1_a/.../norm_a).
     modality_norms: bool = False
@@ -108,8 +114,14 @@ class ContrastiveConfig:
 
 @dataclass
 class PosEmbedConfig:
-    """Fixed sin-cos position embeddings (MAE's formula: one block of channels per grid axis, half sines, half
-    cosines)."""
+    """Fixed sin-cos position embeddings.
+
+    kind grid: MAE's formula per axis of the token grid (one block of channels per axis, half sines, half cosines).
+    kind flat_1d: Scenic's Add1DPositionEmbedding (scenic/model_lib/layers/attention_layers.py, sinusoidal_init):
+    one table over the flat token index n of each modality, channel 2i = sin(n w_i), 2i+1 = cos(n w_i),
+    w_i = 10000^(-2i/width); AV-MAE adds it in the encoder, the decoder and MBT."""
+
+    kind: Literal["grid", "flat_1d"] = "grid"
 
     # column_row: MAE's get_2d_sincos_pos_embed for one frame (CAV-MAE's pos_embed_v): the first half of the channels
     # encodes the column, the second half the row, no time axis. time_row_column: a third of the channels per axis.
@@ -148,6 +160,22 @@ class ModelConfig:
     # stored tables (pos_embed.stored) still refuse it.
     other_grids: bool = False
     activation_checkpointing: bool = False
+    # The MLPs' GELU: exact (erf; PyTorch's default, MAE / CAV-MAE) or tanh, the approximation flax's nn.gelu
+    # computes (jax.nn.gelu approximate=True), which Scenic's ViViT and MBT blocks use.
+    gelu: Literal["exact", "tanh"] = "exact"
+    # Initialisation of a new model: mae (xavier-uniform linears and patch kernels, fused qkv as one matrix) or
+    # scenic (flax defaults as Scenic's ViViT / AV-MAE set them: LeCun-normal patch kernels, q, k and v each
+    # xavier-uniform on its own (width, width), MLP biases normal(1e-6), zero mask tokens and output projections).
+    init: Literal["mae", "scenic"] = "mae"
+    # norm_pix_loss targets: the patch variance unbiased (MAE's torch.var) or biased (Scenic's jax.nn.standardize),
+    # both with eps 1e-6 inside the square root.
+    norm_pix_variance: Literal["unbiased", "biased"] = "unbiased"
+    # objective inpainting, the decoder input of modality m. avmae: the other modality encoded alone, at its own
+    # positions, followed by a mask token at every position of m; the loss covers all of m. scenic: Scenic's
+    # unshuffle_tokens_inpainting (scenic/projects/av_mae/vivit_multimodal.py): the other modality's visible tokens
+    # from the fused encoder output in slots 0..n-1 of a sequence of m's length N, m's mask token in slots n..N-1,
+    # m's decoder positions over all N slots; the loss covers slots n..N-1, slot j against m's patch j.
+    inpainting_layout: Literal["avmae", "scenic"] = "avmae"
 
     def validate(self) -> "ModelConfig":
         width, depth, heads, _ = self.encoder.dims()
@@ -169,8 +197,12 @@ class ModelConfig:
         for name, ratio in (("audio", self.mask.audio_ratio), ("video", self.mask.video_ratio)):
             if not 0.0 <= ratio < 1.0:
                 raise ValueError(f"mask.{name}_ratio must be in [0, 1), got {ratio}")
-        if self.audio.frames % self.audio.patch or self.audio.mel_bins % self.audio.patch:
-            raise ValueError("audio frames and mel bins must be multiples of the patch size")
+        if self.audio.mel_bins % self.audio.patch:
+            raise ValueError(f"model.audio.mel_bins ({self.audio.mel_bins}) must be a multiple of model.audio.patch "
+                             f"({self.audio.patch})")
+        if self.audio.frames < self.audio.patch:
+            raise ValueError(f"model.audio.frames ({self.audio.frames}) must be at least model.audio.patch "
+                             f"({self.audio.patch}): no time patch fits")
         if self.video.frames % self.video.tubelet or self.video.size % self.video.patch:
             raise ValueError("video frames must be a multiple of the tubelet, the size a multiple of the patch")
         if self.encoder.modality_norms and self.encoder.fusion not in ("early", "mid"):
@@ -178,6 +210,12 @@ class ModelConfig:
         if self.pos_embed.video_axes == "column_row" and self.video.frames // self.video.tubelet != 1:
             raise ValueError("pos_embed.video_axes column_row has no time axis: it needs one temporal token slice "
                              f"(video.frames / video.tubelet = 1), got {self.video.frames // self.video.tubelet}")
+        if self.pos_embed.kind == "flat_1d":
+            if self.pos_embed.video_axes != "time_row_column":
+                raise ValueError("model.pos_embed.video_axes applies to kind grid; kind flat_1d has one flat axis")
+            odd = [w for w in (width, self.decoder.width) if w % 2]
+            if odd:
+                raise ValueError(f"model.pos_embed.kind flat_1d needs even widths (sin and cos pairs), got {odd[0]}")
         if self.pos_embed.trainable and not self.pos_embed.stored:
             raise ValueError("pos_embed.trainable needs pos_embed.stored: computed embeddings have no parameters")
         return self

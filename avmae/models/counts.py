@@ -7,7 +7,7 @@ used for MFU by PaLM / torchtitan). Attention FLOPs include the token-token prod
 from __future__ import annotations
 
 from avmae.models.config import ModelConfig
-from avmae.models.masking import masked_count
+from avmae.models.masking import visible_count
 
 
 def block_parameters(width: int, mlp: int, qkv_bias: bool = True, modality_norms: int = 0) -> int:
@@ -80,20 +80,10 @@ def classifier_parameters(config: ModelConfig, heads: dict[str, int]) -> int:
 def visible_counts(config: ModelConfig) -> dict[str, int]:
     """Tokens each sample shows the encoder under the configured masks (every strategy keeps a fixed count)."""
     a, v, m = config.audio, config.video, config.mask
-    t, f = a.frames // a.patch, a.mel_bins // a.patch
-    if m.audio_mode == "random":
-        audio_masked = masked_count(t * f, m.audio_ratio)
-    elif m.audio_mode == "time":
-        audio_masked = masked_count(t, m.audio_ratio) * f
-    elif m.audio_mode == "freq":
-        audio_masked = masked_count(f, m.audio_ratio) * t
-    else:
-        columns, rows = masked_count(t, 0.7 * m.audio_ratio), masked_count(f, 0.7 * m.audio_ratio)
-        audio_masked = columns * f + rows * t - columns * rows
-    vt, grid = v.frames // v.tubelet, (v.size // v.patch) ** 2
-    video_masked = vt * masked_count(grid, m.video_ratio) if m.video_mode == "tube" else masked_count(vt * grid, m.video_ratio)
-    tokens = token_counts(config)
-    return {"audio": tokens["audio"] - audio_masked, "video": tokens["video"] - video_masked}
+    audio_grid = (a.frames // a.patch, a.mel_bins // a.patch)
+    video_grid = (v.frames // v.tubelet, v.size // v.patch, v.size // v.patch)
+    return {"audio": visible_count(audio_grid, m.audio_ratio, m.audio_mode),
+            "video": visible_count(video_grid, m.video_ratio, m.video_mode)}
 
 
 def _stack_flops(tokens: int, width: int, depth: int, mlp: int, scores: bool = True) -> int:

@@ -45,10 +45,11 @@ class Decoder(nn.Module):
         if config.modality_embeddings:
             self.modality_type = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, d.width)) for m in MODALITIES})
         self.position = Positions(config, d.width)
+        self.inpainting_layout = config.inpainting_layout
 
         def stack() -> Transformer:
             return Transformer(d.width, d.depth, d.heads, d.mlp, eps=d.layer_norm_eps,
-                               checkpointing=config.activation_checkpointing)
+                               checkpointing=config.activation_checkpointing, gelu=config.gelu)
 
         if d.kind == "separate":
             self.blocks = nn.ModuleDict({m: stack() for m in MODALITIES})
@@ -63,6 +64,11 @@ class Decoder(nn.Module):
 
     def _mask_token(self, modality: str) -> nn.Parameter:
         return self.mask_token if self.shared_input else self.mask_token[modality]
+
+    def reset_mask_tokens(self) -> None:
+        """Scenic initialises ``mask_token_<m>`` to zeros (vivit_multimodal.py)."""
+        for token in (self.mask_token.values() if isinstance(self.mask_token, nn.ParameterDict) else [self.mask_token]):
+            nn.init.zeros_(token)
 
     def reset_heads(self) -> None:
         """AV-MAE zero-initialises the output projections (after the model-wide init)."""
@@ -90,8 +96,27 @@ class Decoder(nn.Module):
     def _run(self, modality: str, x: torch.Tensor) -> torch.Tensor:
         return self.blocks[modality](x) if self.kind == "separate" else self.blocks(x)
 
+    def _inpaint_scenic(self, modality, context_encoded, grid, tokens) -> torch.Tensor:
+        """Scenic's inpainting input for ``modality`` (unshuffle_tokens_inpainting in
+        scenic/projects/av_mae/vivit_multimodal.py): the other modality's n visible tokens, projected by that
+        modality's decoder projection, in slots 0..n-1, this modality's mask token in slots n..tokens-1, this
+        modality's decoder positions over all slots. Returns the decoded (B, tokens, width) sequence."""
+        x = self._embed(_other(modality))(context_encoded)
+        visible = x.shape[1]
+        if visible >= tokens:
+            raise ValueError(f"inpainting_layout scenic puts the {visible} visible {_other(modality)} tokens in a "
+                             f"sequence of the {tokens} {modality} tokens: there must be fewer")
+        queries = self._mask_token(modality).to(x.dtype).expand(x.shape[0], tokens - visible, -1)
+        sequence = torch.cat([x, queries], dim=1) + self._position(modality, grid, x)
+        return self._run(modality, sequence)
+
     def forward(self, encoded: dict, visible: dict, grids: dict, tokens: dict, objective: str) -> dict:
-        """Per-patch predictions ``{modality: (B, tokens, patch_dim)}``."""
+        """Per-patch predictions ``{modality: (B, tokens, patch_dim)}``. Inpainting with ``inpainting_layout``
+        scenic: slot j of modality m's predictions stands for m's patch j; slots before the other modality's
+        visible count are context, not predictions (the loss leaves them out)."""
+        if objective == "inpainting" and self.inpainting_layout == "scenic":
+            return {m: self.head[m](self._inpaint_scenic(m, encoded[_other(m)], grids[m], tokens[m]))
+                    for m in MODALITIES}
         if objective == "inpainting":
             out = {}
             for m in MODALITIES:

@@ -26,7 +26,8 @@ class FusionEncoder(nn.Module):
         super().__init__()
         width, depth, heads, mlp = config.encoder.dims()
         self.fusion = config.encoder.fusion
-        rates = [config.encoder.drop_path * i / max(1, depth - 1) for i in range(depth)]  # linear, as MAE
+        # linear from 0 at the first layer to drop_path at the last, as MAE and Scenic's MBT (mbt.py) do
+        rates = [config.encoder.drop_path * i / max(1, depth - 1) for i in range(depth)]
 
         alone_norms = MODALITIES if config.encoder.modality_norms else ()
 
@@ -34,7 +35,8 @@ class FusionEncoder(nn.Module):
             return Transformer(width, last - first, heads, mlp, qkv_bias=config.encoder.qkv_bias,
                                eps=config.encoder.layer_norm_eps, drop_path_rates=rates[first:last],
                                checkpointing=config.activation_checkpointing, final_norm=final_norm,
-                               modality_norms=modality_norms)
+                               modality_norms=modality_norms, gelu=config.gelu,
+                               drop_path_rescale=config.encoder.drop_path_rescale)
 
         if self.fusion == "early":
             self.joint = stack(0, depth, modality_norms=alone_norms)

@@ -7,19 +7,24 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 
-def normalise_patches(target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """MAE's ``norm_pix_loss`` target: each patch to zero mean and unit (unbiased) variance."""
+def normalise_patches(target: torch.Tensor, eps: float = 1e-6, variance: str = "unbiased") -> torch.Tensor:
+    """The ``norm_pix_loss`` target: each patch to zero mean and unit variance, (x - mean) / sqrt(var + eps).
+    ``variance`` unbiased: MAE's torch ``var`` (facebookresearch/mae models_mae.py forward_loss); biased: Scenic's
+    ``jax.nn.standardize`` (the population variance)."""
+    if variance not in ("unbiased", "biased"):
+        raise ValueError(f"variance must be unbiased or biased, got {variance!r}")
     mean = target.mean(dim=-1, keepdim=True)
-    var = target.var(dim=-1, keepdim=True, unbiased=True)
+    var = target.var(dim=-1, keepdim=True, unbiased=variance == "unbiased")
     return (target - mean) / (var + eps).sqrt()
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix: bool) -> torch.Tensor:
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix: bool,
+               variance: str = "unbiased") -> torch.Tensor:
     """Mean over masked tokens of the per-patch mean squared error (MAE / CAV-MAE; equals AV-MAE's
     ``normalise_by_output_dimension`` form). Computed in float32 whatever the autocast dtype."""
     pred, target = pred.float(), target.float()
     if norm_pix:
-        target = normalise_patches(target)
+        target = normalise_patches(target, variance=variance)
     per_token = (pred - target).pow(2).mean(dim=-1)
     weights = mask.to(per_token.dtype)
     return (per_token * weights).sum() / weights.sum().clamp(min=1.0)

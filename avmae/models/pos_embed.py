@@ -49,3 +49,21 @@ def mae_2d_pos_embed(rows: int, columns: int, width: int) -> torch.Tensor:
     row, column = torch.meshgrid(torch.arange(rows, device="cpu"), torch.arange(columns, device="cpu"), indexing="ij")
     table = torch.cat([sincos_1d(column.reshape(-1), width // 2), sincos_1d(row.reshape(-1), width // 2)], dim=1)
     return table.to(torch.float32).unsqueeze(0)
+
+
+@functools.lru_cache(maxsize=32)
+def flat_1d_table(tokens: int, width: int) -> torch.Tensor:
+    """(1, tokens, width) Scenic's fixed 1-D table over the flat token index n (``sinusoidal_init`` in
+    google-research/scenic scenic/model_lib/layers/attention_layers.py, used by Add1DPositionEmbedding):
+    channel 2i = sin(n w_i), channel 2i+1 = cos(n w_i), w_i = exp(-2i ln(10000) / width). Computed in float64 with
+    numpy as Scenic does, then stored as float32, so the values are Scenic's own."""
+    import numpy as np
+
+    if width % 2:
+        raise ValueError(f"the 1-D sin-cos table needs an even width (sin and cos pairs), got {width}")
+    position = np.arange(tokens, dtype=np.float64)[:, None]
+    frequency = np.exp(np.arange(0, width, 2, dtype=np.float64) * -(np.log(10000.0) / width))
+    table = np.zeros((tokens, width), dtype=np.float32)
+    table[:, 0::2] = np.sin(position * frequency)
+    table[:, 1::2] = np.cos(position * frequency)
+    return torch.from_numpy(table).unsqueeze(0)

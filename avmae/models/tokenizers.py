@@ -9,12 +9,14 @@ The patch embedding plus position plus a learned modality embedding is what the 
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import nn
 
 from avmae.models.config import ModelConfig
-from avmae.models.pos_embed import grid_pos_embed, mae_2d_pos_embed
+from avmae.models.pos_embed import flat_1d_table, grid_pos_embed, mae_2d_pos_embed
+from avmae.models.scenic_init import init_patch_embedding
 
 
 def audio_grid(frames: int, mel_bins: int, patch: int) -> tuple[int, int]:
@@ -77,7 +79,10 @@ def unpatchify_video(patches: torch.Tensor, grid: tuple[int, int, int], patch: i
 
 
 @functools.lru_cache(maxsize=32)
-def _sincos_positions(modality: str, grid: tuple[int, ...], width: int, audio_order: str, video_axes: str) -> torch.Tensor:
+def _sincos_positions(modality: str, grid: tuple[int, ...], width: int, audio_order: str, video_axes: str,
+                      kind: str = "grid") -> torch.Tensor:
+    if kind == "flat_1d":  # over the flat index of the tokens in the order they come, whatever the grid
+        return flat_1d_table(math.prod(grid), width)
     if modality == "audio":
         return to_audio_order(grid_pos_embed(grid, width), grid, audio_order)
     if video_axes == "column_row":
@@ -90,7 +95,8 @@ def _sincos_positions(modality: str, grid: tuple[int, ...], width: int, audio_or
 
 def sincos_positions(modality: str, grid: tuple[int, ...], width: int, config: ModelConfig) -> torch.Tensor:
     """(1, tokens, width) fixed sin-cos embedding of a modality's token grid, rows in token order (float32, CPU)."""
-    return _sincos_positions(modality, tuple(grid), width, config.audio.token_order, config.pos_embed.video_axes)
+    return _sincos_positions(modality, tuple(grid), width, config.audio.token_order, config.pos_embed.video_axes,
+                             config.pos_embed.kind)
 
 
 def configured_grids(config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -119,13 +125,20 @@ def check_input_size(modality: str, size: tuple[int, ...], config: ModelConfig) 
 
 class Positions(nn.Module):
     """Position embeddings of both modalities at one width: computed for any grid, or stored tables of the
-    configured grids (``pos_embed.stored``), initialised to the same sin-cos."""
+    configured grids (``pos_embed.stored``), initialised to the same sin-cos.
+
+    Computed tables are built on the CPU once and kept here per (modality, grid, device, dtype), so a forward after
+    the first copies nothing from the host: a host-to-device copy in every step would make the step wait on it.
+    The copies are not buffers (they would enter the state dict and be stored in every checkpoint)."""
+
+    CACHE_ENTRIES = 16  # grids x devices x dtypes that a model sees; more only with other_grids on many sizes
 
     def __init__(self, config: ModelConfig, width: int):
         super().__init__()
         self.config, self.width = config, width
         self.grids = configured_grids(config)
         self.stored = config.pos_embed.stored
+        self._on_device: dict[tuple, torch.Tensor] = {}
         if self.stored:
             self.audio = nn.Parameter(sincos_positions("audio", self.grids["audio"], width, config).clone(),
                                       requires_grad=config.pos_embed.trainable)
@@ -134,7 +147,14 @@ class Positions(nn.Module):
 
     def forward(self, modality: str, grid: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         if not self.stored:
-            return sincos_positions(modality, grid, self.width, self.config).to(like.device, like.dtype)
+            key = (modality, tuple(grid), like.device, like.dtype)
+            table = self._on_device.get(key)
+            if table is None:
+                if len(self._on_device) >= self.CACHE_ENTRIES:
+                    self._on_device.clear()
+                table = sincos_positions(modality, grid, self.width, self.config).to(like.device, like.dtype)
+                self._on_device[key] = table
+            return table
         if tuple(grid) != self.grids[modality]:
             raise ValueError(f"this model stores {modality} position embeddings for a {self.grids[modality]} token "
                              f"grid (pos_embed.stored) and cannot take a {tuple(grid)} one; give inputs of the "
@@ -158,9 +178,12 @@ class Tokenizer(nn.Module):
             self.video_type = nn.Parameter(torch.zeros(1, 1, width))
             nn.init.normal_(self.audio_type, std=0.02)
             nn.init.normal_(self.video_type, std=0.02)
-        for conv in (self.audio_embed, self.video_embed):  # MAE: initialise like a Linear layer
-            nn.init.xavier_uniform_(conv.weight.view(conv.weight.shape[0], -1))
-            nn.init.zeros_(conv.bias)
+        for conv in (self.audio_embed, self.video_embed):
+            if config.init == "scenic":  # flax nn.Conv's default, LeCun normal
+                init_patch_embedding(conv)
+            else:  # MAE: initialise like a Linear layer
+                nn.init.xavier_uniform_(conv.weight.view(conv.weight.shape[0], -1))
+                nn.init.zeros_(conv.bias)
 
     def audio(self, audio: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, time, mel) -> tokens (B, N, width) and the token grid (time, mel)."""

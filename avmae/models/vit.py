@@ -24,21 +24,28 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, width: int, hidden: int):
+    """fc1, GELU, fc2. ``gelu``: exact (erf) or tanh, the approximation flax's ``nn.gelu`` computes by default and
+    Scenic's ViViT / MBT blocks therefore use."""
+
+    def __init__(self, width: int, hidden: int, gelu: str = "exact"):
         super().__init__()
+        if gelu not in ("exact", "tanh"):
+            raise ValueError(f"gelu must be exact or tanh, got {gelu!r}")
         self.fc1 = nn.Linear(width, hidden)
         self.fc2 = nn.Linear(hidden, width)
+        self.approximate = "tanh" if gelu == "tanh" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(F.gelu(self.fc1(x), approximate=self.approximate))
 
 
-def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
-    """Stochastic depth: drop a residual branch for whole samples."""
+def drop_path(x: torch.Tensor, rate: float, training: bool, rescale: bool = True) -> torch.Tensor:
+    """Stochastic depth: drop a residual branch for whole samples. ``rescale``: a kept branch is divided by
+    1 - rate (timm's DropPath); without it a kept branch is left as it is (Scenic's StochasticDepth)."""
     if rate == 0.0 or not training:
         return x
     keep = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).bernoulli_(1 - rate)
-    return x * keep / (1 - rate)
+    return x * keep / (1 - rate) if rescale else x * keep
 
 
 class Block(nn.Module):
@@ -46,13 +53,15 @@ class Block(nn.Module):
     runs on that modality alone (CAV-MAE's norm1_a/norm2_a, norm1_v/norm2_v, methods.md A.1)."""
 
     def __init__(self, width: int, heads: int, mlp: int, *, qkv_bias: bool = True, eps: float = 1e-6,
-                 drop_path_rate: float = 0.0, modality_norms: tuple[str, ...] = ()):
+                 drop_path_rate: float = 0.0, modality_norms: tuple[str, ...] = (), gelu: str = "exact",
+                 drop_path_rescale: bool = True):
         super().__init__()
         self.norm1 = nn.LayerNorm(width, eps=eps)
         self.attn = Attention(width, heads, qkv_bias)
         self.norm2 = nn.LayerNorm(width, eps=eps)
-        self.mlp = Mlp(width, mlp)
+        self.mlp = Mlp(width, mlp, gelu)
         self.drop_path_rate = drop_path_rate
+        self.drop_path_rescale = drop_path_rescale
         if modality_norms:
             self.modality_norm1 = nn.ModuleDict({m: nn.LayerNorm(width, eps=eps) for m in modality_norms})
             self.modality_norm2 = nn.ModuleDict({m: nn.LayerNorm(width, eps=eps) for m in modality_norms})
@@ -64,8 +73,10 @@ class Block(nn.Module):
             norm1, norm2 = self.modality_norm1[modality], self.modality_norm2[modality]
         else:
             norm1, norm2 = self.norm1, self.norm2
-        x = x + drop_path(self.attn(norm1(x)), self.drop_path_rate, self.training)
-        return x + drop_path(self.mlp(norm2(x)), self.drop_path_rate, self.training)
+        # the two branches draw their own keep masks, as in Scenic's EncoderBlock and timm's Block
+        rate, rescale = self.drop_path_rate, self.drop_path_rescale
+        x = x + drop_path(self.attn(norm1(x)), rate, self.training, rescale)
+        return x + drop_path(self.mlp(norm2(x)), rate, self.training, rescale)
 
 
 class Transformer(nn.Module):
@@ -76,11 +87,12 @@ class Transformer(nn.Module):
 
     def __init__(self, width: int, depth: int, heads: int, mlp: int, *, qkv_bias: bool = True, eps: float = 1e-6,
                  drop_path_rates: list[float] | None = None, checkpointing: bool = False, final_norm: bool = True,
-                 modality_norms: tuple[str, ...] = ()):
+                 modality_norms: tuple[str, ...] = (), gelu: str = "exact", drop_path_rescale: bool = True):
         super().__init__()
         rates = drop_path_rates or [0.0] * depth
         self.blocks = nn.ModuleList(Block(width, heads, mlp, qkv_bias=qkv_bias, eps=eps, drop_path_rate=rate,
-                                          modality_norms=modality_norms) for rate in rates)
+                                          modality_norms=modality_norms, gelu=gelu,
+                                          drop_path_rescale=drop_path_rescale) for rate in rates)
         self.norm = nn.LayerNorm(width, eps=eps) if final_norm else nn.Identity()
         if modality_norms:
             self.modality_norm = nn.ModuleDict({m: nn.LayerNorm(width, eps=eps) for m in modality_norms})
