@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
+
+from avmae import collectives
 
 
 def normalise_patches(target: torch.Tensor, eps: float = 1e-6, variance: str = "unbiased") -> torch.Tensor:
@@ -31,13 +32,11 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, nor
 
 
 def _global(features: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """All ranks' rows (with gradients flowing back to their owners) and this rank's row offset."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    """All ranks' rows (with gradients flowing back to their owners) and this rank's row offset, through the one
+    module that runs collectives (it places tensors where the process group needs them)."""
+    if not collectives.is_distributed():
         return features, 0
-    from torch.distributed.nn.functional import all_gather
-
-    gathered = all_gather(features.contiguous())
-    return torch.cat(gathered, dim=0), dist.get_rank() * features.shape[0]
+    return collectives.all_gather_with_grad(features.contiguous()), collectives.rank() * features.shape[0]
 
 
 def info_nce(audio: torch.Tensor, video: torch.Tensor, temperature: float, bidirectional: bool,
