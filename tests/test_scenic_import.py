@@ -199,6 +199,7 @@ def test_mbt_matches_scenic(mbt_dir, inputs):
     loaded = load_model(mbt_dir)
     model, audio, video = loaded.model, inputs["audio"], inputs["video"]
     assert loaded.heads == {"label": 5} and loaded.label_mode == "multi"
+    assert loaded.config.finetune.bottleneck.shared_norm  # Scenic's one encoder_norm over both modalities
     with torch.no_grad():
         logits = model(audio, video)["label"]
         per_modality = model(audio, video, per_modality=True)  # evaluation mode: stochastic depth off, as Scenic's
@@ -238,7 +239,7 @@ def test_pretrained_export_starts_mbt_as_scenic_does(pretrain_dir, mbt_dir):
     audio_embedding = {"tokenizer.audio_embed.weight", "tokenizer.audio_embed.bias"}
     not_transferred = {"bottleneck", "heads.label.weight", "heads.label.bias"}
     compared = sorted(set(expected) - audio_embedding - not_transferred)
-    assert len(compared) == 102  # 2 x 4 blocks x 12 tensors, 2 x 2 norm tensors, the video embedding
+    assert len(compared) == 100  # 2 x 4 blocks x 12 tensors, the shared norm, the video embedding
     for key in compared:
         assert torch.equal(ours[key], expected[key]), key
     pretrained = read_export(pretrain_dir)[0]
@@ -317,7 +318,7 @@ def test_single_modality_mbt_takes_the_bare_stack_as_its_modality(tmp_path):
     source = params["Transformer/encoderblock_1_spec/MlpBlock_0/Dense_0/kernel"]
     assert torch.equal(state["encoder.audio.blocks.1.mlp.fc1.weight"], torch.from_numpy(source).T)
     video_keys = [k for k in state if k.startswith(("encoder.video.", "tokenizer.video_"))]
-    assert report["kept_at_init"]["keys"] == len(video_keys) == 4 * 12 + 2 + 2
+    assert report["kept_at_init"]["keys"] == len(video_keys) == 4 * 12 + 2
 
 
 def test_fusion_layer_and_label_mode_defaults_follow_the_class_count(tmp_path, capsys):

@@ -11,6 +11,8 @@ evaluation. The fusion layer is not in the parameters: the recipes' value is tak
 
 from __future__ import annotations
 
+import torch
+
 from avmae.export.scenic_layout import (AUDIO_FRAMES, MEL_BINS, SCENIC_NAME, VIDEO_FRAMES, VIDEO_SIZE, Params,
                                         ScenicConversion, ScenicLayoutError, as_tensor, audio_embedding, block,
                                         encoder_size, layer_norm, linear, scenic_numerics, stack_dims,
@@ -34,9 +36,7 @@ def mbt_modalities(p: Params) -> list[str]:
 
 
 def mbt_key_map(depth: int, modalities: list[str]) -> dict[str, str]:
-    """Scenic MBT module path -> avmae module prefix (the Transformer's blocks and norms only). The shared
-    ``encoder_norm`` becomes each modality's own final norm: LayerNorm works token by token, so one norm over
-    [rgb ; spectrogram] is that norm applied to each modality's tokens."""
+    """Scenic MBT block path -> avmae block prefix."""
     mapping = {}
     for i in range(depth):
         for index, modality in enumerate(modalities):
@@ -58,8 +58,8 @@ def convert_mbt(p: Params, fusion_layer: int | None = None, label_mode: str | No
     depth = len(p.block_indices("Transformer"))
     for src, dst in mbt_key_map(depth, modalities).items():
         state.update(block(p, src, dst))
-    for modality in modalities:
-        state.update(layer_norm(p, "Transformer/encoder_norm", f"encoder.{modality}.norm"))
+    # One norm over [rgb ; spectrogram]: avmae's shared_norm, one set of parameters as in training
+    state.update(layer_norm(p, "Transformer/encoder_norm", "encoder_norm"))
     bottleneck = p.take("bottleneck")  # single-modality MBT builds it too, and never uses it (mbt.py Encoder)
     state["bottleneck"] = as_tensor(bottleneck)
     state.update(linear(p, MBT_HEAD, "heads.label"))
@@ -88,7 +88,8 @@ def convert_mbt(p: Params, fusion_layer: int | None = None, label_mode: str | No
         "modality_embeddings": False, **scenic_numerics(),
     }
     finetune = {"classifier": "bottleneck", "modality": modality,
-                "bottleneck": {"tokens": int(bottleneck.shape[1]), "fusion_layer": fusion_layer},
+                "bottleneck": {"tokens": int(bottleneck.shape[1]), "fusion_layer": fusion_layer,
+                               "shared_norm": True},
                 "loss": "bce_sum" if mode == "multi" else "ce", "label_smoothing": 0.3}
     run = {"task": "finetune", "model": model, "finetune": finetune}
     scenic_modalities = [SCENIC_NAME[m] for m in modalities]
