@@ -178,6 +178,7 @@ def test_vit_large_audioset_model_has_596_million_parameters():
 
 
 @pytest.mark.parametrize("config", [tiny("mid", "joint"), tiny("early", "separate", "inpainting"),
+                                    tiny("mid", "shared", "inpainting", inpainting_layout="scenic"),
                                     tiny("late", "shared", audio_mode="time_freq", video_mode="tube", contrastive=0.1)])
 def test_flop_count_equals_torch_flop_counter(config):
     model = AVMAE(config)

@@ -109,7 +109,8 @@ def pretraining_flops(config: ModelConfig, attention_scores: bool = True, global
 
     both = visible["audio"] + visible["video"]
     fusion = config.encoder.fusion
-    alone = config.objective == "inpainting" or config.contrastive.weight > 0  # joint layers also run per modality
+    # joint layers also run per modality (avmae's inpainting layout decodes each modality encoded alone)
+    alone = (config.objective == "inpainting" and config.inpainting_layout == "avmae") or config.contrastive.weight > 0
     if fusion == "early":
         encoder = enc(both, depth) + (sum(enc(n, depth) for n in visible.values()) if alone else 0)
     elif fusion in ("late", "shared"):
@@ -121,6 +122,8 @@ def pretraining_flops(config: ModelConfig, attention_scores: bool = True, global
     embed = 2 * width * (tokens["audio"] * a.patch ** 2 + tokens["video"] * 3 * v.tubelet * v.patch ** 2)
     if d.kind == "joint":
         decoder = dec(tokens["audio"] + tokens["video"])
+    elif config.objective == "inpainting" and config.inpainting_layout == "scenic":
+        decoder = sum(dec(n) for n in tokens.values())  # the other's visible tokens sit in the modality's own slots
     elif config.objective == "inpainting":
         decoder = dec(visible["video"] + tokens["audio"]) + dec(visible["audio"] + tokens["video"])
     else:
