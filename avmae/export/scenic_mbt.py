@@ -91,7 +91,8 @@ def convert_mbt(p: Params, fusion_layer: int | None = None, label_mode: str | No
                 "bottleneck": {"tokens": int(bottleneck.shape[1]), "fusion_layer": fusion_layer,
                                "shared_norm": True},
                 "loss": "bce_sum" if mode == "multi" else "ce", "label_smoothing": 0.3}
-    run = {"task": "finetune", "model": model, "finetune": finetune}
+    # Scenic's evaluation resizes the short side to 256 and centre-crops 224 (configs/*/finetune.py min_resize_test)
+    run = {"task": "finetune", "model": model, "finetune": finetune, "data": {"eval_short_side": 256}}
     scenic_modalities = [SCENIC_NAME[m] for m in modalities]
     scenic_config = {
         "model_name": "mbt_multilabel_classification" if mode == "multi" else "mbt_classification",
