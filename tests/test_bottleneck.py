@@ -147,7 +147,7 @@ def test_avmae_bce_sums_over_classes_where_cavmae_averages():
     mean = finetune_loss(logits, targets, "bce", label_smoothing=0.3)
     summed = finetune_loss(logits, targets, "bce_sum", label_smoothing=0.3)
     assert summed == pytest.approx(7 * float(mean), rel=1e-5)
-    # AV-MAE's smoothing 0.3 (methods.md C.2): positives 1 - 0.3 + 0.3 / C, negatives 0.3 / C
+    # AV-MAE's smoothing 0.3 (scenic/projects/av_mae/configs/audioset/finetune.py): positives 1 - 0.3 + 0.3 / C, negatives 0.3 / C
     expected = torch.nn.functional.binary_cross_entropy_with_logits(
         logits["label"], targets["label"] * 0.7 + 0.3 / 7, reduction="none").sum(-1).mean()
     assert summed == pytest.approx(float(expected), rel=1e-5)
@@ -162,5 +162,5 @@ def test_the_audioset_recipe_builds_mbt_large_with_607m_parameters():
     with torch.device("meta"):  # shapes only
         model = model_for(config, "finetune", {"label": 527})
     assert isinstance(model, BottleneckClassifier)
-    # methods.md A.2: "MBT-L fine-tune, 2 x 24 layers, A+V: about 607 M"
+    # MBT-L fine-tune, 2 x 24 layers, A+V: about 607 M
     assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(607.0, abs=0.5)

@@ -174,7 +174,7 @@ def test_vit_large_audioset_model_has_596_million_parameters():
         model = AVMAE(config)
     total = sum(p.numel() for p in model.parameters())
     assert total == parameter_counts(config)["total"] == 595_853_056
-    assert parameter_counts(config)["encoder_total"] == 581_271_552  # methods.md A.2: encoders + embeddings ~581 M
+    assert parameter_counts(config)["encoder_total"] == 581_271_552  # AV-MAE ViT-L: encoders + embeddings ~581 M
 
 
 @pytest.mark.parametrize("config", [tiny("mid", "joint"), tiny("early", "separate", "inpainting"),

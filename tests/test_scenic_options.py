@@ -15,6 +15,7 @@ from torch.overrides import TorchFunctionMode
 
 from avmae.models.avmae import AVMAE
 from avmae.models.bottleneck import BottleneckClassifier, BottleneckConfig
+from avmae.models.classifier import AVClassifier
 from avmae.models.config import (AudioInput, DecoderConfig, EncoderConfig, MaskConfig, ModelConfig, PosEmbedConfig,
                                  VideoInput)
 from avmae.models.counts import token_counts
@@ -303,8 +304,8 @@ def test_an_injected_mask_with_uneven_counts_is_refused_by_name():
 
 
 class DeviceReads(TorchFunctionMode):
-    """Records every call that would make the host wait for the device to finish (a value read back), and every
-    copy of a CPU tensor to another device."""
+    """Records every call that would make the host wait for the device to finish (a value of a tensor that is not
+    on the CPU read back), and every copy of a CPU tensor to another device."""
 
     READS = {"item", "tolist", "__int__", "__float__", "__bool__", "__index__", "nonzero", "numpy"}
 
@@ -314,7 +315,7 @@ class DeviceReads(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
-        if name in self.READS:
+        if name in self.READS and isinstance(args[0], torch.Tensor) and args[0].device.type != "cpu":
             self.reads.append(name)
         if name == "to" and isinstance(args[0], torch.Tensor) and args[0].device.type == "cpu":
             targets = [a for a in (*args[1:], *(kwargs or {}).values()) if isinstance(a, (torch.device, str))]
@@ -350,6 +351,28 @@ def test_bottleneck_forward_reads_nothing_back():
         per = model(audio, video, per_modality=True)
         sum(p["label"].sum() for p in per.values()).backward()
     assert calls.reads == [] and calls.copies == []
+
+
+def test_classifier_forward_reads_nothing_back_even_with_modality_dropout():
+    with torch.device("meta"):
+        model = AVClassifier(scenic_like(), {"label": 5}, modality_dropout=0.9)
+        audio, video = torch.empty(2, 100, 128), torch.empty(2, 4, 3, 64, 64)
+    model.eval()(audio, video)  # both modalities once: their tables reach the device
+    model.train()
+    with DeviceReads() as calls:
+        for _ in range(4):  # whichever modalities the CPU-drawn modality dropout keeps
+            model(audio, video)["label"].sum().backward()
+    assert calls.reads == [] and calls.copies == []
+
+
+def test_the_read_recorder_sees_a_read_and_a_copy():
+    with DeviceReads() as calls:
+        torch.ones(2).to("meta")
+        try:
+            torch.ones(1, device="meta").item()
+        except RuntimeError:
+            pass
+    assert calls.reads == ["item"] and calls.copies == [(2,)]
 
 
 def test_positions_keep_one_device_copy_per_device_and_dtype():

@@ -1,5 +1,5 @@
 """AV-MAE's fine-tuning model: MBT attention-bottleneck fusion ("Attention Bottlenecks for Multimodal Fusion";
-Scenic ``mbt.py``, methods.md A.2 "Fine-tuning model" and C.2).
+google-research/scenic ``scenic/projects/av_mae/mbt.py`` and ``configs/audioset/finetune.py``).
 
 Two full-depth encoders, one per modality (the late-fusion layout, so a late-fusion pretraining checkpoint loads
 as it is). From layer ``fusion_layer`` on, a few shared bottleneck tokens join each modality's tokens in that

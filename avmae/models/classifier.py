@@ -3,7 +3,7 @@
 Heads: one for AudioSet (multi-label, sigmoid) or VGGSound (single-label, softmax), two for Epic-Kitchens (verb,
 noun); the loss belongs to the trainer. Pooling (``classifier_pooling``) averages each present modality's mean token,
 so the features keep their scale when a modality is absent at test time and the model still predicts from the other
-one; or, as CAV-MAE's CAVMAEFT, takes the mean of all tokens of the concatenation (methods.md A.1).
+one; or, as CAV-MAE's CAVMAEFT, takes the mean of all tokens of the concatenation (YuanGongND/cav-mae src/models/cav_mae.py).
 """
 
 from __future__ import annotations

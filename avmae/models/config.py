@@ -1,9 +1,9 @@
 """The model's configuration: encoder size, fusion, decoder, objective, masking, contrastive term, inputs.
 
-Defaults are the AV-MAE AudioSet pretraining recipe (reference/methods.md A.2) at ViT-L: mid fusion 22 + 2,
+Defaults are the AV-MAE AudioSet pretraining recipe (google-research/scenic scenic/projects/av_mae/configs/audioset/pretrain.py) at ViT-L: mid fusion 22 + 2,
 a shared 4-layer 512-wide decoder, joint reconstruction, random masking 0.7 audio / 0.9 video, loss weights 0.5/0.5,
 raw-pixel targets. Every choice of the paper (and CAV-MAE's contrastive term) is a field here, and so is every way
-CAV-MAE's architecture differs (methods.md A.1; configs/model/cavmae_base.yaml sets them all): frequency-major
+CAV-MAE's architecture differs (YuanGongND/cav-mae src/models/cav_mae.py; configs/model/cavmae_base.yaml sets them all): frequency-major
 audio tokens, MAE's 2-D position table for its single frame, stored position tables, per-modality LayerNorms in the
 joint layer, no LayerNorm before it, one decoder input projection, mean-of-all-tokens pooling.
 """
@@ -15,7 +15,7 @@ from typing import Literal
 
 from avmae.config import at_least
 
-# name -> (width, depth, heads, mlp width); ViT sizes as in Scenic's vivit configs (methods.md A.2).
+# name -> (width, depth, heads, mlp width); ViT sizes as in Scenic's vivit configs (google-research/scenic scenic/projects/vivit).
 ENCODER_SIZES: dict[str, tuple[int, int, int, int]] = {
     "tiny": (192, 12, 3, 768),
     "small": (384, 12, 6, 1536),
@@ -36,7 +36,7 @@ class AudioInput:
     frames: int = 1024
     mel_bins: int = 128
     patch: int = 16  # 16x16 patches: 64 (time) x 8 (mel) = 512 tokens, time-major
-    # freq_major: CAV-MAE's order (methods.md A.1): the log-mel is transposed to (mel, time) before patching, so token
+    # freq_major: CAV-MAE's order (YuanGongND/cav-mae src/models/cav_mae.py): the log-mel is transposed to (mel, time) before patching, so token
     # index = f * 64 + t, each patch is flattened (mel, time), and its audio kernels load unchanged. A token's position
     # embedding is the same in both orders (time in the first half of the channels, as CAV-MAE's table).
     token_order: Literal["time_major", "freq_major"] = "time_major"
@@ -108,7 +108,8 @@ class ContrastiveConfig:
     temperature: float = 0.05
     bidirectional: bool = True  # False = CAV-MAE's default: video->audio only
     # global: every clip of the global batch is a negative; local: only this rank's (CAV-MAE's DataParallel loss
-    # saw its GPU's chunk: 12 negatives at batch 48 on 4 GPUs, methods.md A.1)
+    # saw its GPU's chunk: 12 negatives at batch 48 on 4 GPUs: YuanGongND/cav-mae
+    # src/models/cav_mae.py forward_contrastive runs inside nn.DataParallel)
     negatives: Literal["global", "local"] = "global"
 
 

@@ -1,4 +1,4 @@
-"""MAE decoders and the two objectives of AV-MAE (Scenic ``apply_decoder``, methods.md A.2).
+"""MAE decoders and the two objectives of AV-MAE (Scenic ``apply_decoder``, google-research/scenic scenic/projects/av_mae/vivit_multimodal.py).
 
 Decoder kinds: ``separate`` (one per modality), ``shared`` (one set of weights applied to each modality on its
 own), ``joint`` (one pass over both modalities' tokens). Each modality has its own input projection and mask
@@ -6,7 +6,9 @@ token, or both share one (``shared_input``, CAV-MAE).
 
 Objectives: ``reconstruction`` (a modality's decoder sees its own encoded visible tokens at their positions plus
 mask tokens) and ``inpainting`` (it sees only the *other* modality's encoded visible tokens, then mask tokens at
-every position of its own, and must reconstruct all of it).
+every position of its own, and must reconstruct all of it). ``inpainting_layout: scenic`` is Scenic's own form
+of inpainting: the other modality's tokens from the fused encoder output fill the first slots of a sequence of this
+modality's length, mask tokens the rest, and only those remaining slots are predicted.
 """
 
 from __future__ import annotations

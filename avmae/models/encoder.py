@@ -1,4 +1,5 @@
-"""The four encoder fusion strategies of the AV-MAE paper (Fig. 2; Scenic ``apply_encoder``, methods.md A.2).
+"""The four encoder fusion strategies of the AV-MAE paper (Fig. 2; Scenic ``apply_encoder``,
+scenic/projects/av_mae/vivit_multimodal.py).
 
 - early:  one Transformer over the concatenated tokens of both modalities;
 - late:   a Transformer per modality;
@@ -66,7 +67,7 @@ class FusionEncoder(nn.Module):
         """Encode ``{modality: (B, n, width)}``. Returns (fused, per_modality): ``fused`` is the encoder's output
         (cross-modal where the strategy has joint layers); ``per_modality`` (only if ``unimodal``) is each
         modality encoded with no attention to the other, for the contrastive term (CAV-MAE runs its joint
-        layers on each modality alone for this, methods.md A.1). ``own_norms=False`` runs a lone modality in
+        layers on each modality alone for this, YuanGongND/cav-mae src/models/cav_mae.py). ``own_norms=False`` runs a lone modality in
         ``fused`` through the joint norms instead of its own."""
         if self.fusion in ("late", "mid"):
             tokens = {m: getattr(self, m)(x) for m, x in tokens.items()}

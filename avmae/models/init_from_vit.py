@@ -1,5 +1,5 @@
 """An avmae encoder (and decoder) initialised from an ImageNet ViT in the common timm / MAE layout, as CAV-MAE's
-``adapt_vmae_weights.py`` does (methods.md A.1 "Initialisation"):
+``adapt_vmae_weights.py`` does (YuanGongND/cav-mae src/adapt_vmae_weights.py):
 
 - ViT block i goes to every avmae block at depth i: both modality stacks below the joint layers, the joint (or
   early / shared) stack above; its norm1/norm2 also to the joint blocks' per-modality norms, and the ViT's final

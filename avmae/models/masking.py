@@ -37,7 +37,7 @@ def tube_mask(batch: int, grid: tuple[int, int, int], ratio: float, generator=No
 def audio_structured_mask(batch: int, grid: tuple[int, int], ratio: float, mode: str, generator=None,
                           device=None) -> torch.Tensor:
     """Whole time columns (``time``), whole mel rows (``freq``), or both (``time_freq``: CAV-MAE masks 0.7*ratio of
-    the rows and of the columns, methods.md A.1) on the (time x mel) token grid."""
+    the rows and of the columns, YuanGongND/cav-mae src/models/cav_mae.py) on the (time x mel) token grid."""
     t, f = grid
     if mode == "time":
         columns, rows = random_mask(batch, t, ratio, generator, device), torch.zeros(batch, f, dtype=torch.bool, device=device)

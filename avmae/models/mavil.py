@@ -1,7 +1,7 @@
 """MAViL (Huang et al., "MAViL: Masked Audio-Video Learners"): masked reconstruction plus inter- and intra-modal
 contrastive learning (stage 1), then self-training on a frozen stage-1 teacher's features (stage 2).
 
-No code is public (methods.md A.4); this follows the paper's description on our AV-MAE parts. The choices the
+No code is public (Huang et al. 2023, arXiv:2212.08071); this follows the paper's description on our AV-MAE parts. The choices the
 description leaves open, and what we chose:
 - Architecture: the AV-MAE model of the config (mid fusion: a Transformer per modality, then joint layers; the
   decoders reconstruct from the joint layers' output). MAViL's fusion encoder plays the role of our joint layers.

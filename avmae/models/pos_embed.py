@@ -1,5 +1,5 @@
 """Fixed sin-cos position embeddings built per axis of a token grid, so any grid size works without re-training
-(CAV-MAE and AudioMAE store a table of one size, and users with other clip lengths must cut it, methods.md F.7)."""
+(CAV-MAE and AudioMAE store a table of one size, and users with other clip lengths must cut it)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def grid_pos_embed(grid: tuple[int, ...], width: int, device=None, dtype=None) -
 def mae_2d_pos_embed(rows: int, columns: int, width: int) -> torch.Tensor:
     """(1, rows * columns, width) for a row-major grid, exactly as MAE's / CAV-MAE's ``get_2d_sincos_pos_embed``:
     ``np.meshgrid(w, h)`` puts the column index first, so the first half of the channels encodes the column and the
-    second half the row (methods.md A.1)."""
+    second half the row (facebookresearch/mae util/pos_embed.py)."""
     if width % 4:
         raise ValueError(f"MAE's 2-D sin-cos table needs a width divisible by 4, got {width}")
     row, column = torch.meshgrid(torch.arange(rows, device="cpu"), torch.arange(columns, device="cpu"), indexing="ij")

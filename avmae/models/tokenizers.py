@@ -2,7 +2,7 @@
 
 Token order is time-major for both (audio: time then mel; video: time, row, column), so a sin-cos position built
 per axis and the per-patch targets line up with the tokens. Audio can instead be frequency-major (CAV-MAE: the
-log-mel is transposed to (mel, time) before patching, methods.md A.1); a token grid is always given as (time, mel).
+log-mel is transposed to (mel, time) before patching, YuanGongND/cav-mae src/models/cav_mae.py); a token grid is always given as (time, mel).
 The patch embedding plus position plus a learned modality embedding is what the encoder sees.
 """
 

@@ -50,7 +50,7 @@ def drop_path(x: torch.Tensor, rate: float, training: bool, rescale: bool = True
 
 class Block(nn.Module):
     """Pre-norm block. With ``modality_norms`` (names), each modality gets its own norm1/norm2, used when the block
-    runs on that modality alone (CAV-MAE's norm1_a/norm2_a, norm1_v/norm2_v, methods.md A.1)."""
+    runs on that modality alone (CAV-MAE's norm1_a/norm2_a, norm1_v/norm2_v, YuanGongND/cav-mae src/models/cav_mae.py)."""
 
     def __init__(self, width: int, heads: int, mlp: int, *, qkv_bias: bool = True, eps: float = 1e-6,
                  drop_path_rate: float = 0.0, modality_norms: tuple[str, ...] = (), gelu: str = "exact",
@@ -80,7 +80,7 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """``depth`` blocks then a LayerNorm (every Scenic ViViT encoder normalises its output, methods.md A.2).
+    """``depth`` blocks then a LayerNorm (every Scenic ViViT encoder normalises its output, scenic/projects/vivit/model.py).
 
     ``final_norm=False`` leaves the LayerNorm out (CAV-MAE's modality stacks feed its joint layer unnormalised);
     ``modality_norms`` gives every block and the final norm a per-modality twin for single-modality inputs."""
