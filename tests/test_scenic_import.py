@@ -16,10 +16,11 @@ import torch
 from avmae.cli.convert import main as convert_main
 from avmae.config import apply_overrides, from_dict
 from avmae.export.format import read_export
+from avmae.export.init import initialise
 from avmae.export.load import load_model, model_for
 from avmae.export.scenic import ScenicLayoutError, convert_scenic_params
 from avmae.export.scenic_msgpack import ScenicCheckpointError, read_scenic_params
-from avmae.recipe.config import RunConfig
+from avmae.recipe.config import ModelInitConfig, RunConfig
 from avmae.train.losses import finetune_loss
 
 FIXTURES = Path(__file__).resolve().parent / "data" / "scenic_avmae"
@@ -234,7 +235,7 @@ def test_pretrained_export_starts_mbt_as_scenic_does(pretrain_dir, mbt_dir):
     config = read_export(mbt_dir)[1].config
     torch.manual_seed(0)
     classifier = model_for(config, "finetune", {"label": 5})
-    report = classifier.load_pretrained(read_export(pretrain_dir)[0])
+    report = initialise(classifier, ModelInitConfig(kind="avmae", path=str(pretrain_dir)))  # what avmae-train does
     ours = classifier.state_dict()
     audio_embedding = {"tokenizer.audio_embed.weight", "tokenizer.audio_embed.bias"}
     not_transferred = {"bottleneck", "heads.label.weight", "heads.label.bias"}
@@ -286,6 +287,25 @@ def test_other_fusion_and_decoder_layouts_load_strictly(variant):
     assert config.model.decoder.kind == ("separate" if variant == "separate_decoders" else "shared")
     model = model_for(config, "pretrain", {})
     assert model.load_state_dict(conversion.state, strict=True)
+
+
+def test_inpainting_pretraining_takes_scenic_layout():
+    """use_inpainting is not in the parameters: --inpainting says it, and the model computes Scenic's decoder input
+    (the other modality's fused tokens first, then mask tokens; the loss on the mask-token slots)."""
+    params = read_scenic_params(FIXTURES / "pretrain" / "checkpoint").params
+    conversion = convert_scenic_params(params, inpainting=True)
+    config = from_dict(RunConfig, apply_overrides(conversion.run, list(GEOMETRY)))
+    assert (config.model.objective, config.model.inpainting_layout) == ("inpainting", "scenic")
+    assert conversion.scenic_config["model"]["use_inpainting"]
+    model = model_for(config, "pretrain", {}).eval()
+    assert model.load_state_dict(conversion.state, strict=True)
+    arrays = np.load(FIXTURES / "inputs.npz")
+    masks = {m: torch.from_numpy(arrays[f"token_mask_{s}"]).bool() for m, s in MODALITIES.items()}
+    with torch.no_grad():
+        out = model(torch.from_numpy(arrays["spectrogram"])[..., 0],
+                    torch.from_numpy(arrays["video"]).permute(0, 1, 4, 2, 3), masks=masks)
+    assert out["pred_audio"].shape == (2, 48, 256) and out["pred_video"].shape == (2, 32, 1536)
+    assert torch.isfinite(out["loss"])
 
 
 def _pack(params: dict[str, np.ndarray]) -> bytes:

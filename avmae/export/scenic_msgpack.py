@@ -14,8 +14,9 @@ Two TrainState layouts exist, and Scenic's own reader (``scenic/train_lib/pretra
 ``restore_pretrained_checkpoint``) takes the params from either: ``params`` (the optax TrainState of
 ``scenic.train_lib``) or ``optimizer/target`` (the ``flax.optim`` TrainState of the older train library). A tree
 whose only child is ``params`` is a pre-Linen checkpoint, renamed as Flax's ``convert_pre_linen`` does. Everything
-else (optimiser moments, step counters, RNG keys, timing metadata) is ignored: its leaves carry the same names as
-the parameters, so they must never be mistaken for them.
+else (optimiser moments, step counters, RNG keys, timing metadata) is skipped in the stream without being decoded:
+its leaves carry the same names as the parameters, so they must never be mistaken for them, and a ViT-L's Adam
+moments are twice its parameters' memory.
 """
 
 from __future__ import annotations
@@ -98,9 +99,53 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
     return flat
 
 
-def decode_msgpack(path: str | Path) -> dict:
-    """The whole state dict of a Flax msgpack checkpoint, arrays as numpy; a one-line error naming ``path`` when
-    it is a directory, not msgpack, or cut short."""
+# Flax cuts arrays into chunks of at most 2**30 bytes (flax serialization.py MAX_CHUNK_SIZE), so no single msgpack
+# object of a checkpoint is larger than that and its payload header; the reader's buffer must hold one object.
+MAX_OBJECT_BYTES = 2**31 - 1
+READ_BYTES = 16 * 2**20
+
+
+def _read_trainstate(path: Path, handle) -> tuple[dict, list[str]]:
+    """The TrainState's ``params`` or ``optimizer/target`` decoded, and the names of the fields skipped unread: the
+    optimiser moments of a ViT-L are twice its parameters, and are never decoded."""
+    import msgpack
+
+    unpacker = msgpack.Unpacker(handle, ext_hook=_decode_ext, raw=False, strict_map_key=False,
+                                max_buffer_size=MAX_OBJECT_BYTES, read_size=READ_BYTES)
+    try:
+        fields = unpacker.read_map_header()
+    except msgpack.OutOfData:
+        raise ScenicCheckpointError(f"{path} is empty: not a Flax msgpack checkpoint") from None
+    except ValueError:
+        raise ScenicCheckpointError(f"{path} is not a Flax msgpack checkpoint (it does not start with a msgpack map "
+                                    "of named fields)") from None
+    state, ignored = {}, []
+    for _ in range(fields):
+        key = unpacker.unpack()
+        if key == "params":
+            state["params"] = unpacker.unpack()
+        elif key == "optimizer":  # flax.optim: {target: params, state: {step, param_states}}
+            state["optimizer"] = {}
+            for _ in range(unpacker.read_map_header()):
+                name = unpacker.unpack()
+                if name == "target":
+                    state["optimizer"]["target"] = unpacker.unpack()
+                else:
+                    unpacker.skip()
+                    ignored.append(f"optimizer/{name}")
+        else:
+            unpacker.skip()
+            ignored.append(str(key))
+    try:
+        unpacker.skip()
+    except msgpack.OutOfData:
+        return state, sorted(ignored)
+    raise ScenicCheckpointError(f"{path} is not a Flax msgpack checkpoint (bytes follow its msgpack map)")
+
+
+def read_trainstate(path: str | Path) -> tuple[dict, list[str]]:
+    """The params-holding fields of a Flax msgpack checkpoint, arrays as numpy (chunked arrays joined), and the
+    fields skipped; a one-line error naming ``path`` when it is a directory, not msgpack, or cut short."""
     import msgpack
 
     path = Path(path)
@@ -110,39 +155,35 @@ def decode_msgpack(path: str | Path) -> dict:
                                     "that file")
     if not path.exists():
         raise ScenicCheckpointError(f"{path}: no such file")
-    data = path.read_bytes()
     try:
-        state = msgpack.unpackb(data, ext_hook=_decode_ext, raw=False, strict_map_key=False)
-    except msgpack.exceptions.ExtraData:
-        raise ScenicCheckpointError(f"{path} is not a Flax msgpack checkpoint (its bytes are not one msgpack "
-                                    "object)") from None
-    except (ValueError, TypeError, msgpack.exceptions.UnpackException) as err:
-        what = "cut short (truncated)" if "incomplete" in str(err).lower() else f"damaged ({err})"
-        raise ScenicCheckpointError(f"{path} is not a readable Flax msgpack checkpoint: {what}") from None
-    if not isinstance(state, dict):
-        raise ScenicCheckpointError(f"{path} is not a Flax msgpack checkpoint: it holds a {type(state).__name__}, "
-                                    "not a map of named fields")
-    return _unchunk(state)
+        with open(path, "rb") as handle:
+            state, ignored = _read_trainstate(path, handle)
+    except msgpack.OutOfData:
+        raise ScenicCheckpointError(f"{path} is not a readable Flax msgpack checkpoint: cut short (truncated)") from None
+    except (ValueError, TypeError, msgpack.UnpackException) as err:
+        if isinstance(err, ScenicCheckpointError):
+            raise
+        raise ScenicCheckpointError(f"{path} is not a readable Flax msgpack checkpoint: damaged ({err})") from None
+    return _unchunk(state), ignored
 
 
 def read_scenic_params(path: str | Path) -> ScenicParams:
     """The parameters of a Scenic checkpoint, flat by Flax path, from either TrainState layout."""
-    state = decode_msgpack(path)
-    optimizer = state.get("optimizer")
+    state, ignored = read_trainstate(path)
+    optimizer = state.get("optimizer") or {}
     if isinstance(state.get("params"), dict) and state["params"]:
         tree, layout = state["params"], "params"
-    elif isinstance(optimizer, dict) and isinstance(optimizer.get("target"), dict) and optimizer["target"]:
+    elif isinstance(optimizer.get("target"), dict) and optimizer["target"]:
         tree, layout = optimizer["target"], "optimizer/target"
     else:
-        raise ScenicCheckpointError(f"{path}: no params found (neither 'params' nor 'optimizer/target'; top-level "
-                                    f"keys {sorted(state)[:8]})")
+        raise ScenicCheckpointError(f"{path}: no params found (neither 'params' nor 'optimizer/target'; fields "
+                                    f"{sorted(set(state) | set(ignored))[:8]})")
+    if layout == "params" and "optimizer" in state:
+        ignored = sorted(ignored + ["optimizer"])
     pre_linen = set(tree) == {"params"} and isinstance(tree["params"], dict)
     if pre_linen:
         tree = convert_pre_linen(tree["params"])
     params = _flatten(tree)
     if not params:
         raise ScenicCheckpointError(f"{path}: the params at '{layout}' hold no arrays")
-    ignored = [key for key in state if key != layout.split("/")[0]]
-    if layout == "optimizer/target":
-        ignored += [f"optimizer/{key}" for key in optimizer if key != "target"]
-    return ScenicParams(params, layout, pre_linen, sorted(ignored))
+    return ScenicParams(params, layout, pre_linen, ignored)
