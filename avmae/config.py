@@ -4,13 +4,16 @@ Every stage describes its settings as (nested) dataclasses. This module turns th
 directories, builds them back from YAML, and applies ``key=value`` overrides. An unknown key is always an error that
 names the nearest valid key: a misspelt option that is silently ignored costs a research team a whole run.
 A file names its base (``base: other.yaml`` at the top, or ``model: {base: model/x.yaml}`` for one section) and
-states only what differs, so that each fact (CAV-MAE's architecture, say) is written once.
+states only what differs, so that each fact (CAV-MAE's architecture, say) is written once. The recipes and model
+configs ship inside the package (``avmae/configs``): a command's ``--config`` takes a path or one of their names
+(``pretrain_as2m``, ``model/tiny``), so an installed wheel runs its recipes from any folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 import math
 import types
 import typing
@@ -210,6 +213,9 @@ def _with_bases(node: dict[str, Any], path: Path, chain: tuple[Path, ...], where
         if not isinstance(ref, str) or not ref.strip():
             raise ConfigError(f"{path}: {where}{BASE_KEY} must name a YAML file, got {ref!r}")
         target = path.parent / ref
+        shipped = None if target.is_file() else _shipped_name(ref)
+        if shipped is not None:  # a user's recipe extending a shipped one by its name
+            target = shipped_dir() / f"{shipped}{SHIPPED_SUFFIX}"
         if not target.is_file():
             raise ConfigError(f"{path}: {where}{BASE_KEY}: no such file {target}")
         resolved = _resolve_file(target, chain)
@@ -230,9 +236,53 @@ def _resolve_file(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     return _with_bases(_read_yaml(path), path, (*chain, real), "")
 
 
+# --- The configs that ship inside the package -------------------------------------------------------------------
+# avmae/configs holds YAML only, so it is package data of ``avmae`` (pyproject.toml), not a package of its own.
+# importlib.resources finds it wherever the package is installed: a checkout, an editable install or a wheel in
+# site-packages (Path(__file__)-relative paths to the checkout's folders break once installed without -e).
+SHIPPED_SUFFIX = ".yaml"
+
+
+def shipped_dir() -> Path:
+    """The folder of the shipped recipes and model configs (``avmae/configs`` of the imported package)."""
+    return Path(str(importlib.resources.files("avmae").joinpath("configs")))
+
+
+def shipped_names() -> list[str]:
+    """Every shipped config's name: its path below ``avmae/configs`` without ``.yaml`` (``pretrain_as2m``,
+    ``model/tiny``)."""
+    root = shipped_dir()
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob(f"*{SHIPPED_SUFFIX}"))
+
+
+def _shipped_name(ref: str | Path) -> str | None:
+    """The shipped config ``ref`` names, if any: ``pretrain_as2m``, ``pretrain_as2m.yaml``, ``model/tiny`` or the
+    checkout's spelling ``configs/pretrain_as2m.yaml`` (the README's, and the top-level link's)."""
+    path = Path(ref)
+    if path.is_absolute():
+        return None
+    name = path.as_posix().removeprefix("configs/")
+    name = name.removesuffix(SHIPPED_SUFFIX)
+    return name if name in shipped_names() else None
+
+
+def find_config(ref: str | Path) -> Path:
+    """The file a ``--config`` means: ``ref`` itself when it exists, else the shipped config of that name; neither is
+    one line listing the shipped names."""
+    path = Path(ref)
+    if path.exists():
+        return path
+    name = _shipped_name(ref)
+    if name is not None:
+        return shipped_dir() / f"{name}{SHIPPED_SUFFIX}"
+    raise ConfigError(f"{ref}: no such config file, and no shipped config of that name (shipped: "
+                      f"{', '.join(shipped_names())})")
+
+
 def read(path: str | Path) -> dict[str, Any]:
-    """The mapping of a config file with every ``base`` it names (and theirs) merged in."""
-    return _resolve_file(Path(path), ())
+    """The mapping of a config file (a path or a shipped config's name: ``find_config``) with every ``base`` it names
+    (and theirs) merged in."""
+    return _resolve_file(find_config(path), ())
 
 
 def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:

@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
         "model", help="parameter counts, FLOPs per sample and the CPU time of one pretraining step",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     model.add_argument("--config", type=Path, required=True,
-                       help="a model YAML (configs/model/*.yaml) or a run config with a 'model' section")
+                       help="a model YAML or a run config with a 'model' section; a path or a shipped name "
+                            "(model/tiny)")
     model.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. encoder.size=base")
     model.add_argument("--batch-size", type=int, default=2)
     model.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step")
@@ -92,7 +93,8 @@ def _plan_parser(commands) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Prints a table (or --json) of what the recipe needs on N GPUs; every line says whether it is "
                     "measured here or computed, and from what.")
-    plan.add_argument("--config", type=Path, required=True, help="a run recipe (configs/pretrain_as2m.yaml)")
+    plan.add_argument("--config", type=Path, required=True,
+                      help="a run recipe: a path or a shipped name (pretrain_as2m)")
     plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
     plan.add_argument("--gpus", type=int, required=True)
     plan.add_argument("--gpu", choices=sorted(GPUS), default="h100")

@@ -33,7 +33,8 @@ def _one_line(err: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="avmae-train", description=DESCRIPTION, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, required=True, help="run YAML (configs/*.yaml)")
+    parser.add_argument("--config", type=Path, required=True,
+                        help="run YAML: a path, or a shipped recipe's name (pretrain_as2m: avmae/configs)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. optim.lr=1e-4 or model.encoder.size=base (repeatable); a "
                              "mapping merges into its section: optim={lr: 1e-4, warmup_steps: 100}")

@@ -24,7 +24,7 @@ from avmae.config import load
 from avmae.models.config import ModelConfig
 
 # The one home of CAV-MAE's architecture: the recipes name it as their model's base, and cavmae_base reads it.
-CAVMAE_BASE_YAML = Path(__file__).resolve().parents[2] / "configs" / "model" / "cavmae_base.yaml"
+CAVMAE_BASE_YAML = "model/cavmae_base"  # a shipped config's name (avmae.config.find_config): found installed too
 
 # Keys in a CAVMAE / CAVMAEFT state dict (methods.md G.1, counted from the module structure).
 PRETRAINED_KEYS = 647
