@@ -18,7 +18,7 @@ from avmae.config import apply_overrides, from_dict
 from avmae.export.format import read_export
 from avmae.export.init import initialise
 from avmae.export.load import load_model, model_for
-from avmae.export.scenic import ScenicLayoutError, convert_scenic_params
+from avmae.export.scenic import ScenicLayoutError, convert_scenic_params, read_label_file
 from avmae.export.scenic_msgpack import ScenicCheckpointError, read_scenic_params
 from avmae.recipe.config import ModelInitConfig, RunConfig
 from avmae.train.losses import finetune_loss
@@ -364,6 +364,18 @@ def test_label_names_fill_the_export_in_index_order(tmp_path):
     _, info, _ = read_export(tmp_path / "out")
     assert info.label_names == ["/m/a", "/m/b", "/m/c", "/m/d", "/m/e"]
     assert info.label_mode == "multi" and info.heads == {"label": 5}
+
+
+def test_vggsound_label_names_are_the_sorted_class_names(tmp_path):
+    """A single-label head takes the class names sorted (avmae's VGGSound shards number them so too)."""
+    listing = tmp_path / "vggsound.csv"
+    listing.write_text('a1,30,"people eating, noodle",train\nb2,10,dog barking,test\nc3,0,airplane,train\n'
+                       'd4,5,dog barking,train\n')
+    assert read_label_file(listing, single_label=True) == ["airplane", "dog barking", "people eating, noodle"]
+    names = tmp_path / "names.txt"
+    names.write_text("zebra\nant\n\nbee, honey\n")
+    assert read_label_file(names, single_label=True) == ["ant", "bee, honey", "zebra"]
+    assert read_label_file(names, single_label=False) == ["zebra", "ant", "bee, honey"]
 
 
 def test_help_explains_the_scenic_import(capsys):
