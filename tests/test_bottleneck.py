@@ -91,7 +91,21 @@ def test_fine_tuning_needs_separate_encoders_and_a_valid_fusion_layer():
     with pytest.raises(ValueError, match="fusion late"):
         BottleneckClassifier(tiny(fusion="mid"), {"label": 3})
     with pytest.raises(ValueError, match="fusion_layer"):
-        BottleneckClassifier(late(tiny()), {"label": 3}, bottleneck=BottleneckConfig(4, 3))
+        BottleneckClassifier(late(tiny()), {"label": 3}, bottleneck=BottleneckConfig(4, 4))
+
+
+def test_a_fusion_layer_at_the_depth_fuses_nothing():
+    """Scenic's single-modality MBT fine-tunes: the bottleneck exists but no layer uses it."""
+    audio, video = inputs()
+    model = mbt(tokens=2, fusion_layer=3)
+    before = model(audio, video, per_modality=True)
+    with torch.no_grad():
+        model.bottleneck.normal_(std=5.0)
+    after = model(audio, video, per_modality=True)
+    for m in ("audio", "video"):
+        assert torch.equal(before[m]["label"], after[m]["label"])
+    other_video = inputs(seed=1)[1]
+    assert torch.equal(model(audio, other_video, per_modality=True)["audio"]["label"], before["audio"]["label"])
 
 
 def test_gradients_reach_both_encoders_and_the_bottleneck():

@@ -280,3 +280,18 @@ def test_audio_visual_classifier_predicts_with_one_modality_missing():
     assert not torch.allclose(audio_only, video_only)
     with pytest.raises(ValueError, match="no usable input"):
         AVClassifier(tiny(), {"labels": 4}, modality="audio")(video=video)
+
+
+def test_reconstructions_are_denormalised_with_the_models_own_variance():
+    """norm_pix targets are (x - mean) / sqrt(var + 1e-6): a drawn reconstruction multiplies back by the same std."""
+    from avmae.eval.reconstruct import _denormalise_predictions
+
+    target = torch.randn(2, 3, 16, generator=torch.Generator().manual_seed(0))
+    normalised = torch.randn(2, 3, 16, generator=torch.Generator().manual_seed(1))
+    for unbiased, ddof in ((True, 1), (False, 0)):
+        t = target.double().numpy()
+        std = (t.var(axis=-1, ddof=ddof, keepdims=True) + 1e-6) ** 0.5
+        expected = normalised.double().numpy() * std + t.mean(axis=-1, keepdims=True)
+        got = _denormalise_predictions(normalised, target, norm_pix=True, unbiased=unbiased)
+        assert torch.allclose(got.double(), torch.from_numpy(expected), atol=1e-5)
+    assert torch.equal(_denormalise_predictions(normalised, target, norm_pix=False), normalised)

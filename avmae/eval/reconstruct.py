@@ -14,23 +14,30 @@ from avmae.export.load import LoadedModel
 from avmae.models.tokenizers import unpatchify_audio, unpatchify_video
 
 
-def _denormalise_predictions(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool) -> torch.Tensor:
-    """Predictions of per-patch normalised targets back in input units, using the true patch statistics (MAE)."""
+def _denormalise_predictions(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool,
+                             unbiased: bool = True) -> torch.Tensor:
+    """Predictions of per-patch normalised targets back in input units, using the true patch statistics (MAE), with
+    the variance the model normalised its targets by (``model.norm_pix_variance``)."""
     if not norm_pix:
         return pred
     mean = target.mean(dim=-1, keepdim=True)
-    std = (target.var(dim=-1, keepdim=True, unbiased=True) + 1e-6).sqrt()
+    std = (target.var(dim=-1, keepdim=True, unbiased=unbiased) + 1e-6).sqrt()
     return pred * std + mean
 
 
 @torch.no_grad()
 def reconstruct_batch(loaded: LoadedModel, audio: torch.Tensor, video: torch.Tensor, seed: int = 0) -> dict:
     model, config = loaded.model, loaded.config.model
+    if config.objective == "inpainting" and config.inpainting_layout == "scenic":
+        # Its prediction slots follow the other modality's visible tokens, so they are not token positions to paste.
+        raise ValueError(f"{loaded.path}: reconstructions of Scenic's inpainting layout (model.inpainting_layout "
+                         "scenic) cannot be drawn at token positions; draw a reconstruction-objective model")
     out = model(audio, video, generator=torch.Generator().manual_seed(seed))
     targets = model.targets(audio, video)
     result = {}
     for m in ("audio", "video"):
-        pred = _denormalise_predictions(out[f"pred_{m}"], targets[m], config.norm_pix_loss)
+        pred = _denormalise_predictions(out[f"pred_{m}"], targets[m], config.norm_pix_loss,
+                                        config.norm_pix_variance == "unbiased")
         mask = out[f"mask_{m}"].unsqueeze(-1)
         masked = torch.where(mask, torch.full_like(targets[m], float("nan")), targets[m])
         pasted = torch.where(mask, pred, targets[m])

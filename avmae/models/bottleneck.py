@@ -72,8 +72,10 @@ class BottleneckClassifier(AVClassifier):
         super().__init__(config, heads, modality, modality_dropout, seed)
         self.bottleneck_config = bottleneck or BottleneckConfig()
         width, depth, _, _ = config.encoder.dims()
-        if not 0 <= self.bottleneck_config.fusion_layer < depth:
-            raise ValueError(f"bottleneck fusion_layer must be in [0, {depth}), got {self.bottleneck_config.fusion_layer}")
+        # fusion_layer == depth: no layer is fused (Scenic's single-modality MBT fine-tunes have a bottleneck
+        # parameter they never use: scenic/projects/mbt/model.py runs plain blocks when one modality is fused).
+        if not 0 <= self.bottleneck_config.fusion_layer <= depth:
+            raise ValueError(f"bottleneck fusion_layer must be in [0, {depth}], got {self.bottleneck_config.fusion_layer}")
         del self.head_norm  # each encoder's final LayerNorm feeds the shared heads (Scenic's 'gap' classifier)
         if self.bottleneck_config.shared_norm:
             self.encoder_norm = nn.LayerNorm(width, eps=config.encoder.layer_norm_eps)
