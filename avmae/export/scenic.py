@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avmae.config import ConfigError, apply_overrides, dump, from_dict
+from avmae.config import apply_overrides, dump, from_dict
 from avmae.export.format import ExportInfo, export_path, write_export
 from avmae.export.load import model_for
 from avmae.export.scenic_layout import Params, ScenicConversion, ScenicLayoutError
@@ -39,8 +39,9 @@ from avmae.export.scenic_msgpack import ScenicCheckpointError, read_scenic_param
 from avmae.files import write_text_atomically
 from avmae.recipe.config import RunConfig
 
-LABEL_ORDER = {527: "AudioSet class_labels_indices.csv index order (Scenic's AudioSet labels)",
-               309: "VGGSound class names in sorted order (assumed: the checkpoint does not record it)"}
+# Assumed both: Scenic reads integer class indices from its TFRecords, whose naming is not published.
+LABEL_ORDER = {527: "AudioSet's class_labels_indices.csv index order (assumed: not recorded in the checkpoint)",
+               309: "VGGSound class names in sorted order (assumed: not recorded in the checkpoint)"}
 DATA = {"video_norm": "zero_center"}  # Scenic's video input: uint8 / 255 * 2 - 1
 
 
@@ -57,7 +58,10 @@ def read_label_file(path: str | Path, single_label: bool) -> list[str]:
     header = [cell.strip() for cell in rows[0]]
     if "index" in header and "mid" in header:
         index, mid = header.index("index"), header.index("mid")
-        return [row[mid] for row in sorted(rows[1:], key=lambda row: int(row[index]))]
+        try:
+            return [row[mid] for row in sorted(rows[1:], key=lambda row: int(row[index]))]
+        except (ValueError, IndexError):
+            raise ScenicConversionError(f"{path}: a row without an integer index or a mid") from None
     if all(len(row) >= 3 for row in rows):  # VGGSound: YTID,start,label[,split]
         names = sorted({row[2].strip() for row in rows})
     else:
@@ -99,14 +103,8 @@ def _run_config(conversion: ScenicConversion, overrides: list[str], checkpoint: 
         config = from_dict(RunConfig, data)
         config.model.validate()
         return config
-    except ConfigError as err:
-        scenic_keys = ("pos_embed.kind", "gelu", "drop_path_rescale", "norm_pix_variance", "inpainting_layout",
-                       "'init'")
-        if any(key in str(err) for key in scenic_keys):
-            raise ScenicConversionError(f"{checkpoint}: this avmae cannot compute as Scenic does ({err}); it needs the "
-                                        "model keys pos_embed.kind, gelu, encoder.drop_path_rescale, init, "
-                                        "norm_pix_variance and inpainting_layout") from None
-        raise
+    except ValueError as err:  # ConfigError included: a bad --set, or sizes the model refuses
+        raise ScenicConversionError(f"{checkpoint}: the run config of the conversion is not valid: {err}") from None
 
 
 def _shape_model(config: RunConfig, task: str, heads: dict[str, int], real: bool) -> torch.nn.Module:
