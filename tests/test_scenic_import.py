@@ -349,7 +349,7 @@ def test_fusion_layer_and_label_mode_defaults_follow_the_class_count(tmp_path, c
     params = dict(read_scenic_params(checkpoint).params)
     params[f"ProjectionHeadAndClassifier_0/output_projection/kernel"] = np.zeros((32, 527), np.float32)
     params[f"ProjectionHeadAndClassifier_0/output_projection/bias"] = np.zeros(527, np.float32)
-    with pytest.raises(ScenicLayoutError, match="fusion layer 18 is outside 0..4"):  # AudioSet's 18 of 24
+    with pytest.raises(ScenicLayoutError, match="fusion layer 18 is outside 0..3"):  # AudioSet's 18 of 24
         convert_scenic_params(params)
     conversion = convert_scenic_params(params, fusion_layer=3)
     assert conversion.report["label_mode"] == "multi" and conversion.run["finetune"]["loss"] == "bce_sum"

@@ -102,12 +102,12 @@ def block(p: Params, src: str, dst: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def stack(p: Params, src: str, dst: str, suffix: str = "", offset: int = 0) -> tuple[dict[str, torch.Tensor], int]:
-    """Blocks ``src/encoderblock_i<suffix>`` -> ``dst.blocks.<offset + i>``; returns the state and the count."""
+def stack(p: Params, src: str, dst: str) -> tuple[dict[str, torch.Tensor], int]:
+    """Blocks ``src/encoderblock_i`` -> ``dst.blocks.i``; returns the state and the block count."""
     state = {}
-    indices = p.block_indices(src, suffix)
+    indices = p.block_indices(src)
     for i in indices:
-        state.update(block(p, f"{src}/encoderblock_{i}{suffix}", f"{dst}.blocks.{offset + i}"))
+        state.update(block(p, f"{src}/encoderblock_{i}", f"{dst}.blocks.{i}"))
     return state, len(indices)
 
 

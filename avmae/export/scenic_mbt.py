@@ -73,8 +73,8 @@ def convert_mbt(p: Params, fusion_layer: int | None = None, label_mode: str | No
             raise ScenicLayoutError(f"a head of {classes} classes is neither AudioSet's 527 nor VGGSound's 309: the "
                                     "checkpoint does not record its fusion layer: give fusion_layer")
         fusion_layer = FUSION_LAYER_BY_CLASSES[classes]
-    if not 0 <= fusion_layer <= depth:
-        raise ScenicLayoutError(f"fusion layer {fusion_layer} is outside 0..{depth}")
+    if two and not 0 <= fusion_layer < depth:  # avmae's MBT fuses at least its last layer
+        raise ScenicLayoutError(f"fusion layer {fusion_layer} is outside 0..{depth - 1}")
     mode = label_mode or LABEL_MODE_BY_CLASSES.get(classes)
     if mode not in ("multi", "single"):
         raise ScenicLayoutError(f"a head of {classes} classes: give label_mode multi (sigmoid, AudioSet-like) or "
