@@ -16,8 +16,11 @@ zeros (JSON never holds a NUL byte).
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -56,6 +59,48 @@ def workers_deaf_to_usr1() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+# prctl(2) option (linux/prctl.h): the signal the kernel sends this process when the thread that forked it ends.
+_PR_SET_PDEATHSIG = 1
+_starting_for: int | None = None  # the pid of the process starting feed workers right now (workers_die_with_parent)
+
+
+def die_with_parent(parent: int) -> None:
+    """In a feed worker: have Linux SIGKILL it when ``parent`` (the training process) ends, however it ends. A worker
+    outliving its rank (SIGKILL, or SIGTERM from torchrun or SLURM: the rank runs no exit handler) would be re-parented
+    to init and keep its memory, shared memory and shard files. SIGKILL: a worker's end needs no clean-up (its shared
+    memory is DALI's memfd, freed with the last reference), and a blocked or handled signal would not end it. The
+    kernel sends it when the thread that started the worker ends: DALI starts them from the thread that builds the
+    pipeline, the training process's main thread."""
+    if not sys.platform.startswith("linux"):  # pragma: no cover - PR_SET_PDEATHSIG is Linux's
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed in a DALI feed worker")
+    if os.getppid() != parent:  # the parent ended before the request: nobody will send the signal
+        os._exit(1)
+
+
+def _after_fork_in_child() -> None:
+    if _starting_for is not None and os.getppid() == _starting_for:
+        die_with_parent(_starting_for)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@contextmanager
+def workers_die_with_parent() -> Iterator[None]:
+    """Start DALI's feed workers (pipeline build) inside this: a worker forked from this process meanwhile asks to
+    die with it (die_with_parent), at once after the fork; a spawned one does when it unpickles its ReaderFeed."""
+    global _starting_for
+    _starting_for = os.getpid()
+    try:
+        yield
+    finally:
+        _starting_for = None
+
+
 def start_method() -> str:
     """fork starts workers without re-importing torch, but a process whose CUDA is initialised cannot fork safely
     (DALI refuses): then spawn, which pickles the ReaderFeed (it holds only the spec and the configs)."""
@@ -87,6 +132,12 @@ class ReaderFeed:
         self.spec, self.config, self.augment = spec, config, augment
         self.rank, self.world, self.reader, self.start_batch = rank, world, reader, start_batch
         self.reader_draws = dict(reader_draws or {})
+        self.parent = os.getpid()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickled in a spawned worker (start_method): first of all, die with the process that started it."""
+        self.__dict__.update(state)
+        die_with_parent(self.parent)
 
     def __iter__(self) -> Iterator[list[np.ndarray]]:
         keep_large_allocations()  # in this worker process: a spawned worker does not inherit the parent's setting

@@ -29,7 +29,8 @@ from typing import Any
 import torch
 
 from avmae.data.config import AugmentConfig, DataConfig
-from avmae.data.dali_feed import decode_notes, parallel_outputs, reader_feeds, start_method, workers_deaf_to_usr1
+from avmae.data.dali_feed import (decode_notes, parallel_outputs, reader_feeds, start_method, workers_deaf_to_usr1,
+                                  workers_die_with_parent)
 from avmae.data.dali_batch import HEADER, DenseBatch, batch_types, unpack_payload
 from avmae.data.dali_source import CheckedSamples
 from avmae.data.samples import frame_members, label_tensors
@@ -139,7 +140,7 @@ class DaliLoader:
         self.pipe = pipeline()
         names = [f"{name}{j}" for j in range(len(self.feeds)) for name in ("video", "payload", "header")] or \
             ["video", "payload", "header"]
-        with workers_deaf_to_usr1():  # the feed workers start here
+        with workers_deaf_to_usr1(), workers_die_with_parent():  # the feed workers start here
             started = time.perf_counter()
             self.pipe.build()
             built = time.perf_counter()
