@@ -31,6 +31,16 @@ class OptimConfig:
     schedule: Literal["cosine", "step"] = "cosine"
     milestones: tuple[int, ...] = ()
     gamma: float = 0.5
+    # torch's fused AdamW kernel (one kernel for every parameter instead of a chain of foreach ops). auto: on CUDA
+    # only. torch 2.11 has a fused CPU AdamW too, but a CPU run is a test or the demo, whose recorded numbers come
+    # from the reference (foreach) update; true asks for it on the CPU as well. SGD is never fused here.
+    fused: Literal["auto", "true", "false"] | bool = "auto"
+
+    def fused_on(self, device_type: str) -> bool:
+        """Whether AdamW runs fused on a device of ``device_type``."""
+        if self.fused == "auto":
+            return device_type == "cuda"
+        return self.fused in (True, "true")
 
 
 @dataclass
@@ -55,6 +65,10 @@ class GuardConfig:
     # newest checkpoint, at most this many times (counted in the run folder: signals.requeue_after_lost_rank); 0:
     # never, a person requeues it.
     max_requeues: int = 3
+    # Steps between the ranks' agreements on a stop signal (SIGUSR1 / SIGTERM), also made at every log and
+    # checkpoint step. Each is a collective and a host sync, so not every step; SLURM's USR1 comes minutes ahead,
+    # and its SIGTERM KillWait (30 s by default) spans many steps at any size the recipes run.
+    signal_check_every: int = 10
 
 
 @dataclass
@@ -112,16 +126,21 @@ class RunConfig:
     log: LogConfig = field(default_factory=LogConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)  # non-finite steps, collective timeouts
     zero_stage: int = 2  # ZeRO 2 shards optimizer states and gradients; 3 also shards parameters
-    # Elements per ZeRO gradient-reduce / all-gather bucket (DeepSpeed's default 5e8); ZeRO-3's live-parameter cap
-    # (2x) and prefetch bucket (1/10) follow it, so the default is DeepSpeed's throughout. Each bucket is memory
-    # every rank holds: 5e8 fp32 elements are 2 GB, which a CPU rank of ViT-L cannot spare (pipelines/full_size.sh).
-    zero_bucket_elements: int = 500_000_000
+    # Elements per ZeRO gradient-reduce / all-gather bucket; ZeRO-3's live-parameter cap (2x) and prefetch bucket
+    # (1/10) follow it. 5e7, a tenth of DeepSpeed's default 5e8: ZeRO-2 reduces a bucket when it is full, and 5e8 is
+    # 84 % of ViT-L's 596 M parameters, so nothing would be reduced before the backward was nearly over and the
+    # reduction could not overlap it; 5e7 gives about a dozen buckets per ViT-L backward. Each bucket is also memory
+    # every rank holds (5e8 fp32 elements are 2 GB).
+    zero_bucket_elements: int = 50_000_000
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     grad_accum: int = 1
     seed: int = 0
     workdir: str = "runs/default"
     stop_after: int = 0  # leave (with a checkpoint) after this many steps of this process; 0 = run to the end
     peak_tflops: float = 989.0  # per GPU, dense bf16 (H100 SXM), for the MFU estimate
+    # torch.compile (inductor) each transformer block of the model in place (parameter names, checkpoints and
+    # exports unchanged); the first steps then wait for the compiler.
+    compile: bool = False
 
     def validate(self) -> "RunConfig":
         self.model.validate()
@@ -129,10 +148,14 @@ class RunConfig:
         if self.zero_stage not in (1, 2, 3):
             raise ConfigError(f"zero_stage must be 1, 2 or 3, got {self.zero_stage}")
         at_least(1_000_000, {"zero_bucket_elements": self.zero_bucket_elements})
+        if self.compile and self.zero_stage == 3:  # ZeRO-3 gathers each layer's parameters in module hooks
+            raise ConfigError("compile: true is built and tested with zero_stage 1 and 2; with zero_stage 3 the "
+                              "compiled blocks would run ZeRO-3's parameter-gathering hooks inside the graph")
         # Counts and intervals: a zero interval divides by zero mid-run, a zero batch hangs the loader.
         at_least(1, {"optim.steps": self.optim.steps, "grad_accum": self.grad_accum,
                      "checkpoint.every": self.checkpoint.every, "log.every": self.log.every,
-                     "data.batch_size": self.data.batch_size, "data.views": self.data.views,
+                     "data.batch_size": self.data.batch_size,
+                     "guard.signal_check_every": self.guard.signal_check_every, "data.views": self.data.views,
                      "augment.train_offsets": self.augment.train_offsets})
         at_least(0, {"data.workers": self.data.workers, "data.shuffle_buffer": self.data.shuffle_buffer,
                      "augment.freq_mask": self.augment.freq_mask, "augment.time_mask": self.augment.time_mask,

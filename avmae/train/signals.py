@@ -1,5 +1,8 @@
 """Stop requests from SLURM: ``--signal=USR1@120`` ahead of the time limit (checkpoint, then requeue) and SIGTERM
-on preemption or scancel (checkpoint, then leave). Ranks agree on stopping at the same step."""
+on preemption or scancel (checkpoint, then leave). Ranks agree on stopping at the same step: the handler only
+notes the signal, and the ranks compare notes every ``guard.signal_check_every`` steps and at log and checkpoint
+steps (one small all_reduce, a host sync under NCCL, so not at every step). SLURM's warning comes minutes ahead
+(``--signal=USR1@120``), far more than a few steps."""
 
 from __future__ import annotations
 
@@ -9,9 +12,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-
+from avmae.collectives import all_reduce_values
 from avmae.files import write_text_atomically
 
 
@@ -26,11 +27,7 @@ class StopRequest:
 
     def agreed(self) -> int:
         """The signal any rank received (0 if none), the same on every rank; a collective: call it on every rank."""
-        flag = torch.tensor([self.signal or 0], dtype=torch.int64)
-        if dist.is_initialized() and dist.get_backend() == "nccl":
-            flag = flag.cuda()
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item())
+        return int(all_reduce_values([float(self.signal or 0)], op="max")[0])
 
 
 def requeue() -> bool:

@@ -13,7 +13,7 @@ import math
 import random
 import resource
 import signal
-import time
+import sys
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,12 +22,12 @@ import torch
 from avmae import collectives
 
 from avmae.config import dump
-from avmae.data.augment import mixup, noise_and_shift, spec_augment
 from avmae.data.loader import Loader
-from avmae.models.counts import pretraining_flops
+from avmae.models.vit import Block
 from avmae.files import write_atomically
 from avmae.train.checkpoint import Checkpoints, all_ranks_ok, tag_for
-from avmae.train.divergence import NonFiniteGuard, poison
+from avmae.train.boundaries import Boundaries
+from avmae.train.divergence import NonFiniteGuard
 from avmae.train.resume_config import check_resumable
 from avmae.train.samples import SampleLedger
 from avmae.train.stops import JobStopped, is_collective_failure
@@ -39,10 +39,11 @@ from avmae.export.format import ExportInfo, export_path, write_export
 from avmae.export.load import load_model, model_for
 from avmae.train.logging import RunLogger
 from avmae.export.init import initialise
-from avmae.train.losses import finetune_loss
 from avmae.train.optim import learning_rate, parameter_groups
 from avmae.train.reader_positions import ReaderPositions
 from avmae.train.signals import StopRequest, requeue
+from avmae.train.step import StepResult, TrainStep
+from avmae.train.throughput import Throughput
 
 
 def _seed_everything(seed: int) -> None:
@@ -82,13 +83,24 @@ def _host_peak_rss_gb() -> float:
     return _over_ranks([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20], "max")[0]
 
 
-def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
-    """Losses as the mean over ranks (what the global batch saw), for logging."""
+def _mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Losses (0-d device tensors) as the mean over ranks (what the global batch saw), read on the host: for
+    logging steps only (one collective, one host read)."""
     if not values:
-        return values
+        return {}
     names = sorted(values)
-    world = collectives.world_size()
-    return {n: v / world for n, v in zip(names, _over_ranks([values[n] for n in names]))}
+    total = collectives.all_reduce(torch.stack([values[n].float().reshape(()) for n in names]), "sum")
+    return {n: v / collectives.world_size() for n, v in zip(names, total.tolist())}
+
+
+def compile_blocks(model: torch.nn.Module) -> int:
+    """torch.compile (inductor) every transformer block of ``model`` in place (``Module.compile``: the parameter
+    names, and so checkpoints and exports, stay those of the eager model); how many. The blocks are where the
+    FLOPs are, and each compiles once per input shape and modality."""
+    blocks = [module for module in model.modules() if isinstance(module, Block)]
+    for block in blocks:
+        block.compile()
+    return len(blocks)
 
 
 class Evaluator(Protocol):
@@ -121,7 +133,12 @@ class Trainer:
         if self.is_main:
             write_atomically(self.workdir / "config.yaml", lambda partial: dump(config, partial))
         self.model, self.init_report = self._build_model()
+        self.due = Boundaries(config, config.task == "finetune" and evaluator is not None)
+        compiled = compile_blocks(self.model) if config.compile else 0
         self.engine = self._build_engine()
+        if compiled and self.is_main:  # said, so a run's log shows what ran
+            print(f"avmae-train: torch.compile (inductor) {compiled} transformer blocks; the first steps compile "
+                  "them", file=sys.stderr, flush=True)
 
     # --- set-up ---------------------------------------------------------------------------------------------------
 
@@ -158,8 +175,9 @@ class Trainer:
         optim = self.config.optim
         if optim.optimizer == "sgd":
             optimizer = torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum)
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas))
+        else:  # fused: one kernel over all parameters (OptimConfig.fused says when)
+            optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas),
+                                          fused=optim.fused_on(self.dist.device.type) or None)
         engine, _, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer,
                                                config=_deepspeed_config(self.config, self.bf16))
         return engine
@@ -170,137 +188,112 @@ class Trainer:
             group["lr"] = lr * scale
         return lr
 
-    # --- steps ----------------------------------------------------------------------------------------------------
-
-    def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        dtype = torch.bfloat16 if self.bf16 else torch.float32  # DeepSpeed bf16 casts the module, not autocast
-        return batch["audio"].to(dtype), batch["video"].to(dtype)
-
-    def _pretrain_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        if self.config.augment.audio_noise:
-            batch = {**batch, "audio": noise_and_shift(batch["audio"])}
-        audio, video = self._inputs(batch)
-        out = self.engine(audio, video)
-        parts = {k: v.detach().item() for k, v in out.items() if k.startswith("loss")}
-        return out["loss"], parts
-
-    def _finetune_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        augment = self.config.augment
-        batch = dict(batch)
-        batch["audio"] = spec_augment(batch["audio"], augment.freq_mask, augment.time_mask)
-        if augment.audio_noise:  # after the masks, as CAV-MAE's loader orders them
-            batch["audio"] = noise_and_shift(batch["audio"])
-        batch = mixup(batch, self._heads(), augment.mixup)
-        audio, video = self._inputs(batch)
-        kind, smoothing = self._loss_kind(), self.config.finetune.label_smoothing
-        if self.config.finetune.classifier == "bottleneck":  # MBT: the mean of each modality's own loss
-            per_modality = self.engine(audio=audio, video=video, per_modality=True)
-            loss = torch.stack([finetune_loss(logits, batch["targets"], kind, smoothing)
-                                for logits in per_modality.values()]).mean()
-        else:
-            loss = finetune_loss(self.engine(audio=audio, video=video), batch["targets"], kind, smoothing)
-        return loss, {"loss": loss.detach().item()}
-
-    def _loss_kind(self) -> str:
-        if self.config.finetune.loss != "auto":
-            return self.config.finetune.loss
-        return "bce" if self.spec.label_mode == LabelMode.MULTI else "ce"
-
     # --- the run --------------------------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        config, optim = self.config, self.config.optim
+        """The paper's loop: for each step, draw the micro-batches, forward, backward and update (TrainStep); then
+        the boundaries: the guard, a log record, the ranks' agreement on a stop signal, a checkpoint."""
+        config = self.config
         client, skipped_checkpoints = self.checkpoints.resume(self.engine)
-        start = client["step"] if client else 0
-        best = client.get("best") if client else None
-        guard = NonFiniteGuard(config.guard, start, client.get("nonfinite_total", 0) if client else 0)
-        ledger = SampleLedger(self.dist.rank, client.get("samples") if client else None)
-        positions = ReaderPositions(max(1, config.data.workers), self.dist.world,
-                                    client.get("rank_data") if client else None)
-        loader = Loader(self.spec, config.data, train=True, rank=self.dist.rank, world=self.dist.world,
-                        device=self.dist.device, start_batch=start * config.grad_accum, augment=config.augment,
-                        reader_draws=positions.draws)
-        batches = iter(loader)
-        logger = RunLogger(self.workdir, config.log, optim.steps, start, enabled=self.is_main)
-        for note in skipped_checkpoints:
-            logger.message(note)
-        if client:
-            logger.message(f"resumed from step {start} ({self.checkpoints.root})")
-        if self.is_main and logger.dropped_records:
-            logger.message(f"metrics.jsonl: dropped {logger.dropped_records} records after step {start}, "
-                           "logged before the run stopped and run again now")
-        stop = StopRequest()
-        step_fn = self._pretrain_step if config.task == "pretrain" else self._finetune_step
-        flops = pretraining_flops(config.model, global_batch=config.data.batch_size * self.dist.world)["forward_backward"]
-        samples_per_step = config.data.batch_size * config.grad_accum * self.dist.world
-        last_time, last_step = time.perf_counter(), start
-        step, ran, signum = start, 0, 0
+        client = client or {}
+        step = start = client.get("step", 0)
+        best = client.get("best")
+        guard = NonFiniteGuard(config.guard, start, client.get("nonfinite_total", 0))
+        ledger = SampleLedger(self.dist.rank, client.get("samples"))
+        positions = ReaderPositions(max(1, config.data.workers), self.dist.world, client.get("rank_data"))
+        batches = iter(Loader(self.spec, config.data, train=True, rank=self.dist.rank, world=self.dist.world,
+                              device=self.dist.device, start_batch=start * config.grad_accum,
+                              augment=config.augment, reader_draws=positions.draws))
+        logger = self._logger(start, bool(client), skipped_checkpoints)
+        stop, throughput = StopRequest(), Throughput(config, self.dist.world, self.dist.device, start)
+        train_step = TrainStep(self.engine, config, self.bf16, self._heads() if config.task == "finetune" else {},
+                               self._loss_kind() if config.task == "finetune" else "")
+
+        def next_batch() -> dict[str, Any]:
+            batch = self._next_batch(batches, step + 1)
+            positions.saw(batch)
+            ledger.count(batch, step + 1)
+            return batch
+
+        ran, signum = 0, 0
         self.engine.train()
         try:
-            while step < optim.steps:
+            while step < config.optim.steps:
                 lr = self._set_lr(step)
-                totals: dict[str, float] = {}
-                every_loss_finite = True
-                for _ in range(config.grad_accum):
-                    batch = self._next_batch(batches, step + 1)
-                    positions.saw(batch)
-                    loss, parts = step_fn(batch)
-                    if not ledger.agree(batch, step + 1, math.isfinite(parts.get("loss", loss.detach().item()))):
-                        loss, every_loss_finite = poison(loss), False  # every rank's update is discarded
-                    self.engine.backward(loss)
-                    self.engine.step()
-                    for name, value in parts.items():
-                        totals[name] = totals.get(name, 0.0) + value / config.grad_accum
-                step += 1
-                ran += 1
-                skipped = guard.record(step, totals.get("loss", math.nan), self.engine.was_step_applied(),
-                                       every_loss_finite)
-                if step % config.log.every == 0 or step == optim.steps or skipped:
-                    totals = _mean_over_ranks(totals)
-                    if skipped:  # every skipped step has its record, whatever log.every says
-                        totals.update({"skipped_step": "non-finite loss" if not every_loss_finite
-                                       else "non-finite gradient norm", "nonfinite_in_row": guard.in_row,
-                                       "nonfinite_total": guard.total})
-                    totals.update(ledger.log_values())
-                    now = time.perf_counter()
-                    rate = samples_per_step * (step - last_step) / (now - last_time)
-                    values = {**totals, "lr": lr, "samples_per_s": rate, "host_peak_rss_gb": _host_peak_rss_gb()}
-                    if self.dist.device.type == "cuda":
-                        if config.task == "pretrain":
-                            values["mfu"] = rate * flops / self.dist.world / (config.peak_tflops * 1e12)
-                        values["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+                result = train_step(next_batch)
+                step, ran = step + 1, ran + 1
+                skipped = guard.record(step, result.parts.get("loss", math.nan), self.engine.was_step_applied(),
+                                       result.every_loss_finite)
+                if self.due.log(step, skipped) or self.due.checkpoint(step, ran):
+                    guard.check()
+                if self.due.log(step, skipped):
+                    values = {**self._losses(result, guard, skipped), **ledger.log_values(), "lr": lr,
+                              **throughput.values(step), "host_peak_rss_gb": _host_peak_rss_gb()}
                     logger.step(step, values)
-                    last_time, last_step = now, step
                 budget = guard.over_budget()
                 if budget:
                     raise guard.stop(step, budget, self._newest_checkpoint_at_or_before(guard.last_applied))
-                signum = stop.agreed()
-                leaving = signum or (config.stop_after and ran >= config.stop_after)
-                regular = step % config.checkpoint.every == 0 or step == optim.steps
-                if regular or leaving or self._eval_due(step):
-                    best = self._checkpoint(step, best, logger, {"nonfinite_total": guard.total,
-                                                                 "samples": dict(ledger.totals)}, positions.state(),
-                                            regular)
+                if self.due.signal_check(step, ran, skipped):
+                    signum = stop.agreed()
+                leaving = bool(signum) or self.due.process_ends(ran)
+                if self.due.checkpoint(step, ran) or leaving:
+                    counts = {"nonfinite_total": guard.total, "samples": ledger.sync()}
+                    best = self._checkpoint(step, best, logger, counts, positions.state(),
+                                            self.due.regular_checkpoint(step))
                 if leaving:
                     break
         except RuntimeError as err:  # a rank died or hung: a collective failed or timed out
-            if isinstance(err, JobStopped) or not is_collective_failure(err):
+            stopped = self._stopped_by(err, step)
+            if stopped is None:
                 raise
-            stopped = JobStopped(f"rank {self.dist.rank}: a collective failed at step {step + 1} "
-                             f"({str(err).splitlines()[0]}); another rank died or hung (guard.collective_timeout_s "
-                             f"{config.guard.collective_timeout_s:g}); newest complete checkpoint: "
-                             f"{self.checkpoints.newest() or 'none'}")
-            stopped.group_broken = True
-            stopped.requeues = config.guard.max_requeues if self.dist.launcher == "slurm" else 0
             raise stopped from err
         finally:
             logger.close()
-        finished = step >= optim.steps
+        finished = step >= config.optim.steps
         if finished:
             self._export(best)
         if signum == signal.SIGUSR1 and self.is_main:  # the time limit is near: come back and resume
             logger.message(f"requeued: {requeue()}")
         return {"step": step, "finished": finished, "signal": signum, "best": best}
+
+    def _logger(self, start: int, resumed: bool, skipped_checkpoints: list[str]) -> RunLogger:
+        logger = RunLogger(self.workdir, self.config.log, self.config.optim.steps, start, enabled=self.is_main)
+        for note in skipped_checkpoints:
+            logger.message(note)
+        if resumed:
+            logger.message(f"resumed from step {start} ({self.checkpoints.root})")
+        if self.is_main and logger.dropped_records:
+            logger.message(f"metrics.jsonl: dropped {logger.dropped_records} records after step {start}, "
+                           "logged before the run stopped and run again now")
+        return logger
+
+    @staticmethod
+    def _losses(result: StepResult, guard: NonFiniteGuard, skipped: bool) -> dict[str, Any]:
+        """The step's loss parts as the mean over ranks (read on the host here, at a logging step), and for a
+        skipped step its cause and counts: every skipped step has its record, whatever log.every says."""
+        values: dict[str, Any] = _mean_over_ranks(result.parts)
+        if skipped:
+            values.update({"skipped_step": guard.last_cause, "nonfinite_in_row": guard.in_row,
+                           "nonfinite_total": guard.total})
+        return values
+
+    def _stopped_by(self, err: RuntimeError, step: int) -> JobStopped | None:
+        """A failed collective (a rank died or hung) as the one JobStopped line that ends the job; None for any
+        other error, which ends it as it is."""
+        if isinstance(err, JobStopped) or not is_collective_failure(err):
+            return None
+        stopped = JobStopped(f"rank {self.dist.rank}: a collective failed at step {step + 1} "
+                             f"({str(err).splitlines()[0]}); another rank died or hung (guard.collective_timeout_s "
+                             f"{self.config.guard.collective_timeout_s:g}); newest complete checkpoint: "
+                             f"{self.checkpoints.newest() or 'none'}")
+        stopped.group_broken = True
+        stopped.requeues = self.config.guard.max_requeues if self.dist.launcher == "slurm" else 0
+        return stopped
+
+    def _loss_kind(self) -> str:
+        if self.config.finetune.loss != "auto":
+            return self.config.finetune.loss
+        return "bce" if self.spec.label_mode == LabelMode.MULTI else "ce"
 
     def _next_batch(self, batches, step: int) -> dict[str, Any]:
         """The loader's next batch; a loader that gives up (``SkipBudgetExceeded`` when too many samples are bad, or
@@ -317,11 +310,7 @@ class Trainer:
         return str(self.checkpoints.root / good[-1]) if good else ""
 
     def _eval_due(self, step: int) -> bool:
-        """Fine-tuning evaluates every ``eval_every`` steps and at the end; each evaluation comes with a checkpoint,
-        so the best weights can always be exported."""
-        every = self.config.finetune.eval_every
-        return (self.config.task == "finetune" and self.evaluator is not None
-                and (bool(every) and step % every == 0 or step == self.config.optim.steps))
+        return self.due.evaluation(step)
 
     def _checkpoint(self, step: int, best: dict | None, logger: RunLogger, counts: dict[str, Any],
                     rank_data: dict[str, Any], regular: bool) -> dict | None:
