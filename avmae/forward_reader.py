@@ -4,19 +4,21 @@ fsspec URL (``s3://``, ``gs://``, ``https://``) or a webdataset ``pipe:`` comman
 Object stores are good at long sequential reads and poor at many small ones, so ``ForwardReader`` skips forward
 without a new request where the store serves ranges (s3, gs; a local file), by reading on over HTTP
 (``http.server`` and many CDNs ignore ranges) and pipes, and opens the file again only to go back. A stream cut
-mid-read (a reset connection) is reopened at the byte it reached."""
+mid-read (a reset connection), a read that timed out and an open that found the store unreachable are tried again
+at the byte reached, within the storage limits (storage.Retries: ``data.storage_retries`` further tries with
+backoff), so a store that restarts for a few seconds costs a wait, not the run."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import IO, Any
 
-from avmae.storage import (PIPE, StorageError, filesystem_of, is_pipe, is_url, missing_or_storage_errors,
-                           storage_errors)
+from avmae.storage import (PIPE, Retries, StorageError, StorageLimits, filesystem_of, is_missing, is_pipe, is_url,
+                           missing_or_storage_errors, storage_errors, with_retries)
 
 READ_AHEAD = 16 << 20  # bytes per ranged request of s3/gs streams: long reads, a few requests per shard
 _SKIP_CHUNK = 1 << 20
-_RETRIES = 2  # a stream cut mid-read is reopened at the byte it reached, this many times
+_RETRIES = StorageLimits().retries  # further tries of a cut stream by default (data.storage_retries sets them)
 
 
 class ForwardReader:
@@ -55,7 +57,7 @@ class ForwardReader:
             options = {"block_size": 0} if self.kind == "stream" else {"block_size": READ_AHEAD,
                                                                           "cache_type": "readahead"}
             with missing_or_storage_errors(self.location):
-                self._stream = filesystem.open(path, "rb", **options)
+                self._stream = with_retries(self.location, lambda: filesystem.open(path, "rb", **options))
         self._position, self._ended = 0, False
         if start:
             self._skip(start)
@@ -70,20 +72,23 @@ class ForwardReader:
 
     def _read_some(self, count: int) -> bytes:
         """Up to ``count`` bytes; b"" only at the end of the file (where a pipe's exit status is checked)."""
-        for attempt in range(_RETRIES + 1):
+        retries = Retries(self.location)
+        while True:
             try:
                 chunk = self._stream.read(count)
                 if not chunk and self.kind == "pipe":
                     self._stream.close()  # raises when the command failed
                 break
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 -- sorted below: a failed command, a missing file, the rest
                 if self.kind == "pipe" and isinstance(err, OSError):
                     raise StorageError(f"{self.location[len(PIPE):]}: the command failed after {self._position} "
                                        f"bytes ({str(err).splitlines()[0]})") from None
-                if self.kind == "local" or attempt == _RETRIES or isinstance(err, FileNotFoundError):
+                if self.kind == "local" or is_missing(err):
                     with storage_errors(self.location):
                         raise
-                self._open(self._position)  # a cut connection: reopen at the byte reached and go on
+                with storage_errors(self.location):
+                    retries.failed(err)  # a timeout or a cut connection waits here; anything else is raised
+                self._open(self._position)  # reopen at the byte reached and go on
         self._position += len(chunk)
         self._ended = not chunk
         return chunk

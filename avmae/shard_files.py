@@ -2,7 +2,8 @@
 (``s3://bucket/shards``, ``gs://bucket/shards``, ``https://host/shards``), or a webdataset ``pipe:``
 command (``webdataset.gopen``) holding ``{}`` where a file's name goes (``pipe:aws s3 cp s3://b/shards/{} -``).
 Every file of the folder (manifest.json, NAME.tar, .idx, .crc, .labels) is read the same way. No HTTP or S3 client of
-its own: fsspec (s3fs, gcsfs, aiohttp) and webdataset do the talking; storage.py turns their failures into one line.
+its own: fsspec (s3fs, gcsfs, aiohttp) and webdataset do the talking; storage.py bounds each request, tries again
+after a timeout or an unreachable store (storage.Retries), and turns the failures into one line.
 
 Whole files are read in one request (several of one store at once, read_many); long files front to back through
 forward_reader.ForwardReader."""
@@ -16,8 +17,8 @@ import tempfile
 from pathlib import Path
 
 from avmae.forward_reader import READ_AHEAD, ForwardReader
-from avmae.storage import (PIPE, StorageError, filesystem_of, is_pipe, is_url, missing_or_storage_errors,
-                           storage_errors)
+from avmae.storage import (PIPE, Retries, StorageError, filesystem_of, is_missing, is_pipe, is_url,
+                           missing_or_storage_errors, storage_errors, transient_kind, with_retries)
 
 
 def _is_fsspec(location: str | Path) -> bool:
@@ -40,15 +41,25 @@ def join(root: str | Path, name: str) -> str:
 
 
 def read_bytes(location: str | Path) -> bytes:
-    """The whole file; FileNotFoundError when it is not there (a 404, a missing key), StorageError for the rest."""
+    """The whole file; FileNotFoundError naming it when it is not there (a 404, a missing key), StorageError for the
+    rest."""
     if not is_url(location):
-        return Path(location).read_bytes()
+        try:
+            return Path(location).read_bytes()
+        except FileNotFoundError:
+            raise _not_found(location) from None
     if is_pipe(location):
         with ForwardReader(location) as reader:
             return reader.read_all()
     filesystem, path = filesystem_of(location)
     with missing_or_storage_errors(location):
-        return filesystem.cat_file(path)
+        return with_retries(location, lambda: filesystem.cat_file(path))
+
+
+def _not_found(location: str | Path) -> FileNotFoundError:
+    err = FileNotFoundError(f"{location}: not found")
+    err.filename = str(location)  # for a caller that says which of its files it was
+    return err
 
 
 def read_text(location: str | Path) -> str:
@@ -64,19 +75,43 @@ def read_many(locations: list[str]) -> list[bytes]:
         if not _is_fsspec(location):
             found[location] = read_bytes(location)
     if urls:
-        filesystem, _ = filesystem_of(urls[0])
-        paths = {location: filesystem_of(location)[1] for location in urls}
-        with storage_errors(urls[0]):
-            fetched = filesystem.cat(list(paths.values()), on_error="return")
-        for location, path in paths.items():
+        _fetch_many(urls, found)
+    return [found[location] for location in locations]
+
+
+def _fetch_many(urls: list[str], found: dict[str, bytes]) -> None:
+    """The files of ``urls`` (one store) into ``found``; those that timed out or found the store unreachable are
+    asked again, within one Retries of the first of them still missing."""
+    filesystem, _ = filesystem_of(urls[0])
+    paths = {location: filesystem_of(location)[1] for location in urls}
+    retries: Retries | None = None
+    while True:
+        wanted = {location: path for location, path in paths.items() if location not in found}
+        try:
+            fetched = filesystem.cat(list(wanted.values()), on_error="return")
+        except Exception as err:  # noqa: BLE001 -- all but a timeout or an unreachable store: one line, at once
+            if transient_kind(err) is None:
+                with storage_errors(urls[0]):
+                    raise
+            retries = retries or Retries(urls[0])
+            retries.failed(err)
+            continue
+        again = None
+        for location, path in wanted.items():
             data = fetched.get(path)
-            if data is None or isinstance(data, BaseException):
-                if data is None or isinstance(data, FileNotFoundError):
-                    raise FileNotFoundError(f"{location}: not found")
+            if isinstance(data, BaseException) and transient_kind(data):
+                again = again or (location, data)
+                continue
+            if data is None or is_missing(data):
+                raise _not_found(location)
+            if isinstance(data, BaseException):
                 with storage_errors(location):
                     raise data
             found[location] = data
-    return [found[location] for location in locations]
+        if again is None:
+            return
+        retries = retries or Retries(again[0])
+        retries.failed(again[1])
 
 
 def exists(location: str | Path) -> bool:
@@ -85,8 +120,15 @@ def exists(location: str | Path) -> bool:
     if is_pipe(location):
         return _pipe_exists(location)
     filesystem, path = filesystem_of(location)
-    with storage_errors(location):
-        return filesystem.exists(path)
+    # info(), not exists(): fsspec's HTTP exists() answers False for any failure, a refused connection included.
+    try:
+        with storage_errors(location):
+            with_retries(location, lambda: filesystem.info(path))
+    except StorageError as err:
+        if err.__cause__ is not None and is_missing(err.__cause__):
+            return False
+        raise
+    return True
 
 
 # What a command's error output says when the file it was asked for is not there: cat and other POSIX tools, the aws,

@@ -41,6 +41,11 @@ class DataConfig:
     # draws (judged once it has skipped more than max_skip_run in all) or more than max_skip_run in a row.
     max_skip_fraction: float = 0.01
     max_skip_run: int = 50
+    # Remote shards (avmae/storage.py StorageLimits): each request to the store may wait this long to connect and
+    # between two chunks of its answer, and one that timed out or found the store unreachable is tried this many
+    # more times, after 0.5 s, 1 s, 2 s, ... (at most 30 s), before the reader stops naming the URL.
+    storage_timeout_s: float = 60.0
+    storage_retries: int = 3
 
 
 @dataclass

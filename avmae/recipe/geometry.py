@@ -12,6 +12,7 @@ from typing import Any
 
 from avmae.data.spec import DataMismatchError, DataSpec, load_spec
 from avmae.recipe.config import RunConfig
+from avmae.storage import set_storage_limits
 
 
 def shard_expectations(config: RunConfig) -> dict[str, Any]:
@@ -23,6 +24,8 @@ def load_run_spec(config: RunConfig, split: str, shards: str | Path | None = Non
     """The shards of ``split`` (``shards`` or ``data.shards``), refused with a message naming the folder, the
     parameter and both values when they were built for another geometry than ``config``'s."""
     root = shards if shards is not None else config.data.shards
+    # The run's limits on remote reads, from its first one (the manifest) on; forked readers inherit them.
+    set_storage_limits(config.data.storage_timeout_s, config.data.storage_retries)
     spec = load_spec(root, split, shard_expectations(config))
     wanted = config.data.num_frames if config.data.num_frames is not None else config.model.video.frames
     stored = spec.features["num_frames"]
