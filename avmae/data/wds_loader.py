@@ -9,12 +9,14 @@ number (engineering.md, "cross-cutting takeaways" 1).
 Evaluation: the order of eval_order.py, which the DALI backend follows too.
 
 Every sample is checked before it is decoded (checked.py); a bad one is skipped in training and kept in place,
-invalid, in evaluation, and recorded in the batch's ``skipped`` list (faults.py).
+invalid, in evaluation, and recorded in the batch's ``skipped`` list (faults.py). An error that ends a worker (a
+reader past its skip budget, a store that stays unreachable) reaches the caller as the worker's own line.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,15 +32,22 @@ from avmae.data.schedule import Draw, TrainSchedule
 from avmae.data.spec import DataSpec
 from avmae.data.tar_reader import IndexedShard, SampleBlock
 from avmae.shard.format import META_KEY
-from avmae.shard_files import read_many
+from avmae.shard.manifest import MANIFEST_FILE
+from avmae.shard_files import join, read_many
+from avmae.storage import set_storage_limits
 
 
 def open_shards(spec: DataSpec) -> list[IndexedShard]:
     """The split's shards with their indexes and checksum sidecars, fetched at once (concurrently when remote). Not
     their labels sidecars: only class-balanced training needs them, and each reader fetches those of its own shards
     (TrainSchedule.owned_labels)."""
-    indexes = read_many([s.idx for s in spec.shards])
-    sidecars = dict(zip((s.crc for s in spec.shards if s.crc), read_many([s.crc for s in spec.shards if s.crc])))
+    try:
+        indexes = read_many([s.idx for s in spec.shards])
+        sidecars = dict(zip((s.crc for s in spec.shards if s.crc), read_many([s.crc for s in spec.shards if s.crc])))
+    except FileNotFoundError as err:  # a folder copied without them, or a file deleted: say which, in one line
+        missing = err.filename or str(err)
+        raise ValueError(f"{missing}: not found, but {join(spec.root, MANIFEST_FILE)} lists it; copy the shard "
+                         "folder whole (each NAME.tar with its .idx and .crc) or rebuild it") from None
     shards = [IndexedShard(s.tar, s.idx, s.crc, idx_text=text, crc_text=sidecars[s.crc] if s.crc else None,
                            labels=s.labels)  # bytes: IndexedShard decodes them, naming a file that is not UTF-8
               for s, text in zip(spec.shards, indexes)]
@@ -139,18 +148,68 @@ class ShardStream(IterableDataset):
             order.close()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        # In the worker process: a spawned one does not inherit the limits the main process set.
+        set_storage_limits(self.config.storage_timeout_s, self.config.storage_retries)
         return self._train_batches() if self.train else self._eval_batches()
+
+
+# torch re-raises a worker's error in the main process as "Caught NAME in DataLoader worker process N.\nOriginal
+# Traceback ...", the worker's formatted traceback (torch/_utils.py ExceptionWrapper.reraise): its first line names
+# only the class, and the worker's own line comes last, after the traceback's indented frame lines.
+_CAUGHT_IN_WORKER = re.compile(r"Caught (\w+) (in DataLoader worker process \d+)\.\nOriginal Traceback")
+
+
+def worker_line(err: BaseException) -> str | None:
+    """The line a DataLoader worker's error was raised with, and which worker: None for an error that did not come
+    from a worker."""
+    text = str(err)
+    caught = _CAUGHT_IN_WORKER.match(text)
+    if caught is None:
+        return None
+    lines = text.splitlines()
+    frames = [number for number, line in enumerate(lines) if line[:1].isspace()]
+    own = [line for line in lines[frames[-1] + 1 if frames else 1:] if line.strip()]
+    if not own:
+        return None
+    name, _, message = own[0].partition(": ")
+    line = message if name.rsplit(".", 1)[-1] == caught.group(1) else own[0]
+    return f"{line} ({caught.group(2)})"
+
+
+class OneLineWorkerErrors(torch.utils.data.DataLoader):
+    """A DataLoader whose workers' errors come out as the line the worker raised them with (worker_line), in an
+    error of their own class where it takes one message (RuntimeError otherwise), so that a trainer's stop line
+    names the shards and the budget, not only the class."""
+
+    def __iter__(self) -> Iterator[Any]:
+        batches = super().__iter__()
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except Exception as err:  # noqa: BLE001 -- re-raised, reworded only when it came from a worker
+                line = worker_line(err)
+                if line is None:
+                    raise
+                try:
+                    again = type(err)(line)
+                except Exception:  # noqa: BLE001 -- a class that takes other arguments (SampleError)
+                    again = RuntimeError(line)
+                raise again from err
+            yield batch
 
 
 def webdataset_loader(spec: DataSpec, config: DataConfig, *, train: bool, rank: int, world: int,
                       pin_memory: bool = False, start_batch: int = 0, reader_draws: dict[int, int] | None = None,
                       augment: AugmentConfig | None = None) -> torch.utils.data.DataLoader:
+    set_storage_limits(config.storage_timeout_s, config.storage_retries)
     stream = ShardStream(spec, config, train=train, rank=rank, world=world, augment=augment)
     stream.start_batch, stream.reader_draws = start_batch, dict(reader_draws or {})
     workers = config.workers
     # Its own generator: a DataLoader draws its base seed from the global RNG otherwise, and a resumed run, whose
     # RNG state comes from the checkpoint, would then draw different masks than an uninterrupted one.
-    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+    return OneLineWorkerErrors(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                                        persistent_workers=train and workers > 0,
                                        prefetch_factor=2 if workers > 0 else None,
                                        generator=torch.Generator().manual_seed(config.seed + rank))
