@@ -31,12 +31,12 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from avmae.shard.media import MediaError
 from avmae.forward_reader import ForwardReader
-from avmae.storage import StorageError, filesystem_of, is_url, storage_errors
+from avmae.storage import StorageError, filesystem_of, is_missing, is_url, storage_errors
 
 _SMALL_MEMBER_BYTES = 1 << 20  # members read at collection time (JSON, text); a video is never read then
 # One ranged GET per read past the cache while listing a tar in an object store: enough for a member group's
@@ -57,6 +57,20 @@ class TarListing:
     url: str
     entries: list[TarEntry]
     error: str | None = None  # why the listing stopped early (a cut or corrupt tar), or why it could not start
+    # Members that are no regular file and no folder, never read, each (name, what it is): a symbolic or hard link
+    # (its bytes are another member's, or a path outside the tar), a device or a FIFO.
+    unread: list[tuple[str, str]] = field(default_factory=list)
+
+
+def unread_kind(info: tarfile.TarInfo) -> str | None:
+    """What a member that is not read is (a link names its target), or None for a regular file or a folder."""
+    if info.isfile() or info.isdir():
+        return None
+    if info.issym():
+        return f"symbolic link to {info.linkname}"
+    if info.islnk():
+        return f"hard link to {info.linkname}"
+    return "device or FIFO" if info.isdev() else f"special member (tar type {info.type!r})"
 
 
 def expand_sources(src: str) -> list[str]:
@@ -89,9 +103,10 @@ def _opened(url: str, streaming: bool, **options) -> Iterator:
 
 def list_tar(url: str, read_small: Callable[[str], bool]) -> TarListing:
     """Every regular member of the tar with its offset and size; ``read_small(name)`` says which members' bytes to
-    keep. A tar that breaks part way keeps the members listed before the break, with the error; a storage failure
-    raises StorageError (see above)."""
+    keep; the members that are not read (links, devices) by name, for the caller to count. A tar that breaks part way
+    keeps the members listed before the break, with the error; a storage failure raises StorageError (see above)."""
     entries: list[TarEntry] = []
+    unread: list[tuple[str, str]] = []
     streaming = _is_http(url)
     options = {"block_size": _LIST_BLOCK_BYTES, "cache_type": "readahead"}
     try:
@@ -99,6 +114,9 @@ def list_tar(url: str, read_small: Callable[[str], bool]) -> TarListing:
             with tarfile.open(fileobj=handle, mode="r|" if streaming else "r:") as tar:
                 for info in tar:
                     if not info.isfile():
+                        kind = unread_kind(info)
+                        if kind is not None:
+                            unread.append((info.name, kind))
                         continue
                     data = None
                     if read_small(info.name) and info.size <= _SMALL_MEMBER_BYTES:
@@ -107,12 +125,12 @@ def list_tar(url: str, read_small: Callable[[str], bool]) -> TarListing:
                             raise EOFError(f"member {info.name} ends after {len(data)} of its {info.size} bytes")
                     entries.append(TarEntry(info.name, info.offset_data, info.size, data))
     except (tarfile.TarError, EOFError) as err:
-        return TarListing(url, entries, f"{type(err).__name__}: {err}")
+        return TarListing(url, entries, f"{type(err).__name__}: {err}", unread)
     except StorageError as err:
-        if not isinstance(err.__cause__, FileNotFoundError):
+        if err.__cause__ is None or not is_missing(err.__cause__):  # an unreachable store is not a missing tar
             raise
-        return TarListing(url, entries, "the tar does not exist")
-    return TarListing(url, entries)
+        return TarListing(url, entries, "the tar does not exist", unread)
+    return TarListing(url, entries, unread=unread)
 
 
 def read_member(url: str, offset: int, size: int) -> bytes:

@@ -13,6 +13,8 @@ one input, so every member is accounted for:
 - a JSON without a video: a failure, ``download_failed`` with video2dataset's own error when its status says so,
   else ``no_video_member``;
 - anything else (a member that is no video, a stray file): a failure ``not_a_video`` naming the members;
+- a member that is a symbolic or hard link (or a device, a FIFO): never read (a link's bytes are another member's or
+  a path outside the tar), a failure ``link_member`` of its own naming it and its target;
 - a tar that cannot be read whole: a failure ``unreadable_tar`` naming it (the members before the break stay).
 Labels without a list come from a ``labels`` (or ``label``) column saved in the JSON. With a list (AudioSet or
 VGGSound), rows are joined to the videos by YouTube id: a whole video is cut at the row's segment, a clip whose
@@ -159,6 +161,9 @@ def tar_items(src: str) -> tuple[list[ClipItem], dict[str, Any]]:
             key, ext = _split_name(entry.name)
             groups[key][ext] = entry
         items += [_group_item(url, key, members) for key, members in groups.items()]
+        items += [ClipItem(item_id=name, video_id=f"{url}#{name}", source=f"{url}#{name}", path=url, member=name,
+                           fault=("link_member", f"{url}: member {name} is a {kind}: not read"))
+                  for name, kind in listing.unread]
         if listing.error is not None:
             items.append(ClipItem(item_id=f"{url}#unreadable", video_id=url, source=url, path=url,
                                   fault=("unreadable_tar", f"{url}: read stopped after {len(listing.entries)} "
@@ -166,6 +171,9 @@ def tar_items(src: str) -> tuple[list[ClipItem], dict[str, Any]]:
     description = {"kind": "video2dataset", "src": src, "tars": len(urls),
                    "members": sum(len(listing.entries) for listing in listings),
                    "unreadable_tars": [listing.url for listing in listings if listing.error is not None]}
+    unread = sum(len(listing.unread) for listing in listings)
+    if unread:  # only then: the description of a build without any stays what it was (a resume compares it)
+        description["unread_members"] = unread
     return items, description
 
 
