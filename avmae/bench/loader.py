@@ -26,6 +26,7 @@ from avmae.data.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
 from avmae.data.loader import Loader
 from avmae.data.samples import frame_members, parse_metadata
 from avmae.data.spec import load_spec
+from avmae.data.tar_reader import IndexedShard
 from avmae.shard.format import METADATA_MEMBER
 from avmae.shard.items import file_stem_for_key
 from avmae.shard.media import ffmpeg_binary, timeout_for
@@ -37,12 +38,15 @@ def export_cavmae_layout(spec, folder: Path, frames: list[str]) -> tuple[list[di
     as a file name: keys are data). Returns the rows and the keys that had to be renamed, key -> file stem."""
     rows, renamed = [], {}
     for shard in spec.shards:
+        indexed = set(IndexedShard(shard.tar, shard.idx).keys)
         with tarfile.open(shard.tar) as tar:
             names = tar.getnames()
+            present = set(names)
             for name in names:
                 if not name.endswith(f".{METADATA_MEMBER}"):
                     continue
                 key = name[: -len(f".{METADATA_MEMBER}")]
+                _check_sample(shard, key, name, [f"{key}.{member}" for member in frames], indexed, present)
                 meta = parse_metadata(tar.extractfile(name).read())
                 stem = file_stem_for_key(key)
                 if stem != key:
@@ -62,6 +66,17 @@ def export_cavmae_layout(spec, folder: Path, frames: list[str]) -> tuple[list[di
                                    check=True, timeout=timeout_for(length))
                 rows.append({"frames": paths, "wav": str(wav)})
     return rows, renamed
+
+
+def _check_sample(shard, key: str, name: str, wanted: list[str], indexed: set[str], present: set[str]) -> None:
+    """A sample of the tar that its index lists, with every frame the baseline copies: else one line naming the tar
+    and the member (a tar changed after its index was written; avmae-shard verify lists every such sample)."""
+    if key not in indexed:
+        raise ValueError(f"{shard.tar}: member {name} is not listed in its index {shard.idx} (the tar changed after "
+                         "the build: rebuild the index, or run avmae-shard verify on the folder)")
+    for member in wanted:
+        if member not in present:
+            raise ValueError(f"{shard.tar}: member {member} not found, though {shard.idx} lists sample {key}")
 
 
 def _load_wav(path: str) -> tuple[torch.Tensor, int]:
