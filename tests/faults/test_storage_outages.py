@@ -227,3 +227,22 @@ def test_bad_limits_are_refused_naming_the_key(tmp_path, setting, words):
     config = load(RunConfig, run_config(tmp_path, Path("unused")), [setting]).validate()
     with pytest.raises(ValueError, match=words):
         load_run_spec(config, "train")
+
+
+@pytest.mark.serial
+def test_an_s3_endpoint_that_never_answers_times_out_within_the_bound(monkeypatch):
+    """botocore's connect and read timeouts come from the limits and it tries once: the tries are avmae's."""
+    set_storage_limits(0.3, 1)
+    with silent_server() as endpoint:
+        for name, value in {"AWS_ACCESS_KEY_ID": "avmae-test", "AWS_SECRET_ACCESS_KEY": "avmae-test",
+                            "AWS_DEFAULT_REGION": "us-east-1", "FSSPEC_S3_ENDPOINT_URL": endpoint}.items():
+            monkeypatch.setenv(name, value)
+        url = "s3://bucket/shards/manifest.json"
+        before, started = retries_made(), time.monotonic()
+        with pytest.raises(StorageError) as failure:
+            read_bytes(url)
+        elapsed = time.monotonic() - started
+    message = one_line(failure.value)
+    assert message.startswith(f"{url}: timed out after 2 tries") and "ReadTimeoutError" in message, message
+    assert retries_made() - before == 1
+    assert elapsed < 2 * 2 * 0.3 + 0.5 + 5.0, elapsed
