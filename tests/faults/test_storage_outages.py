@@ -246,3 +246,29 @@ def test_an_s3_endpoint_that_never_answers_times_out_within_the_bound(monkeypatc
     assert message.startswith(f"{url}: timed out after 2 tries") and "ReadTimeoutError" in message, message
     assert retries_made() - before == 1
     assert elapsed < 2 * 2 * 0.3 + 0.5 + 5.0, elapsed
+
+
+@pytest.mark.serial
+def test_training_over_http_survives_a_restart_of_the_server(shards):
+    """The webdataset loader streaming shards over HTTP: the server stops between batches and comes back on its port
+    1.2 s later; the next batches come, with no sample skipped, after counted further tries."""
+    from avmae.data.config import DataConfig
+    from avmae.data.loader import build_loader
+
+    server = RestartableServer(shards)
+    server.start()
+    try:
+        config = DataConfig(shards=server.url, batch_size=2, workers=0, num_frames=4, crop_size=64, shuffle_buffer=1,
+                            storage_timeout_s=2.0, storage_retries=4)
+        batches = iter(build_loader(config, "train", train=True))
+        first = next(batches)
+        before = retries_made()
+        server.stop()
+        restart = server.start_after(1.2)
+        later = [next(batches) for _ in range(6)]  # the next shard is opened while the server is down
+        restart.join()
+    finally:
+        server.stop()
+    assert retries_made() - before >= 1
+    assert all(batch["skipped"] == [] for batch in [first, *later])
+    assert all(batch["video"].shape[:2] == (2, 4) for batch in later)
