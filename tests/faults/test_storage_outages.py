@@ -235,7 +235,9 @@ def test_an_s3_endpoint_that_never_answers_times_out_within_the_bound(monkeypatc
     set_storage_limits(0.3, 1)
     with silent_server() as endpoint:
         for name, value in {"AWS_ACCESS_KEY_ID": "avmae-test", "AWS_SECRET_ACCESS_KEY": "avmae-test",
-                            "AWS_DEFAULT_REGION": "us-east-1", "FSSPEC_S3_ENDPOINT_URL": endpoint}.items():
+                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint,
+                            "FSSPEC_S3_ENDPOINT_URL": endpoint}.items():
+            # AWS_ENDPOINT_URL: botocore reads it for each new client; fsspec reads FSSPEC_* once, when imported
             monkeypatch.setenv(name, value)
         url = "s3://bucket/shards/manifest.json"
         before, started = retries_made(), time.monotonic()
