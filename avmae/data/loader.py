@@ -14,6 +14,7 @@ from avmae.data.samples import normalise_video
 from avmae.data.spec import DataSpec, load_spec
 from avmae.data.eval_order import eval_batches
 from avmae.data.wds_loader import webdataset_loader
+from avmae.storage import set_storage_limits
 
 
 def choose_backend(requested: str) -> str:
@@ -79,6 +80,7 @@ def build_loader(config: DataConfig, split: str, *, train: bool, rank: int = 0, 
     transforms (as ``Loader``)."""
     if not config.shards:
         raise ValueError("data.shards is not set: point it at a folder made by avmae-shard build")
+    set_storage_limits(config.storage_timeout_s, config.storage_retries)  # from the manifest's read on
     spec = load_spec(config.shards, split, expect)
     return Loader(spec, config, train=train, rank=rank, world=world, device=device, start_batch=start_batch,
                   augment=augment, reader_draws=reader_draws)

@@ -130,7 +130,10 @@ def make_samples(item: ClipItem, features: FeatureParams, build: BuildParams) ->
     if item.member is not None:  # a video inside a tar: its bytes, held in memory, as a seekable file for ffmpeg
         data = read_member(item.path, item.extra["v2d_member_offset"], item.extra["v2d_member_bytes"])
         with member_file(data, item.member) as path:
-            return _file_samples(item, path, features, build)
+            try:
+                return _file_samples(item, path, features, build)
+            except MediaError as err:  # name the member, not the memory file ffmpeg read it through
+                raise MediaError(err.reason, err.detail.replace(path, f"{item.path}#{item.member}")) from None
     return _file_samples(item, item.path, features, build)
 
 

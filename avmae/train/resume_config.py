@@ -28,7 +28,8 @@ from avmae.recipe.config import RunConfig
 from avmae.recipe.saved import read_saved_run_config
 
 RESUMABLE = ("optim.steps", "stop_after", "log.", "checkpoint.every", "checkpoint.keep", "checkpoint.export",
-             "finetune.eval_every", "guard.", "peak_tflops", "workdir")
+             "finetune.eval_every", "guard.", "peak_tflops", "workdir", "data.storage_timeout_s",
+             "data.storage_retries")
 
 
 def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
