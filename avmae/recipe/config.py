@@ -127,7 +127,8 @@ class RunConfig:
     guard: GuardConfig = field(default_factory=GuardConfig)  # non-finite steps, collective timeouts
     zero_stage: int = 2  # ZeRO 2 shards optimizer states and gradients; 3 also shards parameters
     # Elements per ZeRO gradient-reduce / all-gather bucket; ZeRO-3's live-parameter cap (2x) and prefetch bucket
-    # (1/10) follow it. 5e7, a tenth of DeepSpeed's default 5e8: ZeRO-2 reduces a bucket when it is full, and 5e8 is
+    # (1/10) follow it. 5e7, a tenth of DeepSpeed's default 5e8: ZeRO-2 reduces a bucket when it is full
+    # (deepspeed/runtime/zero/stage_1_and_2.py, reduce_independent_p_g_buckets_and_remove_grads), and 5e8 is
     # 84 % of ViT-L's 596 M parameters, so nothing would be reduced before the backward was nearly over and the
     # reduction could not overlap it; 5e7 gives about a dozen buckets per ViT-L backward. Each bucket is also memory
     # every rank holds (5e8 fp32 elements are 2 GB).

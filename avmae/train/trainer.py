@@ -224,9 +224,8 @@ class Trainer:
                 step, ran = step + 1, ran + 1
                 skipped = guard.record(step, result.parts.get("loss", math.nan), self.engine.was_step_applied(),
                                        result.every_loss_finite)
-                if self.due.log(step, skipped) or self.due.checkpoint(step, ran):
-                    guard.check()
                 if self.due.log(step, skipped):
+                    guard.check()
                     values = {**self._losses(result, guard, skipped), **ledger.log_values(), "lr": lr,
                               **throughput.values(step), "host_peak_rss_gb": _host_peak_rss_gb()}
                     logger.step(step, values)
@@ -237,6 +236,7 @@ class Trainer:
                     signum = stop.agreed()
                 leaving = bool(signum) or self.due.process_ends(ran)
                 if self.due.checkpoint(step, ran) or leaving:
+                    guard.check()  # no checkpoint holds an update made from a non-finite loss
                     counts = {"nonfinite_total": guard.total, "samples": ledger.sync()}
                     best = self._checkpoint(step, best, logger, counts, positions.state(),
                                             self.due.regular_checkpoint(step))
