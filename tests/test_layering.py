@@ -14,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "avmae"
 # of each other (same rank, neither imports the other: checked below).
 RANKS = {"__init__": 0, "config": 0, "distributed": 0, "collectives": 0, "testing_backend": 0, "files": 0, "crc": 0,
          "storage": 0, "forward_reader": 0, "shard_files": 0, "models": 1, "shard": 1, "data": 2, "recipe": 3,
+         "config_reference": 3,
          "export": 4, "eval": 5, "train": 6, "bench": 7, "cli": 8}
 
 
