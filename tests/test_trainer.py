@@ -215,3 +215,36 @@ def test_a_job_requeues_itself_after_a_lost_rank_at_most_max_requeues_times(monk
     assert requeue_after_lost_rank(0, tmp_path / "other").startswith("not requeued")  # guard.max_requeues 0: never
     monkeypatch.delenv("SLURM_JOB_ID")  # not a SLURM job: nothing to requeue
     assert requeue_after_lost_rank(3, tmp_path / "new").startswith("SLURM did not requeue the job")
+
+
+def test_the_finite_loss_vote_poisons_every_gradient_only_when_a_loss_is_not_finite():
+    """One process: the vote is this rank's own. A finite loss keeps its gradient exactly (the factor is a constant
+    1, not a branch whose 0 * NaN backward would poison every step); a non-finite one makes every gradient NaN."""
+    import torch
+
+    from avmae.train.divergence import poison_unless_every_rank_finite
+
+    weight = torch.tensor([1.5, -2.0], requires_grad=True)
+    loss, finite = poison_unless_every_rank_finite((weight ** 2).sum())
+    loss.backward()
+    assert finite.item() == 1.0 and loss.item() == 6.25 and weight.grad.tolist() == [3.0, -4.0]
+    weight.grad = None
+    loss, finite = poison_unless_every_rank_finite((weight ** 2).sum() + float("inf"))
+    loss.backward()
+    assert finite.item() == 0.0 and torch.isnan(loss) and torch.isnan(weight.grad).all()
+
+
+def test_ranks_meet_at_log_checkpoint_and_signal_check_steps_only():
+    from avmae.config import load
+    from avmae.recipe.config import RunConfig
+    from avmae.train.boundaries import Boundaries
+
+    config = load(RunConfig, REPO / "avmae/configs/demo_pretrain.yaml",
+                  ["optim.steps=20", "log.every=4", "checkpoint.every=6", "guard.signal_check_every=5",
+                   "stop_after=0", "data.shards=unused"]).validate()
+    due = Boundaries(config, finetune_evaluates=False)
+    assert [s for s in range(1, 21) if due.log(s, skipped=False)] == [4, 8, 12, 16, 20]
+    assert [s for s in range(1, 21) if due.checkpoint(s, ran=s)] == [6, 12, 18, 20]
+    assert [s for s in range(1, 21) if due.signal_check(s, ran=s, skipped=False)] == [4, 5, 6, 8, 10, 12, 15, 16,
+                                                                                        18, 20]
+    assert due.log(7, skipped=True) and due.signal_check(7, ran=7, skipped=True)  # a skipped step is logged
