@@ -15,7 +15,7 @@ from avmae.shard.errors import ParameterError
 from avmae.shard.cavmae_prepared import CAVMAE_FRAME_SIZE, CAVMAE_FRAMES
 from avmae.shard.format import LOGMEL_DTYPES, LabelMode
 from avmae.shard.lists import LIST_FORMATS
-from avmae.shard.params import BuildParams, FeatureParams
+from avmae.shard.params import AUDIO_FRONTENDS, BuildParams, FeatureParams
 
 _FLAGS = {"list_path": "--list", "num_classes": "--classes"}  # library parameters whose flag is not "--name-dashed"
 
@@ -94,8 +94,14 @@ def _build_parser() -> argparse.ArgumentParser:
                                                          f"{defaults_f.short_side}; {CAVMAE_FRAME_SIZE} with --list-format "
                                                          "cavmae, which keeps its frames byte for byte)")
     features.add_argument("--jpeg-qscale", type=int, default=defaults_f.jpeg_qscale, help="ffmpeg -q:v, 2 (best) to 31")
-    features.add_argument("--target-frames", type=int, default=defaults_f.target_frames,
-                          help="log-mel frames (10 ms each) after zero-padding or cutting")
+    features.add_argument("--audio-frontend", choices=AUDIO_FRONTENDS, default=defaults_f.audio_frontend,
+                          help="log-mel recipe: cavmae (CAV-MAE's Kaldi fbank, Hanning window) or scenic (what "
+                               "Google's AV-MAE checkpoints expect: Hamming window, 512-point FFT, log mel magnitude; "
+                               "docs/scenic.md 'The audio front end')")
+    features.add_argument("--target-frames", type=int,
+                          help="log-mel frames (10 ms each) after zero-padding or cutting (default: " + ", ".join(
+                              f"{FeatureParams.for_frontend(name).target_frames} with {name}" for name in AUDIO_FRONTENDS)
+                          + ")")
     features.add_argument("--num-mel-bins", type=int, default=defaults_f.num_mel_bins)
     features.add_argument("--logmel-dtype", choices=LOGMEL_DTYPES, default=defaults_f.logmel_dtype,
                           help="stored log-mel type: float16 (half the bytes) or float32 (CAV-MAE's features bit "
@@ -184,9 +190,9 @@ def _cmd_build(args) -> int:
     prepared = reads_cavmae_prepared(inputs)
     num_frames = args.num_frames or (CAVMAE_FRAMES if prepared else FeatureParams.num_frames)
     short_side = args.short_side or (CAVMAE_FRAME_SIZE if prepared else FeatureParams.short_side)
-    features = FeatureParams(num_frames=num_frames, short_side=short_side, jpeg_qscale=args.jpeg_qscale,
-                             target_frames=args.target_frames, num_mel_bins=args.num_mel_bins,
-                             logmel_dtype=args.logmel_dtype)
+    features = FeatureParams.for_frontend(args.audio_frontend, num_frames=num_frames, short_side=short_side,
+                                          jpeg_qscale=args.jpeg_qscale, target_frames=args.target_frames,
+                                          num_mel_bins=args.num_mel_bins, logmel_dtype=args.logmel_dtype)
     build = BuildParams(segment_seconds=args.segment_seconds, segments=args.segments, min_seconds=args.min_seconds,
                         missing_audio=args.missing_audio, shard_size=args.shard_size, val_fraction=args.val_fraction,
                         labelled_per_class=args.labelled_per_class, seed=args.seed)

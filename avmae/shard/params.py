@@ -7,7 +7,19 @@ model is never trained on frames or log-mels made with other settings than it wa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+# The log-mel recipes a build can store. cavmae: CAV-MAE's Kaldi fbank (avmae/shard/logmel.py); scenic: the front end
+# Google's AV-MAE checkpoints were trained on, as far as it is published (avmae/shard/logmel_scenic.py).
+AUDIO_FRONTENDS = ("cavmae", "scenic")
+DEFAULT_AUDIO_FRONTEND = "cavmae"
+# What each front end changes in FeatureParams' defaults (which are CAV-MAE's) unless told otherwise. scenic: the
+# Hamming window of MBT (Nagrani et al., NeurIPS 2021, section 4.2) and AV-MAE's AudioSet input length, 1000 frames
+# = 10 s at 100 frames per second (google-research/scenic scenic/projects/av_mae/).
+FRONTEND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cavmae": {},
+    "scenic": {"window_type": "hamming", "target_frames": 1000},
+}
 
 
 @dataclass(frozen=True)
@@ -26,6 +38,26 @@ class FeatureParams:
     # How the log-mel is stored. float16 halves the member (README "What a sample holds" has the sizes) at up to
     # ~4e-3 from CAV-MAE's float32 features; float32 stores the fbank output bit for bit.
     logmel_dtype: Literal["float16", "float32"] = "float16"
+    # Which log-mel recipe made the stored features; a manifest without the field was made by cavmae.
+    audio_frontend: Literal["cavmae", "scenic"] = DEFAULT_AUDIO_FRONTEND
+
+    def __post_init__(self):
+        if self.audio_frontend not in AUDIO_FRONTENDS:
+            raise ValueError(f"audio_frontend {self.audio_frontend!r}: not one of {', '.join(AUDIO_FRONTENDS)}")
+
+    @classmethod
+    def for_frontend(cls, audio_frontend: str, **values: Any) -> "FeatureParams":
+        """Parameters for ``audio_frontend`` with its window and default length, overridden by ``values``
+        (``None`` values mean the default)."""
+        if audio_frontend not in FRONTEND_DEFAULTS:
+            raise ValueError(f"audio_frontend {audio_frontend!r}: not one of {', '.join(AUDIO_FRONTENDS)}")
+        given = {name: value for name, value in values.items() if value is not None}
+        return cls(audio_frontend=audio_frontend, **{**FRONTEND_DEFAULTS[audio_frontend], **given})
+
+
+def audio_frontend(features: dict[str, Any]) -> str:
+    """The front end a manifest's features record; folders built before the field hold CAV-MAE's log-mels."""
+    return features.get("audio_frontend", DEFAULT_AUDIO_FRONTEND)
 
 
 @dataclass(frozen=True)
