@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command for a GPU machine (issue 14 item 5): is avmae right and fast there? Prints one table, writes
+# One command for a GPU machine: is avmae right and fast there? Prints one table, writes
 # $OUT/gpu_check.json, exits 1 when a check fails. Within 10 minutes on one GPU node:
 #   - shards built here from ffmpeg-made clips (avmae-shard build, the recipe's 16 frames / 256 px / 1024 log-mel);
 #   - DALI `mixed` (nvJPEG) decode rate on them, with the recipe's loader settings;
@@ -14,8 +14,12 @@
 # bit-reproducible; the table shows the gap before and after the resume apart). Steps and tolerances:
 # avmae/bench/gpu_check_mode.py.
 #   OUT=DIR                work folder (default gpu_check_out; removed first, the check starts clean)
-#   AVMAE_CHECK_MODE=auto  auto | cuda | cpu
-#   AVMAE_SETUP=1          run pipelines/setup.sh first (installs what is missing); 0 to skip
+#   AVMAE_CHECK_MODE=auto  auto | cuda | cpu. auto is cuda whenever the NVIDIA driver shows a GPU (also one that
+#                          this torch cannot use: then the check fails and says why). cpu on such a machine is a
+#                          rehearsal of the scripts: it never prints PASSED and exits 1.
+#   AVMAE_SETUP=1          run pipelines/setup.sh first (installs what is missing; a torch already installed in
+#                          pyproject.toml's range is kept); 0 to skip
+#   AVMAE_WHEELHOUSE=DIR   setup installs from this wheelhouse (pipelines/wheelhouse.sh), with no network
 #   AVMAE_PYTHON=python3   the interpreter (a venv's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +31,14 @@ fi
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
+mode="${AVMAE_CHECK_MODE:-auto}"
+gpus=$("$PYTHON" -c 'from avmae.distributed import gpus_of_machine; print(gpus_of_machine().count)')
+if [ "$gpus" -gt 0 ] && [ "$mode" = "auto" ]; then
+  mode=cuda
+elif [ "$gpus" -gt 0 ] && [ "$mode" = "cpu" ]; then
+  echo "[gpu_check] $gpus GPU(s) visible: AVMAE_CHECK_MODE=cpu rehearses the scripts only and will not pass" >&2
+fi
 rm -rf "$OUT"
 # 10 minutes is the promise; a step that hangs is killed by the check itself (gpu_check.CHILD_TIMEOUT_S), this is
 # the backstop for the whole.
-exec timeout --signal=TERM 660 "$PYTHON" -m avmae.cli.bench gpu-check --out "$OUT" --mode "${AVMAE_CHECK_MODE:-auto}"
+exec timeout --signal=TERM 660 "$PYTHON" -m avmae.cli.bench gpu-check --out "$OUT" --mode "$mode"

@@ -1,4 +1,4 @@
-"""The one-command acceptance check of a GPU machine (pipelines/gpu_check.sh, issue 14 item 5), and its CPU rehearsal.
+"""The one-command acceptance check of a GPU machine (pipelines/gpu_check.sh), and its CPU rehearsal.
 
 Each step runs the commands a user runs (``avmae-shard build``, ``avmae-train``, ``avmae-eval``, torchrun) as child
 processes, on shards built here from ffmpeg-made clips, and reads what they leave on disk:
@@ -9,9 +9,10 @@ processes, on shards built here from ffmpeg-made clips, and reads what they leav
   collectives all-reduce / all-gather bandwidth on every local GPU (avmae/bench/collectives.py)
   resume      a 50-step run, and the same run stopped after 25 (``stop_after``) and resumed: equal losses
   eval        a short fine-tune of that run, scored by avmae-eval through DALI and through webdataset: equal results
-On a CPU the same steps run at the sizes of gpu_check_mode.CPU. Only a GPU can confirm: nvJPEG's rate and its
-rounding against libjpeg-turbo, bf16 numerics and MFU, NCCL's bandwidth, and that the bf16 resume stays within
-its tolerance (GPU attention backward is not bit-reproducible).
+On a CPU the same steps run at the sizes of gpu_check_mode.CPU. On a machine where the driver shows a GPU, ``auto``
+is the GPU check, and a CPU run is a rehearsal that never passes: it cannot speak for that GPU. Only a GPU can
+confirm: nvJPEG's rate and its rounding against libjpeg-turbo, bf16 numerics and MFU, NCCL's bandwidth, and that the
+bf16 resume stays within its tolerance (GPU attention backward is not bit-reproducible).
 """
 
 from __future__ import annotations
@@ -29,16 +30,19 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+import avmae
 from avmae.bench.gpu_check_mode import CPU, GPU, CheckMode
 from avmae.config import load
 from avmae.data.loader import build_loader
+from avmae.distributed import gpus_of_machine
 from avmae.eval.predictions import Predictions
 from avmae.models.counts import pretraining_flops
 from avmae.recipe.config import RunConfig
 from avmae.shard.manifest import read_manifest
 
-REPO = Path(__file__).resolve().parents[2]
-RECIPE = REPO / "configs" / "pretrain_as2m.yaml"
+# The children import the avmae this process imported (a checkout's or an installed wheel's), wherever they run.
+AVMAE_ROOT = Path(avmae.__file__).resolve().parents[1]
+RECIPE = "pretrain_as2m"  # a shipped recipe's name (avmae.config.find_config), as a user's --config takes it
 CHILD_TIMEOUT_S = 540  # one step may not eat the whole 10 minutes; a hung child is killed, and named
 
 
@@ -55,10 +59,11 @@ class Child:
 
 
 def run_child(command: list[str], log: Path, env: dict[str, str]) -> Child:
-    """Run ``command`` with stdout and stderr in ``log``.out / .err; its own peak resident memory from wait4."""
+    """Run ``command`` in the folder of ``log`` (the check's work folder), with stdout and stderr in ``log``.out /
+    .err; its own peak resident memory from wait4."""
     with open(f"{log}.out", "w") as out, open(f"{log}.err", "w") as err:
         started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=out, stderr=err, cwd=REPO, env=env)
+        process = subprocess.Popen(command, stdout=out, stderr=err, cwd=Path(log).parent, env=env)
         while True:
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
             if pid:
@@ -87,7 +92,8 @@ class GpuCheck:
         self.mode, self.out = mode, out
         self.shards = out / "shards"
         self.recipe_samples_per_s: float | None = None  # the recipe step's rate, once it passed: the feed's yardstick
-        self.env = {**os.environ, "PYTHONPATH": str(REPO)}
+        python_path = [str(AVMAE_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(python_path)}
         if mode.device == "cpu":  # two shared cores: one thread per process, as the tests run
             self.env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
 
@@ -283,20 +289,40 @@ def _remove(path: Path) -> None:
 def machine(mode: CheckMode) -> dict[str, Any]:
     import platform
 
-    info = {"mode": mode.device, "host": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__}
+    info = {"mode": mode.device, "host": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
+            "torch_cuda": torch.version.cuda, "visible_gpus": gpus_of_machine().count}
     if mode.device == "cuda":
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
 
 
+def rehearsal_only(mode: CheckMode, gpus: int) -> str | None:
+    """Why a run cannot pass on this machine although its steps may: the CPU mode beside GPUs the driver shows."""
+    if mode.device == "cpu" and gpus > 0:
+        return f"{gpus} GPU(s) visible: a CPU rehearsal says nothing about them (run --mode cuda)"
+    return None
+
+
 def run_check(out: Path, mode: CheckMode | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every step in order; a failed step is recorded with its one line and the steps that need it are skipped.
     ``out/gpu_check.json`` is rewritten after each step, so a check cut short still leaves what it measured."""
-    mode = mode or (GPU if torch.cuda.is_available() else CPU)
+    mode = mode or (GPU if torch.cuda.is_available() or gpus_of_machine().count else CPU)
+    out = Path(out).absolute()  # the children run inside it
     out.mkdir(parents=True, exist_ok=True)
     check = GpuCheck(mode, out)
     result: dict[str, Any] = {"machine": machine(mode), "notes": list(mode.notes), "steps": {}}
     started = time.perf_counter()
+    gpus = result["machine"]["visible_gpus"]
+    if rehearsal_only(mode, gpus):
+        result["rehearsal_only"] = rehearsal_only(mode, gpus)
+        result["notes"].append(f"NOT A GPU CHECK: {result['rehearsal_only']}")
+    if mode.device == "cuda" and not torch.cuda.is_available():  # every step would fail the same way: say it once
+        result["steps"]["cuda"] = {"ok": False, "seconds": 0.0, "error": (
+            f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none: a CPU build'}) cannot use a GPU here "
+            f"({gpus} shown by the NVIDIA driver): install a torch built for this driver's CUDA")}
+        result.update(wall_seconds=0.0, passed=False)
+        (out / "gpu_check.json").write_text(json.dumps(result, indent=1))
+        return result
     needs = {"decode": "shards", "recipe": "shards", "feed": "shards", "resume": "shards", "eval": "resume"}
     for name, step in (("shards", check.build_shards), ("decode", check.decode), ("recipe", check.recipe_step),
                        ("feed", check.feed), ("collectives", check.collectives), ("resume", check.resume),
@@ -314,6 +340,6 @@ def run_check(out: Path, mode: CheckMode | None = None, log: Callable[[str], Non
         log(f"gpu_check: {name}: {'ok' if result['steps'][name]['ok'] else result['steps'][name]['error']} "
             f"({result['steps'][name]['seconds']:.0f} s)")
         result["wall_seconds"] = time.perf_counter() - started
-        result["passed"] = all(s["ok"] for s in result["steps"].values())
+        result["passed"] = all(s["ok"] for s in result["steps"].values()) and "rehearsal_only" not in result
         (out / "gpu_check.json").write_text(json.dumps(result, indent=1))
     return result

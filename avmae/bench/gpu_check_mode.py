@@ -1,5 +1,5 @@
 """The sizes of the GPU acceptance check (gpu_check.py): the recipe's own on a GPU, tiny on a CPU. Only sizes and
-the device differ between the two; every step runs the same code (DESIGN.md: one code path for CPU and GPU)."""
+the device differ between the two; every step runs the same code (one code path for CPU and GPU)."""
 
 from __future__ import annotations
 

@@ -62,8 +62,12 @@ def check_table(result: dict[str, Any]) -> str:
         rows += [(label, value, verdict) for label, value in _value(name, step)]
     machine = result["machine"]
     where = ", ".join(machine.get("gpus") or [f"CPU only, {machine['cpus']} cores"])
+    outcome = "PASSED" if result["passed"] else "FAILED"
+    if "rehearsal_only" in result:  # every step may have run well: still no word on this machine's GPUs
+        where = f"CPU mode, {machine['cpus']} cores; {machine['visible_gpus']} GPU(s) visible"
+        outcome = "CPU REHEARSAL ONLY, NO VERDICT ON THE GPU"
     head = f"avmae GPU check on {machine['host']} ({where}), torch {machine['torch']}: " \
-           f"{'PASSED' if result['passed'] else 'FAILED'} in {result['wall_seconds']:.0f} s"
+           f"{outcome} in {result['wall_seconds']:.0f} s"
     width = max(len(label) for label, _, _ in rows)
     lines = [head, *result["notes"], ""]
     lines += [f"{label:<{width}}  {verdict:<4}  {value}" for label, value, verdict in rows]
