@@ -92,13 +92,16 @@ def test_manifests_record_the_dtype_and_the_fingerprints_differ(builds):
 
 
 def test_the_default_fingerprint_is_the_one_before_the_option():
-    """A float16 build begun before the option existed resumes: its fingerprint is the payload without the field."""
+    """A float16 CAV-MAE build begun before the options existed resumes: its fingerprint is the payload without
+    the fields."""
     build = BuildParams()
-    features = {name: value for name, value in to_dict(FeatureParams()).items() if name != "logmel_dtype"}
+    features = {name: value for name, value in to_dict(FeatureParams()).items()
+                if name not in ("logmel_dtype", "audio_frontend")}
     before = {"format_version": FORMAT_VERSION, "features": features, "build": to_dict(build), "shards": []}
     assert fingerprint([], FeatureParams(), build) == \
         hashlib.sha256(json.dumps(before, sort_keys=True).encode("utf-8")).hexdigest()
     assert fingerprint([], FeatureParams(logmel_dtype="float32"), build) != fingerprint([], FeatureParams(), build)
+    assert fingerprint([], FeatureParams.for_frontend("scenic"), build) != fingerprint([], FeatureParams(), build)
 
 
 @pytest.mark.parametrize("backend", ["webdataset", pytest.param("dali", marks=pytest.mark.dali)])

@@ -34,7 +34,8 @@ def _folder_or_url(text: str) -> Path | str:
 
 DESCRIPTION = """\
 Turn raw video clips into WebDataset shards for avmae: per sample N JPEG frames spread over the segment, the
-CAV-MAE log-mel of its first audio channel (float16 or float32 .npy) and metadata JSON; a DALI index beside every tar,
+log-mel of its first audio channel (CAV-MAE's Kaldi fbank, or with --audio-frontend scenic the 25 ms Hamming
+front end Scenic's AV-MAE checkpoints expect; float16 or float32 .npy) and metadata JSON; a DALI index beside every tar,
 manifest.json (features, labels, per-shard counts and checksums, log-mel mean/std) and failures.jsonl (every input
 that gave no sample, with the reason). Re-running the same command resumes an interrupted build.
 """

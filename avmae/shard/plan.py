@@ -17,7 +17,7 @@ from avmae.config import to_dict
 from avmae.shard.errors import ParameterError
 from avmae.shard.format import DEFAULT_LOGMEL_DTYPE, FORMAT_VERSION
 from avmae.shard.items import ClipItem
-from avmae.shard.params import BuildParams, FeatureParams
+from avmae.shard.params import DEFAULT_AUDIO_FRONTEND, BuildParams, FeatureParams
 
 
 @dataclass(frozen=True)
@@ -103,10 +103,11 @@ def fingerprint(plans: list[ShardPlan], features: FeatureParams, build: BuildPar
     """Identity of a build: the same inputs, feature and build parameters give the same fingerprint. Resuming
     into a folder with another fingerprint is refused (its shards would mix two builds)."""
     feature_values = to_dict(features)
-    # The default storage type is left out, so a build begun before the option existed keeps its fingerprint and
-    # resumes; float32 is part of the identity.
-    if feature_values.get("logmel_dtype") == DEFAULT_LOGMEL_DTYPE:
-        del feature_values["logmel_dtype"]
+    # The default storage type and audio front end are left out, so a build begun before either option existed keeps
+    # its fingerprint and resumes; float32 and the scenic front end are part of the identity.
+    for name, default in (("logmel_dtype", DEFAULT_LOGMEL_DTYPE), ("audio_frontend", DEFAULT_AUDIO_FRONTEND)):
+        if feature_values.get(name) == default:
+            del feature_values[name]
     payload = {
         "format_version": FORMAT_VERSION,
         "features": feature_values,
