@@ -61,7 +61,9 @@ for name in ("torch", "torchvision", "torchaudio"):
     # prereleases=True: NGC containers' torch is a prerelease (2.6.0a0+ecf3bae40a)
     if not wanted[name].specifier.contains(version, prereleases=True):
         break
-    pins.append(f"{name}=={version}")
+    # the public version: pip's resolver refuses a local one (+cu130) in a constraint beside another specifier
+    # (a site-wide pip constraint such as torch<=2.14), and ==2.11.0 matches the installed 2.11.0+cu130 all the same
+    pins.append(f"{name}=={version.split('+')[0]}")
 else:
     if pins and pins[0].startswith("torch=="):
         print("\n".join(pins))
