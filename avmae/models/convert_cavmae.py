@@ -16,7 +16,6 @@ table, its (768, 1, 16, 16) kernel over the (mel x time) image and its (256, 512
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
