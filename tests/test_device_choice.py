@@ -151,3 +151,12 @@ def test_a_process_that_asks_for_cuda_on_this_machine_stops_with_one_line():
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert shown.stdout.startswith("NoUsableGPU avmae: a GPU was asked for (driver unknown) but torch sees no usable CUDA device"), shown.stdout + shown.stderr[-2000:]
     assert shown.stdout.count("\n") == 1 and "AVMAE_DEVICE=cpu" in shown.stdout
+
+
+def test_deepspeed_is_told_the_chosen_gpu_not_the_local_rank():
+    """Under srun --gpus-per-task=1 rank 3's only GPU is cuda:0; DeepSpeed would otherwise pick cuda:3."""
+    from avmae.train.trainer import deepspeed_args
+
+    assert deepspeed_args(torch.device("cuda", 0)).device_rank == 0
+    assert deepspeed_args(torch.device("cuda", 5)).device_rank == 5
+    assert deepspeed_args(torch.device("cpu")) is None

@@ -15,6 +15,7 @@ import resource
 import signal
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 import numpy as np
@@ -103,6 +104,13 @@ def compile_blocks(model: torch.nn.Module) -> int:
     return len(blocks)
 
 
+def deepspeed_args(device: torch.device) -> SimpleNamespace | None:
+    """The device DeepSpeed's engine puts itself on. Without ``device_rank`` it takes LOCAL_RANK
+    (deepspeed/runtime/engine.py ``_set_distributed_vars``), an index that does not exist when each task sees only
+    its own GPU (srun --gpus-per-task=1: every rank's GPU is cuda:0); avmae/distributed.py has chosen the device."""
+    return SimpleNamespace(device_rank=device.index) if device.type == "cuda" else None
+
+
 class Evaluator(Protocol):
     """What fine-tuning's periodic evaluation needs (``avmae.eval.during_training.SplitEvaluator``): the metrics
     of ``model`` on the run's evaluation split, identical on every rank. The trainer is handed one; it does not
@@ -178,8 +186,8 @@ class Trainer:
         else:  # fused: one kernel over all parameters (OptimConfig.fused says when)
             optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas),
                                           fused=optim.fused_on(self.dist.device.type) or None)
-        engine, _, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer,
-                                               config=_deepspeed_config(self.config, self.bf16))
+        engine, _, _, _ = deepspeed.initialize(args=deepspeed_args(self.dist.device), model=self.model,
+                                               optimizer=optimizer, config=_deepspeed_config(self.config, self.bf16))
         return engine
 
     def _set_lr(self, step: int) -> float:
