@@ -9,11 +9,14 @@ What a resume may change, and why it is safe:
   written and when, not what is learned.
 - ``guard.*``: how many faults are tolerated before the job ends.
 - ``peak_tflops``: the MFU estimate.
+- ``workdir``: where the run folder is (a moved run folder resumes).
+- ``data.storage_timeout_s``, ``data.storage_retries``: how patiently shards are read.
+- ``zero_bucket_elements``, ``compile``, ``optim.fused``: how the same update is computed (bucket sizes, compiled
+  blocks, the fused AdamW kernel), which moves results by rounding only; a run started with 5e8 buckets resumes.
 
 ``data.workers`` is not among them, although it looks like a speed setting: it is the number of readers per rank,
 and the shards are dealt to the rank's readers and each reader's shuffle is seeded by its number (data/schedule.py),
 so another count would repeat or skip part of the epoch, and the readers' recorded positions would not apply.
-- ``workdir``: where the run folder is (a moved run folder resumes).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from avmae.recipe.saved import read_saved_run_config
 
 RESUMABLE = ("optim.steps", "stop_after", "log.", "checkpoint.every", "checkpoint.keep", "checkpoint.export",
              "finetune.eval_every", "guard.", "peak_tflops", "workdir", "data.storage_timeout_s",
-             "data.storage_retries")
+             "data.storage_retries", "zero_bucket_elements", "compile", "optim.fused")
 
 
 def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
