@@ -127,7 +127,7 @@ def test_plan_numbers_follow_from_the_flop_count_and_stated_constants():
     assert plan["shard_build"]["core_hours"] == pytest.approx(AUDIOSET_2M_CLIPS / BUILD_CLIPS_PER_CORE_S / 3600)
     memory = plan["memory_gib_per_gpu"]
     states = model_state_bytes(VIT_L_PARAMETERS, 64, 2, 4_198_400)["total"]
-    assert memory["total"]["stored"] == pytest.approx((states + 2 * 5e8 * 2 + 8 * 400 * 2**20) / GIB)
+    assert memory["total"]["stored"] == pytest.approx((states + 2 * 5e7 * 2 + 8 * 400 * 2**20) / GIB)
     a100 = capacity_plan(recipe, PlanInputs(gpus=64, gpu="a100"), _activations(1, 1))
     assert a100["throughput"]["samples_per_s_per_gpu"] == pytest.approx(per_gpu * 312 / 989)
 
@@ -141,7 +141,7 @@ def test_plan_suggests_what_fits():
     assert not memory["fits"]["stored"] and memory["fits"]["checkpointed"]
     suggested = memory["suggested"]
     assert suggested["activation_checkpointing"] and suggested["zero_stage"] == 1
-    fixed = model_state_bytes(VIT_L_PARAMETERS, 8, 1)["total"] + 2 * 5e8 * 2
+    fixed = model_state_bytes(VIT_L_PARAMETERS, 8, 1)["total"] + 2 * 5e7 * 2
     assert suggested["max_batch_per_gpu"] == int((usable - fixed) // (2 * GIB))
     # Model states alone decide the stage: at one GPU ZeRO-1/2 keep ~10 GiB of states, so a tight budget needs 3.
     tight = usable - model_state_bytes(VIT_L_PARAMETERS, 1, 3, 4_198_400)["total"] - 1
