@@ -30,9 +30,10 @@ def _rank(rank: int, port: str, stage: int, results) -> None:
                       MASTER_PORT=port)
     setup_distributed(device_name="cpu", timeout_s=TIMEOUT_S)
     model = torch.nn.Linear(8, 8)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config={
-        "train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": stage},
-        "optimizer": {"type": "Adam", "params": {"lr": 1e-3}}})
+    # A torch optimizer, as the trainer passes: DeepSpeed's own "Adam" is an op it compiles on first use (minutes
+    # on 2 cores, longer than this test waits for its ranks).
+    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3), config={
+        "train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": stage}})
     if rank == 1:  # hangs: alive, connected, never answering, until rank 0 has its answer
         deadline = time.time() + 120
         while "rank 0" not in results and time.time() < deadline:
