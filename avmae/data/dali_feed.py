@@ -17,6 +17,7 @@ zeros (JSON never holds a NUL byte).
 from __future__ import annotations
 
 import ctypes
+import importlib
 import json
 import os
 import signal
@@ -121,6 +122,49 @@ def decode_notes(notes: list[bytes]) -> tuple[list[dict[str, Any]], list[dict[st
         skipped.extend(records)
         drawn = drawn or position
     return metadata, skipped, drawn
+
+
+# DALI re-raises a worker's error as a bare Exception holding the worker's formatted traceback after this line
+# (nvidia/dali/_multiproc/pool.py, handle_error), the error's class lost on the way (RuntimeError).
+_WORKER_TRACEBACK = "Exception traceback received from worker thread:"
+WORKER_SUFFIX = " (in a DALI feed worker)"
+
+
+def worker_error(err: BaseException) -> BaseException | None:
+    """The error a feed worker raised, from DALI's wrapping of it: its own class (an avmae or built-in error that
+    takes one message) with the line it was raised with, naming the worker, so that a trainer's stop line says what
+    stopped the reader (a skip budget: the shards and the budget), not a 60-line traceback; RuntimeError with the
+    class's name where the class cannot be rebuilt; None for an error that did not come from a feed worker."""
+    text = str(err)
+    if _WORKER_TRACEBACK not in text:
+        return None
+    own = [line for line in text.split(_WORKER_TRACEBACK, 1)[1].splitlines() if line.strip() and not line[0].isspace()]
+    if not own:
+        return None
+    last = own[-1]  # the traceback's last unindented line: "module.Class: message"
+    name, _, message = last.partition(": ")
+    module, _, cls_name = name.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module or "builtins"), cls_name) \
+            if module in ("", "builtins") or module.startswith("avmae.") else None
+        if isinstance(cls, type) and issubclass(cls, Exception):
+            return cls(message + WORKER_SUFFIX)
+    except Exception:  # noqa: BLE001 - a class that takes other arguments: the line, as a RuntimeError
+        pass
+    return RuntimeError(last + WORKER_SUFFIX)
+
+
+@contextmanager
+def worker_errors_in_one_line() -> Iterator[None]:
+    """Run DALI's pipeline (the iterator's prefetch, each batch) inside this: a feed worker's error comes out as
+    worker_error makes it, its DALI wrapping dropped."""
+    try:
+        yield
+    except Exception as err:
+        found = worker_error(err)
+        if found is None:
+            raise
+        raise found from None
 
 
 class ReaderFeed:

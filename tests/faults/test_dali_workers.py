@@ -2,13 +2,15 @@
 (SIGKILL: the OOM killer, a node's cleanup), terminated (SIGTERM, as torchrun and SLURM end the ranks of a failed job;
 Python's default action runs no exit handler) or failing with an error, no worker process of its process group stays
 behind (re-parented to init, holding memory, shared memory and shard files), and no /dev/shm file the job had mapped
-(DALI's ``nvidia_dali_*`` segments) or made is left."""
+(DALI's ``nvidia_dali_*`` segments) or made is left. And a feed worker's skip-budget stop at start-up reaches the trainer as the reader's one line."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -102,3 +104,77 @@ def test_feed_workers_die_with_their_rank(shards, end):
             rank.wait()
         for pid in _group(rank.pid):  # leave nothing behind when the test fails
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def all_bad(shards, tmp_path_factory) -> Path:
+    """A copy in which every sample's log-mel has a flipped byte: every draw is a checksum skip."""
+    from tests.faults.damage import flip_bits_in_place, keys_of
+
+    bad = tmp_path_factory.mktemp("dali_all_bad") / "shards"
+    shutil.copytree(shards, bad)
+    for tar in bad.glob("train-*.tar"):
+        for sample in range(len(keys_of(tar))):
+            flip_bits_in_place(tar, "logmel.npy", sample)
+    return bad
+
+
+BUDGET = (r"^rank 0 reader 0: 6 bad samples in a row \(data.max_skip_run=5\); most skips in .*train-\d+\.tar \(\d+\)"
+          r".*; reasons: checksum 6")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_budget_stop_at_start_up_is_the_readers_one_line(all_bad, workers):
+    """In the serial feed the reader's error reaches the loader as it is; from a feed worker DALI wraps it in a bare
+    Exception holding the worker's traceback (46 lines), which the loader unwraps to the reader's class and line."""
+    pytest.importorskip("nvidia.dali")
+    from avmae.data.config import DataConfig
+    from avmae.data.dali_feed import WORKER_SUFFIX
+    from avmae.data.faults import SkipBudgetExceeded
+    from avmae.data.loader import build_loader
+
+    config = DataConfig(shards=str(all_bad), backend="dali", batch_size=1, workers=workers, num_frames=4, crop_size=64,
+                        shuffle_buffer=1, max_skip_run=5)
+    with pytest.raises(SkipBudgetExceeded, match=BUDGET + (re.escape(WORKER_SUFFIX) if workers else "") + "$") as stop:
+        next(iter(build_loader(config, "train", train=True)))
+    assert "\n" not in str(stop.value) and "Traceback" not in str(stop.value)
+    if workers:
+        assert stop.value.__suppress_context__  # DALI's 46 lines are not chained on
+
+
+def _wrapped(last_line: str) -> Exception:
+    """An error as DALI's pool raises a worker's (nvidia/dali/_multiproc/pool.py, handle_error)."""
+    return Exception("\n\nException traceback received from worker thread:\n\nTraceback (most recent call last):\n"
+                     '  File "/x/dali_feed.py", line 96, in __iter__\n    rows = reader_rows()\n'
+                     "            ^^^^^^^^^^^^^\n" + last_line + "\n")
+
+
+def test_worker_error_rebuilds_the_workers_class_and_line():
+    from avmae.data.dali_feed import WORKER_SUFFIX, worker_error
+    from avmae.data.faults import SkipBudgetExceeded
+
+    found = worker_error(_wrapped("avmae.data.faults.SkipBudgetExceeded: rank 0 reader 1: 9 bad samples"))
+    assert type(found) is SkipBudgetExceeded and str(found) == "rank 0 reader 1: 9 bad samples" + WORKER_SUFFIX
+    found = worker_error(_wrapped("OSError: [Errno 5] Input/output error: 'a.tar'"))
+    assert type(found) is OSError and str(found) == "[Errno 5] Input/output error: 'a.tar'" + WORKER_SUFFIX
+    # A class that takes other arguments than one line, and one from outside avmae: the line, as a RuntimeError
+    found = worker_error(_wrapped("avmae.data.faults.SampleError: a.tar: sample k member 00.jpg: decode: bad"))
+    assert type(found) is RuntimeError and str(found).startswith("avmae.data.faults.SampleError: a.tar: sample k")
+    found = worker_error(_wrapped("somepackage.errors.Odd: text"))
+    assert type(found) is RuntimeError and str(found) == "somepackage.errors.Odd: text" + WORKER_SUFFIX
+    assert worker_error(RuntimeError("Critical error in pipeline")) is None  # not a worker's: left as it is
+
+
+@pytest.mark.slow
+def test_avmae_train_with_dali_says_a_workers_budget_stop_in_one_line(all_bad, tmp_path):
+    pytest.importorskip("nvidia.dali")
+    from tests.faults.test_training_faults import stop_line, train
+    from tests.helpers import run_config
+
+    config = run_config(tmp_path, all_bad, data={"backend": "dali", "workers": 1, "max_skip_run": 5, "batch_size": 1})
+    process = train(config)
+    assert process.returncode == 1, process.stderr[-3000:]
+    line = stop_line(process)
+    assert "rank 0 reader 0: 6 bad samples in a row (data.max_skip_run=5); most skips in " in line, line
+    assert line.endswith("reasons: checksum 6 (in a DALI feed worker)"), line
+    assert "Traceback" not in process.stderr, process.stderr[-3000:]
