@@ -193,3 +193,61 @@ def test_bytes_per_sample_of_real_shards_matches_the_recorded_default(tmp_path, 
                        "--activations", str(cache)]) == 0
     storage = json.loads(capsys.readouterr().out)["storage"]
     assert storage["bytes_per_sample"] == measured["bytes_per_sample"] and str(out) in storage["bytes_source"]
+
+
+# ---- the batch plan: the recipe's global batch on any GPU count --------------------------------------------------
+
+# The activations the capacity plan measured for ViT-L on 2026-12-07 (docs/performance.md): 426 / 84 MiB per sample.
+VIT_L_ACTIVATIONS = _activations(426 * 2**20, 84 * 2**20)
+
+
+def test_batch_plan_keeps_the_recipes_global_batch_of_512():
+    recipe = load_recipe(RECIPE, [])
+    on_64 = capacity_plan(recipe, PlanInputs(gpus=64), VIT_L_ACTIVATIONS)["batch_plan"]
+    assert on_64["global_batch"] == 512 and on_64["kept"]
+    assert (on_64["batch_per_gpu"], on_64["grad_accum"]) == (8, 1) and on_64["meets_target"]
+    assert on_64["activation_checkpointing"] is False
+    on_8 = capacity_plan(recipe, PlanInputs(gpus=8), VIT_L_ACTIVATIONS)["batch_plan"]
+    fixed = model_state_bytes(VIT_L_PARAMETERS, 8, 2, 4_198_400)["total"] + 2 * 5e7 * 2
+    assert on_8["max_batch_per_gpu"] == int((80 * GIB * 0.9 - fixed) // (426 * 2**20)) == 166
+    assert (on_8["batch_per_gpu"], on_8["grad_accum"]) == (64, 1)
+    per_gpu = 0.40 * 989e12 / pretraining_flops(recipe.model, global_batch=512)["forward_backward"]
+    assert on_8["optimizer_step_seconds"] == pytest.approx(64 / per_gpu)
+    # 1.5 GiB a sample: 46 fit, so 64 = 32 x 2 (the largest divisor of 64 that fits)
+    tight = capacity_plan(recipe, PlanInputs(gpus=8), _activations(1.5 * GIB, 0.3 * GIB))["batch_plan"]
+    assert tight["max_batch_per_gpu"] == int((80 * GIB * 0.9 - fixed) // (1.5 * GIB)) == 46
+    assert (tight["batch_per_gpu"], tight["grad_accum"]) == (32, 2) and tight["meets_target"]
+    # On 256 GPUs the share is 2 samples: kept, but below the batch the MFU is assumed at, and said so.
+    wide = capacity_plan(recipe, PlanInputs(gpus=256), VIT_L_ACTIVATIONS)["batch_plan"]
+    assert (wide["batch_per_gpu"], wide["grad_accum"]) == (2, 1) and not wide["meets_target"]
+    assert "below the batch 8" in wide["note"]
+    # Not even one stored sample fits: checkpointed, and the share split further.
+    huge = capacity_plan(recipe, PlanInputs(gpus=8), _activations(80 * GIB, 5 * GIB))["batch_plan"]
+    assert huge["activation_checkpointing"] is True and huge["max_batch_per_gpu"] == 13
+    assert (huge["batch_per_gpu"], huge["grad_accum"]) == (8, 8)
+
+
+def test_batch_plan_of_a_count_that_does_not_divide_the_global_batch_says_so():
+    recipe = load_recipe(RECIPE, [])
+    odd = capacity_plan(recipe, PlanInputs(gpus=48), VIT_L_ACTIVATIONS)["batch_plan"]
+    assert not odd["kept"] and odd["batch_per_gpu"] is None and "48 GPUs" in odd["note"]
+    given = capacity_plan(recipe, PlanInputs(gpus=48, global_batch=480, mfu_batch=32), VIT_L_ACTIVATIONS)
+    assert (given["batch_plan"]["batch_per_gpu"], given["batch_plan"]["grad_accum"]) == (10, 1)
+    assert not given["batch_plan"]["meets_target"] and given["batch_plan"]["global_batch_source"] == "given"
+    with pytest.raises(ValueError, match="global batch"):
+        capacity_plan(recipe, PlanInputs(gpus=8, global_batch=0), VIT_L_ACTIVATIONS)
+
+
+def test_cli_target_mfu_prints_the_batch_plan(tmp_path, capsys):
+    model = to_dict(load_recipe(RECIPE, []).model)
+    model.pop("activation_checkpointing")
+    cache = tmp_path / "activations.json"
+    cache.write_text(json.dumps({**VIT_L_ACTIVATIONS, "model": model}))
+    assert bench_main(["plan", "--config", str(RECIPE), "--gpus", "8", "--target-mfu", "0.5", "--json",
+                       "--activations", str(cache)]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["batch_plan"]["target_mfu"] == 0.5 and plan["inputs"]["mfu"] == 0.5
+    assert (plan["batch_plan"]["batch_per_gpu"], plan["batch_plan"]["grad_accum"]) == (64, 1)
+    assert bench_main(["plan", "--config", str(RECIPE), "--gpus", "16", "--activations", str(cache)]) == 0
+    table = capsys.readouterr().out
+    assert "32/GPU x accumulation 1 x 16 GPUs = 512" in table

@@ -33,6 +33,9 @@ AUDIOSET_2M_CLIPS = 1_857_210
 MEASURED_BYTES_PER_SAMPLE = 543_705  # 6,524,457 bytes for 12 samples (avmae.bench.shard_size)
 # Shard build rate per core: README "Shard build throughput", avmae-bench shard, 1 worker: 4.40 clips/s (10 s clips).
 BUILD_CLIPS_PER_CORE_S = 4.40
+# The recipe's ranks: configs/pretrain_as2m.yaml runs on 8 nodes of 8 GPUs (slurm/pretrain_as2m.sbatch -N 8), 8 samples
+# per GPU: AV-MAE's global batch of 512 (AV-MAE, Georgescu et al. 2023, appendix: batch 512 on AudioSet).
+RECIPE_GPUS = 64
 # With activation checkpointing every block's forward runs again in backward: hardware FLOPs = 4/3 of the model
 # FLOPs (forward 1 + backward 2 + recompute 1), so at the same hardware FLOP/s the samples/s fall to 3/4.
 RECOMPUTE_RATE = 3 / 4
@@ -50,6 +53,8 @@ class PlanInputs:
     bytes_per_sample: float = MEASURED_BYTES_PER_SAMPLE
     bytes_source: str = "measured here: avmae-shard build of 12 generated 10 s 360p clips (plan.py)"
     build_clips_per_core_s: float = BUILD_CLIPS_PER_CORE_S
+    global_batch: int | None = None  # the batch to keep on these GPUs; None: the recipe's (batch_plan)
+    mfu_batch: int | None = None  # smallest per-GPU batch known to reach ``mfu``; None: the recipe's per-GPU batch
 
 
 def _memory_total(states: dict[str, float], buckets: float, activations_per_sample: float, batch: int) -> float:
@@ -72,11 +77,70 @@ def _fit(config: RunConfig, inputs: PlanInputs, activations: dict[str, Any]) -> 
     return {"zero_stage": None, "activation_checkpointing": None, "total_gib": None, "max_batch_per_gpu": 0}
 
 
+def largest_batch_that_fits(config: RunConfig, inputs: PlanInputs, activations: dict[str, Any]) -> dict[str, Any]:
+    """The most samples per GPU at the plan's ZeRO stage: activations stored (unless the recipe checkpoints), and
+    checkpointed when not even one stored sample fits."""
+    params, largest = trained_parameters(config.model), largest_layer_parameters(config.model)
+    usable = GPUS[inputs.gpu]["memory_bytes"] * (1 - HEADROOM)
+    fixed = model_state_bytes(params, inputs.gpus, inputs.zero_stage, largest)["total"] + \
+        gradient_bucket_bytes(inputs.zero_stage)
+    for checkpointing in ((True,) if config.model.activation_checkpointing else (False, True)):
+        per_sample = activations["checkpointed" if checkpointing else "stored"]["bytes_per_sample"]
+        most = int(max(usable - fixed, 0) // per_sample)
+        if most >= 1:
+            return {"max_batch_per_gpu": most, "activation_checkpointing": checkpointing}
+    return {"max_batch_per_gpu": 0, "activation_checkpointing": None}
+
+
+def batch_plan(config: RunConfig, inputs: PlanInputs, activations: dict[str, Any]) -> dict[str, Any]:
+    """Per-GPU batch and gradient accumulation that keep the global batch on ``inputs.gpus`` GPUs.
+
+    The global batch is the recipe's (data.batch_size x RECIPE_GPUS x grad_accum: the paper's 512), unless given.
+    Each GPU's share of it is split into micro-batches: the largest divisor of the share that fits in memory (largest
+    batch that fits, above), accumulated share / batch times, so batch x accumulation x GPUs is the global batch
+    exactly and the optimizer sees the paper's batch whatever the GPU count.
+    Assumption (stated, not measured here): MFU does not fall as the per-GPU batch grows, up to memory: larger GEMMs
+    fill the tensor cores better and the fixed per-step costs (optimizer step, launch latency, the gradient
+    reduction's latency) are spread over more samples. So the largest micro-batch that fits is also the fastest, and
+    the target MFU is taken to hold from ``mfu_batch`` up (the per-GPU batch it was measured or assumed at; the GPU
+    check's batch sweep, pipelines/gpu_check.sh, measures the real curve and recommends a batch). Below it the plan
+    says the target is not assured."""
+    global_batch = inputs.global_batch or config.data.batch_size * RECIPE_GPUS * config.grad_accum
+    mfu_batch = inputs.mfu_batch or config.data.batch_size
+    share, remainder = divmod(global_batch, inputs.gpus)
+    fit = largest_batch_that_fits(config, inputs, activations)
+    result = {"global_batch": global_batch, "global_batch_source": "given" if inputs.global_batch else
+              f"recipe: data.batch_size {config.data.batch_size} x {RECIPE_GPUS} GPUs x grad_accum "
+              f"{config.grad_accum}", "per_gpu_share": global_batch / inputs.gpus, "kept": remainder == 0 and share >= 1,
+              "target_mfu": inputs.mfu, "mfu_batch": mfu_batch, **fit}
+    if not result["kept"]:
+        result.update(batch_per_gpu=None, grad_accum=None, meets_target=False,
+                      note=f"global batch {global_batch} is not a whole number of samples per GPU on {inputs.gpus} "
+                           f"GPUs: pick a GPU count that divides it, or --global-batch")
+        return result
+    if fit["max_batch_per_gpu"] < 1:
+        result.update(batch_per_gpu=None, grad_accum=None, meets_target=False, note="not one sample fits")
+        return result
+    batch = max(b for b in range(1, min(share, fit["max_batch_per_gpu"]) + 1) if share % b == 0)
+    samples_per_s = inputs.mfu * GPUS[inputs.gpu]["peak_flops"] / pretraining_flops(
+        config.model, global_batch=global_batch)["forward_backward"]
+    if fit["activation_checkpointing"]:
+        samples_per_s *= RECOMPUTE_RATE
+    result.update(batch_per_gpu=batch, grad_accum=share // batch, meets_target=batch >= mfu_batch,
+                  optimizer_step_seconds=share / samples_per_s, samples_per_s_per_gpu=samples_per_s)
+    if batch < mfu_batch:
+        result["note"] = (f"{batch} per GPU is below the batch {mfu_batch} at which {inputs.mfu:.0%} MFU is assumed: "
+                          f"expect less (fewer GPUs, or a larger global batch, raise it)")
+    return result
+
+
 def capacity_plan(config: RunConfig, inputs: PlanInputs, activations: dict[str, Any]) -> dict[str, Any]:
     if inputs.gpu not in GPUS:
         raise ValueError(f"unknown GPU {inputs.gpu!r}; known: {', '.join(GPUS)}")
     if inputs.gpus < 1 or inputs.batch_per_gpu < 1 or not 0 < inputs.mfu <= 1 or inputs.bytes_per_sample <= 0:
         raise ValueError("gpus and batch per GPU must be at least 1, mfu in (0, 1], bytes per sample above 0")
+    if any(value is not None and value < 1 for value in (inputs.global_batch, inputs.mfu_batch)):
+        raise ValueError("global batch and the MFU's batch must be at least 1")
     model, gpu = config.model, GPUS[inputs.gpu]
     params, largest = trained_parameters(model), largest_layer_parameters(model)
     flops = pretraining_flops(model, global_batch=inputs.gpus * inputs.batch_per_gpu)["forward_backward"]
@@ -114,6 +178,7 @@ def capacity_plan(config: RunConfig, inputs: PlanInputs, activations: dict[str, 
             "activation_method": activations["method"],
             "attention_kernels": activations["stored"]["attention_kernels"],
         },
+        "batch_plan": batch_plan(config, inputs, activations),
         "throughput": {
             "samples_per_s_per_gpu": per_gpu, "samples_per_s": cluster,
             "samples_per_s_per_gpu_checkpointed": per_gpu * RECOMPUTE_RATE,

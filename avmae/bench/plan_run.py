@@ -50,7 +50,8 @@ def run_plan(args) -> dict[str, Any]:
     inputs = PlanInputs(gpus=args.gpus, gpu=args.gpu, zero_stage=args.zero or config.zero_stage,
                         batch_per_gpu=args.batch_per_gpu or config.data.batch_size, mfu=args.mfu,
                         gpus_per_node=args.gpus_per_node, clips=args.clips, bytes_per_sample=bytes_per_sample,
-                        bytes_source=source, build_clips_per_core_s=args.build_clips_per_core_s)
+                        bytes_source=source, build_clips_per_core_s=args.build_clips_per_core_s,
+                        global_batch=args.global_batch, mfu_batch=args.mfu_batch)
     plan = capacity_plan(config, inputs, activations_for(config, args.activations))
     if args.json:
         print(json.dumps(plan, indent=1))

@@ -17,6 +17,14 @@ def plan_rows(plan: dict[str, Any]) -> list[tuple[str, str, str]]:
     suggestion = ("nothing fits" if fit["zero_stage"] is None else
                   f"ZeRO-{fit['zero_stage']}, checkpointing {'on' if fit['activation_checkpointing'] else 'off'}: "
                   f"{fit['total_gib']:.1f} GiB; up to {fit['max_batch_per_gpu']} samples/GPU")
+    b = plan["batch_plan"]
+    if b["batch_per_gpu"] is None:
+        batches = f"none: {b['note']}"
+    else:
+        batches = (f"{b['batch_per_gpu']}/GPU x accumulation {b['grad_accum']} x {i['gpus']} GPUs = {b['global_batch']} "
+                   f"({b['optimizer_step_seconds']:.2f} s per optimizer step at {b['target_mfu']:.0%} MFU"
+                   f"{', checkpointed' if b['activation_checkpointing'] else ''}); "
+                   + (b["note"] if "note" in b else f"at or above batch {b['mfu_batch']}: target MFU assumed met"))
     return [
         ("GPUs (nodes x GPUs/node)", f"{i['gpus']} {i['gpu'].upper()} ({i['nodes']} x {i['gpus_per_node']}), "
                                      f"batch {i['batch_per_gpu']}/GPU = {i['global_batch']}", "input"),
@@ -37,6 +45,8 @@ def plan_rows(plan: dict[str, Any]) -> list[tuple[str, str, str]]:
          f"{mem['total']['stored']:.1f} GiB ({fits['stored']}) / checkpointed {mem['total']['checkpointed']:.1f} GiB "
          f"({fits['checkpointed']})", f"sum; {i['headroom']:.0%} of {i['gpu_memory_gib']:.0f} GiB kept free"),
         ("suggested", suggestion, "first that fits, cheapest first"),
+        (f"batch for global batch {b['global_batch']} (fits: up to {b['max_batch_per_gpu']}/GPU)", batches,
+         "largest divisor of the per-GPU share that fits; assumed: MFU does not fall with batch (plan.py)"),
         ("GFLOPs per sample (fwd + bwd)", f"{m['gflops_per_sample']:.0f}", "closed form (models/counts.py)"),
         (f"samples/s per GPU at {i['mfu']:.0%} MFU", f"{t['samples_per_s_per_gpu']:.0f} "
          f"({t['samples_per_s_per_gpu_checkpointed']:.0f} checkpointed)",

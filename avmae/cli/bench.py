@@ -86,7 +86,7 @@ def _gpu_check_parser(commands) -> None:
 
 
 def _plan_parser(commands) -> None:
-    from avmae.bench.plan import AUDIOSET_2M_CLIPS, BUILD_CLIPS_PER_CORE_S, GPUS, PlanInputs
+    from avmae.bench.plan import AUDIOSET_2M_CLIPS, BUILD_CLIPS_PER_CORE_S, GPUS, RECIPE_GPUS, PlanInputs
 
     plan = commands.add_parser(
         "plan", help="capacity plan of a pretraining recipe: memory per GPU, samples/s, loader, storage, shard build",
@@ -100,7 +100,13 @@ def _plan_parser(commands) -> None:
     plan.add_argument("--gpu", choices=sorted(GPUS), default="h100")
     plan.add_argument("--zero", type=int, choices=[1, 2, 3], help="ZeRO stage (default: the recipe's)")
     plan.add_argument("--batch-per-gpu", type=int, help="samples per GPU (default: the recipe's data.batch_size)")
-    plan.add_argument("--mfu", type=float, default=PlanInputs.mfu, help="model FLOPs utilisation, 0..1")
+    plan.add_argument("--mfu", "--target-mfu", dest="mfu", type=float, default=PlanInputs.mfu,
+                      help="model FLOPs utilisation, 0..1: the throughput lines assume it, the batch plan aims for it")
+    plan.add_argument("--global-batch", type=int,
+                      help=f"global batch to keep (default: the recipe's data.batch_size x {RECIPE_GPUS} GPUs x grad_accum)")
+    plan.add_argument("--mfu-batch", type=int,
+                      help="smallest per-GPU batch known to reach the MFU, e.g. the GPU check's recommended batch "
+                           "(default: the recipe's data.batch_size)")
     plan.add_argument("--gpus-per-node", type=int, default=PlanInputs.gpus_per_node)
     plan.add_argument("--clips", type=int, default=AUDIOSET_2M_CLIPS, help="clips per epoch (AudioSet-2M)")
     plan.add_argument("--bytes-per-sample", type=float, default=PlanInputs.bytes_per_sample,
