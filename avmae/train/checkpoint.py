@@ -27,7 +27,8 @@ import torch
 from avmae import collectives
 from avmae.crc import crc32
 from avmae.files import sync_folder, write_text_atomically
-from avmae.train.rng import rng_state, set_rng_state
+from avmae.train.rank_state import DamagedRankState, read_positions, restore_rng
+from avmae.train.rng import rng_state
 from avmae.train.stops import JobStopped
 
 COMPLETE = "complete.json"
@@ -226,13 +227,26 @@ class Checkpoints:
         path, client_state = engine.load_checkpoint(str(self.root), tag=tag)
         if path is None:
             raise RuntimeError(f"{self.root / tag} matches its marker but DeepSpeed could not load it")
+        error: DamagedRankState | None = None
+        try:
+            client_state = self._own_state(tag, client_state)
+        except DamagedRankState as err:
+            error = err
+        if not all_ranks_ok(error is None):  # every rank stops here, not only the one whose file is damaged
+            raise error or DamagedRankState(f"{self.root / tag}: another rank's resume state is damaged (its line "
+                                            "names the file); resume from an earlier checkpoint")
+        return client_state, skipped
+
+    def _own_state(self, tag: str, client_state: dict[str, Any]) -> dict[str, Any]:
+        """This rank's random generators restored and its readers' positions added to ``client_state``."""
         own = self.root / tag / f"rng_rank{collectives.rank()}.json"
         if own.exists():  # absent in checkpoints written before the random state was kept as JSON
-            set_rng_state(json.loads(own.read_text()))
+            restore_rng(own)
         data = self.root / tag / f"data_rank{collectives.rank()}.json"
         if data.exists():  # absent in checkpoints written before it, or for a rank the run did not have
-            client_state = {**client_state, "rank_data": json.loads(data.read_text())}
-        return client_state, skipped
+            drawn = (client_state.get("samples") or {}).get("samples_drawn")
+            client_state = {**client_state, "rank_data": read_positions(data, drawn if isinstance(drawn, int) else None)}
+        return client_state
 
     def fp32_state_dict(self, tag: str) -> dict[str, torch.Tensor]:
         """The fp32 master weights of a checkpoint, gathered from every ZeRO partition (any stage)."""
