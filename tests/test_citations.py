@@ -1,0 +1,118 @@
+"""The code cites only what ships with it: every research note a tracked file names is a file of the repository, and
+every ``docs/...md`` page (and ``#section``) that code, configs, tests, pipelines or SLURM scripts cite exists.
+
+A citation of a page that does not ship leaves the reader of a comment with nothing to open; one of a page that was
+renamed, or a section that was retitled, points at nothing. Both fail here with the file and line of the citation."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import unicodedata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+THIS = Path(__file__).resolve().relative_to(ROOT).as_posix()
+# Research notes written while building the project; the facts the code needs from them are in docs/reference/.
+NOTES = ("methods", "DESIGN", "engineering", "environment")
+NOTE_MENTION = re.compile(r"[\w./-]*\b(?:" + "|".join(NOTES) + r")\.md\b")
+CITING_TREES = ("avmae", "tests", "pipelines", "slurm")
+DOC_CITATION = re.compile(r"\bdocs/[\w./-]+?\.md(?:#[\w-]+)?")
+
+
+def _tracked() -> list[str]:
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, timeout=60)
+    return [name for name in listed.stdout.decode().split("\0") if name and (ROOT / name).is_file()]
+
+
+def _lines(name: str) -> list[str]:
+    return (ROOT / name).read_bytes().decode("utf-8", errors="replace").splitlines()
+
+
+def _resolves(mention: str, citing: str, tracked: set[str]) -> bool:
+    """A mention names a shipped file when it is a path from the repository root or from the citing file's folder
+    (a Markdown link between pages of docs/reference/ is relative)."""
+    candidates = [Path(mention), Path(citing).parent / mention]
+    return any(Path(*_normalised(candidate.parts)).as_posix() in tracked for candidate in candidates)
+
+
+def _normalised(parts: tuple[str, ...]) -> list[str]:
+    kept: list[str] = []
+    for part in parts:
+        if part == "..":
+            if not kept:
+                return ["..", "outside"]  # above the repository root: never a tracked file
+            kept.pop()
+        elif part not in (".", ""):
+            kept.append(part)
+    return kept or ["."]
+
+
+def _slug(heading: str) -> str:
+    """The anchor Python-Markdown's toc (and so MkDocs) gives a heading: code marks and punctuation dropped, lower
+    case, runs of spaces and hyphens as one hyphen (Python-Markdown ``markdown/extensions/toc.py``, ``slugify``)."""
+    text = unicodedata.normalize("NFKD", heading.replace("`", "")).encode("ascii", "ignore").decode()
+    text = re.sub(r"[^\w\s-]", "", text).strip().lower()
+    return re.sub(r"[-\s]+", "-", text)
+
+
+def _anchors(page: Path) -> set[str]:
+    text = re.sub(r"^```.*?^```", "", page.read_text(encoding="utf-8"), flags=re.S | re.M)
+    return {_slug(heading) for heading in re.findall(r"^#{1,6}\s+(.+?)\s*$", text, flags=re.M)}
+
+
+def unshipped_note_mentions(names: list[str]) -> list[str]:
+    tracked = set(names)
+    found = []
+    for name in names:
+        if name == THIS:  # this test names the notes to look for them
+            continue
+        for number, line in enumerate(_lines(name), 1):
+            for mention in NOTE_MENTION.findall(line):
+                if not _resolves(mention, name, tracked):
+                    found.append(f"{name}:{number}: cites {mention}, which is not a file of the repository")
+    return found
+
+
+def broken_doc_citations(names: list[str]) -> list[str]:
+    found = []
+    for name in names:
+        if not name.startswith(tuple(tree + "/" for tree in CITING_TREES)) or name == THIS:
+            continue
+        for number, line in enumerate(_lines(name), 1):
+            for citation in DOC_CITATION.findall(line):
+                page, _, anchor = citation.partition("#")
+                if not (ROOT / page).is_file():
+                    found.append(f"{name}:{number}: cites {page}, which does not exist")
+                elif anchor and anchor not in _anchors(ROOT / page):
+                    found.append(f"{name}:{number}: cites {citation}, but {page} has no heading with that anchor")
+    return found
+
+
+def test_no_file_cites_a_note_that_does_not_ship():
+    found = unshipped_note_mentions(_tracked())
+    assert not found, f"{len(found)} citations of unshipped notes (cite docs/reference/ instead):\n" + "\n".join(found)
+
+
+def test_cited_doc_pages_and_sections_exist():
+    found = broken_doc_citations(_tracked())
+    assert not found, f"{len(found)} citations of missing docs pages or sections:\n" + "\n".join(found)
+
+
+def test_the_checks_catch_what_they_are_for(tmp_path, monkeypatch):
+    """Each check flags a bad citation and passes a good one (so a pass above means something)."""
+    (tmp_path / "docs" / "reference").mkdir(parents=True)
+    (tmp_path / "docs" / "reference" / "engineering.md").write_text("# Notes\n\n## Shards\n", encoding="utf-8")
+    (tmp_path / "avmae").mkdir()
+    (tmp_path / "avmae" / "good.py").write_text(
+        "# see docs/reference/engineering.md#shards\n", encoding="utf-8")
+    (tmp_path / "avmae" / "bad.py").write_text(
+        "# see methods.md A.1 and docs/reference/engineering.md#missing and docs/gone.md\n", encoding="utf-8")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    names = ["docs/reference/engineering.md", "avmae/good.py", "avmae/bad.py"]
+    assert unshipped_note_mentions(names) == ["avmae/bad.py:1: cites methods.md, which is not a file of the repository"]
+    assert broken_doc_citations(names) == [
+        "avmae/bad.py:1: cites docs/reference/engineering.md#missing, but docs/reference/engineering.md has no heading "
+        "with that anchor",
+        "avmae/bad.py:1: cites docs/gone.md, which does not exist"]
