@@ -1,7 +1,7 @@
 """An independent CAV-MAE (YuanGongND/cav-mae ``src/models/cav_mae.py``), written here from the description in
-reference/methods.md A.1 and G.1, not from its code: CAV-MAE's own parameter names, its MAE masking, joint decoder,
-losses and fine-tuning modes. The parity tests fill it with random weights, save it as CAV-MAE saves checkpoints and
-compare avmae's converted models with it output by output."""
+docs/reference/cavmae.md (#architecture, #checkpoint-keys), not from its code: CAV-MAE's own parameter names, its MAE
+masking, joint decoder, losses and fine-tuning modes. The parity tests fill it with random weights, save it as CAV-MAE
+saves checkpoints and compare avmae's converted models with it output by output."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# --- the reference: CAV-MAE as methods.md A.1 describes it -------------------------------------------------------
+# --- the reference: CAV-MAE as docs/reference/cavmae.md describes it ----------------------------------------------
 
 
 def reference_2d_sincos(width: int, rows: int, columns: int) -> np.ndarray:
     """MAE's get_2d_sincos_pos_embed for a rows x columns grid, tokens row-major: meshgrid(columns, rows) makes the
     column coordinate the first of the two, so the first width/2 channels encode the column (for CAV-MAE's audio
-    grid of 8 frequency rows x 64 time columns: time first, methods.md A.1)."""
+    grid of 8 frequency rows x 64 time columns: time first, docs/reference/cavmae.md#architecture)."""
     grid = np.meshgrid(np.arange(columns, dtype=np.float32), np.arange(rows, dtype=np.float32))  # 'xy' indexing
 
     def one_axis(channels: int, positions: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Submit an sbatch script to the test SLURM cluster and wait for it, polling scontrol: `sbatch --wait` polls
-coarsely, up to 10 s late (reference/environment.md). The cluster is tests/slurm/two_node_cluster.sh (two nodes in
-network namespaces) or, where namespaces are not available, tests/slurm/localhost_cluster.sh (one node)."""
+coarsely, up to 10 s late (docs/reference/engineering.md#sbatch-wait-polls-coarsely). The cluster is
+tests/slurm/two_node_cluster.sh (two nodes in network namespaces) or, where namespaces are not available,
+tests/slurm/localhost_cluster.sh (one node)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CAV-MAE parity: the independent CAV-MAE of tests/cavmae_reference.py (written from reference/methods.md A.1 and
+"""CAV-MAE parity: the independent CAV-MAE of tests/cavmae_reference.py (written from docs/reference/cavmae.md and
 G.1), filled with random weights, saved as CAV-MAE saves it (``module.`` prefix), converted, loaded strictly into
 avmae's cavmae_base models, and compared output by output: encoder tokens, predictions, losses, logits."""
 
@@ -19,11 +19,11 @@ from avmae.models.masking import gather_tokens, visible_indices
 from avmae.models.tokenizers import patchify_audio, unpatchify_audio
 from tests.cavmae_reference import CAVMAE, CAVMAEFT, patchify, randomise, saved_like_cavmae
 
-# --- shapes and counts (methods.md G.1 / A.1) ----------------------------------------------------------------------
+# --- shapes and counts (docs/reference/cavmae.md) ----------------------------------------------------------------
 
 
 def g1_shapes(classes: int | None) -> dict[str, tuple[int, ...]]:
-    """The key -> shape table of methods.md G.1, written out."""
+    """The key -> shape table of docs/reference/cavmae.md#checkpoint-keys, written out."""
     shapes = {"modality_a": (1, 1, 768), "modality_v": (1, 1, 768), "pos_embed_a": (1, 512, 768),
               "pos_embed_v": (1, 196, 768), "patch_embed_a.proj.weight": (768, 1, 16, 16),
               "patch_embed_a.proj.bias": (768,), "patch_embed_v.proj.weight": (768, 3, 16, 16),
@@ -95,7 +95,7 @@ def test_pretrained_checkpoint_has_the_g1_keys_and_counts(pretrained_pair):
     built = sum(p.numel() for p in ours.parameters())
     assert built == counts["total"] == total - conversion.report["dropped_parameters"]
     assert counts["frozen"] == sum(p.numel() for p in ours.parameters() if not p.requires_grad) == 906_240
-    assert counts["encoder_total"] == 164_500_224 - 22 * 4 * 1536  # methods.md A.1: encoder 164.500 M with them
+    assert counts["encoder_total"] == 164_500_224 - 22 * 4 * 1536  # encoder 164.500 M with them
     assert counts["decoder"] == 26_535_936 - 8 * 4 * 1024  # decoder 26.54 M with them
 
 
@@ -175,7 +175,7 @@ def test_finetuned_checkpoint_has_the_g1_keys_and_counts(classes):
     reference, ours, state, conversion = finetuned_pair(classes)
     check_against_g1(state, classes=classes)
     total = sum(p.numel() for p in reference.parameters())
-    assert round(total / 1e6, 3) == {527: 164.907, 309: 164.739}[classes]  # methods.md A.1 (logs: "164.907")
+    assert round(total / 1e6, 3) == {527: 164.907, 309: 164.739}[classes]  # logs: "164.907"
     assert conversion.task == "finetune" and conversion.heads == {"label": classes}
     assert sum(p.numel() for p in ours.parameters()) == classifier_parameters(ours.config, conversion.heads) \
         == total - conversion.report["dropped_parameters"]

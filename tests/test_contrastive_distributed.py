@@ -1,5 +1,6 @@
 """The contrastive term's negatives are the whole global batch: 2 gloo ranks give the loss and the gradients of
-one process holding the whole batch (CAV-MAE's DataParallel only saw one GPU's share, methods.md A.1)."""
+one process holding the whole batch (CAV-MAE's DataParallel only saw one GPU's share,
+docs/reference/cavmae.md#contrastive-negatives-per-gpu)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The layering of DESIGN.md, as a test: stages import only earlier stages (or their own), in pipeline order
-config < models, shard < data < recipe < export < eval < train < bench < cli, and no two modules import each
-other. Every import counts, also those inside functions."""
+"""The layering of docs/architecture.md#the-layering-rule, as a test: stages import only earlier stages (or their own),
+in pipeline order config < models, shard < data < recipe < export < eval < train < bench < cli, and no two modules
+import each other. Every import counts, also those inside functions."""
 
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ def violations(graph: dict[str, set[str]]) -> list[str]:
         for target in imports:
             source_stage, target_stage = _stage(module), _stage(target)
             if source_stage not in RANKS or target_stage not in RANKS:
-                found.append(f"{module} -> {target}: stage not in the layering (add it to RANKS and DESIGN.md)")
+                found.append(f"{module} -> {target}: stage not in the layering "
+                             "(add it to RANKS and docs/architecture.md)")
             elif RANKS[target_stage] > RANKS[source_stage]:
                 found.append(f"{module} ({source_stage}) imports {target} ({target_stage}), a later stage")
             elif {source_stage, target_stage} == {"models", "shard"}:

@@ -1,8 +1,9 @@
 """Loader throughput: avmae's backends against a CAV-MAE-style loader on the same clips.
 
-The baseline does what CAV-MAE's dataloader does per sample (methods.md B.1/B.2): open one JPEG file per frame
-(PIL, Resize + CenterCrop/RandomResizedCrop, ToTensor, Normalize) and a 16 kHz wav (torchaudio.load), and compute
-the Kaldi fbank on the fly. Its files are made once from the same shards (frames) and source clips (audio).
+The baseline does what CAV-MAE's dataloader does per sample (docs/reference/cavmae.md, "Log-mel front end", "Frames"):
+open one JPEG file per frame (PIL, Resize + CenterCrop/RandomResizedCrop, ToTensor, Normalize) and a 16 kHz wav
+(torchaudio.load), and compute the Kaldi fbank on the fly. Its files are made once from the same shards (frames) and
+source clips (audio).
 
 ``remote``: the same shards at other roots (s3://, https://, pipe:, avmae/shard_files.py), measured with the same
 backends and workers; each run names its ``location``.

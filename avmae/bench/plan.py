@@ -24,7 +24,8 @@ GPUS = {"h100": {"peak_flops": 989e12, "memory_bytes": 80 * GIB},
 # Left free for the CUDA context, NCCL buffers and the caching allocator's fragmentation: our margin, not a
 # measurement (fragmentation of 5-15 % is what PyTorch's memory snapshots commonly show).
 HEADROOM = 0.10
-# AudioSet-2M as AV-MAE trained on it: 1,857,210 training clips (reference/methods.md, configs/pretrain_as2m.yaml).
+# AudioSet-2M as AV-MAE trained on it: 1,857,210 training clips (docs/reference/avmae_scenic.md#data,
+# configs/pretrain_as2m.yaml).
 AUDIOSET_2M_CLIPS = 1_857_210
 # Shard bytes per sample (tars + DALI indexes + CRC sidecars) measured here: `avmae-shard build --workers 1` at the
 # defaults (16 frames, short side 256, 1024 x 128 log-mel, 10 s) on 12 clips from avmae.bench.shard.make_bench_clips

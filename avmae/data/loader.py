@@ -1,6 +1,6 @@
 """One entry point for both loaders: ``build_loader(config, split, rank, world)`` returns an iterable of batches
-in the contract of DESIGN.md (``video`` (B, T, 3, H, W), ``audio`` (B, time, mel) normalised, labels, ``key``,
-``valid``), from DALI on a GPU or webdataset on a CPU."""
+in the contract of docs/loaders.md#the-batch-contract (``video`` (B, T, 3, H, W), ``audio`` (B, time, mel) normalised,
+labels, ``key``, ``valid``), from DALI on a GPU or webdataset on a CPU."""
 
 from __future__ import annotations
 

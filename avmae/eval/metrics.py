@@ -1,4 +1,4 @@
-"""Metrics exactly as the field defines them (reference/methods.md D), vectorised in numpy.
+"""Metrics exactly as the field defines them (docs/reference/evaluation.md), vectorised in numpy.
 
 - Average precision per class equals scikit-learn's ``average_precision_score`` (step-wise, ties grouped at each
   distinct score). A class without positives has no AP: it is excluded from ``mAP`` and counted; ``mAP_sklearn``

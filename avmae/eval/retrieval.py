@@ -1,4 +1,5 @@
-"""Audio <-> video retrieval from pooled embeddings, vectorised (CAV-MAE's is an O(N^2) Python loop, methods.md D).
+"""Audio <-> video retrieval from pooled embeddings, vectorised (CAV-MAE's is an O(N^2) Python loop,
+docs/reference/evaluation.md#retrieval-recall).
 
 Cosine similarity; the rank of the true pair (0-based) is its position in a stable descending sort of the scores: the
 candidates scored higher, plus those scored the same that come before it. R@K = mean(rank < K); MR = median(rank) + 1,

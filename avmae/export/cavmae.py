@@ -22,8 +22,8 @@ from avmae.recipe.config import FinetuneConfig, RunConfig
 from avmae.shard.format import LabelMode
 
 def cavmae_data() -> DataConfig:
-    """CAV-MAE's inputs (methods.md B.1, B.2): one 224 px frame, Resize(224) + CenterCrop(224), ImageNet
-    normalisation; log-mel normalised with its fixed (x + 5.081) / 4.4849."""
+    """CAV-MAE's inputs (docs/reference/cavmae.md, "Log-mel front end", "Frames"): one 224 px frame, Resize(224) +
+    CenterCrop(224), ImageNet normalisation; log-mel normalised with its fixed (x + 5.081) / 4.4849."""
     return DataConfig(num_frames=1, crop_size=224, eval_short_side=224, video_norm="imagenet", audio_mean=-5.081,
                       audio_std=4.4849)
 

@@ -1,4 +1,4 @@
-"""CAV-MAE checkpoints (YuanGongND/cav-mae, methods.md G.1) as avmae state dicts.
+"""CAV-MAE checkpoints (YuanGongND/cav-mae, docs/reference/cavmae.md#checkpoint-keys) as avmae state dicts.
 
 CAV-MAE releases plain state dicts of ``nn.DataParallel`` models: the pretrained ``CAVMAE`` (647 keys, with the
 decoder) and the fine-tuned ``CAVMAEFT`` (478 keys, with ``mlp_head``). ``cavmae_base`` is its architecture in
@@ -6,8 +6,8 @@ avmae's model classes, and every CAV-MAE key maps to one avmae key of the same v
 
 - ``patch_embed_v.proj.weight`` (768, 3, 16, 16) gains a tubelet axis of 1 for avmae's Conv3d;
 - the ``norm1_a/norm1_v/norm2_a/norm2_v`` LayerNorms of ``blocks_a``, ``blocks_v`` and ``decoder_blocks`` are dropped:
-  CAV-MAE builds them in every block but only ``blocks_u`` ever runs on one modality alone (methods.md A.1), so they
-  never touch an output. The report lists each of them.
+  CAV-MAE builds them in every block but only ``blocks_u`` ever runs on one modality alone
+  (docs/reference/cavmae.md#architecture), so they never touch an output. The report lists each of them.
 
 The audio needs no permutation: cavmae_base tokenizes frequency-major like CAV-MAE (its (1, 512, 768) position
 table, its (768, 1, 16, 16) kernel over the (mel x time) image and its (256, 512) audio head rows load as they are).
@@ -25,7 +25,7 @@ from avmae.models.config import ModelConfig
 # The one home of CAV-MAE's architecture: the recipes name it as their model's base, and cavmae_base reads it.
 CAVMAE_BASE_YAML = "model/cavmae_base"  # a shipped config's name (avmae.config.find_config): found installed too
 
-# Keys in a CAVMAE / CAVMAEFT state dict (methods.md G.1, counted from the module structure).
+# Keys in a CAVMAE / CAVMAEFT state dict (docs/reference/cavmae.md#checkpoint-keys, counted from the module structure).
 PRETRAINED_KEYS = 647
 FINETUNED_KEYS = 478
 
@@ -37,9 +37,9 @@ ENCODER_ONLY_REASON = "the encoder alone was asked for (a fine-tuning start)"
 
 
 def cavmae_base(finetune: bool = False) -> ModelConfig:
-    """CAV-MAE's model (methods.md A.1, ``src/models/cav_mae.py``): ViT-B, 11 modality-specific + 1 joint layer,
-    LayerNorm eps 1e-5, one 224 px frame, 1024 x 128 log-mel in frequency-major 16 x 16 patches, fixed 2-D sin-cos
-    tables (trained in fine-tuning: CAVMAEFT's tr_pos=True), a joint 8-block 512-wide decoder with one input
+    """CAV-MAE's model (docs/reference/cavmae.md#architecture, ``src/models/cav_mae.py``): ViT-B, 11 modality-specific +
+    1 joint layer, LayerNorm eps 1e-5, one 224 px frame, 1024 x 128 log-mel in frequency-major 16 x 16 patches, fixed
+    2-D sin-cos tables (trained in fine-tuning: CAVMAEFT's tr_pos=True), a joint 8-block 512-wide decoder with one input
     projection and separate heads, masks 0.75 / 0.75, per-patch normalised targets, L_a + L_v + 0.01 x the
     video->audio InfoNCE at temperature 0.05 over each GPU's own clips: configs/model/cavmae_base.yaml, read here.
 

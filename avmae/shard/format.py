@@ -31,8 +31,8 @@ from typing import Any, Iterable
 
 from avmae.crc import crc32
 
-# Version of the shard contract (DESIGN.md "Data contracts"). Bump it when a member, a metadata field's meaning
-# or a feature definition changes; readers refuse versions they do not know.
+# Version of the shard contract (docs/shards.md, docs/architecture.md#stages-and-the-contracts-they-own). Bump it when a
+# member, a metadata field's meaning or a feature definition changes; readers refuse versions they do not know.
 # 2: a ``.crc`` sidecar per shard holds the CRC32 of every member.
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)

@@ -1,6 +1,6 @@
 """Dataset lists as users have them, turned into ClipItems matched to downloaded files.
 
-Formats (reference/methods.md B.3/B.4, the datasets' own CSVs):
+Formats (the datasets' own CSVs, docs/reference/datasets.md):
 - AudioSet segments CSV: ``# YTID, start_seconds, end_seconds, positive_labels`` (comment header, quoted label list),
   with ``class_labels_indices.csv`` (``index,mid,display_name``) for the label order.
 - VGGSound CSV: ``YTID,start,label,split`` with no header; segments are 10 s from ``start``.
@@ -205,7 +205,8 @@ def read_vggsound(path: Path, src: Path | None, segment_seconds: float) -> tuple
             path=file_path, start=seg_start, end=seg_end, labels=(label,), split=split,
             extra={"ytid": ytid, "list_start": start},
         ))
-    # VGGSound's class index is the sorted class names (309 classes in the released lists, methods.md B.3).
+    # VGGSound's class index is the sorted class names (309 classes in the released lists,
+    # docs/reference/datasets.md#vggsound).
     names = tuple(sorted({item.labels[0] for item in items}))
     return items, LabelSet(names, names)
 

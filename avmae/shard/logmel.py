@@ -1,5 +1,6 @@
-"""Log-mel features exactly as CAV-MAE computes them (reference/methods.md B.1), then padded or cut to a fixed length.
-A build with ``audio_frontend='scenic'`` computes those of Google's AV-MAE instead (avmae/shard/logmel_scenic.py).
+"""Log-mel features exactly as CAV-MAE computes them (docs/reference/cavmae.md#log-mel-front-end), then padded or cut to
+a fixed length. A build with ``audio_frontend='scenic'`` computes those of Google's AV-MAE instead
+(avmae/shard/logmel_scenic.py).
 
 CAV-MAE: ``torchaudio.load`` of a 16-bit wav (int16 / 32768), subtract the waveform mean, then
 ``kaldi.fbank(htk_compat=True, sample_frequency=sr, use_energy=False, window_type='hanning', num_mel_bins=128,

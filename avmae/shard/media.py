@@ -1,7 +1,8 @@
 """ffmpeg through ffmpeg-python: probe a clip, and decode one segment into JPEG frames plus 16-bit mono PCM.
 
-One ffmpeg process per segment decodes both streams (reference/environment.md: one process per clip is ~10x
-cheaper than a process per frame). Frames leave on stdout as an MJPEG stream, audio on an inherited pipe.
+One ffmpeg process per segment decodes both streams (one process per clip is ~10x cheaper than a process per
+frame: docs/reference/engineering.md#one-ffmpeg-process-per-clip). Frames leave on stdout as an MJPEG stream, audio on
+an inherited pipe.
 
 Frame choice: frame i is the first decoded frame whose timestamp is at or after the centre of the i-th of N equal
 bins of the segment. The ``select`` filter does this on timestamps, so variable frame rate needs no special case;
@@ -240,7 +241,8 @@ def decode_segment(path: str, start: float, duration: float, *, num_frames: int,
     read_fd = write_fd = None
     if sample_rate is not None:
         read_fd, write_fd = os.pipe()
-        # CAV-MAE keeps the first channel, not a down-mix (sox remix 1; methods.md B.1), as 16-bit PCM.
+        # CAV-MAE keeps the first channel, not a down-mix (sox remix 1; docs/reference/cavmae.md#log-mel-front-end), as
+        # 16-bit PCM.
         audio = source["a:0"].filter("channelmap", map="0", channel_layout="mono")
         outputs.append(ffmpeg.output(audio, f"pipe:{write_fd}", format="s16le", acodec="pcm_s16le", ar=sample_rate))
     args = ffmpeg.merge_outputs(*outputs).compile(cmd=ffmpeg_binary())

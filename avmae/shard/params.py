@@ -24,17 +24,17 @@ FRONTEND_DEFAULTS: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class FeatureParams:
-    """What a sample holds. Audio defaults are CAV-MAE's fbank call (reference/methods.md B.1)."""
+    """What a sample holds. Audio defaults are CAV-MAE's fbank call (docs/reference/cavmae.md#log-mel-front-end)."""
 
-    num_frames: int = 16  # AV-MAE pretraining samples 16 frames per clip (methods.md B.4)
-    short_side: int = 256  # AV-MAE: resize the shorter side to 256, then crop 224 (methods.md B.4)
+    num_frames: int = 16  # AV-MAE pretraining samples 16 frames per clip (docs/reference/avmae_scenic.md#data)
+    short_side: int = 256  # AV-MAE: resize the shorter side to 256, then crop 224 (docs/reference/avmae_scenic.md#data)
     jpeg_qscale: int = 3  # ffmpeg mjpeg -q:v (2 best .. 31 worst); 3 keeps crops visually lossless at ~12 kB/frame
     sample_rate: int = 16000
     num_mel_bins: int = 128
     frame_shift_ms: float = 10.0
     frame_length_ms: float = 25.0
     window_type: str = "hanning"
-    target_frames: int = 1024  # CAV-MAE target_length: zero-pad at the end or cut (methods.md B.1)
+    target_frames: int = 1024  # CAV-MAE target_length: zero-pad or cut (docs/reference/cavmae.md)
     # How the log-mel is stored. float16 halves the member (README "What a sample holds" has the sizes) at up to
     # ~4e-3 from CAV-MAE's float32 features; float32 stores the fbank output bit for bit.
     logmel_dtype: Literal["float16", "float32"] = "float16"

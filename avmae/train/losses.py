@@ -24,7 +24,8 @@ def finetune_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tens
         logit = logit.float()
         if kind == "bce":
             losses.append(F.binary_cross_entropy_with_logits(logit, target))
-        elif kind == "bce_sum":  # Scenic's weighted_sigmoid_cross_entropy: summed over classes (methods.md C.2)
+        elif kind == "bce_sum":
+            # Scenic's weighted_sigmoid_cross_entropy: summed over classes (docs/reference/avmae_scenic.md)
             losses.append(F.binary_cross_entropy_with_logits(logit, target, reduction="none").sum(-1).mean())
         else:
             losses.append(-(target * F.log_softmax(logit, dim=-1)).sum(dim=-1).mean())
