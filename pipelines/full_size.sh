@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The full-size recipes, run for real on 2 CPU ranks (issue 14 item 2): configs/pretrain_as2m.yaml as written
+# The full-size recipes, run for real on 2 CPU ranks (so that a recipe whose real model cannot build, save, resume
+# or export fails here, not on a cluster): configs/pretrain_as2m.yaml as written
 # (ViT-L mid fusion, 595.85 M parameters), only the cluster-sized settings changed (batch 1 per rank, ZeRO-3, 2
 # steps, checkpoint every step), trains 1 step, stops with a checkpoint, resumes for step 2 and exports the
 # consolidated fp32 model; the MBT-L fine-tune recipe (configs/avmae_mbt_vggsound.yaml) takes one step from that

@@ -1,6 +1,7 @@
-"""The clip set behind a number (issue 15 item 6): ``avmae-shard ids`` lists a split's clips and hashes them, every
-report carries the hash of what it scored, and ``avmae-eval --ids`` scores the intersection with another lab's list.
-Two labs are two builds of overlapping rows of the synthetic corpus; lab B also lists a clip it never downloaded."""
+"""The clip set behind a number (labs hold different subsets of a dataset's clips): ``avmae-shard ids`` lists a
+split's clips and hashes them, every report carries the hash of what it scored, and ``avmae-eval --ids`` scores the
+intersection with another lab's list. Two labs are two builds of overlapping rows of the synthetic corpus; lab B
+also lists a clip it never downloaded."""
 
 from __future__ import annotations
 

@@ -170,8 +170,9 @@ def test_distributed_eval_equals_single_process(runs, shards, tmp_path):  # noqa
 
 
 def test_eval_from_http_and_s3_shards_reports_what_the_local_folder_gives(runs, shards, tmp_path, monkeypatch):  # noqa: F811
-    """avmae-eval end to end on remote roots (issue 15): the same metrics, predictions in the same order, and the
-    same clip set, whether the shards are a folder, served over HTTP or in an S3 bucket."""
+    """avmae-eval end to end on remote roots (where the shards live must not change a number): the same metrics,
+    predictions in the same order, and the same clip set, whether the shards are a folder, served over HTTP or in an
+    S3 bucket."""
     import fsspec
 
     from tests.servers import apply_env, http_server, s3_server

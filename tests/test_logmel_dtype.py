@@ -1,5 +1,6 @@
-"""Log-mel precision (issue 15 item 5): ``--logmel-dtype float32`` stores CAV-MAE's float32 features bit for bit, the
-default float16 build is those features rounded, both loaders read either, and a folder without the field is float16."""
+"""Log-mel precision (float16 halves the stored log-mel, float32 keeps CAV-MAE's features exactly):
+``--logmel-dtype float32`` stores CAV-MAE's float32 features bit for bit, the default float16 build is those features
+rounded, both loaders read either, and a folder without the field is float16."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""Shards from CAV-MAE's prepared data (issue 15 item 4): its data JSON, ``frame_{i}/{video_id}.jpg`` folders and
-16 kHz wavs, laid out here with CAV-MAE's own file naming from real clips by ffmpeg. The log-mel must equal CAV-MAE's
-``_wav2fbank`` on the same wav (computed below from its source, with an independent wav reader), the frames must be
-the extracted JPEGs byte for byte, and every entry whose files are missing must be a failure naming the file."""
+"""Shards from CAV-MAE's prepared data (for users who hold its extracted frames and wavs, not the videos): its data
+JSON, ``frame_{i}/{video_id}.jpg`` folders and 16 kHz wavs, laid out here with CAV-MAE's own file naming from real
+clips by ffmpeg. The log-mel must equal CAV-MAE's ``_wav2fbank`` on the same wav (computed below from its source,
+with an independent wav reader), the frames must be the extracted JPEGs byte for byte, and every entry whose files
+are missing must be a failure naming the file."""
 
 from __future__ import annotations
 

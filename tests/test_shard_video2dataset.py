@@ -1,4 +1,5 @@
-"""Shards from video2dataset output (issue 15 item 3): tars in video2dataset's layout, written here with tarfile
+"""Shards from video2dataset output (a common way to download AudioSet and VGGSound; read in place, since
+unpacking millions of clips costs a copy of the dataset): tars in video2dataset's layout, written here with tarfile
 around real clips made by ffmpeg, read in place (locally, through a brace pattern, and over a loopback HTTP server).
 Every member group must end as a sample or a failure naming the tar and member, and a clip read from a tar must give
 the same frames and log-mel as the same clip read from a file."""

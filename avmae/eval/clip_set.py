@@ -1,4 +1,5 @@
-"""Which clips a number was computed on (issue 15 item 6): the report's ``clip_set`` section, and ``--ids``, which
+"""Which clips a number was computed on (each lab holds a different subset of AudioSet's and VGGSound's YouTube
+clips, so two numbers compare only on the same clips): the report's ``clip_set`` section, and ``--ids``, which
 keeps only the samples whose clip row (avmae/shard/ids.py) is in another lab's list.
 
 The whole split is scored and the scores outside the list are dropped before the metrics: the loaders' order and

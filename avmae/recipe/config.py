@@ -16,9 +16,9 @@ from avmae.models.mavil import MAViLConfig
 @dataclass
 class OptimConfig:
     steps: int = 1000  # optimizer steps of the whole run; the schedule is by step, not by epoch
-    optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: AV-MAE's MBT fine-tuning (momentum 0.9, methods.md C.2)
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: MBT fine-tuning, momentum 0.9 (docs/reference/avmae_scenic.md)
     momentum: float = 0.9  # sgd only
-    lr: float = 6e-4  # AV-MAE AudioSet pretraining: 3e-4 x 512/256 (methods.md C.2)
+    lr: float = 6e-4  # AV-MAE AudioSet pretraining: 3e-4 x 512/256 (docs/reference/avmae_scenic.md)
     min_lr: float = 0.0
     warmup_steps: int = 0
     betas: tuple[float, ...] = (0.9, 0.95)
@@ -53,10 +53,10 @@ class CheckpointConfig:
 
 @dataclass
 class GuardConfig:
-    """What the trainer tolerates before it ends the job (issue 12): a step whose loss or gradient norm is not
-    finite on any rank is skipped on every rank (no update) and counted; past either budget the run stops. A
-    collective that waits longer than collective_timeout_s for a dead or hung rank ends the job (and requeues a
-    SLURM job, max_requeues times at most)."""
+    """What the trainer tolerates before it ends the job: a step whose loss or gradient norm is not finite on any
+    rank is skipped on every rank (no update) and counted; past either budget the run stops. A collective that waits
+    longer than collective_timeout_s for a dead or hung rank ends the job (and requeues a SLURM job, max_requeues
+    times at most)."""
 
     nonfinite_in_row: int = 5  # skipped steps in a row
     nonfinite_total: int = 50  # skipped steps over the whole run (resumes included)
@@ -93,7 +93,8 @@ class FinetuneConfig:
     eval_every: int = 0  # steps between evaluations on data.eval_split (0 = only at the end)
     eval_batches: int = 0  # 0 = the whole evaluation split
 
-    # Keys that left this section (issue 13: one knob for starting weights); avmae.config.from_dict points to them.
+    # Keys that left this section (the starting weights have one knob, the top-level init); avmae.config.from_dict
+    # points a recipe that still sets them to their place.
     MOVED_KEYS = {"init": "the top-level init: {kind: avmae, path: ...}"}
 
 

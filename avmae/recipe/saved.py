@@ -14,7 +14,8 @@ from avmae.config import from_dict
 from avmae.data.config import AugmentConfig
 from avmae.recipe.config import RunConfig
 
-# The augmentation settings sat in ``data`` until they got their own ``augment`` section (issue 13).
+# Run configs saved by earlier releases hold the augmentation settings in ``data``; today's code reads them from
+# the ``augment`` section, so a saved config is moved there before it is compared or resumed.
 AUGMENT_KEYS = tuple(f.name for f in dataclasses.fields(AugmentConfig))
 
 
@@ -26,8 +27,9 @@ def in_todays_keys(saved: dict[str, Any]) -> dict[str, Any]:
         moved = {key: data.pop(key) for key in AUGMENT_KEYS if key in data}
         if moved:
             saved["augment"] = {**moved, **(saved.get("augment") or {})}
-    # The starting weights had two knobs until issue 13: model_init (now init) and finetune.init, an avmae export
-    # or run folder (now init.kind avmae). The old code refused both at once, so at most one is set.
+    # Earlier releases named the starting weights with one of two keys: model_init (today init) and finetune.init,
+    # an avmae export or run folder (today init.kind avmae). Those releases refused both at once, so at most one
+    # is set and the move below never has to choose.
     if "model_init" in saved:
         saved["init"] = saved.pop("model_init")
     finetune = saved.get("finetune")

@@ -1,6 +1,7 @@
 """Each rank's random generators (masks, drop-path, mixup and SpecAugment draw from them) as plain JSON, so that
-resuming a checkpoint never unpickles anything of avmae's own (issue 12, item 6): Python's state is a tuple of ints,
-NumPy's a uint32 array with a position and a cached Gaussian, torch's (and CUDA's) a uint8 tensor."""
+resuming a checkpoint never unpickles anything of avmae's own (a pickle of avmae's objects would run code when
+loaded and tie a checkpoint to the classes that wrote it): Python's state is a tuple of ints, NumPy's a uint32 array
+with a position and a cached Gaussian, torch's (and CUDA's) a uint8 tensor."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Faults met by the evaluation stage (issue 12 items 4, 6, 8): a tar cut in half is counted, not silently
-skipped; a pickle from elsewhere never runs; bad paths and files end in one line with exit code 2. The export is
-written straight from the tiny model (no training: what is under test is the evaluation, not the weights)."""
+"""Faults met by the evaluation stage: a tar cut in half is counted, not silently skipped; a pickle from elsewhere
+never runs; bad paths and files end in one line with exit code 2. The export is written straight from the tiny model
+(no training: what is under test is the evaluation, not the weights)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The trainer under faults, for real (issue 12, items 2, 3, 5, 6): a diverging learning rate, a truncated file in
+"""The trainer under faults, for real (the faults a long run meets): a diverging learning rate, a truncated file in
 the newest complete checkpoint, a pickle planted in a checkpoint, a changed config on resume, a full disk during a
 save, and a rank killed among 2 under torchrun. Each run is a real ``avmae-train`` process (DeepSpeed over gloo)."""
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # two_node_cluster.sh - a SLURM cluster of two real nodes on one machine (root, Linux network namespaces), the
-# cluster the sbatch tests and CI use (issue 14).
+# cluster the sbatch tests and CI use (two nodes, so that multi-node launch and rendezvous run for real).
 #
 #   two_node_cluster.sh start    install (if needed), network, config, munged + slurmctld + two slurmd; wait for idle
 #   two_node_cluster.sh stop     stop the daemons, kill what is left in the node namespaces, remove the network
