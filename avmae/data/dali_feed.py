@@ -17,6 +17,7 @@ zeros (JSON never holds a NUL byte).
 from __future__ import annotations
 
 import ctypes
+import gc
 import importlib
 import json
 import os
@@ -96,9 +97,17 @@ def workers_die_with_parent() -> Iterator[None]:
     die with it (die_with_parent), at once after the fork; a spawned one does when it unpickles its ReaderFeed."""
     global _starting_for
     _starting_for = os.getpid()
+    # A forked worker inherits the parent's objects; were a garbage cycle holding an earlier DALI pipeline collected
+    # there, its finaliser would shut down the copy of that pipeline's executor, whose locks were copied in a state no
+    # thread of the child will change: the worker hangs (seen: two workers stuck in Executor2's destructor). So the
+    # parent collects its garbage first and freezes what is left (Python's gc.freeze documentation: freeze before a
+    # fork) for the build: a child never collects the objects frozen at its fork.
+    gc.collect()
+    gc.freeze()
     try:
         yield
     finally:
+        gc.unfreeze()
         _starting_for = None
 
 

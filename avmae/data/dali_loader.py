@@ -102,8 +102,6 @@ class DaliLoader:
                  device_id: int | None, start_batch: int = 0, augment: AugmentConfig | None = None,
                  reader_draws: dict[int, int] | None = None):
         from nvidia.dali import pipeline_def
-        from nvidia.dali.plugin.base_iterator import LastBatchPolicy
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
         self.spec, self.train = spec, train
         self.audio_mean = config.audio_mean if config.audio_mean is not None else spec.logmel_mean
@@ -143,8 +141,7 @@ class DaliLoader:
         with workers_deaf_to_usr1(), workers_die_with_parent():  # the feed workers start here
             started = time.perf_counter()
             self.pipe.build()
-        self._iterator = lambda: DALIGenericIterator([self.pipe], names, last_batch_policy=LastBatchPolicy.DROP,
-                                                     auto_reset=not train)
+        self.names = names
         self.iterator = None  # made on the first batch asked for: it runs the pipeline (its first batches)
         # For avmae/bench/dali_graph.py: seconds to build the graph (operators, thread pools, workers) and to
         # produce the prefetched batches.
@@ -163,7 +160,11 @@ class DaliLoader:
         with worker_errors_in_one_line():  # a skip budget met at start-up stops here, at the first batch
             if self.iterator is None:
                 started = time.perf_counter()
-                self.iterator = self._iterator()
+                from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+                from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+                self.iterator = DALIGenericIterator([self.pipe], self.names, last_batch_policy=LastBatchPolicy.DROP,
+                                                    auto_reset=not self.train)
                 self.seconds["prefetch"] = time.perf_counter() - started
         batches = iter(self.iterator)
         while True:
