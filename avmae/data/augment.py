@@ -31,9 +31,9 @@ def spec_augment(audio: torch.Tensor, freq_mask: int, time_mask: int, generator=
 
 
 def noise_and_shift(audio: torch.Tensor, generator=None) -> torch.Tensor:
-    """CAV-MAE's "noise" augmentation (training, after normalisation, methods.md B.1), per sample: add uniform noise
-    of a random amplitude (rand(T, F) x U(0, 1) / 10), then roll the log-mel in time by randint(-T, T) frames,
-    a circular shift that carries the padded frames along."""
+    """CAV-MAE's "noise" augmentation (training, after normalisation, docs/reference/cavmae.md#augmentation), per
+    sample: add uniform noise of a random amplitude (rand(T, F) x U(0, 1) / 10), then roll the log-mel in time by
+    randint(-T, T) frames, a circular shift that carries the padded frames along."""
     batch, frames, _ = audio.shape
     device = _draw_device(audio, generator)
     amplitude = torch.rand(batch, 1, 1, generator=generator, device=device) / 10

@@ -9,7 +9,8 @@ from typing import Literal
 
 Backend = Literal["auto", "dali", "webdataset"]
 
-# ImageNet statistics (CAV-MAE's frame normalisation, methods.md B.2; also what MAE-initialised ViTs expect).
+# ImageNet statistics (CAV-MAE's frame normalisation, docs/reference/cavmae.md#frames; also what MAE-initialised ViTs
+# expect).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -66,7 +67,7 @@ class AugmentConfig:
     mixup: float = 0.0  # fine-tuning: probability that a batch is mixed (CAV-MAE: 0.5), lambda ~ Beta(10, 10)
 
 
-# The augmentation settings sat in ``data`` until they got their own section (issue 13); config.from_dict points
-# a recipe that still has them there to their new place.
+# Recipes written for earlier releases keep the augmentation settings in ``data``; config.from_dict points such a
+# recipe to their place in the ``augment`` section instead of failing on an unknown key.
 DataConfig.MOVED_KEYS = {name: f"augment.{name} (augmentation has its own section)"
                          for name in AugmentConfig.__dataclass_fields__}
