@@ -1,6 +1,7 @@
-"""CAV-MAE parity: the independent CAV-MAE of tests/cavmae_reference.py (written from docs/reference/cavmae.md and
-G.1), filled with random weights, saved as CAV-MAE saves it (``module.`` prefix), converted, loaded strictly into
-avmae's cavmae_base models, and compared output by output: encoder tokens, predictions, losses, logits."""
+"""CAV-MAE parity: the independent CAV-MAE of tests/cavmae_reference.py (written from docs/reference/cavmae.md),
+filled with random weights, saved as CAV-MAE saves it (``module.`` prefix), converted, loaded strictly into avmae's
+cavmae_base models, and compared output by output: encoder tokens, predictions, losses, logits. "g1" in names below
+is the checkpoint key table (docs/reference/cavmae.md#checkpoint-keys)."""
 
 from __future__ import annotations
 
