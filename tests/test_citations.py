@@ -31,9 +31,9 @@ def _lines(name: str) -> list[str]:
 
 
 def _resolves(mention: str, citing: str, tracked: set[str]) -> bool:
-    """A mention names a shipped file when it is a path from the repository root or from the citing file's folder
-    (a Markdown link between pages of docs/reference/ is relative)."""
-    candidates = [Path(mention), Path(citing).parent / mention]
+    """A mention names a shipped file when it is a path from the repository root, from the citing file's folder (a
+    Markdown link between pages of docs/reference/ is relative) or from docs/ (mkdocs.yml's nav names pages there)."""
+    candidates = [Path(mention), Path(citing).parent / mention, Path("docs") / mention]
     return any(Path(*_normalised(candidate.parts)).as_posix() in tracked for candidate in candidates)
 
 
