@@ -63,8 +63,18 @@ class AugmentConfig:
     flip: bool = True
     freq_mask: int = 0  # SpecAugment (fine-tuning): CAV-MAE fine-tuning uses 48 / 192; pretraining 0 / 0
     time_mask: int = 0
+    # How many frequency / time masks per clip, each of width uniform in [0, freq_mask / time_mask). CAV-MAE: 1 / 1;
+    # Scenic's AV-MAE: 2 x 36 bins (AudioSet), 1 x 48 (VGGSound), no time mask (see configs/avmae_mbt_audioset.yaml).
+    freq_masks: int = 1
+    time_masks: int = 1
+    time_shift: bool = False  # Scenic's circular time shift (AudioSet): roll each log-mel by U[0, frames)
     audio_noise: bool = False  # CAV-MAE's noise + circular time shift (on in all its scripts)
-    mixup: float = 0.0  # fine-tuning: probability that a batch is mixed (CAV-MAE: 0.5), lambda ~ Beta(10, 10)
+    mixup: float = 0.0  # fine-tuning: probability that a batch is mixed (CAV-MAE: 0.5; Scenic: 1, every batch)
+    mixup_alpha: float = 10.0  # lambda ~ Beta(alpha, alpha): CAV-MAE 10, Scenic 0.5
+    # "sample": a random partner and a lambda per sample (CAV-MAE); "batch": the reversed batch as partner and one
+    # lambda for the batch (Scenic's mixup_modalities).
+    mixup_scope: Literal["sample", "batch"] = "sample"
+    mixup_per_modality: bool = False  # Scenic's mixmod: audio and video (and their targets) each their own lambda
 
 
 # Recipes written for earlier releases keep the augmentation settings in ``data``; config.from_dict points such a

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from avmae.data.augment import mixup, noise_and_shift, spec_augment
+from avmae.data.augment import circular_time_shift, mixup, noise_and_shift, spec_augment
 from avmae.recipe.config import RunConfig
 from avmae.train.divergence import poison_unless_every_rank_finite
 from avmae.train.losses import finetune_loss
@@ -30,6 +30,14 @@ class TrainStep:
         self.engine, self.config, self.heads, self.loss_kind = engine, config, heads, loss_kind
         self.dtype = torch.bfloat16 if bf16 else torch.float32  # DeepSpeed bf16 casts the module, not autocast
         self.forward = self._pretrain if config.task == "pretrain" else self._finetune
+        if (config.task == "finetune" and config.augment.mixup > 0 and config.augment.mixup_per_modality
+                and config.finetune.classifier != "bottleneck"):
+            raise ValueError("augment.mixup_per_modality mixes each modality's targets with its own lambda, so it "
+                             "needs finetune.classifier: bottleneck (a loss per modality's logits); got "
+                             f"{config.finetune.classifier!r}")
+        if config.task == "finetune" and config.augment.mixup > 0 and config.augment.mixup_alpha <= 0:
+            raise ValueError(f"augment.mixup_alpha must be above 0 (Beta(alpha, alpha)), got "
+                             f"{config.augment.mixup_alpha}")
 
     def __call__(self, next_batch: Callable[[], dict[str, Any]]) -> StepResult:
         """Run ``grad_accum`` micro-batches drawn with ``next_batch`` and DeepSpeed's step after each (it applies
@@ -59,16 +67,21 @@ class TrainStep:
     def _finetune(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         augment = self.config.augment
         batch = dict(batch)
-        batch["audio"] = spec_augment(batch["audio"], augment.freq_mask, augment.time_mask)
+        if augment.time_shift:  # before the masks, as Scenic's data pipeline orders them
+            batch["audio"] = circular_time_shift(batch["audio"])
+        batch["audio"] = spec_augment(batch["audio"], augment.freq_mask, augment.time_mask,
+                                      freq_masks=augment.freq_masks, time_masks=augment.time_masks)
         if augment.audio_noise:  # after the masks, as CAV-MAE's loader orders them
             batch["audio"] = noise_and_shift(batch["audio"])
-        batch = mixup(batch, self.heads, augment.mixup)
+        batch = mixup(batch, self.heads, augment.mixup, augment.mixup_alpha, scope=augment.mixup_scope,
+                      per_modality=augment.mixup_per_modality)
         audio, video = self._inputs(batch)
         smoothing = self.config.finetune.label_smoothing
-        if self.config.finetune.classifier == "bottleneck":  # MBT: the mean of each modality's own loss
-            per_modality = self.engine(audio=audio, video=video, per_modality=True)
-            loss = torch.stack([finetune_loss(logits, batch["targets"], self.loss_kind, smoothing)
-                                for logits in per_modality.values()]).mean()
+        if self.config.finetune.classifier == "bottleneck":  # MBT: the mean of each modality's own loss,
+            per_modality = self.engine(audio=audio, video=video, per_modality=True)  # against its own targets
+            loss = torch.stack([finetune_loss(logits, batch["targets_by_modality"][modality], self.loss_kind,
+                                              smoothing)
+                                for modality, logits in per_modality.items()]).mean()
         else:
             loss = finetune_loss(self.engine(audio=audio, video=video), batch["targets"], self.loss_kind, smoothing)
         return loss, {"loss": loss.detach().float()}
