@@ -13,9 +13,9 @@ to its outputs (or, from worker processes, each sample's note: dali_feed.py).
 The graph is sized by operators, not by frames: a batch's B*T frames are the rows of one DALI batch, so one decoder,
 one resize (or resize and crop) and one flip handle them all, and the frames become (B, T, 3, H, W) again in torch, a
 view. Each DALI operator instance owns its resources (the decoder: a thread pool of ``num_threads`` and, ``mixed``,
-nvJPEG's pinned host and device buffers per thread), so a graph with one decoder per frame position held T times as
-many. The log-mel rides in the frames' rows as bytes (dali_batch.py) and is normalised here, as the webdataset
-backend does it.
+nvJPEG's pinned host and device buffers per thread), so a graph with one decoder per frame position would hold T
+times as many. The log-mel rides in the frames' rows as bytes (dali_batch.py) and is normalised here, as the
+webdataset backend does it.
 """
 
 from __future__ import annotations
