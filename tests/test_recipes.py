@@ -66,8 +66,26 @@ def renamed(before: dict) -> dict:
 AVMAE_MODEL_FILES = ("model/avmae_vit_l_audioset.yaml", "model/avmae_vit_l_vggsound.yaml")
 
 
+# Changed on purpose since the snapshot: the AV-MAE fine-tuning recipes take Scenic's augmentation (a circular time
+# shift on AudioSet, several frequency masks, mixup on every batch with Beta(0.5, 0.5) and a lambda per modality) and
+# its floored steps per epoch (scenic/projects/av_mae/configs/{audioset,vggsound}/finetune.py: train size // batch:
+# 508,994 // 128 = 3,976 on AS-500K, 172,427 // 64 = 2,694 on VGGSound); AudioSet trains on AS-500K shards. The keys
+# the snapshot has, with their new values (keys added since, such as augment.mixup_alpha, are not compared).
+SCENIC_FINETUNE = {
+    "configs/avmae_mbt_audioset.yaml": {
+        "augment": {"mixup": 1.0, "freq_mask": 36}, "data": {"shards": "/data/audioset/as500k_shards"},
+        "optim": {"steps": 50 * 3976, "warmup_steps": 9940}, "checkpoint": {"every": 3976},
+        "finetune": {"eval_every": 2 * 3976}},
+    "configs/avmae_mbt_vggsound.yaml": {
+        "augment": {"mixup": 1.0, "freq_mask": 48},
+        "optim": {"steps": 50 * 2694, "warmup_steps": 6735}, "checkpoint": {"every": 2694},
+        "finetune": {"eval_every": 2694}},
+}
+
+
 def scenic_computation(name: str, before: dict) -> dict:
-    """The snapshot with the intended change applied where the recipe's model is an AV-MAE model file."""
+    """The snapshot with the intended changes applied: where the recipe's model is an AV-MAE model file, and the
+    AV-MAE fine-tuning recipes' Scenic augmentation and steps."""
     if name.startswith("configs/model/avmae_vit_l_"):
         return {**before, "modality_embeddings": False}
     text = (REPO / name).read_text() if name.startswith("configs/") else ""
@@ -75,6 +93,10 @@ def scenic_computation(name: str, before: dict) -> dict:
     if any(model in t for t in bases for model in AVMAE_MODEL_FILES):
         before = copy.deepcopy(before)
         before["model"]["modality_embeddings"] = False
+    for section, values in SCENIC_FINETUNE.get(name, {}).items():
+        before = copy.deepcopy(before)
+        assert set(values) <= set(before[section]), f"{name}: {section} has no {set(values) - set(before[section])}"
+        before[section].update(values)
     return before
 
 
