@@ -5,8 +5,9 @@ A pipeline made of the external source and what the training graph does before i
 the flip flag; dali_batch.py) runs the training stream of a shard folder: serially (``workers: 0``, the source in
 this process) and in W worker processes (dali_feed.py). It ends in the frames' shapes and the payload and header
 (log-mels, notes, serial numbers, which the loader takes too), so that the frames' bytes are fed to DALI but not
-copied out again: in training the decoder reads them where they are. The process's CPU time (all its threads, DALI's included) per sample is the cost to the trainer; the workers' CPU
-time is the price of the feed, paid on other cores. Reads come from the page cache after the warm-up batches: this
+copied out again: in training the decoder reads them where they are. The process's CPU time (all its threads, DALI's
+included) per sample is the cost to the trainer; the workers' CPU time is the price of the feed, paid on other
+cores. Reads come from the page cache after the warm-up batches: this
 is the rate of the source, not of the storage.
 """
 

@@ -177,8 +177,8 @@ def worker_errors_in_one_line() -> Iterator[None]:
 
 
 class ReaderFeed:
-    """One training reader's batches, endlessly, as dense arrays with their notes (dense_batch). Built in the worker on the
-    first ``next``: the shards are opened there, and only the spec and configs are pickled."""
+    """One training reader's batches, endlessly, as dense arrays with their notes (dense_batch). Built in the worker on
+    the first ``next``: the shards are opened there, and only the spec and configs are pickled."""
 
     def __init__(self, spec: DataSpec, config: DataConfig, augment: AugmentConfig | None, *, rank: int, world: int,
                  reader: int, start_batch: int, reader_draws: dict[int, int] | None = None):

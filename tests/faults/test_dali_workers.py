@@ -2,7 +2,8 @@
 (SIGKILL: the OOM killer, a node's cleanup), terminated (SIGTERM, as torchrun and SLURM end the ranks of a failed job;
 Python's default action runs no exit handler) or failing with an error, no worker process of its process group stays
 behind (re-parented to init, holding memory, shared memory and shard files), and no /dev/shm file the job had mapped
-(DALI's ``nvidia_dali_*`` segments) or made is left. And a feed worker's skip-budget stop at start-up reaches the trainer as the reader's one line."""
+(DALI's ``nvidia_dali_*`` segments) or made is left. And a feed worker's skip-budget stop at start-up reaches the
+trainer as the reader's one line."""
 
 from __future__ import annotations
 
