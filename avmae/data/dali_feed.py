@@ -35,6 +35,7 @@ from avmae.data.dali_batch import dense_batch
 from avmae.data.dali_source import CheckedSamples
 from avmae.data.host_memory import keep_large_allocations
 from avmae.data.spec import DataSpec
+from avmae.storage import set_storage_limits
 
 
 def reader_slots(readers: int, start_batch: int) -> list[int]:
@@ -194,6 +195,7 @@ class ReaderFeed:
 
     def __iter__(self) -> Iterator[list[np.ndarray]]:
         keep_large_allocations()  # in this worker process: a spawned worker does not inherit the parent's setting
+        set_storage_limits(self.config.storage_timeout_s, self.config.storage_retries)  # nor its storage limits
         samples = CheckedSamples(self.spec, self.config, train=True, rank=self.rank, world=self.world,
                                  start_batch=self.start_batch, augment=self.augment, reader_draws=self.reader_draws)
         while True:
