@@ -43,9 +43,11 @@ def test_the_cpu_mode_passes_and_prints_one_table(check):
         assert result.returncode == 0, result.stderr[-3000:]
         assert data["passed"] and "PASSED" in table
     assert table.count("pass ") == 3  # shards, resume, eval: the checks that can fail
-    for row in ("DALI cpu decode", "DALI feed, data.workers 1 (no decode)", "recipe step", "peak memory", "all-reduce bus bandwidth",
+    for row in ("DALI cpu decode", "DALI feed, data.workers 1 (no decode)", "recipe step, batch 4",
+                "recipe step, batch 8", "recommended batch per GPU", "all-reduce bus bandwidth",
                 "all-gather bus bandwidth", "16-step run, stop at 8 + resume", "avmae-eval: DALI = webdataset"):
         assert row in table, row
+    assert "equal bit for bit" in table
 
 
 @pytest.mark.slow
@@ -60,11 +62,17 @@ def test_measurements_are_present_and_sane(check):
     assert decode["samples_per_s"] > 1 and decode["frames_per_s"] == pytest.approx(4 * decode["samples_per_s"])
     recipe = steps["recipe"]
     assert recipe["precision"] == "fp32" and recipe["batch_per_gpu"] == 4 and recipe["steps_timed"] == 3
-    assert 0.001 < recipe["step_seconds"] < 30
-    assert recipe["samples_per_s"] == pytest.approx(4 / recipe["step_seconds"])
-    assert recipe["achieved_tflops"] == pytest.approx(recipe["samples_per_s"] * recipe["gflops_per_sample"] / 1e3)
-    assert recipe["mfu"] is None and recipe["peak_gpu_memory_gib"] is None  # no GPU: nothing to claim
-    assert 0.1 < recipe["peak_host_rss_gib"] < 8
+    # the sweep: the recipe's batch, then twice it; no GPU memory to run out of, so both fit
+    assert [run["batch_per_gpu"] for run in recipe["sweep"]] == [4, 8] and recipe["out_of_memory_at"] is None
+    for run in recipe["sweep"]:
+        assert run["steps_timed"] == 3 and run["fits"] and 0.001 < run["step_seconds"] < 30
+        assert run["samples_per_s"] == pytest.approx(run["batch_per_gpu"] / run["step_seconds"])
+        assert run["achieved_tflops"] == pytest.approx(run["samples_per_s"] * run["gflops_per_sample"] / 1e3)
+        assert run["mfu"] is None and run["peak_gpu_memory_gib"] is None  # no GPU: nothing to claim
+        assert 0.1 < run["peak_host_rss_gib"] < 8
+    assert recipe["step_seconds"] == recipe["sweep"][0]["step_seconds"]
+    fastest = max(recipe["sweep"], key=lambda run: run["samples_per_s"])
+    assert recipe["recommended_batch_per_gpu"] == fastest["batch_per_gpu"] and recipe["memory_limit_gib"] is None
     feed = steps["feed"]
     assert feed["workers"] == 1 and feed["batch_size"] == 4 and feed["frames_per_sample"] == 4
     assert feed["samples_per_s"] > 1 and feed["worker_cpu_ms_per_sample"] > 0
@@ -82,7 +90,9 @@ def test_resumed_run_equals_the_uninterrupted_one(check):
     _, data, out = check
     resume = data["steps"]["resume"]
     assert resume["ok"] and resume["stopped_at"] == 8 and resume["resumed_to"] == 16 and resume["all_steps_logged"]
-    assert resume["max_rel_gap_before_stop"] <= 1e-4 and resume["max_rel_gap_after_resume"] <= 1e-4
+    # fp32 on a CPU, deterministic algorithms on: equal bit for bit, and no kernel warned
+    assert resume["max_rel_gap_before_stop"] == 0.0 and resume["max_rel_gap_after_resume"] == 0.0
+    assert resume["exact"] and resume["rtol"] == 0.0 and resume["nondeterministic_ops"] == []
     assert resume["last_loss"] < resume["first_loss"]
     # the resumed run really resumed: its log says so, and its metrics continue from step 9
     assert "resumed from step 8" in (out / "resumed_train.err").read_text() + (out / "resumed_train.out").read_text()
@@ -98,6 +108,8 @@ def test_eval_through_dali_equals_webdataset(check):
     assert evaluation["ok"] and evaluation["metrics_equal"] and evaluation["same_keys"]
     assert evaluation["samples"] == data["steps"]["shards"]["splits"]["val"]
     assert evaluation["max_score_gap"] <= 1e-4
+    assert set(evaluation["metric_tolerances"]) == {"classes", "samples", "top1", "top5"}
+    assert evaluation["metric_tolerances"]["samples"] == 0.0 and evaluation["metrics_within"]
     reports = {b: json.loads((out / f"eval_{b}" / "report.json").read_text()) for b in ("dali", "webdataset")}
     assert reports["dali"]["metrics"]["top1"] == reports["webdataset"]["metrics"]["top1"]
 
@@ -138,3 +150,86 @@ def test_cuda_mode_where_torch_has_no_gpu_fails_in_one_line(tmp_path):
     assert f"cannot use a GPU here ({gpus_of_machine().count} shown by the NVIDIA driver)" in error
     assert f"torch {torch.__version__} (CUDA " in error
     assert json.loads((tmp_path / "out" / "gpu_check.json").read_text())["passed"] is False
+
+
+# --- the parts of the check that need no run: out-of-memory, determinism warnings, the sweep's rows ---------------
+
+
+def test_out_of_memory_and_nondeterministic_kernels_are_read_from_the_logs(tmp_path):
+    from avmae.bench.gpu_check import nondeterministic_ops, out_of_memory
+
+    (tmp_path / "recipe_b64_train.err").write_text(
+        "Traceback (most recent call last):\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
+    (tmp_path / "recipe_b8_train.err").write_text("RuntimeError: DataLoader worker exited\n")
+    assert out_of_memory(tmp_path / "recipe_b64_train") and not out_of_memory(tmp_path / "recipe_b8_train")
+    assert not out_of_memory(tmp_path / "never_ran")
+    flash = ("UserWarning: Flash Attention defaults to a non-deterministic algorithm. To explicitly enable determinism "
+             "call torch.use_deterministic_algorithms(True, warn_only=False).")
+    scatter = "UserWarning: index_add_cuda_ does not have a deterministic implementation, but you set ..."
+    assert nondeterministic_ops([f"a\n{flash}\n", f"{flash}\n{scatter}\n", "step 3\n"]) == [flash, scatter]
+
+
+def _sweep_step() -> dict:
+    def run(batch, seconds, memory):
+        return {"batch_per_gpu": batch, "model_parameters_millions": 596.0, "precision": "bf16", "steps_timed": 10,
+                "step_seconds": seconds, "samples_per_s": batch / seconds, "achieved_tflops": 1.0, "mfu": 0.3,
+                "peak_tflops": 989.0, "peak_gpu_memory_gib": memory, "peak_host_rss_gib": 3.0, "fits": memory < 70}
+    sweep = [run(8, 0.05, 6.0), run(32, 0.15, 20.0), {"batch_per_gpu": 64, "out_of_memory": True}]
+    return {**sweep[0], "sweep": sweep, "recommended_batch_per_gpu": 32, "memory_limit_gib": 70.4, "headroom": 0.1,
+            "out_of_memory_at": 64, "ok": True}
+
+
+def test_the_table_shows_each_batch_the_out_of_memory_and_the_recommendation():
+    result = _result()
+    result["steps"]["recipe"] = _sweep_step()
+    table = check_table(result)
+    assert "recipe step, batch 8 (596 M params, bf16)" in table and "50 ms = 160.0 samples/s" in table
+    assert "recipe step, batch 32" in table and "150 ms = 213.3 samples/s" in table
+    assert "recipe step, batch 64" in table and "out of GPU memory" in table
+    assert "32: the most samples/s with peak under 70.4 GiB (10% kept free)" in table
+
+
+def test_metric_tolerance_is_the_share_of_close_calls():
+    import numpy as np
+
+    from avmae.bench.score_agreement import close_calls, metric_tolerances
+
+    scores = np.array([[0.50, 0.30, 0.20],   # label 0, 0.20 clear of the next: no flip with a gap of 0.05
+                       [0.40, 0.35, 0.25],   # label 1, 0.05 below the top: flips if both move 0.025 or more
+                       [0.10, 0.20, 0.70],   # label 2, clear
+                       [0.34, 0.33, 0.33]])  # label 0, 0.01 above the others
+    labels = np.array([0, 1, 2, 0])
+    assert close_calls(scores, labels, 1, 0.03) == 2 and close_calls(scores, labels, 1, 0.006) == 1
+    assert close_calls(scores, labels, 1, 0.0) == 0
+    # top-2: label 1 against the 2nd highest other class (0.25), 0.10 apart; label 0 of the last row 0.01 apart
+    assert close_calls(scores, labels, 2, 0.06) == 2 and close_calls(scores, labels, 2, 0.04) == 1
+    assert close_calls(scores, labels, 5, 1.0) == 0  # 3 classes: a top-5 always holds the label
+    assert metric_tolerances(scores, labels, 0.03, ["top1", "samples"]) == {"top1": 0.5, "samples": 0.0}
+
+
+def test_the_sweep_stops_at_the_first_out_of_memory_and_recommends_what_fits(tmp_path):
+    """The sweep's decisions, with the trainer runs replaced by what a GPU reports (a CUDA out-of-memory cannot
+    happen on this CPU): batch 32 over the memory limit, 64 out of memory, 128 never tried."""
+    from dataclasses import replace
+
+    from avmae.bench.gpu_check import GpuCheck, StepFailed, recommend_batch
+    from avmae.bench.gpu_check_mode import CPU
+
+    reported = {8: (160.0, 30.0), 16: (230.0, 50.0), 32: (260.0, 75.0)}  # samples/s, peak GiB
+
+    class Sweep(GpuCheck):
+        def recipe_at(self, batch):
+            if batch not in reported:
+                (self.out / f"recipe_b{batch}_train.err").write_text("torch.OutOfMemoryError: CUDA out of memory.\n")
+                raise StepFailed(f"recipe batch {batch} exited 1")
+            rate, memory = reported[batch]
+            return {"batch_per_gpu": batch, "samples_per_s": rate, "peak_gpu_memory_gib": memory}
+
+    step = Sweep(replace(CPU, batch_size=8, sweep_batches=(8, 16, 32, 64, 128)), tmp_path).recipe_step()
+    assert [run["batch_per_gpu"] for run in step["sweep"]] == [8, 16, 32, 64] and step["out_of_memory_at"] == 64
+    assert step["samples_per_s"] == 160.0 and step["recommended_batch_per_gpu"] == 32  # no limit on a CPU
+    assert recommend_batch(step["sweep"], 70.4) == 16 and not step["sweep"][2]["fits"]
+    assert recommend_batch(step["sweep"], 20.0) is None
+    with pytest.raises(StepFailed, match="the recipe's own batch 8 runs out of GPU memory"):
+        reported.pop(8)
+        Sweep(replace(CPU, batch_size=8, sweep_batches=(8, 16)), tmp_path).recipe_step()

@@ -4,11 +4,14 @@ Each step runs the commands a user runs (``avmae-shard build``, ``avmae-train``,
 processes, on shards built here from ffmpeg-made clips, and reads what they leave on disk:
   shards      synthetic clips (avmae.shard.synth) -> avmae-shard build
   decode      DALI's decode rate on those shards with the recipe's loader settings (``mixed`` = nvJPEG on a GPU)
-  recipe      configs/pretrain_as2m.yaml's step time, MFU and peak memory at its per-GPU batch (ViT-L, bf16)
+  recipe      configs/pretrain_as2m.yaml's step time, MFU and peak memory (ViT-L, bf16) at several per-GPU batches
+              (the recipe's 8, then 32, 64), up to the first out-of-memory; the fastest that fits is recommended
   feed        DALI's training feed alone (avmae-bench feed, data.workers processes) against the recipe step's rate
   collectives all-reduce / all-gather bandwidth on every local GPU (avmae/bench/collectives.py)
-  resume      a 50-step run, and the same run stopped after 25 (``stop_after``) and resumed: equal losses
-  eval        a short fine-tune of that run, scored by avmae-eval through DALI and through webdataset: equal results
+  resume      a 50-step run, and the same run stopped after 25 (``stop_after``) and resumed, both with torch's
+              deterministic algorithms: equal losses (bit for bit on a CPU; within a stated tolerance in bf16 on a GPU)
+  eval        a short fine-tune of that run, scored by avmae-eval through DALI and through webdataset: the same
+              samples, scores within a stated tolerance, metrics within what that tolerance allows (score_agreement)
 On a CPU the same steps run at the sizes of gpu_check_mode.CPU. On a machine where the driver shows a GPU, ``auto``
 is the GPU check, and a CPU run is a rehearsal that never passes: it cannot speak for that GPU. Only a GPU can
 confirm: nvJPEG's rate and its rounding against libjpeg-turbo, bf16 numerics and MFU, NCCL's bandwidth, and that the
@@ -36,7 +39,9 @@ from avmae.config import load
 from avmae.data.loader import build_loader
 from avmae.distributed import gpus_of_machine
 from avmae.eval.predictions import Predictions
-from avmae.models.counts import pretraining_flops
+from avmae.bench.plan import HEADROOM
+from avmae.bench.score_agreement import metric_tolerances
+from avmae.models.counts import parameter_counts, pretraining_flops
 from avmae.recipe.config import RunConfig
 from avmae.shard.manifest import read_manifest
 
@@ -44,6 +49,21 @@ from avmae.shard.manifest import read_manifest
 AVMAE_ROOT = Path(avmae.__file__).resolve().parents[1]
 RECIPE = "pretrain_as2m"  # a shipped recipe's name (avmae.config.find_config), as a user's --config takes it
 CHILD_TIMEOUT_S = 540  # one step may not eat the whole 10 minutes; a hung child is killed, and named
+
+
+# The resume comparison's runs: avmae-train with torch's deterministic algorithms on, so that what can be reproduced
+# bit for bit is. cuBLAS picks its reduction split by workspace, and with several workspaces in flight two runs may
+# split a GEMM differently: one fixed 4096 KiB x 8 workspace makes its GEMMs reproducible (NVIDIA's cuBLAS
+# documentation, "Results reproducibility"; torch's docs, "Reproducibility", which this setting comes from).
+# warn_only=True: an op with no deterministic CUDA kernel warns (the warning lands in the run's log, which the check
+# reads and reports) instead of stopping a run that cannot be rehearsed on a CPU. It also leaves the fused attention
+# backward (flash / memory-efficient SDPA) on its default kernel, which sums dQ / dK / dV partials with atomic adds in
+# whatever order the thread blocks finish: on a GPU in bf16 the two runs agree to bf16's rounding, not exactly, and
+# the tolerance (gpu_check_mode.py loss_rtol) says how far. On a CPU in fp32 every kernel is deterministic: exact.
+DETERMINISTIC_TRAIN = ("import runpy, torch; torch.use_deterministic_algorithms(True, warn_only=True); "
+                       "torch.backends.cudnn.benchmark = False; "
+                       "runpy.run_module('avmae.cli.train', run_name='__main__', alter_sys=True)")
+DETERMINISTIC_ENV = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
 
 
 class StepFailed(RuntimeError):
@@ -61,6 +81,7 @@ class Child:
 def run_child(command: list[str], log: Path, env: dict[str, str]) -> Child:
     """Run ``command`` in the folder of ``log`` (the check's work folder), with stdout and stderr in ``log``.out /
     .err; its own peak resident memory from wait4."""
+    what = " ".join(command[1:4]) if command[1] != "-c" else f"{Path(log).name} (python -c)"
     with open(f"{log}.out", "w") as out, open(f"{log}.err", "w") as err:
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=out, stderr=err, cwd=Path(log).parent, env=env)
@@ -71,14 +92,14 @@ def run_child(command: list[str], log: Path, env: dict[str, str]) -> Child:
             if time.perf_counter() - started > CHILD_TIMEOUT_S:
                 process.kill()
                 pid, status, usage = os.wait4(process.pid, 0)
-                raise StepFailed(f"{command[2]} ran past {CHILD_TIMEOUT_S} s and was killed (log: {log}.err)")
+                raise StepFailed(f"{what} ran past {CHILD_TIMEOUT_S} s and was killed (log: {log}.err)")
             time.sleep(0.1)
         process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen not to wait again
     child = Child(process.returncode, time.perf_counter() - started, usage.ru_maxrss / 2**20,
                   Path(f"{log}.out").read_text())
     if child.returncode != 0:
         tail = Path(f"{log}.err").read_text().strip().splitlines()[-1:] or ["(no output)"]
-        raise StepFailed(f"{' '.join(command[1:4])} exited {child.returncode}: {tail[0]} (log: {log}.err)")
+        raise StepFailed(f"{what} exited {child.returncode}: {tail[0]} (log: {log}.err)")
     return child
 
 
@@ -168,37 +189,67 @@ class GpuCheck:
 
     # --- the recipe's step ---------------------------------------------------------------------------------------
 
-    def train(self, name: str, *items: str) -> tuple[Child, dict[str, Any], Path]:
+    def train(self, name: str, *items: str, deterministic: bool = False) -> tuple[Child, dict[str, Any], Path]:
         workdir = self.out / name
-        child = run_child(self.python("avmae.cli.train", "--config", str(RECIPE), "--workdir", str(workdir),
-                                      *[text for item in items for text in ("--set", item)]),
-                          self.out / f"{name}_train", self.env)
+        sets = [text for item in items for text in ("--set", item)]
+        command, env = self.python("avmae.cli.train", "--config", str(RECIPE), "--workdir", str(workdir), *sets), self.env
+        if deterministic:
+            command = [sys.executable, "-c", DETERMINISTIC_TRAIN, "--config", str(RECIPE), "--workdir", str(workdir),
+                       *sets]
+            env = {**env, **DETERMINISTIC_ENV}
+        child = run_child(command, self.out / f"{name}_train", env)
         return child, last_json(child.stdout), workdir
 
     def recipe_step(self) -> dict[str, Any]:
+        """The recipe's step at each per-GPU batch of ``mode.sweep_batches`` (the recipe's own first), smallest first,
+        until one runs out of memory (recorded, not a failure: the sweep's end). The recommended batch is the fastest
+        (samples/s) whose peak memory leaves the capacity plan's headroom free (avmae/bench/plan.py HEADROOM): the
+        caching allocator's fragmentation, the CUDA context and NCCL's buffers are not in max_memory_allocated."""
         mode = self.mode
-        items = self.recipe_config(mode.recipe_model, f"optim.steps={mode.recipe_steps}", "optim.warmup_steps=1",
-                                   f"checkpoint.every={mode.recipe_steps}", "checkpoint.export=false")
-        child, _, workdir = self.train("recipe", *items)
+        limit_gib = None
+        if mode.device == "cuda":
+            limit_gib = torch.cuda.get_device_properties(0).total_memory * (1 - HEADROOM) / 2**30
+        sweep: list[dict[str, Any]] = []
+        for batch in mode.sweep_batches:
+            try:
+                sweep.append(self.recipe_at(batch))
+            except StepFailed as err:
+                if not out_of_memory(self.out / f"recipe_b{batch}_train"):
+                    raise
+                if batch == mode.batch_size:
+                    raise StepFailed(f"the recipe's own batch {batch} runs out of GPU memory: {err}") from None
+                sweep.append({"batch_per_gpu": batch, "out_of_memory": True})
+                break
+            finally:
+                _remove(self.out / f"recipe_b{batch}" / "checkpoints")  # ViT-L's ZeRO checkpoint: ~9 GB of disk
+        recommended = recommend_batch(sweep, limit_gib)
+        own = next(run for run in sweep if run["batch_per_gpu"] == mode.batch_size)
+        self.recipe_samples_per_s = own["samples_per_s"]
+        return {**own, "sweep": sweep, "recommended_batch_per_gpu": recommended, "memory_limit_gib": limit_gib,
+                "headroom": HEADROOM, "out_of_memory_at": next((run["batch_per_gpu"] for run in sweep
+                                                                if run.get("out_of_memory")), None), "ok": True}
+
+    def recipe_at(self, batch: int) -> dict[str, Any]:
+        """configs/pretrain_as2m.yaml at ``batch`` per GPU: step time, samples/s, MFU, peak memory, from the
+        trainer's own metrics after ``mode.recipe_warmup`` steps."""
+        mode = self.mode
+        items = self.recipe_config(mode.recipe_model, f"data.batch_size={batch}", f"optim.steps={mode.recipe_steps}",
+                                   "optim.warmup_steps=1", f"checkpoint.every={mode.recipe_steps}",
+                                   "checkpoint.export=false")
+        child, _, workdir = self.train(f"recipe_b{batch}", *items)
         config = load(RunConfig, RECIPE, items).validate()
         timed = [m for m in metrics(workdir) if m["step"] > mode.recipe_warmup and "samples_per_s" in m]
         rate = statistics.median(m["samples_per_s"] for m in timed)
         flops = pretraining_flops(config.model)["forward_backward"]
-        result = {"model_parameters_millions": None, "precision": "bf16" if mode.device == "cuda" else "fp32",
-                  "batch_per_gpu": config.data.batch_size, "steps_timed": len(timed),
-                  "step_seconds": config.data.batch_size / rate, "samples_per_s": rate,
-                  "achieved_tflops": rate * flops / 1e12, "gflops_per_sample": flops / 1e9,
-                  "mfu": statistics.median(m["mfu"] for m in timed) if "mfu" in timed[0] else None,
-                  "peak_tflops": config.peak_tflops if mode.device == "cuda" else None,
-                  "peak_gpu_memory_gib": max(m["peak_memory_gb"] for m in timed) if "peak_memory_gb" in timed[0]
-                  else None, "peak_host_rss_gib": child.max_rss_gib, "encoder": config.model.encoder.size,
-                  "ok": True}
-        from avmae.models.counts import parameter_counts
-
-        result["model_parameters_millions"] = parameter_counts(config.model)["total"] / 1e6
-        _remove(workdir / "checkpoints")  # ViT-L's ZeRO checkpoint is ~9 GB of disk nobody needs afterwards
-        self.recipe_samples_per_s = rate
-        return result
+        return {"model_parameters_millions": parameter_counts(config.model)["total"] / 1e6,
+                "precision": "bf16" if mode.device == "cuda" else "fp32", "batch_per_gpu": config.data.batch_size,
+                "steps_timed": len(timed), "step_seconds": config.data.batch_size / rate, "samples_per_s": rate,
+                "achieved_tflops": rate * flops / 1e12, "gflops_per_sample": flops / 1e9,
+                "mfu": statistics.median(m["mfu"] for m in timed) if "mfu" in timed[0] else None,
+                "peak_tflops": config.peak_tflops if mode.device == "cuda" else None,
+                "peak_gpu_memory_gib": max(m["peak_memory_gb"] for m in timed) if "peak_memory_gb" in timed[0]
+                else None, "peak_host_rss_gib": child.max_rss_gib, "encoder": config.model.encoder.size,
+                "seconds": child.seconds}
 
     # --- collectives ---------------------------------------------------------------------------------------------
 
@@ -223,9 +274,10 @@ class GpuCheck:
         mode = self.mode
         items = self.recipe_config(mode.check_model, f"optim.steps={mode.steps}", "optim.warmup_steps=5",
                                    "optim.lr=1e-3", f"checkpoint.every={mode.steps}")
-        _, straight, straight_dir = self.train("straight", *items)
-        _, stopped, resumed_dir = self.train("resumed", *items, f"stop_after={mode.stop_after}")
-        _, resumed, _ = self.train("resumed", *items)
+        _, straight, straight_dir = self.train("straight", *items, deterministic=True)
+        _, stopped, resumed_dir = self.train("resumed", *items, f"stop_after={mode.stop_after}", deterministic=True)
+        stopped_log = (self.out / "resumed_train.err").read_text()  # the second run writes the same log
+        _, resumed, _ = self.train("resumed", *items, deterministic=True)
         expected = {m["step"]: m["loss"] for m in metrics(straight_dir) if "loss" in m}
         got = {m["step"]: m["loss"] for m in metrics(resumed_dir) if "loss" in m}
         steps = list(range(1, mode.steps + 1))
@@ -240,9 +292,12 @@ class GpuCheck:
         ok = (logged and straight.get("finished") is True and stopped.get("step") == mode.stop_after
               and stopped.get("finished") is False and resumed.get("step") == mode.steps
               and resumed.get("finished") is True and max(before, after) <= mode.loss_rtol)
+        logs = [(self.out / "straight_train.err").read_text(), stopped_log, (self.out / "resumed_train.err").read_text()]
         return {"steps": mode.steps, "stopped_at": stopped.get("step"), "resumed_to": resumed.get("step"),
                 "checkpoints": complete, "all_steps_logged": logged, "max_rel_gap_before_stop": before,
                 "max_rel_gap_after_resume": after, "rtol": mode.loss_rtol,
+                "exact": bool(logged and before == 0.0 and after == 0.0), "deterministic_algorithms": True,
+                "nondeterministic_ops": nondeterministic_ops(logs),
                 "first_loss": expected.get(1), "last_loss": expected.get(mode.steps), "ok": bool(ok)}
 
     # --- evaluation through both loaders ------------------------------------------------------------------------
@@ -268,12 +323,49 @@ class GpuCheck:
         gap = max(float(np.abs(dali.scores[h] - wds.scores[h]).max()) for h in dali.scores) if same_keys else None
         metrics_dali, metrics_wds = reports["dali"]["metrics"], reports["webdataset"]["metrics"]
         numbers = sorted(k for k, v in metrics_wds.items() if isinstance(v, (int, float)))
+        # The check's task (vggsound) has one single-label head: its top-k may differ by the close calls the measured
+        # gap allows (score_agreement.py); every other number must be equal.
+        (head,) = wds.scores
+        tolerances = metric_tolerances(wds.scores[head], wds.targets[head], gap or 0.0, numbers) if same_keys else {}
+        within = same_keys and all(metrics_dali.get(k) is not None and
+                                   abs(metrics_dali[k] - metrics_wds[k]) <= tolerances[k] for k in numbers)
         equal = same_keys and all(metrics_dali.get(k) == metrics_wds[k] for k in numbers)
         return {"split": "val", "samples": len(wds.keys), "same_keys": same_keys,
                 "metrics_dali": {k: metrics_dali.get(k) for k in numbers},
                 "metrics_webdataset": {k: metrics_wds[k] for k in numbers},
-                "metrics_equal": bool(equal), "max_score_gap": gap, "score_atol": mode.score_atol,
-                "ok": bool(equal and gap is not None and gap <= mode.score_atol)}
+                "metrics_equal": bool(equal), "metric_tolerances": tolerances, "metrics_within": bool(within),
+                "max_score_gap": gap, "score_atol": mode.score_atol,
+                "ok": bool(within and gap is not None and gap <= mode.score_atol)}
+
+
+def recommend_batch(sweep: list[dict[str, Any]], limit_gib: float | None) -> int | None:
+    """Marks each batch that ran ``fits`` (peak GPU memory within ``limit_gib``; None: no GPU, no limit) and returns
+    the batch with the most samples/s among those that fit (None when none does)."""
+    ran = [run for run in sweep if not run.get("out_of_memory")]
+    for run in ran:
+        run["fits"] = limit_gib is None or run["peak_gpu_memory_gib"] <= limit_gib
+    fitting = [run for run in ran if run["fits"]]
+    return max(fitting, key=lambda run: run["samples_per_s"])["batch_per_gpu"] if fitting else None
+
+
+def nondeterministic_ops(logs: list[str]) -> list[str]:
+    """torch's warnings, under warn_only determinism, of the ops that ran their non-deterministic kernel (each once):
+    "... does not have a deterministic implementation ..." and the fused attention's "... defaults to a
+    non-deterministic algorithm ..."."""
+    found = []
+    for text in logs:
+        for line in text.splitlines():
+            if ("deterministic implementation" in line or "non-deterministic algorithm" in line) and \
+                    line.strip() not in found:
+                found.append(line.strip())
+    return found
+
+
+def out_of_memory(log: Path) -> bool:
+    """Whether a child's stderr shows torch's CUDA allocator failing (torch.OutOfMemoryError: "CUDA out of
+    memory. Tried to allocate ...")."""
+    err = Path(f"{log}.err")
+    return err.exists() and ("CUDA out of memory" in (text := err.read_text()) or "OutOfMemoryError" in text)
 
 
 def metrics(workdir: Path) -> list[dict[str, Any]]:

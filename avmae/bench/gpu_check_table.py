@@ -24,12 +24,7 @@ def _value(name: str, step: dict[str, Any]) -> list[tuple[str, str]]:
                  f"{step['trainer_cpu_ms_per_sample']:.2f} ms, each worker {step['worker_cpu_ms_per_sample']:.2f} ms "
                  f"(batch {step['batch_size']}, {step['frames_per_sample']} frames)")]
     if name == "recipe":
-        mfu = f", MFU {step['mfu']:.1%} of {step['peak_tflops']:g} TFLOP/s" if step["mfu"] is not None else ""
-        memory = f"GPU {step['peak_gpu_memory_gib']:.1f} GiB allocated, " if step["peak_gpu_memory_gib"] else ""
-        return [(f"recipe step ({step['model_parameters_millions']:.0f} M params, {step['precision']})",
-                 f"{step['step_seconds'] * 1e3:.0f} ms at batch {step['batch_per_gpu']} = "
-                 f"{step['samples_per_s']:.1f} samples/s, {step['achieved_tflops']:.2f} TFLOP/s{mfu}"),
-                ("peak memory", f"{memory}host {step['peak_host_rss_gib']:.2f} GiB resident")]
+        return _recipe_rows(step)
     if name == "collectives":
         if "note" in step:
             return [("all-reduce / all-gather", step["note"])]
@@ -37,16 +32,43 @@ def _value(name: str, step: dict[str, Any]) -> list[tuple[str, str]]:
         return [(f"{op.replace('_', '-')} bus bandwidth", f"{step[op]['busbw_gb_s']:.2f} GB/s "
                  f"(algorithm {step[op]['algbw_gb_s']:.2f} GB/s; {where})") for op in ("all_reduce", "all_gather")]
     if name == "resume":
+        exact = "equal bit for bit" if step["exact"] else (
+            f"max relative gap to the uninterrupted run {step['max_rel_gap_before_stop']:.1e} before the stop, "
+            f"{step['max_rel_gap_after_resume']:.1e} after (tolerance {step['rtol']:.0e})")
+        kernels = f"; non-deterministic kernels: {len(step['nondeterministic_ops'])} (gpu_check.json)" \
+            if step["nondeterministic_ops"] else ""
         return [(f"{step['steps']}-step run, stop at {step['stopped_at']} + resume",
-                 f"loss {step['first_loss']:.4f} -> {step['last_loss']:.4f}; max relative gap to the uninterrupted "
-                 f"run {step['max_rel_gap_before_stop']:.1e} before the stop, {step['max_rel_gap_after_resume']:.1e} "
-                 f"after (tolerance {step['rtol']:.0e})")]
+                 f"loss {step['first_loss']:.4f} -> {step['last_loss']:.4f}; {exact}{kernels}")]
     if name == "eval":
         shown = ", ".join(f"{k} {v:.3f}" for k, v in step["metrics_dali"].items() if k not in ("classes", "samples"))
-        return [("avmae-eval: DALI = webdataset", f"{step['samples']} samples, {shown} (both: "
-                 f"{'equal' if step['metrics_equal'] else 'DIFFERENT'}); max score gap {step['max_score_gap']:.1e} "
+        allowed = ", ".join(f"{k} {v:.3f}" for k, v in step["metric_tolerances"].items() if v)
+        verdict = "equal" if step["metrics_equal"] else "within tolerance" if step["metrics_within"] else "DIFFERENT"
+        return [("avmae-eval: DALI = webdataset", f"{step['samples']} samples, {shown} (both: {verdict}"
+                 f"{'; allowed: ' + allowed if allowed else ''}); max score gap {step['max_score_gap']:.1e} "
                  f"(tolerance {step['score_atol']:.0e})")]
     return [(name, "")]
+
+
+def _recipe_rows(step: dict[str, Any]) -> list[tuple[str, str]]:
+    """A row per batch of the sweep, its peak memory, and the batch recommended."""
+    rows = []
+    for run in step["sweep"]:
+        if run.get("out_of_memory"):
+            rows.append((f"recipe step, batch {run['batch_per_gpu']}", "out of GPU memory: the sweep ends here"))
+            continue
+        mfu = f", MFU {run['mfu']:.1%} of {run['peak_tflops']:g} TFLOP/s" if run["mfu"] is not None else ""
+        memory = f"GPU {run['peak_gpu_memory_gib']:.1f} GiB allocated" if run["peak_gpu_memory_gib"] else \
+            f"host {run['peak_host_rss_gib']:.2f} GiB resident"
+        rows.append((f"recipe step, batch {run['batch_per_gpu']} ({run['model_parameters_millions']:.0f} M params, "
+                     f"{run['precision']})", f"{run['step_seconds'] * 1e3:.0f} ms = {run['samples_per_s']:.1f} "
+                     f"samples/s, {run['achieved_tflops']:.2f} TFLOP/s{mfu}; peak {memory}"
+                     f"{'' if run['fits'] else ' (over the memory limit)'}"))
+    limit = f"peak under {step['memory_limit_gib']:.1f} GiB ({step['headroom']:.0%} kept free)" \
+        if step["memory_limit_gib"] else "no GPU memory limit on a CPU"
+    recommended = step["recommended_batch_per_gpu"]
+    rows.append(("recommended batch per GPU", f"{recommended if recommended else 'none fits'}: the most samples/s "
+                 f"with {limit}"))
+    return rows
 
 
 CAN_FAIL = {"shards", "resume", "eval"}
