@@ -242,3 +242,18 @@ def test_zero_buckets_follow_one_key_and_default_to_a_tenth_of_deepspeeds_sizes(
     with pytest.raises(ConfigError, match="zero_bucket_elements must be at least 1000000"):
         load(RunConfig, DEMO, ["zero_bucket_elements=1000"]).validate()
 
+
+
+def test_mixup_settings_are_checked_when_the_config_is_read():
+    from avmae.recipe.config import RunConfig
+
+    finetune = Path(__file__).resolve().parents[1] / "configs" / "demo_finetune.yaml"
+    base = ["data.shards=/tmp/shards", "augment.mixup=1.0"]
+    with pytest.raises(ConfigError, match="augment.mixup_alpha must be above 0"):
+        load(RunConfig, finetune, base + ["augment.mixup_alpha=0"]).validate()
+    with pytest.raises(ConfigError, match="needs finetune.classifier: bottleneck"):
+        load(RunConfig, finetune, base + ["augment.mixup_per_modality=true", "finetune.classifier=pooled"]).validate()
+    with pytest.raises(ConfigError, match="augment.freq_masks"):
+        load(RunConfig, finetune, base + ["augment.freq_masks=-1"]).validate()
+    load(RunConfig, finetune, base + ["augment.mixup_per_modality=true", "finetune.classifier=bottleneck",
+                                      "model.encoder.fusion=late"]).validate()

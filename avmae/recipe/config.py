@@ -161,6 +161,7 @@ class RunConfig:
                      "augment.train_offsets": self.augment.train_offsets})
         at_least(0, {"data.workers": self.data.workers, "data.shuffle_buffer": self.data.shuffle_buffer,
                      "augment.freq_mask": self.augment.freq_mask, "augment.time_mask": self.augment.time_mask,
+                     "augment.freq_masks": self.augment.freq_masks, "augment.time_masks": self.augment.time_masks,
                      "data.eval_short_side": self.data.eval_short_side, "augment.mixup": self.augment.mixup,
                      "optim.warmup_steps": self.optim.warmup_steps, "optim.lr": self.optim.lr,
                      "optim.min_lr": self.optim.min_lr, "optim.weight_decay": self.optim.weight_decay,
@@ -182,7 +183,19 @@ class RunConfig:
             raise ValueError(f"optim.milestones must be increasing, got {list(self.optim.milestones)}")
         if self.task == "finetune" and self.finetune.loss.startswith("bce") and self.finetune.heads.get("verb"):
             raise ValueError("Epic-Kitchens verb/noun heads are single-label: use finetune.loss ce")
+        self._mixup()
         return self
+
+    def _mixup(self) -> None:
+        augment = self.augment
+        if self.task != "finetune" or augment.mixup <= 0:
+            return
+        if augment.mixup_alpha <= 0:
+            raise ConfigError(f"augment.mixup_alpha must be above 0 (Beta(alpha, alpha)), got {augment.mixup_alpha}")
+        if augment.mixup_per_modality and self.finetune.classifier != "bottleneck":
+            raise ConfigError("augment.mixup_per_modality mixes each modality's targets with its own lambda, so it "
+                              "needs finetune.classifier: bottleneck (a loss per modality's logits); got "
+                              f"{self.finetune.classifier!r}")
 
     def _clip_geometry(self) -> None:
         """The model config is the home of the clip geometry: the loader's frame count and crop follow it. Set to

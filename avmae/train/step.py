@@ -30,14 +30,6 @@ class TrainStep:
         self.engine, self.config, self.heads, self.loss_kind = engine, config, heads, loss_kind
         self.dtype = torch.bfloat16 if bf16 else torch.float32  # DeepSpeed bf16 casts the module, not autocast
         self.forward = self._pretrain if config.task == "pretrain" else self._finetune
-        if (config.task == "finetune" and config.augment.mixup > 0 and config.augment.mixup_per_modality
-                and config.finetune.classifier != "bottleneck"):
-            raise ValueError("augment.mixup_per_modality mixes each modality's targets with its own lambda, so it "
-                             "needs finetune.classifier: bottleneck (a loss per modality's logits); got "
-                             f"{config.finetune.classifier!r}")
-        if config.task == "finetune" and config.augment.mixup > 0 and config.augment.mixup_alpha <= 0:
-            raise ValueError(f"augment.mixup_alpha must be above 0 (Beta(alpha, alpha)), got "
-                             f"{config.augment.mixup_alpha}")
 
     def __call__(self, next_batch: Callable[[], dict[str, Any]]) -> StepResult:
         """Run ``grad_accum`` micro-batches drawn with ``next_batch`` and DeepSpeed's step after each (it applies
