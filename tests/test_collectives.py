@@ -264,3 +264,20 @@ def test_two_rank_zero_pretraining_with_the_contrastive_term_runs_under_the_chec
     assert result.stderr.count("avmae_checked on cpu") == 2
     summary = json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
     assert summary["step"] == 4 and summary["finished"] is True
+
+
+@pytest.mark.slow
+def test_two_rank_fine_tuning_with_its_evaluations_runs_under_the_checking_backend(shards, tmp_path):
+    # The in-training evaluation's gathers (scores, labels, keys, skip records) and the best-score agreement.
+    config = run_config(tmp_path, shards, task="finetune", data={"eval_split": "val"},
+                        finetune={"eval_every": 2}, optim={"steps": 4, "lr": 2e-3, "warmup_steps": 1},
+                        checkpoint={"every": 2, "keep": 1})
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               "-m", "avmae.cli.train", "--config", str(config)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "AVMAE_DIST_BACKEND": "avmae_checked"}
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert "CollectiveRefused" not in result.stderr, result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
+    assert summary["step"] == 4 and summary["finished"] is True
+    assert summary["best"] is not None and summary["best"]["step"] in (2, 4) and "top1" in summary["best"]["metrics"]
