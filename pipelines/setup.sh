@@ -110,7 +110,7 @@ if [ -n "$WHEELHOUSE" ]; then
   say "installing avmae${extras:+[$extras]} from $WHEELHOUSE (no network)"
   "$PYTHON" -m pip install "${pip_flags[@]}" -c "$scratch/constraints.txt" "avmae${extras:+[$extras]}"
 # -P: not the current folder (the checkout) on sys.path, so that these see what is installed
-elif ! "$PYTHON" -P -c "import avmae, deepspeed, webdataset, msgpack, isal, pytest, xdist, sklearn, scipy, tensorboard, s3fs, gcsfs, moto.server, gcp_storage_emulator" 2>/dev/null \
+elif ! "$PYTHON" -P -c "import avmae, deepspeed, webdataset, msgpack, isal, pytest, xdist, sklearn, scipy, tensorboard, s3fs, gcsfs, moto.server, gcp_storage_emulator, mkdocs" 2>/dev/null \
    || { [ -n "$dali_package" ] && ! "$PYTHON" -m pip show -q "$dali_package" >/dev/null 2>&1; } \
    || [ "$("$PYTHON" -P -c 'import avmae, os; print(os.path.dirname(os.path.dirname(avmae.__file__)))' 2>/dev/null)" != "$PWD" ]; then
   say "installing avmae and its dependencies (pip install -e .[test${extras:+,$extras}] -c $constraints)"

@@ -34,7 +34,10 @@ fi
 # The whole suite in two parts. Most tests spend much of their time waiting on subprocesses, imports, ffmpeg and
 # servers, so they run on 2 workers (a file's tests stay on one worker: its shards are built once). The tests that
 # assert how soon something happens (marked serial) or that share the SLURM cluster then run alone.
+# The tests that download from the package registries (marked network) run last, on the host: the cluster's
+# namespace has no route out.
 status=0
-"${pytest[@]}" -n "${AVMAE_TEST_WORKERS:-2}" --dist loadfile -m "not serial and not slurm" || status=$?
-"${pytest[@]}" -m "serial or slurm" || status=$?
+"${pytest[@]}" -n "${AVMAE_TEST_WORKERS:-2}" --dist loadfile -m "not serial and not slurm and not network" || status=$?
+"${pytest[@]}" -m "(serial or slurm) and not network" || status=$?
+"$PYTHON" -m pytest -q -m network || status=$?
 exit "$status"

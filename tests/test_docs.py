@@ -48,7 +48,6 @@ def _anchors(path: Path) -> set[str]:
 
 
 def test_mkdocs_builds_strict(tmp_path):
-    pytest.importorskip("mkdocs", reason="mkdocs is a test extra (pip install mkdocs)")
     site = tmp_path / "site"
     result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file",
                              str(ROOT / "mkdocs.yml"), "--site-dir", str(site)],

@@ -205,6 +205,7 @@ def _torch_and_what_it_needs() -> list[Path]:
 
 
 @pytest.mark.slow
+@pytest.mark.network  # pip downloads the wheelhouse: pipelines/test.sh runs this outside the cluster's namespace
 def test_a_wheelhouse_installs_avmae_with_no_index_beside_a_preinstalled_torch(tmp_path):
     wheelhouse = tmp_path / "wheelhouse"
     # This machine's Python and platform; torch left out (it is installed) and no DALI: about 130 MB of wheels.
