@@ -6,8 +6,8 @@
 # consolidated fp32 model; the MBT-L fine-tune recipe (configs/avmae_mbt_vggsound.yaml) takes one step from that
 # export; avmae-eval scores the fine-tuned model. Prints a JSON summary (seconds per step, peak resident memory of
 # the largest rank per stage) and writes it to $OUT/full_size.json. Needs about 20 GB of free memory and 30 GB of
-# disk; about 9 minutes on 2 cores. Slow and memory-hungry, so it is not part of the test suite (README: "The
-# full-size recipes, run").
+# disk; about 9 minutes on 2 cores. Slow and memory-hungry, so it is not part of the test suite (docs/performance.md,
+# "The full-size recipes, run").
 #   OUT=DIR            work folder (default full_size_out; removed first)
 #   AVMAE_PYTHON=...   the interpreter (default python3)
 set -euo pipefail

@@ -26,7 +26,7 @@ from avmae.models.counts import pretraining_flops
 from tests.helpers import REPO, TINY_MODEL
 
 RECIPE = REPO / "configs" / "pretrain_as2m.yaml"
-VIT_L_PARAMETERS = 595_849_984  # README, Models: 595.85 M (avmae-bench model); Scenic has no modality embeddings
+VIT_L_PARAMETERS = 595_849_984  # docs/models.md: 595.85 M (avmae-bench model); Scenic has no modality embeddings
 
 
 def _tiny() -> ModelConfig:
@@ -116,10 +116,10 @@ def test_plan_numbers_follow_from_the_flop_count_and_stated_constants():
     recipe = load_recipe(RECIPE, [])
     plan = capacity_plan(recipe, PlanInputs(gpus=64), _activations(400 * 2**20, 80 * 2**20))
     flops = pretraining_flops(recipe.model, global_batch=512)["forward_backward"]
-    assert flops == pytest.approx(827e9, rel=1e-3)  # README: 827 GFLOPs per sample
+    assert flops == pytest.approx(827e9, rel=1e-3)  # docs/models.md: 827 GFLOPs per sample
     per_gpu = 0.40 * 989e12 / flops
     assert plan["throughput"]["samples_per_s_per_gpu"] == pytest.approx(per_gpu)
-    assert round(per_gpu) == 478 and round(per_gpu * 16, -2) == 7700  # README: ~480 samples/s, ~7,700 frames/s
+    assert round(per_gpu) == 478 and round(per_gpu * 16, -2) == 7700  # docs/performance.md: ~480 samples/s, ~7,700 frames/s
     assert plan["loader"]["frames_per_s_per_gpu"] == pytest.approx(per_gpu * 16)
     assert plan["throughput"]["epoch_days"] == pytest.approx(AUDIOSET_2M_CLIPS / (64 * per_gpu) / 86400)
     assert plan["storage"]["dataset_tb"] == pytest.approx(AUDIOSET_2M_CLIPS * MEASURED_BYTES_PER_SAMPLE / 1e12)

@@ -210,7 +210,7 @@ def test_a_sample_error_names_the_remote_shard(http):
 
 @pytest.mark.slow
 def test_two_rank_training_from_s3_stopped_and_resumed_equals_an_uninterrupted_run_from_a_pipe(s3, shards, tmp_path):
-    """The stated guarantee for training from remote roots (README, "Remote shards"): the stream depends on the
+    """The stated guarantee for training from remote roots (docs/remote_data.md): the stream depends on the
     config, the rank and the batch number, not on where the bytes come from. 20 steps on 2 ranks over S3, stopped
     after step 10 with a checkpoint and resumed, give the losses of 20 uninterrupted steps over ``pipe:cat`` of the
     local folder, step for step; every step once, finite."""

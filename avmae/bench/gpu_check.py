@@ -172,7 +172,7 @@ class GpuCheck:
     def feed(self) -> dict[str, Any]:
         """DALI's training feed alone, as ``avmae-bench feed`` measures it: the recipe's batch and frames read and
         checked by data.workers worker processes, no decode. A GPU must be fed several times what it consumes (4x,
-        README "The DALI feed"): compared with the recipe step's rate measured before it."""
+        docs/performance.md#the-dali-feed): compared with the recipe step's rate measured before it."""
         from avmae.bench.feed import bench_feed
 
         config = load(RunConfig, RECIPE, self.recipe_config(self.mode.recipe_model)).validate()

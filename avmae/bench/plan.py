@@ -3,7 +3,7 @@ computed from a stated formula with stated constants (``source`` says which).
 
 Inputs: the recipe (model, per-GPU batch, ZeRO stage), the GPU count and kind, an MFU, and three measurements:
 activation bytes per sample (``activations.measure_activations``, on this CPU), shard bytes per sample
-(``shard_size``), and the shard build's clips/s per core (README, ``avmae-bench shard``).
+(``shard_size``), and the shard build's clips/s per core (docs/performance.md#shard-build-throughput, ``avmae-bench shard``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ AUDIOSET_2M_CLIPS = 1_857_210
 # (10 s 640x360 H.264 testsrc2 + noise, 44.1 kHz AAC), Debian ffmpeg 5.1. Real YouTube frames compress differently;
 # pass --shards or --bytes-per-sample for your own.
 MEASURED_BYTES_PER_SAMPLE = 543_705  # 6,524,457 bytes for 12 samples (avmae.bench.shard_size)
-# Shard build rate per core: README "Shard build throughput", avmae-bench shard, 1 worker: 4.40 clips/s (10 s clips).
+# Shard build rate per core: docs/performance.md#shard-build-throughput, avmae-bench shard, 1 worker: 4.40 clips/s (10 s clips).
 BUILD_CLIPS_PER_CORE_S = 4.40
 # The recipe's ranks: configs/pretrain_as2m.yaml runs on 8 nodes of 8 GPUs (slurm/pretrain_as2m.sbatch -N 8), 8 samples
 # per GPU: AV-MAE's global batch of 512 (AV-MAE, Georgescu et al. 2023, appendix: batch 512 on AudioSet).

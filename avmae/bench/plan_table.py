@@ -62,7 +62,7 @@ def plan_rows(plan: dict[str, Any]) -> list[tuple[str, str, str]]:
          f"({plan['storage']['read_gb_per_s_cluster']:.1f} GB/s all nodes)", COMPUTED + " (one read per sample)"),
         ("shard build", f"{plan['shard_build']['core_hours']:,.0f} core-hours "
          f"({plan['shard_build']['hours_on_one_16_core_node']:.1f} h on one 16-core node)",
-         f"{plan['shard_build']['clips_per_core_s']} clips/s per core (README, avmae-bench shard)"),
+         f"{plan['shard_build']['clips_per_core_s']} clips/s per core (docs/performance.md, avmae-bench shard)"),
     ]
 
 

@@ -1,4 +1,4 @@
-"""``avmae-bench``: throughput numbers for the README (shard build now; loader and model as they land)."""
+"""``avmae-bench``: throughput numbers for docs/performance.md (shard build, loaders, model, capacity plan)."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def _plan_parser(commands) -> None:
                       help="shard bytes per sample (default: measured here, see avmae/bench/plan.py)")
     plan.add_argument("--shards", type=Path, help="measure bytes per sample from this shard folder instead")
     plan.add_argument("--build-clips-per-core-s", type=float, default=BUILD_CLIPS_PER_CORE_S,
-                      help="shard build rate per core (README: avmae-bench shard, 1 worker)")
+                      help="shard build rate per core (docs/performance.md: avmae-bench shard, 1 worker)")
     plan.add_argument("--activations", type=Path,
                       help="JSON of the activation measurement: read if it exists (same model), else measured and "
                            "written there (the measurement takes a minute or two on CPU)")

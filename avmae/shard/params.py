@@ -35,7 +35,7 @@ class FeatureParams:
     frame_length_ms: float = 25.0
     window_type: str = "hanning"
     target_frames: int = 1024  # CAV-MAE target_length: zero-pad or cut (docs/reference/cavmae.md)
-    # How the log-mel is stored. float16 halves the member (README "What a sample holds" has the sizes) at up to
+    # How the log-mel is stored. float16 halves the member (docs/shards.md#what-a-sample-holds has the sizes) at up to
     # ~4e-3 from CAV-MAE's float32 features; float32 stores the fbank output bit for bit.
     logmel_dtype: Literal["float16", "float32"] = "float16"
     # Which log-mel recipe made the stored features; a manifest without the field was made by cavmae.

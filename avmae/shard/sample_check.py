@@ -8,7 +8,7 @@ that of the sample's other frames; the log-mel is a plain .npy array (shard/npy.
 dtype with no inf or NaN; the JSON is an object with the sample's key whose labels fit the label mode. A failure is
 a ``SampleProblem`` naming the member, one of the loaders' skip reasons (data/faults.py REASONS) and what is wrong.
 
-These run for every sample in a feed worker (about 0.5 ms of CPU per sample in all, README "The DALI feed"), hence
+These run for every sample in a feed worker (about 0.5 ms of CPU per sample in all, docs/performance.md#the-dali-feed), hence
 the plain byte arithmetic of the JPEG walk and the float16 finiteness test from the bits."""
 
 from __future__ import annotations
