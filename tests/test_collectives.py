@@ -249,12 +249,9 @@ def test_two_rank_evaluation_runs_under_the_checking_backend_and_equals_one_proc
     assert np.allclose(a["scores"], b["scores"], atol=1e-5)
 
 
-@pytest.mark.slow
-def test_two_rank_zero_pretraining_with_the_contrastive_term_runs_under_the_checking_backend(shards, tmp_path):
-    # avmae's collectives (loss logging, the global-batch contrastive gather and its backward, stop agreement,
-    # checkpoint agreement) are checked; DeepSpeed's ZeRO reductions pass as its own.
-    config = run_config(tmp_path, shards, optim={"steps": 4, "lr": 2e-3, "warmup_steps": 2},
-                        checkpoint={"every": 4, "keep": 1})
+def train_checked(config: Path) -> dict:
+    """avmae-train on 2 ranks under avmae_checked: its result line, after checking no collective was refused and
+    that both ranks ran on the checking backend."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
                "-m", "avmae.cli.train", "--config", str(config)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "AVMAE_DIST_BACKEND": "avmae_checked"}
@@ -262,22 +259,23 @@ def test_two_rank_zero_pretraining_with_the_contrastive_term_runs_under_the_chec
     assert "CollectiveRefused" not in result.stderr, result.stderr[-3000:]
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("avmae_checked on cpu") == 2
-    summary = json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
+    return json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
+
+
+@pytest.mark.slow
+def test_two_rank_zero_pretraining_with_the_contrastive_term_runs_under_the_checking_backend(shards, tmp_path):
+    # avmae's collectives (loss logging, the global-batch contrastive gather and its backward, stop agreement,
+    # checkpoint agreement) are checked; DeepSpeed's ZeRO reductions pass as its own.
+    summary = train_checked(run_config(tmp_path, shards, optim={"steps": 4, "lr": 2e-3, "warmup_steps": 2},
+                                       checkpoint={"every": 4, "keep": 1}))
     assert summary["step"] == 4 and summary["finished"] is True
 
 
 @pytest.mark.slow
 def test_two_rank_fine_tuning_with_its_evaluations_runs_under_the_checking_backend(shards, tmp_path):
     # The in-training evaluation's gathers (scores, labels, keys, skip records) and the best-score agreement.
-    config = run_config(tmp_path, shards, task="finetune", data={"eval_split": "val"},
-                        finetune={"eval_every": 2}, optim={"steps": 4, "lr": 2e-3, "warmup_steps": 1},
-                        checkpoint={"every": 2, "keep": 1})
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-               "-m", "avmae.cli.train", "--config", str(config)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "AVMAE_DIST_BACKEND": "avmae_checked"}
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
-    assert "CollectiveRefused" not in result.stderr, result.stderr[-3000:]
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
+    summary = train_checked(run_config(tmp_path, shards, task="finetune", data={"eval_split": "val"},
+                                       finetune={"eval_every": 2}, optim={"steps": 4, "lr": 2e-3, "warmup_steps": 1},
+                                       checkpoint={"every": 2, "keep": 1}))
     assert summary["step"] == 4 and summary["finished"] is True
     assert summary["best"] is not None and summary["best"]["step"] in (2, 4) and "top1" in summary["best"]["metrics"]
