@@ -213,8 +213,15 @@ def test_the_step_scores_each_modalitys_logits_against_its_own_mixed_targets():
 
 
 def test_per_modality_mixup_needs_the_bottleneck_classifier():
+    """Refused when the config is read (RunConfig.validate), before any trainer is built."""
+    from avmae.recipe.config import RunConfig
+
+    config = RunConfig(task="finetune")
+    config.data.shards = "/tmp/shards"
+    config.augment = dataclasses.replace(config.augment, mixup=1.0, mixup_alpha=0.5, mixup_per_modality=True)
+    config.finetune.classifier = "pooled"
     with pytest.raises(ValueError, match="finetune.classifier: bottleneck"):
-        scenic_step(classifier="pooled")
+        config.validate()
 
 
 # --- no host syncs with Scenic's augmentations --------------------------------------------------------------------
