@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import yaml
@@ -128,3 +130,17 @@ def training_skips(config, batches: int) -> list[list[dict]]:
 
     stream = iter(build_loader(config, "train", train=True))
     return [next(stream)["skipped"] for _ in range(batches)]
+
+
+def markdown_slug(heading: str) -> str:
+    """The anchor Python-Markdown's toc (and so MkDocs) gives a heading: code marks and punctuation dropped, lower
+    case, runs of spaces and hyphens as one hyphen (Python-Markdown ``markdown/extensions/toc.py``, ``slugify``)."""
+    text = unicodedata.normalize("NFKD", heading.replace("`", "")).encode("ascii", "ignore").decode()
+    text = re.sub(r"[^\w\s-]", "", text).strip().lower()
+    return re.sub(r"[-\s]+", "-", text)
+
+
+def markdown_anchors(page: Path) -> set[str]:
+    """The anchors of a Markdown page's headings (fenced code left out)."""
+    text = re.sub(r"^```.*?^```", "", page.read_text(encoding="utf-8"), flags=re.S | re.M)
+    return {markdown_slug(heading) for heading in re.findall(r"^#{1,6}\s+(.+?)\s*$", text, flags=re.M)}

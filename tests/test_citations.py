@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import unicodedata
 from pathlib import Path
+
+from tests.helpers import markdown_anchors
 
 ROOT = Path(__file__).resolve().parents[1]
 THIS = Path(__file__).resolve().relative_to(ROOT).as_posix()
@@ -49,19 +50,6 @@ def _normalised(parts: tuple[str, ...]) -> list[str]:
     return kept or ["."]
 
 
-def _slug(heading: str) -> str:
-    """The anchor Python-Markdown's toc (and so MkDocs) gives a heading: code marks and punctuation dropped, lower
-    case, runs of spaces and hyphens as one hyphen (Python-Markdown ``markdown/extensions/toc.py``, ``slugify``)."""
-    text = unicodedata.normalize("NFKD", heading.replace("`", "")).encode("ascii", "ignore").decode()
-    text = re.sub(r"[^\w\s-]", "", text).strip().lower()
-    return re.sub(r"[-\s]+", "-", text)
-
-
-def _anchors(page: Path) -> set[str]:
-    text = re.sub(r"^```.*?^```", "", page.read_text(encoding="utf-8"), flags=re.S | re.M)
-    return {_slug(heading) for heading in re.findall(r"^#{1,6}\s+(.+?)\s*$", text, flags=re.M)}
-
-
 def unshipped_note_mentions(names: list[str]) -> list[str]:
     tracked = set(names)
     found = []
@@ -85,7 +73,7 @@ def broken_doc_citations(names: list[str]) -> list[str]:
                 page, _, anchor = citation.partition("#")
                 if not (ROOT / page).is_file():
                     found.append(f"{name}:{number}: cites {page}, which does not exist")
-                elif anchor and anchor not in _anchors(ROOT / page):
+                elif anchor and anchor not in markdown_anchors(ROOT / page):
                     found.append(f"{name}:{number}: cites {citation}, but {page} has no heading with that anchor")
     return found
 

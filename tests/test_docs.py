@@ -9,13 +9,13 @@ import re
 import subprocess
 import sys
 import typing
-import unicodedata
 from pathlib import Path
 
 import pytest
 
 from avmae import config_reference
 from avmae.recipe.config import RunConfig
+from tests.helpers import markdown_anchors, markdown_slug
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -32,19 +32,6 @@ def _prose(text: str) -> str:
 
 def _links(path: Path) -> list[str]:
     return LINK.findall(_prose(path.read_text(encoding="utf-8")))
-
-
-def _slug(heading: str) -> str:
-    """Python-Markdown's toc slugify (the anchors mkdocs gives headings): code marks and punctuation dropped,
-    lower case, runs of spaces and hyphens as one hyphen."""
-    text = unicodedata.normalize("NFKD", heading.replace("`", "")).encode("ascii", "ignore").decode()
-    text = re.sub(r"[^\w\s-]", "", text).strip().lower()
-    return re.sub(r"[-\s]+", "-", text)
-
-
-def _anchors(path: Path) -> set[str]:
-    text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.S | re.M)
-    return {_slug(match) for match in re.findall(r"^#{1,6}\s+(.+?)\s*$", text, flags=re.M)}
 
 
 def test_mkdocs_builds_strict(tmp_path):
@@ -100,7 +87,7 @@ def test_relative_links_reach_files():
             resolved = (page.parent / file).resolve()
             if not resolved.exists():
                 missing.append(f"{page.relative_to(ROOT)}: {target} (no file {resolved.relative_to(ROOT)})")
-            elif page.name == "README.md" and anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved):
+            elif page.name == "README.md" and anchor and resolved.suffix == ".md" and anchor not in markdown_anchors(resolved):
                 # mkdocs checks the anchors between pages of docs/; README is outside the site
                 missing.append(f"README.md: {target} (no heading #{anchor} in {file})")
     assert not missing, "broken relative links:\n" + "\n".join(missing)
@@ -110,7 +97,7 @@ def test_link_checker_sees_links():
     """The checker above finds the links it must check (so an empty finding means no broken link, not no link)."""
     readme_links = _links(ROOT / "README.md")
     assert "docs/index.md" in readme_links and "docs/config_reference.md" in readme_links
-    assert _slug("A GPU machine (`pipelines/gpu_check.sh`)") == "a-gpu-machine-pipelinesgpu_checksh"
+    assert markdown_slug("A GPU machine (`pipelines/gpu_check.sh`)") == "a-gpu-machine-pipelinesgpu_checksh"
     assert _links_in("see [a](b.md) and `[c](d.md)`\n```\n[e](f.md)\n```\n") == ["b.md"]
 
 
