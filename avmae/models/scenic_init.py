@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from avmae.models.vit import Attention, Mlp
+from avmae.models.vit import Attention, Mlp, init_weights
 
 # flax's variance_scaling(..., "truncated_normal") draws a standard normal truncated to [-2, 2] and divides the
 # wanted std by that distribution's std, 0.87962566103423978 (jax/_src/nn/initializers.py), so the result has it.
@@ -42,14 +42,8 @@ def init_transformer(module: nn.Module) -> None:
     """Every Linear xavier-uniform with zero bias, but the fused qkv as three (width, width) matrices, each with its
     own fan (flax's query / key / value are separate DenseGeneral layers), and MLP biases normal(1e-6); LayerNorms
     to scale 1, bias 0. Heads and tokens that differ (zeros) are set by their owners afterwards."""
-    for sub in module.modules():
-        if isinstance(sub, nn.Linear):
-            nn.init.xavier_uniform_(sub.weight)
-            if sub.bias is not None:
-                nn.init.zeros_(sub.bias)
-        elif isinstance(sub, nn.LayerNorm):
-            nn.init.ones_(sub.weight)
-            nn.init.zeros_(sub.bias)
+    for sub in module.modules():  # MAE's init, in the modules' order (module.apply would draw in another)
+        init_weights(sub)
     for sub in module.modules():
         if isinstance(sub, Attention):
             for part in sub.qkv.weight.chunk(3, dim=0):
