@@ -176,6 +176,13 @@ def test_feature_mismatch_is_an_error_naming_both_values(shards):
         build_loader(config(shards), "train", train=False, expect={"target_frames": 1024})
 
 
+def test_evaluation_frames_smaller_than_the_crop_are_refused_naming_the_setting(shards, backend):
+    with pytest.raises(ValueError, match=r"short side 72 are smaller than data.crop_size 96: set data.eval_short_side"):
+        build_loader(config(shards, backend=backend, crop_size=96), "train", train=False)
+    loader = build_loader(config(shards, backend=backend, crop_size=96, eval_short_side=96), "train", train=False)
+    assert next(iter(loader))["video"].shape[-2:] == (96, 96)
+
+
 def test_unknown_format_version_is_refused(shards, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(shards, copy)

@@ -35,6 +35,10 @@ class Loader:
         if augment is not None and not train:
             raise ValueError("evaluation takes no augmentation: the augment section is for training only")
         augment = (augment or AugmentConfig()) if train else None
+        shorter = config.eval_short_side or spec.features["short_side"]
+        if not train and shorter < config.crop_size:  # evaluation crops the centre without resizing to it
+            raise ValueError(f"evaluation frames of short side {shorter} are smaller than data.crop_size "
+                             f"{config.crop_size}: set data.eval_short_side to at least the crop ({spec.root})")
         self.spec, self.config, self.train = spec, config, train
         self.device = device or torch.device("cpu")
         self.backend = choose_backend(config.backend)

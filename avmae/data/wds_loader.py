@@ -27,7 +27,7 @@ from avmae.data.checked import SampleChecker
 from avmae.data.config import AugmentConfig, DataConfig
 from avmae.data.eval_order import EvalOrder
 from avmae.data.faults import SampleError, SkipLog, good_rows
-from avmae.data.samples import decode_video, frame_members, label_tensors, training_frames
+from avmae.data.samples import FrameDecodeError, decode_video, frame_members, label_tensors, training_frames
 from avmae.data.schedule import Draw, TrainSchedule
 from avmae.data.spec import DataSpec
 from avmae.data.tar_reader import IndexedShard, SampleBlock
@@ -95,8 +95,8 @@ class ShardStream(IterableDataset):
         try:
             video = decode_video([sample.members[name] for name in frames], self.config,
                                  self.spec.features["short_side"], self.augment, rng)
-        except (ValueError, RuntimeError) as err:  # past the header checks: cannot come from our writer
-            raise SampleError(shard.tar, sample.key, None, "decode", str(err).splitlines()[0]) from err
+        except FrameDecodeError as err:  # past the JPEG structure checks: cannot come from our writer
+            raise SampleError(shard.tar, sample.key, f"{frames[err.frame]}", "decode", str(err)) from err
         audio = (torch.from_numpy(sample.logmel.astype("float32")) - self.mean) / self.std
         return {"video": video, "audio": audio, "meta": sample.metadata}
 

@@ -2,14 +2,14 @@
 (data/checked.py) and ``avmae-shard verify`` (unless ``--quick``) runs on every sample, so that a folder verify passes
 holds no sample the loaders would skip for its contents (their checksum check is verify's too).
 
-The rules, against what the manifest promises (``SampleRules``): each frame is a whole JPEG by its markers (start and
-end of image, the segments up to the start of scan, no decode) whose short side is the manifest's and whose size is
-that of the sample's other frames; the log-mel is a plain .npy array (shard/npy.py) of the manifest's shape and
+The rules, against what the manifest promises (``SampleRules``): each frame is a whole JPEG by its structure
+(shard/jpeg_check.py: its marker segments and the markers in its image data, no decode) whose short side is the
+manifest's and whose size is that of the sample's other frames; the log-mel is a plain .npy array (shard/npy.py) of the manifest's shape and
 dtype with no inf or NaN; the JSON is an object with the sample's key whose labels fit the label mode. A failure is
 a ``SampleProblem`` naming the member, one of the loaders' skip reasons (data/faults.py REASONS) and what is wrong.
 
-These run for every sample in a feed worker (about 0.5 ms of CPU per sample in all, docs/performance.md#the-dali-feed), hence
-the plain byte arithmetic of the JPEG walk and the float16 finiteness test from the bits."""
+These run for every sample in a feed worker (well under a millisecond of CPU per sample in all,
+docs/performance.md#the-dali-feed), hence the float16 finiteness test from the bits."""
 
 from __future__ import annotations
 
@@ -22,12 +22,9 @@ import numpy as np
 
 from avmae.shard.format import (LOGMEL_MEMBER, META_KEY, META_LABELS, META_NOUN, META_VERB, METADATA_MEMBER, LabelMode,
                                 label_mode, logmel_dtype)
+from avmae.shard.jpeg_check import jpeg_size
 from avmae.shard.npy import NPY_ERRORS, load_npy
 
-_SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
-_FRAME_HEADERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # SOFn
-_NO_LENGTH = {0x01, *range(0xD0, 0xD8)}  # TEM, RSTn: markers without a length field
-_QUANT_TABLE, _START_OF_SCAN = 0xDB, 0xDA
 _HEADS = {META_VERB: "verb", META_NOUN: "noun"}  # Epic-Kitchens' metadata fields -> the manifest's heads
 
 
@@ -63,42 +60,6 @@ class SampleRules:
     def of_manifest(cls, manifest: dict[str, Any]) -> SampleRules:
         labels = manifest["labels"]
         return cls.of(manifest["features"], label_mode(manifest), labels.get("names", ()), labels.get("heads") or {})
-
-
-def jpeg_size(data: bytes) -> tuple[int, int]:
-    """(height, width) from a JPEG's frame header; ValueError("truncated: ...") or ValueError("decode: ...") when the
-    markers are not those of a whole baseline/progressive JPEG with quantisation tables. Runs for every frame of
-    every sample (16 per sample in a feed worker), hence plain byte arithmetic, not slices and int.from_bytes."""
-    if not data.startswith(_SOI):
-        raise ValueError("decode: no JPEG start-of-image marker")
-    if not data.endswith(_EOI):
-        raise ValueError("truncated: no JPEG end-of-image marker")
-    size, tables, at, end = None, False, 2, len(data)
-    while at + 4 <= end:
-        if data[at] != 0xFF:
-            raise ValueError(f"decode: no marker at byte {at} of the JPEG header")
-        marker = data[at + 1]
-        if marker == 0xFF:  # fill byte
-            at += 1
-            continue
-        if marker in _NO_LENGTH:
-            at += 2
-            continue
-        length = data[at + 2] << 8 | data[at + 3]
-        if length < 2 or at + 2 + length > end:
-            raise ValueError(f"decode: JPEG segment {marker:02X} at byte {at} has a bad length {length}")
-        if marker in _FRAME_HEADERS:
-            if length < 8:
-                raise ValueError(f"decode: JPEG frame header of length {length}")
-            size = (data[at + 5] << 8 | data[at + 6], data[at + 7] << 8 | data[at + 8])
-        elif marker == _QUANT_TABLE:
-            tables = True
-        elif marker == _START_OF_SCAN:
-            if size is None or not tables or 0 in size:
-                raise ValueError("decode: the JPEG scan starts without a frame header or quantisation tables")
-            return size
-        at += 2 + length
-    raise ValueError("decode: the JPEG has no start of scan")
 
 
 def all_finite(array: np.ndarray) -> bool:

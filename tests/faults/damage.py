@@ -72,6 +72,18 @@ def flip_bits_in_place(tar_path: Path, ext: str, sample: int = 0, at: float = 0.
     return member.key
 
 
+def stray_marker(jpeg: bytes) -> tuple[bytes, int]:
+    """``jpeg`` with one byte of its image data, past the middle, made 0xFF where the next byte turns it into a
+    marker that has no place there (one flipped byte makes such a marker); returns the bytes and the marker's
+    position. libjpeg stops on it; a decoder that falls back to another decoder does not."""
+    data = bytearray(jpeg)
+    scan = data.index(b"\xff\xda")
+    at = next(i for i in range(scan + (len(data) - scan) // 2, len(data) - 2)
+              if data[i - 1] != 0xFF and 0x00 < data[i + 1] < 0xC0)  # not stuffing, restart or a between-scans marker
+    data[at] = 0xFF
+    return bytes(data), at
+
+
 def keys_of(tar_path: Path) -> list[str]:
     return [sample[0].key for sample in parse_index(tar_path.with_suffix(".idx").read_text())]
 

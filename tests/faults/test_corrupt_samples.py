@@ -22,7 +22,7 @@ from avmae.data.schedule import TrainSchedule
 from avmae.data.spec import load_spec
 from avmae.data.wds_loader import open_shards
 from avmae.shard.format import CHECKSUM_SUFFIX, LOGMEL_MEMBER
-from tests.faults.damage import change_one, cut_in_half, flip_bits_in_place, keys_of
+from tests.faults.damage import change_one, cut_in_half, flip_bits_in_place, keys_of, stray_marker
 from tests.helpers import build_shards, training_skips
 
 
@@ -57,6 +57,7 @@ def damaged(clean, tmp_path_factory) -> tuple[Path, dict[str, str]]:
     bad[change_one(tars[1], "03.jpg", lambda d: d[:2] + b"\x00\x00" + d[4:], fix_checksums=True)] = "decode"
     bad[change_one(tars[2], "05.jpg", lambda d: d[:len(d) // 2], fix_checksums=True)] = "truncated"
     bad[change_one(tars[3], LOGMEL_MEMBER, _inf_logmel, fix_checksums=True)] = "not_finite"
+    bad[change_one(tars[5], "07.jpg", lambda d: stray_marker(d)[0], fix_checksums=True)] = "decode"  # DALI took it
     for key in cut_in_half(tars[4]):
         bad[key] = "truncated"
     return out, bad
@@ -96,6 +97,7 @@ def test_training_skips_and_records_each_fault(damaged, backend):
     assert [[r["key"] for r in b["skipped"]] for b in got] == expected
     records = [r for b in got for r in b["skipped"]]
     assert all(r["reason"] == bad[r["key"]] and r["shard"].endswith(".tar") and r["detail"] for r in records)
+    assert all(r["member"] for r in records), "a record names the damaged member"
     used = [k for b in got for k in b["key"]]
     assert not set(used) & set(bad)
     assert len(used) + len(records) == batches + sum(len(e) for e in expected)  # used + skipped = drawn
