@@ -58,9 +58,21 @@ class AugmentConfig:
     # Each sample's frames come from a random one of this many temporal offsets (view v of data.views);
     # 1 = the evenly spread frames. CAV-MAE: 10 with one frame, a random one of its 10 per step.
     train_offsets: int = 1
-    crop_scale: tuple[float, ...] = (0.25, 1.0)  # random resized crop: area share of the frame, same for all frames
+    # The crop, the same for all frames of a clip (avmae/data/crops.py): "random_resized" (Inception-style, from
+    # crop_scale and crop_ratio) or "scale_jitter" (Scenic's fine-tuning: short side resized to jitter_short_side,
+    # height and width each scaled by U[scale_jitter] with probability scale_jitter_prob, then a random crop).
+    crop: Literal["random_resized", "scale_jitter"] = "random_resized"
+    crop_scale: tuple[float, ...] = (0.25, 1.0)  # random resized crop: area share of the frame
     crop_ratio: tuple[float, ...] = (0.75, 1.3333)
+    scale_jitter: tuple[float, ...] = (0.9, 1.33)  # Scenic: [0.9, 1.33], p = 1, after resizing the short side to 256
+    scale_jitter_prob: float = 1.0
+    jitter_short_side: int = 256
     flip: bool = True
+    # Colour (Scenic's fine-tuning: 0.8 and 0.1; avmae/data/augment.py colour_augment): the probability that a
+    # clip's brightness, saturation, contrast and hue are jittered (the same for all its frames), and that it
+    # then turns grey.
+    colour: float = 0.0
+    colour_drop: float = 0.0
     freq_mask: int = 0  # SpecAugment (fine-tuning): CAV-MAE fine-tuning uses 48 / 192; pretraining 0 / 0
     time_mask: int = 0
     # How many frequency / time masks per clip, each of width uniform in [0, freq_mask / time_mask). CAV-MAE: 1 / 1;

@@ -14,7 +14,8 @@ from avmae.data.checked import SampleChecker
 from avmae.data.config import AugmentConfig, DataConfig
 from avmae.data.dali_batch import Row, dense_batch
 from avmae.data.eval_order import EvalOrder
-from avmae.data.samples import frame_members, random_crop_box, training_frames
+from avmae.data.crops import training_crop_box
+from avmae.data.samples import frame_members, training_frames
 from avmae.data.schedule import TrainSchedule
 from avmae.data.spec import DataSpec
 from avmae.data.wds_loader import open_shards, reader_rows
@@ -52,7 +53,7 @@ class CheckedSamples:
         frames = training_frames(self.stored_frames, self.config.num_frames, self.augment.train_offsets, rng)
         sample = self.checker.read(draw.shard, draw.index, frames, draw.block)
         height, width = sample.frame_size
-        box = random_crop_box(height, width, self.augment.crop_scale, self.augment.crop_ratio, rng)
+        box = training_crop_box(height, width, self.config.crop_size, self.augment, rng)
         return sample, box, self.augment.flip and rng.random() < 0.5
 
     def _eval_row(self, shard, index) -> Row:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import random
 from typing import Any
 
@@ -15,6 +14,7 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from avmae.data.config import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, DataConfig
+from avmae.data.crops import centre_crop_anchor, training_crop_box
 from avmae.data.spec import DataSpec
 from avmae.shard.format import META_KEY, META_LABELS, META_NOUN, META_VERB, LabelMode, frame_member
 
@@ -36,27 +36,6 @@ def training_frames(stored: int, wanted: int, offsets: int, rng: random.Random) 
     if offsets <= 1:
         return frame_members(stored, wanted)
     return frame_members(stored, wanted, rng.randrange(offsets), offsets)
-
-
-def centre_crop_anchor(size: int, crop: int) -> int:
-    """Top/left offset of a centre crop, rounded as DALI's crop does (floor of position x free space + 0.5)."""
-    return int(math.floor((size - crop) * 0.5 + 0.5))
-
-
-def random_crop_box(height: int, width: int, scale: tuple[float, ...], ratio: tuple[float, ...],
-                    rng: random.Random) -> tuple[int, int, int, int]:
-    """(top, left, h, w) of a random resized crop (Inception-style): area share in ``scale``, aspect in ``ratio``
-    (log-uniform), at most 10 tries, then the largest centred crop."""
-    area = height * width
-    for _ in range(10):
-        target = area * rng.uniform(scale[0], scale[1])
-        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
-        w = int(round(math.sqrt(target * aspect)))
-        h = int(round(math.sqrt(target / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
-    side = min(height, width)
-    return (height - side) // 2, (width - side) // 2, side, side
 
 
 def video_normalisation(config: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,7 +80,7 @@ def decode_video(jpegs: list[bytes], config: DataConfig, stored_short_side: int,
     height, width = frames.shape[-2:]
     crop = config.crop_size
     if augment is not None:
-        top, left, h, w = random_crop_box(height, width, augment.crop_scale, augment.crop_ratio, rng)
+        top, left, h, w = training_crop_box(height, width, crop, augment, rng)
         frames = torch.nn.functional.interpolate(frames[..., top:top + h, left:left + w], size=(crop, crop),
                                                  mode="bilinear", antialias=True, align_corners=False)
         if augment.flip and rng.random() < 0.5:

@@ -184,6 +184,7 @@ class RunConfig:
         if self.task == "finetune" and self.finetune.loss.startswith("bce") and self.finetune.heads.get("verb"):
             raise ValueError("Epic-Kitchens verb/noun heads are single-label: use finetune.loss ce")
         self._mixup()
+        self._video_augment()
         return self
 
     def _mixup(self) -> None:
@@ -196,6 +197,16 @@ class RunConfig:
             raise ConfigError("augment.mixup_per_modality mixes each modality's targets with its own lambda, so it "
                               "needs finetune.classifier: bottleneck (a loss per modality's logits); got "
                               f"{self.finetune.classifier!r}")
+
+    def _video_augment(self) -> None:
+        augment = self.augment
+        low, high = (tuple(augment.scale_jitter) + (0.0, 0.0))[:2]
+        if len(augment.scale_jitter) != 2 or not 0 < low <= high:
+            raise ConfigError(f"augment.scale_jitter must be two factors 0 < low <= high, got {augment.scale_jitter}")
+        for key in ("scale_jitter_prob", "colour", "colour_drop"):
+            if not 0 <= getattr(augment, key) <= 1:
+                raise ConfigError(f"augment.{key} is a probability, in [0, 1]; got {getattr(augment, key)}")
+        at_least(1, {"augment.jitter_short_side": augment.jitter_short_side})
 
     def _clip_geometry(self) -> None:
         """The model config is the home of the clip geometry: the loader's frame count and crop follow it. Set to

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import torch
 
 from avmae.data.augment import circular_time_shift, mixup, noise_and_shift, spec_augment
+from avmae.data.colour import colour_augment
 from avmae.recipe.config import RunConfig
 from avmae.train.divergence import poison_unless_every_rank_finite
 from avmae.train.losses import finetune_loss
@@ -50,15 +51,21 @@ class TrainStep:
     def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         return batch["audio"].to(self.dtype), batch["video"].to(self.dtype)
 
+    def _video(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The batch's video with the colour augmentation (a no-op unless augment.colour or colour_drop)."""
+        augment = self.config.augment
+        return colour_augment(batch["video"], self.config.data.video_norm, augment.colour, augment.colour_drop)
+
     def _pretrain(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        batch = {**batch, "video": self._video(batch)}
         if self.config.augment.audio_noise:
-            batch = {**batch, "audio": noise_and_shift(batch["audio"])}
+            batch["audio"] = noise_and_shift(batch["audio"])
         out = self.engine(*self._inputs(batch))
         return out["loss"], {k: v.detach().float() for k, v in out.items() if k.startswith("loss")}
 
     def _finetune(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         augment = self.config.augment
-        batch = dict(batch)
+        batch = {**batch, "video": self._video(batch)}  # before mixup, as Scenic's data pipeline orders them
         if augment.time_shift:  # before the masks, as Scenic's data pipeline orders them
             batch["audio"] = circular_time_shift(batch["audio"])
         batch["audio"] = spec_augment(batch["audio"], augment.freq_mask, augment.time_mask,
