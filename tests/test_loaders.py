@@ -184,6 +184,19 @@ def test_evaluation_frames_smaller_than_the_crop_are_refused_naming_the_setting(
     assert next(iter(loader))["video"].shape[-2:] == (96, 96)
 
 
+def test_the_audio_front_end_must_be_the_models_and_an_older_manifest_means_cavmaes(shards, tmp_path):
+    with pytest.raises(DataMismatchError, match="audio_frontend='cavmae' but the run expects 'scenic'"):
+        build_loader(config(shards), "train", train=False, expect={"audio_frontend": "scenic"})
+    copy = tmp_path / "copy"
+    shutil.copytree(shards, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["features"]["audio_frontend"]  # a build from before the option
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert len(build_loader(config(copy), "train", train=False, expect={"audio_frontend": "cavmae"})) > 0
+    with pytest.raises(DataMismatchError, match="audio_frontend='cavmae'"):
+        build_loader(config(copy), "train", train=False, expect={"audio_frontend": "scenic"})
+
+
 def test_unknown_format_version_is_refused(shards, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(shards, copy)

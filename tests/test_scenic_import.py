@@ -386,7 +386,7 @@ def test_help_explains_the_scenic_import(capsys):
     assert "Flax msgpack" in text and "--fusion-layer" in text and "class_labels_indices.csv" in text
 
 
-def test_converted_mbt_runs_under_avmae_eval(shards, tmp_path):
+def test_converted_mbt_runs_under_avmae_eval(shards, tmp_path, capsys):
     """The MBT export as a run folder for avmae-eval: the fixture's tensors with its head cut to the test shards'
     classes, at the shards' geometry (208 log-mel frames, 8 frames cropped to 64 px)."""
     from avmae.cli.eval import main as eval_main
@@ -402,7 +402,7 @@ def test_converted_mbt_runs_under_avmae_eval(shards, tmp_path):
     path.write_bytes(_pack(params))
     mode = "multi" if spec.label_mode == "multi" else "single"
     geometry = ["model.audio.frames=208", "model.video.frames=8", "model.video.size=64", "data.crop_size=64",
-                "data.eval_short_side=0"]
+                "data.eval_short_side=0", "model.audio.frontend=cavmae"]  # the test shards' front end
     out = tmp_path / "run"
     assert convert_main(["scenic", str(path), "--out", str(out), "--fusion-layer", "2", "--label-mode", mode,
                          *[a for o in geometry for a in ("--set", o)]]) == 0
@@ -411,4 +411,10 @@ def test_converted_mbt_runs_under_avmae_eval(shards, tmp_path):
                       "--batch-size", "2", "--out", str(tmp_path / "eval"), "--json"]) == 0
     result = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert result["metrics"]["samples"] == 3  # the val split of the 12-clip corpus (val_fraction 0.25)
+    scenic_input = tmp_path / "scenic_input"  # as converted, the export expects Scenic's log-mels
+    assert convert_main(["scenic", str(path), "--out", str(scenic_input), "--fusion-layer", "2", "--label-mode", mode,
+                         *[a for o in geometry[:-1] for a in ("--set", o)]]) == 0
+    assert eval_main(["--ckpt", str(scenic_input), "--data", str(shards), "--split", "val", "--task", task,
+                      "--workers", "0", "--out", str(tmp_path / "refused")]) == 2
+    assert "shards were built with audio_frontend='cavmae' but the run expects 'scenic'" in capsys.readouterr().err
     assert result["config"]["model"]["pos_embed"]["kind"] == "flat_1d"

@@ -9,10 +9,13 @@ from typing import Any
 
 from avmae.shard.format import UNCHECKED_VERSIONS, LabelMode, check_shard_file_names, label_mode
 from avmae.shard.manifest import MANIFEST_FILE, read_manifest
+from avmae.shard.params import DEFAULT_AUDIO_FRONTEND
 from avmae.shard_files import join
 from avmae.storage import root_of
 
 log = logging.getLogger(__name__)
+# Feature parameters a manifest of an older build leaves out, and what that meant then.
+ABSENT_FEATURES = {"audio_frontend": DEFAULT_AUDIO_FRONTEND}
 _NOTICED: set[str] = set()  # folders whose "unchecked" notice was given (once per folder and process)
 
 
@@ -57,10 +60,11 @@ def load_spec(root: str | Path, split: str, expect: dict[str, Any] | None = None
         raise ValueError(f"{root}: no split {split!r}; the manifest has {sorted(manifest['splits'])}")
     features = manifest["features"]
     for name, wanted in (expect or {}).items():
-        if name not in features:
+        found = features.get(name, ABSENT_FEATURES.get(name))
+        if found is None:
             raise DataMismatchError(f"{root}: the manifest has no feature parameter {name!r}")
-        if features[name] != wanted:
-            raise DataMismatchError(f"{root}: shards were built with {name}={features[name]!r} but the run expects "
+        if found != wanted:
+            raise DataMismatchError(f"{root}: shards were built with {name}={found!r} but the run expects "
                                     f"{wanted!r}; rebuild the shards or change the config")
     split_info = manifest["splits"][split]
     unchecked = manifest["format_version"] in UNCHECKED_VERSIONS

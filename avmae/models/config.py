@@ -40,6 +40,10 @@ class AudioInput:
     # index = f * 64 + t, each patch is flattened (mel, time), and its audio kernels load unchanged. A token's position
     # embedding is the same in both orders (time in the first half of the channels, as CAV-MAE's table).
     token_order: Literal["time_major", "freq_major"] = "time_major"
+    # The log-mel front end the weights were trained on, which the shards must have been built with (avmae-shard
+    # build --audio-frontend; checked when a run or an evaluation opens them): "cavmae" (CAV-MAE's Kaldi fbank) or
+    # "scenic" (Google's AV-MAE, the input of its released checkpoints; docs/scenic.md#audio-front-end).
+    frontend: Literal["cavmae", "scenic"] = "cavmae"
 
 
 @dataclass

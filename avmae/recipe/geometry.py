@@ -1,7 +1,8 @@
 """The clip geometry of a run, checked against a shard folder in one place.
 
-The model config is the home of the geometry (frames and crop the encoder's grid is built for, log-mel length and
-mel bins). The shards must have been built for it: the log-mel length and mel bins exactly, and at least as many
+The model config is the home of the geometry (frames and crop the encoder's grid is built for, log-mel length, mel
+bins and the log-mel's front end). The shards must have been built for it: the log-mel length, mel bins and front
+end exactly, and at least as many
 stored frames as the model takes (the loader picks an evenly spread subset). Training, fine-tuning's periodic
 evaluation, ``avmae-eval`` and the reconstruction figures all open their shards through ``load_run_spec``."""
 
@@ -17,7 +18,8 @@ from avmae.storage import set_storage_limits
 
 def shard_expectations(config: RunConfig) -> dict[str, Any]:
     """The shard feature parameters the model's input sizes rely on, which must be equal."""
-    return {"target_frames": config.model.audio.frames, "num_mel_bins": config.model.audio.mel_bins}
+    return {"target_frames": config.model.audio.frames, "num_mel_bins": config.model.audio.mel_bins,
+            "audio_frontend": config.model.audio.frontend}
 
 
 def load_run_spec(config: RunConfig, split: str, shards: str | Path | None = None) -> DataSpec:
