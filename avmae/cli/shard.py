@@ -6,15 +6,17 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from avmae.shard.errors import ParameterError
+from avmae.cli.flags import add_fields, dashed, field_values, from_args
 from avmae.shard.cavmae_prepared import CAVMAE_FRAME_SIZE, CAVMAE_FRAMES
-from avmae.shard.format import LOGMEL_DTYPES, LabelMode
-from avmae.shard.lists import LIST_FORMATS
+from avmae.shard.errors import ParameterError
+from avmae.shard.format import LabelMode
+from avmae.shard.inputs import InputSpec
 from avmae.shard.params import AUDIO_FRONTENDS, BuildParams, FeatureParams
 
 _FLAGS = {"list_path": "--list", "num_classes": "--classes"}  # library parameters whose flag is not "--name-dashed"
@@ -22,7 +24,7 @@ _FLAGS = {"list_path": "--list", "num_classes": "--classes"}  # library paramete
 
 def flag(parameter: str) -> str:
     """The flag of a shard-library parameter (``task_index`` -> ``--task-index``)."""
-    return _FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
+    return _FLAGS.get(parameter, dashed(parameter))
 
 
 def _folder_or_url(text: str) -> Path | str:
@@ -31,6 +33,7 @@ def _folder_or_url(text: str) -> Path | str:
     from avmae.storage import root_of
 
     return root_of(text)
+
 
 DESCRIPTION = """\
 Turn raw video clips into WebDataset shards for avmae: per sample N JPEG frames spread over the segment, the
@@ -59,87 +62,61 @@ examples:
 """
 
 
+@dataclass(frozen=True)
+class BuildRun:
+    """How this command runs a build: where it writes, in how many processes and tasks, what it prints. None of it
+    changes the shards."""
+
+    out: Path | str = field(metadata={
+        "parse": _folder_or_url,
+        "help": "output folder, or a URL such as s3://bucket/prefix (credentials and endpoint from the standard AWS_* / "
+                "FSSPEC_S3_* variables or ~/.aws); re-run to resume"})
+    stage: Path | None = field(default=None, metadata={
+        "help": "with a URL `out`: the local folder under which shards are staged before upload (a fresh subfolder "
+                "per run, holding only the shards in flight, removed at the end); default: the system temp folder"})
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1, metadata={
+        "help": "processes (one shard each)"})
+    task_index: int = field(default_factory=lambda: int(os.environ.get("SLURM_ARRAY_TASK_ID", 0)), metadata={
+        "help": "this task's index when the build is split over array tasks"})
+    num_tasks: int = field(default_factory=lambda: int(os.environ.get("SLURM_ARRAY_TASK_COUNT", 1)), metadata={
+        "help": "number of array tasks sharing the build"})
+    overwrite: bool = field(default=False, metadata={"help": "delete `out` first instead of resuming"})
+    json: bool = field(default=False, metadata={"help": "print the summary as JSON (no progress bar)"})
+    no_progress: bool = field(default=False, metadata={"help": "no progress bar"})
+
+
+# Feature defaults the build works out from other flags: CAV-MAE's prepared frames keep their count and size, and the
+# log-mel length follows the front end.
+_LATER_DEFAULTS = {
+    "num_frames": f"{FeatureParams.num_frames}; {CAVMAE_FRAMES} with {flag('list_format')} cavmae",
+    "short_side": f"{FeatureParams.short_side}; {CAVMAE_FRAME_SIZE} with {flag('list_format')} cavmae, which keeps "
+                  "its frames byte for byte",
+    "target_frames": ", ".join(f"{FeatureParams.for_frontend(name).target_frames} with {name}"
+                               for name in AUDIO_FRONTENDS),
+}
+_BUILD_GROUPS = (
+    ("inputs", InputSpec),
+    ("features (recorded in the manifest; loaders check them)", FeatureParams),
+    ("segments, bad input, shards and splits (recorded in the manifest; a resumed build must match them)",
+     BuildParams),
+    ("output and parallelism", BuildRun),
+)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avmae-shard", description=DESCRIPTION, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    defaults_f, defaults_b = FeatureParams(), BuildParams()
+    build = commands.add_parser("build", help="make shards from a folder of clips or a dataset list")
+    for title, params in _BUILD_GROUPS:
+        add_fields(build.add_argument_group(title), params, spell=flag, defaults_shown=_LATER_DEFAULTS)
+    _add_reading_commands(commands)
+    _add_synth_command(commands)
+    return parser
 
-    build = commands.add_parser("build", help="make shards from a folder of clips or a dataset list",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    source = build.add_argument_group("inputs")
-    source.add_argument("--src", help="folder of clips (recursive); with --list, where the list's files are. Or "
-                                      "video2dataset tars, read in place: a .tar, a folder of them, a brace pattern "
-                                      "(downloads/{00000..00099}.tar) or a URL (s3://, https://); each KEY.mp4 (or other "
-                                      "video) is an input with ids from KEY.json; a JSON without video, a member that is "
-                                      "no video and a corrupt video are failures naming the tar and member; with an "
-                                      "AudioSet/VGGSound --list, rows are joined to the tars' videos by YouTube id")
-    source.add_argument("--list", type=Path, help="dataset list: AudioSet segments CSV, VGGSound CSV, "
-                                                  "Epic-Kitchens-100 annotations, a generic CSV (path,labels[,start,end]), "
-                                                  "or CAV-MAE's data JSON (--list-format cavmae)")
-    source.add_argument("--list-format", default="auto", choices=list(LIST_FORMATS),
-                        help="cavmae: CAV-MAE's prepared data, {\"data\": [{video_id, wav, video_path, labels}]}; "
-                             "frames are read from video_path/frame_{i}/{video_id}.jpg, the log-mel from the 16 kHz wav "
-                             "as CAV-MAE computes it, no video is needed; a missing frame or wav is a failure naming "
-                             "the file")
-    source.add_argument("--class-labels", type=Path, help="AudioSet class_labels_indices.csv, or CAV-MAE's label csv "
-                                                          "(fixes the label order)")
-    source.add_argument("--labels-from-dirs", action="store_true", help="with --src: a clip's label is its folder name")
-    source.add_argument("--split", help="put every list row in this split (default: the list's own split or 'train')")
-    source.add_argument("--num-verbs", type=int, default=97, help="Epic-Kitchens-100 verb classes")
-    source.add_argument("--num-nouns", type=int, default=300, help="Epic-Kitchens-100 noun classes")
-    features = build.add_argument_group("features (recorded in the manifest; loaders check them)")
-    features.add_argument("--num-frames", type=int, help=f"frames per sample (default: {defaults_f.num_frames}; "
-                                                         f"{CAVMAE_FRAMES} with --list-format cavmae)")
-    features.add_argument("--short-side", type=int, help=f"frames resized to this short side (default: "
-                                                         f"{defaults_f.short_side}; {CAVMAE_FRAME_SIZE} with --list-format "
-                                                         "cavmae, which keeps its frames byte for byte)")
-    features.add_argument("--jpeg-qscale", type=int, default=defaults_f.jpeg_qscale, help="ffmpeg -q:v, 2 (best) to 31")
-    features.add_argument("--audio-frontend", choices=AUDIO_FRONTENDS, default=defaults_f.audio_frontend,
-                          help="log-mel recipe: cavmae (CAV-MAE's Kaldi fbank, Hanning window) or scenic (what "
-                               "Google's AV-MAE checkpoints expect: Hamming window, 512-point FFT, log mel magnitude; "
-                               "docs/scenic.md 'The audio front end')")
-    features.add_argument("--target-frames", type=int,
-                          help="log-mel frames (10 ms each) after zero-padding or cutting (default: " + ", ".join(
-                              f"{FeatureParams.for_frontend(name).target_frames} with {name}" for name in AUDIO_FRONTENDS)
-                          + ")")
-    features.add_argument("--num-mel-bins", type=int, default=defaults_f.num_mel_bins)
-    features.add_argument("--logmel-dtype", choices=LOGMEL_DTYPES, default=defaults_f.logmel_dtype,
-                          help="stored log-mel type: float16 (half the bytes) or float32 (CAV-MAE's features bit "
-                               "for bit)")
-    segments = build.add_argument_group("segments and bad input")
-    segments.add_argument("--segment-seconds", type=float, default=defaults_b.segment_seconds,
-                          help="segment length for folders (and VGGSound rows)")
-    segments.add_argument("--segments", choices=["first", "middle", "all"], default=defaults_b.segments,
-                          help="which segment(s) of a folder's clip")
-    segments.add_argument("--min-seconds", type=float, default=defaults_b.min_seconds,
-                          help="clips with less video than this are failures (too_short)")
-    segments.add_argument("--missing-audio", choices=["fail", "silence"], default=defaults_b.missing_audio,
-                          help="a clip without audio fails, or gets the features of silence")
-    output = build.add_argument_group("output and parallelism")
-    output.add_argument("--out", type=_folder_or_url, required=True,
-                        help="output folder, or a URL such as s3://bucket/prefix (credentials and endpoint from the "
-                             "standard AWS_* / FSSPEC_S3_* variables or ~/.aws); re-run to resume")
-    output.add_argument("--stage", type=Path,
-                        help="with a URL --out: the local folder under which shards are staged before upload (a "
-                             "fresh subfolder per run, holding only the shards in flight, removed at the end); "
-                             "default: the system temp folder")
-    output.add_argument("--shard-size", type=int, default=defaults_b.shard_size, help="inputs per shard")
-    output.add_argument("--val-fraction", type=float, default=defaults_b.val_fraction,
-                        help="hold out this share of training videos (by video id) as split 'val'")
-    output.add_argument("--labelled-per-class", type=int, default=defaults_b.labelled_per_class,
-                        help="also copy N training inputs per class (seeded) into split 'labelled', for fine-tuning "
-                             "on few labels after pretraining on all of 'train'")
-    output.add_argument("--seed", type=int, default=defaults_b.seed, help="sample order within a split")
-    output.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (one shard each)")
-    output.add_argument("--task-index", type=int, default=int(os.environ.get("SLURM_ARRAY_TASK_ID", 0)),
-                        help="this task's index when the build is split over array tasks")
-    output.add_argument("--num-tasks", type=int, default=int(os.environ.get("SLURM_ARRAY_TASK_COUNT", 1)),
-                        help="number of array tasks sharing the build")
-    output.add_argument("--overwrite", action="store_true", help="delete --out first instead of resuming")
-    output.add_argument("--json", action="store_true", help="print the summary as JSON (no progress bar)")
-    output.add_argument("--no-progress", action="store_true")
 
+def _add_reading_commands(commands) -> None:
+    """The commands that read a finished shard folder (or finish one)."""
     finalize = commands.add_parser("finalize", help="write manifest.json once every array task has finished")
     finalize.add_argument("out", type=_folder_or_url, help="the build's folder or URL")
     finalize.add_argument("--json", action="store_true")
@@ -165,6 +142,8 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="write the list here (default: standard output; the hash goes to standard error)")
     ids.add_argument("--json", action="store_true", help="print {sha256, count, build losses, file} as JSON")
 
+
+def _add_synth_command(commands) -> None:
     synth = commands.add_parser("synth", help="make a synthetic labelled corpus with ffmpeg (demo, tests)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     synth.add_argument("--out", type=Path, required=True)
@@ -174,7 +153,6 @@ def _build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--size", default="160x120", help="WIDTHxHEIGHT")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    return parser
 
 
 def _print_json(data) -> None:
@@ -183,28 +161,28 @@ def _print_json(data) -> None:
 
 def _cmd_build(args) -> int:
     from avmae.shard.build import build_shards
-    from avmae.shard.inputs import InputSpec, reads_cavmae_prepared
+    from avmae.shard.inputs import reads_cavmae_prepared
 
-    inputs = InputSpec(src=args.src, list_path=args.list, list_format=args.list_format, class_labels=args.class_labels,
-                       labels_from_dirs=args.labels_from_dirs, split=args.split, segment_seconds=args.segment_seconds,
-                       num_verbs=args.num_verbs, num_nouns=args.num_nouns)
-    prepared = reads_cavmae_prepared(inputs)
-    num_frames = args.num_frames or (CAVMAE_FRAMES if prepared else FeatureParams.num_frames)
-    short_side = args.short_side or (CAVMAE_FRAME_SIZE if prepared else FeatureParams.short_side)
-    features = FeatureParams.for_frontend(args.audio_frontend, num_frames=num_frames, short_side=short_side,
-                                          jpeg_qscale=args.jpeg_qscale, target_frames=args.target_frames,
-                                          num_mel_bins=args.num_mel_bins, logmel_dtype=args.logmel_dtype)
-    build = BuildParams(segment_seconds=args.segment_seconds, segments=args.segments, min_seconds=args.min_seconds,
-                        missing_audio=args.missing_audio, shard_size=args.shard_size, val_fraction=args.val_fraction,
-                        labelled_per_class=args.labelled_per_class, seed=args.seed)
-    report = build_shards(args.out, inputs, features, build, workers=args.workers, task_index=args.task_index,
-                          num_tasks=args.num_tasks, overwrite=args.overwrite,
-                          show_progress=not (args.json or args.no_progress), stage=args.stage)
-    if args.json:
+    inputs, build, run = from_args(InputSpec, args), from_args(BuildParams, args), from_args(BuildRun, args)
+    features = _feature_params(args, reads_cavmae_prepared(inputs))
+    report = build_shards(run.out, inputs, features, build, workers=run.workers, task_index=run.task_index,
+                          num_tasks=run.num_tasks, overwrite=run.overwrite,
+                          show_progress=not (run.json or run.no_progress), stage=run.stage)
+    if run.json:
         _print_json(report)
     else:
         _print_build_report(report)
     return 0
+
+
+def _feature_params(args, cavmae_prepared: bool) -> FeatureParams:
+    """The features asked for; flags left unset take the defaults of the source (CAV-MAE's prepared frames) and of
+    the audio front end (FeatureParams.for_frontend)."""
+    values = field_values(FeatureParams, args)
+    if cavmae_prepared:
+        values = {"num_frames": CAVMAE_FRAMES, "short_side": CAVMAE_FRAME_SIZE,
+                  **{name: value for name, value in values.items() if value is not None}}
+    return FeatureParams.for_frontend(**values)
 
 
 def _print_build_report(report) -> None:

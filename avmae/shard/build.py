@@ -210,7 +210,7 @@ def build_shards(out: Path | str, inputs: InputSpec, features: FeatureParams, bu
                  show_progress: bool = True, stage: Path | None = None) -> dict[str, Any]:
     """Collect the inputs, build (or resume) this task's shards into a folder or a URL, finalize when all are
     done; returns the summary."""
-    items, labels, source = collect_inputs(inputs)
+    items, labels, source = collect_inputs(inputs, segment_seconds=build.segment_seconds)
     result = run_build(out, items, labels, source, features, build, workers=workers, task_index=task_index,
                        num_tasks=num_tasks, overwrite=overwrite, show_progress=show_progress, stage=stage)
     return build_summary(out, result, source)

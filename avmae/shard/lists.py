@@ -21,10 +21,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 from avmae.shard.items import VIDEO_EXTENSIONS, ClipItem
 
-LIST_FORMATS = ("auto", "audioset", "vggsound", "epic", "generic", "cavmae")
+ListFormat = Literal["auto", "audioset", "vggsound", "epic", "generic", "cavmae"]
+LIST_FORMATS: tuple[str, ...] = get_args(ListFormat)
+# AudioSet and VGGSound clips are 10 s segments of YouTube videos; Epic-Kitchens-100 has 97 verb and 300 noun
+# classes (docs/reference/datasets.md).
+DATASET_SEGMENT_SECONDS = 10.0
+EPIC_VERB_CLASSES = 97
+EPIC_NOUN_CLASSES = 300
 
 
 class ListFormatError(ValueError):
@@ -305,7 +312,8 @@ def detect_format(path: Path) -> str:
 
 
 def read_list(path: Path, fmt: str, src: Path | None, *, class_labels: Path | None = None,
-              segment_seconds: float = 10.0, num_verbs: int = 97, num_nouns: int = 300):
+              segment_seconds: float = DATASET_SEGMENT_SECONDS, num_verbs: int = EPIC_VERB_CLASSES,
+              num_nouns: int = EPIC_NOUN_CLASSES):
     """Items and label set of a list file in any of the CSV formats (``cavmae``: cavmae_prepared.py)."""
     if fmt == "auto":
         fmt = detect_format(path)

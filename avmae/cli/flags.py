@@ -1,0 +1,102 @@
+"""Command-line flags declared once, by the dataclass fields they fill.
+
+A field whose metadata has a ``help`` is a flag; everything else about the flag comes from the field as well:
+- the name: ``shard_size`` -> ``--shard-size`` (a command may spell some differently, through ``spell``);
+- the type: ``int``, ``float``, ``str``, ``Path``; ``X | None`` reads an X; a union of several types is read as text
+  for the library to tell apart; ``Literal[...]`` gives the choices; ``bool`` (default False) is a switch; a
+  ``parse`` function in the metadata reads the text instead;
+- the default (a ``default_factory`` is called when the parser is built); a field without one is a required flag;
+- the help, in which a parameter named in backquotes is spelled as its flag, the way ParameterError messages are.
+
+``field_values`` and ``from_args`` go back from the parsed arguments to the dataclass, so a command's handler names
+no field twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any
+
+_MENTION = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
+def dashed(name: str) -> str:
+    """The usual flag of a field: ``task_index`` -> ``--task-index``."""
+    return "--" + name.replace("_", "-")
+
+
+def flag_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of ``cls`` that are flags: those with a help text."""
+    return [item for item in dataclasses.fields(cls) if "help" in item.metadata]
+
+
+def add_fields(group: argparse._ActionsContainer, cls: type, *, spell: Callable[[str], str] = dashed,
+               defaults_shown: Mapping[str, str] | None = None) -> None:
+    """Add a flag to ``group`` for each of ``cls``'s flag fields. ``defaults_shown`` names fields whose default the
+    command works out later (from other flags): their flag defaults to None and the help shows the given text."""
+    hints = typing.get_type_hints(cls)
+    defaults_shown = defaults_shown or {}
+    for item in flag_fields(cls):
+        options = _parsing(item, hints[item.name])
+        if item.name in defaults_shown:
+            options["default"], shown = None, defaults_shown[item.name]
+        else:
+            default = options.get("default")
+            shown = None if default is None or default is False else str(default)
+        text = _MENTION.sub(lambda match: spell(match.group(1)), item.metadata["help"])
+        text += f" (default: {shown})" if shown is not None else ""
+        if "type" in options and "choices" not in options:  # FLAG TEXT, as argparse names a flag's value
+            options["metavar"] = spell(item.name).lstrip("-").replace("-", "_").upper()
+        group.add_argument(spell(item.name), dest=item.name, help=text.replace("%", "%%"), **options)
+
+
+def field_values(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed values of ``cls``'s flag fields, by field name."""
+    return {item.name: getattr(args, item.name) for item in flag_fields(cls)}
+
+
+def from_args(cls: type, args: argparse.Namespace) -> Any:
+    """``cls`` from the parsed arguments (fields that are no flag keep their defaults)."""
+    return cls(**field_values(cls, args))
+
+
+def _parsing(item: dataclasses.Field, hint: Any) -> dict[str, Any]:
+    """How argparse reads a field: type or switch, choices, default or required."""
+    options: dict[str, Any] = {}
+    if item.default is not dataclasses.MISSING:
+        options["default"] = item.default
+    elif item.default_factory is not dataclasses.MISSING:
+        options["default"] = item.default_factory()
+    else:
+        options["required"] = True
+    if hint is bool:
+        if options.get("default") is not False:
+            raise TypeError(f"{item.name}: a switch must default to False")
+        return {**options, "action": "store_true"}
+    if "parse" in item.metadata:
+        return {**options, "type": item.metadata["parse"]}
+    choices = _choices(hint)
+    if choices:
+        return {**options, "type": type(choices[0]), "choices": list(choices)}
+    return {**options, "type": _value_type(item.name, hint)}
+
+
+def _choices(hint: Any) -> tuple[Any, ...]:
+    if typing.get_origin(hint) is typing.Literal:
+        return typing.get_args(hint)
+    return ()
+
+
+def _value_type(name: str, hint: Any) -> type:
+    """The type a flag's text becomes: ``X | None`` an X, a union of several types the text itself."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        given = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        hint = given[0] if len(given) == 1 else str
+    if not isinstance(hint, type):
+        raise TypeError(f"{name}: no flag reads a {hint!r}")
+    return hint
