@@ -17,8 +17,8 @@ from avmae.export.load import load_model
 from avmae.models.avmae import AVMAE
 from avmae.models.bottleneck import BottleneckClassifier, BottleneckConfig, mid_to_separate
 from avmae.models.encoder import FusionEncoder
-from tests.test_models import inputs, tiny
 from tests.helpers import TINY_MODEL, metrics, run_config, torchrun
+from tests.tiny_models import inputs, tiny
 
 
 def late(config):

@@ -19,6 +19,7 @@ from avmae.models.counts import classifier_parameters, parameter_counts
 from avmae.models.masking import gather_tokens, visible_indices
 from avmae.models.tokenizers import patchify_audio, unpatchify_audio
 from tests.cavmae_reference import CAVMAE, CAVMAEFT, patchify, randomise, saved_like_cavmae
+from tests.tiny_models import tiny_cavmae
 
 # --- shapes and counts (docs/reference/cavmae.md) ----------------------------------------------------------------
 
@@ -219,16 +220,6 @@ def test_conversion_refuses_what_it_cannot_map():
     expected = {k: v.shape for k, v in ours.state_dict().items()}
     with pytest.raises(ValueError, match="do not fit"):
         convert_cavmae(state, tiny_cavmae(finetune=True), expected={**expected, "heads.label.weight": (6, 64)})
-
-
-def tiny_cavmae(finetune: bool = False) -> ModelConfig:
-    """cavmae_base at test size: width 64, 2 + 1 layers, 64-frame audio, 32 px frames."""
-    config = cavmae_base(finetune)
-    config.encoder.size, config.encoder.width, config.encoder.depth = "custom", 64, 3
-    config.encoder.heads, config.encoder.mlp = 2, 256
-    config.decoder.width, config.decoder.depth, config.decoder.heads, config.decoder.mlp = 32, 2, 2, 128
-    config.audio.frames, config.audio.mel_bins, config.video.size = 64, 32, 32
-    return config.validate()
 
 
 def test_tiny_cavmae_shaped_model_matches_the_reference_with_gradients():

@@ -19,8 +19,8 @@ from avmae.cli.eval import main as eval_main
 from avmae.data.spec import load_spec
 from avmae.export.load import load_model
 from tests.cavmae_reference import CAVMAE, CAVMAEFT, randomise, saved_like_cavmae
-from tests.test_init_from_vit import timm_vit
 from tests.helpers import REPO, metrics
+from tests.tiny_models import timm_vit
 
 # The test shards: 208 log-mel frames (13 x 8 patches), frames stored at 72 px, cropped to 64.
 TINY = ["model.encoder.size=custom", "model.encoder.width=64", "model.encoder.depth=3", "model.encoder.heads=2",
@@ -144,7 +144,7 @@ def test_model_init_takes_a_cavmae_or_avmae_checkpoint(tmp_path):
     from avmae.models.classifier import AVClassifier
     from avmae.recipe.config import ModelInitConfig
     from avmae.export.init import initialise
-    from tests.test_cavmae import tiny_cavmae
+    from tests.tiny_models import tiny_cavmae
 
     torch.manual_seed(0)
     reference = CAVMAE(decoder_width=32, decoder_depth=2, decoder_heads=2, width=64, depth=3, specific=2, heads=2,

@@ -13,39 +13,7 @@ from avmae.models.classifier import AVClassifier
 from avmae.models.config import AudioInput, DecoderConfig, EncoderConfig, ModelConfig, VideoInput
 from avmae.models.init_from_vit import init_from_vit
 from avmae.models.state_dicts import read_state_dict
-from tests.test_cavmae import tiny_cavmae
-
-WIDTH, DEPTH, MLP = 64, 3, 256
-
-
-def timm_vit(seed: int = 0, decoder_depth: int = 2, decoder_width: int = 32) -> dict[str, torch.Tensor]:
-    """A random ViT / MAE-with-decoder state dict in the timm layout (MAE's mae_pretrain_vit_base_full keys)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape):
-        return torch.randn(*shape, generator=g)
-
-    state = {"cls_token": r(1, 1, WIDTH), "pos_embed": r(1, 1 + 4, WIDTH), "patch_embed.proj.weight": r(WIDTH, 3, 16, 16),
-             "patch_embed.proj.bias": r(WIDTH), "norm.weight": r(WIDTH), "norm.bias": r(WIDTH)}
-
-    def block(prefix: str, width: int) -> None:
-        state.update({f"{prefix}.norm1.weight": r(width), f"{prefix}.norm1.bias": r(width),
-                      f"{prefix}.attn.qkv.weight": r(3 * width, width) * 0.1, f"{prefix}.attn.qkv.bias": r(3 * width),
-                      f"{prefix}.attn.proj.weight": r(width, width) * 0.1, f"{prefix}.attn.proj.bias": r(width),
-                      f"{prefix}.norm2.weight": r(width), f"{prefix}.norm2.bias": r(width),
-                      f"{prefix}.mlp.fc1.weight": r(4 * width, width) * 0.1, f"{prefix}.mlp.fc1.bias": r(4 * width),
-                      f"{prefix}.mlp.fc2.weight": r(width, 4 * width) * 0.1, f"{prefix}.mlp.fc2.bias": r(width)})
-
-    for i in range(DEPTH):
-        block(f"blocks.{i}", WIDTH)
-    if decoder_depth:
-        state.update({"decoder_embed.weight": r(decoder_width, WIDTH), "decoder_embed.bias": r(decoder_width),
-                      "mask_token": r(1, 1, decoder_width), "decoder_pos_embed": r(1, 5, decoder_width),
-                      "decoder_norm.weight": r(decoder_width), "decoder_norm.bias": r(decoder_width),
-                      "decoder_pred.weight": r(16 * 16 * 3, decoder_width), "decoder_pred.bias": r(16 * 16 * 3)})
-        for i in range(decoder_depth):
-            block(f"decoder_blocks.{i}", decoder_width)
-    return state
+from tests.tiny_models import VIT_DEPTH as DEPTH, VIT_MLP as MLP, VIT_WIDTH as WIDTH, timm_vit, tiny_cavmae
 
 
 def by_hand(x: torch.Tensor, vit: dict, i: int, eps: float) -> torch.Tensor:

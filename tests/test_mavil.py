@@ -15,8 +15,8 @@ from avmae.models.avmae import AVMAE
 from avmae.models.losses import info_nce, masked_mse
 from avmae.models.masking import gather_tokens, visible_indices
 from avmae.models.mavil import MAViL, MAViLConfig
-from tests.test_models import inputs, tiny
 from tests.helpers import metrics, run_config, torchrun
+from tests.tiny_models import inputs, tiny
 
 
 def stage1(intra=0.5) -> MAViL:

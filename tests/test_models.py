@@ -11,26 +11,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from avmae.models.avmae import AVMAE
 from avmae.models.classifier import AVClassifier
-from avmae.models.config import (AudioInput, ContrastiveConfig, DecoderConfig, EncoderConfig, MaskConfig,
-                                 ModelConfig, VideoInput)
+from avmae.models.config import AudioInput, EncoderConfig, ModelConfig, VideoInput
 from avmae.models.counts import parameter_counts, pretraining_flops, visible_counts
 from avmae.models.losses import info_nce, masked_mse
 from avmae.models.masking import audio_structured_mask, masked_count, random_mask, tube_mask, visible_indices
-
-
-def tiny(fusion="mid", decoder="shared", objective="reconstruction", audio_mode="random", video_mode="random",
-         contrastive=0.0, **extra) -> ModelConfig:
-    return ModelConfig(
-        encoder=EncoderConfig(size="custom", width=32, depth=3, heads=2, mlp=64, fusion=fusion, joint_layers=1),
-        decoder=DecoderConfig(kind=decoder, width=16, depth=1, heads=2, mlp=32), objective=objective,
-        mask=MaskConfig(audio_ratio=0.7, video_ratio=0.75, audio_mode=audio_mode, video_mode=video_mode),
-        contrastive=ContrastiveConfig(weight=contrastive), audio=AudioInput(frames=64, mel_bins=32),
-        video=VideoInput(frames=4, size=32), **extra)
-
-
-def inputs(batch=2, seed=0, frames=64, video_frames=4, size=32):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, frames, 32, generator=g), torch.randn(batch, video_frames, 3, size, size, generator=g)
+from tests.tiny_models import inputs, tiny
 
 
 def randomise_heads(model: AVMAE) -> None:

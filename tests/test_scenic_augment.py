@@ -175,7 +175,7 @@ def scenic_step(classifier: str = "bottleneck"):
     from avmae.models.bottleneck import BottleneckClassifier, BottleneckConfig
     from avmae.recipe.config import RunConfig
     from avmae.train.step import TrainStep
-    from tests.test_models import tiny
+    from tests.tiny_models import tiny
 
     config = RunConfig(task="finetune")
     config.augment = dataclasses.replace(config.augment, mixup=1.0, mixup_alpha=0.5, mixup_scope="batch",
@@ -192,7 +192,7 @@ def scenic_step(classifier: str = "bottleneck"):
 
 def test_the_step_scores_each_modalitys_logits_against_its_own_mixed_targets():
     from avmae.train.losses import finetune_loss
-    from tests.test_models import inputs
+    from tests.tiny_models import inputs
 
     step, model = scenic_step()
     audio, video = inputs(batch=4)
@@ -229,7 +229,7 @@ def test_per_modality_mixup_needs_the_bottleneck_classifier():
 @pytest.mark.slow
 def test_scenic_augmentations_keep_the_host_sync_budget(shards, tmp_path):  # noqa: F811
     from tests.helpers import TINY_MODEL
-    from tests.test_host_syncs import check_budget, counted
+    from tests.host_syncs import check_budget, counted
 
     model = {**TINY_MODEL, "encoder": {**TINY_MODEL["encoder"], "fusion": "late"}}
     (report,) = counted(tmp_path, shards, processes=1, grad_accum=1, task="finetune", model=model,
