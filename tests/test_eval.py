@@ -145,10 +145,31 @@ def test_multi_view_scores_are_the_mean_of_the_views(runs, shards, tmp_path):  #
         config = _data_config(loaded, str(shards), "train", 4, 0, "webdataset", view, 2)
         predictions, skipped = predict(loaded.model, Loader(spec, config, train=False), loaded.heads, "single")
         assert skipped == [] and len(predictions) == 9
-        per_view.append(probabilities(predictions.scores["label"], "single"))
+        per_view.append(predictions.scores["label"])  # logits
     assert not np.allclose(per_view[0], per_view[1])
     combined = np.load(tmp_path / "two" / "predictions.npz")["scores"]
-    assert np.allclose(combined, (per_view[0] + per_view[1]) / 2, atol=1e-6)
+    mean_of_softmax = (probabilities(per_view[0], "single") + probabilities(per_view[1], "single")) / 2
+    assert np.allclose(combined, mean_of_softmax, atol=1e-6)
+    logits = _eval("--ckpt", str(finetuned), "--data", str(shards), "--split", "train", "--task", "vggsound",
+                   "--views", "2", "--view-average", "logits", "--out", str(tmp_path / "logits"))
+    assert logits["view_aggregation"] == "softmax of mean logits"  # Scenic's MBT testing
+    combined = np.load(tmp_path / "logits" / "predictions.npz")["scores"]
+    assert np.allclose(combined, probabilities((per_view[0] + per_view[1]) / 2, "single"), atol=1e-6)
+
+
+@pytest.mark.parametrize("label_mode", ["single", "multi"])
+def test_views_average_as_probabilities_or_as_logits(label_mode):
+    from avmae.eval.predictions import Predictions
+    from avmae.eval.runner import _average_views, probabilities
+
+    logits = [np.array([[4.0, 0.0, -2.0], [0.0, 1.0, 0.0]]), np.array([[-3.0, 2.0, 1.0], [0.0, 1.0, 5.0]])]
+    targets = np.array([0, 2]) if label_mode == "single" else np.array([[1, 0, 0], [0, 0, 1]])
+    views = [Predictions(["a", "b"], {"label": view}, {"label": targets}, label_mode) for view in logits]
+    by_probability = _average_views(views, "probabilities").scores["label"]
+    by_logit = _average_views(views, "logits").scores["label"]
+    assert np.allclose(by_probability, (probabilities(logits[0], label_mode) + probabilities(logits[1], label_mode)) / 2)
+    assert np.allclose(by_logit, probabilities((logits[0] + logits[1]) / 2, label_mode))
+    assert np.abs(by_probability - by_logit).max() > 0.05
 
 
 @pytest.mark.slow

@@ -53,7 +53,12 @@ def _eval_parser() -> argparse.ArgumentParser:
                         help="one modality given to a model with per-modality norms (CAV-MAE): its own norms "
                              "(CAV-MAE's audioonly/videoonly) or the mean of that and the joint norms "
                              "(missingaudioonly/missingvideoonly)")
-    parser.add_argument("--views", type=int, default=1, help="temporal views per clip, probabilities averaged")
+    parser.add_argument("--views", type=int, default=1,
+                        help="temporal views per clip (evenly spread frame sets of the stored frames), combined "
+                             "as --view-average says")
+    parser.add_argument("--view-average", choices=["probabilities", "logits"], default="probabilities",
+                        help="how views are combined: the mean of their sigmoids/softmaxes (CAV-MAE) or the "
+                             "sigmoid/softmax of the mean of their logits (Scenic's MBT)")
     parser.add_argument("--linear-probe", action="store_true",
                         help="train a linear head on frozen features of --train-split, score --split")
     parser.add_argument("--train-split", default="train")

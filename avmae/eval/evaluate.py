@@ -39,6 +39,9 @@ class EvalRequest:
     modality: str | None = None  # inputs used; None: as trained
     alone_norms: Literal["own", "averaged"] = "own"  # model.alone_norms for the evaluated model
     views: int = 1
+    # How the views are combined: "probabilities" (the mean of their sigmoids or softmaxes, CAV-MAE's testing) or
+    # "logits" (the mean of their logits, Scenic's MBT testing)
+    view_average: Literal["probabilities", "logits"] = "probabilities"
     linear_probe: bool = False
     train_split: str = "train"  # the linear probe's training split
     out: Path | None = None  # default: <run>/eval_<task>_<split>
@@ -54,6 +57,8 @@ class EvalRequest:
     def validate(self) -> "EvalRequest":
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.view_average not in ("probabilities", "logits"):
+            raise ValueError(f"view_average must be probabilities or logits, got {self.view_average!r}")
         for name in ("views", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -166,7 +171,7 @@ def _score(request: EvalRequest, dist_info) -> EvalResult:
         from avmae.recipe.geometry import load_run_spec
 
         predictions, skipped, info = classify(loaded, request.data, request.split, request.task,
-                                              views=request.views, **common)
+                                              views=request.views, view_average=request.view_average, **common)
         spec = load_run_spec(loaded.config, request.split, shards=request.data)
         if only is not None:
             predictions = predictions.select([key for key in predictions.keys if key in only])

@@ -45,20 +45,34 @@ def _data_config(loaded: LoadedModel, data: str, split: str, batch_size: int, wo
                                workers=workers, backend=backend, view=view, views=views)
 
 
-def _average_views(per_view: list[Predictions]) -> Predictions:
-    """Probabilities averaged over the views (sigmoid for multi-label, softmax otherwise: CAV-MAE), for the samples
-    every view scored (a view that could not read a sample leaves it unscored, and recorded)."""
+VIEW_AVERAGES = ("probabilities", "logits")
+
+
+def _average_views(per_view: list[Predictions], average: str) -> Predictions:
+    """The views of each sample combined, for the samples every view scored (a view that could not read a sample
+    leaves it unscored, and recorded): ``average`` "probabilities", the mean of the views' sigmoids (multi-label) or
+    softmaxes (CAV-MAE's testing); "logits", the sigmoid or softmax of the mean of the views' logits (Scenic's MBT
+    testing, scenic/projects/mbt: its test clips' logits are averaged). Scores come out as probabilities either way."""
     scored_by_all = set.intersection(*(set(p.keys) for p in per_view))
     keys = [key for key in per_view[0].keys if key in scored_by_all]
     views = [p.select(keys) for p in per_view]
     first = views[0]
-    scores = {head: np.mean([probabilities(v.scores[head], first.label_mode) for v in views], 0)
-              for head in first.scores}
+    if average == "logits":
+        scores = {head: probabilities(np.mean([v.scores[head] for v in views], 0), first.label_mode)
+                  for head in first.scores}
+    else:
+        scores = {head: np.mean([probabilities(v.scores[head], first.label_mode) for v in views], 0)
+                  for head in first.scores}
     return dataclasses.replace(first, scores=scores)
 
 
+def _aggregation(label_mode: LabelMode, average: str) -> str:
+    squash = "sigmoid" if label_mode == LabelMode.MULTI else "softmax"
+    return f"{squash} of mean logits" if average == "logits" else f"mean of {squash}"
+
+
 def classify(loaded: LoadedModel, data: str, split: str, task: str, *, views: int, batch_size: int, workers: int,
-             backend: str, device: torch.device, rank: int, world: int
+             backend: str, device: torch.device, rank: int, world: int, view_average: str = "probabilities"
              ) -> tuple[Predictions, list[dict[str, Any]], dict[str, Any]]:
     """The predictions of a fine-tuned classifier on ``split`` (views averaged), the loader's records of what it
     could not read, and what changes the numbers (features, views, label set)."""
@@ -95,9 +109,8 @@ def classify(loaded: LoadedModel, data: str, split: str, task: str, *, views: in
         per_view.append(predictions)
         skipped += [{**record, "view": view} for record in view_skipped]
     info = {"label_set_hash": label_set_hash(list(spec.label_names)), "label_order": label_order,
-            "features": spec.features, "views": views,
-            "view_aggregation": "mean of sigmoid" if spec.label_mode == LabelMode.MULTI else "mean of softmax"}
-    return _average_views(per_view), skipped, info
+            "features": spec.features, "views": views, "view_aggregation": _aggregation(spec.label_mode, view_average)}
+    return _average_views(per_view, view_average), skipped, info
 
 
 @torch.no_grad()
