@@ -112,10 +112,22 @@ def _fill_decoder(vit: dict, config: ModelConfig, own: dict, put) -> str | None:
     return None
 
 
-def vit_entries(vit: dict[str, torch.Tensor], config: ModelConfig, own: dict[str, torch.Tensor],
-                inflation: str = "average") -> tuple[dict[str, torch.Tensor], dict]:
-    """avmae key -> tensor for the model whose state dict is ``own``, and a report (ViT key of every avmae key
-    filled, ViT keys skipped with their reason, avmae keys left at their initialisation)."""
+class _Filled:
+    """The avmae entries taken from the ViT so far, each with its ViT key and how it was changed."""
+
+    def __init__(self, vit: dict[str, torch.Tensor], own: dict[str, torch.Tensor]):
+        self.vit, self.own = vit, own
+        self.entries: dict[str, torch.Tensor] = {}
+        self.sources: dict[str, tuple[str, str]] = {}  # avmae key -> (ViT key, how it was changed)
+
+    def put(self, ours: str, source: str, how: str = "", tensor: torch.Tensor | None = None) -> None:
+        """``ours`` from ViT key ``source`` (or ``tensor``, made from it), where both exist."""
+        if ours in self.own and source in self.vit:
+            self.entries[ours] = self.vit[source] if tensor is None else tensor
+            self.sources[ours] = (source, how)
+
+
+def _check_vit_fits(vit: dict[str, torch.Tensor], config: ModelConfig) -> None:
     width, depth, _, _ = config.encoder.dims()
     kernel = vit["patch_embed.proj.weight"]
     if kernel.shape[0] != width or _vit_depth(vit) != depth:
@@ -124,20 +136,20 @@ def vit_entries(vit: dict[str, torch.Tensor], config: ModelConfig, own: dict[str
     if kernel.shape[1] != 3 or kernel.shape[-1] != config.video.patch or kernel.shape[-1] != config.audio.patch:
         raise ValueError(f"patch embedding {tuple(kernel.shape)} does not fit 3-channel {config.video.patch} px video "
                          f"patches and {config.audio.patch} px audio patches")
-    entries: dict[str, torch.Tensor] = {}
-    sources: dict[str, tuple[str, str]] = {}  # avmae key -> (ViT key, how it was changed)
 
-    def put(ours: str, source: str, how: str = "", tensor: torch.Tensor | None = None) -> None:
-        if ours in own and source in vit:
-            entries[ours] = vit[source] if tensor is None else tensor
-            sources[ours] = (source, how)
 
+def _fill_embeddings(kernel: torch.Tensor, config: ModelConfig, inflation: str, put) -> None:
     put("tokenizer.audio_embed.weight", "patch_embed.proj.weight", "summed over RGB, image rows on the mel axis",
         audio_kernel(kernel, config.audio.token_order))
     put("tokenizer.video_embed.weight", "patch_embed.proj.weight",
         f"inflated ({inflation}) to {config.video.tubelet} frame(s)", inflate(kernel, config.video.tubelet, inflation))
     for name in ("audio_embed", "video_embed"):
         put(f"tokenizer.{name}.bias", "patch_embed.proj.bias")
+
+
+def _fill_encoder(config: ModelConfig, put) -> None:
+    """ViT block i into every avmae block at depth i, its norms also into their per-modality twins; the ViT's final
+    norm into the encoder's last norms."""
     for i, prefixes in enumerate(encoder_blocks(config)):
         for prefix in prefixes:
             for part in BLOCK_PARTS:
@@ -153,20 +165,34 @@ def vit_entries(vit: dict[str, torch.Tensor], config: ModelConfig, own: dict[str
             put(f"{norm}.{p}", f"norm.{p}")
             for m in ("audio", "video"):  # CAV-MAE: norm -> norm_a / norm_v
                 put(f"{stack}.modality_norm.{m}.{p}", f"norm.{p}")
-    skipped = {}
-    if "decoder_embed.weight" in vit:
-        reason = _fill_decoder(vit, config, own, put) if any(k.startswith("decoder.") for k in own) \
-            else "this model has no decoder"
-        if reason:
-            skipped.update({k: reason for k in vit if k.startswith("decoder") or k == "mask_token"})
+
+
+def _skipped_decoder(vit: dict, config: ModelConfig, own: dict, put) -> dict[str, str]:
+    """Fill the decoder from an MAE checkpoint's; the ViT keys skipped, with the reason, when it does not fit."""
+    if "decoder_embed.weight" not in vit:
+        return {}
+    reason = _fill_decoder(vit, config, own, put) if any(k.startswith("decoder.") for k in own) \
+        else "this model has no decoder"
+    return {k: reason for k in vit if k.startswith("decoder") or k == "mask_token"} if reason else {}
+
+
+def vit_entries(vit: dict[str, torch.Tensor], config: ModelConfig, own: dict[str, torch.Tensor],
+                inflation: str = "average") -> tuple[dict[str, torch.Tensor], dict]:
+    """avmae key -> tensor for the model whose state dict is ``own``, and a report (ViT key of every avmae key
+    filled, ViT keys skipped with their reason, avmae keys left at their initialisation)."""
+    _check_vit_fits(vit, config)
+    filled = _Filled(vit, own)
+    _fill_embeddings(vit["patch_embed.proj.weight"], config, inflation, filled.put)
+    _fill_encoder(config, filled.put)
+    skipped = _skipped_decoder(vit, config, own, filled.put)
+    entries, sources = filled.entries, filled.sources
     shapes = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in entries.items() if v.shape != own[k].shape]
     if shapes:
         raise ValueError(f"ViT weights do not fit this model: {shapes[:3]}")
     used = {source for source, _ in sources.values()}
     for key in vit:
         if key not in used and key not in skipped:
-            root = key.split(".")[0]
-            skipped[key] = SKIPPED.get(root, "no counterpart in this avmae model")
+            skipped[key] = SKIPPED.get(key.split(".")[0], "no counterpart in this avmae model")
     report = {"loaded": {k: f"{source} ({how})" if how else source for k, (source, how) in sources.items()},
               "skipped": skipped,
               "kept_at_initialisation": sorted(k for k in own if k not in entries),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -91,69 +92,103 @@ def _stats(total: float, total_sq: float, count: int) -> tuple[float | None, flo
     return mean, math.sqrt(max(0.0, total_sq / count - mean * mean))
 
 
-def finalize(out: Path) -> dict[str, Any]:
-    """Merge all part records into ``manifest.json`` and ``failures.jsonl``; returns the manifest.
+@dataclass
+class _PartsMerged:
+    """The part records of every shard, added up: per split, failures, and label coverage."""
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reasons: Counter[str] = field(default_factory=Counter)
+    label_rows: Counter[str] = field(default_factory=Counter)
+    label_ok: Counter[str] = field(default_factory=Counter)
+    failure_lines: list[str] = field(default_factory=list)
+    most_labels: int = 0
+    unlabelled: int = 0
 
-    Raises RuntimeError naming the shards still to be built when the build is incomplete."""
-    build = read_build(out)
+    def add(self, part: dict[str, Any]) -> None:
+        _add_to_split(self.splits.setdefault(part["split"], _empty_split()), part)
+        for failure in part["failures"]:
+            self.reasons[failure["reason"]] += 1
+            self.failure_lines.append(json.dumps(failure, sort_keys=True, ensure_ascii=False))
+        self.label_rows.update(part["label_rows"])
+        self.label_ok.update(part["label_ok"])
+        self.most_labels = max(self.most_labels, part["max_labels_per_input"])
+        self.unlabelled += part.get("unlabelled_inputs", 0)  # absent from parts written before the count
+
+
+def _empty_split() -> dict[str, Any]:
+    """A split's manifest entry, with the running log-mel sums (``_sum``, ``_sumsq``, ``_count``) its statistics
+    come from."""
+    return {"shards": [], "samples": 0, "items": 0, "failures": 0, "label_counts": Counter(), "_sum": 0.0,
+            "_sumsq": 0.0, "_count": 0}
+
+
+def _add_to_split(split: dict[str, Any], part: dict[str, Any]) -> None:
+    split["items"] += part["items"]
+    split["samples"] += part["samples"]
+    split["failures"] += len(part["failures"])
+    split["_sum"] += part["logmel_sum"]
+    split["_sumsq"] += part["logmel_sumsq"]
+    split["_count"] += part["logmel_count"]
+    if part["samples"]:
+        # "labels": absent from the part records of shards built before the labels sidecar (a resumed build)
+        fields = ("name", *SHARD_FILE_FIELDS, "samples", "bytes", "sha256")
+        split["shards"].append({key: part[key] for key in fields if key in part})
+    split["label_counts"].update(part["label_ok"])  # inputs with samples per label: class-balanced sampling
+
+
+def _finish_split(split: dict[str, Any]) -> None:
+    """The label counts sorted, the running sums turned into the log-mel mean and std."""
+    split["label_counts"] = dict(sorted(split["label_counts"].items()))
+    split["logmel_mean"], split["logmel_std"] = _stats(split.pop("_sum"), split.pop("_sumsq"), split.pop("_count"))
+
+
+def _built_parts(out: Path, build: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every shard's part record; RuntimeError naming the shards still to be built."""
     parts = [read_part(out, name, build["fingerprint"]) for name in build["shards"]]
     missing = [name for name, part in zip(build["shards"], parts) if part is None]
     if missing:
         raise RuntimeError(f"{len(missing)} of {len(parts)} shards are not built yet ({', '.join(missing[:3])}...); "
                            "run the build again (or wait for the other array tasks) before finalizing")
-    splits: dict[str, dict[str, Any]] = {}
-    reasons: Counter[str] = Counter()
-    label_rows: Counter[str] = Counter()
-    label_ok: Counter[str] = Counter()
-    failure_lines = []
-    most_labels = unlabelled = 0
-    for part in parts:
-        split = splits.setdefault(part["split"], {"shards": [], "samples": 0, "items": 0, "failures": 0,
-                                                  "label_counts": Counter(), "_sum": 0.0, "_sumsq": 0.0, "_count": 0})
-        split["items"] += part["items"]
-        split["samples"] += part["samples"]
-        split["failures"] += len(part["failures"])
-        split["_sum"] += part["logmel_sum"]
-        split["_sumsq"] += part["logmel_sumsq"]
-        split["_count"] += part["logmel_count"]
-        if part["samples"]:
-            # "labels": absent from the part records of shards built before the labels sidecar (a resumed build)
-            fields = ("name", *SHARD_FILE_FIELDS, "samples", "bytes", "sha256")
-            split["shards"].append({key: part[key] for key in fields if key in part})
-        for failure in part["failures"]:
-            reasons[failure["reason"]] += 1
-            failure_lines.append(json.dumps(failure, sort_keys=True, ensure_ascii=False))
-        label_rows.update(part["label_rows"])
-        label_ok.update(part["label_ok"])
-        split["label_counts"].update(part["label_ok"])  # inputs with samples per label: class-balanced sampling
-        most_labels = max(most_labels, part["max_labels_per_input"])
-        unlabelled += part.get("unlabelled_inputs", 0)  # absent from parts written before the count
-    for split in splits.values():
-        split["label_counts"] = dict(sorted(split["label_counts"].items()))
-        split["logmel_mean"], split["logmel_std"] = _stats(split.pop("_sum"), split.pop("_sumsq"), split.pop("_count"))
+    return parts
+
+
+def _manifest(build: dict[str, Any], merged: _PartsMerged) -> dict[str, Any]:
+    splits = merged.splits
     # The normalisation statistics come from the training split only (no peeking at held-out data); a build of
     # evaluation clips alone reports its own.
     reference = splits.get("train") or next(iter(splits.values()), {})
     inputs = sum(split["items"] for split in splits.values())
-    failures = sum(reasons.values())
-    manifest = {
+    failures = sum(merged.reasons.values())
+    return {
         "format_version": FORMAT_VERSION,
         "fingerprint": build["fingerprint"],
         "features": build["features"],
         "build": build["build"],
         "source": build["source"],
-        "labels": {**build["labels"], "max_per_input": most_labels, "unlabelled_inputs": unlabelled},
+        "labels": {**build["labels"], "max_per_input": merged.most_labels, "unlabelled_inputs": merged.unlabelled},
         "tools": build["tools"],
         "logmel_mean": reference.get("logmel_mean"),
         "logmel_std": reference.get("logmel_std"),
         "splits": splits,
         "totals": {"inputs": inputs, "inputs_ok": inputs - failures, "failures": failures,
                    "samples": sum(split["samples"] for split in splits.values()),
-                   "failure_reasons": dict(sorted(reasons.items()))},
-        "label_coverage": {label: {"rows": rows, "ok": label_ok.get(label, 0)}
-                           for label, rows in sorted(label_rows.items())},
+                   "failure_reasons": dict(sorted(merged.reasons.items()))},
+        "label_coverage": {label: {"rows": rows, "ok": merged.label_ok.get(label, 0)}
+                           for label, rows in sorted(merged.label_rows.items())},
     }
-    atomic_write(out / FAILURES_FILE, "".join(line + "\n" for line in failure_lines))
+
+
+def finalize(out: Path) -> dict[str, Any]:
+    """Merge all part records into ``manifest.json`` and ``failures.jsonl``; returns the manifest.
+
+    Raises RuntimeError naming the shards still to be built when the build is incomplete."""
+    build = read_build(out)
+    merged = _PartsMerged()
+    for part in _built_parts(out, build):
+        merged.add(part)
+    for split in merged.splits.values():
+        _finish_split(split)
+    manifest = _manifest(build, merged)
+    atomic_write(out / FAILURES_FILE, "".join(line + "\n" for line in merged.failure_lines))
     atomic_write(out / MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False))
     return manifest
 

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import ffmpeg
 import numpy as np
@@ -226,32 +227,33 @@ def _short_side_scale(stream, short_side: int):
     return stream.filter("scale", f"if(gt(iw,ih),-2,{short_side})", f"if(gt(iw,ih),{short_side},-2)")
 
 
-def decode_segment(path: str, start: float, duration: float, *, num_frames: int, short_side: int,
-                   jpeg_qscale: int, sample_rate: int | None) -> Segment:
-    """Decode ``[start, start + duration)`` of ``path``: ``num_frames`` JPEGs (fewer if the stream ends early or a
-    gap spans two targets) and, if ``sample_rate`` is given, the first audio channel as int16 PCM.
-
-    Raises ``MediaError('decode_error')`` when ffmpeg fails; the caller probes the file to name the cause.
-    ``MediaError(TIMED_OUT)`` when it runs past ``timeout_for(duration)``."""
+def _decode_command(path: str, start: float, duration: float, num_frames: int, short_side: int, jpeg_qscale: int,
+                    sample_rate: int | None, audio_fd: int | None) -> list[str]:
+    """The ffmpeg command of decode_segment: the frames as an MJPEG stream on stdout and, if ``sample_rate`` is given,
+    the audio as 16-bit PCM on the inherited descriptor ``audio_fd``."""
     source = ffmpeg.input(path, ss=f"{start:.6f}", t=f"{duration:.6f}")
     video = source["v:0"].filter("select", _select_expression(bin_centres(duration, num_frames))).filter("showinfo")
     video = _short_side_scale(video, short_side).filter("format", "yuvj420p")
     outputs = [ffmpeg.output(video, "pipe:1", format="image2pipe", vcodec="mjpeg",
                              **{"q:v": jpeg_qscale, "fps_mode": "passthrough", "frames:v": num_frames})]
-    read_fd = write_fd = None
     if sample_rate is not None:
-        read_fd, write_fd = os.pipe()
         # CAV-MAE keeps the first channel, not a down-mix (sox remix 1; docs/reference/cavmae.md#log-mel-front-end), as
         # 16-bit PCM.
         audio = source["a:0"].filter("channelmap", map="0", channel_layout="mono")
-        outputs.append(ffmpeg.output(audio, f"pipe:{write_fd}", format="s16le", acodec="pcm_s16le", ar=sample_rate))
+        outputs.append(ffmpeg.output(audio, f"pipe:{audio_fd}", format="s16le", acodec="pcm_s16le", ar=sample_rate))
     args = ffmpeg.merge_outputs(*outputs).compile(cmd=ffmpeg_binary())
-    command = [args[0], "-nostdin", "-hide_banner", "-loglevel", "info", *args[1:]]
+    return [args[0], "-nostdin", "-hide_banner", "-loglevel", "info", *args[1:]]
 
-    chunks: list[bytes] = []
-    reader = None
+
+def _start_with_audio_pipe(command_for: Callable[[int | None], list[str]],
+                           with_audio: bool) -> tuple[subprocess.Popen, int | None]:
+    """Start the command ``command_for(write_fd)`` gives; with ``with_audio``, on a pipe whose write end the process
+    inherits (and we close, so that its exit ends the pipe). Returns the process and the pipe's read end."""
+    read_fd = write_fd = None
+    if with_audio:
+        read_fd, write_fd = os.pipe()
     try:
-        process = _start(command, pass_fds=(write_fd,) if write_fd is not None else ())
+        process = _start(command_for(write_fd), pass_fds=(write_fd,) if write_fd is not None else ())
     except BaseException:
         if read_fd is not None:
             os.close(read_fd)
@@ -259,13 +261,44 @@ def decode_segment(path: str, start: float, duration: float, *, num_frames: int,
     finally:
         if write_fd is not None:
             os.close(write_fd)
-    if read_fd is not None:
-        def drain() -> None:
-            while block := os.read(read_fd, 1 << 20):
-                chunks.append(block)
+    return process, read_fd
 
-        reader = threading.Thread(target=drain, daemon=True)
-        reader.start()
+
+def _drain(read_fd: int, chunks: list[bytes]) -> threading.Thread:
+    """A thread that reads ``read_fd`` into ``chunks`` until EOF, so that ffmpeg never blocks on a full pipe."""
+    def drain() -> None:
+        while block := os.read(read_fd, 1 << 20):
+            chunks.append(block)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    return reader
+
+
+def _segment(stdout: bytes, log: str, audio: bytes | None) -> Segment:
+    """The frames, their timestamps (showinfo's lines) and the PCM samples of a finished decode."""
+    jpegs = split_mjpeg(stdout)
+    times = [float(t) for t in _PTS_TIME.findall(log)][: len(jpegs)]
+    if len(times) != len(jpegs):
+        raise MediaError("decode_error", f"ffmpeg gave {len(jpegs)} frames but reported {len(times)} timestamps")
+    pcm = None
+    if audio is not None:
+        pcm = np.frombuffer(audio[: len(audio) // 2 * 2], dtype="<i2").copy()
+    return Segment(jpegs=jpegs, frame_times=times, pcm=pcm, log=log)
+
+
+def decode_segment(path: str, start: float, duration: float, *, num_frames: int, short_side: int,
+                   jpeg_qscale: int, sample_rate: int | None) -> Segment:
+    """Decode ``[start, start + duration)`` of ``path``: ``num_frames`` JPEGs (fewer if the stream ends early or a
+    gap spans two targets) and, if ``sample_rate`` is given, the first audio channel as int16 PCM.
+
+    Raises ``MediaError('decode_error')`` when ffmpeg fails; the caller probes the file to name the cause.
+    ``MediaError(TIMED_OUT)`` when it runs past ``timeout_for(duration)``."""
+    process, read_fd = _start_with_audio_pipe(
+        lambda audio_fd: _decode_command(path, start, duration, num_frames, short_side, jpeg_qscale, sample_rate,
+                                         audio_fd), with_audio=sample_rate is not None)
+    chunks: list[bytes] = []
+    reader = _drain(read_fd, chunks) if read_fd is not None else None
     try:
         stdout, stderr = _finish(process, f"{path}: ffmpeg decoding {start:.3f}-{start + duration:.3f} s",
                                  timeout_for(duration))
@@ -276,15 +309,7 @@ def decode_segment(path: str, start: float, duration: float, *, num_frames: int,
     log = stderr.decode("utf-8", "replace")
     if process.returncode != 0:
         raise MediaError("decode_error", _error_lines(log))
-    jpegs = split_mjpeg(stdout)
-    times = [float(t) for t in _PTS_TIME.findall(log)][: len(jpegs)]
-    if len(times) != len(jpegs):
-        raise MediaError("decode_error", f"ffmpeg gave {len(jpegs)} frames but reported {len(times)} timestamps")
-    pcm = None
-    if sample_rate is not None:
-        raw = b"".join(chunks)
-        pcm = np.frombuffer(raw[: len(raw) // 2 * 2], dtype="<i2").copy()
-    return Segment(jpegs=jpegs, frame_times=times, pcm=pcm, log=log)
+    return _segment(stdout, log, b"".join(chunks) if sample_rate is not None else None)
 
 
 def _error_lines(log: str, limit: int = 3) -> str:
