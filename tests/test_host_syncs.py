@@ -32,10 +32,11 @@ def test_a_step_that_is_no_boundary_waits_on_the_device_only_where_the_allow_lis
 
 @pytest.mark.slow
 def test_fine_tuning_with_every_batch_augmentation_keeps_the_same_budget(shards, tmp_path):
-    """SpecAugment, noise and shift, and mixup on every batch (its mixing path): the augmentations draw on the
-    batch's device."""
+    """SpecAugment, noise and shift, time shift, colour and mixup on every batch (its mixing path): the
+    augmentations draw on the batch's device."""
     (report,) = counted(tmp_path, shards, processes=1, grad_accum=1, task="finetune",
-                        augment={"mixup": 1.0, "freq_mask": 8, "time_mask": 20, "audio_noise": True})
+                        augment={"mixup": 1.0, "freq_mask": 8, "time_mask": 20, "audio_noise": True,
+                                 "time_shift": True, "colour": 0.8, "colour_drop": 0.1})
     found = check_budget(report, grad_accum=1)
     print(f"fine-tuning, non-boundary steps: avmae {found}; DeepSpeed {deepspeed_own(report)}")
 
