@@ -230,13 +230,13 @@ def test_evaluation_takes_no_augmentation():
 
 def test_zero_buckets_follow_one_key_and_default_to_a_tenth_of_deepspeeds_sizes():
     from avmae.recipe.config import RunConfig
-    from avmae.train.trainer import _deepspeed_config
+    from avmae.train.engine import deepspeed_config
 
-    default = _deepspeed_config(load(RunConfig, DEMO).validate(), bf16=False)["zero_optimization"]
+    default = deepspeed_config(load(RunConfig, DEMO).validate(), bf16=False)["zero_optimization"]
     # 5e7 (DeepSpeed's own default is 5e8, 84 % of ViT-L: one bucket could not overlap the backward)
     assert (default["reduce_bucket_size"], default["allgather_bucket_size"], default["stage3_max_live_parameters"],
             default["stage3_prefetch_bucket_size"]) == (50_000_000, 50_000_000, 100_000_000, 5_000_000)
-    large = _deepspeed_config(load(RunConfig, DEMO, ["zero_bucket_elements=5e8"]).validate(), bf16=False)
+    large = deepspeed_config(load(RunConfig, DEMO, ["zero_bucket_elements=5e8"]).validate(), bf16=False)
     assert large["zero_optimization"]["reduce_bucket_size"] == 500_000_000
     assert large["zero_optimization"]["stage3_max_live_parameters"] == 1_000_000_000
     with pytest.raises(ConfigError, match="zero_bucket_elements must be at least 1000000"):

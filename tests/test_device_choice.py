@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from avmae.distributed import (NCCL_DEFAULTS, MachineGPUs, NoUsableGPU, backend_for, choose_device, device_index,
                                gpus_of_machine, nccl_environment)
-from avmae.train.stops import JobStopped, is_collective_failure
+from avmae.train.stops import JobStopped, Stop, is_collective_failure
 from tests.helpers import REPO
 
 NO_GPU = MachineGPUs(0, None)
@@ -137,7 +137,7 @@ def test_gloos_wording_is_the_fallback_and_the_chain_is_followed():
             raise RuntimeError("DeepSpeed: step failed") from inner
     except RuntimeError as outer:
         assert is_collective_failure(outer)
-    stopped = JobStopped("loader stopped")
+    stopped = JobStopped(Stop("loader", 1, "loader stopped"))
     stopped.__context__ = stopped  # a cycle ends the walk
     assert not is_collective_failure(stopped)
 
@@ -155,7 +155,7 @@ def test_a_process_that_asks_for_cuda_on_this_machine_stops_with_one_line():
 
 def test_deepspeed_is_told_the_chosen_gpu_not_the_local_rank():
     """Under srun --gpus-per-task=1 rank 3's only GPU is cuda:0; DeepSpeed would otherwise pick cuda:3."""
-    from avmae.train.trainer import deepspeed_args
+    from avmae.train.engine import deepspeed_args
 
     assert deepspeed_args(torch.device("cuda", 0)).device_rank == 0
     assert deepspeed_args(torch.device("cuda", 5)).device_rank == 5

@@ -17,7 +17,7 @@ parameter partition, which that estimator leaves out (ZeRO-3 keeps it: stage3.py
 DeepSpeed has no stage-1 estimator, and stage 1 is stage 2 with whole bf16 gradients (the ZeRO paper, Rajbhandari
 et al. 2020, Fig. 1: stage 1 = 4 P + K P / N). Tested against both estimators.
 
-Beside them, the trainer's DeepSpeed config (avmae/train/trainer.py) asks for ``reduce_bucket_size`` of
+Beside them, the trainer's DeepSpeed config (avmae/train/engine.py) asks for ``reduce_bucket_size`` of
 ``zero_bucket_elements`` (5e7 by default) with ``contiguous_gradients`` and ``overlap_comm`` in bf16: stages 1 and 2
 then keep two bf16 gradient buckets of that size (stage_1_and_2.py's ``ipg_buffer``), 0.2 GB; listed apart, as an
 estimate from the source.

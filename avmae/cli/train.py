@@ -7,8 +7,13 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from avmae.cli import say
+
+if TYPE_CHECKING:  # imported where used: --help answers without loading torch
+    from avmae.train.stops import Stop
+    from avmae.train.trainer import Trainer
 
 DESCRIPTION = """\
 Train an AV-MAE (task: pretrain) or fine-tune its encoder (task: finetune) with DeepSpeed ZeRO, in one CPU process,
@@ -28,6 +33,18 @@ examples:
 
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())  # whatever the library or a storage client wrote
+
+
+def _stopped(stop: Stop, trainer: Trainer) -> int:
+    """Say why the run stopped, in one line, and how it ends."""
+    say(f"avmae-train: {stop.message}")
+    if stop.group_broken:  # tearing down a process group with a dead peer waits on it: leave at once
+        said = trainer.requeue.after_stop(stop)  # said after the stop line: requeuing may end this job first
+        if said:
+            say(f"avmae-train: {said}")
+        sys.stdout.flush()
+        os._exit(stop.exit_code)
+    return stop.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,11 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         say(f"avmae-train: {_one_line(err)}")
         return 2
     from avmae.eval.during_training import SplitEvaluator
+    from avmae.eval.report import best_checkpoint_score
     from avmae.storage import StorageError
     from avmae.train.trainer import Trainer
 
     try:
-        trainer = Trainer(config, evaluator=SplitEvaluator(config) if config.task == "finetune" else None)
+        trainer = Trainer(config, evaluator=SplitEvaluator(config) if config.task == "finetune" else None,
+                          best_score=best_checkpoint_score)
     except (ValueError, FileNotFoundError, StorageError) as err:  # shards missing, unreachable or made for another
         say(f"avmae-train: {_one_line(err)}")  # model: say which
         return 2
@@ -66,17 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     except (StorageError, ValueError) as err:  # the store failed past a loader's retries, or a shard's index or
         say(f"avmae-train: {_one_line(err)}")  # sidecar is damaged: the file and
         return 2  # what is wrong, no trace
-    except JobStopped as err:  # divergence, a failed checkpoint, a loader past its budget, a dead rank: one line
-        say(f"avmae-train: {err}")
-        if err.group_broken:  # tearing down a process group with a dead peer waits on it: leave at once
-            if err.requeues:  # said after the stop line: requeuing ends this job, maybe before a second line
-                from avmae.train.signals import requeue_after_lost_rank
-
-                said = requeue_after_lost_rank(err.requeues, trainer.workdir)
-                say(f"avmae-train: rank {trainer.dist.rank}: {said}")
-            sys.stdout.flush()
-            os._exit(1)
-        return 1
+    except JobStopped as err:  # divergence, a failed checkpoint or export, a loader past its budget, a dead rank
+        return _stopped(err.stop, trainer)
     if trainer.is_main:  # one line from one rank: several ranks writing at once interleave on a shared pipe
         print(json.dumps(result), flush=True)
     return 0

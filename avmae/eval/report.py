@@ -16,6 +16,19 @@ from avmae.files import write_text_atomically
 HEADLINE = ("mAP", "mAP_sklearn", "mAUC", "d_prime", "top1", "top5", "verb_top1", "noun_top1", "action_top1",
             "action_top5", "samples", "classes", "classes_without_positives")
 
+# The metric that ranks a fine-tuning run's evaluations, to keep its best checkpoint: the first of these its label
+# mode reports (mAP for multi-label data, top-1 accuracy for single-label data, action top-1 for Epic-Kitchens).
+BEST_CHECKPOINT_METRICS = ("mAP", "top1", "action_top1")
+
+
+def best_checkpoint_score(metrics: dict[str, Any]) -> float | None:
+    """The score of an evaluation's ``metrics`` for keeping the best checkpoint, higher is better (None: none of
+    ``BEST_CHECKPOINT_METRICS`` was reported)."""
+    for name in BEST_CHECKPOINT_METRICS:
+        if name in metrics:
+            return metrics[name]
+    return None
+
 
 def write_json(report: dict[str, Any], path: Path) -> None:
     """Written as temp file, sync, rename: a report is there whole or not at all."""

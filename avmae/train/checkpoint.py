@@ -29,7 +29,7 @@ from avmae.crc import crc32
 from avmae.files import sync_folder, write_text_atomically
 from avmae.train.rank_state import DamagedRankState, read_positions, restore_rng
 from avmae.train.rng import rng_state
-from avmae.train.stops import JobStopped
+from avmae.train.stops import JobStopped, Stop
 
 COMPLETE = "complete.json"
 
@@ -180,8 +180,9 @@ class Checkpoints:
                 error = err
         if not all_ranks_ok(error is None):
             reason = f": {str(error).splitlines()[0]}" if error else " on another rank"
-            raise JobStopped(f"checkpoint {folder} (step {step}) could not be written{reason}; it has no completion "
-                             f"marker; the newest complete checkpoint is {self.newest() or 'none'}") from error
+            raise JobStopped(Stop("checkpoint", step, (
+                f"checkpoint {folder} (step {step}) could not be written{reason}; it has no completion marker; the "
+                f"newest complete checkpoint is {self.newest() or 'none'}"))) from error
         if self.is_main:
             for old in self._prunable():
                 if old != protect:

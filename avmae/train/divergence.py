@@ -26,11 +26,7 @@ import torch
 
 from avmae.collectives import all_reduce
 from avmae.recipe.config import GuardConfig
-from avmae.train.stops import JobStopped
-
-
-class TrainingDiverged(JobStopped):
-    pass
+from avmae.train.stops import Stop
 
 
 def poison(loss: torch.Tensor) -> torch.Tensor:
@@ -102,10 +98,10 @@ class NonFiniteGuard:
             return f"{self.total} in this run (guard.nonfinite_total {self.config.nonfinite_total})"
         return ""
 
-    def stop(self, step: int, budget: str, newest_good: str) -> TrainingDiverged:
+    def stop(self, step: int, budget: str, newest_good: str) -> Stop:
         finite = [(s, float(v)) for s, v in self.finite_losses]
         losses = ", ".join(f"step {s} {v:.4g}" for s, v in finite if math.isfinite(v)) or "none"
-        return TrainingDiverged(
+        return Stop("diverged", step, (
             f"training diverged: step {step} had a non-finite loss or gradient norm, skipped steps: {budget}; "
             f"last finite losses: {losses}; newest good checkpoint: {newest_good or 'none'}; "
-            "nothing was exported")
+            "nothing was exported"))

@@ -1,18 +1,42 @@
-"""Why a run ended before its last step: one error type whose message is the one line a person reads
-(``avmae-train`` prints it and exits 1). Raised for divergence past its budget, a checkpoint that could not be
-written, a loader past its skip budget and a collective that failed because another rank died or hung."""
+"""Why a run ended before its last step: a ``Stop``, the typed value whose message is the one line a person reads
+(``avmae-train`` prints it and exits with its code). Met where its cause is: divergence past its budget
+(avmae/train/divergence.py), a checkpoint that could not be written (avmae/train/checkpoint.py), a loader past its skip
+budget (avmae/train/data_feed.py), an export that could not be written (avmae/train/exports.py), and a collective
+that failed because another rank died or hung (``collective_failures_stop`` here, around the loop). Each travels up to
+``avmae-train`` inside a ``JobStopped``, which carries nothing but the ``Stop``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+StopKind = Literal["diverged", "checkpoint", "loader", "export", "collective"]
+
+
+@dataclass(frozen=True)
+class Stop:
+    """The run cannot go on; nothing that looks finished was written."""
+
+    kind: StopKind
+    step: int  # the step the run was at when it stopped
+    message: str  # one line naming the step (or the checkpoint or export) and the cause
+    exit_code: int = 1
+
+    @property
+    def group_broken(self) -> bool:
+        """A collective failed, so the process group cannot be torn down (its teardown would wait on the dead or
+        hung rank): the process must leave at once."""
+        return self.kind == "collective"
+
 
 class JobStopped(RuntimeError):
-    """The run cannot go on; ``str(error)`` names the step and the cause. Nothing that looks finished was written.
-    ``group_broken``: a collective failed, so the process group cannot be torn down (its teardown would wait on the
-    dead or hung rank): the process must leave at once. ``requeues``: how many times the job may requeue itself
-    after such a failure (guard.max_requeues under SLURM; 0 elsewhere)."""
+    """A ``Stop`` on its way up to ``avmae-train``; ``str(error)`` is its message."""
 
-    group_broken = False
-    requeues = 0
+    def __init__(self, stop: Stop):
+        super().__init__(stop.message)
+        self.stop = stop
 
 
 # A failed collective, told by its type: torch raises DistError or a subclass of it (DistBackendError from NCCL's
@@ -44,3 +68,22 @@ def is_collective_failure(error: BaseException) -> bool:
         if isinstance(link, RuntimeError) and any(mark in str(link) for mark in COLLECTIVE_FAILURES):
             return True
     return False
+
+
+@contextmanager
+def collective_failures_stop(rank: int, timeout_s: float, running_step: Callable[[], int],
+                             newest_checkpoint: Callable[[], str]) -> Iterator[None]:
+    """A failed collective inside the block (a rank died or hung) ends the job as one ``Stop`` naming the step
+    running then (``running_step()``) and the newest complete checkpoint; every other error passes as it is."""
+    try:
+        yield
+    except JobStopped:
+        raise
+    except RuntimeError as err:
+        if not is_collective_failure(err):
+            raise
+        step = running_step()
+        raise JobStopped(Stop("collective", step, (
+            f"rank {rank}: a collective failed at step {step} ({str(err).splitlines()[0]}); another rank died or "
+            f"hung (guard.collective_timeout_s {timeout_s:g}); newest complete checkpoint: "
+            f"{newest_checkpoint() or 'none'}"))) from err
