@@ -69,18 +69,27 @@ AVMAE_MODEL_FILES = ("model/avmae_vit_l_audioset.yaml", "model/avmae_vit_l_vggso
 # Changed on purpose since the snapshot: the AV-MAE fine-tuning recipes take Scenic's augmentation (a circular time
 # shift on AudioSet, several frequency masks, mixup on every batch with Beta(0.5, 0.5) and a lambda per modality) and
 # its floored steps per epoch (scenic/projects/av_mae/configs/{audioset,vggsound}/finetune.py: train size // batch:
-# 508,994 // 128 = 3,976 on AS-500K, 172,427 // 64 = 2,694 on VGGSound); AudioSet trains on AS-500K shards. The keys
-# the snapshot has, with their new values (keys added since, such as augment.mixup_alpha, are not compared).
+# 508,994 // 128 = 3,976 on AS-500K, 172,427 // 64 = 2,694 on VGGSound); AudioSet trains on AS-500K shards, sampled
+# as they come. Their input is Scenic's: its log-mel length (1000 / 800 frames) and fixed normalisation (1.102 /
+# 2.762 on AudioSet, none on VGGSound), evaluation frames resized to 256; they start from Google's released
+# pretraining, converted. The keys the snapshot has, with their new values (keys added since, such as
+# augment.mixup_alpha or model.audio.frontend, are not compared).
 SCENIC_FINETUNE = {
     "configs/avmae_mbt_audioset.yaml": {
-        "augment": {"mixup": 1.0, "freq_mask": 36}, "data": {"shards": "/data/audioset/as500k_shards"},
+        "augment": {"mixup": 1.0, "freq_mask": 36},
+        "data": {"shards": "/data/audioset/as500k_shards", "audio_mean": 1.102, "audio_std": 2.762,
+                 "balanced_sampling": False, "eval_short_side": 256},
+        "init": {"path": "runs/scenic_as_pretrain"},
         "optim": {"steps": 50 * 3976, "warmup_steps": 9940}, "checkpoint": {"every": 3976},
         "finetune": {"eval_every": 2 * 3976}},
     "configs/avmae_mbt_vggsound.yaml": {
         "augment": {"mixup": 1.0, "freq_mask": 48},
+        "data": {"audio_mean": 0.0, "audio_std": 1.0, "eval_short_side": 256},
+        "init": {"path": "runs/scenic_vggsound_pretrain"},
         "optim": {"steps": 50 * 2694, "warmup_steps": 6735}, "checkpoint": {"every": 2694},
         "finetune": {"eval_every": 2694}},
 }
+SCENIC_AUDIO_FRAMES = {"configs/avmae_mbt_audioset.yaml": 1000, "configs/avmae_mbt_vggsound.yaml": 800}
 
 
 def scenic_computation(name: str, before: dict) -> dict:
@@ -97,6 +106,8 @@ def scenic_computation(name: str, before: dict) -> dict:
         before = copy.deepcopy(before)
         assert set(values) <= set(before[section]), f"{name}: {section} has no {set(values) - set(before[section])}"
         before[section].update(values)
+    if name in SCENIC_AUDIO_FRAMES:
+        before["model"]["audio"]["frames"] = SCENIC_AUDIO_FRAMES[name]
     return before
 
 
@@ -170,6 +181,8 @@ def tiny_overrides(recipe: RunConfig, shards: Path, workdir: Path) -> list[str]:
     if recipe.task == "finetune":
         out += ["finetune.eval_every=3", "finetune.bottleneck.fusion_layer=1", "augment.freq_mask=8",
                 "augment.time_mask=20"]
+    if recipe.model.audio.frontend != "cavmae":  # the test shards hold CAV-MAE's log-mels
+        out.append("model.audio.frontend=cavmae")
     return out
 
 

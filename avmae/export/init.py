@@ -13,6 +13,8 @@ from avmae.models.state_dicts import read_state_dict
 from avmae.export.format import load_weights
 from avmae.recipe.config import ModelInitConfig
 
+AUDIO_PATCH_EMBEDDING = "tokenizer.audio_embed."
+
 
 def _load_whole(model: nn.Module, state: dict) -> dict:
     """All of a pretraining model's weights (continued pretraining): every key must fit."""
@@ -39,5 +41,9 @@ def initialise(model: nn.Module, init: ModelInitConfig) -> dict:
         return {**report, **loaded, "conversion": conversion.report}
     if init.kind == "avmae":
         state = load_weights(init.path)
+        if init.audio_patch_embedding == "fresh":  # Scenic's transfer (ModelInitConfig): left at this model's init
+            fresh = sorted(k for k in state if k.removeprefix("module.").startswith(AUDIO_PATCH_EMBEDDING))
+            state = {k: v for k, v in state.items() if k not in fresh}
+            report["left_at_initialisation"] = fresh
         return {**report, **(model.load_pretrained(state) if classifier else _load_whole(model, state))}
     raise ValueError(f"unknown init.kind {init.kind!r}")

@@ -109,6 +109,10 @@ class ModelInitConfig:
     kind: Literal["none", "avmae", "vit", "cavmae"] = "none"
     path: str = ""
     video_inflation: Literal["average", "central"] = "average"  # vit: how the 2-D patch kernel becomes a tubelet
+    # avmae, fine-tuning: "fresh" leaves the audio patch embedding at the new model's initialisation, as Scenic's own
+    # AV-MAE fine-tuning does (its transfer renames embedding_spectrogram to embedding_spec, a name MBT never reads;
+    # docs/scenic_recipes.md); "pretrained" (avmae's default) takes it from the checkpoint like every other weight.
+    audio_patch_embedding: Literal["pretrained", "fresh"] = "pretrained"
 
 
 @dataclass
@@ -177,6 +181,9 @@ class RunConfig:
                 or self.guard.max_requeues < 0):
             raise ValueError("guard.nonfinite_in_row and guard.nonfinite_total must be at least 1, "
                              "guard.collective_timeout_s above 0, guard.max_requeues at least 0")
+        if self.init.audio_patch_embedding == "fresh" and (self.init.kind != "avmae" or self.task != "finetune"):
+            raise ConfigError("init.audio_patch_embedding: fresh is Scenic's pretrain-to-fine-tune transfer: it "
+                              f"needs init.kind avmae and task finetune (got {self.init.kind}, {self.task})")
         if self.init.kind != "none" and not self.init.path:
             raise ConfigError(f"init.kind {self.init.kind} needs init.path (the file or run folder to start from)")
         if self.optim.schedule == "step" and list(self.optim.milestones) != sorted(self.optim.milestones):
