@@ -80,21 +80,34 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+        return _coerce_union(value, args, where)
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
         return value
+    if dataclasses.is_dataclass(annotation) or origin in (list, tuple, dict) or annotation is dict:
+        return _coerce_container(value, annotation, where)
+    return _coerce_scalar(value, annotation, where)
+
+
+def _coerce_union(value: Any, args: tuple, where: str) -> Any:
+    """The first of the union's types that takes ``value``; else the first one's error."""
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, where)
+        except ConfigError as err:
+            errors.append(str(err))
+    raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+
+
+def _coerce_container(value: Any, annotation: Any, where: str) -> Any:
+    """A nested dataclass, a list or tuple (each item coerced), or a dict."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
@@ -105,12 +118,13 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         item_type = args[0] if args else Any
         items = [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
-    if origin is dict or annotation is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if annotation is Any:
-        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+    return dict(value)
+
+
+def _coerce_scalar(value: Any, annotation: Any, where: str) -> Any:
+    """bool, float, int or str; any other annotation (``Any`` included) takes the value as it is."""
     if annotation is bool:
         if isinstance(value, bool):
             return value

@@ -47,8 +47,9 @@ def timm_vit(seed: int = 0, decoder_depth: int = 2, decoder_width: int = 32) -> 
         return torch.randn(*shape, generator=g)
 
     width = VIT_WIDTH
-    state = {"cls_token": r(1, 1, width), "pos_embed": r(1, 1 + 4, width), "patch_embed.proj.weight": r(width, 3, 16, 16),
-             "patch_embed.proj.bias": r(width), "norm.weight": r(width), "norm.bias": r(width)}
+    state = {"cls_token": r(1, 1, width), "pos_embed": r(1, 1 + 4, width),
+             "patch_embed.proj.weight": r(width, 3, 16, 16), "patch_embed.proj.bias": r(width),
+             "norm.weight": r(width), "norm.bias": r(width)}
 
     def block(prefix: str, width: int) -> None:
         state.update({f"{prefix}.norm1.weight": r(width), f"{prefix}.norm1.bias": r(width),

@@ -138,6 +138,39 @@ def check_config(config: ModelConfig, specific: int, joint: int, decoder: bool =
                          " (start from configs/model/cavmae_base.yaml)")
 
 
+def _mapping_and_dropped(state: dict[str, torch.Tensor], specific: int, joint: int, decoder_depth: int,
+                         head: str | None, encoder_only: bool) -> tuple[dict[str, str], dict[str, str]]:
+    """CAV-MAE key -> avmae key, and the CAV-MAE keys dropped on purpose with their reason; raises when the state
+    dict has keys that are neither, or lacks mapped ones."""
+    mapping, unused = key_map(specific, joint, 0 if encoder_only else decoder_depth, head)
+    dropped = {k: UNUSED_NORM_REASON for k in unused}
+    if encoder_only:
+        dropped.update({k: ENCODER_ONLY_REASON for k in state if k.startswith(("decoder", "mask_token", "mlp_head."))})
+    unknown = sorted(set(state) - set(mapping) - set(dropped))
+    absent = sorted(set(mapping) - set(state))
+    if unknown or absent:
+        raise ValueError(f"state dict does not have CAV-MAE's layout: unknown keys {unknown[:5]}, missing keys {absent[:5]}")
+    return mapping, dropped
+
+
+def _video_kernel_as_conv3d(out: dict[str, torch.Tensor]) -> dict[str, str]:
+    """The video patch embedding with a tubelet axis; the CAV-MAE keys so transformed, with how."""
+    video = out["tokenizer.video_embed.weight"]
+    if video.dim() != 4:
+        return {}
+    out["tokenizer.video_embed.weight"] = video.unsqueeze(2)  # Conv2d (C, 3, p, p) -> Conv3d (C, 3, 1, p, p)
+    return {"patch_embed_v.proj.weight": "unsqueezed to (C, 3, 1, p, p): avmae's video embedding is a Conv3d"}
+
+
+def _check_fits(out: dict[str, torch.Tensor], expected: dict[str, torch.Size]) -> None:
+    missing, extra = sorted(set(expected) - set(out)), sorted(set(out) - set(expected))
+    shapes = [f"{k}: CAV-MAE {tuple(out[k].shape)} vs avmae {tuple(expected[k])}" for k in sorted(set(out) & set(expected))
+              if tuple(out[k].shape) != tuple(expected[k])]
+    if missing or extra or shapes:
+        raise ValueError(f"converted CAV-MAE weights do not fit the avmae model: missing {missing[:5]}, "
+                         f"unexpected {extra[:5]}, shapes {shapes[:3]}")
+
+
 def convert_cavmae(state_dict: dict[str, torch.Tensor], config: ModelConfig | None = None,
                    expected: dict[str, torch.Size] | None = None, head: str = "label",
                    encoder_only: bool = False) -> Conversion:
@@ -155,29 +188,14 @@ def convert_cavmae(state_dict: dict[str, torch.Tensor], config: ModelConfig | No
     decoder_depth = _count(state, "decoder_blocks.") if pretrained else 0
     config = config or cavmae_base(finetune=finetuned)
     check_config(config, specific, joint, decoder=pretrained and not encoder_only)
-    mapping, unused = key_map(specific, joint, 0 if encoder_only else decoder_depth,
-                              head if finetuned and not encoder_only else None)
-    dropped = {k: UNUSED_NORM_REASON for k in unused}
-    if encoder_only:
-        dropped.update({k: ENCODER_ONLY_REASON for k in state if k.startswith(("decoder", "mask_token", "mlp_head."))})
-    unknown = sorted(set(state) - set(mapping) - set(dropped))
-    absent = sorted(set(mapping) - set(state))
-    if unknown or absent:
-        raise ValueError(f"state dict does not have CAV-MAE's layout: unknown keys {unknown[:5]}, missing keys {absent[:5]}")
+    with_head = finetuned and not encoder_only
+    mapping, dropped = _mapping_and_dropped(state, specific, joint, decoder_depth, head if with_head else None,
+                                            encoder_only)
     out = {mapping[k]: state[k] for k in mapping}
-    transformed = {}
-    video = out["tokenizer.video_embed.weight"]
-    if video.dim() == 4:  # Conv2d (C, 3, p, p) -> Conv3d (C, 3, 1, p, p): a tubelet of one frame
-        out["tokenizer.video_embed.weight"] = video.unsqueeze(2)
-        transformed["patch_embed_v.proj.weight"] = "unsqueezed to (C, 3, 1, p, p): avmae's video embedding is a Conv3d"
+    transformed = _video_kernel_as_conv3d(out)
     if expected is not None:
-        missing, extra = sorted(set(expected) - set(out)), sorted(set(out) - set(expected))
-        shapes = [f"{k}: CAV-MAE {tuple(out[k].shape)} vs avmae {tuple(expected[k])}" for k in sorted(set(out) & set(expected))
-                  if tuple(out[k].shape) != tuple(expected[k])]
-        if missing or extra or shapes:
-            raise ValueError(f"converted CAV-MAE weights do not fit the avmae model: missing {missing[:5]}, "
-                             f"unexpected {extra[:5]}, shapes {shapes[:3]}")
-    heads = {head: int(state["mlp_head.1.weight"].shape[0])} if finetuned and not encoder_only else {}
+        _check_fits(out, expected)
+    heads = {head: int(state["mlp_head.1.weight"].shape[0])} if with_head else {}
     report = {
         "source": "CAVMAEFT" if finetuned else "CAVMAE",
         "source_keys": len(state), "source_parameters": sum(v.numel() for v in state.values()),
