@@ -8,6 +8,10 @@
 #    the usual downloaders). About a tenth of AudioSet is gone from YouTube: missing rows are recorded in
 #    failures.jsonl, and the build summary lists the classes that lost most.
 # 3. Everything else below: shards (SLURM array), pretraining, fine-tuning, evaluation.
+# 4. Optional, AV-MAE's fine-tuning as Google ran it (configs/avmae_mbt_audioset.yaml): with AS500K_LIST (MBT's
+#    AS-500K list, arXiv 2107.00135, in AudioSet's CSV columns; not published with AudioSet) and SCENIC_AS_PRETRAIN
+#    (Google's released AV-MAE AudioSet pretraining checkpoint, Scenic's file), its shards are built with Scenic's
+#    log-mel front end, the checkpoint is converted, and MBT is fine-tuned on AS-500K and scored as Scenic tests.
 #
 #   AUDIOSET_ROOT=/data/audioset OUT=/scratch/avmae bash pipelines/audioset.sh      (DRY_RUN=1 to print the steps)
 # Run settings shared by the recipes (AVMAE_RUN=local|slurm, DRY_RUN=1, AVMAE_SET extra --set overrides for every
@@ -46,3 +50,20 @@ evaluate --ckpt "$OUT/runs/finetune_as20k" --weights averaged --data "$OUT/as_ev
   --views 4 --out "$OUT/eval/as20k_audioset"
 evaluate --ckpt "$OUT/runs/pretrain_as2m" --data "$OUT/as_eval" --split test --task retrieval \
   --out "$OUT/eval/retrieval"
+
+if [ -n "${AS500K_LIST:-}" ]; then
+  step "AV-MAE's fine-tuning as Google ran it: MBT on AS-500K from the released pretraining (configs/avmae_mbt_audioset.yaml)"
+  need "$AS500K_LIST" "MBT's AS-500K list (AudioSet's CSV columns)"
+  : "${SCENIC_AS_PRETRAIN:?set SCENIC_AS_PRETRAIN to the released AV-MAE AudioSet pretraining checkpoint of Google}"
+  need "$SCENIC_AS_PRETRAIN" "Google's released AV-MAE AudioSet pretraining checkpoint (Scenic's file)"
+  run avmae-convert scenic "$SCENIC_AS_PRETRAIN" --out "$OUT/runs/scenic_as_pretrain"
+  scenic_input=(--audio-frontend scenic --target-frames 1000)  # the released weights' input (docs/scenic.md)
+  shards "$OUT/as500k" --list "$AS500K_LIST" --class-labels "$LABELS" --src "$ROOT/videos" --val-fraction 0.01 \
+    "${scenic_input[@]}"
+  shards "$OUT/as_eval_scenic" --list "$ROOT/eval_segments.csv" --class-labels "$LABELS" --src "$ROOT/videos" \
+    --split test "${scenic_input[@]}"
+  train slurm/avmae_mbt_audioset.sbatch configs/avmae_mbt_audioset.yaml --set data.shards="$OUT/as500k" \
+    --set data.eval_split=val --set init.path="$OUT/runs/scenic_as_pretrain" --set workdir="$OUT/runs/avmae_mbt_audioset"
+  evaluate --ckpt "$OUT/runs/avmae_mbt_audioset" --data "$OUT/as_eval_scenic" --split test --task audioset \
+    --views 4 --view-average logits --out "$OUT/eval/avmae_mbt_audioset"
+fi

@@ -18,7 +18,8 @@ from tests.recipe_standins import make_audioset, make_epic, make_vggsound
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = {
-    "audioset.sh": {"AUDIOSET_ROOT": "/data/audioset"},
+    "audioset.sh": {"AUDIOSET_ROOT": "/data/audioset", "AS500K_LIST": "/data/as500k.csv",
+                    "SCENIC_AS_PRETRAIN": "/released/av_mae/audioset/pretrain/checkpoint"},
     "vggsound.sh": {"VGGSOUND_ROOT": "/data/vgg", "PRETRAINED": "/runs/pt"},
     "epic_kitchens.sh": {"EPIC_ROOT": "/data/epic", "PRETRAINED": "/runs/pt"},
 }
