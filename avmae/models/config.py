@@ -42,7 +42,7 @@ class AudioInput:
     token_order: Literal["time_major", "freq_major"] = "time_major"
     # The log-mel front end the weights were trained on, which the shards must have been built with (avmae-shard
     # build --audio-frontend; checked when a run or an evaluation opens them): "cavmae" (CAV-MAE's Kaldi fbank) or
-    # "scenic" (Google's AV-MAE, the input of its released checkpoints; docs/scenic.md#audio-front-end).
+    # "scenic" (Google's AV-MAE, the input of its released checkpoints; docs/scenic.md#the-audio-front-end).
     frontend: Literal["cavmae", "scenic"] = "cavmae"
 
 
