@@ -118,3 +118,14 @@ def test_the_epic_kitchens_class_counts_have_one_home(tmp_path):
 def test_a_frame_count_below_one_is_refused_naming_the_flag(tmp_path, capsys):
     assert shard_cli.main(["build", "--src", str(tmp_path), "--out", str(tmp_path / "out"), "--num-frames", "0"]) == 2
     assert capsys.readouterr().err.strip() == "avmae-shard build: --num-frames must be at least 1, got 0"
+
+
+def test_a_command_may_take_some_of_a_dataclass_flags():
+    from avmae.cli import bench as bench_cli
+
+    args = bench_cli._parser().parse_args(["shard", "--short-side", "128"])
+    assert from_args(FeatureParams, args, only=bench_cli._SHARD_FEATURES) == FeatureParams(short_side=128)
+    assert from_args(BuildParams, args, only=bench_cli._SHARD_BUILD) == BuildParams()
+    assert not hasattr(args, "jpeg_qscale")
+    with pytest.raises(TypeError, match="FeatureParams has no flag field sample_rate"):
+        flag_fields(FeatureParams, only=("num_frames", "sample_rate"))

@@ -9,14 +9,28 @@ import sys
 import tempfile
 from pathlib import Path
 
+from avmae.cli.flags import add_fields, from_args
 from avmae.cli.shard import flag
 from avmae.shard.errors import ParameterError
 from avmae.shard.params import BuildParams, FeatureParams
 
 
+_SHARD_FEATURES, _SHARD_BUILD = ("num_frames", "short_side"), ("segment_seconds",)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avmae-bench", description="Measure avmae's throughput; prints JSON.")
     commands = parser.add_subparsers(dest="command", required=True)
+    _shard_parser(commands)
+    _loader_parser(commands)
+    _model_parser(commands)
+    _plan_parser(commands)
+    _gpu_check_parser(commands)
+    _feed_parser(commands)
+    return parser
+
+
+def _shard_parser(commands) -> None:
     shard = commands.add_parser(
         "shard", help="shard build clips/s and its ratio to ffmpeg's plain decode of the same clips",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -26,9 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     shard.add_argument("--src", type=Path, help="folder of clips")
     shard.add_argument("--make-clips", type=int, default=0, help="generate this many 10 s 640x360 clips instead")
     shard.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    shard.add_argument("--num-frames", type=int, default=FeatureParams.num_frames)
-    shard.add_argument("--short-side", type=int, default=FeatureParams.short_side)
-    shard.add_argument("--segment-seconds", type=float, default=BuildParams.segment_seconds)
+    add_fields(shard, FeatureParams, only=_SHARD_FEATURES)  # the build's own flags, defaults and help
+    add_fields(shard, BuildParams, only=_SHARD_BUILD)
+
+
+def _loader_parser(commands) -> None:
     loader = commands.add_parser(
         "loader", help="samples/s and frames/s of each loader backend, and of a CAV-MAE-style loader as baseline",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -49,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="intra-op threads of the process that receives the batches, for every loader alike (a GPU "
                              "trainer's main process leaves the CPU to the loader workers; DataLoader workers use 1)")
 
+
+def _model_parser(commands) -> None:
     model = commands.add_parser(
         "model", help="parameter counts, FLOPs per sample and the CPU time of one pretraining step",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -58,8 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. encoder.size=base")
     model.add_argument("--batch-size", type=int, default=2)
     model.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step")
-    _plan_parser(commands)
-    _gpu_check_parser(commands)
+
+
+def _feed_parser(commands) -> None:
     feed = commands.add_parser(
         "feed", help="samples/s of DALI's training external source alone (no decode), serial and in worker "
                      "processes, and the CPU it takes from the training process",
@@ -72,7 +91,6 @@ def _parser() -> argparse.ArgumentParser:
     feed.add_argument("--num-frames", type=int, default=16)
     feed.add_argument("--iterations", type=int, default=50, help="pipeline runs per timed window")
     feed.add_argument("--repeats", type=int, default=3, help="timed windows per run (median, min, max)")
-    return parser
 
 
 def _gpu_check_parser(commands) -> None:
@@ -155,8 +173,8 @@ def _run(args) -> int:
     if args.command == "shard":
         from avmae.bench.shard import bench_shard, make_bench_clips
 
-        features = FeatureParams(num_frames=args.num_frames, short_side=args.short_side)
-        build = BuildParams(segment_seconds=args.segment_seconds)
+        features = from_args(FeatureParams, args, only=_SHARD_FEATURES)
+        build = from_args(BuildParams, args, only=_SHARD_BUILD)
         with tempfile.TemporaryDirectory(prefix="avmae-clips-") as scratch:
             if args.src is None and not args.make_clips:
                 print("avmae-bench shard: give --src DIR or --make-clips N", file=sys.stderr)

@@ -19,7 +19,7 @@ import dataclasses
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 _MENTION = re.compile(r"`([a-z][a-z0-9_]*)`")
@@ -30,39 +30,45 @@ def dashed(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def flag_fields(cls: type) -> list[dataclasses.Field]:
-    """The fields of ``cls`` that are flags: those with a help text."""
-    return [item for item in dataclasses.fields(cls) if "help" in item.metadata]
+def flag_fields(cls: type, only: Iterable[str] | None = None) -> list[dataclasses.Field]:
+    """The fields of ``cls`` that are flags: those with a help text (of them, those named in ``only``)."""
+    found = [item for item in dataclasses.fields(cls) if "help" in item.metadata]
+    if only is None:
+        return found
+    unknown = set(only) - {item.name for item in found}
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no flag field {', '.join(sorted(unknown))}")
+    return [item for item in found if item.name in only]
 
 
-def add_fields(group: argparse._ActionsContainer, cls: type, *, spell: Callable[[str], str] = dashed,
-               defaults_shown: Mapping[str, str] | None = None) -> None:
-    """Add a flag to ``group`` for each of ``cls``'s flag fields. ``defaults_shown`` names fields whose default the
-    command works out later (from other flags): their flag defaults to None and the help shows the given text."""
+def add_fields(group: argparse._ActionsContainer, cls: type, *, only: Iterable[str] | None = None,
+               spell: Callable[[str], str] = dashed, defaults_shown: Mapping[str, str] | None = None) -> None:
+    """Add a flag to ``group`` (a parser or an argument group) for each of ``cls``'s flag fields, or those named in
+    ``only``. ``defaults_shown`` names fields whose default the command works out later (from other flags): their
+    flag defaults to None and the help shows the given text."""
     hints = typing.get_type_hints(cls)
     defaults_shown = defaults_shown or {}
-    for item in flag_fields(cls):
+    for item in flag_fields(cls, only):
         options = _parsing(item, hints[item.name])
+        text = _MENTION.sub(lambda match: spell(match.group(1)), item.metadata["help"]).replace("%", "%%")
         if item.name in defaults_shown:
-            options["default"], shown = None, defaults_shown[item.name]
-        else:
-            default = options.get("default")
-            shown = None if default is None or default is False else str(default)
-        text = _MENTION.sub(lambda match: spell(match.group(1)), item.metadata["help"])
-        text += f" (default: {shown})" if shown is not None else ""
+            options["default"] = None
+            text += f" (default: {defaults_shown[item.name]})".replace("%", "%%")
+        elif options.get("default") is not None and options.get("default") is not False:
+            text += " (default: %(default)s)"
         if "type" in options and "choices" not in options:  # FLAG TEXT, as argparse names a flag's value
             options["metavar"] = spell(item.name).lstrip("-").replace("-", "_").upper()
-        group.add_argument(spell(item.name), dest=item.name, help=text.replace("%", "%%"), **options)
+        group.add_argument(spell(item.name), dest=item.name, help=text, **options)
 
 
-def field_values(cls: type, args: argparse.Namespace) -> dict[str, Any]:
-    """The parsed values of ``cls``'s flag fields, by field name."""
-    return {item.name: getattr(args, item.name) for item in flag_fields(cls)}
+def field_values(cls: type, args: argparse.Namespace, only: Iterable[str] | None = None) -> dict[str, Any]:
+    """The parsed values of ``cls``'s flag fields (or those named in ``only``), by field name."""
+    return {item.name: getattr(args, item.name) for item in flag_fields(cls, only)}
 
 
-def from_args(cls: type, args: argparse.Namespace) -> Any:
-    """``cls`` from the parsed arguments (fields that are no flag keep their defaults)."""
-    return cls(**field_values(cls, args))
+def from_args(cls: type, args: argparse.Namespace, only: Iterable[str] | None = None) -> Any:
+    """``cls`` from the parsed arguments (fields that are no flag, or not in ``only``, keep their defaults)."""
+    return cls(**field_values(cls, args, only))
 
 
 def _parsing(item: dataclasses.Field, hint: Any) -> dict[str, Any]:
