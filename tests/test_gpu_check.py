@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -233,3 +236,67 @@ def test_the_sweep_stops_at_the_first_out_of_memory_and_recommends_what_fits(tmp
     with pytest.raises(StepFailed, match="the recipe's own batch 8 runs out of GPU memory"):
         reported.pop(8)
         Sweep(replace(CPU, batch_size=8, sweep_batches=(8, 16)), tmp_path).recipe_step()
+
+
+# --- a child of the check: its deadline, its exit status, its own peak memory -------------------------------------
+
+def _python(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+# Touches ``MIB`` MiB (a bytes object filled with ones), in this process or, with "grandchild", in one it waits for.
+ALLOCATE = "import sys; data = b'\\1' * (int(sys.argv[1]) << 20)"
+ALLOCATE_IN_GRANDCHILD = ("import subprocess, sys; "
+                          f"subprocess.run([sys.executable, '-c', {ALLOCATE!r}, sys.argv[1]], check=True)")
+
+
+def test_each_child_reports_its_own_peak_memory_and_that_of_what_it_waited_for(tmp_path):
+    """A child's figure is its own, not the largest of the children before it: 300 MiB, then 20 MiB, then 300 MiB
+    held by a process the child waited for."""
+    from avmae.bench.gpu_check_child import run_child
+
+    big = run_child([*_python(ALLOCATE), "300"], tmp_path / "big", dict(os.environ), timeout_s=60)
+    small = run_child([*_python(ALLOCATE), "20"], tmp_path / "small", dict(os.environ), timeout_s=60)
+    nested = run_child([*_python(ALLOCATE_IN_GRANDCHILD), "300"], tmp_path / "nested", dict(os.environ), timeout_s=60)
+    assert 300 / 1024 < big.max_rss_gib < 400 / 1024
+    assert 20 / 1024 < small.max_rss_gib < 100 / 1024
+    assert 300 / 1024 < nested.max_rss_gib < 400 / 1024
+    assert big.returncode == small.returncode == 0 and big.seconds > 0
+
+
+def test_a_child_past_its_deadline_is_killed_with_what_it_started(tmp_path):
+    from avmae.bench.gpu_check_child import StepFailed, run_child
+
+    pid_file = tmp_path / "grandchild.pid"
+    hang = ("import subprocess, sys, time; "
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+            f"open({str(pid_file)!r}, 'w').write(str(child.pid)); time.sleep(120)")
+    started = time.perf_counter()
+    with pytest.raises(StepFailed, match=r"hang \(python -c\) ran past 3 s and was killed \(log: .*hang.err\)"):
+        run_child(_python(hang), tmp_path / "hang", dict(os.environ), timeout_s=3)
+    assert time.perf_counter() - started < 30
+    grandchild = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(grandchild)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for a reaper has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_a_failed_child_is_named_with_its_exit_status_and_last_line(tmp_path):
+    from avmae.bench.gpu_check_child import StepFailed, run_child
+
+    failing = "import sys; print('first', file=sys.stderr); print('the reason', file=sys.stderr); sys.exit(3)"
+    with pytest.raises(StepFailed, match=r"failing \(python -c\) exited 3: the reason \(log: .*failing.err\)"):
+        run_child(_python(failing), tmp_path / "failing", dict(os.environ), timeout_s=60)
+    killed = "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"
+    with pytest.raises(StepFailed, match=r"exited -15: \(no output\)"):
+        run_child(_python(killed), tmp_path / "killed", dict(os.environ), timeout_s=60)
+    assert (tmp_path / "failing.out").exists() and "the reason" in (tmp_path / "failing.err").read_text()

@@ -20,11 +20,9 @@ bf16 resume stays within its tolerance (GPU attention backward is not bit-reprod
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,6 +32,7 @@ import numpy as np
 import torch
 
 import avmae
+from avmae.bench.gpu_check_child import Child, StepFailed, run_child
 from avmae.bench.gpu_check_mode import CPU, GPU, CheckMode
 from avmae.config import load
 from avmae.data.loader import build_loader
@@ -64,43 +63,6 @@ DETERMINISTIC_TRAIN = ("import runpy, torch; torch.use_deterministic_algorithms(
                        "torch.backends.cudnn.benchmark = False; "
                        "runpy.run_module('avmae.cli.train', run_name='__main__', alter_sys=True)")
 DETERMINISTIC_ENV = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
-
-
-class StepFailed(RuntimeError):
-    pass
-
-
-@dataclasses.dataclass
-class Child:
-    returncode: int
-    seconds: float
-    max_rss_gib: float  # of the child and the processes it waited for (os.wait4)
-    stdout: str
-
-
-def run_child(command: list[str], log: Path, env: dict[str, str]) -> Child:
-    """Run ``command`` in the folder of ``log`` (the check's work folder), with stdout and stderr in ``log``.out /
-    .err; its own peak resident memory from wait4."""
-    what = " ".join(command[1:4]) if command[1] != "-c" else f"{Path(log).name} (python -c)"
-    with open(f"{log}.out", "w") as out, open(f"{log}.err", "w") as err:
-        started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=out, stderr=err, cwd=Path(log).parent, env=env)
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() - started > CHILD_TIMEOUT_S:
-                process.kill()
-                pid, status, usage = os.wait4(process.pid, 0)
-                raise StepFailed(f"{what} ran past {CHILD_TIMEOUT_S} s and was killed (log: {log}.err)")
-            time.sleep(0.1)
-        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen not to wait again
-    child = Child(process.returncode, time.perf_counter() - started, usage.ru_maxrss / 2**20,
-                  Path(f"{log}.out").read_text())
-    if child.returncode != 0:
-        tail = Path(f"{log}.err").read_text().strip().splitlines()[-1:] or ["(no output)"]
-        raise StepFailed(f"{what} exited {child.returncode}: {tail[0]} (log: {log}.err)")
-    return child
 
 
 def last_json(text: str) -> dict[str, Any]:
@@ -134,7 +96,7 @@ class GpuCheck:
         child = run_child(self.python("avmae.cli.shard", "build", "--list", str(corpus), "--out", str(self.shards),
                                       "--val-fraction", "0.25", "--workers", str(os.cpu_count() or 1),
                                       *mode.shard_flags, "--json", "--no-progress"),
-                          self.out / "shard_build", self.env)
+                          self.out / "shard_build", self.env, CHILD_TIMEOUT_S)
         manifest = read_manifest(self.shards)
         splits = {name: split["samples"] for name, split in manifest["splits"].items()}
         return {"clips": mode.clips, "clips_seconds": clips_s, "build_seconds": child.seconds,
@@ -197,7 +159,7 @@ class GpuCheck:
             command = [sys.executable, "-c", DETERMINISTIC_TRAIN, "--config", str(RECIPE), "--workdir", str(workdir),
                        *sets]
             env = {**env, **DETERMINISTIC_ENV}
-        child = run_child(command, self.out / f"{name}_train", env)
+        child = run_child(command, self.out / f"{name}_train", env, CHILD_TIMEOUT_S)
         return child, last_json(child.stdout), workdir
 
     def recipe_step(self) -> dict[str, Any]:
@@ -265,7 +227,7 @@ class GpuCheck:
         run_child(self.python("torch.distributed.run", f"--nproc_per_node={processes}",
                               f"--master_port={free_port()}", "-m", "avmae.bench.collectives", str(out),
                               str(mode.collective_mebibytes), str(mode.collective_iterations)),
-                  self.out / "collectives", self.env)
+                  self.out / "collectives", self.env, CHILD_TIMEOUT_S)
         return {**json.loads(out.read_text()), "ok": True}
 
     # --- 50 steps, stopped and resumed ---------------------------------------------------------------------------
@@ -315,7 +277,7 @@ class GpuCheck:
                                   "--split", "val", "--task", "vggsound", "--backend", backend, "--device",
                                   mode.device, "--batch-size", str(mode.batch_size), "--workers", str(mode.workers),
                                   "--out", str(out)),
-                      self.out / f"eval_{backend}", self.env)
+                      self.out / f"eval_{backend}", self.env, CHILD_TIMEOUT_S)
             reports[backend] = json.loads((out / "report.json").read_text())
             scores[backend] = Predictions.load(out / "predictions.npz")
         dali, wds = scores["dali"], scores["webdataset"]
