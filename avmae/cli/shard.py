@@ -69,8 +69,8 @@ class BuildRun:
 
     out: Path | str = field(metadata={
         "parse": _folder_or_url,
-        "help": "output folder, or a URL such as s3://bucket/prefix (credentials and endpoint from the standard AWS_* / "
-                "FSSPEC_S3_* variables or ~/.aws); re-run to resume"})
+        "help": "output folder, or a URL such as s3://bucket/prefix (credentials and endpoint from the standard "
+                "AWS_* / FSSPEC_S3_* variables or ~/.aws); re-run to resume"})
     stage: Path | None = field(default=None, metadata={
         "help": "with a URL `out`: the local folder under which shards are staged before upload (a fresh subfolder "
                 "per run, holding only the shards in flight, removed at the end); default: the system temp folder"})
