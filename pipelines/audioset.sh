@@ -57,7 +57,8 @@ if [ -n "${AS500K_LIST:-}" ]; then
   : "${SCENIC_AS_PRETRAIN:?set SCENIC_AS_PRETRAIN to the released AV-MAE AudioSet pretraining checkpoint of Google}"
   need "$SCENIC_AS_PRETRAIN" "Google's released AV-MAE AudioSet pretraining checkpoint (Scenic's file)"
   run avmae-convert scenic "$SCENIC_AS_PRETRAIN" --out "$OUT/runs/scenic_as_pretrain"
-  scenic_input=(--audio-frontend scenic --target-frames 1000)  # the released weights' input (docs/scenic.md)
+  # the released weights' input (docs/scenic.md), and the clip at 12.5 fps for Scenic's 32-frame windows
+  scenic_input=(--audio-frontend scenic --target-frames 1000 --num-frames 125)
   shards "$OUT/as500k" --list "$AS500K_LIST" --class-labels "$LABELS" --src "$ROOT/videos" --val-fraction 0.01 \
     "${scenic_input[@]}"
   shards "$OUT/as_eval_scenic" --list "$ROOT/eval_segments.csv" --class-labels "$LABELS" --src "$ROOT/videos" \

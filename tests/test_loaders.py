@@ -67,13 +67,13 @@ def test_dali_and_webdataset_give_the_same_eval_batches(shards):
 
 
 @pytest.mark.dali
-@pytest.mark.parametrize("workers,offsets,crop", [(0, 1, "random_resized"), (2, 4, "random_resized"),
-                                                  (0, 1, "scale_jitter")])
-def test_dali_and_webdataset_train_on_the_same_samples_with_the_same_crops(shards, workers, offsets, crop):
+@pytest.mark.parametrize("workers,offsets,crop,stride", [(0, 1, "random_resized", 0), (2, 4, "random_resized", 0),
+                                                         (0, 1, "scale_jitter", 0), (2, 1, "scale_jitter", 1)])
+def test_dali_and_webdataset_train_on_the_same_samples_with_the_same_crops(shards, workers, offsets, crop, stride):
     pytest.importorskip("nvidia.dali")
     batches = {}
     for backend in ("webdataset", "dali"):
-        cfg = config(shards, backend=backend, workers=workers, batch_size=3)
+        cfg = config(shards, backend=backend, workers=workers, batch_size=3, frame_stride=stride)
         augment = AugmentConfig(crop=crop, crop_scale=(0.1, 1.0), train_offsets=offsets, jitter_short_side=72)
         stream = iter(build_loader(cfg, "train", train=True, rank=1, world=2, augment=augment))
         batches[backend] = [next(stream) for _ in range(5)]  # past one epoch of the rank's 6 samples

@@ -71,8 +71,8 @@ AVMAE_MODEL_FILES = ("model/avmae_vit_l_audioset.yaml", "model/avmae_vit_l_vggso
 # its floored steps per epoch (scenic/projects/av_mae/configs/{audioset,vggsound}/finetune.py: train size // batch:
 # 508,994 // 128 = 3,976 on AS-500K, 172,427 // 64 = 2,694 on VGGSound); AudioSet trains on AS-500K shards, sampled
 # as they come. Their input is Scenic's: its log-mel length (1000 / 800 frames) and fixed normalisation (1.102 /
-# 2.762 on AudioSet, none on VGGSound), evaluation frames resized to 256; they start from Google's released
-# pretraining, converted. The keys the snapshot has, with their new values (keys added since, such as
+# 2.762 on AudioSet, none on VGGSound), evaluation frames resized to 256, 32-frame windows; they start from Google's
+# released pretraining, converted. The keys the snapshot has, with their new values (keys added since, such as
 # augment.mixup_alpha or model.audio.frontend, are not compared).
 SCENIC_FINETUNE = {
     "configs/avmae_mbt_audioset.yaml": {
@@ -108,6 +108,7 @@ def scenic_computation(name: str, before: dict) -> dict:
         before[section].update(values)
     if name in SCENIC_AUDIO_FRAMES:
         before["model"]["audio"]["frames"] = SCENIC_AUDIO_FRAMES[name]
+        before["model"]["video"]["frames"] = before["data"]["num_frames"] = 32  # Scenic's 32-frame windows
     return before
 
 

@@ -30,6 +30,10 @@ class DataConfig:
     num_frames: int | None = None
     view: int = 0  # multi-view testing: which of `views` temporal frame sets (evaluation only)
     views: int = 1
+    # 0: the frames spread over all the stored ones. k >= 1: a window of num_frames frames k stored frames apart, as
+    # Scenic samples clips (avmae/data/frame_windows.py): at a random offset in training; centred, or `views` windows
+    # spread evenly, at evaluation. Scenic's AV-MAE fine-tuning: 32 frames at stride 2 of 25 fps video.
+    frame_stride: int = 0
     crop_size: int | None = None
     eval_short_side: int = 0  # resize before the centre crop; 0 = keep the stored frames' size (AV-MAE eval: 224/256)
     video_norm: Literal["imagenet", "zero_center"] = "imagenet"  # AV-MAE: zero_center to [-1, 1]

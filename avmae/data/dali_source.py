@@ -31,7 +31,8 @@ class CheckedSamples:
                  augment: AugmentConfig | None = None, reader_draws: dict[int, int] | None = None):
         self.config, self.train, self.stored_frames = config, train, spec.features["num_frames"]
         self.augment = augment
-        self.frames = frame_members(spec.features["num_frames"], config.num_frames, config.view, config.views)
+        self.frames = frame_members(spec.features["num_frames"], config.num_frames, config.view, config.views,
+                                    config.frame_stride)
         self.checker = SampleChecker(spec)
         shards = open_shards(spec)
         self.serial = 0
@@ -50,7 +51,8 @@ class CheckedSamples:
 
     def _draw(self, draw) -> Row:
         rng = random.Random(draw.seed)  # drawn from in the webdataset backend's order: frames, crop box, flip
-        frames = training_frames(self.stored_frames, self.config.num_frames, self.augment.train_offsets, rng)
+        frames = training_frames(self.stored_frames, self.config.num_frames, self.augment.train_offsets, rng,
+                                 self.config.frame_stride)
         sample = self.checker.read(draw.shard, draw.index, frames, draw.block)
         height, width = sample.frame_size
         box = training_crop_box(height, width, self.config.crop_size, self.augment, rng)

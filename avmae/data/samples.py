@@ -14,25 +14,35 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from avmae.data.config import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, DataConfig
+from avmae.data import frame_windows
 from avmae.data.crops import centre_crop_anchor, training_crop_box
 from avmae.data.spec import DataSpec
 from avmae.shard.format import META_KEY, META_LABELS, META_NOUN, META_VERB, LabelMode, frame_member
 
 
-def frame_members(stored: int, wanted: int, view: int = 0, views: int = 1) -> list[str]:
-    """Names of ``wanted`` of the ``stored`` frames, evenly spread (all of them when equal). With several
-    temporal ``views`` (multi-view testing), view v takes the frames at offset (v + 0.5) / views of each stride."""
-    if wanted > stored:
-        raise ValueError(f"the model wants {wanted} frames but the shards hold {stored} per sample")
+def frame_members(stored: int, wanted: int, view: int = 0, views: int = 1, stride: int = 0) -> list[str]:
+    """Names of ``wanted`` of the ``stored`` frames. Without a ``stride``, evenly spread (all of them when equal);
+    with several temporal ``views`` (multi-view testing), view v takes the frames at offset (v + 0.5) / views of each
+    stride. With a ``stride``, a window of frames that far apart (data/frame_windows.py): the centred one, or view v
+    of ``views`` evenly spread ones."""
     if not 0 <= view < views:
         raise ValueError(f"view {view} is not in [0, {views})")
+    if stride:
+        offset = frame_windows.evaluation_offset(stored, wanted, stride, view, views)
+        return [frame_member(i) for i in frame_windows.window(stored, wanted, stride, offset)]
+    if wanted > stored:
+        raise ValueError(f"the model wants {wanted} frames but the shards hold {stored} per sample")
     offset = (view + 0.5) / views
     return [frame_member(int((i + offset) * stored / wanted)) for i in range(wanted)]
 
 
-def training_frames(stored: int, wanted: int, offsets: int, rng: random.Random) -> list[str]:
-    """The frames one training sample uses: at a random one of ``offsets`` temporal offsets (CAV-MAE draws one of
-    its 10 frames per step); with one offset the evenly spread frames, and ``rng`` is left untouched."""
+def training_frames(stored: int, wanted: int, offsets: int, rng: random.Random, stride: int = 0) -> list[str]:
+    """The frames one training sample uses: with a ``stride``, a window at a random offset (data/frame_windows.py);
+    else at a random one of ``offsets`` temporal offsets (CAV-MAE draws one of its 10 frames per step); with one
+    offset the evenly spread frames, and ``rng`` is left untouched."""
+    if stride:
+        offset = frame_windows.training_offset(stored, wanted, stride, rng)
+        return [frame_member(i) for i in frame_windows.window(stored, wanted, stride, offset)]
     if offsets <= 1:
         return frame_members(stored, wanted)
     return frame_members(stored, wanted, rng.randrange(offsets), offsets)

@@ -77,7 +77,8 @@ class ShardStream(IterableDataset):
         super().__init__()
         self.spec, self.config, self.train, self.augment = spec, config, train, augment
         self.rank, self.world = rank, world
-        self.frames = frame_members(spec.features["num_frames"], config.num_frames, config.view, config.views)
+        self.frames = frame_members(spec.features["num_frames"], config.num_frames, config.view, config.views,
+                                    config.frame_stride)
         self.mean = config.audio_mean if config.audio_mean is not None else spec.logmel_mean
         self.std = config.audio_std if config.audio_std is not None else spec.logmel_std
         self.shards = open_shards(spec)
@@ -90,7 +91,7 @@ class ShardStream(IterableDataset):
         frames = self.frames
         if self.train:
             frames = training_frames(self.spec.features["num_frames"], self.config.num_frames,
-                                     self.augment.train_offsets, rng)
+                                     self.augment.train_offsets, rng, self.config.frame_stride)
         sample = self.checker.read(shard, index, frames, block)
         try:
             video = decode_video([sample.members[name] for name in frames], self.config,

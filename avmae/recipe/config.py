@@ -173,6 +173,10 @@ class RunConfig:
                      "checkpoint.average_last": self.checkpoint.average_last,
                      "finetune.eval_every": self.finetune.eval_every,
                      "finetune.eval_batches": self.finetune.eval_batches, "stop_after": self.stop_after})
+        at_least(0, {"data.frame_stride": self.data.frame_stride})
+        if self.data.frame_stride and self.augment.train_offsets != 1:
+            raise ConfigError("data.frame_stride takes a window at a random offset in training; augment.train_offsets "
+                              f"(CAV-MAE's offsets of spread frames) must stay 1, got {self.augment.train_offsets}")
         if not 0 <= self.data.view < self.data.views:
             raise ConfigError(f"data.view must be in [0, data.views = {self.data.views}), got {self.data.view}")
         if not self.data.shards:
