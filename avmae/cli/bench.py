@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from avmae.cli.flags import add_fields, from_args
+from avmae.cli.flags import DefaultsInHelp, add_fields, from_args
 from avmae.cli.shard import flag
 from avmae.shard.errors import ParameterError
 from avmae.shard.params import BuildParams, FeatureParams
@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
 def _shard_parser(commands) -> None:
     shard = commands.add_parser(
         "shard", help="shard build clips/s and its ratio to ffmpeg's plain decode of the same clips",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsInHelp,
         description="Builds shards from --src (or from --make-clips N generated 10 s 360p H.264/AAC clips) and "
                     "times `ffmpeg -i clip -f null -` on the same clips with the same process count: that decode "
                     "is the floor any frame extractor pays.")
@@ -47,7 +47,7 @@ def _shard_parser(commands) -> None:
 def _loader_parser(commands) -> None:
     loader = commands.add_parser(
         "loader", help="samples/s and frames/s of each loader backend, and of a CAV-MAE-style loader as baseline",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsInHelp)
     loader.add_argument("--data", required=True, help="a shard folder (avmae-shard build), or a URL (s3://, gs://, "
                         "https://) or pipe: command (then without the CAV-MAE-style baseline, which needs local tars)")
     loader.add_argument("--remote", action="append", default=[],
@@ -69,7 +69,7 @@ def _loader_parser(commands) -> None:
 def _model_parser(commands) -> None:
     model = commands.add_parser(
         "model", help="parameter counts, FLOPs per sample and the CPU time of one pretraining step",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsInHelp)
     model.add_argument("--config", type=Path, required=True,
                        help="a model YAML or a run config with a 'model' section; a path or a shipped name "
                             "(model/tiny)")
@@ -82,7 +82,7 @@ def _feed_parser(commands) -> None:
     feed = commands.add_parser(
         "feed", help="samples/s of DALI's training external source alone (no decode), serial and in worker "
                      "processes, and the CPU it takes from the training process",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsInHelp)
     feed.add_argument("--data", type=Path, required=True, help="a shard folder (avmae-shard build)")
     feed.add_argument("--split", default="train")
     feed.add_argument("--workers", type=int, action="append",
@@ -108,7 +108,7 @@ def _plan_parser(commands) -> None:
 
     plan = commands.add_parser(
         "plan", help="capacity plan of a pretraining recipe: memory per GPU, samples/s, loader, storage, shard build",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsInHelp,
         description="Prints a table (or --json) of what the recipe needs on N GPUs; every line says whether it is "
                     "measured here or computed, and from what.")
     plan.add_argument("--config", type=Path, required=True,

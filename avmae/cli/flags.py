@@ -106,3 +106,14 @@ def _value_type(name: str, hint: Any) -> type:
     if not isinstance(hint, type):
         raise TypeError(f"{name}: no flag reads a {hint!r}")
     return hint
+
+
+class DefaultsInHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)" after each help text, except where the text already says its default or there is
+    none worth saying (None, False, an empty list: a flag not given)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "(default" in text or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)

@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from avmae.cli.flags import add_fields, dashed, field_values, from_args
+from avmae.cli.flags import DefaultsInHelp, add_fields, dashed, field_values, from_args
 from avmae.shard.cavmae_prepared import CAVMAE_FRAME_SIZE, CAVMAE_FRAMES
 from avmae.shard.errors import ParameterError
 from avmae.shard.format import LabelMode
@@ -145,7 +145,7 @@ def _add_reading_commands(commands) -> None:
 
 def _add_synth_command(commands) -> None:
     synth = commands.add_parser("synth", help="make a synthetic labelled corpus with ffmpeg (demo, tests)",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsInHelp)
     synth.add_argument("--out", type=Path, required=True)
     synth.add_argument("--num", type=int, default=200, help="clips")
     synth.add_argument("--classes", type=int, default=8)
