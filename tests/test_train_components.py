@@ -89,3 +89,19 @@ def test_only_a_lost_rank_under_slurm_requeues_after_a_stop(tmp_path: Path, monk
     assert under["slurm"].after_stop(lost) == "rank 1: SLURM did not requeue the job (another rank may have already)"
     never = Requeue.of(GuardConfig(max_requeues=0), DistInfo(1, 2, 1, None, "gloo", "slurm"), tmp_path)
     assert never.after_stop(lost) == ""
+
+
+def test_only_rank_0_asks_for_a_requeue_and_only_at_the_time_limit_signal(tmp_path: Path, monkeypatch, capsys):
+    import signal
+
+    from avmae.recipe.config import LogConfig
+    from avmae.train.logging import RunLogger
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)  # not a SLURM job: the request is refused
+    logger = RunLogger(tmp_path, LogConfig(tensorboard=False, progress=False), 10, 0, enabled=True)
+    for rank in (0, 1):
+        requeue = Requeue.of(GuardConfig(), DistInfo(rank, 2, rank, None, "gloo", "slurm"), tmp_path)
+        requeue.after_signal(signal.SIGTERM, logger)  # preemption: leave, do not come back
+        requeue.after_signal(0, logger)
+        requeue.after_signal(signal.SIGUSR1, logger)
+    assert capsys.readouterr().err.splitlines() == ["requeued: False"]
