@@ -6,7 +6,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -14,7 +17,8 @@ import torch
 
 from avmae.bench.activations import measure_activations, step_peak_bytes
 from avmae.bench.live_memory import LiveTensorBytes
-from avmae.bench.model_states import largest_layer_parameters, model_state_bytes, trained_parameters
+from avmae.bench.model_states import (largest_layer_parameters, model_state_bytes, model_state_sources,
+                                      trained_parameters)
 from avmae.bench.plan import (AUDIOSET_2M_CLIPS, BUILD_CLIPS_PER_CORE_S, GIB, MEASURED_BYTES_PER_SAMPLE,
                               PlanInputs, capacity_plan)
 from avmae.bench.plan_run import load_recipe
@@ -22,7 +26,7 @@ from avmae.cli.bench import main as bench_main
 from avmae.config import from_dict, to_dict
 from avmae.models.avmae import AVMAE
 from avmae.models.config import ModelConfig
-from avmae.models.counts import pretraining_flops
+from avmae.models.counts import parameter_counts, pretraining_flops
 from tests.helpers import REPO, TINY_MODEL
 
 RECIPE = REPO / "configs" / "pretrain_as2m.yaml"
@@ -35,20 +39,47 @@ def _tiny() -> ModelConfig:
 
 # ---- model states: DeepSpeed's own estimators -------------------------------------------------------------------
 
-@pytest.mark.parametrize("gpus_per_node,nodes", [(1, 1), (8, 1), (8, 8), (8, 32)])
-def test_zero2_and_zero3_model_states_equal_deepspeeds_estimators(gpus_per_node, nodes):
-    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+VIT_L_LARGEST_LAYER = 1024 * 4096 + 4096  # ViT-L's MLP input layer
+
+
+def _deepspeed_zero2(gpus: int, parameters: int = VIT_L_PARAMETERS) -> int:
+    """DeepSpeed's stage-2 bytes per GPU (no offload) on nodes of 8 GPUs: the reference the plan's figures equal."""
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
-    p, n, largest = VIT_L_PARAMETERS, gpus_per_node * nodes, 4_198_400
-    _, zero2 = estimate_zero2_model_states_mem_needs(p, gpus_per_node, nodes, cpu_offload=False)
-    assert abs(model_state_bytes(p, n, 2)["total"] - zero2) <= 1  # DeepSpeed truncates to whole bytes
-    _, zero3, _ = estimate_zero3_model_states_mem_needs(p, largest, gpus_per_node, nodes, cpu_offload=False,
-                                                        cpu_offload_params=False)
-    # + the bf16 parameter partition, which DeepSpeed's stage-3 estimate leaves out (model_states.py)
-    assert abs(model_state_bytes(p, n, 3, largest)["total"] - (zero3 + 2 * p / n)) <= 1
-    # Stage 1 holds whole bf16 gradients: stage 2 plus the gradients' unpartitioned remainder.
-    assert model_state_bytes(p, n, 1)["total"] == pytest.approx(zero2 + 2 * p - 2 * p / n, abs=1)
+    per_node = min(gpus, 8)
+    return estimate_zero2_model_states_mem_needs(parameters, per_node, gpus // per_node, cpu_offload=False)[1]
+
+
+def _deepspeed_zero3(gpus: int, offload_optimizer: bool = False) -> tuple[int, int]:
+    """DeepSpeed's stage-3 bytes per GPU for ViT-L (parameters kept on the GPU) and its gathered largest layer."""
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
+    per_node = min(gpus, 8)
+    _, gpu, gathered = estimate_zero3_model_states_mem_needs(
+        VIT_L_PARAMETERS, VIT_L_LARGEST_LAYER, per_node, gpus // per_node, cpu_offload=offload_optimizer,
+        cpu_offload_params=False)
+    return gpu, gathered
+
+
+@pytest.mark.parametrize("gpus", [1, 8, 64, 256])
+def test_model_states_are_deepspeeds_estimates_plus_what_they_leave_out(gpus):
+    p, largest = VIT_L_PARAMETERS, VIT_L_LARGEST_LAYER
+    zero2, (zero3, gathered) = _deepspeed_zero2(gpus), _deepspeed_zero3(gpus)
+    stage2 = model_state_bytes(p, gpus, 2)
+    assert stage2["deepspeed_estimate"] == stage2["total"] == zero2
+    stage3 = model_state_bytes(p, gpus, 3, largest)
+    assert stage3["deepspeed_estimate"] == zero3
+    # The bf16 parameter partition, left out of DeepSpeed's no-offload stage-3 figure, is what the same estimator
+    # keeps on the GPU beside the gathered layer when only the optimizer is offloaded.
+    with_optimizer_offloaded, _ = _deepspeed_zero3(gpus, offload_optimizer=True)
+    assert stage3["zero3_bf16_parameter_partition"] == pytest.approx(with_optimizer_offloaded - gathered, abs=1)
+    assert stage3["total"] == zero3 + stage3["zero3_bf16_parameter_partition"]
+    # DeepSpeed has no stage-1 estimator: its stage-2 figure plus the whole bf16 gradients' unpartitioned remainder.
+    stage1 = model_state_bytes(p, gpus, 1)
+    assert stage1["deepspeed_estimate"] == zero2
+    assert stage1["total"] == pytest.approx(zero2 + 2 * p - 2 * p / gpus, abs=1)
+    assert model_state_sources(1)["deepspeed_estimate"].startswith("DeepSpeed estimate_zero2")
+    assert model_state_sources(3)["deepspeed_estimate"] == "DeepSpeed estimate_zero3_model_states_mem_needs"
 
 
 def test_zero2_matches_the_printed_all_cold_estimate():
@@ -62,16 +93,17 @@ def test_zero2_matches_the_printed_all_cold_estimate():
     assert round(model_state_bytes(VIT_L_PARAMETERS, 64, 2)["total"] / GIB, 2) == printed
 
 
-def test_parameter_count_and_largest_layer_equal_the_built_model():
+def test_parameter_count_and_largest_layer_equal_deepspeeds_count_of_the_built_model():
+    from deepspeed.runtime.zero.stage3 import model_to_params
+
     config = _tiny()
     model = AVMAE(config)
     assert trained_parameters(config) == sum(p.numel() for p in model.parameters() if p.requires_grad)
-    # DeepSpeed's estimate_zero3_model_states_mem_needs_all_live takes this as the largest layer.
-    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
-    assert largest_layer_parameters(config) == largest
+    total, largest = model_to_params(model)  # what estimate_zero3_model_states_mem_needs_all_live counts
+    assert (parameter_counts(config)["total"], largest_layer_parameters(config)) == (total, largest)
     recipe = load_recipe(RECIPE, []).model
     assert trained_parameters(recipe) == VIT_L_PARAMETERS
-    assert largest_layer_parameters(recipe) == 1024 * 4096 + 4096  # ViT-L's MLP input layer
+    assert largest_layer_parameters(recipe) == VIT_L_LARGEST_LAYER
 
 
 # ---- activations: the counter, and the extrapolation against a direct measurement --------------------------------
@@ -126,8 +158,7 @@ def test_plan_numbers_follow_from_the_flop_count_and_stated_constants():
     assert plan["storage"]["read_mb_per_s_per_node"] == pytest.approx(8 * per_gpu * MEASURED_BYTES_PER_SAMPLE / 1e6)
     assert plan["shard_build"]["core_hours"] == pytest.approx(AUDIOSET_2M_CLIPS / BUILD_CLIPS_PER_CORE_S / 3600)
     memory = plan["memory_gib_per_gpu"]
-    states = model_state_bytes(VIT_L_PARAMETERS, 64, 2, 4_198_400)["total"]
-    assert memory["total"]["stored"] == pytest.approx((states + 2 * 5e7 * 2 + 8 * 400 * 2**20) / GIB)
+    assert memory["total"]["stored"] == pytest.approx((_deepspeed_zero2(64) + 2 * 5e7 * 2 + 8 * 400 * 2**20) / GIB)
     a100 = capacity_plan(recipe, PlanInputs(gpus=64, gpu="a100"), _activations(1, 1))
     assert a100["throughput"]["samples_per_s_per_gpu"] == pytest.approx(per_gpu * 312 / 989)
 
@@ -141,10 +172,11 @@ def test_plan_suggests_what_fits():
     assert not memory["fits"]["stored"] and memory["fits"]["checkpointed"]
     suggested = memory["suggested"]
     assert suggested["activation_checkpointing"] and suggested["zero_stage"] == 1
-    fixed = model_state_bytes(VIT_L_PARAMETERS, 8, 1)["total"] + 2 * 5e7 * 2
+    whole_gradients = 2 * VIT_L_PARAMETERS * (1 - 1 / 8)  # stage 1 (DeepSpeed's stage-2 figure has a 1/8 share)
+    fixed = _deepspeed_zero2(8) + whole_gradients + 2 * 5e7 * 2
     assert suggested["max_batch_per_gpu"] == int((usable - fixed) // (2 * GIB))
     # Model states alone decide the stage: at one GPU ZeRO-1/2 keep ~10 GiB of states, so a tight budget needs 3.
-    tight = usable - model_state_bytes(VIT_L_PARAMETERS, 1, 3, 4_198_400)["total"] - 1
+    tight = usable - (_deepspeed_zero3(1)[0] + 2 * VIT_L_PARAMETERS) - 1  # + the bf16 parameters (one rank: all)
     assert capacity_plan(recipe, PlanInputs(gpus=1, batch_per_gpu=1), _activations(tight, tight))[
         "memory_gib_per_gpu"]["suggested"]["zero_stage"] == 3
 
@@ -159,14 +191,32 @@ def test_cli_prints_json_and_a_table(tmp_path, capsys):
                        "--activations", str(cache)]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["inputs"]["zero_stage"] == 3 and plan["inputs"]["nodes"] == 32
+    sources = plan["memory_gib_per_gpu"]["sources"]  # which estimator gave each figure
+    assert sources["model_states.deepspeed_estimate"] == "DeepSpeed estimate_zero3_model_states_mem_needs"
+    assert sources["model_states.zero3_bf16_parameter_partition"].startswith("avmae:")
+    assert plan["memory_gib_per_gpu"]["model_states"]["deepspeed_estimate"] == _deepspeed_zero3(256)[0] / GIB
     assert bench_main(["plan", "--config", str(RECIPE), "--gpus", "8", "--gpu", "a100",
                        "--activations", str(cache)]) == 0
     table = capsys.readouterr().out
-    assert "measured here" in table and "DeepSpeed accounting" in table and "A100" in table
+    assert "measured here" in table and "DeepSpeed estimate_zero2_model_states_mem_needs" in table and "A100" in table
+    assert "ZeRO-3" not in table.split("suggested")[0]  # stage 2: no stage-3 addition listed
     # A measurement of another model is refused, in one line.
     assert bench_main(["plan", "--config", str(RECIPE), "--gpus", "8", "--set", "model.decoder.depth=2",
                        "--activations", str(cache)]) == 2
     assert "another model" in capsys.readouterr().err
+
+
+def test_cli_json_is_the_only_output_on_stdout(tmp_path):
+    """DeepSpeed logs to stdout when first imported; in a fresh process that line must not precede the JSON."""
+    model = to_dict(load_recipe(RECIPE, []).model)
+    model.pop("activation_checkpointing")
+    cache = tmp_path / "activations.json"
+    cache.write_text(json.dumps({**_activations(1, 1), "model": model}))
+    result = subprocess.run([sys.executable, "-m", "avmae.cli.bench", "plan", "--config", str(RECIPE), "--gpus", "8",
+                             "--json", "--activations", str(cache)], capture_output=True, text=True, timeout=300,
+                            env={k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["memory_gib_per_gpu"]["model_states"]["total"] == _deepspeed_zero2(8) / GIB
 
 
 # ---- shard bytes per sample: real shards at the recipe's geometry ------------------------------------------------
@@ -208,7 +258,7 @@ def test_batch_plan_keeps_the_recipes_global_batch_of_512():
     assert (on_64["batch_per_gpu"], on_64["grad_accum"]) == (8, 1) and on_64["meets_target"]
     assert on_64["activation_checkpointing"] is False
     on_8 = capacity_plan(recipe, PlanInputs(gpus=8), VIT_L_ACTIVATIONS)["batch_plan"]
-    fixed = model_state_bytes(VIT_L_PARAMETERS, 8, 2, 4_198_400)["total"] + 2 * 5e7 * 2
+    fixed = _deepspeed_zero2(8) + 2 * 5e7 * 2
     assert on_8["max_batch_per_gpu"] == int((80 * GIB * 0.9 - fixed) // (426 * 2**20)) == 166
     assert (on_8["batch_per_gpu"], on_8["grad_accum"]) == (64, 1)
     per_gpu = 0.40 * 989e12 / pretraining_flops(recipe.model, global_batch=512)["forward_backward"]

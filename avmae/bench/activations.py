@@ -14,6 +14,9 @@ stack, the decoder); activation memory is linear in the block count of each stac
 The same four runs with the model's own activation checkpointing (``model.activation_checkpointing``) give the
 checkpointed figure. The attention kernel CPU SDPA picked is recorded: with the CPU flash kernel, as with flash
 attention on the GPU, no token x token matrix is kept.
+
+DeepSpeed does not cover this: its memory estimators (``estimate_zero2/3_model_states_mem_needs``) count model states
+only, and leave activations to the user.
 """
 
 from __future__ import annotations

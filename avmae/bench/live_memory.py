@@ -5,6 +5,10 @@ sees every op's outputs, adds the bytes of each new storage, and drops a storage
 (a weak reference to the storage has expired). The peak is the most bytes alive at once among the tensors made
 inside the mode: what a GPU allocator would have to hold for the same ops, before fragmentation. Backward ops
 are seen too, because CPU autograd runs them on the calling thread.
+
+DeepSpeed does not cover this either: its memory report (``see_memory_usage``, deepspeed/runtime/utils.py) reads the
+accelerator's allocator, which on its CPU accelerator is the process's resident set size (cpu_accelerator.py's
+``get_rss``): that includes the weights, the interpreter and freed memory not yet returned, not one step's tensors.
 """
 
 from __future__ import annotations

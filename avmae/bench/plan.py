@@ -1,6 +1,10 @@
 """``avmae-bench plan``: what a pretraining recipe needs of a cluster, line by line, each line measured here or
 computed from a stated formula with stated constants (``source`` says which).
 
+The model states (parameters, gradients, optimizer states per GPU by ZeRO stage) are DeepSpeed's own estimates plus
+what they leave out (``model_states``). Everything else here DeepSpeed does not estimate: its estimators stop at model
+states, so activations, the batch that fits, throughput, the loader's feed, storage and the shard build are avmae's.
+
 Inputs: the recipe (model, per-GPU batch, ZeRO stage), the GPU count and kind, an MFU, and three measurements:
 activation bytes per sample (``activations.measure_activations``, on this CPU), shard bytes per sample
 (``shard_size``), and the shard build's clips/s per core (docs/performance.md#shard-build-throughput, ``avmae-bench shard``).
@@ -11,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from avmae.bench.model_states import (gradient_bucket_bytes, largest_layer_parameters, model_state_bytes,
-                                      trained_parameters)
+from avmae.bench.model_states import (GRADIENT_BUCKETS_SOURCE, gradient_bucket_bytes, largest_layer_parameters,
+                                      model_state_bytes, model_state_sources, trained_parameters)
 from avmae.models.counts import pretraining_flops
 from avmae.recipe.config import RunConfig
 
@@ -64,7 +68,8 @@ def _memory_total(states: dict[str, float], buckets: float, activations_per_samp
 
 def _fit(config: RunConfig, inputs: PlanInputs, activations: dict[str, Any]) -> dict[str, Any]:
     """The first setting that fits, cheapest first: no recompute before recompute, lower ZeRO stages (less
-    communication) before higher ones; and the largest per-GPU batch it allows."""
+    communication) before higher ones; and the largest per-GPU batch it allows. DeepSpeed's estimators size one
+    given setting's model states; choosing among settings is avmae's."""
     params, largest = trained_parameters(config.model), largest_layer_parameters(config.model)
     usable = GPUS[inputs.gpu]["memory_bytes"] * (1 - HEADROOM)
     for checkpointing in (False, True):
@@ -80,7 +85,7 @@ def _fit(config: RunConfig, inputs: PlanInputs, activations: dict[str, Any]) -> 
 
 def largest_batch_that_fits(config: RunConfig, inputs: PlanInputs, activations: dict[str, Any]) -> dict[str, Any]:
     """The most samples per GPU at the plan's ZeRO stage: activations stored (unless the recipe checkpoints), and
-    checkpointed when not even one stored sample fits."""
+    checkpointed when not even one stored sample fits. DeepSpeed has no activation estimate, hence no batch chooser."""
     params, largest = trained_parameters(config.model), largest_layer_parameters(config.model)
     usable = GPUS[inputs.gpu]["memory_bytes"] * (1 - HEADROOM)
     fixed = model_state_bytes(params, inputs.gpus, inputs.zero_stage, largest)["total"] + \
@@ -169,6 +174,8 @@ def capacity_plan(config: RunConfig, inputs: PlanInputs, activations: dict[str, 
         "memory_gib_per_gpu": {
             "model_states": {k: v / GIB for k, v in states.items()},
             "gradient_buckets": buckets / GIB,
+            "sources": {**{f"model_states.{k}": v for k, v in model_state_sources(inputs.zero_stage).items()},
+                        "gradient_buckets": GRADIENT_BUCKETS_SOURCE, "activations": activations["method"]},
             "activations_per_sample": {"stored": stored / GIB, "checkpointed": checkpointed / GIB},
             "activations": {"stored": stored * inputs.batch_per_gpu / GIB,
                             "checkpointed": checkpointed * inputs.batch_per_gpu / GIB},

@@ -6,7 +6,17 @@ from typing import Any
 
 from rich.table import Table
 
-MEASURED, COMPUTED, DEEPSPEED, STATED = "measured here", "computed", "DeepSpeed accounting", "stated constant"
+MEASURED, COMPUTED, STATED = "measured here", "computed", "stated constant"
+
+
+def model_state_rows(states: dict[str, float], sources: dict[str, str], stage: int) -> list[tuple[str, str, str]]:
+    """DeepSpeed's estimate, avmae's additions where the stage has any, and their sum; each with its source."""
+    names = {"deepspeed_estimate": f"model states, DeepSpeed's estimate (ZeRO-{stage})",
+             "zero1_whole_bf16_gradients": "+ whole bf16 gradients (ZeRO-1)",
+             "zero3_bf16_parameter_partition": "+ bf16 parameter partition (ZeRO-3)",
+             "total": "model states per GPU"}
+    return [(name, f"{states[key]:.2f} GiB", sources[f"model_states.{key}"]) for key, name in names.items()
+            if key in ("deepspeed_estimate", "total") or states[key]]
 
 
 def plan_rows(plan: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -29,13 +39,9 @@ def plan_rows(plan: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("GPUs (nodes x GPUs/node)", f"{i['gpus']} {i['gpu'].upper()} ({i['nodes']} x {i['gpus_per_node']}), "
                                      f"batch {i['batch_per_gpu']}/GPU = {i['global_batch']}", "input"),
         ("parameters (trained) / largest layer", f"{m['parameters'] / 1e6:.2f} M / {m['largest_layer_parameters'] / 1e6:.2f} M",
-         "closed form (models/counts.py)"),
-        (f"bf16 params + grads (ZeRO-{stage})",
-         f"{states['bf16_parameters'] + states['bf16_gradients']:.2f} GiB", DEEPSPEED),
-        ("fp32 master + grads + Adam m, v", f"{states['fp32_master_parameters'] + states['fp32_gradient_partition'] + states['adam_moments']:.2f} GiB",
-         DEEPSPEED),
-        ("model states per GPU", f"{states['total']:.2f} GiB", DEEPSPEED + " (tested vs its estimators)"),
-        ("gradient buckets", f"{mem['gradient_buckets']:.2f} GiB", "trainer's DeepSpeed config"),
+         "closed form (models/counts.py), tested equal to DeepSpeed's model_to_params"),
+        *model_state_rows(states, mem["sources"], stage),
+        ("gradient buckets", f"{mem['gradient_buckets']:.2f} GiB", mem["sources"]["gradient_buckets"]),
         ("activations per sample: stored / checkpointed",
          f"{mem['activations_per_sample']['stored'] * 1024:.0f} / {mem['activations_per_sample']['checkpointed'] * 1024:.0f} MiB",
          MEASURED + " (CPU, bf16, scaled by depth)"),
