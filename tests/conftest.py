@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from avmae.shard.media import ffmpeg_binary
+from avmae.shard.inputs.media import ffmpeg_binary
 from tests.servers import GCS_ENV
 
 os.environ.update(GCS_ENV)  # before anything imports gcsfs, which reads it once (tests/servers.py says why)
@@ -43,7 +43,7 @@ def clip_factory():
 @pytest.fixture(scope="session")
 def synth_corpus(tmp_path_factory) -> Path:
     """12 clips in 4 classes, made once per test session; returns the corpus list (generic CSV)."""
-    from avmae.shard.synth import make_corpus
+    from avmae.shard.inputs.synth import make_corpus
 
     return make_corpus(tmp_path_factory.mktemp("corpus"), 12, 4, seed=1, seconds=2.0, width=96, height=64)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from avmae.shard.media import ffmpeg_binary
-from avmae.shard.synth import make_corpus
+from avmae.shard.inputs.media import ffmpeg_binary
+from avmae.shard.inputs.synth import make_corpus
 
 
 def _clips(folder: Path, count: int, seconds: float) -> list[Path]:

@@ -12,8 +12,8 @@ import pytest
 
 from avmae.cli import shard as shard_cli
 from avmae.cli.flags import add_fields, field_values, flag_fields, from_args
-from avmae.shard.inputs import InputSpec
-from avmae.shard.lists import EPIC_NOUN_CLASSES, EPIC_VERB_CLASSES, read_list
+from avmae.shard.inputs.collect import InputSpec
+from avmae.shard.inputs.lists import EPIC_NOUN_CLASSES, EPIC_VERB_CLASSES, read_list
 from avmae.shard.params import BuildParams, FeatureParams
 
 

@@ -20,7 +20,7 @@ from avmae.eval.predictions import Predictions
 from avmae.export.format import ExportInfo, write_export
 from avmae.export.load import model_for
 from avmae.recipe.config import RunConfig
-from avmae.shard.ids import clip_row, read_ids
+from avmae.shard.checking.ids import clip_row, read_ids
 from tests.helpers import build_shards, run_config
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from avmae.data.config import AugmentConfig, DataConfig
-from avmae.shard.jpeg_check import jpeg_size
+from avmae.shard.checking.jpeg_structure import jpeg_size
 from avmae.data.dali_batch import HEADER, DenseBatch, batch_types, dense_batch, pad_jpeg, unpack_payload
 from avmae.data.dali_feed import reader_slots
 from avmae.data.spec import load_spec

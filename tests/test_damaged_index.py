@@ -15,9 +15,9 @@ from avmae.data.config import DataConfig
 from avmae.data.faults import SampleError
 from avmae.data.loader import build_loader
 from avmae.data.tar_reader import IndexedShard
-from avmae.shard.lists import ListFormatError, detect_format, read_list
-from avmae.shard.tarfiles import MAX_MEMBER_SIZE, Member, index_text, parse_index
-from avmae.shard.verify import verify
+from avmae.shard.inputs.lists import ListFormatError, detect_format, read_list
+from avmae.shard.shard_tar import MAX_MEMBER_SIZE, Member, index_text, parse_index
+from avmae.shard.checking.verify import verify
 
 FIRST = "train-000000"
 

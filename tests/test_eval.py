@@ -252,7 +252,7 @@ def test_exports_hold_the_log_mel_normalisation_they_trained_with(runs, shards, 
     from avmae.config import load
     from avmae.export.format import read_export
     from avmae.recipe.config import RunConfig
-    from avmae.shard.manifest import read_manifest
+    from avmae.shard.writing.manifest import read_manifest
 
     manifest = read_manifest(shards)
     for run in runs:

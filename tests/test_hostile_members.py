@@ -24,9 +24,9 @@ from avmae.data.spec import DataSpec, load_spec
 from avmae.data.tar_reader import IndexedShard
 from avmae.shard.format import (CHECKSUM_SUFFIX, LOGMEL_MEMBER, META_KEY, META_LABELS, METADATA_MEMBER, LabelMode,
                                 label_mode)
-from avmae.shard.manifest import MANIFEST_FILE, read_manifest
-from avmae.shard.sample_check import metadata_problem
-from avmae.shard.verify import verify
+from avmae.shard.writing.manifest import MANIFEST_FILE, read_manifest
+from avmae.shard.checking.sample_rules import metadata_problem
+from avmae.shard.checking.verify import verify
 from tests.faults.damage import change_one, keys_of
 from tests.helpers import build_shards, shard_members, training_skips
 
@@ -267,7 +267,7 @@ CONTENT_FAULTS = {"nan_logmel": (LOGMEL_MEMBER, _nan_logmel), "truncated_jpeg": 
 
 def test_verify_names_each_sample_the_loaders_skip_with_their_reason_and_detail(one_unlabelled, tmp_path):
     """Checksums recorded for the new bytes: what must catch them is the checks behind the checksum, the same in
-    ``avmae-shard verify`` as in the loaders (shard/sample_check.py)."""
+    ``avmae-shard verify`` as in the loaders (shard/checking/sample_rules.py)."""
     shards = Path(shutil.copytree(one_unlabelled[0], tmp_path / "shards"))
     tars = [tar for tar in sorted(shards.glob("train-*.tar")) if one_unlabelled[1] not in keys_of(tar)]
     keys = {case: change_one(tar, member, damage, fix_checksums=True)

@@ -17,8 +17,8 @@ from avmae.data.schedule import TrainSchedule
 from avmae.data.spec import load_spec
 from avmae.data.wds_loader import open_shards
 from avmae.shard.format import LABELS_SUFFIX, METADATA_MEMBER, labels_text, parse_labels
-from avmae.shard.manifest import MANIFEST_FILE, read_manifest
-from avmae.shard.verify import verify
+from avmae.shard.writing.manifest import MANIFEST_FILE, read_manifest
+from avmae.shard.checking.verify import verify
 from tests.faults.damage import change_one, flip_bits_in_place, json_label_rows, keys_of
 from tests.helpers import SMALL_BUILD, build_shards
 

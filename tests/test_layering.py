@@ -112,10 +112,10 @@ def test_no_two_modules_import_each_other():
 def test_the_checks_catch_what_they_look_for():
     """The checks themselves: an upward import and a cycle, made up, are both reported."""
     graph = {"avmae.train.trainer": {"avmae.eval.runner"}, "avmae.eval.runner": {"avmae.train.trainer"},
-             "avmae.shard.writer": {"avmae.models.vit"}}
+             "avmae.shard.writing.writer": {"avmae.models.vit"}}
     assert violations(graph) == [
         "avmae.eval.runner (eval) imports avmae.train.trainer (train), a later stage",
-        "avmae.shard.writer imports avmae.models.vit: models and shard stand apart"]
+        "avmae.shard.writing.writer imports avmae.models.vit: models and shard stand apart"]
     assert cycles(graph) == ["avmae.eval.runner <-> avmae.train.trainer"]
 
 

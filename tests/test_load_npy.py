@@ -9,7 +9,7 @@ import io
 import numpy as np
 import pytest
 
-from avmae.shard.npy import load_npy
+from avmae.shard.checking.npy import load_npy
 
 
 def npy_bytes(array: np.ndarray, version: tuple[int, int] | None = None) -> bytes:

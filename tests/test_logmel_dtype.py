@@ -24,11 +24,11 @@ from avmae.data.loader import build_loader
 from avmae.data.spec import load_spec
 from avmae.data.tar_reader import IndexedShard
 from avmae.shard.format import FORMAT_VERSION, LOGMEL_MEMBER, METADATA_MEMBER
-from avmae.shard.manifest import read_manifest
-from avmae.shard.media import decode_segment
+from avmae.shard.writing.manifest import read_manifest
+from avmae.shard.inputs.media import decode_segment
 from avmae.shard.params import BuildParams, FeatureParams
-from avmae.shard.plan import fingerprint
-from avmae.shard.verify import verify
+from avmae.shard.writing.plan import fingerprint
+from avmae.shard.checking.verify import verify
 from tests.helpers import TINY_SHARDS, build_shards, shard_members
 
 FRAMES, BINS = int(TINY_SHARDS["target_frames"]), 128

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-import avmae.shard.media as media
-from avmae.shard.manifest import read_manifest
-from avmae.shard.synth import make_corpus
+import avmae.shard.inputs.media as media
+from avmae.shard.writing.manifest import read_manifest
+from avmae.shard.inputs.synth import make_corpus
 from tests.helpers import SMALL_BUILD, build_shards
 
 pytestmark = pytest.mark.serial  # asserts how soon the build ends: not beside other tests' load

@@ -15,8 +15,8 @@ import torch
 from avmae.data.config import DataConfig
 from avmae.data.faults import SampleError
 from avmae.data.loader import build_loader
-from avmae.shard.inspect import find_sample, summary
-from avmae.shard.verify import verify
+from avmae.shard.checking.inspect import find_sample, summary
+from avmae.shard.checking.verify import verify
 from avmae.shard_files import join
 from avmae.storage import StorageError
 from tests.faults.damage import cut_in_half, flip_bits_in_place, keys_of

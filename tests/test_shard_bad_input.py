@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from avmae.shard.manifest import read_manifest
+from avmae.shard.writing.manifest import read_manifest
 from tests.helpers import SMALL_BUILD, build_shards
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from avmae.cli.shard import main as shard_main
-from avmae.shard.manifest import read_manifest
-from avmae.shard.writer import PARTS_DIR
+from avmae.shard.writing.manifest import read_manifest
+from avmae.shard.writing.writer import PARTS_DIR
 from tests.helpers import build_arguments, build_shards
 
 # The tiny shards at 4 frames of 64 px and 256 log-mel frames: what the manifest, inspect and reader tests assert.
@@ -141,8 +141,8 @@ def test_labelled_split_copies_few_training_clips_per_class(synth_corpus, tmp_pa
 
 
 def test_labelled_split_choice_is_seeded_and_skips_missing_files():
-    from avmae.shard.items import ClipItem
-    from avmae.shard.plan import add_labelled_split
+    from avmae.shard.inputs.items import ClipItem
+    from avmae.shard.writing.plan import add_labelled_split
 
     items = [ClipItem(item_id=f"c{i}", video_id=f"c{i}", source=f"c{i}", path=None if i == 0 else f"/v/c{i}.mp4",
                       labels=("a",) if i % 2 == 0 else ("a", "b")) for i in range(10)]
@@ -170,7 +170,7 @@ def test_verify_passes_then_catches_damage(reference_build, tmp_path):
     assert shard_main(["verify", str(copy), "--json"]) == 1
     idx = sorted(copy.glob("val-*.idx"))[0]
     idx.write_text(idx.read_text().replace(" 512 ", " 1024 ", 1))
-    from avmae.shard.verify import verify
+    from avmae.shard.checking.verify import verify
 
     problems = verify(copy)["problems"]
     assert any("checksum" in p for p in problems) and any("does not describe" in p for p in problems)

@@ -18,11 +18,11 @@ import torchaudio
 from PIL import Image
 from scipy.io import wavfile
 
-from avmae.shard.inputs import InputSpec, reads_cavmae_prepared
+from avmae.shard.inputs.collect import InputSpec, reads_cavmae_prepared
 from avmae.shard.format import LOGMEL_MEMBER, METADATA_MEMBER, frame_member
-from avmae.shard.manifest import read_manifest
-from avmae.shard.media import ffmpeg_binary
-from avmae.shard.verify import verify
+from avmae.shard.writing.manifest import read_manifest
+from avmae.shard.inputs.media import ffmpeg_binary
+from avmae.shard.checking.verify import verify
 from tests.helpers import build_shards, shard_members
 
 TARGET_LENGTH = 1024  # CAV-MAE's target_length in every released run
@@ -167,7 +167,7 @@ def test_cli_defaults_to_cavmae_geometry_and_rejects_a_malformed_datafile(prepar
 
 
 def test_one_rule_tells_cavmae_prepared_data(prepared, tmp_path):
-    """The command's frame defaults and the input collection ask the same question of inputs.py."""
+    """The command's frame defaults and the input collection ask the same question of inputs/collect.py."""
     datafile = prepared / "datafile.json"
     csv = tmp_path / "segments.csv"
     csv.write_text('# YTID, start_seconds, end_seconds, positive_labels\nAAAAAAAAAAA, 0, 10, "/m/dog"\n')

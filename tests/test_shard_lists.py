@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from avmae.shard.items import ClipItem
-from avmae.shard.lists import ListFormatError, detect_format, read_list
-from avmae.shard.manifest import read_manifest
-from avmae.shard.plan import unique_ids
+from avmae.shard.inputs.items import ClipItem
+from avmae.shard.inputs.lists import ListFormatError, detect_format, read_list
+from avmae.shard.writing.manifest import read_manifest
+from avmae.shard.writing.plan import unique_ids
 from tests.helpers import SMALL_BUILD, build_shards
 
 

@@ -11,8 +11,8 @@ import torch
 import torchaudio
 from PIL import Image
 
-from avmae.shard.logmel import fbank, fixed_length, logmel
-from avmae.shard.media import bin_centres, decode_segment, ffmpeg_binary, probe, split_mjpeg
+from avmae.shard.samples.logmel import fbank, fixed_length, logmel
+from avmae.shard.inputs.media import bin_centres, decode_segment, ffmpeg_binary, probe, split_mjpeg
 from avmae.shard.params import FeatureParams
 
 

@@ -12,9 +12,9 @@ import pytest
 
 from avmae.data.config import DataConfig
 from avmae.data.loader import build_loader
-from avmae.shard.ids import split_rows
-from avmae.shard.inspect import find_sample
-from avmae.shard.verify import verify
+from avmae.shard.checking.ids import split_rows
+from avmae.shard.checking.inspect import find_sample
+from avmae.shard.checking.verify import verify
 from avmae.shard_files import join
 
 

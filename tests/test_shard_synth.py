@@ -11,7 +11,7 @@ from collections import defaultdict
 import numpy as np
 from PIL import Image
 
-from avmae.shard.manifest import read_manifest
+from avmae.shard.writing.manifest import read_manifest
 from tests.helpers import build_shards
 
 
@@ -47,7 +47,7 @@ def test_classes_differ_in_picture_and_in_sound(synth_corpus, tmp_path):
 
 
 def test_a_seed_gives_the_same_corpus(tmp_path):
-    from avmae.shard.synth import make_corpus
+    from avmae.shard.inputs.synth import make_corpus
 
     first = make_corpus(tmp_path / "a", 3, 2, seed=4, seconds=1.0, width=64, height=48)
     second = make_corpus(tmp_path / "b", 3, 2, seed=4, seconds=1.0, width=64, height=48)

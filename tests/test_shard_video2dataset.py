@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from avmae.shard.format import LOGMEL_MEMBER, METADATA_MEMBER
-from avmae.shard.manifest import read_manifest
-from avmae.shard import tar_members
-from avmae.shard.tar_members import list_tar, read_member
-from avmae.shard.video2dataset import tar_items, youtube_id
+from avmae.shard.writing.manifest import read_manifest
+from avmae.shard.inputs import source_tars
+from avmae.shard.inputs.source_tars import list_tar, read_member
+from avmae.shard.inputs.video2dataset import tar_items, youtube_id
 from avmae.cli.shard import main as shard_main
 from tests.helpers import SMALL_BUILD, build_flags, build_shards, shard_members
 from tests.servers import apply_env, http_server, s3_server
@@ -273,7 +273,7 @@ def test_a_storage_error_while_listing_stops_the_build_and_the_same_build_then_r
     """A reset connection says nothing about the tar: it must not become an unreadable_tar failure, whose text the
     build's fingerprint would hold (a re-run reading the tar fine would be refused). The build stops naming the tar."""
     flaky = str(downloads / "00001.tar")
-    monkeypatch.setattr(tar_members, "open", lambda path, mode: _ResetAfter(path, 1024) if path == flaky
+    monkeypatch.setattr(source_tars, "open", lambda path, mode: _ResetAfter(path, 1024) if path == flaky
                         else open(path, mode), raising=False)
     out = tmp_path / "out"
     src = str(downloads / "{00000..00001}.tar")
@@ -292,12 +292,12 @@ def test_a_read_error_on_a_member_stops_instead_of_failing_the_clip(downloads, m
     tar = str(downloads / "00001.tar")
     entry = next(e for e in list_tar(tar, lambda name: False).entries if e.name.endswith(".mp4"))
     assert len(read_member(tar, entry.offset, entry.size)) == entry.size
-    monkeypatch.setattr(tar_members, "open", lambda path, mode: _ResetAfter(path, 0), raising=False)
+    monkeypatch.setattr(source_tars, "open", lambda path, mode: _ResetAfter(path, 0), raising=False)
     with pytest.raises(OSError, match=rf"{tar}: cannot read the member at byte {entry.offset}: .*reset") as caught:
         read_member(tar, entry.offset, entry.size)
-    assert not isinstance(caught.value, tar_members.MediaError)
+    assert not isinstance(caught.value, source_tars.MediaError)
     monkeypatch.undo()
-    with pytest.raises(tar_members.MediaError, match="shorter than when it was listed"):
+    with pytest.raises(source_tars.MediaError, match="shorter than when it was listed"):
         read_member(tar, entry.offset, Path(tar).stat().st_size)
 
 
@@ -317,7 +317,7 @@ def test_a_read_error_on_a_member_mid_build_stops_the_build_and_the_rerun_builds
     and no failure for the clip; it was an internal_error recorded for good, which a rerun never retried."""
     flaky = str(downloads / "00001.tar")
     video = next(e for e in list_tar(flaky, lambda name: False).entries if e.name.endswith(".mp4"))
-    monkeypatch.setattr(tar_members, "open", lambda path, mode: _ResetAt(path, video.offset) if path == flaky
+    monkeypatch.setattr(source_tars, "open", lambda path, mode: _ResetAt(path, video.offset) if path == flaky
                         else open(path, mode), raising=False)
     out = tmp_path / "out"
     src = str(downloads / "{00000..00001}.tar")

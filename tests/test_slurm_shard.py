@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from avmae.shard.manifest import read_manifest
+from avmae.shard.writing.manifest import read_manifest
 from tests.helpers import build_arguments
 from tests.slurm_jobs import needs_slurm, submit_and_wait
 

@@ -2,7 +2,7 @@
 
 Each step runs the commands a user runs (``avmae-shard build``, ``avmae-train``, ``avmae-eval``, torchrun) as child
 processes, on shards built here from ffmpeg-made clips, and reads what they leave on disk:
-  shards      synthetic clips (avmae.shard.synth) -> avmae-shard build
+  shards      synthetic clips (avmae.shard.inputs.synth) -> avmae-shard build
   decode      DALI's decode rate on those shards with the recipe's loader settings (``mixed`` = nvJPEG on a GPU)
   recipe      configs/pretrain_as2m.yaml's step time, MFU and peak memory (ViT-L, bf16) at several per-GPU batches
               (the recipe's 8, then 32, 64), up to the first out-of-memory; the fastest that fits is recommended
@@ -42,7 +42,7 @@ from avmae.bench.plan import HEADROOM
 from avmae.bench.score_agreement import metric_tolerances
 from avmae.models.counts import parameter_counts, pretraining_flops
 from avmae.recipe.config import RunConfig
-from avmae.shard.manifest import read_manifest
+from avmae.shard.writing.manifest import read_manifest
 
 # The children import the avmae this process imported (a checkout's or an installed wheel's), wherever they run.
 AVMAE_ROOT = Path(avmae.__file__).resolve().parents[1]
@@ -86,7 +86,7 @@ class GpuCheck:
     # --- shards and decode ---------------------------------------------------------------------------------------
 
     def build_shards(self) -> dict[str, Any]:
-        from avmae.shard.synth import make_corpus
+        from avmae.shard.inputs.synth import make_corpus
 
         mode = self.mode
         started = time.perf_counter()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class CheckMode:
     device: str  # "cuda" or "cpu"
-    # Corpus (avmae.shard.synth.make_corpus: distinct classes, so evaluation scores are not all ties) and its build.
+    # Corpus (avmae.shard.inputs.synth.make_corpus: distinct classes, so evaluation scores are not all ties) and its build.
     clips: int
     classes: int
     clip_seconds: float

@@ -29,8 +29,8 @@ from avmae.data.samples import frame_members, parse_metadata
 from avmae.data.spec import load_spec
 from avmae.data.tar_reader import IndexedShard
 from avmae.shard.format import METADATA_MEMBER
-from avmae.shard.items import file_stem_for_key
-from avmae.shard.media import ffmpeg_binary, timeout_for
+from avmae.shard.inputs.items import file_stem_for_key
+from avmae.shard.inputs.media import ffmpeg_binary, timeout_for
 from avmae.storage import is_url
 
 

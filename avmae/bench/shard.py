@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from avmae.shard.build import run_build
-from avmae.shard.inputs import InputSpec, collect_inputs
-from avmae.shard.media import ffmpeg_binary, ffmpeg_version, timeout_for
+from avmae.shard.writing.build import run_build
+from avmae.shard.inputs.collect import InputSpec, collect_inputs
+from avmae.shard.inputs.media import ffmpeg_binary, ffmpeg_version, timeout_for
 from avmae.shard.params import BuildParams, FeatureParams
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from avmae.shard.format import SHARD_FILE_FIELDS
-from avmae.shard.manifest import MANIFEST_FILE
+from avmae.shard.writing.manifest import MANIFEST_FILE
 
 
 def shard_bytes_per_sample(folder: Path) -> dict[str, Any]:

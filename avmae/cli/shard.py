@@ -13,10 +13,10 @@ from rich.console import Console
 from rich.table import Table
 
 from avmae.cli.flags import DefaultsInHelp, add_fields, dashed, field_values, from_args
-from avmae.shard.cavmae_prepared import CAVMAE_FRAME_SIZE, CAVMAE_FRAMES
+from avmae.shard.inputs.cavmae_prepared import CAVMAE_FRAME_SIZE, CAVMAE_FRAMES
 from avmae.shard.errors import ParameterError
 from avmae.shard.format import LabelMode
-from avmae.shard.inputs import InputSpec
+from avmae.shard.inputs.collect import InputSpec
 from avmae.shard.params import AUDIO_FRONTENDS, BuildParams, FeatureParams
 
 _FLAGS = {"list_path": "--list", "num_classes": "--classes"}  # library parameters whose flag is not "--name-dashed"
@@ -160,8 +160,8 @@ def _print_json(data) -> None:
 
 
 def _cmd_build(args) -> int:
-    from avmae.shard.build import build_shards
-    from avmae.shard.inputs import reads_cavmae_prepared
+    from avmae.shard.writing.build import build_shards
+    from avmae.shard.inputs.collect import reads_cavmae_prepared
 
     inputs, build, run = from_args(InputSpec, args), from_args(BuildParams, args), from_args(BuildRun, args)
     features = _feature_params(args, reads_cavmae_prepared(inputs))
@@ -216,7 +216,7 @@ def _print_build_report(report) -> None:
 
 
 def _cmd_finalize(args) -> int:
-    from avmae.shard.output import finalize_output
+    from avmae.shard.writing.output import finalize_output
 
     manifest = finalize_output(args.out)
     if args.json:
@@ -227,7 +227,7 @@ def _cmd_finalize(args) -> int:
 
 
 def _cmd_verify(args) -> int:
-    from avmae.shard.verify import verify
+    from avmae.shard.checking.verify import verify
 
     result = verify(args.out, deep=not args.quick)
     if args.json:
@@ -244,7 +244,7 @@ def _cmd_verify(args) -> int:
 
 
 def _cmd_inspect(args) -> int:
-    from avmae.shard.inspect import render_sample, summary
+    from avmae.shard.checking.inspect import render_sample, summary
 
     info = summary(args.out)
     if args.sample is not None:
@@ -285,7 +285,7 @@ def _cmd_inspect(args) -> int:
 
 def _cmd_ids(args) -> int:
     from avmae.files import write_text_atomically
-    from avmae.shard.ids import build_losses, ids_sha256, ids_text, split_rows
+    from avmae.shard.checking.ids import build_losses, ids_sha256, ids_text, split_rows
 
     found, unreadable = split_rows(args.out, args.split)
     if unreadable:  # a list that silently lacks clips would name the wrong set
@@ -310,7 +310,7 @@ def _cmd_ids(args) -> int:
 
 
 def _cmd_synth(args) -> int:
-    from avmae.shard.synth import make_corpus
+    from avmae.shard.inputs.synth import make_corpus
 
     width, height = (int(v) for v in args.size.lower().split("x"))
     path = make_corpus(args.out, args.num, args.classes, seed=args.seed, seconds=args.seconds, width=width,

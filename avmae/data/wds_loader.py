@@ -32,7 +32,7 @@ from avmae.data.schedule import Draw, TrainSchedule
 from avmae.data.spec import DataSpec
 from avmae.data.tar_reader import IndexedShard, SampleBlock
 from avmae.shard.format import META_KEY
-from avmae.shard.manifest import MANIFEST_FILE
+from avmae.shard.writing.manifest import MANIFEST_FILE
 from avmae.shard_files import join, read_many
 from avmae.storage import set_storage_limits
 

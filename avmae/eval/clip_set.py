@@ -1,6 +1,6 @@
 """Which clips a number was computed on (each lab holds a different subset of AudioSet's and VGGSound's YouTube
 clips, so two numbers compare only on the same clips): the report's ``clip_set`` section, and ``--ids``, which
-keeps only the samples whose clip row (avmae/shard/ids.py) is in another lab's list.
+keeps only the samples whose clip row (avmae/shard/checking/ids.py) is in another lab's list.
 
 The whole split is scored and the scores outside the list are dropped before the metrics: the loaders' order and
 padding stay as tested, at the cost of scoring the rows the list leaves out. Coverage then expects exactly the
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from avmae.shard.ids import build_losses, ids_sha256, read_ids, split_rows
+from avmae.shard.checking.ids import build_losses, ids_sha256, read_ids, split_rows
 
 
 @dataclass

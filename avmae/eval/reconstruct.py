@@ -100,7 +100,7 @@ def write_reconstructions(ckpt: str | Path, data: str, split: str, num: int, see
     from avmae.data.loader import Loader
     from avmae.export.load import load_model
     from avmae.recipe.geometry import load_run_spec
-    from avmae.shard.items import file_stem_for_key
+    from avmae.shard.inputs.items import file_stem_for_key
 
     loaded = load_model(ckpt)
     if loaded.task != "pretrain":

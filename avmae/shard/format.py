@@ -56,7 +56,7 @@ SHARD_FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*\.(tar|idx|crc|labels
 SHARD_FILE_FIELDS = ("tar", "idx", "crc", "labels")
 OPTIONAL_SHARD_FILE_FIELDS = ("crc", "labels")
 
-# Metadata keys the loaders read (the writer writes more; see shard/sample.py).
+# Metadata keys the loaders read (the writer writes more; see shard/samples/from_item.py).
 META_KEY = "key"
 META_LABELS = "labels"
 META_VERB = "verb_class"

@@ -10,7 +10,7 @@ from typing import Callable
 
 from avmae.shard.format import (CHECKSUM_SUFFIX, LABELS_SUFFIX, METADATA_MEMBER, META_KEY, META_LABELS, checksum_text,
                                 labels_text)
-from avmae.shard.tarfiles import ShardTarWriter, index_text, parse_index
+from avmae.shard.shard_tar import ShardTarWriter, index_text, parse_index
 
 Members = dict[str, bytes]
 

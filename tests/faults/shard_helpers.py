@@ -8,7 +8,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from avmae.shard.tarfiles import index_text, read_members, sha256_file
+from avmae.shard.shard_tar import index_text, read_members, sha256_file
 
 
 def rename_keys(out: Path, shard_tar: str, new_keys: dict[str, str]) -> None:

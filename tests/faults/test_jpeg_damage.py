@@ -1,5 +1,5 @@
 """Damaged JPEGs behind valid checksums (damage before the build, or shards another tool built): the structure check
-both loaders run (avmae/shard/jpeg_check.py) must refuse every frame one decoder would stop on, so that the two
+both loaders run (avmae/shard/checking/jpeg_structure.py) must refuse every frame one decoder would stop on, so that the two
 backends decide a sample's fate alike. Real frames of the real builder (and their greyscale and progressive
 re-encodings) are damaged byte by byte at seeded places; every frame the check passes must decode on torchvision's
 decoder (the webdataset backend's) and on DALI's to the same pixels."""
@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from avmae.data.samples import FrameDecodeError, decode_frames
-from avmae.shard.jpeg_check import jpeg_size
+from avmae.shard.checking.jpeg_structure import jpeg_size
 from tests.faults.damage import stray_marker
 from tests.helpers import shard_members
 

@@ -57,7 +57,7 @@ def undotted(shards, tmp_path) -> Path:
 
 
 def test_verify_reports_a_member_without_a_dot(undotted, capsys):
-    from avmae.shard.verify import verify
+    from avmae.shard.checking.verify import verify
 
     assert shard_main(["verify", str(undotted), "--json"]) == 1
     problems = verify(undotted)["problems"]
@@ -145,8 +145,8 @@ def test_build_parameters_are_refused_by_their_flags(tmp_path, capsys, flags, me
 
 def test_the_library_names_parameters_not_flags():
     from avmae.shard.errors import ParameterError
-    from avmae.shard.plan import assign_splits
-    from avmae.shard.synth import make_corpus
+    from avmae.shard.writing.plan import assign_splits
+    from avmae.shard.inputs.synth import make_corpus
 
     with pytest.raises(ParameterError, match=r"^val_fraction must be in \[0, 1\), got 1.5$"):
         assign_splits([], 1.5, seed=0)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from avmae.cli.shard import main as shard_main
-from avmae.shard.items import file_stem_for_key, safe_key
-from avmae.shard.manifest import read_manifest
+from avmae.shard.inputs.items import file_stem_for_key, safe_key
+from avmae.shard.writing.manifest import read_manifest
 
 from tests.faults.shard_helpers import files_under, rename_keys
 from tests.helpers import SMALL_BUILD, build_shards

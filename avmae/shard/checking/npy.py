@@ -1,6 +1,6 @@
 """A shard's ``.npy`` member (the log-mel) read as the shard contract requires it: numpy's header, and data exactly as
 long as the header's shape and dtype need. The one home of that rule and of ``load_npy``, which reads every log-mel
-that the loaders and ``avmae-shard verify`` check (shard/sample_check.py): headers cached, the data a view."""
+that the loaders and ``avmae-shard verify`` check (shard/checking/sample_rules.py): headers cached, the data a view."""
 
 from __future__ import annotations
 

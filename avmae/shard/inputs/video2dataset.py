@@ -1,4 +1,4 @@
-"""video2dataset output as build inputs: its tar shards, read in place (tar_members.py).
+"""video2dataset output as build inputs: its tar shards, read in place (source_tars.py).
 
 video2dataset writes, per sample ``KEY`` (``workers/download_worker.py`` and ``data_writer.py``, iejMac/video2dataset):
 ``KEY.mp4`` (or the other encode formats, e.g. ``KEY.webm``, ``KEY.m4a`` for audio), ``KEY.txt`` (the caption, if
@@ -32,8 +32,8 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from avmae.shard.items import VIDEO_EXTENSIONS, ClipItem
-from avmae.shard.tar_members import TarEntry, TarListing, expand_sources, list_tar
+from avmae.shard.inputs.items import VIDEO_EXTENSIONS, ClipItem
+from avmae.shard.inputs.source_tars import TarEntry, TarListing, expand_sources, list_tar
 
 _TEXT_EXTENSIONS = ("json", "txt")
 _YOUTUBE_HOSTS = ("youtube.com", "www.youtube.com", "m.youtube.com", "youtube-nocookie.com", "www.youtube-nocookie.com")

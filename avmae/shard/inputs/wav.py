@@ -14,7 +14,7 @@ import wave
 import numpy as np
 import torch
 
-from avmae.shard.media import MediaError
+from avmae.shard.inputs.media import MediaError
 
 
 def read_wav(path: str) -> tuple[torch.Tensor, int]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from avmae.shard.errors import ParameterError
-from avmae.shard.media import ffmpeg_binary, timeout_for
+from avmae.shard.inputs.media import ffmpeg_binary, timeout_for
 
 CORPUS_LIST = "corpus.csv"  # generic list format: path,labels
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from avmae.shard.format import LOGMEL_MEMBER, META_KEY, META_LABELS, METADATA_MEMBER, frame_member
-from avmae.shard.items import ClipItem, safe_key
+from avmae.shard.inputs.items import ClipItem, safe_key
 
 
 @dataclass

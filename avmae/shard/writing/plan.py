@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from avmae.config import to_dict
 from avmae.shard.errors import ParameterError
 from avmae.shard.format import DEFAULT_LOGMEL_DTYPE, FORMAT_VERSION
-from avmae.shard.items import ClipItem
+from avmae.shard.inputs.items import ClipItem
 from avmae.shard.params import DEFAULT_AUDIO_FRONTEND, BuildParams, FeatureParams
 
 

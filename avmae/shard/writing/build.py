@@ -23,15 +23,15 @@ import avmae
 from avmae.config import to_dict
 from avmae.shard.errors import NO_SPACE_ERRNOS, OutOfSpaceError, ParameterError
 from avmae.shard.format import FORMAT_VERSION, label_mode
-from avmae.shard.inputs import InputSpec, collect_inputs
-from avmae.shard.items import ClipItem
-from avmae.shard.lists import LabelSet
-from avmae.shard.media import ffmpeg_version
-from avmae.shard.output import open_output
+from avmae.shard.inputs.collect import InputSpec, collect_inputs
+from avmae.shard.inputs.items import ClipItem
+from avmae.shard.inputs.lists import LabelSet
+from avmae.shard.inputs.media import ffmpeg_version
+from avmae.shard.writing.output import open_output
 from avmae.shard.params import BuildParams, FeatureParams
-from avmae.shard.plan import ShardPlan, fingerprint, make_plan
-from avmae.shard.progress import BuildProgress
-from avmae.shard.writer import PARTS_DIR, write_shard
+from avmae.shard.writing.plan import ShardPlan, fingerprint, make_plan
+from avmae.shard.writing.progress import BuildProgress
+from avmae.shard.writing.writer import PARTS_DIR, write_shard
 from avmae.storage import is_url
 
 
@@ -196,7 +196,7 @@ def build_summary(out: Path | str, result: BuildResult, source: dict[str, Any]) 
         coverage = manifest["label_coverage"]
         summary["label_mode"] = str(label_mode(manifest))
         # Inputs of labelled data whose samples carry no label (a blank labels cell, a file at the top of a
-        # labels_from_dirs folder). Single-label training skips each such sample as bad (sample_check.py),
+        # labels_from_dirs folder). Single-label training skips each such sample as bad (checking/sample_rules.py),
         # so the build says how many there are and verify names them.
         summary["unlabelled_inputs"] = manifest["labels"].get("unlabelled_inputs", 0)
         summary["worst_label_coverage"] = sorted(

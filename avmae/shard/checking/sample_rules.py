@@ -3,8 +3,8 @@
 holds no sample the loaders would skip for its contents (their checksum check is verify's too).
 
 The rules, against what the manifest promises (``SampleRules``): each frame is a whole JPEG by its structure
-(shard/jpeg_check.py: its marker segments and the markers in its image data, no decode) whose short side is the
-manifest's and whose size is that of the sample's other frames; the log-mel is a plain .npy array (shard/npy.py) of the manifest's shape and
+(shard/checking/jpeg_structure.py: its marker segments and the markers in its image data, no decode) whose short side is the
+manifest's and whose size is that of the sample's other frames; the log-mel is a plain .npy array (shard/checking/npy.py) of the manifest's shape and
 dtype with no inf or NaN; the JSON is an object with the sample's key whose labels fit the label mode. A failure is
 a ``SampleProblem`` naming the member, one of the loaders' skip reasons (data/faults.py REASONS) and what is wrong.
 
@@ -22,8 +22,8 @@ import numpy as np
 
 from avmae.shard.format import (LOGMEL_MEMBER, META_KEY, META_LABELS, META_NOUN, META_VERB, METADATA_MEMBER, LabelMode,
                                 label_mode, logmel_dtype)
-from avmae.shard.jpeg_check import jpeg_size
-from avmae.shard.npy import NPY_ERRORS, load_npy
+from avmae.shard.checking.jpeg_structure import jpeg_size
+from avmae.shard.checking.npy import NPY_ERRORS, load_npy
 
 _HEADS = {META_VERB: "verb", META_NOUN: "noun"}  # Epic-Kitchens' metadata fields -> the manifest's heads
 

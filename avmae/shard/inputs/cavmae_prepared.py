@@ -8,7 +8,7 @@ The data JSON (CAV-MAE ``src/preprocess/README.md``, read by ``src/dataloader.py
 ``labels`` are comma-separated names (AudioSet mids, or the names of CAV-MAE's label csv, which ``--class-labels``
 orders). Relative ``wav``/``video_path`` are taken relative to ``src`` when it is given, else to the JSON's folder
 (CAV-MAE itself resolves them against its working directory). One input per entry; its sample is made by
-prepared_sample.py.
+samples/from_prepared.py.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from avmae.shard.items import ClipItem
-from avmae.shard.lists import LabelSet, ListFormatError, label_set
+from avmae.shard.inputs.items import ClipItem
+from avmae.shard.inputs.lists import LabelSet, ListFormatError, label_set
 
 CAVMAE_FRAMES = 10  # extract_video_frame.py's extract_frame_num, and the loader's total_frame default
 CAVMAE_FRAME_SIZE = 224  # extract_video_frame.py: Resize(224) + CenterCrop(224)

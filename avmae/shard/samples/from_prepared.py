@@ -19,12 +19,12 @@ import io
 
 from PIL import Image, UnidentifiedImageError
 
-from avmae.shard.items import ClipItem
-from avmae.shard.logmel import fixed_length, min_samples, waveform_fbank
-from avmae.shard.media import MediaError, resize_image
-from avmae.shard.packing import Sample, pack_sample
+from avmae.shard.inputs.items import ClipItem
+from avmae.shard.samples.logmel import fixed_length, min_samples, waveform_fbank
+from avmae.shard.inputs.media import MediaError, resize_image
+from avmae.shard.samples.packing import Sample, pack_sample
 from avmae.shard.params import FeatureParams
-from avmae.shard.wav import read_wav
+from avmae.shard.inputs.wav import read_wav
 
 FRAME_TIMING = "cavmae_one_per_second"  # frame i of CAV-MAE's extraction is at about i s (see above)
 

@@ -17,11 +17,11 @@ from typing import Any, Callable
 from avmae.files import publish, write_text_atomically as atomic_write
 from avmae.shard.format import (CHECKSUM_SUFFIX, INDEX_SUFFIX, LABELS_SUFFIX, METADATA_MEMBER, TAR_SUFFIX,
                                 checksum_text, labels_text, metadata_labels)
-from avmae.shard.media import MediaError
+from avmae.shard.inputs.media import MediaError
 from avmae.shard.params import BuildParams, FeatureParams
-from avmae.shard.plan import ShardPlan
-from avmae.shard.sample import make_samples
-from avmae.shard.tarfiles import ShardTarWriter, index_text, sha256_file
+from avmae.shard.writing.plan import ShardPlan
+from avmae.shard.samples.from_item import make_samples
+from avmae.shard.shard_tar import ShardTarWriter, index_text, sha256_file
 
 PARTS_DIR = "_parts"
 _DETAIL_LIMIT = 400  # characters of ffmpeg's message kept per failure
@@ -57,7 +57,7 @@ class _ShardTally:
     logmel_sumsq: float = 0.0
     logmel_count: int = 0
     most_labels: int = 0
-    unlabelled: int = 0  # inputs with samples but no label: single-label loaders skip their samples (sample_check.py)
+    unlabelled: int = 0  # inputs with samples but no label: single-label loaders skip their samples (checking/sample_rules.py)
 
     def add_samples(self, item, samples, writer: ShardTarWriter) -> None:
         for sample in samples:

@@ -16,8 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from avmae.shard.manifest import claim_output, finalize, pending_shards
-from avmae.shard.writer import PARTS_DIR
+from avmae.shard.writing.manifest import claim_output, finalize, pending_shards
+from avmae.shard.writing.writer import PARTS_DIR
 from avmae.storage import is_url
 
 
@@ -54,7 +54,7 @@ def open_output(out: str | Path, stage: Path | None = None):
     """A LocalOutput for a path, a RemoteOutput for a URL (``s3://bucket/prefix``, any fsspec URL); ``stage`` is
     the local folder under which a remote build stages its shards in flight (default: the system's temp folder)."""
     if is_url(str(out)):
-        from avmae.shard.remote_out import RemoteOutput
+        from avmae.shard.writing.remote_out import RemoteOutput
 
         return RemoteOutput(str(out), stage)
     return LocalOutput(Path(out))

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from avmae.shard.cavmae_prepared import read_cavmae_datafile
+from avmae.shard.inputs.cavmae_prepared import read_cavmae_datafile
 from avmae.shard.errors import ParameterError
-from avmae.shard.items import ClipItem, scan_folder
-from avmae.shard.lists import (EPIC_NOUN_CLASSES, EPIC_VERB_CLASSES, LabelSet, ListFormat, detect_format,
+from avmae.shard.inputs.items import ClipItem, scan_folder
+from avmae.shard.inputs.lists import (EPIC_NOUN_CLASSES, EPIC_VERB_CLASSES, LabelSet, ListFormat, detect_format,
                                read_list)
-from avmae.shard.video2dataset import join_list, tar_items
+from avmae.shard.inputs.video2dataset import join_list, tar_items
 from avmae.storage import is_url
 
 

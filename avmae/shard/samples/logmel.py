@@ -1,6 +1,6 @@
 """Log-mel features exactly as CAV-MAE computes them (docs/reference/cavmae.md#log-mel-front-end), then padded or cut to
 a fixed length. A build with ``audio_frontend='scenic'`` computes those of Google's AV-MAE instead
-(avmae/shard/logmel_scenic.py).
+(avmae/shard/samples/logmel_scenic.py).
 
 CAV-MAE: ``torchaudio.load`` of a 16-bit wav (int16 / 32768), subtract the waveform mean, then
 ``kaldi.fbank(htk_compat=True, sample_frequency=sr, use_energy=False, window_type='hanning', num_mel_bins=128,
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from avmae.shard.logmel_scenic import scenic_logmel
+from avmae.shard.samples.logmel_scenic import scenic_logmel
 from avmae.shard.params import FeatureParams
 
 

@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from avmae.shard.media import MediaError
+from avmae.shard.inputs.media import MediaError
 from avmae.forward_reader import ForwardReader
 from avmae.storage import StorageError, filesystem_of, is_missing, is_url, storage_errors
 

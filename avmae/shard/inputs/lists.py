@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
-from avmae.shard.items import VIDEO_EXTENSIONS, ClipItem
+from avmae.shard.inputs.items import VIDEO_EXTENSIONS, ClipItem
 
 ListFormat = Literal["auto", "audioset", "vggsound", "epic", "generic", "cavmae"]
 LIST_FORMATS: tuple[str, ...] = get_args(ListFormat)
