@@ -9,7 +9,7 @@
 #   - NCCL all-reduce / all-gather bandwidth over every local GPU (torchrun; with one GPU the table says so);
 #   - a 50-step run through DALI `mixed` and the trainer, and the same run stopped after 25 and resumed, with torch's
 #     deterministic algorithms and CUBLAS_WORKSPACE_CONFIG=:4096:8: same losses;
-#   - a short fine-tune of it scored by avmae-eval through DALI `mixed` and through webdataset: same samples, scores
+#   - a short fine-tune of it scored by avmae-eval through DALI `mixed` and through torch: same samples, scores
 #     within 2e-2, top-1 / top-5 within the close calls that score gap allows.
 # Without CUDA the same steps run at tiny size (DALI on the CPU, gloo between 2 processes, 16 steps stopped after 8);
 # tests/test_gpu_check.py runs that mode, so the script is known to work before a GPU sees it.

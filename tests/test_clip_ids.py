@@ -94,7 +94,7 @@ def export(labs, tmp_path_factory) -> Path:
 
 def evaluate(export: Path, data: Path, out: Path, *extra: str) -> dict:
     assert eval_main(["--ckpt", str(export), "--data", str(data), "--split", "train", "--task", "vggsound",
-                      "--batch-size", "3", "--workers", "0", "--backend", "webdataset", "--out", str(out),
+                      "--batch-size", "3", "--workers", "0", "--backend", "torch", "--out", str(out),
                       "--json", *extra]) == 0
     return json.loads((out / "report.json").read_text())
 

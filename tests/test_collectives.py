@@ -231,7 +231,7 @@ def export(shards, tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_two_rank_evaluation_runs_under_the_checking_backend_and_equals_one_process(export, shards, tmp_path):
     flags = ["--ckpt", str(export), "--data", str(shards), "--split", "train", "--task", "vggsound", "--backend",
-             "webdataset", "--device", "cpu", "--workers", "0", "--batch-size", "4", "--json"]
+             "torch", "--device", "cpu", "--workers", "0", "--batch-size", "4", "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "AVMAE_DIST_BACKEND": "avmae_checked"}
     single = subprocess.run([sys.executable, "-m", "avmae.cli.eval", *flags, "--out", str(tmp_path / "one")],
                             capture_output=True, text=True, cwd=REPO, env=env, timeout=600)

@@ -1,6 +1,6 @@
-"""DALI's training feed in worker processes (avmae/data/dali_feed.py) gives exactly the serial feed's batches: the
+"""DALI's training feed in worker processes (avmae/data/dali/feed.py) gives exactly the serial feed's batches: the
 same samples in the same order, the same skip records, from the start and from a resumed batch; and the dense
-batches both feeds hand DALI (avmae/data/dali_batch.py) carry every member unchanged: the same pixels out of the
+batches both feeds hand DALI (avmae/data/dali/batch.py) carry every member unchanged: the same pixels out of the
 decoder, the same log-mel bits, boxes, flips, serials and notes."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from avmae.data.config import AugmentConfig, DataConfig
-from avmae.shard.checking.jpeg_structure import jpeg_size
-from avmae.data.dali_batch import HEADER, DenseBatch, batch_types, dense_batch, pad_jpeg, unpack_payload
-from avmae.data.dali_feed import reader_slots
+from avmae.data.dali.batch import HEADER, DenseBatch, batch_types, dense_batch, pad_jpeg, unpack_payload
+from avmae.data.dali.feed import reader_slots
 from avmae.data.spec import load_spec
+from avmae.shard.checking.jpeg_structure import jpeg_size
 from tests.faults.damage import flip_bits_in_place
 from tests.helpers import build_shards
 
@@ -39,7 +39,7 @@ def _config(shards: Path, **overrides) -> DataConfig:
 
 def _serial(spec, config: DataConfig, start_batch: int, batches: int) -> list[tuple[list[str], list[dict], list[int]]]:
     """The rank's batches as the serial feed makes them, in this process: (keys, skip records, drawn) each."""
-    from avmae.data.dali_loader import CheckedSamples
+    from avmae.data.dali.loader import CheckedSamples
 
     source = CheckedSamples(spec, config, train=True, rank=0, world=1, start_batch=start_batch,
                             augment=AugmentConfig())
@@ -59,7 +59,7 @@ def test_slots_read_in_the_serial_order():
 @pytest.mark.parametrize("start_batch,balanced", [(0, False), (3, False), (1, True)])
 def test_worker_feed_gives_the_serial_batches(shards, start_batch, balanced):
     pytest.importorskip("nvidia.dali")
-    from avmae.data.dali_loader import DaliLoader
+    from avmae.data.dali.loader import DaliLoader
 
     config = _config(shards, balanced_sampling=balanced)
     spec = load_spec(shards, "train")
@@ -87,7 +87,7 @@ def test_feed_workers_outlive_slurms_usr1(shards):
 
     import psutil
 
-    from avmae.data.dali_loader import DaliLoader
+    from avmae.data.dali.loader import DaliLoader
 
     config = _config(shards)
     spec = load_spec(shards, "train")
@@ -143,7 +143,7 @@ def test_a_padded_jpeg_is_its_length_and_decodes_to_the_same_pixels(shards, pad)
 
 
 def _rows(spec, config: DataConfig):
-    from avmae.data.dali_source import CheckedSamples
+    from avmae.data.dali.source import CheckedSamples
 
     source = CheckedSamples(spec, config, train=True, rank=0, world=1, start_batch=0, augment=AugmentConfig())
     return source.reader_rows(0)[0]

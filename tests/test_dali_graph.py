@@ -1,6 +1,6 @@
-"""The DALI loader's graph is sized by operators, not frames (avmae/data/dali_loader.py): a batch's frames are the rows
+"""The DALI loader's graph is sized by operators, not frames (avmae/data/dali/loader.py): a batch's frames are the rows
 of one DALI batch, so the graph holds one decoder, one resize and one flip per feed, whatever the frame count; its
-evaluation batches equal the webdataset backend's bit for bit on a CPU; and the GPU form of the same graph (``mixed``
+evaluation batches equal the torch backend's bit for bit on a CPU; and the GPU form of the same graph (``mixed``
 decoder with its nvJPEG settings) is accepted by DALI's operator schemas here, where only its build needs a GPU."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _config(shards: Path, **overrides) -> DataConfig:
 
 def _operators(shards: Path, frames: int, workers: int):
     from avmae.bench.dali_graph import graph_operators
-    from avmae.data.dali_loader import DaliLoader
+    from avmae.data.dali.loader import DaliLoader
 
     loader = DaliLoader(load_spec(shards, "train"), _config(shards, num_frames=frames, workers=workers), train=True,
                         rank=0, world=1, device_id=None, augment=AugmentConfig())
@@ -69,15 +69,15 @@ def test_graph_operators_reads_a_serialized_graph():
 
 
 @pytest.mark.parametrize("frames", [2, 8])
-def test_evaluation_batches_equal_the_webdataset_backends(shards, frames):
+def test_evaluation_batches_equal_the_torch_backends(shards, frames):
     """Both backends decode with libjpeg-turbo's fancy upsampling and centre-crop the stored frames: the same bytes."""
     pytest.importorskip("nvidia.dali")
     from avmae.data.loader import build_loader
 
     batches = {backend: list(build_loader(_config(shards, backend=backend, num_frames=frames), "train", train=False))
-               for backend in ("webdataset", "dali")}
-    assert len(batches["dali"]) == len(batches["webdataset"]) == 6  # 12 samples / batch 2
-    for ours, theirs in zip(batches["webdataset"], batches["dali"]):
+               for backend in ("torch", "dali")}
+    assert len(batches["dali"]) == len(batches["torch"]) == 6  # 12 samples / batch 2
+    for ours, theirs in zip(batches["torch"], batches["dali"]):
         assert ours["key"] == theirs["key"]
         assert theirs["video"].shape == (2, frames, 3, 64, 64)
         assert torch.equal(ours["video"], theirs["video"]) and torch.equal(ours["audio"], theirs["audio"])
@@ -91,8 +91,8 @@ def test_the_gpu_graph_is_the_same_graph_with_nvjpeg_settings(shards):
     pytest.importorskip("nvidia.dali")
     from nvidia.dali import fn, pipeline_def
 
-    from avmae.data.dali_batch import DenseBatch, batch_types
-    from avmae.data.dali_loader import _graph, decoder_settings
+    from avmae.data.dali.batch import DenseBatch, batch_types
+    from avmae.data.dali.loader import _graph, decoder_settings
 
     spec, config = load_spec(shards, "train"), _config(shards)
     settings = decoder_settings("mixed", 256)

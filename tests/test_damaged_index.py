@@ -15,9 +15,9 @@ from avmae.data.config import DataConfig
 from avmae.data.faults import SampleError
 from avmae.data.loader import build_loader
 from avmae.data.tar_reader import IndexedShard
+from avmae.shard.checking.verify import verify
 from avmae.shard.inputs.lists import ListFormatError, detect_format, read_list
 from avmae.shard.shard_tar import MAX_MEMBER_SIZE, Member, index_text, parse_index
-from avmae.shard.checking.verify import verify
 
 FIRST = "train-000000"
 
@@ -102,7 +102,7 @@ def test_opening_a_shard_with_a_damaged_index_names_the_file_and_line(copy, case
     assert type(caught.value) is ValueError and str(caught.value) == f"{idx}{expected}"
 
 
-@pytest.mark.parametrize("backend", ["webdataset", pytest.param("dali", marks=pytest.mark.dali)])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("dali", marks=pytest.mark.dali)])
 @pytest.mark.parametrize("case", ["bad_number", "negative_size", "overflowing_size", "count"])
 def test_both_loaders_refuse_a_damaged_index_at_start_up_in_one_line(copy, case, backend):
     if backend == "dali":

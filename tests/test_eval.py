@@ -130,9 +130,9 @@ def test_eval_of_a_fine_tuned_checkpoint(runs, shards, tmp_path):  # noqa: F811
 def test_multi_view_scores_are_the_mean_of_the_views(runs, shards, tmp_path):  # noqa: F811
     from avmae.data.loader import Loader
     from avmae.data.spec import load_spec
-    from avmae.export.load import load_model
     from avmae.eval.predict import predict
     from avmae.eval.runner import _data_config, probabilities
+    from avmae.export.load import load_model
 
     _, finetuned = runs
     two = _eval("--ckpt", str(finetuned), "--data", str(shards), "--split", "train", "--task", "vggsound",
@@ -142,7 +142,7 @@ def test_multi_view_scores_are_the_mean_of_the_views(runs, shards, tmp_path):  #
     spec = load_spec(shards, "train")
     per_view = []
     for view in range(2):  # views 0 and 1 read different frames of the 8 stored: 00,02,04,06 and 01,03,05,07
-        config = _data_config(loaded, str(shards), "train", 4, 0, "webdataset", view, 2)
+        config = _data_config(loaded, str(shards), "train", 4, 0, "torch", view, 2)
         predictions, skipped = predict(loaded.model, Loader(spec, config, train=False), loaded.heads, "single")
         assert skipped == [] and len(predictions) == 9
         per_view.append(predictions.scores["label"])  # logits

@@ -80,7 +80,7 @@ def test_a_failing_rank_ends_the_job_at_once_with_its_own_line(export, rank_one_
     data, damaged = rank_one_damaged
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
                "-m", "avmae.cli.eval", "--ckpt", str(export), "--data", str(data), "--split", "train",
-               "--task", "vggsound", "--backend", "webdataset", "--device", "cpu", "--out", str(tmp_path / "out"),
+               "--task", "vggsound", "--backend", "torch", "--device", "cpu", "--out", str(tmp_path / "out"),
                "--workers", "0", "--batch-size", "4", "--json", "--collective-timeout-s", str(COLLECTIVE_TIMEOUT_S)]
     status, stderr, took = _run(command, COLLECTIVE_TIMEOUT_S + 60)
     assert status != 0

@@ -48,7 +48,7 @@ def test_the_cpu_mode_passes_and_prints_one_table(check):
     assert table.count("pass ") == 3  # shards, resume, eval: the checks that can fail
     for row in ("DALI cpu decode", "DALI feed, data.workers 1 (no decode)", "recipe step, batch 4",
                 "recipe step, batch 8", "recommended batch per GPU", "all-reduce bus bandwidth",
-                "all-gather bus bandwidth", "16-step run, stop at 8 + resume", "avmae-eval: DALI = webdataset"):
+                "all-gather bus bandwidth", "16-step run, stop at 8 + resume", "avmae-eval: DALI = torch"):
         assert row in table, row
     assert "equal bit for bit" in table
 
@@ -105,7 +105,7 @@ def test_resumed_run_equals_the_uninterrupted_one(check):
 
 @pytest.mark.slow
 @pytest.mark.dali
-def test_eval_through_dali_equals_webdataset(check):
+def test_eval_through_dali_equals_torch(check):
     _, data, out = check
     evaluation = data["steps"]["eval"]
     assert evaluation["ok"] and evaluation["metrics_equal"] and evaluation["same_keys"]
@@ -113,8 +113,8 @@ def test_eval_through_dali_equals_webdataset(check):
     assert evaluation["max_score_gap"] <= 1e-4
     assert set(evaluation["metric_tolerances"]) == {"classes", "samples", "top1", "top5"}
     assert evaluation["metric_tolerances"]["samples"] == 0.0 and evaluation["metrics_within"]
-    reports = {b: json.loads((out / f"eval_{b}" / "report.json").read_text()) for b in ("dali", "webdataset")}
-    assert reports["dali"]["metrics"]["top1"] == reports["webdataset"]["metrics"]["top1"]
+    reports = {b: json.loads((out / f"eval_{b}" / "report.json").read_text()) for b in ("dali", "torch")}
+    assert reports["dali"]["metrics"]["top1"] == reports["torch"]["metrics"]["top1"]
 
 
 # --- beside a GPU (avmae.distributed.gpus_of_machine: the driver's view) a CPU rehearsal never passes ------------

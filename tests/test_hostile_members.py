@@ -24,14 +24,14 @@ from avmae.data.spec import DataSpec, load_spec
 from avmae.data.tar_reader import IndexedShard
 from avmae.shard.format import (CHECKSUM_SUFFIX, LOGMEL_MEMBER, META_KEY, META_LABELS, METADATA_MEMBER, LabelMode,
                                 label_mode)
-from avmae.shard.writing.manifest import MANIFEST_FILE, read_manifest
 from avmae.shard.checking.sample_rules import metadata_problem
 from avmae.shard.checking.verify import verify
+from avmae.shard.writing.manifest import MANIFEST_FILE, read_manifest
 from tests.faults.damage import change_one, keys_of
 from tests.helpers import build_shards, shard_members, training_skips
 
 
-@pytest.fixture(params=["webdataset", pytest.param("dali", marks=pytest.mark.dali)])
+@pytest.fixture(params=["torch", pytest.param("dali", marks=pytest.mark.dali)])
 def backend(request) -> str:
     if request.param == "dali":
         pytest.importorskip("nvidia.dali")
@@ -112,8 +112,8 @@ def test_training_skips_an_unlabelled_sample_of_single_label_data_on_both_backen
 def test_both_backends_record_the_unlabelled_sample_alike(one_unlabelled):
     pytest.importorskip("nvidia.dali")
     shards, _ = one_unlabelled
-    records = {backend: training_skips(_config(shards, backend=backend), 13) for backend in ("webdataset", "dali")}
-    assert any(records["webdataset"]) and records["webdataset"] == records["dali"]
+    records = {backend: training_skips(_config(shards, backend=backend), 13) for backend in ("torch", "dali")}
+    assert any(records["torch"]) and records["torch"] == records["dali"]
 
 
 def test_evaluation_keeps_the_unlabelled_sample_in_place_invalid(one_unlabelled, backend):

@@ -13,12 +13,12 @@ import pytest
 
 from avmae.data.config import DataConfig
 from avmae.data.loader import build_loader
+from avmae.data.readers import open_shards
 from avmae.data.schedule import TrainSchedule
 from avmae.data.spec import load_spec
-from avmae.data.wds_loader import open_shards
+from avmae.shard.checking.verify import verify
 from avmae.shard.format import LABELS_SUFFIX, METADATA_MEMBER, labels_text, parse_labels
 from avmae.shard.writing.manifest import MANIFEST_FILE, read_manifest
-from avmae.shard.checking.verify import verify
 from tests.faults.damage import change_one, flip_bits_in_place, json_label_rows, keys_of
 from tests.helpers import SMALL_BUILD, build_shards
 
@@ -187,7 +187,7 @@ def test_verify_reports_a_sidecar_whose_labels_differ_from_the_jsons(built, tmp_
 def _dali_keys(root: Path, batches: int) -> list[list[str]]:
     """The keys of the first balanced training batches of DALI's external source (serial, in this process)."""
     from avmae.data.config import AugmentConfig
-    from avmae.data.dali_source import CheckedSamples
+    from avmae.data.dali.source import CheckedSamples
 
     source = CheckedSamples(load_spec(root, "train"), _config(root), train=True, rank=0, world=1, start_batch=0,
                             augment=AugmentConfig())
@@ -199,7 +199,7 @@ def _dali_keys(root: Path, batches: int) -> list[list[str]]:
 
 
 @pytest.mark.dali
-def test_dali_source_weighs_by_the_sidecar_as_the_webdataset_loader_does(skewed):
+def test_dali_source_weighs_by_the_sidecar_as_the_torch_loader_does(skewed):
     """DALI's external source builds the same schedule, labels sidecars included: with sidecars whose labels were
     moved to other classes (keys unchanged), both backends draw the same batches, and not those of the JSON labels."""
     pytest.importorskip("nvidia.dali")

@@ -1,4 +1,4 @@
-"""Loaders: the DALI and webdataset backends give the same evaluation batches; ranks and workers read disjoint
+"""Loaders: the DALI and torch backends give the same evaluation batches; ranks and workers read disjoint
 data; evaluation covers every sample once; training streams never run dry; bad data is named and skipped."""
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import torch
 
 from avmae.data.augment import mixup, noise_and_shift, spec_augment
 from avmae.data.config import AugmentConfig, DataConfig
-from avmae.data.loader import build_loader
+from avmae.cli.eval import _eval_parser
+from avmae.config import from_dict
+from avmae.data.loader import build_loader, choose_backend
 from avmae.data.samples import frame_members
 from avmae.data.spec import DataMismatchError
 from avmae.shard.format import LOGMEL_MEMBER
@@ -28,7 +30,7 @@ def shards(synth_corpus, tmp_path_factory) -> Path:
     return build_shards(synth_corpus, tmp_path_factory.mktemp("loader") / "shards", val_fraction=0)
 
 
-@pytest.fixture(params=["webdataset", pytest.param("dali", marks=pytest.mark.dali)])
+@pytest.fixture(params=["torch", pytest.param("dali", marks=pytest.mark.dali)])
 def backend(request) -> str:
     """Each loader backend; DALI's cases are skipped where it is not installed."""
     if request.param == "dali":
@@ -49,15 +51,31 @@ def test_frame_members_spread_evenly():
         frame_members(4, 8)
 
 
+def test_webdataset_is_the_torch_backends_older_name_in_configs_and_on_the_command_line(shards):
+    """Configs written before the rename still run, on the torch backend and with its batches."""
+    assert choose_backend("webdataset") == choose_backend("torch") == "torch"
+    with pytest.raises(ValueError, match="use auto, dali or torch"):
+        choose_backend("wds")
+    flags = _eval_parser().parse_args(["--ckpt", "run", "--data", str(shards), "--task", "vggsound",
+                                       "--backend", "webdataset"])
+    assert choose_backend(flags.backend) == "torch"
+    older = from_dict(DataConfig, {**vars(config(shards)), "backend": "webdataset"})
+    loader = build_loader(older, "train", train=False)
+    assert loader.backend == "torch"
+    current = list(build_loader(config(shards, backend="torch"), "train", train=False))
+    for ours, theirs in zip(loader, current, strict=True):
+        assert ours["key"] == theirs["key"] and torch.equal(ours["video"], theirs["video"])
+
+
 @pytest.mark.dali
-def test_dali_and_webdataset_give_the_same_eval_batches(shards):
+def test_dali_and_torch_give_the_same_eval_batches(shards):
     pytest.importorskip("nvidia.dali")
     batches = {}
-    for backend in ("webdataset", "dali"):
+    for backend in ("torch", "dali"):
         loader = build_loader(config(shards, backend=backend), "train", train=False)
         batches[backend] = list(loader)
         assert len(batches[backend]) == len(loader) == 6  # 12 samples / batch 2
-    for ours, theirs in zip(batches["webdataset"], batches["dali"]):
+    for ours, theirs in zip(batches["torch"], batches["dali"]):
         assert ours["key"] == theirs["key"]
         assert torch.equal(ours["valid"], theirs["valid"]) and torch.equal(ours["label"], theirs["label"])
         assert torch.equal(ours["audio"], theirs["audio"])  # the same float16 array, normalised the same way
@@ -69,15 +87,15 @@ def test_dali_and_webdataset_give_the_same_eval_batches(shards):
 @pytest.mark.dali
 @pytest.mark.parametrize("workers,offsets,crop,stride", [(0, 1, "random_resized", 0), (2, 4, "random_resized", 0),
                                                          (0, 1, "scale_jitter", 0), (2, 1, "scale_jitter", 1)])
-def test_dali_and_webdataset_train_on_the_same_samples_with_the_same_crops(shards, workers, offsets, crop, stride):
+def test_dali_and_torch_train_on_the_same_samples_with_the_same_crops(shards, workers, offsets, crop, stride):
     pytest.importorskip("nvidia.dali")
     batches = {}
-    for backend in ("webdataset", "dali"):
+    for backend in ("torch", "dali"):
         cfg = config(shards, backend=backend, workers=workers, batch_size=3, frame_stride=stride)
         augment = AugmentConfig(crop=crop, crop_scale=(0.1, 1.0), train_offsets=offsets, jitter_short_side=72)
         stream = iter(build_loader(cfg, "train", train=True, rank=1, world=2, augment=augment))
         batches[backend] = [next(stream) for _ in range(5)]  # past one epoch of the rank's 6 samples
-    for ours, theirs in zip(batches["webdataset"], batches["dali"]):
+    for ours, theirs in zip(batches["torch"], batches["dali"]):
         assert ours["key"] == theirs["key"]
         assert torch.equal(ours["label"], theirs["label"]) and torch.equal(ours["audio"], theirs["audio"])
         # Same box and flip, two resize implementations: equal but for rounding and the box's edge pixels
@@ -322,7 +340,7 @@ def test_balanced_sampling_draws_each_class_about_equally(shards, tmp_path, back
     assert draws[True].max() - draws[True].min() < 0.1
 
 
-@pytest.mark.parametrize("backend,workers", [("webdataset", 0), ("webdataset", 2),
+@pytest.mark.parametrize("backend,workers", [("torch", 0), ("torch", 2),
                                              pytest.param("dali", 2, marks=pytest.mark.dali)])
 def test_a_resumed_stream_continues_where_it_stopped(shards, backend, workers):
     if backend == "dali":
@@ -337,7 +355,7 @@ def test_a_resumed_stream_continues_where_it_stopped(shards, backend, workers):
         assert torch.equal(again["video"], batch["video"])  # the same crops and flips too
 
 
-@pytest.mark.parametrize("backend,workers", [("webdataset", 0), ("webdataset", 2),
+@pytest.mark.parametrize("backend,workers", [("torch", 0), ("torch", 2),
                                              pytest.param("dali", 0, marks=pytest.mark.dali),
                                              pytest.param("dali", 2, marks=pytest.mark.dali)])
 def test_a_stream_resumed_after_bad_samples_continues_where_it_stopped(shards, tmp_path, backend, workers):

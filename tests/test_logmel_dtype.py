@@ -17,18 +17,18 @@ import torchaudio
 
 from avmae.cli.shard import main as shard_main
 from avmae.config import to_dict
-from avmae.data.config import DataConfig
 from avmae.data.checked import SampleChecker
+from avmae.data.config import DataConfig
 from avmae.data.faults import SampleError
 from avmae.data.loader import build_loader
 from avmae.data.spec import load_spec
 from avmae.data.tar_reader import IndexedShard
+from avmae.shard.checking.verify import verify
 from avmae.shard.format import FORMAT_VERSION, LOGMEL_MEMBER, METADATA_MEMBER
-from avmae.shard.writing.manifest import read_manifest
 from avmae.shard.inputs.media import decode_segment
 from avmae.shard.params import BuildParams, FeatureParams
+from avmae.shard.writing.manifest import read_manifest
 from avmae.shard.writing.plan import fingerprint
-from avmae.shard.checking.verify import verify
 from tests.helpers import TINY_SHARDS, build_shards, shard_members
 
 FRAMES, BINS = int(TINY_SHARDS["target_frames"]), 128
@@ -105,7 +105,7 @@ def test_the_default_fingerprint_is_the_one_before_the_option():
     assert fingerprint([], FeatureParams.for_frontend("scenic"), build) != fingerprint([], FeatureParams(), build)
 
 
-@pytest.mark.parametrize("backend", ["webdataset", pytest.param("dali", marks=pytest.mark.dali)])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("dali", marks=pytest.mark.dali)])
 def test_both_loaders_read_float32_shards(builds, backend):
     if backend == "dali":
         pytest.importorskip("nvidia.dali")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import avmae.shard.inputs.media as media
-from avmae.shard.writing.manifest import read_manifest
 from avmae.shard.inputs.synth import make_corpus
+from avmae.shard.writing.manifest import read_manifest
 from tests.helpers import SMALL_BUILD, build_shards
 
 pytestmark = pytest.mark.serial  # asserts how soon the build ends: not beside other tests' load

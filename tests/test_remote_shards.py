@@ -91,7 +91,7 @@ def at(remote: str, name: str) -> str:
 
 def config(shards: str | Path, **overrides) -> DataConfig:
     base = dict(shards=str(shards), eval_split="train", batch_size=2, workers=0, num_frames=4, crop_size=64,
-                shuffle_buffer=3, backend="webdataset")
+                shuffle_buffer=3, backend="torch")
     return DataConfig(**{**base, **overrides})
 
 
@@ -146,17 +146,17 @@ def test_class_balanced_sampling_streams_remote_shards(http, shards):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_dali_reads_remote_shards_as_the_webdataset_backend_does(s3, workers):
-    """Serial and with DALI's worker processes (dali_feed.py, one per training reader, streaming in the worker)."""
+def test_dali_reads_remote_shards_as_the_torch_backend_does(s3, workers):
+    """Serial and with DALI's worker processes (data/dali/feed.py, one per training reader, streaming in the worker)."""
     pytest.importorskip("nvidia.dali")
     root = s3 + "/shards"
     for train in (False, True):
         count = 6 if not train else 4
         make = lambda backend: build_loader(config(root, backend=backend, workers=workers), "train",  # noqa: E731
                                             train=train)
-        dali, wds = take(make("dali"), count), take(make("webdataset"), count)
-        assert [b["key"] for b in dali] == [b["key"] for b in wds]
-        assert all(torch.allclose(d["audio"], w["audio"], atol=1e-3) for d, w in zip(dali, wds))
+        dali, on_torch = take(make("dali"), count), take(make("torch"), count)
+        assert [b["key"] for b in dali] == [b["key"] for b in on_torch]
+        assert all(torch.allclose(d["audio"], w["audio"], atol=1e-3) for d, w in zip(dali, on_torch))
 
 
 def test_damage_in_remote_shards_is_a_recorded_skip(damaged, s3, gs, http):

@@ -12,20 +12,20 @@ import torch
 
 from avmae.cli.shard import main as shard_main
 from avmae.shard.format import LOGMEL_MEMBER, METADATA_MEMBER
+from avmae.shard.inputs.media import decode_segment
+from avmae.shard.params import FeatureParams, audio_frontend
 from avmae.shard.samples.logmel import fbank, fixed_length, waveform_fbank
 from avmae.shard.samples.logmel_scenic import scenic_logmel
 from avmae.shard.writing.manifest import read_manifest
-from avmae.shard.inputs.media import decode_segment
-from avmae.shard.params import FeatureParams, audio_frontend
 from tests.helpers import build_arguments, shard_members
 
 SCENIC = FeatureParams.for_frontend("scenic")
 
 
 def reference_logmel(pcm: np.ndarray) -> np.ndarray:
-    """The recipe of avmae/shard/samples/logmel_scenic.py in numpy, loop by loop: frames of 400 samples every 160 from sample
-    0, the end zero-padded so ceil(n / 160) frames are whole; periodic Hamming 0.54 - 0.46 cos(2 pi k / 400); |rfft|
-    at 512 points; TensorFlow's mel matrix (HTK 1127 ln(1 + f / 700), 130 mel points equally spaced from 0 Hz to
+    """The recipe of avmae/shard/samples/logmel_scenic.py in numpy, loop by loop: frames of 400 samples every 160 from
+    sample 0, the end zero-padded so ceil(n / 160) frames are whole; periodic Hamming 0.54 - 0.46 cos(2 pi k / 400);
+    |rfft| at 512 points; TensorFlow's mel matrix (HTK 1127 ln(1 + f / 700), 130 mel points equally spaced from 0 Hz to
     8 kHz, triangles linear in mel, DC bin 0); ln(mel + 1e-6)."""
     x = pcm.astype(np.float64) / 32768.0
     count = -(-len(x) // 160)

@@ -18,11 +18,11 @@ import torchaudio
 from PIL import Image
 from scipy.io import wavfile
 
-from avmae.shard.inputs.collect import InputSpec, reads_cavmae_prepared
-from avmae.shard.format import LOGMEL_MEMBER, METADATA_MEMBER, frame_member
-from avmae.shard.writing.manifest import read_manifest
-from avmae.shard.inputs.media import ffmpeg_binary
 from avmae.shard.checking.verify import verify
+from avmae.shard.format import LOGMEL_MEMBER, METADATA_MEMBER, frame_member
+from avmae.shard.inputs.collect import InputSpec, reads_cavmae_prepared
+from avmae.shard.inputs.media import ffmpeg_binary
+from avmae.shard.writing.manifest import read_manifest
 from tests.helpers import build_shards, shard_members
 
 TARGET_LENGTH = 1024  # CAV-MAE's target_length in every released run

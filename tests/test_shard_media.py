@@ -11,9 +11,9 @@ import torch
 import torchaudio
 from PIL import Image
 
-from avmae.shard.samples.logmel import fbank, fixed_length, logmel
 from avmae.shard.inputs.media import bin_centres, decode_segment, ffmpeg_binary, probe, split_mjpeg
 from avmae.shard.params import FeatureParams
+from avmae.shard.samples.logmel import fbank, fixed_length, logmel
 
 
 def _frame_index_clip(path, seconds=8, rate=25, extra_filter=""):

@@ -20,7 +20,7 @@ from avmae.shard_files import join
 
 def _config(root: str | Path, **overrides) -> DataConfig:
     base = dict(shards=str(root), eval_split="train", batch_size=2, workers=0, num_frames=4, crop_size=64,
-                shuffle_buffer=3, backend="webdataset")
+                shuffle_buffer=3, backend="torch")
     return DataConfig(**{**base, **overrides})
 
 
@@ -101,9 +101,9 @@ def _single_line(capsys) -> str:
 def test_train_and_eval_say_an_unreachable_shard_url_in_one_line(tmp_path, capsys, monkeypatch):
     from types import SimpleNamespace
 
-    import avmae.export.load
     from avmae.cli.eval import main as eval_main
     from avmae.cli.train import main as train_main
+    import avmae.export.load
     from avmae.recipe.config import RunConfig
 
     config = Path(__file__).resolve().parents[1] / "configs" / "demo_pretrain.yaml"

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from avmae.cli.shard import main as shard_main
+from avmae.shard.checking.verify import verify
 from avmae.shard.format import CHECKSUM_SUFFIX, LOGMEL_MEMBER, frame_member
 from avmae.shard.writing.manifest import MANIFEST_FILE, read_manifest
-from avmae.shard.checking.verify import verify
 from tests.faults.damage import flip_bits_in_place
 
 

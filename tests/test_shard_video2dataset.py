@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from avmae.cli.shard import main as shard_main
 from avmae.shard.format import LOGMEL_MEMBER, METADATA_MEMBER
-from avmae.shard.writing.manifest import read_manifest
 from avmae.shard.inputs import source_tars
 from avmae.shard.inputs.source_tars import list_tar, read_member
 from avmae.shard.inputs.video2dataset import tar_items, youtube_id
-from avmae.cli.shard import main as shard_main
+from avmae.shard.writing.manifest import read_manifest
 from tests.helpers import SMALL_BUILD, build_flags, build_shards, shard_members
 from tests.servers import apply_env, http_server, s3_server
 

@@ -79,7 +79,7 @@ def _tree(process: psutil.Process) -> list[psutil.Process]:
 def measure_graph(data: Path, split: str, *, frames: int, workers: int, batch_size: int, train: bool) -> dict[str, Any]:
     """Build one DaliLoader (CPU) and report its graph's size and cost, then take one batch."""
     from avmae.data.config import AugmentConfig, DataConfig
-    from avmae.data.dali_loader import DaliLoader
+    from avmae.data.dali.loader import DaliLoader
     from avmae.data.spec import load_spec
 
     spec = load_spec(data, split)

@@ -2,8 +2,8 @@
 process that runs the pipeline (on a GPU node, the training process).
 
 A pipeline made of the external source and what the training graph does before its decoder (the crop box's cast,
-the flip flag; dali_batch.py) runs the training stream of a shard folder: serially (``workers: 0``, the source in
-this process) and in W worker processes (dali_feed.py). It ends in the frames' shapes and the payload and header
+the flip flag; data/dali/batch.py) runs the training stream of a shard folder: serially (``workers: 0``, the source in
+this process) and in W worker processes (data/dali/feed.py). It ends in the frames' shapes and the payload and header
 (log-mels, notes, serial numbers, which the loader takes too), so that the frames' bytes are fed to DALI but not
 copied out again: in training the decoder reads them where they are. The process's CPU time (all its threads, DALI's
 included) per sample is the cost to the trainer; the workers' CPU time is the price of the feed, paid on other
@@ -22,9 +22,9 @@ from typing import Any
 import psutil
 
 from avmae.data.config import AugmentConfig, DataConfig
-from avmae.data.dali_batch import DenseBatch, batch_types
-from avmae.data.dali_feed import parallel_outputs, reader_feeds, start_method
-from avmae.data.dali_source import CheckedSamples
+from avmae.data.dali.batch import DenseBatch, batch_types
+from avmae.data.dali.feed import parallel_outputs, reader_feeds, start_method
+from avmae.data.dali.source import CheckedSamples
 from avmae.data.host_memory import keep_large_allocations
 from avmae.data.spec import load_spec
 

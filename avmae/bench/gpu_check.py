@@ -10,8 +10,9 @@ processes, on shards built here from ffmpeg-made clips, and reads what they leav
   collectives all-reduce / all-gather bandwidth on every local GPU (avmae/bench/collectives.py)
   resume      a 50-step run, and the same run stopped after 25 (``stop_after``) and resumed, both with torch's
               deterministic algorithms: equal losses (bit for bit on a CPU; within a stated tolerance in bf16 on a GPU)
-  eval        a short fine-tune of that run, scored by avmae-eval through DALI and through webdataset: the same
-              samples, scores within a stated tolerance, metrics within what that tolerance allows (score_agreement)
+  eval        a short fine-tune of that run, scored by avmae-eval through DALI and through the torch backend: the
+              same samples, scores within a stated tolerance, metrics within what that tolerance allows
+              (score_agreement)
 On a CPU the same steps run at the sizes of gpu_check_mode.CPU. On a machine where the driver shows a GPU, ``auto``
 is the GPU check, and a CPU run is a rehearsal that never passes: it cannot speak for that GPU. Only a GPU can
 confirm: nvJPEG's rate and its rounding against libjpeg-turbo, bf16 numerics and MFU, NCCL's bandwidth, and that the
@@ -34,12 +35,12 @@ import torch
 import avmae
 from avmae.bench.gpu_check_child import Child, StepFailed, run_child
 from avmae.bench.gpu_check_mode import CPU, GPU, CheckMode
+from avmae.bench.plan import HEADROOM
+from avmae.bench.score_agreement import metric_tolerances
 from avmae.config import load
 from avmae.data.loader import build_loader
 from avmae.distributed import gpus_of_machine
 from avmae.eval.predictions import Predictions
-from avmae.bench.plan import HEADROOM
-from avmae.bench.score_agreement import metric_tolerances
 from avmae.models.counts import parameter_counts, pretraining_flops
 from avmae.recipe.config import RunConfig
 from avmae.shard.writing.manifest import read_manifest
@@ -271,7 +272,7 @@ class GpuCheck:
             f"optim.steps={mode.finetune_steps}", "optim.warmup_steps=1", "optim.lr=1e-3",
             f"checkpoint.every={mode.finetune_steps}"))
         reports, scores = {}, {}
-        for backend in ("dali", "webdataset"):
+        for backend in ("dali", "torch"):
             out = self.out / f"eval_{backend}"
             run_child(self.python("avmae.cli.eval", "--ckpt", str(self.out / "finetune"), "--data", str(self.shards),
                                   "--split", "val", "--task", "vggsound", "--backend", backend, "--device",
@@ -280,21 +281,22 @@ class GpuCheck:
                       self.out / f"eval_{backend}", self.env, CHILD_TIMEOUT_S)
             reports[backend] = json.loads((out / "report.json").read_text())
             scores[backend] = Predictions.load(out / "predictions.npz")
-        dali, wds = scores["dali"], scores["webdataset"]
-        same_keys = list(dali.keys) == list(wds.keys)
-        gap = max(float(np.abs(dali.scores[h] - wds.scores[h]).max()) for h in dali.scores) if same_keys else None
-        metrics_dali, metrics_wds = reports["dali"]["metrics"], reports["webdataset"]["metrics"]
-        numbers = sorted(k for k, v in metrics_wds.items() if isinstance(v, (int, float)))
+        dali, on_torch = scores["dali"], scores["torch"]
+        same_keys = list(dali.keys) == list(on_torch.keys)
+        gap = max(float(np.abs(dali.scores[h] - on_torch.scores[h]).max()) for h in dali.scores) if same_keys else None
+        metrics_dali, metrics_torch = reports["dali"]["metrics"], reports["torch"]["metrics"]
+        numbers = sorted(k for k, v in metrics_torch.items() if isinstance(v, (int, float)))
         # The check's task (vggsound) has one single-label head: its top-k may differ by the close calls the measured
         # gap allows (score_agreement.py); every other number must be equal.
-        (head,) = wds.scores
-        tolerances = metric_tolerances(wds.scores[head], wds.targets[head], gap or 0.0, numbers) if same_keys else {}
+        (head,) = on_torch.scores
+        tolerances = (metric_tolerances(on_torch.scores[head], on_torch.targets[head], gap or 0.0, numbers)
+                      if same_keys else {})
         within = same_keys and all(metrics_dali.get(k) is not None and
-                                   abs(metrics_dali[k] - metrics_wds[k]) <= tolerances[k] for k in numbers)
-        equal = same_keys and all(metrics_dali.get(k) == metrics_wds[k] for k in numbers)
-        return {"split": "val", "samples": len(wds.keys), "same_keys": same_keys,
+                                   abs(metrics_dali[k] - metrics_torch[k]) <= tolerances[k] for k in numbers)
+        equal = same_keys and all(metrics_dali.get(k) == metrics_torch[k] for k in numbers)
+        return {"split": "val", "samples": len(on_torch.keys), "same_keys": same_keys,
                 "metrics_dali": {k: metrics_dali.get(k) for k in numbers},
-                "metrics_webdataset": {k: metrics_wds[k] for k in numbers},
+                "metrics_torch": {k: metrics_torch[k] for k in numbers},
                 "metrics_equal": bool(equal), "metric_tolerances": tolerances, "metrics_within": bool(within),
                 "max_score_gap": gap, "score_atol": mode.score_atol,
                 "ok": bool(within and gap is not None and gap <= mode.score_atol)}

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class CheckMode:
     device: str  # "cuda" or "cpu"
-    # Corpus (avmae.shard.inputs.synth.make_corpus: distinct classes, so evaluation scores are not all ties) and its build.
+    # Corpus (avmae.shard.inputs.synth.make_corpus: distinct classes, so evaluation scores are not all ties) and its
+    # build.
     clips: int
     classes: int
     clip_seconds: float
@@ -23,14 +24,14 @@ class CheckMode:
     # The small model of the 50-step run and the fine-tune whose evaluation both loaders score.
     check_model: tuple[str, ...]
     batch_size: int  # per process
-    workers: int  # DALI threads / webdataset workers (the recipe's 8 on a GPU)
+    workers: int  # DALI threads / torch DataLoader workers (the recipe's 8 on a GPU)
     steps: int
     stop_after: int
     finetune_steps: int
     decode_batches: int
     feed_iterations: int  # pipeline runs per timed window of the feed step (3 windows)
     loss_rtol: float  # uninterrupted vs stopped-and-resumed losses
-    score_atol: float  # DALI vs webdataset evaluation probabilities
+    score_atol: float  # DALI vs torch evaluation probabilities
     collective_mebibytes: float
     collective_iterations: int
     notes: tuple[str, ...] = field(default_factory=tuple)

@@ -43,7 +43,7 @@ def _value(name: str, step: dict[str, Any]) -> list[tuple[str, str]]:
         shown = ", ".join(f"{k} {v:.3f}" for k, v in step["metrics_dali"].items() if k not in ("classes", "samples"))
         allowed = ", ".join(f"{k} {v:.3f}" for k, v in step["metric_tolerances"].items() if v)
         verdict = "equal" if step["metrics_equal"] else "within tolerance" if step["metrics_within"] else "DIFFERENT"
-        return [("avmae-eval: DALI = webdataset", f"{step['samples']} samples, {shown} (both: {verdict}"
+        return [("avmae-eval: DALI = torch", f"{step['samples']} samples, {shown} (both: {verdict}"
                  f"{'; allowed: ' + allowed if allowed else ''}); max score gap {step['max_score_gap']:.1e} "
                  f"(tolerance {step['score_atol']:.0e})")]
     return [(name, "")]

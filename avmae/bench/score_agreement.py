@@ -1,5 +1,5 @@
 """How far two evaluations of the same model on the same clips may differ when only the JPEG decoder differs: DALI
-``mixed`` (nvJPEG) against the webdataset backend (libjpeg-turbo), as the GPU check compares them.
+``mixed`` (nvJPEG) against the torch backend (libjpeg-turbo), as the GPU check compares them.
 
 The scores. With ``jpeg_fancy_upsampling`` nvJPEG upsamples chroma with libjpeg-turbo's triangular filter (DALI's
 ``fn.decoders.image`` documentation), so what is left between the two decoders is the inverse DCT's integer rounding

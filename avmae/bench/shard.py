@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from avmae.shard.writing.build import run_build
 from avmae.shard.inputs.collect import InputSpec, collect_inputs
 from avmae.shard.inputs.media import ffmpeg_binary, ffmpeg_version, timeout_for
 from avmae.shard.params import BuildParams, FeatureParams
+from avmae.shard.writing.build import run_build
 
 
 def make_bench_clips(folder: Path, count: int, *, seconds: float = 10.0, size: str = "640x360",

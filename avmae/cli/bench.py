@@ -53,8 +53,9 @@ def _loader_parser(commands) -> None:
     loader.add_argument("--remote", action="append", default=[],
                         help="the same shards at a URL or pipe: root, measured beside --data; repeat for several")
     loader.add_argument("--split", default="train")
-    loader.add_argument("--backend", action="append", choices=["webdataset", "dali"],
-                        help="repeat for several (default: webdataset, and dali when it is installed)")
+    loader.add_argument("--backend", action="append", choices=["torch", "dali", "webdataset"],
+                        help="repeat for several (default: torch, and dali when it is installed; webdataset is "
+                             "torch's older name)")
     loader.add_argument("--workers", type=int, action="append", help="repeat for several (default: 0 and all cores)")
     loader.add_argument("--batch-size", type=int, default=16)
     loader.add_argument("--batches", type=int, default=20, help="timed batches per run")
@@ -185,7 +186,7 @@ def _run(args) -> int:
     elif args.command == "loader":
         from avmae.bench.loader import bench_loader
 
-        backends = args.backend or ["webdataset"] + (["dali"] if _has_dali() else [])
+        backends = args.backend or ["torch"] + (["dali"] if _has_dali() else [])
         workers = args.workers or [0, os.cpu_count() or 1]
         with tempfile.TemporaryDirectory(prefix="avmae-cavmae-") as scratch:
             result = bench_loader(args.data, args.split, backends, workers, batch_size=args.batch_size,

@@ -65,7 +65,8 @@ def _eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="report folder (default: <run>/eval_<task>_<split>)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--backend", default="auto", choices=["auto", "dali", "webdataset"])
+    parser.add_argument("--backend", default="auto", choices=["auto", "dali", "torch", "webdataset"],
+                        help="auto: DALI when CUDA is present, torch otherwise; webdataset is torch's older name")
     parser.add_argument("--device", choices=["cpu", "cuda"])
     parser.add_argument("--allow-missing", action="store_true",
                         help="accept samples of the split that could not be read (the report lists them and says so)")

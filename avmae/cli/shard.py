@@ -13,9 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from avmae.cli.flags import DefaultsInHelp, add_fields, dashed, field_values, from_args
-from avmae.shard.inputs.cavmae_prepared import CAVMAE_FRAME_SIZE, CAVMAE_FRAMES
 from avmae.shard.errors import ParameterError
 from avmae.shard.format import LabelMode
+from avmae.shard.inputs.cavmae_prepared import CAVMAE_FRAME_SIZE, CAVMAE_FRAMES
 from avmae.shard.inputs.collect import InputSpec
 from avmae.shard.params import AUDIO_FRONTENDS, BuildParams, FeatureParams
 
@@ -160,8 +160,8 @@ def _print_json(data) -> None:
 
 
 def _cmd_build(args) -> int:
-    from avmae.shard.writing.build import build_shards
     from avmae.shard.inputs.collect import reads_cavmae_prepared
+    from avmae.shard.writing.build import build_shards
 
     inputs, build, run = from_args(InputSpec, args), from_args(BuildParams, args), from_args(BuildRun, args)
     features = _feature_params(args, reads_cavmae_prepared(inputs))

@@ -1,6 +1,6 @@
 """One sample read and checked in Python before any decoder sees it, the same for both backends: the members'
-CRC32 (tar_reader), then the rules of shard/checking/sample_rules.py (each frame's JPEG markers and geometry, the log-mel's
-shape and finiteness, the metadata's JSON and labels), which ``avmae-shard verify`` applies too. A failure is
+CRC32 (tar_reader), then the rules of shard/checking/sample_rules.py (each frame's JPEG markers and geometry, the
+log-mel's shape and finiteness, the metadata's JSON and labels), which ``avmae-shard verify`` applies too. A failure is
 a SampleError with one of faults.REASONS, so both backends skip and record the same samples for the same reasons;
 and DALI, which cannot drop one sample of a batch, never meets a frame it would stop on (nor either backend's
 collate a label).
@@ -18,8 +18,8 @@ import numpy as np
 from avmae.data.faults import SampleError
 from avmae.data.spec import DataSpec
 from avmae.data.tar_reader import IndexedShard, SampleBlock
-from avmae.shard.format import LOGMEL_MEMBER, METADATA_MEMBER, sample_members
 from avmae.shard.checking.sample_rules import SampleProblem, SampleRules, checked_logmel, checked_metadata, frame_size
+from avmae.shard.format import LOGMEL_MEMBER, METADATA_MEMBER, sample_members
 
 
 @dataclass
@@ -38,8 +38,8 @@ class CheckedSample:
 
 
 class SampleChecker:
-    """Reads samples of ``spec``'s shards with every check of shard/checking/sample_rules.py against the geometry and labels
-    the manifest promises."""
+    """Reads samples of ``spec``'s shards with every check of shard/checking/sample_rules.py against the geometry and
+    labels the manifest promises."""
 
     def __init__(self, spec: DataSpec):
         self.rules = SampleRules.of(spec.features, spec.label_mode, spec.label_names, spec.heads)

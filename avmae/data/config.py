@@ -7,7 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Backend = Literal["auto", "dali", "webdataset"]
+# "torch": a PyTorch DataLoader decoding with torchvision on the CPU. "webdataset" is its older name, still accepted
+# (choose_backend in loader.py maps it): the backend never used webdataset's pipeline, only its gopen.
+Backend = Literal["auto", "dali", "torch", "webdataset"]
 
 # ImageNet statistics (CAV-MAE's frame normalisation, docs/reference/cavmae.md#frames; also what MAE-initialised ViTs
 # expect).
@@ -20,9 +22,9 @@ class DataConfig:
     shards: str = ""  # folder with manifest.json
     train_split: str = "train"
     eval_split: str = "val"
-    backend: Backend = "auto"  # DALI when CUDA is present, webdataset otherwise
+    backend: Backend = "auto"  # DALI when CUDA is present, torch otherwise ("webdataset": torch's older name)
     batch_size: int = 8  # per rank
-    workers: int = 2  # readers per rank: DataLoader workers (webdataset) or DALI feed processes; fixed for a run
+    workers: int = 2  # readers per rank: DataLoader workers (torch) or DALI feed processes; fixed for a run
     seed: int = 0
     # Video: how many of the stored frames (evenly spread) and the crop the model sees. None = the model's
     # (model.video.frames / model.video.size), filled in when a run config is validated, which refuses

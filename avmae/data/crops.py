@@ -1,4 +1,4 @@
-"""Where a training clip's crop box lies in its stored frames, chosen in Python for both backends (the webdataset
+"""Where a training clip's crop box lies in its stored frames, chosen in Python for both backends (the torch
 backend slices and resizes in torch, DALI resizes the box in its graph: the same box and flip, so the same pixels
 up to each resize's arithmetic). Every frame of a clip takes the same box, so motion stays coherent. A box is
 (top, left, height, width) in whole pixels of the stored frame, resized to crop x crop.

@@ -5,7 +5,7 @@ free, so each new batch tensor on the CPU page-faults all its pages in again. A 
 224² is 77 MB as float: converting it from uint8 took 31 ms with fresh pages and 8 ms with reused ones (measured
 on this 2-core machine), which made the normalisation in the training process cost as much as a worker's decode.
 
-The DALI feed needs it on every device: it packs each batch into new host arrays (dali_batch.py), in its worker
+The DALI feed needs it on every device: it packs each batch into new host arrays (dali/batch.py), in its worker
 processes or, serially, in the training process. In this VM a page fault costs ~15 µs, and a feed worker spent
 0.35 of its 1.1-1.2 ms of CPU per sample faulting in those arrays' pages: 0.83-0.88 ms with the heap kept (16
 frames, batch 8, `avmae-bench feed`). On a GPU the CUDA caching allocator already reuses the blocks of device

@@ -1,6 +1,6 @@
 """One entry point for both loaders: ``build_loader(config, split, rank, world)`` returns an iterable of batches
 in the contract of docs/loaders.md#the-batch-contract (``video`` (B, T, 3, H, W), ``audio`` (B, time, mel) normalised,
-labels, ``key``, ``valid``), from DALI on a GPU or webdataset on a CPU."""
+labels, ``key``, ``valid``), from DALI on a GPU or a PyTorch DataLoader (the torch backend) on a CPU."""
 
 from __future__ import annotations
 
@@ -9,19 +9,26 @@ from typing import Any
 import torch
 
 from avmae.data.config import AugmentConfig, DataConfig
+from avmae.data.eval_order import eval_batches
 from avmae.data.host_memory import keep_large_allocations
 from avmae.data.samples import normalise_video
 from avmae.data.spec import DataSpec, load_spec
-from avmae.data.eval_order import eval_batches
-from avmae.data.wds_loader import webdataset_loader
+from avmae.data.torch_loader import torch_dataloader
 from avmae.storage import set_storage_limits
 
 
+BACKENDS = ("dali", "torch")
+# Older names still accepted in configs and on command lines, and the backend each now means: the one place they map.
+OLDER_BACKEND_NAMES = {"webdataset": "torch"}
+
+
 def choose_backend(requested: str) -> str:
+    """The backend that runs for ``data.backend``: ``auto`` is DALI when CUDA is present, torch otherwise."""
+    requested = OLDER_BACKEND_NAMES.get(requested, requested)
     if requested == "auto":
-        return "dali" if torch.cuda.is_available() else "webdataset"
-    if requested not in ("dali", "webdataset"):
-        raise ValueError(f"unknown data backend {requested!r}: use auto, dali or webdataset")
+        return "dali" if torch.cuda.is_available() else "torch"
+    if requested not in BACKENDS:
+        raise ValueError(f"unknown data backend {requested!r}: use auto, dali or torch")
     return requested
 
 
@@ -47,7 +54,7 @@ class Loader:
             # arrays (on any device): reuse their pages
             keep_large_allocations()
         if self.backend == "dali":
-            from avmae.data.dali_loader import DaliLoader
+            from avmae.data.dali.loader import DaliLoader
 
             device_id = self.device.index if self.device.type == "cuda" else None
             if device_id is None and self.device.type == "cuda":
@@ -55,9 +62,9 @@ class Loader:
             self._source = DaliLoader(spec, config, train=train, rank=rank, world=world, device_id=device_id,
                                       start_batch=start_batch, augment=augment, reader_draws=reader_draws)
         else:
-            self._source = webdataset_loader(spec, config, train=train, rank=rank, world=world,
-                                             pin_memory=self.device.type == "cuda", start_batch=start_batch,
-                                             reader_draws=reader_draws, augment=augment)
+            self._source = torch_dataloader(spec, config, train=train, rank=rank, world=world,
+                                            pin_memory=self.device.type == "cuda", start_batch=start_batch,
+                                            reader_draws=reader_draws, augment=augment)
         self._batches = None if train else eval_batches(spec.samples, world, config.batch_size)
 
     def __len__(self) -> int:

@@ -1,4 +1,4 @@
-"""One sample's stored members -> tensors, in torch. The webdataset loader uses these directly; the DALI loader
+"""One sample's stored members -> tensors, in torch. The torch loader uses these directly; the DALI loader
 does the same steps in its graph, and both share the metadata parsing below."""
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from avmae.shard.format import UNCHECKED_VERSIONS, LabelMode, check_shard_file_names, label_mode
-from avmae.shard.writing.manifest import MANIFEST_FILE, read_manifest
 from avmae.shard.params import DEFAULT_AUDIO_FRONTEND
+from avmae.shard.writing.manifest import MANIFEST_FILE, read_manifest
 from avmae.shard_files import join
 from avmae.storage import root_of
 

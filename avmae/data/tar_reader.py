@@ -15,9 +15,9 @@ import tarfile
 from dataclasses import dataclass
 
 from avmae.data.faults import SampleError
+from avmae.forward_reader import ForwardReader
 from avmae.shard.format import crc32, parse_checksums
 from avmae.shard.shard_tar import parse_index, sample_span, utf8_text
-from avmae.forward_reader import ForwardReader
 from avmae.shard_files import read_bytes
 from avmae.storage import is_url
 

@@ -15,8 +15,9 @@ from typing import Any, Literal, get_args
 from avmae.shard.errors import ParameterError
 from avmae.shard.inputs.lists import DATASET_SEGMENT_SECONDS
 
-# The log-mel recipes a build can store. cavmae: CAV-MAE's Kaldi fbank (avmae/shard/samples/logmel.py); scenic: the front end
-# Google's AV-MAE checkpoints were trained on, as far as it is published (avmae/shard/samples/logmel_scenic.py).
+# The log-mel recipes a build can store. cavmae: CAV-MAE's Kaldi fbank (avmae/shard/samples/logmel.py); scenic: the
+# front end Google's AV-MAE checkpoints were trained on, as far as it is published
+# (avmae/shard/samples/logmel_scenic.py).
 AudioFrontend = Literal["cavmae", "scenic"]
 AUDIO_FRONTENDS: tuple[str, ...] = get_args(AudioFrontend)
 DEFAULT_AUDIO_FRONTEND = "cavmae"

@@ -18,9 +18,9 @@ import pytest
 from avmae.data.config import DataConfig
 from avmae.data.faults import SkipBudgetExceeded
 from avmae.data.loader import build_loader
+from avmae.data.readers import open_shards
 from avmae.data.schedule import TrainSchedule
 from avmae.data.spec import load_spec
-from avmae.data.wds_loader import open_shards
 from avmae.shard.format import CHECKSUM_SUFFIX, LOGMEL_MEMBER
 from tests.faults.damage import change_one, cut_in_half, flip_bits_in_place, keys_of, stray_marker
 from tests.helpers import build_shards, training_skips
@@ -31,7 +31,7 @@ def clean(synth_corpus, tmp_path_factory) -> Path:
     return build_shards(synth_corpus, tmp_path_factory.mktemp("faults") / "shards", val_fraction="0")
 
 
-@pytest.fixture(params=["webdataset", pytest.param("dali", marks=pytest.mark.dali)])
+@pytest.fixture(params=["torch", pytest.param("dali", marks=pytest.mark.dali)])
 def backend(request) -> str:
     if request.param == "dali":
         pytest.importorskip("nvidia.dali")
@@ -124,8 +124,8 @@ def test_evaluation_keeps_bad_samples_in_place_invalid_and_recorded(damaged, bac
 def test_both_backends_record_the_same_faults(damaged):
     pytest.importorskip("nvidia.dali")
     shards, _ = damaged
-    records = {backend: training_skips(config(shards, backend=backend), 9) for backend in ("webdataset", "dali")}
-    assert records["webdataset"] == records["dali"]
+    records = {backend: training_skips(config(shards, backend=backend), 9) for backend in ("torch", "dali")}
+    assert records["torch"] == records["dali"]
 
 
 @pytest.mark.serial

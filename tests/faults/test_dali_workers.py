@@ -1,4 +1,4 @@
-"""A rank whose process dies takes its DALI feed workers with it (avmae/data/dali_feed.py, PR_SET_PDEATHSIG): killed
+"""A rank whose process dies takes its DALI feed workers with it (avmae/data/dali/feed.py, PR_SET_PDEATHSIG): killed
 (SIGKILL: the OOM killer, a node's cleanup), terminated (SIGTERM, as torchrun and SLURM end the ranks of a failed job;
 Python's default action runs no exit handler) or failing with an error, no worker process of its process group stays
 behind (re-parented to init, holding memory, shared memory and shard files), and no /dev/shm file the job had mapped
@@ -130,7 +130,7 @@ def test_a_budget_stop_at_start_up_is_the_readers_one_line(all_bad, workers):
     Exception holding the worker's traceback (46 lines), which the loader unwraps to the reader's class and line."""
     pytest.importorskip("nvidia.dali")
     from avmae.data.config import DataConfig
-    from avmae.data.dali_feed import WORKER_SUFFIX
+    from avmae.data.dali.feed import WORKER_SUFFIX
     from avmae.data.faults import SkipBudgetExceeded
     from avmae.data.loader import build_loader
 
@@ -151,7 +151,7 @@ def _wrapped(last_line: str) -> Exception:
 
 
 def test_worker_error_rebuilds_the_workers_class_and_line():
-    from avmae.data.dali_feed import WORKER_SUFFIX, worker_error
+    from avmae.data.dali.feed import WORKER_SUFFIX, worker_error
     from avmae.data.faults import SkipBudgetExceeded
 
     found = worker_error(_wrapped("avmae.data.faults.SkipBudgetExceeded: rank 0 reader 1: 9 bad samples"))

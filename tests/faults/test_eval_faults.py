@@ -59,7 +59,7 @@ def _eval(*args: str, err=None) -> int:
 def test_a_complete_split_is_counted_and_its_predictions_round_trip(export, shards, tmp_path):
     out = tmp_path / "eval"
     assert _eval("--ckpt", str(export), "--data", str(shards), "--split", "train", "--task", "vggsound",
-                 "--backend", "webdataset", "--out", str(out)) == 0
+                 "--backend", "torch", "--out", str(out)) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["coverage"] == {"split": "train", "expected": 9, "scored": 9, "missing": 0, "complete": True,
                                   "allow_missing": False, "missing_samples": []}
@@ -73,7 +73,7 @@ def test_a_complete_split_is_counted_and_its_predictions_round_trip(export, shar
     assert not list(out.glob(".*partial"))  # atomic writes leave no temporary file
 
 
-@pytest.mark.parametrize("backend", ["webdataset", "dali"])
+@pytest.mark.parametrize("backend", ["torch", "dali"])
 def test_a_tar_cut_in_half_is_counted_and_refused_unless_allowed(export, cut_shards, backend, tmp_path, capsys):
     data, cut_keys = cut_shards
     strict = tmp_path / "strict"
@@ -100,7 +100,7 @@ def test_a_tar_cut_in_half_is_counted_and_refused_unless_allowed(export, cut_sha
     assert report["metrics"]["samples"] == coverage["scored"]
 
 
-@pytest.mark.parametrize("backend", ["webdataset", "dali"])
+@pytest.mark.parametrize("backend", ["torch", "dali"])
 def test_the_training_skip_budget_does_not_stop_an_evaluation(export, cut_shards, backend, tmp_path):
     """A run trained with a strict budget (no bad sample in a row allowed): its evaluation still counts the cut
     tar's samples as missing, where the budget used to stop it with SkipBudgetExceeded (a large split's cut tar)."""
@@ -124,7 +124,7 @@ def test_the_training_skip_budget_does_not_stop_an_evaluation(export, cut_shards
 def test_alone_norms_is_the_model_config_saved_with_the_report(export, shards, tmp_path):
     out = tmp_path / "alone"
     assert _eval("--ckpt", str(export), "--data", str(shards), "--split", "val", "--task", "vggsound",
-                 "--modality", "audio", "--alone-norms", "averaged", "--backend", "webdataset", "--out", str(out)) == 0
+                 "--modality", "audio", "--alone-norms", "averaged", "--backend", "torch", "--out", str(out)) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["alone_norms"] == "averaged" and report["config"]["model"]["alone_norms"] == "averaged"
 
@@ -213,7 +213,7 @@ def test_fine_tuning_evaluation_counts_what_it_scored(cut_shards, tmp_path):
 
     data, _ = cut_shards
     config = load(RunConfig, run_config(tmp_path, data, task="finetune",
-                                        data={"eval_split": "train", "backend": "webdataset"}))
+                                        data={"eval_split": "train", "backend": "torch"}))
     heads = {"label": len(load_spec(data, "train").label_names)}
     metrics = SplitEvaluator(config)(model_for(config, "finetune", heads).eval(), heads, rank=0, world=1,
                                      device=torch.device("cpu"), dtype=torch.float32)

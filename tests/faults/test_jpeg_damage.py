@@ -1,8 +1,8 @@
 """Damaged JPEGs behind valid checksums (damage before the build, or shards another tool built): the structure check
-both loaders run (avmae/shard/checking/jpeg_structure.py) must refuse every frame one decoder would stop on, so that the two
-backends decide a sample's fate alike. Real frames of the real builder (and their greyscale and progressive
+both loaders run (avmae/shard/checking/jpeg_structure.py) must refuse every frame one decoder would stop on, so that the
+two backends decide a sample's fate alike. Real frames of the real builder (and their greyscale and progressive
 re-encodings) are damaged byte by byte at seeded places; every frame the check passes must decode on torchvision's
-decoder (the webdataset backend's) and on DALI's to the same pixels."""
+decoder (the torch backend's) and on DALI's to the same pixels."""
 
 from __future__ import annotations
 

@@ -13,8 +13,9 @@ import pytest
 from avmae.data.config import DataConfig
 from avmae.data.faults import SkipBudgetExceeded
 from avmae.data.loader import build_loader
+from avmae.data.readers import open_shards
 from avmae.data.spec import load_spec
-from avmae.data.wds_loader import open_shards, worker_line
+from avmae.data.torch_loader import worker_line
 from tests.faults.damage import flip_bits_in_place, keys_of
 from tests.faults.test_training_faults import stop_line, train
 from tests.helpers import build_shards, run_config

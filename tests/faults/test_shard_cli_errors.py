@@ -113,7 +113,7 @@ def test_build_from_a_missing_folder(tmp_path, capsys):
 
 def test_loader_bench_refuses_a_split_smaller_than_a_batch(shards, capsys):
     assert bench_main(["loader", "--data", str(shards), "--batch-size", "3", "--workers", "0",
-                       "--backend", "webdataset"]) == 2
+                       "--backend", "torch"]) == 2
     assert _one_line(capsys) == (f"avmae-bench loader: {shards}: split 'train' holds 2 samples, fewer than one "
                                  "batch of 3")
     assert bench_main(["loader", "--data", str(shards), "--split", "val"]) == 2
@@ -145,8 +145,8 @@ def test_build_parameters_are_refused_by_their_flags(tmp_path, capsys, flags, me
 
 def test_the_library_names_parameters_not_flags():
     from avmae.shard.errors import ParameterError
-    from avmae.shard.writing.plan import assign_splits
     from avmae.shard.inputs.synth import make_corpus
+    from avmae.shard.writing.plan import assign_splits
 
     with pytest.raises(ParameterError, match=r"^val_fraction must be in \[0, 1\), got 1.5$"):
         assign_splits([], 1.5, seed=0)

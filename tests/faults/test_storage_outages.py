@@ -252,7 +252,7 @@ def test_an_s3_endpoint_that_never_answers_times_out_within_the_bound(monkeypatc
 
 @pytest.mark.serial
 def test_training_over_http_survives_a_restart_of_the_server(shards):
-    """The webdataset loader streaming shards over HTTP: the server stops between batches and comes back on its port
+    """The torch loader streaming shards over HTTP: the server stops between batches and comes back on its port
     1.2 s later; the next batches come, with no sample skipped, after counted further tries."""
     from avmae.data.config import DataConfig
     from avmae.data.loader import build_loader

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from avmae.cli.shard import main as shard_main
-from avmae.shard.writing.manifest import read_manifest
 from avmae.shard.inputs.source_tars import list_tar
 from avmae.shard.inputs.video2dataset import tar_items
+from avmae.shard.writing.manifest import read_manifest
 from tests.helpers import SMALL_BUILD, build_flags
 
 V2D = {**SMALL_BUILD, "segment_seconds": "2", "shard_size": "4", "workers": "1"}

@@ -17,10 +17,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
-from avmae.shard.format import METADATA_MEMBER, check_shard_file_names
-from avmae.shard.writing.manifest import FAILURES_FILE, MANIFEST_FILE, read_manifest
-from avmae.shard.shard_tar import parse_index
 from avmae.forward_reader import ForwardReader
+from avmae.shard.format import METADATA_MEMBER, check_shard_file_names
+from avmae.shard.shard_tar import parse_index
+from avmae.shard.writing.manifest import FAILURES_FILE, MANIFEST_FILE, read_manifest
 from avmae.shard_files import exists, join, read_text
 from avmae.storage import root_of
 

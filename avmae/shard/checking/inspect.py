@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from avmae.forward_reader import ForwardReader
 from avmae.shard.format import LOGMEL_MEMBER, METADATA_MEMBER, check_shard_file_names, is_frame_member
 from avmae.shard.inputs.items import file_stem_for_key
-from avmae.shard.writing.manifest import MANIFEST_FILE, read_manifest
 from avmae.shard.shard_tar import parse_index, sample_span
-from avmae.forward_reader import ForwardReader
+from avmae.shard.writing.manifest import MANIFEST_FILE, read_manifest
 from avmae.shard_files import join, read_text
 
 

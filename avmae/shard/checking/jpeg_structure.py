@@ -1,6 +1,6 @@
 """What a whole JPEG is, told from its bytes without decoding it: the check that makes the two loaders' decoders agree.
 
-The webdataset backend decodes with torchvision (libjpeg-turbo), which raises on what libjpeg calls an error; DALI's
+The torch backend decodes with torchvision (libjpeg-turbo), which raises on what libjpeg calls an error; DALI's
 CPU decoder falls back to another decoder where libjpeg-turbo fails and trains on what it gets, and a failure
 inside a DALI pipeline stops the whole run (DALI cannot drop one sample of a batch). So each frame is checked here,
 before either decoder sees it, for what libjpeg-turbo stops on, and a frame this passes decodes to the same pixels

@@ -3,10 +3,11 @@
 holds no sample the loaders would skip for its contents (their checksum check is verify's too).
 
 The rules, against what the manifest promises (``SampleRules``): each frame is a whole JPEG by its structure
-(shard/checking/jpeg_structure.py: its marker segments and the markers in its image data, no decode) whose short side is the
-manifest's and whose size is that of the sample's other frames; the log-mel is a plain .npy array (shard/checking/npy.py) of the manifest's shape and
-dtype with no inf or NaN; the JSON is an object with the sample's key whose labels fit the label mode. A failure is
-a ``SampleProblem`` naming the member, one of the loaders' skip reasons (data/faults.py REASONS) and what is wrong.
+(jpeg_structure.py: its marker segments and the markers in its image data, no decode) whose short side is the
+manifest's and whose size is that of the sample's other frames; the log-mel is a plain .npy array (npy.py) of the
+manifest's shape and dtype with no inf or NaN; the JSON is an object with the sample's key whose labels fit the label
+mode. A failure is a ``SampleProblem`` naming the member, one of the loaders' skip reasons (data/faults.py REASONS)
+and what is wrong.
 
 These run for every sample in a feed worker (well under a millisecond of CPU per sample in all,
 docs/performance.md#the-dali-feed), hence the float16 finiteness test from the bits."""

@@ -4,8 +4,8 @@ no sidecars and are reported unchecked). A damaged member is named by shard, key
 A shard's ``.labels`` sidecar, where it has one, must list the index's keys in order with the labels of each
 sample's JSON member (class-balanced sampling trusts it instead of the JSONs); a row that differs is a problem naming
 the sidecar and the sample. The deep check opens every sample and applies the loaders' own checks to each member
-(shard/checking/sample_rules.py: whole JPEGs of the promised size, a finite log-mel of the promised shape and dtype, a JSON
-whose labels fit the label mode), so a folder verify passes holds no sample the loaders would skip.
+(shard/checking/sample_rules.py: whole JPEGs of the promised size, a finite log-mel of the promised shape and dtype, a
+JSON whose labels fit the label mode), so a folder verify passes holds no sample the loaders would skip.
 
 A remote folder (a URL or pipe: root, avmae/shard_files.py) is verified the same way, one shard at a time on a
 local copy made by one sequential read of each of its files: the checks and their lines are the local ones."""
@@ -21,9 +21,9 @@ from typing import Any
 
 from avmae.shard.format import (LOGMEL_MEMBER, META_KEY, METADATA_MEMBER, UNCHECKED_VERSIONS, check_shard_file_names,
                                 crc32, frame_member, metadata_labels, parse_checksums, sample_members, sidecar_labels)
-from avmae.shard.writing.manifest import FAILURES_FILE, MANIFEST_FILE, read_manifest
 from avmae.shard.checking.sample_rules import SampleProblem, SampleRules, checked_logmel, checked_metadata, frame_size
 from avmae.shard.shard_tar import Member, parse_index, read_members, sha256_file, utf8_text
+from avmae.shard.writing.manifest import FAILURES_FILE, MANIFEST_FILE, read_manifest
 from avmae.shard_files import copy_to, exists, join, read_text
 from avmae.storage import is_url
 
@@ -37,8 +37,8 @@ _UNREADABLE = (tarfile.TarError, OSError, EOFError)
 def _check_sample(tar: tarfile.TarFile, where: str, names: list[str], num_frames: int, rules: SampleRules
                   ) -> list[str]:
     """Problems with one sample's members: the members the manifest promises (``num_frames`` stored frames, the
-    log-mel, the JSON), each checked by the loaders' rules (checking/sample_rules.py: one line per bad member, with the skip
-    reason the loaders would record), and a JSON naming its own key; ``where`` names the shard in each line."""
+    log-mel, the JSON), each checked by the loaders' rules (checking/sample_rules.py: one line per bad member, with the
+    skip reason the loaders would record), and a JSON naming its own key; ``where`` names the shard in each line."""
     undotted = [name for name in names if "." not in name.strip(".")]
     if undotted:  # WebDataset splits a member name at its first dot into key and member: these have no member part
         return [f"{where}: {names[0]}: member names without a '.<member>' part: {undotted}"]

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from avmae.shard.inputs.cavmae_prepared import read_cavmae_datafile
 from avmae.shard.errors import ParameterError
+from avmae.shard.inputs.cavmae_prepared import read_cavmae_datafile
 from avmae.shard.inputs.items import ClipItem, scan_folder
 from avmae.shard.inputs.lists import (EPIC_NOUN_CLASSES, EPIC_VERB_CLASSES, LabelSet, ListFormat, detect_format,
                                read_list)

@@ -34,8 +34,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from avmae.shard.inputs.media import MediaError
 from avmae.forward_reader import ForwardReader
+from avmae.shard.inputs.media import MediaError
 from avmae.storage import StorageError, filesystem_of, is_missing, is_url, storage_errors
 
 _SMALL_MEMBER_BYTES = 1 << 20  # members read at collection time (JSON, text); a video is never read then

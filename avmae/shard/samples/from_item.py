@@ -8,12 +8,12 @@ import stat
 import numpy as np
 
 from avmae.shard.inputs.items import ClipItem
-from avmae.shard.samples.logmel import logmel, min_samples
 from avmae.shard.inputs.media import MediaError, Probe, bin_centres, decode_segment, probe
-from avmae.shard.samples.packing import Sample, pack_sample
+from avmae.shard.inputs.source_tars import member_file, read_member
 from avmae.shard.params import BuildParams, FeatureParams
 from avmae.shard.samples.from_prepared import make_prepared_samples
-from avmae.shard.inputs.source_tars import member_file, read_member
+from avmae.shard.samples.logmel import logmel, min_samples
+from avmae.shard.samples.packing import Sample, pack_sample
 
 # A stream may end up to one frame period before its nominal end without being "short"; beyond this many seconds
 # past the last decoded frame, the frames aimed at are missing and the segment is re-planned or the clip fails.

@@ -20,11 +20,11 @@ import io
 from PIL import Image, UnidentifiedImageError
 
 from avmae.shard.inputs.items import ClipItem
-from avmae.shard.samples.logmel import fixed_length, min_samples, waveform_fbank
 from avmae.shard.inputs.media import MediaError, resize_image
-from avmae.shard.samples.packing import Sample, pack_sample
-from avmae.shard.params import FeatureParams
 from avmae.shard.inputs.wav import read_wav
+from avmae.shard.params import FeatureParams
+from avmae.shard.samples.logmel import fixed_length, min_samples, waveform_fbank
+from avmae.shard.samples.packing import Sample, pack_sample
 
 FRAME_TIMING = "cavmae_one_per_second"  # frame i of CAV-MAE's extraction is at about i s (see above)
 

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torchaudio
 
-from avmae.shard.samples.logmel_scenic import scenic_logmel
 from avmae.shard.params import FeatureParams
+from avmae.shard.samples.logmel_scenic import scenic_logmel
 
 
 def min_samples(params: FeatureParams) -> int:

@@ -27,8 +27,8 @@ from avmae.shard.inputs.collect import InputSpec, collect_inputs
 from avmae.shard.inputs.items import ClipItem
 from avmae.shard.inputs.lists import LabelSet
 from avmae.shard.inputs.media import ffmpeg_version
-from avmae.shard.writing.output import open_output
 from avmae.shard.params import BuildParams, FeatureParams
+from avmae.shard.writing.output import open_output
 from avmae.shard.writing.plan import ShardPlan, fingerprint, make_plan
 from avmae.shard.writing.progress import BuildProgress
 from avmae.shard.writing.writer import PARTS_DIR, write_shard

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from avmae.files import write_text_atomically as atomic_write
-from avmae.shard_files import join, read_bytes
 from avmae.shard.errors import ParameterError
 from avmae.shard.format import FORMAT_VERSION, READABLE_VERSIONS, SHARD_FILE_FIELDS
 from avmae.shard.writing.writer import read_part
+from avmae.shard_files import join, read_bytes
 
 BUILD_FILE = "build.json"
 MANIFEST_FILE = "manifest.json"

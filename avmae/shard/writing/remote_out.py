@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from avmae.shard.format import CHECKSUM_SUFFIX, INDEX_SUFFIX, LABELS_SUFFIX, SHARD_FILE_FIELDS, TAR_SUFFIX
-from avmae.shard.writing.manifest import BUILD_FILE, FAILURES_FILE, MANIFEST_FILE, claim_output, finalize, pending_shards
+from avmae.shard.writing.manifest import (BUILD_FILE, FAILURES_FILE, MANIFEST_FILE, claim_output, finalize,
+                                         pending_shards)
 from avmae.shard.writing.writer import PARTS_DIR, part_path
 from avmae.storage import StorageError, filesystem_for, storage_errors
 

@@ -19,9 +19,9 @@ from avmae.shard.format import (CHECKSUM_SUFFIX, INDEX_SUFFIX, LABELS_SUFFIX, ME
                                 checksum_text, labels_text, metadata_labels)
 from avmae.shard.inputs.media import MediaError
 from avmae.shard.params import BuildParams, FeatureParams
-from avmae.shard.writing.plan import ShardPlan
 from avmae.shard.samples.from_item import make_samples
 from avmae.shard.shard_tar import ShardTarWriter, index_text, sha256_file
+from avmae.shard.writing.plan import ShardPlan
 
 PARTS_DIR = "_parts"
 _DETAIL_LIMIT = 400  # characters of ffmpeg's message kept per failure
@@ -57,7 +57,8 @@ class _ShardTally:
     logmel_sumsq: float = 0.0
     logmel_count: int = 0
     most_labels: int = 0
-    unlabelled: int = 0  # inputs with samples but no label: single-label loaders skip their samples (checking/sample_rules.py)
+    # inputs with samples but no label: single-label loaders skip their samples (checking/sample_rules.py)
+    unlabelled: int = 0
 
     def add_samples(self, item, samples, writer: ShardTarWriter) -> None:
         for sample in samples:

@@ -1,7 +1,7 @@
 """The Python external source that feeds DALI, in training and in evaluation: it reads each sample's members
-through the shard index (one ``pread``), checks them (checked.py) and hands DALI only bytes that passed, with the
-crop box and flip of each training draw, as a few dense arrays per batch (dali_batch.py). The serial loader
-calls it in the training process; dali_feed.py runs one per training reader in DALI's worker processes."""
+through the shard index (one ``pread``), checks them (data/checked.py) and hands DALI only bytes that passed, with the
+crop box and flip of each training draw, as a few dense arrays per batch (batch.py). The serial loader
+calls it in the training process; feed.py runs one per training reader in DALI's worker processes."""
 
 from __future__ import annotations
 
@@ -12,17 +12,17 @@ import numpy as np
 
 from avmae.data.checked import SampleChecker
 from avmae.data.config import AugmentConfig, DataConfig
-from avmae.data.dali_batch import Row, dense_batch
-from avmae.data.eval_order import EvalOrder
 from avmae.data.crops import training_crop_box
+from avmae.data.dali.batch import Row, dense_batch
+from avmae.data.eval_order import EvalOrder
+from avmae.data.readers import open_shards, reader_rows
 from avmae.data.samples import frame_members, training_frames
 from avmae.data.schedule import TrainSchedule
 from avmae.data.spec import DataSpec
-from avmae.data.wds_loader import open_shards, reader_rows
 
 
 class CheckedSamples:
-    """DALI external source: each call returns the next batch as dali_batch.dense_batch's arrays: the frames'
+    """DALI external source: each call returns the next batch as batch.dense_batch's arrays: the frames'
     JPEG bytes, the log-mel (as stored), the crop box (zeros in evaluation: the graph centre-crops), the flip flag
     and the batch's serial number; its metadata, ``valid``, ``skipped`` and (training) ``drawn`` wait in
     ``self.pending``. ``reader_draws``: each reader's draws before ``start_batch``, as a checkpoint recorded them."""
@@ -38,7 +38,7 @@ class CheckedSamples:
         self.serial = 0
         self.pending: dict[int, tuple[list[dict[str, Any]], list[bool], list[dict[str, Any]], list[int] | None]] = {}
         if train:
-            # As many readers as the webdataset backend has workers, so both give the same stream for one config.
+            # As many readers as the torch backend has workers, so both give the same stream for one config.
             self.readers = max(1, config.workers)
             schedule = TrainSchedule(shards, config, spec.label_counts, rank=rank, world=world, readers=self.readers)
             streams = [reader_rows(schedule, r, start_batch, (reader_draws or {}).get(r), self._draw)
@@ -50,7 +50,7 @@ class CheckedSamples:
             self.batch = 0
 
     def _draw(self, draw) -> Row:
-        rng = random.Random(draw.seed)  # drawn from in the webdataset backend's order: frames, crop box, flip
+        rng = random.Random(draw.seed)  # drawn from in the torch backend's order: frames, crop box, flip
         frames = training_frames(self.stored_frames, self.config.num_frames, self.augment.train_offsets, rng,
                                  self.config.frame_stride)
         sample = self.checker.read(draw.shard, draw.index, frames, draw.block)

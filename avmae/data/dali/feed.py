@@ -1,16 +1,16 @@
 """DALI's training feed in worker processes, so that reading and checking samples costs the training process nothing.
 
-The serial feed (dali_loader.CheckedSamples, ``parallel=False``) runs in the training process, one thread under the
+The serial feed (source.CheckedSamples, ``parallel=False``) runs in the training process, one thread under the
 GIL: its reads and checks compete with the step for that process's CPU. Here each of the rank's training readers
-(schedule.py) becomes one DALI parallel external source over a ``ReaderFeed``. An iterable source is stateful, so
+(data/schedule.py) becomes one DALI parallel external source over a ``ReaderFeed``. An iterable source is stateful, so
 DALI gives it a dedicated worker process and takes its batches in order: the reader's draws, skips and records are
 exactly those of the serial feed, and R readers read in R processes at once. Each pipeline iteration takes one batch
 from every reader; slot j holds reader (start_batch + j) mod R, so the iteration's R batches are the rank's next R
 batches in the serial order, whatever batch the stream resumed at.
 
 A batch's metadata, skip records and reader position are made in the worker, so they travel with it through DALI
-as a "note" per sample, after its log-mel in the batch's payload (dali_batch.py): the JSON of [metadata, records,
-drawn], the records and the reader's [reader, draws so far] (faults.py) on the batch's first sample only, then
+as a "note" per sample, after its log-mel in the batch's payload (batch.py): the JSON of [metadata, records,
+drawn], the records and the reader's [reader, draws so far] (data/faults.py) on the batch's first sample only, then
 zeros (JSON never holds a NUL byte).
 """
 
@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from avmae.data.config import AugmentConfig, DataConfig
-from avmae.data.dali_batch import dense_batch
-from avmae.data.dali_source import CheckedSamples
+from avmae.data.dali.batch import dense_batch
+from avmae.data.dali.source import CheckedSamples
 from avmae.data.host_memory import keep_large_allocations
 from avmae.data.spec import DataSpec
 from avmae.storage import set_storage_limits
@@ -40,7 +40,7 @@ from avmae.storage import set_storage_limits
 
 def reader_slots(readers: int, start_batch: int) -> list[int]:
     """The reader in each slot of an iteration: the rank's batch start_batch + j comes from reader
-    (start_batch + j) mod R (schedule.py), so the slots read in order give the serial feed's order."""
+    (start_batch + j) mod R (data/schedule.py), so the slots read in order give the serial feed's order."""
     return [(start_batch + j) % readers for j in range(readers)]
 
 
@@ -124,7 +124,7 @@ def encode_note(metadata: dict[str, Any], skipped: list[dict[str, Any]], drawn: 
 
 def decode_notes(notes: list[bytes]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[int] | None]:
     """A batch's (metadata per row, records of the samples skipped before it, its reader's [reader, draws]) from its
-    notes (dali_batch.unpack_payload)."""
+    notes (batch.unpack_payload)."""
     metadata, skipped, drawn = [], [], None
     for note in notes:
         meta, records, position = json.loads(note)
@@ -208,7 +208,7 @@ class ReaderFeed:
 
 def reader_feeds(spec: DataSpec, config: DataConfig, augment: AugmentConfig | None, *, rank: int, world: int,
                  start_batch: int, reader_draws: dict[int, int] | None = None) -> list[ReaderFeed]:
-    """One feed per slot (as many readers as the webdataset backend has workers, as in the serial feed)."""
+    """One feed per slot (as many readers as the torch backend has workers, as in the serial feed)."""
     return [ReaderFeed(spec, config, augment, rank=rank, world=world, reader=reader, start_batch=start_batch,
                        reader_draws=reader_draws)
             for reader in reader_slots(max(1, config.workers), start_batch)]

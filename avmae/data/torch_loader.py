@@ -1,5 +1,5 @@
-"""The CPU loader ("webdataset" backend): WebDataset tar shards read through their DALI indexes (only the members
-a sample needs), decoded in torch (torchvision's libjpeg-turbo decoder), batched inside DataLoader workers.
+"""The CPU loader ("torch" backend): a PyTorch DataLoader over the shards, read through their DALI indexes (only the
+members a sample needs, no webdataset pipeline), decoded by torchvision (libjpeg-turbo), batched inside its workers.
 Frames leave the workers as uint8; the Loader normalises them on the device (a quarter of the bytes to move).
 
 Training: each DataLoader worker plays one reader of the rank's TrainSchedule (schedule.py): an endless stream
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -26,49 +26,14 @@ from torch.utils.data import IterableDataset, default_collate, get_worker_info
 from avmae.data.checked import SampleChecker
 from avmae.data.config import AugmentConfig, DataConfig
 from avmae.data.eval_order import EvalOrder
-from avmae.data.faults import SampleError, SkipLog, good_rows
+from avmae.data.faults import SampleError
+from avmae.data.readers import open_shards, reader_rows
 from avmae.data.samples import FrameDecodeError, decode_video, frame_members, label_tensors, training_frames
-from avmae.data.schedule import Draw, TrainSchedule
+from avmae.data.schedule import TrainSchedule
 from avmae.data.spec import DataSpec
 from avmae.data.tar_reader import IndexedShard, SampleBlock
 from avmae.shard.format import META_KEY
-from avmae.shard.writing.manifest import MANIFEST_FILE
-from avmae.shard_files import join, read_many
 from avmae.storage import set_storage_limits
-
-
-def open_shards(spec: DataSpec) -> list[IndexedShard]:
-    """The split's shards with their indexes and checksum sidecars, fetched at once (concurrently when remote). Not
-    their labels sidecars: only class-balanced training needs them, and each reader fetches those of its own shards
-    (TrainSchedule.owned_labels)."""
-    try:
-        indexes = read_many([s.idx for s in spec.shards])
-        sidecars = dict(zip((s.crc for s in spec.shards if s.crc), read_many([s.crc for s in spec.shards if s.crc])))
-    except FileNotFoundError as err:  # a folder copied without them, or a file deleted: say which, in one line
-        missing = err.filename or str(err)
-        raise ValueError(f"{missing}: not found, but {join(spec.root, MANIFEST_FILE)} lists it; copy the shard "
-                         "folder whole (each NAME.tar with its .idx and .crc) or rebuild it") from None
-    shards = [IndexedShard(s.tar, s.idx, s.crc, idx_text=text, crc_text=sidecars[s.crc] if s.crc else None,
-                           labels=s.labels)  # bytes: IndexedShard decodes them, naming a file that is not UTF-8
-              for s, text in zip(spec.shards, indexes)]
-    for shard, listed in zip(shards, spec.shards):
-        if len(shard) != listed.samples:
-            raise ValueError(f"{shard.tar}: its index lists {len(shard)} samples, the manifest {listed.samples}")
-    return shards
-
-
-def reader_skips(config: DataConfig, rank: int, reader: int, before: int = 0) -> SkipLog:
-    return SkipLog(f"rank {rank} reader {reader}", config.max_skip_fraction, config.max_skip_run, before)
-
-
-def reader_rows(schedule: TrainSchedule, reader: int, start_batch: int, drawn: int | None,
-                read: Callable[[Draw], Any]) -> tuple[Iterator[Any], SkipLog]:
-    """A training reader's good rows (``read`` of each good draw) from its first batch at or after the rank's batch
-    ``start_batch``, and the log of its draws and skips, which counts from the draws it skipped unread (``drawn``,
-    as a checkpoint recorded them: TrainSchedule.reader_start): both backends start a reader here."""
-    start = schedule.reader_start(reader, start_batch, drawn)
-    skips = reader_skips(schedule.config, schedule.rank, reader, before=start)
-    return good_rows(schedule.draws(reader, skip=start), read, skips), skips
 
 
 class ShardStream(IterableDataset):
@@ -201,9 +166,9 @@ class OneLineWorkerErrors(torch.utils.data.DataLoader):
             yield batch
 
 
-def webdataset_loader(spec: DataSpec, config: DataConfig, *, train: bool, rank: int, world: int,
-                      pin_memory: bool = False, start_batch: int = 0, reader_draws: dict[int, int] | None = None,
-                      augment: AugmentConfig | None = None) -> torch.utils.data.DataLoader:
+def torch_dataloader(spec: DataSpec, config: DataConfig, *, train: bool, rank: int, world: int,
+                     pin_memory: bool = False, start_batch: int = 0, reader_draws: dict[int, int] | None = None,
+                     augment: AugmentConfig | None = None) -> torch.utils.data.DataLoader:
     set_storage_limits(config.storage_timeout_s, config.storage_retries)
     stream = ShardStream(spec, config, train=train, rank=rank, world=world, augment=augment)
     stream.start_batch, stream.reader_draws = start_batch, dict(reader_draws or {})

@@ -9,7 +9,7 @@ Each batch of B samples of T frames is
   (pixels), the flip flag, the batch's serial number (the serial feed matches its records by it), the log-mel's
   time steps and mel bins;
 - the ``payload``, uint8 (B*T, C): sample i's log-mel bytes (as stored) followed by its note (worker feed,
-  dali_feed.py), zero-padded to T*C bytes and laid over its T rows (``unpack_payload`` joins them again).
+  feed.py), zero-padded to T*C bytes and laid over its T rows (``unpack_payload`` joins them again).
 DALI runs a graph over batches of one size: every input of an iteration has the same number of rows, so what belongs
 to a sample rides in its frames' rows rather than in a batch of B. A dense batch goes through a worker's shared memory
 as one buffer per array and into DALI without a copy.

@@ -2,20 +2,20 @@
 graph runs on the CPU (``device_id=None``).
 
 Samples reach DALI through a Python external source, in training and in evaluation: it reads each sample's
-members through the shard index (one ``pread``), checks them (checked.py: CRC32, JPEG markers, log-mel shape and
-finiteness) and only then hands the bytes to DALI (three dense arrays per batch, dali_batch.py), so a bad sample is
-skipped or marked invalid and recorded, the same way and for the same reasons as in the webdataset backend, and
-DALI never stops on it. Training follows the rank's TrainSchedule (schedule.py) with each draw's crop box and flip
-computed from its seed; evaluation follows eval_order.py. So both backends give the same samples, crops, order and
+members through the shard index (one ``pread``), checks them (data/checked.py: CRC32, JPEG markers, log-mel shape and
+finiteness) and only then hands the bytes to DALI (three dense arrays per batch, batch.py), so a bad sample is
+skipped or marked invalid and recorded, the same way and for the same reasons as in the torch backend, and
+DALI never stops on it. Training follows the rank's TrainSchedule (data/schedule.py) with each draw's crop box and flip
+computed from its seed; evaluation follows data/eval_order.py. So both backends give the same samples, crops, order and
 ``skipped`` records. Labels, keys and records stay in Python; DALI carries only a batch serial number to match them
-to its outputs (or, from worker processes, each sample's note: dali_feed.py).
+to its outputs (or, from worker processes, each sample's note: feed.py).
 
 The graph is sized by operators, not by frames: a batch's B*T frames are the rows of one DALI batch, so one decoder,
 one resize (or resize and crop) and one flip handle them all, and the frames become (B, T, 3, H, W) again in torch, a
 view. Each DALI operator instance owns its resources (the decoder: a thread pool of ``num_threads`` and, ``mixed``,
 nvJPEG's pinned host and device buffers per thread), so a graph with one decoder per frame position would hold T
-times as many. The log-mel rides in the frames' rows as bytes (dali_batch.py) and is normalised here, as the
-webdataset backend does it.
+times as many. The log-mel rides in the frames' rows as bytes (batch.py) and is normalised here, as the
+torch backend does it.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from typing import Any
 import torch
 
 from avmae.data.config import AugmentConfig, DataConfig
-from avmae.data.dali_feed import (decode_notes, parallel_outputs, reader_feeds, start_method, worker_errors_in_one_line,
+from avmae.data.dali.feed import (decode_notes, parallel_outputs, reader_feeds, start_method, worker_errors_in_one_line,
                                   workers_deaf_to_usr1, workers_die_with_parent)
-from avmae.data.dali_batch import HEADER, DenseBatch, batch_types, unpack_payload
-from avmae.data.dali_source import CheckedSamples
+from avmae.data.dali.batch import HEADER, DenseBatch, batch_types, unpack_payload
+from avmae.data.dali.source import CheckedSamples
 from avmae.data.samples import frame_members, label_tensors
 from avmae.data.spec import DataSpec
 from avmae.shard.format import META_KEY
@@ -62,7 +62,7 @@ def pipeline_threads(workers: int) -> int:
 
 def decoder_settings(device: str, short_side: int) -> dict[str, Any]:
     """fn.decoders.image's arguments besides its input: RGB; with ``mixed`` the chroma upsampling of the CPU decoder
-    (libjpeg-turbo's "fancy" upsampling, which the webdataset backend's decoder uses too: without it nvJPEG's pixels
+    (libjpeg-turbo's "fancy" upsampling, which the torch backend's decoder uses too: without it nvJPEG's pixels
     differ from the CPU's), scratch sized for the stored frames and the hardware decoder's share."""
     from nvidia.dali import types
 
@@ -76,7 +76,7 @@ def decoder_settings(device: str, short_side: int) -> dict[str, Any]:
 
 def _graph(spec: DataSpec, config: DataConfig, batch: DenseBatch, *, train: bool, device: str):
     """One graph for the CPU and the GPU: only the decoder's ``device`` ("cpu" or "mixed") differs. ``batch``: the
-    external source's outputs (dali_batch.py), one row per frame; each operator below runs once per batch, and takes
+    external source's outputs (batch.py), one row per frame; each operator below runs once per batch, and takes
     per-row arguments (a sample's crop box and flip, repeated over its frames' rows)."""
     from nvidia.dali import fn
 
@@ -108,7 +108,7 @@ class DaliLoader:
         self.audio_std = config.audio_std if config.audio_std is not None else spec.logmel_std
         device = "cpu" if device_id is None else "mixed"
         self.frames = len(frame_members(spec.features["num_frames"], config.num_frames, config.view, config.views))
-        # Training with workers reads in DALI worker processes (dali_feed.py); evaluation, and data.workers: 0,
+        # Training with workers reads in DALI worker processes (feed.py); evaluation, and data.workers: 0,
         # read here, in the serial external source.
         self.feeds = reader_feeds(spec, config, augment, rank=rank, world=world, start_batch=start_batch,
                                   reader_draws=reader_draws) if train and config.workers > 0 else []
@@ -117,7 +117,7 @@ class DaliLoader:
                                                              reader_draws=reader_draws)
         workers = {"py_num_workers": len(self.feeds), "py_start_method": start_method()} if self.feeds else {}
 
-        # A DALI batch is a batch's frames, batch_size * frames rows (dali_batch.py).
+        # A DALI batch is a batch's frames, batch_size * frames rows (batch.py).
         @pipeline_def(batch_size=config.batch_size * self.frames, num_threads=pipeline_threads(len(self.feeds)),
                       device_id=device_id, seed=config.seed + rank, prefetch_queue_depth=2, **workers)
         def pipeline():
@@ -127,7 +127,7 @@ class DaliLoader:
                 batch = DenseBatch(fn.external_source(source=self.source, num_outputs=len(batch_types()), batch=True,
                                                       parallel=False, dtype=batch_types()))
                 return _graph(spec, config, batch, train=train, device=device), batch.payload, batch.header
-            # One external source per reader (a stateful source has a worker of its own, dali_feed.py): each slot's
+            # One external source per reader (a stateful source has a worker of its own, feed.py): each slot's
             # batch is its own DALI batch, so each slot has its own decoder.
             slots = []
             for feed in self.feeds:
@@ -150,7 +150,7 @@ class DaliLoader:
     def _batch(self, video: torch.Tensor, logmel: torch.Tensor, metadata: list[dict[str, Any]], valid: list[bool],
                skipped: list[dict[str, Any]], drawn: list[int] | None) -> dict[str, Any]:
         video = video.reshape(len(metadata), self.frames, *video.shape[1:])  # (B*T, 3, H, W) rows -> (B, T, 3, H, W)
-        audio = (logmel.float() - self.audio_mean) / self.audio_std  # as the webdataset backend, to the bit
+        audio = (logmel.float() - self.audio_mean) / self.audio_std  # as the torch backend, to the bit
         labels = {name: t.to(video.device) for name, t in label_tensors(metadata, self.spec).items()}
         return {"video": video, "audio": audio, **labels, "key": [m[META_KEY] for m in metadata],
                 "valid": torch.tensor(valid), "skipped": skipped, **({"drawn": drawn} if drawn else {})}
@@ -178,7 +178,7 @@ class DaliLoader:
                 serial = int(data["header"][0, HEADER.index("serial")])
                 yield self._batch(data["video"], logmel, *self.source.pending.pop(serial))
                 continue
-            for j in range(len(self.feeds)):  # the rank's next batches, in order (dali_feed.reader_slots)
+            for j in range(len(self.feeds)):  # the rank's next batches, in order (feed.reader_slots)
                 logmel, notes = unpack_payload(data[f"payload{j}"], data[f"header{j}"], self.frames, features)
                 metadata, skipped, drawn = decode_notes(notes)
                 yield self._batch(data[f"video{j}"], logmel, metadata, [True] * len(metadata), skipped, drawn)
