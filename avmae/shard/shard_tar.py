@@ -1,4 +1,6 @@
-"""Reproducible WebDataset tars and their DALI index files.
+"""The shard's own tar and its DALI index: written reproducibly (writing/writer.py), parsed and read back by
+``avmae-shard verify``, ``inspect`` and ``ids`` (checking/) and by the loaders (data/tar_reader.py). Source tars of
+videos, read as build inputs, are inputs/source_tars.py.
 
 Tars are USTAR (DALI fails on PAX headers, webdataset#144) with fixed owner, mode and mtime, so the same samples
 always give the same bytes. The DALI index (``wds2idx`` format v1.2) lists, per sample, each member's extension,

@@ -1,4 +1,5 @@
-"""One input item -> its samples (members of the shard tar), or a MediaError naming why it has none."""
+"""One input item -> its samples (members of the shard tar), or a MediaError naming why it has none: a video's
+segments are cut and decoded by ffmpeg here; an item of CAV-MAE's prepared data is made by from_prepared.py."""
 
 from __future__ import annotations
 
