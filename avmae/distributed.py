@@ -257,5 +257,17 @@ def _bound_deepspeed_world_copy(world: int, timeout: timedelta) -> None:
     ``guard.collective_timeout_s``. The copy is made here first, with the job's timeout; DeepSpeed then uses it."""
     from deepspeed.utils import groups
 
-    if groups._WORLD_GROUP is None:  # every rank calls this, as creating a group needs
+    # Made anew when absent or left from a process group that is gone (a second run in one process, after the
+    # first destroyed its group: DeepSpeed's module-level copy outlives it). Every rank runs this: making a group is
+    # a collective.
+    if groups._WORLD_GROUP is None or not _registered(groups._WORLD_GROUP):
         groups._WORLD_GROUP = torch.distributed.new_group(ranks=list(range(world)), timeout=timeout)
+
+
+def _registered(group) -> bool:
+    """Whether ``group`` belongs to the current default process group (torch refuses a destroyed one's groups)."""
+    try:
+        torch.distributed.get_process_group_ranks(group)
+    except (KeyError, ValueError, RuntimeError):
+        return False
+    return True
