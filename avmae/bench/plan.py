@@ -141,15 +141,36 @@ def batch_plan(config: RunConfig, inputs: PlanInputs, activations: dict[str, Any
 
 
 def capacity_plan(config: RunConfig, inputs: PlanInputs, activations: dict[str, Any]) -> dict[str, Any]:
+    _check(inputs)
+    model, gpu = config.model, GPUS[inputs.gpu]
+    params, largest = trained_parameters(model), largest_layer_parameters(model)
+    flops = pretraining_flops(model, global_batch=inputs.gpus * inputs.batch_per_gpu)["forward_backward"]
+    per_gpu = inputs.mfu * gpu["peak_flops"] / flops  # samples/s: model FLOPs at the stated MFU
+    return {
+        "inputs": {**inputs.__dict__, "nodes": -(-inputs.gpus // inputs.gpus_per_node),
+                   "global_batch": inputs.gpus * inputs.batch_per_gpu, "gpu_peak_tflops": gpu["peak_flops"] / 1e12,
+                   "gpu_memory_gib": gpu["memory_bytes"] / GIB, "headroom": HEADROOM},
+        "model": {"parameters": params, "largest_layer_parameters": largest,
+                  "gflops_per_sample": flops / 1e9, "video_frames": model.video.frames},
+        "memory_gib_per_gpu": _memory(config, inputs, activations, gpu, params, largest),
+        "batch_plan": batch_plan(config, inputs, activations),
+        **_rates(inputs, per_gpu, model.video.frames),
+    }
+
+
+def _check(inputs: PlanInputs) -> None:
     if inputs.gpu not in GPUS:
         raise ValueError(f"unknown GPU {inputs.gpu!r}; known: {', '.join(GPUS)}")
     if inputs.gpus < 1 or inputs.batch_per_gpu < 1 or not 0 < inputs.mfu <= 1 or inputs.bytes_per_sample <= 0:
         raise ValueError("gpus and batch per GPU must be at least 1, mfu in (0, 1], bytes per sample above 0")
     if any(value is not None and value < 1 for value in (inputs.global_batch, inputs.mfu_batch)):
         raise ValueError("global batch and the MFU's batch must be at least 1")
-    model, gpu = config.model, GPUS[inputs.gpu]
-    params, largest = trained_parameters(model), largest_layer_parameters(model)
-    flops = pretraining_flops(model, global_batch=inputs.gpus * inputs.batch_per_gpu)["forward_backward"]
+
+
+def _memory(config: RunConfig, inputs: PlanInputs, activations: dict[str, Any], gpu: dict[str, float], params: int,
+            largest: int) -> dict[str, Any]:
+    """Per GPU, in GiB: model states, buckets and activations (stored and checkpointed), their totals, and whether
+    they fit below the headroom."""
     states = model_state_bytes(params, inputs.gpus, inputs.zero_stage, largest)
     buckets = gradient_bucket_bytes(inputs.zero_stage)
     stored = activations["stored"]["bytes_per_sample"]
@@ -157,36 +178,30 @@ def capacity_plan(config: RunConfig, inputs: PlanInputs, activations: dict[str, 
     total = {"stored": _memory_total(states, buckets, stored, inputs.batch_per_gpu),
              "checkpointed": _memory_total(states, buckets, checkpointed, inputs.batch_per_gpu)}
     usable = gpu["memory_bytes"] * (1 - HEADROOM)
+    return {
+        "model_states": {k: v / GIB for k, v in states.items()},
+        "gradient_buckets": buckets / GIB,
+        "sources": {**{f"model_states.{k}": v for k, v in model_state_sources(inputs.zero_stage).items()},
+                    "gradient_buckets": GRADIENT_BUCKETS_SOURCE, "activations": activations["method"]},
+        "activations_per_sample": {"stored": stored / GIB, "checkpointed": checkpointed / GIB},
+        "activations": {"stored": stored * inputs.batch_per_gpu / GIB,
+                        "checkpointed": checkpointed * inputs.batch_per_gpu / GIB},
+        "total": {k: v / GIB for k, v in total.items()},
+        "usable": usable / GIB,
+        "fits": {k: v <= usable for k, v in total.items()},
+        "suggested": _fit(config, inputs, activations),
+        "activation_method": activations["method"],
+        "attention_kernels": activations["stored"]["attention_kernels"],
+    }
 
-    per_gpu = inputs.mfu * gpu["peak_flops"] / flops  # samples/s: model FLOPs at the stated MFU
+
+def _rates(inputs: PlanInputs, per_gpu: float, frames: int) -> dict[str, Any]:
+    """Throughput, the loader's and storage's rates, and the shard build's cost, from the samples/s of one GPU."""
     cluster = per_gpu * inputs.gpus
     epoch_s = inputs.clips / cluster
-    frames = model.video.frames
-    nodes = -(-inputs.gpus // inputs.gpus_per_node)
     node_samples = per_gpu * min(inputs.gpus, inputs.gpus_per_node)
     build_core_s = inputs.clips / inputs.build_clips_per_core_s
     return {
-        "inputs": {**inputs.__dict__, "nodes": nodes, "global_batch": inputs.gpus * inputs.batch_per_gpu,
-                   "gpu_peak_tflops": gpu["peak_flops"] / 1e12, "gpu_memory_gib": gpu["memory_bytes"] / GIB,
-                   "headroom": HEADROOM},
-        "model": {"parameters": params, "largest_layer_parameters": largest,
-                  "gflops_per_sample": flops / 1e9, "video_frames": frames},
-        "memory_gib_per_gpu": {
-            "model_states": {k: v / GIB for k, v in states.items()},
-            "gradient_buckets": buckets / GIB,
-            "sources": {**{f"model_states.{k}": v for k, v in model_state_sources(inputs.zero_stage).items()},
-                        "gradient_buckets": GRADIENT_BUCKETS_SOURCE, "activations": activations["method"]},
-            "activations_per_sample": {"stored": stored / GIB, "checkpointed": checkpointed / GIB},
-            "activations": {"stored": stored * inputs.batch_per_gpu / GIB,
-                            "checkpointed": checkpointed * inputs.batch_per_gpu / GIB},
-            "total": {k: v / GIB for k, v in total.items()},
-            "usable": usable / GIB,
-            "fits": {k: v <= usable for k, v in total.items()},
-            "suggested": _fit(config, inputs, activations),
-            "activation_method": activations["method"],
-            "attention_kernels": activations["stored"]["attention_kernels"],
-        },
-        "batch_plan": batch_plan(config, inputs, activations),
         "throughput": {
             "samples_per_s_per_gpu": per_gpu, "samples_per_s": cluster,
             "samples_per_s_per_gpu_checkpointed": per_gpu * RECOMPUTE_RATE,
