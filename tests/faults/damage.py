@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import tarfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from avmae.shard.format import (CHECKSUM_SUFFIX, LABELS_SUFFIX, METADATA_MEMBER, META_KEY, META_LABELS, checksum_text,
                                 labels_text)
@@ -82,6 +82,13 @@ def stray_marker(jpeg: bytes) -> tuple[bytes, int]:
               if data[i - 1] != 0xFF and 0x00 < data[i + 1] < 0xC0)  # not stuffing, restart or a between-scans marker
     data[at] = 0xFF
     return bytes(data), at
+
+
+def flip_every_sample(tar_paths: Iterable[Path], ext: str) -> None:
+    """flip_bits_in_place on member ``ext`` of every sample of each tar: every draw from them is a checksum skip."""
+    for tar_path in tar_paths:
+        for sample in range(len(keys_of(tar_path))):
+            flip_bits_in_place(tar_path, ext, sample)
 
 
 def keys_of(tar_path: Path) -> list[str]:

@@ -22,7 +22,7 @@ from avmae.data.readers import open_shards
 from avmae.data.schedule import TrainSchedule
 from avmae.data.spec import load_spec
 from avmae.shard.format import CHECKSUM_SUFFIX, LOGMEL_MEMBER
-from tests.faults.damage import change_one, cut_in_half, flip_bits_in_place, keys_of, stray_marker
+from tests.faults.damage import change_one, cut_in_half, flip_bits_in_place, flip_every_sample, keys_of, stray_marker
 from tests.helpers import build_shards, training_skips
 
 
@@ -132,9 +132,7 @@ def test_both_backends_record_the_same_faults(damaged):
 def test_a_rank_whose_every_sample_is_bad_stops_within_the_budget(clean, tmp_path, backend):
     shards = tmp_path / "all_bad"
     shutil.copytree(clean, shards)
-    for tar in shards.glob("train-*.tar"):
-        for sample in range(len(keys_of(tar))):
-            flip_bits_in_place(tar, "01.jpg", sample)
+    flip_every_sample(shards.glob("train-*.tar"), "01.jpg")
     started = time.monotonic()
     cfg = config(shards, backend=backend, max_skip_run=5, max_skip_fraction=0.01)
     # (DALI reads ahead when its pipeline is built, so the error may come from build_loader already)

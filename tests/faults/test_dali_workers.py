@@ -110,13 +110,11 @@ def test_feed_workers_die_with_their_rank(shards, end):
 @pytest.fixture(scope="module")
 def all_bad(shards, tmp_path_factory) -> Path:
     """A copy in which every sample's log-mel has a flipped byte: every draw is a checksum skip."""
-    from tests.faults.damage import flip_bits_in_place, keys_of
+    from tests.faults.damage import flip_every_sample
 
     bad = tmp_path_factory.mktemp("dali_all_bad") / "shards"
     shutil.copytree(shards, bad)
-    for tar in bad.glob("train-*.tar"):
-        for sample in range(len(keys_of(tar))):
-            flip_bits_in_place(tar, "logmel.npy", sample)
+    flip_every_sample(bad.glob("train-*.tar"), "logmel.npy")
     return bad
 
 

@@ -16,7 +16,7 @@ from avmae.data.loader import build_loader
 from avmae.data.readers import open_shards
 from avmae.data.spec import load_spec
 from avmae.data.torch_loader import worker_line
-from tests.faults.damage import flip_bits_in_place, keys_of
+from tests.faults.damage import flip_every_sample
 from tests.faults.test_training_faults import stop_line, train
 from tests.helpers import build_shards, run_config
 
@@ -31,9 +31,7 @@ def all_bad(clean, tmp_path_factory) -> Path:
     """A copy in which every sample's second frame has a flipped byte: every draw is a checksum skip."""
     shards = tmp_path_factory.mktemp("all_bad") / "shards"
     shutil.copytree(clean, shards)
-    for tar in shards.glob("train-*.tar"):
-        for sample in range(len(keys_of(tar))):
-            flip_bits_in_place(tar, "01.jpg", sample)
+    flip_every_sample(shards.glob("train-*.tar"), "01.jpg")
     return shards
 
 

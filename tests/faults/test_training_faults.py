@@ -287,12 +287,10 @@ def test_skipped_samples_of_both_ranks_are_named_and_counted_in_metrics(shards, 
 @pytest.mark.slow
 @pytest.mark.serial
 def test_a_rank_past_its_skip_budget_ends_the_job_with_one_line(shards, tmp_path):
-    from tests.faults.damage import flip_bits_in_place, keys_of
+    from tests.faults.damage import flip_every_sample
 
     damaged = copy_of(shards, tmp_path)
-    for tar in sorted(damaged.glob("train-*.tar")):
-        for sample in range(len(keys_of(tar))):
-            flip_bits_in_place(tar, "01.jpg", sample)
+    flip_every_sample(sorted(damaged.glob("train-*.tar")), "01.jpg")
     config = run_config(tmp_path, damaged, data={"max_skip_fraction": 0.01, "max_skip_run": 3},
                         guard={"collective_timeout_s": 20})
     started = time.time()
