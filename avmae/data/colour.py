@@ -22,8 +22,7 @@ import functools
 
 import torch
 
-from avmae.data.config import DataConfig
-from avmae.data.samples import video_normalisation
+from avmae.data.samples import normalisation_factors
 
 BRIGHTNESS_DELTA = 32 / 255
 SATURATION_RANGE = (0.6, 1.4)
@@ -41,7 +40,8 @@ def colour_augment(video: torch.Tensor, video_norm: str, colour: float, colour_d
     batch = video.shape[0]
     draw_on = generator.device if generator is not None else video.device
     draws = torch.rand(batch, 6, generator=generator, device=draw_on).to(video.device, non_blocking=True)
-    scale, shift = _unit_affine(video_norm, video.device)  # normalised = scale * pixel - shift
+    scale, shift = normalisation_factors(video_norm, video.device)
+    scale = 255 * scale  # normalised = scale * pixel - shift, for pixels in [0, 1]
     pixels = (video.float() + shift) / scale
     per_clip = (-1, 1, 1, 1, 1)
     jittered = colour_jitter(pixels,
@@ -103,12 +103,4 @@ def _within(bounds: tuple[float, float], uniform: torch.Tensor) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=8)
 def _luma(device: torch.device) -> torch.Tensor:
-    return torch.tensor(LUMA).to(device).view(3, 1, 1)  # once per device, as _unit_affine
-
-
-@functools.lru_cache(maxsize=8)
-def _unit_affine(video_norm: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) on ``device``, (3, 1, 1) each, with normalised = scale * pixel - shift for pixels in [0, 1];
-    made once per device (a copy to the GPU per batch would make the host wait inside the step)."""
-    mean, std = video_normalisation(DataConfig(video_norm=video_norm))
-    return (1 / std).to(device).view(3, 1, 1), (mean / std).to(device).view(3, 1, 1)
+    return torch.tensor(LUMA).to(device).view(3, 1, 1)  # once per device, as normalisation_factors

@@ -105,16 +105,16 @@ def decode_video(jpegs: list[bytes], config: DataConfig, stored_short_side: int,
 
 
 @functools.lru_cache(maxsize=8)
-def _scale_and_shift(video_norm: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The per-channel factors on ``device``, made once per device: a copy to the GPU for every batch would make the
-    host wait for it inside the training step."""
+def normalisation_factors(video_norm: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift), (3, 1, 1) each on ``device``, with normalised = scale * uint8 pixel - shift; made once per
+    device: a copy to the GPU for every batch would make the host wait for it inside the training step."""
     mean, std = video_normalisation(DataConfig(video_norm=video_norm))
     return (1 / (255 * std)).to(device).view(3, 1, 1), (mean / std).to(device).view(3, 1, 1)
 
 
 def normalise_video(video: torch.Tensor, config: DataConfig) -> torch.Tensor:
     """uint8 (..., 3, H, W) -> float, normalised; run on the batch's device (the GPU in training)."""
-    scale, shift = _scale_and_shift(config.video_norm, video.device)
+    scale, shift = normalisation_factors(config.video_norm, video.device)
     return video.float().mul_(scale).sub_(shift)  # (x / 255 - mean) / std in two in-place passes
 
 
