@@ -94,12 +94,13 @@ def test_a_failing_rank_ends_the_job_at_once_with_its_own_line(export, rank_one_
 
 
 def test_the_collective_timeout_is_a_flag_whose_default_is_trainings():
-    from avmae.eval.evaluate import EvalRequest
+    from avmae.eval.request import EvalRequest
 
     assert EvalRequest("ckpt", "data", "vggsound").collective_timeout_s == GuardConfig.collective_timeout_s
     shown = subprocess.run([sys.executable, "-m", "avmae.cli.eval", "--help"], capture_output=True, text=True,
                            cwd=REPO, check=True).stdout
     assert "--collective-timeout-s" in shown
-    assert f"default: {GuardConfig.collective_timeout_s:g}, as training's" in " ".join(shown.split())
+    shown_default = f"as training's guard.collective_timeout_s (default: {GuardConfig.collective_timeout_s})"
+    assert shown_default in " ".join(shown.split())
     with pytest.raises(ValueError, match="collective_timeout_s must be more than 0"):
         EvalRequest("ckpt", "data", "vggsound", collective_timeout_s=0).validate()

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from avmae.cli import say
+from avmae.cli.flags import add_fields, dashed, from_args
+from avmae.eval.request import EvalRequest
 
 DESCRIPTION = """\
 Evaluate an avmae checkpoint (an export/*.safetensors file or a run folder) on a shard split:
@@ -39,57 +41,24 @@ examples:
 
 
 def _eval_parser() -> argparse.ArgumentParser:
+    """The main command: a flag for each field of EvalRequest (its help, type, choices and default), and --json."""
     parser = argparse.ArgumentParser(prog="avmae-eval", description=DESCRIPTION, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", required=True, help="exported .safetensors or a run folder")
-    parser.add_argument("--weights", default="model", choices=["model", "best", "averaged"],
-                        help="which export of a run folder")
-    parser.add_argument("--data", required=True, help="shard folder (avmae-shard build), or a URL (s3://, gs://, "
-                        "https://) or pipe: command with {} for the file name")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--task", required=True, choices=["audioset", "vggsound", "epic", "retrieval"])
-    parser.add_argument("--modality", choices=["av", "audio", "video"], help="inputs used (default: as trained)")
-    parser.add_argument("--alone-norms", choices=["own", "averaged"], default="own",
-                        help="one modality given to a model with per-modality norms (CAV-MAE): its own norms "
-                             "(CAV-MAE's audioonly/videoonly) or the mean of that and the joint norms "
-                             "(missingaudioonly/missingvideoonly)")
-    parser.add_argument("--views", type=int, default=1,
-                        help="temporal views per clip (evenly spread frame sets of the stored frames), combined "
-                             "as --view-average says")
-    parser.add_argument("--view-average", choices=["probabilities", "logits"], default="probabilities",
-                        help="how views are combined: the mean of their sigmoids/softmaxes (CAV-MAE) or the "
-                             "sigmoid/softmax of the mean of their logits (Scenic's MBT)")
-    parser.add_argument("--linear-probe", action="store_true",
-                        help="train a linear head on frozen features of --train-split, score --split")
-    parser.add_argument("--train-split", default="train")
-    parser.add_argument("--out", type=Path, help="report folder (default: <run>/eval_<task>_<split>)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--backend", default="auto", choices=["auto", "dali", "torch", "webdataset"],
-                        help="auto: DALI when CUDA is present, torch otherwise; webdataset is torch's older name")
-    parser.add_argument("--device", choices=["cpu", "cuda"])
-    parser.add_argument("--allow-missing", action="store_true",
-                        help="accept samples of the split that could not be read (the report lists them and says so)")
-    parser.add_argument("--ids", help="another lab's clip list (avmae-shard ids): score only the clips of --split "
-                                      "it holds; the report counts both sides")
-    # The default is training's guard.collective_timeout_s (EvalRequest takes it from there): not imported here,
-    # as that would load torch for --help; tests/test_eval_rank_failure.py checks the two agree.
-    parser.add_argument("--collective-timeout-s", type=float, metavar="SECONDS",
-                        help="under torchrun / srun: how long a collective waits for a rank that died or hangs "
-                             "before the job ends with an error (default: 1800, as training's "
-                             "guard.collective_timeout_s)")
+    add_fields(parser, EvalRequest)
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     return parser
 
 
+def _request(args: argparse.Namespace) -> EvalRequest:
+    """The request the main command's flags ask for (--json is how it is printed, not part of it)."""
+    return from_args(EvalRequest, args)
+
+
 def _run_eval(args) -> int:
     from avmae.eval import report as reports
-    from avmae.eval.evaluate import EvalRequest, evaluate
+    from avmae.eval.evaluate import evaluate
 
-    fields = {k: v for k, v in vars(args).items() if k != "json"}
-    if fields["collective_timeout_s"] is None:  # not given: the request's default
-        del fields["collective_timeout_s"]
-    result = evaluate(EvalRequest(**fields))
+    result = evaluate(_request(args))
     if not result.is_main:
         return 0
     if args.json:
@@ -131,10 +100,8 @@ def _run_reconstruct(argv: list[str]) -> int:
 def as_flags(message: str) -> str:
     """A library message in the CLI's terms: request fields (allow_missing) become flags (--allow-missing). Only
     the fields of two or more words: a one-word field (data, split) is also an ordinary word of a message."""
-    from avmae.eval.evaluate import EvalRequest
-
     names = "|".join(sorted((f for f in EvalRequest.__dataclass_fields__ if "_" in f), key=len, reverse=True))
-    return re.sub(rf"(?<![\w./-])({names})(?![\w./-])", lambda m: "--" + m.group(1).replace("_", "-"), message)
+    return re.sub(rf"(?<![\w./-])({names})(?![\w./-])", lambda m: dashed(m.group(1)), message)
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:

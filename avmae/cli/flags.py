@@ -3,8 +3,8 @@
 A field whose metadata has a ``help`` is a flag; everything else about the flag comes from the field as well:
 - the name: ``shard_size`` -> ``--shard-size`` (a command may spell some differently, through ``spell``);
 - the type: ``int``, ``float``, ``str``, ``Path``; ``X | None`` reads an X; a union of several types is read as text
-  for the library to tell apart; ``Literal[...]`` gives the choices; ``bool`` (default False) is a switch; a
-  ``parse`` function in the metadata reads the text instead;
+  for the library to tell apart; ``Literal[...]`` (or ``Literal[...] | None``) gives the choices; ``bool`` (default
+  False) is a switch; a ``parse`` function in the metadata reads the text instead;
 - the default (a ``default_factory`` is called when the parser is built); a field without one is a required flag;
 - the help, in which a parameter named in backquotes is spelled as its flag, the way ParameterError messages are.
 
@@ -93,6 +93,10 @@ def _parsing(item: dataclasses.Field, hint: Any) -> dict[str, Any]:
 
 
 def _choices(hint: Any) -> tuple[Any, ...]:
+    """The values of a ``Literal[...]``, or of a ``Literal[...] | None`` (None: the flag not given)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        given = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        hint = given[0] if len(given) == 1 else hint
     if typing.get_origin(hint) is typing.Literal:
         return typing.get_args(hint)
     return ()

@@ -1,4 +1,4 @@
-"""``avmae-eval``'s one library call: an evaluation request in, a report out (and on disk).
+"""``avmae-eval``'s one library call: an evaluation request (avmae/eval/request.py) in, a report out (and on disk).
 
 ``evaluate`` starts the process group (one process, torchrun or srun: avmae/distributed.py), loads the export,
 scores the split (a fine-tuned classifier, a linear probe on frozen features, or audio<->video retrieval), accounts
@@ -15,65 +15,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from avmae.config import to_dict
 from avmae.eval.clip_set import keep_listed, load_clip_set
 from avmae.eval.coverage import Coverage, coverage
 from avmae.eval.outputs import summarise, write_outputs
 from avmae.eval.predictions import Predictions, task_metrics
-from avmae.recipe.config import GuardConfig
+from avmae.eval.request import EvalRequest
 from avmae.shard.format import LabelMode
 
-TASKS = ("audioset", "vggsound", "epic", "retrieval")
 REPORT = "report.json"
-
-
-@dataclass
-class EvalRequest:
-    ckpt: str  # an export .safetensors or a run folder
-    data: str  # shard folder
-    task: Literal["audioset", "vggsound", "epic", "retrieval"]
-    split: str = "test"
-    weights: str = "model"  # which export of a run folder
-    modality: str | None = None  # inputs used; None: as trained
-    alone_norms: Literal["own", "averaged"] = "own"  # model.alone_norms for the evaluated model
-    views: int = 1
-    # How the views are combined: "probabilities" (the mean of their sigmoids or softmaxes, CAV-MAE's testing) or
-    # "logits" (the mean of their logits, Scenic's MBT testing)
-    view_average: Literal["probabilities", "logits"] = "probabilities"
-    linear_probe: bool = False
-    train_split: str = "train"  # the linear probe's training split
-    out: Path | None = None  # default: <run>/eval_<task>_<split>
-    batch_size: int = 16
-    workers: int = 2
-    backend: str = "auto"
-    device: str | None = None
-    allow_missing: bool = False  # accept samples of the split that could not be scored (recorded in the report)
-    ids: str | None = None  # another lab's clip list (avmae-shard ids): score only the split's clips it holds
-    # How long a collective waits for a rank that died or hangs before it fails: training's default
-    collective_timeout_s: float = GuardConfig.collective_timeout_s
-
-    def validate(self) -> "EvalRequest":
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
-        if self.view_average not in ("probabilities", "logits"):
-            raise ValueError(f"view_average must be probabilities or logits, got {self.view_average!r}")
-        for name in ("views", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.workers < 0:
-            raise ValueError(f"workers must be 0 or more, got {self.workers}")
-        if not self.collective_timeout_s > 0:
-            raise ValueError(f"collective_timeout_s must be more than 0, got {self.collective_timeout_s}")
-        return self
-
-    def out_dir(self) -> Path:
-        if self.out:
-            return Path(self.out)
-        ckpt = Path(self.ckpt)
-        run = ckpt if ckpt.is_dir() else ckpt.parent.parent
-        return run / f"eval_{self.task}_{self.split}{'_probe' if self.linear_probe else ''}"
 
 
 @dataclass
