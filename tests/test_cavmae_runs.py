@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,8 +17,8 @@ from safetensors import safe_open
 
 from avmae.cli.convert import main as convert_main
 from avmae.cli.eval import main as eval_main
-from avmae.data.spec import load_spec
-from avmae.export.load import load_model
+from avmae.data.spec import DataSpec, load_spec
+from avmae.export.load import LoadedModel, load_model
 from tests.cavmae_reference import CAVMAE, CAVMAEFT, randomise, saved_like_cavmae
 from tests.helpers import REPO, metrics
 from tests.tiny_models import timm_vit
@@ -29,50 +30,77 @@ TINY = ["model.encoder.size=custom", "model.encoder.width=64", "model.encoder.de
 TINY_REFERENCE = dict(width=64, depth=3, specific=2, heads=2, frames=208, mel=128, image=64)
 
 
-def test_converted_finetuned_checkpoint_runs_under_avmae_eval(shards, tmp_path, capsys):  # noqa: F811
-    spec = load_spec(shards, "val")
-    classes = spec.heads["label"]
+def _sets(items: list[str]) -> list[str]:
+    """Each override as ``--set KEY=VALUE`` on a command line."""
+    return sum((["--set", item] for item in items), [])
+
+
+def _save_random_finetuned_cavmae(tmp_path: Path, classes: int) -> CAVMAEFT:
+    """A tiny CAV-MAE fine-tuned model with random weights, saved as CAV-MAE saves it (cavmae_ft.pth)."""
     torch.manual_seed(0)
     reference = CAVMAEFT(classes=classes, **TINY_REFERENCE).eval()
     randomise(reference, seed=7)
     torch.save(saved_like_cavmae(reference), tmp_path / "cavmae_ft.pth")
+    return reference
+
+
+def _convert_with_label_names_and_mode(spec: DataSpec, tmp_path: Path) -> Path:
+    """cavmae_ft.pth converted with the shards' label names and label mode on the command line; its report says
+    what was mapped and dropped, and the export's metadata carries the same mapping."""
     labels = tmp_path / "labels.csv"
     labels.write_text("index,mid,display_name\n" + "".join(f'{i},{name},"{name}"\n' for i, name in enumerate(spec.label_names)))
     out = tmp_path / "converted" / "model.safetensors"
     mode = "multi" if spec.label_mode == "multi" else "single"
     assert convert_main(["cavmae", "--src", str(tmp_path / "cavmae_ft.pth"), "--out", str(out), "--labels", str(labels),
-                         "--label-mode", mode, *sum((["--set", item] for item in TINY), [])]) == 0
+                         "--label-mode", mode, *_sets(TINY)]) == 0
     report = json.loads((tmp_path / "converted" / "model.report.json").read_text())
     assert report["source"] == "CAVMAEFT" and len(report["dropped"]) == 2 * 2 * 8  # 2 + 2 specific blocks x 8
     with safe_open(str(out), framework="pt") as handle:
         assert json.loads(handle.metadata()["conversion"])["mapped"] == report["mapped"]
+    return out
 
-    loaded = load_model(out)  # what avmae-eval builds: strict, from the export's own metadata
-    assert loaded.task == "finetune" and loaded.heads == {"label": classes}
-    assert loaded.label_names == list(spec.label_names)
+
+def _tiny_audio_and_frame() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two spectrograms and two frames of the tiny geometry, from a generator of their own."""
     g = torch.Generator().manual_seed(1)
-    audio, frame = torch.randn(2, 208, 128, generator=g), torch.randn(2, 3, 64, 64, generator=g)
+    return torch.randn(2, 208, 128, generator=g), torch.randn(2, 3, 64, 64, generator=g)
+
+
+def _assert_export_predicts_as_the_reference(out: Path, spec: DataSpec, reference: CAVMAEFT, audio: torch.Tensor,
+                                             frame: torch.Tensor) -> None:
+    """The export loaded as avmae-eval loads it gives the reference's logits in all three of CAV-MAE's modes."""
+    loaded = load_model(out)  # what avmae-eval builds: strict, from the export's own metadata
+    assert loaded.task == "finetune" and loaded.heads == {"label": spec.heads["label"]}
+    assert loaded.label_names == list(spec.label_names)
     with torch.no_grad():
         for mode_name, kwargs in (("multimodal", dict(audio=audio, video=frame.unsqueeze(1))),
                                   ("audioonly", dict(audio=audio)), ("videoonly", dict(video=frame.unsqueeze(1)))):
             assert torch.allclose(loaded.model(**kwargs)["label"], reference(audio, frame, mode_name), atol=1e-5)
 
-    # the same through a recipe (its data settings travel with the export), shrunk as above
+
+def _convert_through_a_recipe(tmp_path: Path) -> LoadedModel:
+    """cavmae_ft.pth converted with a fine-tuning recipe (shrunk as above): its data settings and label mode travel
+    with the export."""
     recipe = REPO / "configs" / "cavmae_finetune_vggsound.yaml"
     assert convert_main(["cavmae", "--src", str(tmp_path / "cavmae_ft.pth"), "--out", str(tmp_path / "recipe.safetensors"),
-                         "--config", str(recipe), *sum((["--set", item] for item in TINY), [])]) == 0
+                         "--config", str(recipe), *_sets(TINY)]) == 0
     from_recipe = load_model(tmp_path / "recipe.safetensors")
     assert from_recipe.config.data.balanced_sampling and from_recipe.config.finetune.loss == "ce"
     assert from_recipe.label_mode == "single"  # from the recipe's loss, not from a class count
-    # neither --label-mode nor a recipe that says it: refused in one line that names the flag
+    return from_recipe
+
+
+def _assert_refused_without_a_label_mode(tmp_path: Path, capsys) -> None:
+    """Neither --label-mode nor a recipe that says it: refused in one line that names the flag, nothing written."""
     capsys.readouterr()
     assert convert_main(["cavmae", "--src", str(tmp_path / "cavmae_ft.pth"), "--out", str(tmp_path / "no.safetensors"),
-                         *sum((["--set", item] for item in TINY), [])]) == 2
+                         *_sets(TINY)]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "--label-mode" in error[0] and not (tmp_path / "no.safetensors").exists()
-    with torch.no_grad():
-        assert torch.allclose(from_recipe.model(audio=audio)["label"], reference(audio, frame, "audioonly"), atol=1e-5)
 
+
+def _evaluate_and_check_the_report(out: Path, shards: Path, spec: DataSpec, tmp_path: Path) -> None:
+    """avmae-eval on the converted export: two views, CAV-MAE's token order, predictions written."""
     task = "audioset" if spec.label_mode == "multi" else "vggsound"
     report_dir = tmp_path / "eval"
     assert eval_main(["--ckpt", str(out), "--data", str(shards), "--split", "val", "--task", task, "--views", "2",
@@ -83,6 +111,21 @@ def test_converted_finetuned_checkpoint_runs_under_avmae_eval(shards, tmp_path, 
     assert (report_dir / "predictions.npz").exists()
 
 
+def test_converted_finetuned_checkpoint_runs_under_avmae_eval(shards, tmp_path, capsys):  # noqa: F811
+    spec = load_spec(shards, "val")
+    reference = _save_random_finetuned_cavmae(tmp_path, spec.heads["label"])
+    out = _convert_with_label_names_and_mode(spec, tmp_path)
+    audio, frame = _tiny_audio_and_frame()
+    _assert_export_predicts_as_the_reference(out, spec, reference, audio, frame)
+
+    from_recipe = _convert_through_a_recipe(tmp_path)
+    _assert_refused_without_a_label_mode(tmp_path, capsys)
+    with torch.no_grad():
+        assert torch.allclose(from_recipe.model(audio=audio)["label"], reference(audio, frame, "audioonly"), atol=1e-5)
+
+    _evaluate_and_check_the_report(out, shards, spec, tmp_path)
+
+
 def test_converted_pretrained_checkpoint_loads_and_starts_a_finetune(tmp_path):
     torch.manual_seed(0)
     reference = CAVMAE(decoder_width=32, decoder_depth=2, decoder_heads=2, **TINY_REFERENCE)
@@ -91,7 +134,7 @@ def test_converted_pretrained_checkpoint_loads_and_starts_a_finetune(tmp_path):
     out = tmp_path / "pretrained.safetensors"
     overrides = TINY + ["model.decoder.width=32", "model.decoder.depth=2", "model.decoder.heads=2", "model.decoder.mlp=128"]
     assert convert_main(["cavmae", "--src", str(tmp_path / "cavmae.pth"), "--out", str(out),
-                         *sum((["--set", item] for item in overrides), [])]) == 0
+                         *_sets(overrides)]) == 0
     loaded = load_model(out)
     assert loaded.task == "pretrain" and not loaded.model.tokenizer.position.audio.requires_grad
     from avmae.models.classifier import AVClassifier
@@ -102,7 +145,7 @@ def test_converted_pretrained_checkpoint_loads_and_starts_a_finetune(tmp_path):
     assert all(k.startswith("decoder.") for k in report["skipped"])
     # a wrong geometry is refused with the reason, not loaded half
     assert convert_main(["cavmae", "--src", str(tmp_path / "cavmae.pth"), "--out", str(tmp_path / "x.safetensors"),
-                         *sum((["--set", item] for item in overrides + ["model.encoder.joint_layers=2"]), [])]) == 2
+                         *_sets(overrides + ["model.encoder.joint_layers=2"])]) == 2
 
 
 def test_tiny_cavmae_pretrains_from_a_vit_initialisation(shards, tmp_path):  # noqa: F811
