@@ -47,6 +47,20 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def dotted_values(obj: Any) -> dict[str, Any]:
+    """A config as ``{dotted key: value}`` (``{"optim.lr": 1e-4, ...}``), the keys ``--set`` takes; an empty
+    section is one key with ``{}``."""
+    def flat(data: Any, prefix: str) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            return {prefix.rstrip("."): data}
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(flat(value, f"{prefix}{key}."))
+        return out or {prefix.rstrip("."): {}}
+
+    return flat(to_dict(obj), "")
+
+
 def _unknown_key_error(cls: type, key: str, valid: list[str], where: str) -> ConfigError:
     # A dataclass may name, in a MOVED_KEYS class attribute (not a field), the keys that left it and where they went:
     # a recipe written before the move then gets directions instead of a guess.

@@ -153,9 +153,10 @@ def count_a_run(config_path: str, out_path: str) -> None:
     from avmae.recipe.config import RunConfig
     from avmae.train import step as step_module
     from avmae.train.divergence import NonFiniteGuard
+    from avmae.train.run_start import start_run
     from avmae.train.trainer import Trainer
 
-    trainer = Trainer(load(RunConfig, Path(config_path)).validate())
+    trainer = Trainer(start_run(load(RunConfig, Path(config_path))))
     counter = SyncCounter(trainer.dist.device)
     counter.mark([*trainer.model.parameters(), *trainer.model.buffers()])
     original_call = step_module.TrainStep.__call__

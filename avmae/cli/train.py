@@ -70,10 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     from avmae.eval.during_training import SplitEvaluator
     from avmae.eval.report import best_checkpoint_score
     from avmae.storage import StorageError
+    from avmae.train.run_start import start_run
     from avmae.train.trainer import Trainer
 
     try:
-        trainer = Trainer(config, evaluator=SplitEvaluator(config) if config.task == "finetune" else None,
+        trainer = Trainer(start_run(config), evaluator=SplitEvaluator(config) if config.task == "finetune" else None,
                           best_score=best_checkpoint_score)
     except (ValueError, FileNotFoundError, StorageError) as err:  # shards missing, unreachable or made for another
         say(f"avmae-train: {_one_line(err)}")  # model: say which

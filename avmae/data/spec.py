@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,6 @@ from avmae.storage import root_of
 log = logging.getLogger(__name__)
 # Feature parameters a manifest of an older build leaves out, and what that meant then.
 ABSENT_FEATURES = {"audio_frontend": DEFAULT_AUDIO_FRONTEND}
-_NOTICED: set[str] = set()  # folders whose "unchecked" notice was given (once per folder and process)
 
 
 class DataMismatchError(ValueError):
@@ -49,6 +49,12 @@ class DataSpec:
         return sum(s.samples for s in self.shards)
 
 
+@functools.cache  # once per folder and process: every reader and evaluation opens the spec again
+def _notice_unchecked(root: str, version: int) -> None:
+    log.warning("%s: shard format version %s has no member checksums; its samples are read unchecked "
+                "(rebuild with this avmae to check them)", root, version)
+
+
 def load_spec(root: str | Path, split: str, expect: dict[str, Any] | None = None) -> DataSpec:
     """The shards of ``split`` under ``root``. ``expect`` maps feature names to required values (e.g. the number of
     log-mel frames the model was configured for); any difference is an error naming both values. ``root`` is a
@@ -68,10 +74,8 @@ def load_spec(root: str | Path, split: str, expect: dict[str, Any] | None = None
                                     f"{wanted!r}; rebuild the shards or change the config")
     split_info = manifest["splits"][split]
     unchecked = manifest["format_version"] in UNCHECKED_VERSIONS
-    if unchecked and str(root) not in _NOTICED:
-        _NOTICED.add(str(root))
-        log.warning("%s: shard format version %s has no member checksums; its samples are read unchecked "
-                    "(rebuild with this avmae to check them)", root, manifest["format_version"])
+    if unchecked:
+        _notice_unchecked(str(root), manifest["format_version"])
     shards = tuple(ShardFile(join(root, s["tar"]), join(root, s["idx"]), s["samples"],
                              None if unchecked else join(root, s["crc"]),
                              join(root, s["labels"]) if s.get("labels") else None) for s in split_info["shards"])

@@ -26,9 +26,10 @@ def load_run_spec(config: RunConfig, split: str, shards: str | Path | None = Non
     """The shards of ``split`` (``shards`` or ``data.shards``), refused with a message naming the folder, the
     parameter and both values when they were built for another geometry than ``config``'s."""
     root = shards if shards is not None else config.data.shards
+    expect = shard_expectations(config)
     # The run's limits on remote reads, from its first one (the manifest) on; forked readers inherit them.
     set_storage_limits(config.data.storage_timeout_s, config.data.storage_retries)
-    spec = load_spec(root, split, shard_expectations(config))
+    spec = load_spec(root, split, expect)
     wanted = config.data.num_frames if config.data.num_frames is not None else config.model.video.frames
     stored = spec.features["num_frames"]
     if wanted > stored and not config.data.frame_stride:  # a window wraps, as Scenic's (data/frame_windows.py)

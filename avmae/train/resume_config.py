@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from avmae.config import ConfigError, to_dict
+from avmae.config import ConfigError, dotted_values
 from avmae.recipe.config import RunConfig
 from avmae.recipe.saved import read_saved_run_config
 
@@ -35,18 +35,12 @@ RESUMABLE = ("optim.steps", "stop_after", "log.", "checkpoint.every", "checkpoin
              "data.storage_retries", "zero_bucket_elements", "compile", "optim.fused")
 
 
-def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flat(value, f"{prefix}{key}."))
-        return out or {prefix.rstrip("."): {}}
-    return {prefix.rstrip("."): data}
-
-
 def changed_keys(saved: RunConfig, current: RunConfig) -> list[str]:
     """Dotted keys whose values differ and that a resume may not change."""
-    old, new = _flat(to_dict(saved)), _flat(to_dict(current))
+    return _changes(dotted_values(saved), dotted_values(current))
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key) and not may_change(key))
 
 
@@ -62,9 +56,9 @@ def check_resumable(saved_path: Path, current: RunConfig) -> None:
         saved = read_saved_run_config(yaml.safe_load(saved_path.read_text()) or {})
     except (ConfigError, yaml.YAMLError) as err:
         raise ValueError(f"{saved_path} cannot be read as a run config ({err}); move the run folder aside or fix it")
-    changed = changed_keys(saved, current)
+    old, new = dotted_values(saved), dotted_values(current)
+    changed = _changes(old, new)
     if changed:
-        old, new = _flat(to_dict(saved)), _flat(to_dict(current))
         detail = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
         raise ValueError(f"the run in {saved_path.parent} has checkpoints made with another config; a resume may "
                          f"not change {detail} (start a new workdir, or see avmae/train/resume_config.py)")

@@ -1,9 +1,10 @@
 """``avmae-train``: one DeepSpeed ZeRO trainer for AV-MAE pretraining and for fine-tuning.
 
-The trainer is a loop that calls components, each a small object with its own config section
-(docs/architecture.md#the-trainer-as-components follows the config through them):
+The trainer is built from a checked ``RunStart`` (``run_start.start_run``: the config validated, the shards and a
+resume's config checked, the process group, the run folder, the seeds, ``config.yaml``) and is a loop that calls
+components, each a small object with its own config section (docs/architecture.md#the-trainer-as-components follows
+the config through them):
 
-- ``run_start``: the shards and a resume's config checked, the run folder, the seeds, ``config.yaml``;
 - ``model_setup``: the model and its starting weights (``init``, ``mavil.teacher``, ``finetune.heads``);
 - ``engine``: DeepSpeed's engine and optimizer (``zero_*``, ``optim``) and the learning rate of each step;
 - ``data_feed``: this rank's batches (``data``, ``augment``), their reader positions and sample counts;
@@ -29,8 +30,6 @@ from typing import Any
 
 import torch
 
-from avmae.distributed import DistInfo, setup_distributed
-from avmae.recipe.config import RunConfig
 from avmae.train.best import BestStep, Score
 from avmae.train.boundaries import Boundaries
 from avmae.train.data_feed import TrainingData
@@ -41,7 +40,7 @@ from avmae.train.exports import Exports
 from avmae.train.logging import RunLogger
 from avmae.train.model_setup import build_model, loss_kind, task_heads
 from avmae.train.requeue import Requeue
-from avmae.train.run_start import checked_run, open_run_folder
+from avmae.train.run_start import RunStart
 from avmae.train.saving import Saving
 from avmae.train.signals import StopRequest
 from avmae.train.step import StepResult, TrainStep
@@ -66,17 +65,14 @@ class RunState:
 
 
 class Trainer:
-    def __init__(self, config: RunConfig, dist_info: DistInfo | None = None, evaluator: Evaluator | None = None,
-                 best_score: Score | None = None):
-        """``evaluator``: scores fine-tuning every ``finetune.eval_every`` steps and at the end, and ``best_score``
-        picks the best of those steps for the ``best`` export (``avmae.eval.report.best_checkpoint_score``); no
-        evaluator: no evaluation, and no best weights."""
-        self.config = config.validate()
-        self.spec, self.checkpoints = checked_run(config)
-        self.dist = dist_info or setup_distributed(timeout_s=config.guard.collective_timeout_s)
-        self.is_main = self.checkpoints.is_main = self.dist.is_main
-        self.workdir = open_run_folder(config, self.dist.rank, self.is_main)
-        self.bf16 = config.precision == "bf16" or (config.precision == "auto" and self.dist.device.type == "cuda")
+    def __init__(self, start: RunStart, evaluator: Evaluator | None = None, best_score: Score | None = None):
+        """``start``: the checked run (``run_start.start_run``). ``evaluator``: scores fine-tuning every
+        ``finetune.eval_every`` steps and at the end, and ``best_score`` picks the best of those steps for the
+        ``best`` export (``avmae.eval.report.best_checkpoint_score``); no evaluator: no evaluation, and no best
+        weights."""
+        config = self.config = start.config
+        self.spec, self.checkpoints, self.dist, self.workdir = start.spec, start.checkpoints, start.dist, start.workdir
+        self.is_main, self.bf16 = start.is_main, start.bf16
         self.model = build_model(config, self.spec, self.workdir, self.is_main)
         finetune = config.task == "finetune"
         self.due = Boundaries(config, finetune and evaluator is not None)
@@ -87,7 +83,7 @@ class Trainer:
         evaluation = InTrainingEvaluation(evaluator, self.engine, heads, self.dist, dtype) if evaluator else None
         self.best = BestStep(best_score, None)
         self.saving = Saving(self.checkpoints, self.engine, self.due, evaluation, self.best)
-        self.exports = Exports(self.config, self.spec, heads, self.checkpoints, self.is_main)
+        self.exports = Exports(config, self.spec, heads, self.checkpoints, self.is_main)
         self.requeue = Requeue.of(config.guard, self.dist, self.workdir)
 
     def run(self) -> dict[str, Any]:
