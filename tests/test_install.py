@@ -108,8 +108,9 @@ def _avmae_file(python: Path, cwd: Path, env: dict) -> Path:
     return Path(_run([python, "-c", "import avmae; print(avmae.__file__)"], cwd, env).stdout.strip())
 
 
-@pytest.mark.slow
-def test_the_wheel_runs_build_train_eval_outside_the_checkout(tmp_path):
+def _install_the_wheel(tmp_path: Path) -> tuple[Path, Path, dict]:
+    """The wheel built from a copy of the sources and installed without ``-e`` into a new venv: the venv, its
+    python and the environment that runs it."""
     wheels = tmp_path / "wheels"
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", wheels, _sources(tmp_path / "src")], tmp_path)
     wheel = next(wheels.glob("avmae-*.whl"))
@@ -122,13 +123,18 @@ def test_the_wheel_runs_build_train_eval_outside_the_checkout(tmp_path):
     env = _venv_env(environment)
     _run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", "--ignore-installed",
           wheel], tmp_path, env)
-    work = tmp_path / "elsewhere"
-    work.mkdir()
+    return environment, python, env
+
+
+def _assert_the_venvs_avmae_is_imported(environment: Path, python: Path, work: Path, env: dict) -> None:
     imported = _avmae_file(python, work, env)
     assert environment in imported.parents and REPO not in imported.parents, imported
     assert (imported.parent / "configs" / "pretrain_as2m.yaml").is_file()  # package data in the wheel
     assert Path(shutil.which("avmae-train", path=env["PATH"])).parent == environment / "bin"
 
+
+def _synth_and_build_shards(work: Path, env: dict) -> int:
+    """12 generated clips built into shards/ with a validation split; returns the validation split's size."""
     _run(["avmae-shard", "synth", "--out", "corpus", "--num", "12", "--classes", "4", "--seconds", "2",
           "--size", "96x64", "--workers", "1"], work, env)
     built = _run(["avmae-shard", "build", "--list", "corpus/corpus.csv", "--out", "shards", "--num-frames", "4",
@@ -138,7 +144,11 @@ def test_the_wheel_runs_build_train_eval_outside_the_checkout(tmp_path):
     assert manifest["totals"]["samples"] == 12 and manifest["totals"]["failures"] == 0, built.stdout[-2000:]
     val = manifest["splits"]["val"]["samples"]
     assert val >= 2
+    return val
 
+
+def _pretrain_a_tiny_model(work: Path, env: dict) -> None:
+    """avmae-train by recipe name, shrunk: 4 steps into run/, each logged."""
     tiny = ["model.encoder.width=64", "model.encoder.depth=2", "model.encoder.heads=2", "model.encoder.mlp=128",
             "model.encoder.joint_layers=1", "model.decoder.width=32", "model.decoder.depth=1", "model.decoder.heads=2",
             "model.decoder.mlp=64", "model.audio.frames=256", "model.video.frames=4", "model.video.size=64",
@@ -151,7 +161,9 @@ def test_the_wheel_runs_build_train_eval_outside_the_checkout(tmp_path):
     logged = [json.loads(line)["step"] for line in (work / "run" / "metrics.jsonl").read_text().splitlines()
               if "loss" in json.loads(line)]
     assert logged == [1, 2, 3, 4]
-    # the export, read by the installed package
+
+
+def _assert_the_installed_package_reads_the_export(python: Path, work: Path, env: dict) -> None:
     described = _run([python, "-c", "from avmae.export.format import read_export; import json; "
                       "state, info, path = read_export('run'); "
                       "print(json.dumps({'tensors': len(state), 'width': info.config.model.encoder.width, "
@@ -159,6 +171,8 @@ def test_the_wheel_runs_build_train_eval_outside_the_checkout(tmp_path):
     export = json.loads(described.stdout.strip().splitlines()[-1])
     assert export["tensors"] > 10 and export["width"] == 64 and (work / export["path"]).is_file()
 
+
+def _evaluate_retrieval_on_val(work: Path, env: dict, val: int) -> None:
     _run(["avmae-eval", "--ckpt", "run", "--data", "shards", "--split", "val", "--task", "retrieval", "--out",
           "eval", "--batch-size", "2", "--workers", "0", "--backend", "torch"], work, env)
     metrics = json.loads((work / "eval" / "report.json").read_text())["metrics"]
@@ -166,13 +180,28 @@ def test_the_wheel_runs_build_train_eval_outside_the_checkout(tmp_path):
     for direction in ("audio_to_video", "video_to_audio"):  # every pair ranked among val clips: R@10 = 1
         assert 0 <= metrics[direction]["R@1"] <= metrics[direction]["R@5"] <= metrics[direction]["R@10"] == 1.0
 
-    # the configs the library reads itself: CAV-MAE's architecture (the converter) and the GPU check's recipe
+
+def _assert_the_library_reads_its_own_configs(python: Path, work: Path, env: dict) -> None:
+    """The configs the library reads itself: CAV-MAE's architecture (the converter) and the GPU check's recipe."""
     _run(["avmae-convert", "cavmae", "--help"], work, env)
     reads = _run([python, "-c", "from avmae.models.convert_cavmae import cavmae_base; "
                   "from avmae.bench.gpu_check import RECIPE; from avmae.config import load; "
                   "from avmae.recipe.config import RunConfig; m = cavmae_base(); r = load(RunConfig, RECIPE); "
                   "print(m.encoder.size, m.decoder.depth, m.audio.frames, r.model.encoder.size)"], work, env)
     assert reads.stdout.split()[-4:] == ["base", "8", "1024", "large"]  # CAV-MAE's ViT-B; the recipe's ViT-L
+
+
+@pytest.mark.slow
+def test_the_wheel_runs_build_train_eval_outside_the_checkout(tmp_path):
+    environment, python, env = _install_the_wheel(tmp_path)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    _assert_the_venvs_avmae_is_imported(environment, python, work, env)
+    val = _synth_and_build_shards(work, env)
+    _pretrain_a_tiny_model(work, env)
+    _assert_the_installed_package_reads_the_export(python, work, env)
+    _evaluate_retrieval_on_val(work, env, val)
+    _assert_the_library_reads_its_own_configs(python, work, env)
 
 
 # --- an air-gapped install from a wheelhouse --------------------------------------------------------------------
