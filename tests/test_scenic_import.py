@@ -18,7 +18,7 @@ from avmae.config import apply_overrides, from_dict
 from avmae.export.format import read_export
 from avmae.export.init import initialise
 from avmae.export.load import load_model, model_for
-from avmae.export.scenic import ScenicLayoutError, convert_scenic_params, read_label_file
+from avmae.export.scenic import ScenicLayoutError, ScenicOptions, convert_scenic_params, read_label_file
 from avmae.export.scenic_msgpack import ScenicCheckpointError, read_scenic_params
 from avmae.recipe.config import ModelInitConfig, RunConfig
 from avmae.train.losses import finetune_loss
@@ -230,7 +230,7 @@ def test_pretrained_export_starts_mbt_as_scenic_does(pretrain_dir, mbt_dir):
                          "embedding_spectrogram/bias", "embedding_spectrogram/kernel"]
     # Scenic's result, in avmae's names: the MBT params with every transferred one replaced by its source
     scenic_start = {name: pretrain[source[0]] if source else mbt[name] for name, source in transfer.items()}
-    expected = convert_scenic_params(scenic_start, fusion_layer=2, label_mode="multi").state
+    expected = convert_scenic_params(scenic_start, ScenicOptions(fusion_layer=2, label_mode="multi")).state
 
     config = read_export(mbt_dir)[1].config
     torch.manual_seed(0)
@@ -281,7 +281,7 @@ def test_other_fusion_and_decoder_layouts_load_strictly(variant):
                   **{k.replace("Decoder/", f"Decoder_{s}/"): v for k, v in params.items() if k.startswith("Decoder/")
                      for s in ("rgb", "spectrogram")}}
         fusion, depth = "mid", 4
-    conversion = convert_scenic_params(params, **strategy)
+    conversion = convert_scenic_params(params, ScenicOptions(**strategy))
     config = from_dict(RunConfig, apply_overrides(conversion.run, list(GEOMETRY)))
     assert (config.model.encoder.fusion, config.model.encoder.dims()[1]) == (fusion, depth)
     assert config.model.decoder.kind == ("separate" if variant == "separate_decoders" else "shared")
@@ -293,7 +293,7 @@ def test_inpainting_pretraining_takes_scenic_layout():
     """use_inpainting is not in the parameters: --inpainting says it, and the model computes Scenic's decoder input
     (the other modality's fused tokens first, then mask tokens; the loss on the mask-token slots)."""
     params = read_scenic_params(FIXTURES / "pretrain" / "checkpoint").params
-    conversion = convert_scenic_params(params, inpainting=True)
+    conversion = convert_scenic_params(params, ScenicOptions(inpainting=True))
     config = from_dict(RunConfig, apply_overrides(conversion.run, list(GEOMETRY)))
     assert (config.model.objective, config.model.inpainting_layout) == ("inpainting", "scenic")
     assert conversion.scenic_config["model"]["use_inpainting"]
@@ -351,7 +351,7 @@ def test_fusion_layer_and_label_mode_defaults_follow_the_class_count(tmp_path, c
     params[f"ProjectionHeadAndClassifier_0/output_projection/bias"] = np.zeros(527, np.float32)
     with pytest.raises(ScenicLayoutError, match="fusion layer 18 is outside 0..3"):  # AudioSet's 18 of 24
         convert_scenic_params(params)
-    conversion = convert_scenic_params(params, fusion_layer=3)
+    conversion = convert_scenic_params(params, ScenicOptions(fusion_layer=3))
     assert conversion.report["label_mode"] == "multi" and conversion.run["finetune"]["loss"] == "bce_sum"
 
 

@@ -8,7 +8,9 @@ import json
 import sys
 from pathlib import Path
 
-from avmae.shard.format import LabelMode
+from avmae.cli.flags import add_fields, dashed, flag_fields, from_args
+from avmae.export.cavmae_options import CavmaeOptions
+from avmae.export.scenic_options import ScenicOptions
 
 DESCRIPTION = """\
 Convert a checkpoint of a system avmae descends from to an avmae export.
@@ -56,13 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     cavmae = sub.add_parser("cavmae", help="YuanGongND/cav-mae checkpoints (CAVMAE / CAVMAEFT)")
     cavmae.add_argument("--src", type=Path, required=True, help="CAV-MAE .pth state dict")
     cavmae.add_argument("--out", type=Path, required=True, help="avmae export to write (.safetensors)")
-    cavmae.add_argument("--config", type=Path, help="run YAML the model belongs to (default: cavmae_base with "
-                                                    "CAV-MAE's data settings)")
+    add_fields(cavmae, CavmaeOptions)
     cavmae.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     cavmae.add_argument("--labels", type=Path, help="CAV-MAE label CSV (index,mid,display_name): names of the classes")
-    cavmae.add_argument("--label-mode", choices=[LabelMode.MULTI.value, LabelMode.SINGLE.value],
-                        help="of a fine-tuned checkpoint: multi (AudioSet) or single (VGGSound); default: as the "
-                             "--config's finetune.loss says (bce: multi, ce: single)")
     cavmae.add_argument("--json", action="store_true", help="print the whole report")
 
     scenic = sub.add_parser("scenic", help="google-research/scenic AV-MAE checkpoints (pretrained, MBT fine-tuned)",
@@ -71,34 +69,22 @@ def _parser() -> argparse.ArgumentParser:
     scenic.add_argument("--out", type=Path, required=True, help="export folder to write (a run folder)")
     scenic.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a run-config value, e.g. model.video.frames=16 or data.shards=/data/as")
-    scenic.add_argument("--fusion-layer", type=int, help="MBT: first bottleneck layer (default 18 for 527 classes, "
-                                                         "16 for 309; needed for any other class count)")
-    scenic.add_argument("--label-mode", choices=["multi", "single"],
-                        help="MBT: multi (sigmoid, AudioSet) or single (softmax, VGGSound); default from the class "
-                             "count (527: multi, 309: single)")
     scenic.add_argument("--labels", type=Path, help="class names: AudioSet's class_labels_indices.csv, a VGGSound list "
                                                     "(YTID,start,label,split) or one name per line")
-    scenic.add_argument("--encoder-strategy", choices=["separate_encoders_and_concat", "separate_encoders",
-                                                       "concat_and_encode", "same_encoder"],
-                        help="pretraining: the config's encoder_strategy; needed only for one 'Transformer' stack "
-                             "(concat_and_encode and same_encoder have the same names)")
-    scenic.add_argument("--decoder-strategy", choices=["same_decoder", "separate_decoders", "concat_and_decode"],
-                        help="pretraining: the config's decoder_strategy (default for one 'Decoder' stack: "
-                             "same_decoder, both released recipes)")
-    scenic.add_argument("--inpainting", action="store_true", help="pretraining: the model was trained with "
-                                                                   "use_inpainting (not recorded in the parameters)")
+    add_fields(scenic, ScenicOptions)
     scenic.add_argument("--json", action="store_true", help="print the whole report")
     return parser
 
 
-FLAGS = {"label_mode": "--label-mode", "finetune.loss": "--set finetune.loss", "fusion_layer": "--fusion-layer",
-         "encoder_strategy": "--encoder-strategy"}  # library terms -> this CLI's
+# library terms -> this CLI's: the options' fields are their flags
+FLAGS = {"finetune.loss": "--set finetune.loss",
+         **{item.name: dashed(item.name) for options in (ScenicOptions, CavmaeOptions) for item in flag_fields(options)}}
 
 
 def _convert_cavmae(args) -> dict:
     from avmae.export.cavmae import convert_files
 
-    report = convert_files(args.src, args.out, args.config, args.set, args.labels, args.label_mode)
+    report = convert_files(args.src, args.out, args.set, args.labels, from_args(CavmaeOptions, args))
     if not args.json:
         print(f"{report['source']} ({report['source_keys']} keys, {report['source_parameters'] / 1e6:.3f} M) -> "
               f"{args.out} [{report['task']}]: {report['mapped']} keys loaded, {len(report['dropped'])} never-used "
@@ -109,9 +95,7 @@ def _convert_cavmae(args) -> dict:
 def _convert_scenic(args) -> dict:
     from avmae.export.scenic import convert_scenic
 
-    report = convert_scenic(args.checkpoint, args.out, overrides=args.set, fusion_layer=args.fusion_layer,
-                            label_mode=args.label_mode, labels=args.labels, encoder_strategy=args.encoder_strategy,
-                            decoder_strategy=args.decoder_strategy, inpainting=args.inpainting)
+    report = convert_scenic(args.checkpoint, args.out, args.set, args.labels, from_args(ScenicOptions, args))
     if not args.json:
         what = (f"{report['encoder_strategy']} + {report['decoder_strategy']}" if report["task"] == "pretrain" else
                 f"MBT {'+'.join(report['modalities'])}, {report['classes']} classes, fusion layer "

@@ -13,6 +13,7 @@ import torch
 
 from avmae.config import apply_overrides, from_dict, to_dict
 from avmae.data.config import AugmentConfig, DataConfig
+from avmae.export.cavmae_options import CavmaeOptions
 from avmae.models.convert_cavmae import cavmae_base, convert_cavmae
 from avmae.files import write_text_atomically
 from avmae.models.state_dicts import read_state_dict
@@ -108,13 +109,13 @@ def report_path(out: str | Path) -> Path:
     return out.with_name(out.name.removesuffix(".safetensors") + ".report.json")
 
 
-def convert_files(src: str | Path, out: str | Path, config: str | Path | None = None,
-                  overrides: list[str] | None = None, labels: str | Path | None = None,
-                  label_mode: LabelMode | str | None = None) -> dict:
-    """``export_cavmae`` from files: the run YAML ``config`` (with ``overrides``; without it, the overrides apply to
-    the default cavmae_base run) and CAV-MAE's label CSV ``labels``."""
+def convert_files(src: str | Path, out: str | Path, overrides: list[str] | None = None,
+                  labels: str | Path | None = None, options: CavmaeOptions = CavmaeOptions()) -> dict:
+    """``export_cavmae`` from files: the run YAML ``options.config`` (with ``overrides``; without it, the overrides
+    apply to the default cavmae_base run) and CAV-MAE's label CSV ``labels``."""
     from avmae.config import load
 
+    config = options.config
     run_config = load(RunConfig, config, list(overrides or [])) if config else None
     names = read_label_names(labels) if labels else None
-    return export_cavmae(src, out, run_config, names, label_mode, overrides=[] if config else overrides)
+    return export_cavmae(src, out, run_config, names, options.label_mode, overrides=[] if config else overrides)

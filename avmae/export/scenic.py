@@ -10,6 +10,10 @@ that they cover the avmae model the run config describes with equal shapes, and 
 - ``DIR/scenic_config.json``: the Scenic config the parameters imply, and what had to be assumed;
 - ``DIR/report.json``: what was read, mapped and assumed.
 
+What the parameters do not record (the MBT fusion layer and label mode, the pretraining strategies, inpainting) is
+answered by ``ScenicOptions`` (``scenic_options``); one left None takes Scenic's recipes' value, listed as assumed,
+or, where no recipe tells, the conversion asks for it.
+
 Label order (not in any checkpoint): a 527-class head is AudioSet's, in the index order of AudioSet's
 ``class_labels_indices.csv``, which Scenic's AudioSet data uses for its multi-hot labels; a 309-class head is
 VGGSound's, taken to be in sorted order of the class names (the common convention of VGGSound lists; Scenic's
@@ -36,6 +40,7 @@ from avmae.export.scenic_layout import Params, ScenicConversion, ScenicLayoutErr
 from avmae.export.scenic_mae import convert_pretraining
 from avmae.export.scenic_mbt import MBT_HEAD, convert_mbt
 from avmae.export.scenic_msgpack import ScenicCheckpointError, read_scenic_params
+from avmae.export.scenic_options import ScenicOptions
 from avmae.files import write_text_atomically
 from avmae.recipe.config import RunConfig
 
@@ -69,16 +74,15 @@ def read_label_file(path: str | Path, single_label: bool) -> list[str]:
     return sorted(names) if single_label else names
 
 
-def convert_scenic_params(params: dict[str, np.ndarray], *, fusion_layer: int | None = None,
-                          label_mode: str | None = None, encoder_strategy: str | None = None,
-                          decoder_strategy: str | None = None, inpainting: bool = False) -> ScenicConversion:
-    """Flat Scenic params -> avmae state dict and run config. Every parameter is used, or this raises naming the
-    ones left over, so nothing is dropped silently."""
+def convert_scenic_params(params: dict[str, np.ndarray], options: ScenicOptions = ScenicOptions()
+                          ) -> ScenicConversion:
+    """Flat Scenic params -> avmae state dict and run config; ``options`` answer what the parameters do not record.
+    Every parameter is used, or this raises naming the ones left over, so nothing is dropped silently."""
     p = Params(params)
     if p.prefixed(MBT_HEAD + "/"):
-        conversion = convert_mbt(p, fusion_layer, label_mode)
+        conversion = convert_mbt(p, options.fusion_layer, options.label_mode)
     elif p.prefixed("decoder_projection_"):
-        conversion = convert_pretraining(p, encoder_strategy, decoder_strategy, inpainting)
+        conversion = convert_pretraining(p, options.encoder_strategy, options.decoder_strategy, options.inpainting)
     else:
         raise ScenicLayoutError("neither an AV-MAE pretraining model (decoder_projection_*) nor an MBT classifier "
                                 f"({MBT_HEAD}); top-level names {sorted({k.split('/')[0] for k in params})[:8]}")
@@ -149,18 +153,15 @@ def _complete(conversion: ScenicConversion, config: RunConfig, checkpoint: Path)
     return state
 
 
-def convert_scenic(checkpoint: str | Path, out: str | Path, *, overrides: list[str] | None = None,
-                   fusion_layer: int | None = None, label_mode: str | None = None, labels: str | Path | None = None,
-                   encoder_strategy: str | None = None, decoder_strategy: str | None = None,
-                   inpainting: bool = False) -> dict:
+def convert_scenic(checkpoint: str | Path, out: str | Path, overrides: list[str] | None = None,
+                   labels: str | Path | None = None, options: ScenicOptions = ScenicOptions()) -> dict:
     """Convert ``checkpoint`` and write the export folder ``out``; returns the report. ``overrides`` (``key=value``)
-    change the run config (input sizes, data paths); the rest answer what a checkpoint does not record."""
+    change the run config (input sizes, data paths), ``labels`` names the classes (``read_label_file``); ``options``
+    answer what a checkpoint does not record."""
     checkpoint, out = Path(checkpoint), Path(out)
     read = read_scenic_params(checkpoint)
     try:
-        conversion = convert_scenic_params(read.params, fusion_layer=fusion_layer, label_mode=label_mode,
-                                           encoder_strategy=encoder_strategy, decoder_strategy=decoder_strategy,
-                                           inpainting=inpainting)
+        conversion = convert_scenic_params(read.params, options)
     except ScenicLayoutError as err:
         raise ScenicConversionError(f"{checkpoint}: {err}") from None
     config = _run_config(conversion, list(overrides or []), checkpoint)
@@ -192,5 +193,5 @@ def convert_scenic(checkpoint: str | Path, out: str | Path, *, overrides: list[s
     return report
 
 
-__all__ = ["ScenicCheckpointError", "ScenicConversionError", "ScenicLayoutError", "convert_scenic",
+__all__ = ["ScenicCheckpointError", "ScenicConversionError", "ScenicLayoutError", "ScenicOptions", "convert_scenic",
            "convert_scenic_params", "read_label_file"]

@@ -19,10 +19,8 @@ import torch
 from avmae.export.scenic_layout import (AUDIO_FRAMES, MEL_BINS, MODALITY, VIDEO_FRAMES, VIDEO_SIZE, Params,
                                         ScenicConversion, ScenicLayoutError, as_tensor, audio_embedding, encoder_size,
                                         layer_norm, linear, scenic_numerics, stack, stack_dims, video_embedding)
+from avmae.export.scenic_options import DECODER_STRATEGIES, ENCODER_STRATEGIES
 
-ENCODER_STRATEGIES = {"separate_encoders_and_concat": "mid", "separate_encoders": "late",
-                      "concat_and_encode": "early", "same_encoder": "shared"}
-DECODER_STRATEGIES = {"same_decoder": "shared", "separate_decoders": "separate", "concat_and_decode": "joint"}
 # (audio, video) mask ratios of the recipe of each fusion strategy: AudioSet pretrains mid fusion
 # (configs/audioset/pretrain.py), VGGSound late (configs/vggsound/pretrain.py).
 MASK_RATIOS = {"mid": (0.7, 0.9), "late": (0.5, 0.9)}
