@@ -60,6 +60,24 @@ def run_config(tmp_path: Path, shards: Path, **sections) -> Path:
     return path
 
 
+def initialised_export(root: Path, shards: Path) -> Path:
+    """A classifier export of the tiny model for ``shards``' labels, its weights as initialised (for tests in which
+    the weights are not under test), at ``root``/run/export/model.safetensors."""
+    from avmae.config import load
+    from avmae.data.spec import load_spec
+    from avmae.export.format import ExportInfo, write_export
+    from avmae.export.load import model_for
+    from avmae.recipe.config import RunConfig
+
+    config = load(RunConfig, run_config(root, shards, task="finetune"))
+    spec = load_spec(shards, "train")
+    heads = {"label": len(spec.label_names)}
+    info = ExportInfo(task="finetune", config=config, label_mode=str(spec.label_mode),
+                      label_names=list(spec.label_names), heads=heads)
+    return write_export(root / "run" / "export" / "model.safetensors",
+                        model_for(config, "finetune", heads).state_dict(), info)
+
+
 def free_port() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

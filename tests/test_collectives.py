@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from avmae import collectives
-from tests.helpers import REPO, free_port, run_config
+from tests.helpers import REPO, free_port, initialised_export, run_config
 
 PACKAGE = REPO / "avmae"
 ONE_HOME = PACKAGE / "collectives.py"
@@ -212,20 +212,7 @@ def _check_from_collectives(check, call, tensors):
 @pytest.fixture(scope="module")
 def export(shards, tmp_path_factory) -> Path:
     """A classifier export of the tiny model, as initialised (the weights are not under test)."""
-    from avmae.config import load
-    from avmae.data.spec import load_spec
-    from avmae.export.format import ExportInfo, write_export
-    from avmae.export.load import model_for
-    from avmae.recipe.config import RunConfig
-
-    root = tmp_path_factory.mktemp("export")
-    config = load(RunConfig, run_config(root, shards, task="finetune"))
-    spec = load_spec(shards, "train")
-    heads = {"label": len(spec.label_names)}
-    info = ExportInfo(task="finetune", config=config, label_mode=str(spec.label_mode),
-                      label_names=list(spec.label_names), heads=heads)
-    return write_export(root / "run" / "export" / "model.safetensors",
-                        model_for(config, "finetune", heads).state_dict(), info)
+    return initialised_export(tmp_path_factory.mktemp("export"), shards)
 
 
 @pytest.mark.slow

@@ -14,14 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from avmae.config import load
 from avmae.data.eval_order import eval_range
 from avmae.data.spec import load_spec
-from avmae.export.format import ExportInfo, write_export
-from avmae.export.load import model_for
-from avmae.recipe.config import GuardConfig, RunConfig
+from avmae.recipe.config import GuardConfig
 from tests.faults.damage import flip_bits_in_place
-from tests.helpers import REPO, free_port, run_config
+from tests.helpers import REPO, free_port, initialised_export
 
 pytestmark = pytest.mark.serial  # asserts how soon the job ends: not beside other tests' load
 
@@ -34,14 +31,7 @@ BOUND_S = 60
 @pytest.fixture(scope="module")
 def export(shards, tmp_path_factory) -> Path:
     """A classifier export of the tiny model (weights as initialised: the weights are not under test)."""
-    root = tmp_path_factory.mktemp("export")
-    config = load(RunConfig, run_config(root, shards, task="finetune"))
-    spec = load_spec(shards, "train")
-    heads = {"label": len(spec.label_names)}
-    info = ExportInfo(task="finetune", config=config, label_mode=str(spec.label_mode),
-                      label_names=list(spec.label_names), heads=heads)
-    return write_export(root / "run" / "export" / "model.safetensors",
-                        model_for(config, "finetune", heads).state_dict(), info)
+    return initialised_export(tmp_path_factory.mktemp("export"), shards)
 
 
 @pytest.fixture

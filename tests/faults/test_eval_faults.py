@@ -19,24 +19,17 @@ from avmae.cli.eval import main as eval_main
 from avmae.config import load
 from avmae.data.spec import load_spec
 from avmae.eval.predictions import Predictions, task_metrics
-from avmae.export.format import ExportInfo, write_export
+from avmae.export.format import write_export
 from avmae.export.load import model_for
 from avmae.recipe.config import RunConfig
 from avmae.shard.format import LabelMode
-from tests.helpers import run_config
+from tests.helpers import initialised_export, run_config
 
 
 @pytest.fixture(scope="module")
 def export(shards, tmp_path_factory) -> Path:
     """A classifier export of the tiny model for the single-label shards (weights as initialised)."""
-    root = tmp_path_factory.mktemp("export")
-    config = load(RunConfig, run_config(root, shards, task="finetune"))
-    spec = load_spec(shards, "train")
-    heads = {"label": len(spec.label_names)}
-    model = model_for(config, "finetune", heads)
-    info = ExportInfo(task="finetune", config=config, label_mode=str(spec.label_mode),
-                      label_names=list(spec.label_names), heads=heads)
-    return write_export(root / "run" / "export" / "model.safetensors", model.state_dict(), info)
+    return initialised_export(tmp_path_factory.mktemp("export"), shards)
 
 
 @pytest.fixture(scope="module")
