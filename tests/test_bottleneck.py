@@ -15,7 +15,8 @@ import torch
 from avmae.cli.eval import main as eval_main
 from avmae.export.load import load_model
 from avmae.models.avmae import AVMAE
-from avmae.models.bottleneck import BottleneckClassifier, BottleneckConfig, mid_to_separate
+from avmae.models.bottleneck import BottleneckClassifier, mid_to_separate
+from avmae.models.config import BottleneckConfig
 from avmae.models.encoder import FusionEncoder
 from tests.helpers import TINY_MODEL, metrics, run_config, torchrun
 from tests.tiny_models import inputs, tiny

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from avmae.cli.eval import _eval_parser, _request, as_flags
 from avmae.cli.flags import dashed
-from avmae.eval.request import TRAINING_COLLECTIVE_TIMEOUT_S, EvalRequest
+from avmae.eval.request import EvalRequest
 from avmae.recipe.config import GuardConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +72,6 @@ def test_webdataset_stays_the_torch_backends_older_name():
 
 
 def test_the_collective_timeout_default_is_trainings():
-    assert TRAINING_COLLECTIVE_TIMEOUT_S == GuardConfig.collective_timeout_s
     assert EvalRequest("run", "shards", "vggsound").collective_timeout_s == GuardConfig.collective_timeout_s
     assert _flags_by_field()["collective_timeout_s"].default == GuardConfig.collective_timeout_s
 

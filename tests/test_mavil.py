@@ -12,9 +12,10 @@ import torch
 from avmae.cli.eval import main as eval_main
 from avmae.export.load import load_model
 from avmae.models.avmae import AVMAE
+from avmae.models.config import MAViLConfig
 from avmae.models.losses import info_nce, masked_mse
 from avmae.models.masking import gather_tokens, visible_indices
-from avmae.models.mavil import MAViL, MAViLConfig
+from avmae.models.mavil import MAViL
 from tests.helpers import metrics, run_config, torchrun
 from tests.tiny_models import inputs, tiny
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from avmae.config import load, to_dict
-from avmae.models.bottleneck import BottleneckConfig
+from avmae.models.config import BottleneckConfig
 from avmae.recipe.config import RunConfig
 from avmae.recipe.saved import in_todays_keys
 from tests.helpers import REPO, TINY_SIZES, metrics, set_items

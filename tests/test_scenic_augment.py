@@ -172,7 +172,8 @@ def test_a_bad_scope_is_one_clear_error():
 # --- the fine-tuning step: each modality's loss against its own targets -------------------------------------------
 
 def scenic_step(classifier: str = "bottleneck"):
-    from avmae.models.bottleneck import BottleneckClassifier, BottleneckConfig
+    from avmae.models.bottleneck import BottleneckClassifier
+    from avmae.models.config import BottleneckConfig
     from avmae.recipe.config import RunConfig
     from avmae.train.step import TrainStep
     from tests.tiny_models import tiny

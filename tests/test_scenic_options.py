@@ -14,9 +14,9 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from avmae.models.avmae import AVMAE
-from avmae.models.bottleneck import BottleneckClassifier, BottleneckConfig
+from avmae.models.bottleneck import BottleneckClassifier
 from avmae.models.classifier import AVClassifier
-from avmae.models.config import (AudioInput, DecoderConfig, EncoderConfig, MaskConfig, ModelConfig, PosEmbedConfig,
+from avmae.models.config import (AudioInput, BottleneckConfig, DecoderConfig, EncoderConfig, MaskConfig, ModelConfig, PosEmbedConfig,
                                  VideoInput)
 from avmae.models.counts import token_counts
 from avmae.models.encoder import FusionEncoder

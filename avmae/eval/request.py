@@ -11,14 +11,10 @@ from pathlib import Path
 from typing import Literal
 
 from avmae.data.config import Backend
+from avmae.recipe.config import GuardConfig
 
 Task = Literal["audioset", "vggsound", "epic", "retrieval"]
 TASKS = typing.get_args(Task)
-
-# Training's guard.collective_timeout_s (avmae/recipe/config.py GuardConfig), written out rather than imported: that
-# module loads torch (through avmae.models' configs), which --help must not. tests/test_eval_flags.py checks the two
-# agree.
-TRAINING_COLLECTIVE_TIMEOUT_S = 1800.0
 
 
 def _flag(text: str, **options) -> typing.Any:
@@ -60,7 +56,7 @@ class EvalRequest:
                             "the report counts both sides", default=None)
     collective_timeout_s: float = _flag(
         "under torchrun / srun: how long a collective waits for a rank that died or hangs before the job ends with "
-        "an error, as training's guard.collective_timeout_s", default=TRAINING_COLLECTIVE_TIMEOUT_S)
+        "an error, as training's guard.collective_timeout_s", default=GuardConfig.collective_timeout_s)
 
     def validate(self) -> EvalRequest:
         if self.task not in TASKS:

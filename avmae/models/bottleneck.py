@@ -13,25 +13,13 @@ modality encoders (``initialise_from_mid_fusion``); see ``mid_to_separate`` for 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from avmae.models.classifier import AVClassifier, InputModality
-from avmae.models.config import ModelConfig
+from avmae.models.config import BottleneckConfig, ModelConfig
 from avmae.models.encoder import MODALITIES
-
-
-@dataclass
-class BottleneckConfig:
-    tokens: int = 4  # AV-MAE's n_bottlenecks
-    fusion_layer: int = 18  # first fused layer, counted from 0: AudioSet 18 of 24, VGGSound 16 (Scenic's configs)
-    # One final LayerNorm for both modalities (Scenic's MBT: Transformer/encoder_norm over [rgb ; spectrogram],
-    # scenic/projects/mbt/model.py) instead of one per modality encoder. A LayerNorm acts on each token alone, so
-    # one norm over the concatenation is the same as that norm on each modality; sharing its parameters is what
-    # makes training the same too (one set of scale and bias, its gradient summed over both modalities).
-    shared_norm: bool = False
 
 
 def mid_to_separate(state_dict: dict[str, torch.Tensor], depth: int) -> tuple[dict[str, torch.Tensor], list[str]]:

@@ -4,10 +4,10 @@ model sections of a run config. ``avmae.export.load.model_for`` maps a whole run
 from __future__ import annotations
 
 from avmae.models.avmae import AVMAE
-from avmae.models.bottleneck import BottleneckClassifier, BottleneckConfig
+from avmae.models.bottleneck import BottleneckClassifier
 from avmae.models.classifier import AVClassifier
-from avmae.models.config import ModelConfig
-from avmae.models.mavil import MAViL, MAViLConfig
+from avmae.models.config import BottleneckConfig, MAViLConfig, ModelConfig
+from avmae.models.mavil import MAViL
 
 
 def build_pretraining_model(model: ModelConfig, mavil: MAViLConfig) -> AVMAE:

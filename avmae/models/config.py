@@ -224,3 +224,29 @@ class ModelConfig:
         if self.pos_embed.trainable and not self.pos_embed.stored:
             raise ValueError("pos_embed.trainable needs pos_embed.stored: computed embeddings have no parameters")
         return self
+
+
+@dataclass
+class BottleneckConfig:
+    """MBT fine-tuning's attention bottleneck (models/bottleneck.py)."""
+
+    tokens: int = 4  # AV-MAE's n_bottlenecks
+    fusion_layer: int = 18  # first fused layer, counted from 0: AudioSet 18 of 24, VGGSound 16 (Scenic's configs)
+    # One final LayerNorm for both modalities (Scenic's MBT: Transformer/encoder_norm over [rgb ; spectrogram],
+    # scenic/projects/mbt/model.py) instead of one per modality encoder. A LayerNorm acts on each token alone, so
+    # one norm over the concatenation is the same as that norm on each modality; sharing its parameters is what
+    # makes training the same too (one set of scale and bias, its gradient summed over both modalities).
+    shared_norm: bool = False
+
+
+@dataclass
+class MAViLConfig:
+    """MAViL's terms on top of AV-MAE (models/mavil.py)."""
+
+    intra_weight: float = 0.0  # stage 1: intra-modal contrastive weight; 0 = off (plain AV-MAE / CAV-MAE)
+    intra_temperature: float = 0.1
+    teacher: str = ""  # stage 2: a stage-1 pretraining export (run folder or .safetensors); "" = stage 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.intra_weight > 0 or bool(self.teacher)

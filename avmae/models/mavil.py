@@ -19,27 +19,15 @@ description leaves open, and what we chose:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from avmae.models.avmae import AVMAE
-from avmae.models.config import ModelConfig
+from avmae.models.config import MAViLConfig, ModelConfig
 from avmae.models.encoder import MODALITIES
 from avmae.models.losses import info_nce
-
-
-@dataclass
-class MAViLConfig:
-    intra_weight: float = 0.0  # stage 1: intra-modal contrastive weight; 0 = off (plain AV-MAE / CAV-MAE)
-    intra_temperature: float = 0.1
-    teacher: str = ""  # stage 2: a stage-1 pretraining export (run folder or .safetensors); "" = stage 1
-
-    @property
-    def enabled(self) -> bool:
-        return self.intra_weight > 0 or bool(self.teacher)
 
 
 class MAViL(AVMAE):

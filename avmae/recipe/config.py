@@ -8,9 +8,7 @@ from typing import Literal
 
 from avmae.config import ConfigError, at_least
 from avmae.data.config import AugmentConfig, DataConfig
-from avmae.models.bottleneck import BottleneckConfig
-from avmae.models.config import ModelConfig
-from avmae.models.mavil import MAViLConfig
+from avmae.models.config import BottleneckConfig, MAViLConfig, ModelConfig
 
 
 @dataclass
