@@ -1,5 +1,5 @@
 """Submit an sbatch script to the test SLURM cluster and wait for it, polling scontrol: `sbatch --wait` polls
-coarsely, up to 10 s late (docs/reference/engineering.md#sbatch-wait-polls-coarsely). The cluster is
+coarsely, up to 10 s late (docs/reference/libraries.md#sbatch-wait-polls-coarsely). The cluster is
 tests/slurm/two_node_cluster.sh (two nodes in network namespaces) or, where namespaces are not available,
 tests/slurm/localhost_cluster.sh (one node)."""
 

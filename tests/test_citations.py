@@ -91,16 +91,16 @@ def test_cited_doc_pages_and_sections_exist():
 def test_the_checks_catch_what_they_are_for(tmp_path, monkeypatch):
     """Each check flags a bad citation and passes a good one (so a pass above means something)."""
     (tmp_path / "docs" / "reference").mkdir(parents=True)
-    (tmp_path / "docs" / "reference" / "engineering.md").write_text("# Notes\n\n## Shards\n", encoding="utf-8")
+    (tmp_path / "docs" / "reference" / "libraries.md").write_text("# Notes\n\n## Shards\n", encoding="utf-8")
     (tmp_path / "avmae").mkdir()
     (tmp_path / "avmae" / "good.py").write_text(
-        "# see docs/reference/engineering.md#shards\n", encoding="utf-8")
+        "# see docs/reference/libraries.md#shards\n", encoding="utf-8")
     (tmp_path / "avmae" / "bad.py").write_text(
-        "# see methods.md A.1 and docs/reference/engineering.md#missing and docs/gone.md\n", encoding="utf-8")
+        "# see methods.md A.1 and docs/reference/libraries.md#missing and docs/gone.md\n", encoding="utf-8")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
-    names = ["docs/reference/engineering.md", "avmae/good.py", "avmae/bad.py"]
+    names = ["docs/reference/libraries.md", "avmae/good.py", "avmae/bad.py"]
     assert unshipped_note_mentions(names) == ["avmae/bad.py:1: cites methods.md, which is not a file of the repository"]
     assert broken_doc_citations(names) == [
-        "avmae/bad.py:1: cites docs/reference/engineering.md#missing, but docs/reference/engineering.md has no heading "
+        "avmae/bad.py:1: cites docs/reference/libraries.md#missing, but docs/reference/libraries.md has no heading "
         "with that anchor",
         "avmae/bad.py:1: cites docs/gone.md, which does not exist"]

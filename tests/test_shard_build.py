@@ -196,7 +196,7 @@ def test_dali_reads_the_shards_with_our_index(reference_build):
     manifest = read_manifest(reference_build)
     shards = [s for split in manifest["splits"].values() for s in split["shards"]]
 
-    @pipeline_def(batch_size=1, num_threads=1, device_id=None)  # CPU only (docs/reference/engineering.md#dali-on-a-cpu)
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)  # CPU only (docs/reference/libraries.md#dali-on-a-cpu)
     def pipeline():
         frame, mel, meta = fn.readers.webdataset(
             paths=[str(reference_build / s["tar"]) for s in shards],

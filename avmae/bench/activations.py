@@ -2,7 +2,7 @@
 
 Method. The AV-MAE model of the recipe, at the recipe's token counts, widths and masks, but with each stack cut to
 one or two blocks, runs one forward + backward at batch 1 in bf16 (DeepSpeed's bf16 mode casts the module to
-bf16, docs/reference/engineering.md#deepspeed-bf16-mode) under ``LiveTensorBytes``; the peak bytes of tensors made
+bf16, docs/reference/libraries.md#deepspeed-bf16-mode) under ``LiveTensorBytes``; the peak bytes of tensors made
 during the step is measured. Parameter gradients are dropped as soon as they are accumulated, because DeepSpeed moves
 them into its own buffers, which the model-state arithmetic (``model_states.py``) already counts. Four such shallow
 models give the base (every stack one block) and one more block of each kind of stack (the modality stacks, the joint

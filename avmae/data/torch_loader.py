@@ -4,7 +4,7 @@ Frames leave the workers as uint8; the Loader normalises them on the device (a q
 
 Training: each DataLoader worker plays one reader of the rank's TrainSchedule (schedule.py): an endless stream
 over a disjoint share of the shards; the trainer decides how many steps to take, so every rank takes the same
-number (docs/reference/engineering.md#every-rank-takes-the-same-number-of-steps).
+number (docs/reference/libraries.md#every-rank-takes-the-same-number-of-steps).
 
 Evaluation: the order of eval_order.py, which the DALI backend follows too.
 

@@ -1,7 +1,7 @@
 """ffmpeg through ffmpeg-python: probe a clip, and decode one segment into JPEG frames plus 16-bit mono PCM.
 
 One ffmpeg process per segment decodes both streams (one process per clip is ~10x cheaper than a process per
-frame: docs/reference/engineering.md#one-ffmpeg-process-per-clip). Frames leave on stdout as an MJPEG stream, audio on
+frame: docs/reference/libraries.md#one-ffmpeg-process-per-clip). Frames leave on stdout as an MJPEG stream, audio on
 an inherited pipe.
 
 Frame choice: frame i is the first decoded frame whose timestamp is at or after the centre of the i-th of N equal

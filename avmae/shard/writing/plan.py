@@ -3,7 +3,7 @@ task and every resumed run agrees on the same shards.
 
 Items are split by video id (a deterministic hash, so adding clips never moves old ones), ordered within a split
 by a seeded hash (consecutive segments of one video must not sit together: a small shuffle buffer would see them
-all at once, docs/reference/engineering.md#shuffle-before-sharding), and cut into shards of ``shard_size`` items.
+all at once, docs/reference/libraries.md#shuffle-before-sharding), and cut into shards of ``shard_size`` items.
 """
 
 from __future__ import annotations

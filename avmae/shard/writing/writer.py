@@ -2,7 +2,7 @@
 
 Files appear by rename only, tar then index then checksum sidecar then labels sidecar (format.py) then part record,
 so a build killed at any moment leaves either a finished shard (part record present) or one that the next run redoes
-from scratch (video2dataset's stats-file-last rule, docs/reference/engineering.md#a-done-marker-written-last).
+from scratch (video2dataset's stats-file-last rule, docs/reference/libraries.md#a-done-marker-written-last).
 """
 
 from __future__ import annotations
