@@ -85,13 +85,15 @@ def test_dali_and_torch_give_the_same_eval_batches(shards):
 
 
 @pytest.mark.dali
-@pytest.mark.parametrize("workers,offsets,crop,stride", [(0, 1, "random_resized", 0), (2, 4, "random_resized", 0),
-                                                         (0, 1, "scale_jitter", 0), (2, 1, "scale_jitter", 1)])
-def test_dali_and_torch_train_on_the_same_samples_with_the_same_crops(shards, workers, offsets, crop, stride):
+@pytest.mark.parametrize("workers,offsets,crop,stride,frames", [
+    (0, 1, "random_resized", 0, 4), (2, 4, "random_resized", 0, 4), (0, 1, "scale_jitter", 0, 4),
+    (2, 1, "scale_jitter", 1, 4),
+    (0, 1, "scale_jitter", 2, 12)])  # a window longer than the 8 stored frames wraps, as Scenic's does
+def test_dali_and_torch_train_on_the_same_samples_with_the_same_crops(shards, workers, offsets, crop, stride, frames):
     pytest.importorskip("nvidia.dali")
     batches = {}
     for backend in ("torch", "dali"):
-        cfg = config(shards, backend=backend, workers=workers, batch_size=3, frame_stride=stride)
+        cfg = config(shards, backend=backend, workers=workers, batch_size=3, frame_stride=stride, num_frames=frames)
         augment = AugmentConfig(crop=crop, crop_scale=(0.1, 1.0), train_offsets=offsets, jitter_short_side=72)
         stream = iter(build_loader(cfg, "train", train=True, rank=1, world=2, augment=augment))
         batches[backend] = [next(stream) for _ in range(5)]  # past one epoch of the rank's 6 samples

@@ -107,7 +107,8 @@ class DaliLoader:
         self.audio_mean = config.audio_mean if config.audio_mean is not None else spec.logmel_mean
         self.audio_std = config.audio_std if config.audio_std is not None else spec.logmel_std
         device = "cpu" if device_id is None else "mixed"
-        self.frames = len(frame_members(spec.features["num_frames"], config.num_frames, config.view, config.views))
+        self.frames = len(frame_members(spec.features["num_frames"], config.num_frames, config.view, config.views,
+                                        config.frame_stride))
         # Training with workers reads in DALI worker processes (feed.py); evaluation, and data.workers: 0,
         # read here, in the serial external source.
         self.feeds = reader_feeds(spec, config, augment, rank=rank, world=world, start_batch=start_batch,
