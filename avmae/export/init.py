@@ -41,9 +41,9 @@ def initialise(model: nn.Module, init: ModelInitConfig) -> dict:
         return {**report, **loaded, "conversion": conversion.report}
     if init.kind == "avmae":
         state = load_weights(init.path)
-        if init.audio_patch_embedding == "fresh":  # Scenic's transfer (ModelInitConfig): left at this model's init
-            fresh = sorted(k for k in state if k.removeprefix("module.").startswith(AUDIO_PATCH_EMBEDDING))
-            state = {k: v for k, v in state.items() if k not in fresh}
-            report["left_at_initialisation"] = fresh
-        return {**report, **(model.load_pretrained(state) if classifier else _load_whole(model, state))}
+        if not classifier:
+            return {**report, **_load_whole(model, state)}
+        # Scenic's transfer (ModelInitConfig) leaves the audio patch embedding at this model's initialisation
+        fresh = (AUDIO_PATCH_EMBEDDING,) if init.audio_patch_embedding == "fresh" else ()
+        return {**report, **model.load_pretrained(state, fresh)}
     raise ValueError(f"unknown init.kind {init.kind!r}")

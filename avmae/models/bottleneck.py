@@ -111,14 +111,16 @@ class BottleneckClassifier(AVClassifier):
             return logits
         return {name: torch.stack([per[name] for per in logits.values()]).mean(dim=0) for name in self.heads}
 
-    def load_pretrained(self, state_dict: dict[str, torch.Tensor]) -> dict[str, list[str]]:
-        """AVClassifier's loading, after converting a mid-fusion checkpoint to separate encoders."""
+    def load_pretrained(self, state_dict: dict[str, torch.Tensor],
+                        fresh: tuple[str, ...] = ()) -> dict[str, list[str]]:
+        """AVClassifier's loading (``fresh`` as there), after converting a mid-fusion checkpoint to separate
+        encoders."""
         state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
         separate, dropped = mid_to_separate(state_dict, self.config.encoder.dims()[1])
         norms = {}
         if self.bottleneck_config.shared_norm:  # the encoders' final norms are this model's one encoder_norm
             norms = {k: separate.pop(k) for k in list(separate) if re.match(r"encoder\.(audio|video)\.norm\.", k)}
-        report = super().load_pretrained(separate)
+        report = super().load_pretrained(separate, fresh)
         if dropped:
             report["converted"] = ["mid fusion: joint layers copied into both encoders, joint norm as final norm"]
             report["skipped"] = sorted(report["skipped"] + dropped)

@@ -90,14 +90,17 @@ class AVClassifier(nn.Module):
         features = self.features(audio, video)
         return {name: head(features) for name, head in self.heads.items()}
 
-    def load_pretrained(self, state_dict: dict[str, torch.Tensor]) -> dict[str, list[str]]:
-        """Take the tokenizer and encoder weights of an AV-MAE pretraining checkpoint. Returns what was loaded,
-        which encoder keys the checkpoint lacked (``missing``), what it had that this model cannot use
-        (``unexpected``: other fusion layout) and what was skipped on purpose (``skipped``: the decoder)."""
+    def load_pretrained(self, state_dict: dict[str, torch.Tensor],
+                        fresh: tuple[str, ...] = ()) -> dict[str, list[str]]:
+        """Take the tokenizer and encoder weights of an AV-MAE pretraining checkpoint, but those under the ``fresh``
+        prefixes, which stay at this model's initialisation. Returns what was loaded, which encoder keys the
+        checkpoint lacked (``missing``), what it had that this model cannot use (``unexpected``: other fusion layout)
+        and what was skipped on purpose (``skipped``: the decoder; ``left_at_initialisation``: the fresh keys)."""
         state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
         own = self.state_dict()
-        wanted = {k for k in own if k.startswith(ENCODER_PREFIXES)}
-        offered = {k: v for k, v in state_dict.items() if k.startswith(ENCODER_PREFIXES)}
+        left = sorted(k for k in own if fresh and k.startswith(fresh))
+        wanted = {k for k in own if k.startswith(ENCODER_PREFIXES)} - set(left)
+        offered = {k: v for k, v in state_dict.items() if k.startswith(ENCODER_PREFIXES) and k not in left}
         mismatched = sorted(k for k in offered.keys() & wanted if offered[k].shape != own[k].shape)
         if mismatched:
             details = ", ".join(f"{k} {tuple(offered[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched[:3])
@@ -105,5 +108,5 @@ class AVClassifier(nn.Module):
         loadable = {k: v for k, v in offered.items() if k in wanted}
         self.load_state_dict(loadable, strict=False)
         return {"loaded": sorted(loadable), "missing": sorted(wanted - loadable.keys()),
-                "unexpected": sorted(offered.keys() - wanted),
+                "unexpected": sorted(offered.keys() - wanted), **({"left_at_initialisation": left} if fresh else {}),
                 "skipped": sorted(k for k in state_dict if not k.startswith(ENCODER_PREFIXES))}
