@@ -1,46 +1,30 @@
 """The model options that compute what Scenic's AV-MAE computes (google-research/scenic, scenic/projects/av_mae,
 vivit, mbt), each against a reference written here from the formula, and the fixed 1-D tables against the tables
-Scenic's own code wrote into tests/data/scenic_avmae. Also: a forward reads nothing back from the device."""
+Scenic's own code wrote into tests/data/scenic_avmae."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
 from avmae.models.avmae import AVMAE
 from avmae.models.bottleneck import BottleneckClassifier
-from avmae.models.classifier import AVClassifier
-from avmae.models.config import (AudioInput, BottleneckConfig, DecoderConfig, EncoderConfig, MaskConfig, ModelConfig, PosEmbedConfig,
-                                 VideoInput)
+from avmae.models.config import BottleneckConfig, DecoderConfig, EncoderConfig, PosEmbedConfig
 from avmae.models.counts import token_counts
 from avmae.models.encoder import FusionEncoder
 from avmae.models.losses import masked_mse, normalise_patches
 from avmae.models.masking import (audio_structured_mask, injected_visible_count, random_mask, tube_mask,
                                   visible_count)
 from avmae.models.pos_embed import flat_1d_table
-from avmae.models.tokenizers import Positions, patchify_audio, patchify_video
+from avmae.models.tokenizers import patchify_audio, patchify_video
 from avmae.models.vit import Block, Mlp, drop_path
+from tests.tiny_models import late_scenic, scenic_like
 
 FIXTURES = Path(__file__).parent / "data" / "scenic_avmae"
-
-
-def scenic_like(width=32, depth=4, decoder_width=16, frames=100, **extra) -> ModelConfig:
-    """The fixtures' tiny geometry (config.json) with every Scenic option on."""
-    fields = dict(
-        encoder=EncoderConfig(size="custom", width=width, depth=depth, heads=4, mlp=4 * width, fusion="mid",
-                              joint_layers=2, drop_path_rescale=False),
-        decoder=DecoderConfig(kind="shared", width=decoder_width, depth=2, heads=2, mlp=4 * decoder_width),
-        mask=MaskConfig(audio_ratio=0.7, video_ratio=0.9), audio=AudioInput(frames=frames, mel_bins=128),
-        video=VideoInput(frames=4, size=64), modality_embeddings=False, pos_embed=PosEmbedConfig(kind="flat_1d"),
-        gelu="tanh", init="scenic", norm_pix_variance="biased")
-    fields.update(extra)
-    return ModelConfig(**fields)
 
 
 def reference_1d_table(tokens: int, width: int) -> np.ndarray:
@@ -301,94 +285,6 @@ def test_an_injected_mask_with_uneven_counts_is_refused_by_name():
         injected_visible_count(mask, 5, "audio")
     mask[1, 4:7] = True
     assert injected_visible_count(mask, 99, "audio") == 5  # a CPU mask is read: its own count
-
-
-class DeviceReads(TorchFunctionMode):
-    """Records every call that would make the host wait for the device to finish (a value of a tensor that is not
-    on the CPU read back), and every copy of a CPU tensor to another device."""
-
-    READS = {"item", "tolist", "__int__", "__float__", "__bool__", "__index__", "nonzero", "numpy"}
-
-    def __init__(self):
-        super().__init__()
-        self.reads, self.copies = [], []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = getattr(func, "__name__", "")
-        if name in self.READS and isinstance(args[0], torch.Tensor) and args[0].device.type != "cpu":
-            self.reads.append(name)
-        if name == "to" and isinstance(args[0], torch.Tensor) and args[0].device.type == "cpu":
-            targets = [a for a in (*args[1:], *(kwargs or {}).values()) if isinstance(a, (torch.device, str))]
-            if any(torch.device(t).type != "cpu" for t in targets):
-                self.copies.append(tuple(args[0].shape))
-        return func(*args, **(kwargs or {}))
-
-
-def test_a_training_forward_reads_nothing_back_and_copies_the_tables_once():
-    """On the meta device (no values at all: any read would fail), with drawn masks, as in training."""
-    config = scenic_like()
-    config.encoder.drop_path = 0.2
-    with torch.device("meta"):
-        model = AVMAE(config).train()
-        audio, video = torch.empty(2, 100, 128), torch.empty(2, 4, 3, 64, 64)
-    with DeviceReads() as first:
-        model(audio, video)["loss"].backward()
-    assert first.reads == [] and len(first.copies) == 4  # encoder and decoder tables of both modalities
-    with DeviceReads() as second:
-        model(audio, video)["loss"].backward()
-    assert second.reads == [] and second.copies == []
-
-
-def test_bottleneck_forward_reads_nothing_back():
-    config = late_scenic()
-    config.encoder.drop_path = 0.3
-    with torch.device("meta"):
-        model = BottleneckClassifier(config, {"label": 5}, bottleneck=BottleneckConfig(4, 2, shared_norm=True))
-        audio, video = torch.empty(2, 100, 128), torch.empty(2, 4, 3, 64, 64)
-    model.train()
-    model(audio, video)
-    with DeviceReads() as calls:
-        per = model(audio, video, per_modality=True)
-        sum(p["label"].sum() for p in per.values()).backward()
-    assert calls.reads == [] and calls.copies == []
-
-
-def test_classifier_forward_reads_nothing_back_even_with_modality_dropout():
-    with torch.device("meta"):
-        model = AVClassifier(scenic_like(), {"label": 5}, modality_dropout=0.9)
-        audio, video = torch.empty(2, 100, 128), torch.empty(2, 4, 3, 64, 64)
-    model.eval()(audio, video)  # both modalities once: their tables reach the device
-    model.train()
-    with DeviceReads() as calls:
-        for _ in range(4):  # whichever modalities the CPU-drawn modality dropout keeps
-            model(audio, video)["label"].sum().backward()
-    assert calls.reads == [] and calls.copies == []
-
-
-def test_the_read_recorder_sees_a_read_and_a_copy():
-    with DeviceReads() as calls:
-        torch.ones(2).to("meta")
-        try:
-            torch.ones(1, device="meta").item()
-        except RuntimeError:
-            pass
-    assert calls.reads == ["item"] and calls.copies == [(2,)]
-
-
-def test_positions_keep_one_device_copy_per_device_and_dtype():
-    positions = Positions(scenic_like(), 32)
-    like = torch.empty(1, device="meta")
-    first = positions("audio", (6, 8), like)
-    assert first.device.type == "meta" and first.shape == (1, 48, 32)
-    assert positions("audio", (6, 8), like) is first
-    half = positions("audio", (6, 8), like.half())
-    assert half.dtype == torch.float16 and half is not first
-    assert positions.state_dict() == {}  # the copies are not saved
-
-
-def late_scenic(**extra) -> ModelConfig:
-    config = scenic_like(**extra)
-    return dataclasses.replace(config, encoder=dataclasses.replace(config.encoder, fusion="late"))
 
 
 def test_mbt_shared_norm_equals_one_norm_over_the_concatenation():

@@ -1,13 +1,16 @@
 """The small model configs and inputs that several test modules build on: the AV-MAE family at test size
 (``tiny``, ``inputs``), cavmae_base at test size (``tiny_cavmae``), and a random ViT / MAE state dict in the timm
-layout of the same width and depth (``timm_vit``)."""
+layout of the same width and depth (``timm_vit``), and the tiny geometry of the Scenic fixtures with every Scenic option
+on (``scenic_like``, ``late_scenic``)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
 from avmae.models.config import (AudioInput, ContrastiveConfig, DecoderConfig, EncoderConfig, MaskConfig,
-                                 ModelConfig, VideoInput)
+                                 ModelConfig, PosEmbedConfig, VideoInput)
 from avmae.models.convert_cavmae import cavmae_base
 
 # The encoder of tiny_cavmae and of timm_vit: the ViT it is initialised from must have its width and depth.
@@ -69,3 +72,21 @@ def timm_vit(seed: int = 0, decoder_depth: int = 2, decoder_width: int = 32) -> 
         for i in range(decoder_depth):
             block(f"decoder_blocks.{i}", decoder_width)
     return state
+
+
+def scenic_like(width=32, depth=4, decoder_width=16, frames=100, **extra) -> ModelConfig:
+    """The fixtures' tiny geometry (config.json) with every Scenic option on."""
+    fields = dict(
+        encoder=EncoderConfig(size="custom", width=width, depth=depth, heads=4, mlp=4 * width, fusion="mid",
+                              joint_layers=2, drop_path_rescale=False),
+        decoder=DecoderConfig(kind="shared", width=decoder_width, depth=2, heads=2, mlp=4 * decoder_width),
+        mask=MaskConfig(audio_ratio=0.7, video_ratio=0.9), audio=AudioInput(frames=frames, mel_bins=128),
+        video=VideoInput(frames=4, size=64), modality_embeddings=False, pos_embed=PosEmbedConfig(kind="flat_1d"),
+        gelu="tanh", init="scenic", norm_pix_variance="biased")
+    fields.update(extra)
+    return ModelConfig(**fields)
+
+
+def late_scenic(**extra) -> ModelConfig:
+    config = scenic_like(**extra)
+    return dataclasses.replace(config, encoder=dataclasses.replace(config.encoder, fusion="late"))
