@@ -74,7 +74,7 @@ class AugmentConfig:
     scale_jitter_prob: float = 1.0
     jitter_short_side: int = 256
     flip: bool = True
-    # Colour (Scenic's fine-tuning: 0.8 and 0.1; avmae/data/augment.py colour_augment): the probability that a
+    # Colour (Scenic's fine-tuning: 0.8 and 0.1; avmae/data/colour.py colour_augment): the probability that a
     # clip's brightness, saturation, contrast and hue are jittered (the same for all its frames), and that it
     # then turns grey.
     colour: float = 0.0
