@@ -133,7 +133,7 @@ def _frame_header(body: bytes, at: int, tables: _Tables) -> None:
 @lru_cache(maxsize=256)
 def _quantisation_slots(body: bytes) -> frozenset[int]:
     """The slots a DQT segment's body defines; ValueError when malformed. Cached: an encoder's frames mostly carry
-    the same tables, and their walk was most of the check's time (14 of 20 µs a frame)."""
+    the same tables, and uncached their walk would be most of the check's time (14 of a frame's 20 µs)."""
     slots, i = set(), 0
     while i < len(body):
         precision, slot = body[i] >> 4, body[i] & 15
