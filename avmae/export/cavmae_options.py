@@ -7,12 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-from avmae.shard.format import LabelMode
-
-# a CAV-MAE classifier's head: multi-hot (AudioSet, BCE) or one class per clip (VGGSound, CE)
-CavmaeLabelMode = Literal[LabelMode.MULTI.value, LabelMode.SINGLE.value]
+from avmae.shard.format import ClassifierLabelMode
 
 
 @dataclass(frozen=True)
@@ -22,6 +18,6 @@ class CavmaeOptions:
 
     config: Path | None = field(default=None, metadata={
         "help": "run YAML the model belongs to (default: cavmae_base with CAV-MAE's data settings)"})
-    label_mode: CavmaeLabelMode | None = field(default=None, metadata={
+    label_mode: ClassifierLabelMode | None = field(default=None, metadata={
         "help": "of a fine-tuned checkpoint: multi (AudioSet) or single (VGGSound); default: as the `config`'s "
                 "finetune.loss says (bce: multi, ce: single)"})

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from avmae.shard.format import LabelMode
+from avmae.shard.format import ClassifierLabelMode
 
 # Scenic's encoder_strategy and decoder_strategy (scenic/projects/av_mae/vivit_multimodal.py) -> avmae's encoder
 # fusion and decoder kind
@@ -18,8 +18,6 @@ DECODER_STRATEGIES = {"same_decoder": "shared", "separate_decoders": "separate",
 
 EncoderStrategy = Literal[tuple(ENCODER_STRATEGIES)]  # the names above
 DecoderStrategy = Literal[tuple(DECODER_STRATEGIES)]
-# MBT's classifiers: mbt_multilabel_classification (sigmoid) or mbt_classification (softmax)
-MbtLabelMode = Literal[LabelMode.MULTI.value, LabelMode.SINGLE.value]
 
 
 @dataclass(frozen=True)
@@ -29,7 +27,7 @@ class ScenicOptions:
     fusion_layer: int | None = field(default=None, metadata={
         "help": "MBT: first bottleneck layer (default 18 for 527 classes, 16 for 309; needed for any other class "
                 "count)"})
-    label_mode: MbtLabelMode | None = field(default=None, metadata={
+    label_mode: ClassifierLabelMode | None = field(default=None, metadata={
         "help": "MBT: multi (sigmoid, AudioSet) or single (softmax, VGGSound); default from the class count (527: "
                 "multi, 309: single)"})
     encoder_strategy: EncoderStrategy | None = field(default=None, metadata={

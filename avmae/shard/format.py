@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import re
 from enum import StrEnum
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal
 
 from avmae.crc import crc32
 
@@ -110,6 +110,10 @@ class LabelMode(StrEnum):
     SINGLE = "single"  # one label name per sample (VGGSound, Kinetics)
     VERB_NOUN = "verb_noun"  # two heads (Epic-Kitchens)
     NONE = "none"  # no labels (pretraining data)
+
+
+# an imported classifier's head: multi-hot (AudioSet: sigmoid, BCE) or one class per clip (VGGSound: softmax, CE)
+ClassifierLabelMode = Literal[LabelMode.MULTI.value, LabelMode.SINGLE.value]
 
 
 def label_mode(manifest: dict[str, Any]) -> LabelMode:
