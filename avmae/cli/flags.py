@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-_MENTION = re.compile(r"`([a-z][a-z0-9_]*)`")
+from avmae.shard.errors import spell_mentions
 
 
 def dashed(name: str) -> str:
@@ -50,7 +49,7 @@ def add_fields(group: argparse._ActionsContainer, cls: type, *, only: Iterable[s
     defaults_shown = defaults_shown or {}
     for item in flag_fields(cls, only):
         options = _parsing(item, hints[item.name])
-        text = _MENTION.sub(lambda match: spell(match.group(1)), item.metadata["help"]).replace("%", "%%")
+        text = spell_mentions(item.metadata["help"], spell).replace("%", "%%")
         if item.name in defaults_shown:
             options["default"] = None
             text += f" (default: {defaults_shown[item.name]})".replace("%", "%%")

@@ -10,6 +10,11 @@ from typing import Callable
 _MENTION = re.compile(r"`([a-z][a-z0-9_]*)`")
 
 
+def spell_mentions(text: str, spell: Callable[[str], str]) -> str:
+    """``text`` with every parameter it names in backquotes spelled by ``spell`` (a CLI: its flag)."""
+    return _MENTION.sub(lambda match: spell(match.group(1)), text)
+
+
 class ParameterError(ValueError):
     """A parameter of a build whose value cannot be used. ``problem`` may name other parameters in backquotes
     (``"... or `overwrite` to start over"``), so that a caller spells them as it spells ``parameter``."""
@@ -20,7 +25,7 @@ class ParameterError(ValueError):
 
     def worded(self, spell: Callable[[str], str]) -> str:
         """The message with the parameter and every one the problem names spelled by ``spell`` (a CLI: its flag)."""
-        return f"{spell(self.parameter)} " + _MENTION.sub(lambda match: spell(match.group(1)), self.problem)
+        return f"{spell(self.parameter)} " + spell_mentions(self.problem, spell)
 
     def __reduce__(self):  # picklable across the build's worker processes
         return type(self), (self.parameter, self.problem)
