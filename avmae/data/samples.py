@@ -29,11 +29,16 @@ def frame_members(stored: int, wanted: int, view: int = 0, views: int = 1, strid
         raise ValueError(f"view {view} is not in [0, {views})")
     if stride:
         offset = frame_windows.evaluation_offset(stored, wanted, stride, view, views)
-        return [frame_member(i) for i in frame_windows.window(stored, wanted, stride, offset)]
+        return _window_members(stored, wanted, stride, offset)
     if wanted > stored:
         raise ValueError(f"the model wants {wanted} frames but the shards hold {stored} per sample")
     offset = (view + 0.5) / views
     return [frame_member(int((i + offset) * stored / wanted)) for i in range(wanted)]
+
+
+def _window_members(stored: int, wanted: int, stride: int, offset: int) -> list[str]:
+    """Names of the frames of the strided window at ``offset`` (data/frame_windows.py)."""
+    return [frame_member(i) for i in frame_windows.window(stored, wanted, stride, offset)]
 
 
 def training_frames(stored: int, wanted: int, offsets: int, rng: random.Random, stride: int = 0) -> list[str]:
@@ -42,7 +47,7 @@ def training_frames(stored: int, wanted: int, offsets: int, rng: random.Random, 
     offset the evenly spread frames, and ``rng`` is left untouched."""
     if stride:
         offset = frame_windows.training_offset(stored, wanted, stride, rng)
-        return [frame_member(i) for i in frame_windows.window(stored, wanted, stride, offset)]
+        return _window_members(stored, wanted, stride, offset)
     if offsets <= 1:
         return frame_members(stored, wanted)
     return frame_members(stored, wanted, rng.randrange(offsets), offsets)
