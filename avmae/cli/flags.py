@@ -91,11 +91,17 @@ def _parsing(item: dataclasses.Field, hint: Any) -> dict[str, Any]:
     return {**options, "type": _value_type(item.name, hint)}
 
 
-def _choices(hint: Any) -> tuple[Any, ...]:
-    """The values of a ``Literal[...]``, or of a ``Literal[...] | None`` (None: the flag not given)."""
+def _without_none(hint: Any) -> Any:
+    """``X`` of an ``X | None``; any other hint (a union of several types among them) as it is."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         given = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-        hint = given[0] if len(given) == 1 else hint
+        return given[0] if len(given) == 1 else hint
+    return hint
+
+
+def _choices(hint: Any) -> tuple[Any, ...]:
+    """The values of a ``Literal[...]``, or of a ``Literal[...] | None`` (None: the flag not given)."""
+    hint = _without_none(hint)
     if typing.get_origin(hint) is typing.Literal:
         return typing.get_args(hint)
     return ()
@@ -103,9 +109,9 @@ def _choices(hint: Any) -> tuple[Any, ...]:
 
 def _value_type(name: str, hint: Any) -> type:
     """The type a flag's text becomes: ``X | None`` an X, a union of several types the text itself."""
+    hint = _without_none(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        given = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-        hint = given[0] if len(given) == 1 else str
+        hint = str
     if not isinstance(hint, type):
         raise TypeError(f"{name}: no flag reads a {hint!r}")
     return hint
