@@ -62,7 +62,11 @@ class _MbtLayout:
 
     @property
     def audio_visual(self) -> bool:
-        return len(self.modalities) == 2
+        return _audio_visual(self.modalities)
+
+
+def _audio_visual(modalities: list[str]) -> bool:
+    return len(modalities) == 2
 
 
 def _mbt_embeddings(p: Params, modalities: list[str], state: dict[str, torch.Tensor]) -> tuple[dict[str, int], int]:
@@ -167,11 +171,10 @@ def convert_mbt(p: Params, fusion_layer: int | None = None, label_mode: str | No
     _mbt_encoder(p, modalities, depth, state)
     classes = int(state["heads.label.weight"].shape[0])
     dims = stack_dims(p, "Transformer")
-    audio_visual = len(modalities) == 2
     layout = _MbtLayout(modalities, depth, dims, classes, int(state["bottleneck"].shape[1]),
-                        _fusion_layer(fusion_layer, classes, depth, audio_visual), _label_mode(label_mode, classes),
-                        video_patch, audio_patch)
+                        _fusion_layer(fusion_layer, classes, depth, _audio_visual(modalities)),
+                        _label_mode(label_mode, classes), video_patch, audio_patch)
     report = _mbt_report(layout, fusion_layer is not None, label_mode is not None)
-    other = "" if audio_visual else ("audio" if modalities == ["video"] else "video")
+    other = "" if layout.audio_visual else ("audio" if modalities == ["video"] else "video")
     return ScenicConversion("finetune", state, _mbt_run(layout), _mbt_scenic_config(layout), {"label": classes},
                             report, other)
