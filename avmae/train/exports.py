@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -16,7 +15,8 @@ from avmae.config import dump
 from avmae.data.spec import DataSpec
 from avmae.export.format import ExportInfo, export_path, write_export
 from avmae.recipe.config import RunConfig
-from avmae.train.checkpoint import Checkpoints, all_ranks_ok, tag_for
+from avmae.train.best import BestStep
+from avmae.train.checkpoint import Checkpoints, all_ranks_ok
 from avmae.train.stops import JobStopped, Stop
 
 
@@ -38,8 +38,9 @@ class Exports:
         self.config, self.spec, self.heads, self.checkpoints, self.is_main = config, spec, heads, checkpoints, is_main
         self.workdir = Path(config.workdir)
 
-    def write(self, step: int, best: dict[str, Any] | None) -> None:
-        """Every rank calls this after the last step (``step``); ``best``: the best evaluated step, if any."""
+    def write(self, step: int, best: BestStep) -> None:
+        """Every rank calls this after the last step (``step``); ``best``: the best evaluated step (none: no best
+        export)."""
         if not self.config.checkpoint.export:
             return
         collectives.barrier()
@@ -57,14 +58,14 @@ class Exports:
                 f"the export to {export_path(self.workdir).parent} could not be written{reason}; the run's "
                 "checkpoints are complete: the same command again writes it")))
 
-    def _write_all(self, best: dict[str, Any] | None) -> None:
+    def _write_all(self, best: BestStep) -> None:
         complete = self.checkpoints.complete()
         config = exported_config(self.config, self.spec)
         _, last = complete[-1]
         self._export(config, "model", self.checkpoints.fp32_state_dict(last), {"tag": last})
-        if best is not None and any(tag == tag_for(best["step"]) for _, tag in complete):
-            state = self.checkpoints.fp32_state_dict(tag_for(best["step"]))
-            self._export(config, "best", state, {"best": json.dumps(best)})
+        best_tag = best.checkpoint_tag()
+        if best_tag is not None and any(tag == best_tag for _, tag in complete):
+            self._export(config, "best", self.checkpoints.fp32_state_dict(best_tag), {"best": json.dumps(best.value)})
         average = self.config.checkpoint.average_last
         if average > 1:  # of the checkpoint.every cycle's checkpoints (the epochs), not of a signal's
             averaged = self.checkpoints.regular()[-average:]

@@ -101,7 +101,7 @@ class Trainer:
                 self._boundaries(run, result, lr, skipped)
         finished = run.step >= self.config.optim.steps
         if finished:
-            self.exports.write(run.step, self.best.value)
+            self.exports.write(run.step, self.best)
         self.requeue.after_signal(run.signal, run.logger)
         return {"step": run.step, "finished": finished, "signal": run.signal, "best": self.best.value}
 
