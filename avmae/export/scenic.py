@@ -99,7 +99,6 @@ def _run_config(conversion: ScenicConversion, overrides: list[str], checkpoint: 
     data = copy.deepcopy(conversion.run)
     data["data"] = {**DATA, **data.get("data", {})}
     try:
-        data["model"]["audio"].setdefault("frontend", "scenic")  # the released checkpoints' log-mels
         data = apply_overrides(data, list(overrides))
         # the loader's frame count and crop follow the model (a training run's validated config has them set)
         video = data["model"]["video"]

@@ -28,6 +28,13 @@ VIDEO_SIZE = 224
 VIDEO_FRAMES = {"pretrain": 16, "finetune": 32}
 
 
+def scenic_audio(patch: int) -> dict:
+    """The run's ``model.audio`` of a released model: the recipe's input size, Scenic's time-major token order and
+    the log-mels the checkpoints were trained on (Scenic's front end)."""
+    return {"frames": AUDIO_FRAMES, "mel_bins": MEL_BINS, "patch": patch, "token_order": "time_major",
+            "frontend": "scenic"}
+
+
 class ScenicLayoutError(ValueError):
     """Parameters that do not have the layout of a released AV-MAE model; the message names what differs."""
 

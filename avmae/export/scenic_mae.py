@@ -16,9 +16,9 @@ from typing import Callable
 
 import torch
 
-from avmae.export.scenic_layout import (AUDIO_FRAMES, MEL_BINS, MODALITY, VIDEO_FRAMES, VIDEO_SIZE, Params,
-                                        ScenicConversion, ScenicLayoutError, as_tensor, audio_embedding, encoder_size,
-                                        layer_norm, linear, scenic_numerics, stack, stack_dims, video_embedding)
+from avmae.export.scenic_layout import (MODALITY, VIDEO_FRAMES, VIDEO_SIZE, Params, ScenicConversion,
+                                        ScenicLayoutError, as_tensor, audio_embedding, encoder_size, layer_norm,
+                                        linear, scenic_audio, scenic_numerics, stack, stack_dims, video_embedding)
 from avmae.export.scenic_options import DECODER_STRATEGIES, ENCODER_STRATEGIES
 
 # (audio, video) mask ratios of the recipe of each fusion strategy: AudioSet pretrains mid fusion
@@ -186,8 +186,7 @@ def _avmae_model(layout: _PretrainLayout) -> dict:
         "mask": {"audio_ratio": audio_ratio, "video_ratio": video_ratio, "audio_mode": "random",
                  "video_mode": "random"},
         "contrastive": {"weight": 0.0},
-        "audio": {"frames": AUDIO_FRAMES, "mel_bins": MEL_BINS, "patch": layout.audio_patch,
-                  "token_order": "time_major"},
+        "audio": scenic_audio(layout.audio_patch),
         "video": {"frames": VIDEO_FRAMES["pretrain"], "size": VIDEO_SIZE, **layout.video_patch},
         "loss_weight_audio": 0.5, "loss_weight_video": 0.5, "norm_pix_loss": False,
         "modality_embeddings": layout.modality_tokens, **scenic_numerics(),

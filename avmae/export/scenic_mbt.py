@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from avmae.export.scenic_layout import (AUDIO_FRAMES, MEL_BINS, SCENIC_NAME, VIDEO_FRAMES, VIDEO_SIZE, Params,
-                                        ScenicConversion, ScenicLayoutError, as_tensor, audio_embedding, block,
-                                        encoder_size, layer_norm, linear, scenic_numerics, stack_dims,
+from avmae.export.scenic_layout import (SCENIC_NAME, VIDEO_FRAMES, VIDEO_SIZE, Params, ScenicConversion,
+                                        ScenicLayoutError, as_tensor, audio_embedding, block, encoder_size,
+                                        layer_norm, linear, scenic_audio, scenic_numerics, stack_dims,
                                         video_embedding)
 
 MBT_HEAD = "ProjectionHeadAndClassifier_0/output_projection"
@@ -122,8 +122,7 @@ def _mbt_run(layout: _MbtLayout) -> dict:
     model = {
         "encoder": {**encoder_size(dims["width"], layout.depth, dims["heads"], dims["mlp"]), "fusion": "late",
                     "drop_path": 0.3, "drop_path_rescale": False, "layer_norm_eps": 1e-6},
-        "audio": {"frames": AUDIO_FRAMES, "mel_bins": MEL_BINS, "patch": layout.audio_patch,
-                  "token_order": "time_major"},
+        "audio": scenic_audio(layout.audio_patch),
         "video": {"frames": VIDEO_FRAMES["finetune"], "size": VIDEO_SIZE, **layout.video_patch},
         "modality_embeddings": False, **scenic_numerics(),
     }
