@@ -60,7 +60,7 @@ def test_the_evaluation_stage_names_the_metric_that_picks_the_best_checkpoint():
 
 
 def test_the_best_step_is_the_highest_score_with_its_numeric_metrics_and_its_checkpoint_is_kept():
-    best = BestStep(best_checkpoint_score, None)
+    best = BestStep(best_checkpoint_score)
     assert best.checkpoint_tag() is None
     best.consider(2, {"top1": 0.5, "samples": 3, "per_class": [0.1, 0.9]})
     best.consider(4, {"top1": 0.25, "samples": 3})  # lower: the best stays
@@ -68,13 +68,14 @@ def test_the_best_step_is_the_highest_score_with_its_numeric_metrics_and_its_che
     assert best.checkpoint_tag() == "step00000002"
     best.consider(6, {"top1": 0.75})
     assert best.value["step"] == 6
-    resumed = BestStep(best_checkpoint_score, best.value)  # carried over a resume
+    resumed = BestStep(best_checkpoint_score)
+    resumed.value = best.value  # carried over a resume, as Saving.resume sets it
     resumed.consider(8, {"top1": 0.5})
     assert resumed.value["step"] == 6
 
 
 def test_without_a_score_no_step_is_the_best():
-    best = BestStep(None, None)
+    best = BestStep(None)
     best.consider(2, {"top1": 0.5})
     assert best.value is None
 

@@ -15,9 +15,11 @@ Score = Callable[[dict[str, Any]], "float | None"]
 
 
 class BestStep:
-    def __init__(self, score: Score | None, saved: dict[str, Any] | None):
-        """``score``: none, no step is ever the best; ``saved``: the best a resumed checkpoint recorded."""
-        self.score, self.value = score, saved
+    def __init__(self, score: Score | None):
+        """``score``: none, no step is ever the best. ``value``, the best so far, starts as none; a resume sets it to
+        the best its checkpoint recorded."""
+        self.score = score
+        self.value: dict[str, Any] | None = None
 
     def consider(self, step: int, metrics: dict[str, Any]) -> None:
         """The evaluation of ``step`` becomes the best when its score beats the best so far."""

@@ -81,7 +81,7 @@ class Trainer:
         self.train_step = TrainStep(self.engine, config, self.bf16, heads, loss)
         dtype = torch.bfloat16 if self.bf16 else torch.float32
         evaluation = InTrainingEvaluation(evaluator, self.engine, heads, self.dist, dtype) if evaluator else None
-        self.best = BestStep(best_score, None)
+        self.best = BestStep(best_score)
         self.saving = Saving(self.checkpoints, self.engine, self.due, evaluation, self.best)
         self.exports = Exports(config, self.spec, heads, self.checkpoints, self.is_main)
         self.requeue = Requeue.of(config.guard, self.dist, self.workdir)
