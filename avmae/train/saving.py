@@ -31,7 +31,7 @@ class Saving:
         """A checkpoint of ``step`` (every rank), after its evaluation when one is due. ``counts``: the run's totals
         (the same on every rank); ``rank_data``: this rank's own state."""
         client: dict[str, Any] = {"best": self.best.value, **counts}
-        if self.evaluation is not None and self.due.evaluation(step):
+        if self.due.evaluation(step):  # never without an evaluator: Boundaries' finetune_evaluates says there is one
             metrics = self.evaluation(step, logger)
             self.best.consider(step, metrics)
             client["best"] = self.best.value
