@@ -100,3 +100,15 @@ def test_no_colour_settings_leave_the_batch_as_it_is_and_a_seed_repeats_it():
     first, second = (colour_augment(video, "imagenet", 0.8, 0.1, generator=torch.Generator().manual_seed(5))
                      for _ in range(2))
     assert torch.equal(first, second)
+
+
+def test_a_part_that_is_off_changes_neither_the_batch_nor_the_random_stream():
+    """A probability of 0 skips its part: the batch is what a probability too small to select any clip gives, and the
+    generator advances alike, so the draws of later augmentations do not depend on which parts are on."""
+    video = _batch(6, "imagenet")
+    tiny = 1e-12  # computed, but selects no clip (draws of exactly 0 aside)
+    for colour, colour_drop, computed in ((0.0, 0.5, (tiny, 0.5)), (0.5, 0.0, (0.5, tiny))):
+        off, on = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+        skipped = colour_augment(video, "imagenet", colour, colour_drop, generator=off)
+        assert torch.equal(skipped, colour_augment(video, "imagenet", *computed, generator=on))
+        assert torch.equal(off.get_state(), on.get_state())

@@ -43,14 +43,18 @@ def colour_augment(video: torch.Tensor, video_norm: str, colour: float, colour_d
     scale, shift = normalisation_factors(video_norm, video.device)
     scale = 255 * scale  # normalised = scale * pixel - shift, for pixels in [0, 1]
     pixels = (video.float() + shift) / scale
+    # All six draws are made even when a part is off, so the stream (and every later draw) does not depend on which
+    # parts are on; a part whose probability is <= 0 selects no clip (draws are in [0, 1)), so it is not computed.
     per_clip = (-1, 1, 1, 1, 1)
-    jittered = colour_jitter(pixels,
-                             brightness=BRIGHTNESS_DELTA * (2 * draws[:, 1] - 1),
-                             saturation=_within(SATURATION_RANGE, draws[:, 2]),
-                             contrast=_within(CONTRAST_RANGE, draws[:, 3]),
-                             hue=HUE_DELTA * (2 * draws[:, 4] - 1))
-    pixels = torch.where((draws[:, 0] < colour).view(per_clip), jittered, pixels)
-    pixels = torch.where((draws[:, 5] < colour_drop).view(per_clip), greyscale(pixels), pixels)
+    if colour > 0:
+        jittered = colour_jitter(pixels,
+                                 brightness=BRIGHTNESS_DELTA * (2 * draws[:, 1] - 1),
+                                 saturation=_within(SATURATION_RANGE, draws[:, 2]),
+                                 contrast=_within(CONTRAST_RANGE, draws[:, 3]),
+                                 hue=HUE_DELTA * (2 * draws[:, 4] - 1))
+        pixels = torch.where((draws[:, 0] < colour).view(per_clip), jittered, pixels)
+    if colour_drop > 0:
+        pixels = torch.where((draws[:, 5] < colour_drop).view(per_clip), greyscale(pixels), pixels)
     return (pixels * scale - shift).to(video.dtype)
 
 
