@@ -55,6 +55,13 @@ SHARD_FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*\.(tar|idx|crc|labels
 # before the labels sidecar).
 SHARD_FILE_FIELDS = ("tar", "idx", "crc", "labels")
 OPTIONAL_SHARD_FILE_FIELDS = ("crc", "labels")
+_SHARD_FILE_SUFFIXES = {"tar": TAR_SUFFIX, "idx": INDEX_SUFFIX, "crc": CHECKSUM_SUFFIX, "labels": LABELS_SUFFIX}
+
+
+def shard_file_names(name: str) -> dict[str, str]:
+    """Shard ``name``'s file names by their shard-entry field, in SHARD_FILE_FIELDS order (the tar first: the order
+    they are published in)."""
+    return {field: f"{name}{_SHARD_FILE_SUFFIXES[field]}" for field in SHARD_FILE_FIELDS}
 
 # Metadata keys the loaders read (the writer writes more; see shard/samples/from_item.py).
 META_KEY = "key"

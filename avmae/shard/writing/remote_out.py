@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from avmae.shard.format import CHECKSUM_SUFFIX, INDEX_SUFFIX, LABELS_SUFFIX, SHARD_FILE_FIELDS, TAR_SUFFIX
+from avmae.shard.format import SHARD_FILE_FIELDS, shard_file_names
 from avmae.shard.writing.manifest import (BUILD_FILE, FAILURES_FILE, MANIFEST_FILE, claim_output, finalize,
                                          pending_shards)
 from avmae.shard.writing.writer import PARTS_DIR, part_path
@@ -129,8 +129,7 @@ class RemoteOutput:
         files = [record[key] for key in SHARD_FILE_FIELDS if key in record]  # the tar first, then its sidecars
         with storage_errors(self.url):
             if not files:
-                stale = [self._remote(f"{name}{suffix}")
-                         for suffix in (TAR_SUFFIX, INDEX_SUFFIX, CHECKSUM_SUFFIX, LABELS_SUFFIX)]
+                stale = [self._remote(file) for file in shard_file_names(name).values()]
                 self.fs.invalidate_cache()
                 present = [path for path in stale if self.fs.exists(path)]
                 if present:

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from avmae.files import publish, write_text_atomically as atomic_write
-from avmae.shard.format import (CHECKSUM_SUFFIX, INDEX_SUFFIX, LABELS_SUFFIX, METADATA_MEMBER, TAR_SUFFIX,
-                                checksum_text, labels_text, metadata_labels)
+from avmae.shard.format import METADATA_MEMBER, checksum_text, labels_text, metadata_labels, shard_file_names
 from avmae.shard.inputs.media import MediaError
 from avmae.shard.params import BuildParams, FeatureParams
 from avmae.shard.samples.from_item import make_samples
@@ -116,8 +115,7 @@ def _part_record(plan: ShardPlan, fingerprint: str, samples: int, tally: _ShardT
 
 def _shard_files(out: Path, name: str) -> dict[str, Path]:
     """The shard's files by their part-record field, in the order they are published."""
-    return {"tar": out / f"{name}{TAR_SUFFIX}", "idx": out / f"{name}{INDEX_SUFFIX}",
-            "crc": out / f"{name}{CHECKSUM_SUFFIX}", "labels": out / f"{name}{LABELS_SUFFIX}"}
+    return {field_name: out / file for field_name, file in shard_file_names(name).items()}
 
 
 def _publish_files(files: dict[str, Path], partial_tar: Path, writer: ShardTarWriter, tally: _ShardTally,
