@@ -9,14 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from avmae.shard.format import UNCHECKED_VERSIONS, LabelMode, check_shard_file_names, label_mode
-from avmae.shard.params import DEFAULT_AUDIO_FRONTEND
+from avmae.shard.params import ABSENT_FEATURES
 from avmae.shard.writing.manifest import MANIFEST_FILE, read_manifest
 from avmae.shard_files import join
 from avmae.storage import root_of
 
 log = logging.getLogger(__name__)
-# Feature parameters a manifest of an older build leaves out, and what that meant then.
-ABSENT_FEATURES = {"audio_frontend": DEFAULT_AUDIO_FRONTEND}
 
 
 class DataMismatchError(ValueError):

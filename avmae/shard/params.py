@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from avmae.shard.errors import ParameterError
+from avmae.shard.format import DEFAULT_LOGMEL_DTYPE
 from avmae.shard.inputs.lists import DATASET_SEGMENT_SECONDS
 
 # The log-mel recipes a build can store. cavmae: CAV-MAE's Kaldi fbank (avmae/shard/samples/logmel.py); scenic: the
@@ -21,6 +22,10 @@ from avmae.shard.inputs.lists import DATASET_SEGMENT_SECONDS
 AudioFrontend = Literal["cavmae", "scenic"]
 AUDIO_FRONTENDS: tuple[str, ...] = get_args(AudioFrontend)
 DEFAULT_AUDIO_FRONTEND = "cavmae"
+# The feature parameters a manifest of an older build may leave out, and what that means: the only value written
+# before the option existed. Loaders read an absent one as this value, and a build's fingerprint leaves it out at
+# this value, so such a build resumes.
+ABSENT_FEATURES: dict[str, str] = {"logmel_dtype": DEFAULT_LOGMEL_DTYPE, "audio_frontend": DEFAULT_AUDIO_FRONTEND}
 # What each front end changes in FeatureParams' defaults (which are CAV-MAE's) unless told otherwise. scenic: the
 # Hamming window of MBT (Nagrani et al., NeurIPS 2021, section 4.2) and AV-MAE's AudioSet input length, 1000 frames
 # = 10 s at 100 frames per second (google-research/scenic scenic/projects/av_mae/).
@@ -77,7 +82,7 @@ class FeatureParams:
 
 def audio_frontend(features: dict[str, Any]) -> str:
     """The front end a manifest's features record; folders built before the field hold CAV-MAE's log-mels."""
-    return features.get("audio_frontend", DEFAULT_AUDIO_FRONTEND)
+    return features.get("audio_frontend", ABSENT_FEATURES["audio_frontend"])
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from dataclasses import dataclass, replace
 
 from avmae.config import to_dict
 from avmae.shard.errors import ParameterError
-from avmae.shard.format import DEFAULT_LOGMEL_DTYPE, FORMAT_VERSION
+from avmae.shard.format import FORMAT_VERSION
 from avmae.shard.inputs.items import ClipItem
-from avmae.shard.params import DEFAULT_AUDIO_FRONTEND, BuildParams, FeatureParams
+from avmae.shard.params import ABSENT_FEATURES, BuildParams, FeatureParams
 
 
 @dataclass(frozen=True)
@@ -103,9 +103,10 @@ def fingerprint(plans: list[ShardPlan], features: FeatureParams, build: BuildPar
     """Identity of a build: the same inputs, feature and build parameters give the same fingerprint. Resuming
     into a folder with another fingerprint is refused (its shards would mix two builds)."""
     feature_values = to_dict(features)
-    # The default storage type and audio front end are left out, so a build begun before either option existed keeps
-    # its fingerprint and resumes; float32 and the scenic front end are part of the identity.
-    for name, default in (("logmel_dtype", DEFAULT_LOGMEL_DTYPE), ("audio_frontend", DEFAULT_AUDIO_FRONTEND)):
+    # A feature parameter at the value its absence means (the storage type, the audio front end) is left out, so a
+    # build begun before the option existed keeps its fingerprint and resumes; float32 and the scenic front end are
+    # part of the identity.
+    for name, default in ABSENT_FEATURES.items():
         if feature_values.get(name) == default:
             del feature_values[name]
     payload = {
