@@ -160,7 +160,8 @@ class RunConfig:
                      "checkpoint.every": self.checkpoint.every, "log.every": self.log.every,
                      "data.batch_size": self.data.batch_size,
                      "guard.signal_check_every": self.guard.signal_check_every, "data.views": self.data.views,
-                     "augment.train_offsets": self.augment.train_offsets})
+                     "augment.train_offsets": self.augment.train_offsets,
+                     "augment.jitter_short_side": self.augment.jitter_short_side})
         at_least(0, {"data.workers": self.data.workers, "data.shuffle_buffer": self.data.shuffle_buffer,
                      "augment.freq_mask": self.augment.freq_mask, "augment.time_mask": self.augment.time_mask,
                      "augment.freq_masks": self.augment.freq_masks, "augment.time_masks": self.augment.time_masks,
@@ -170,8 +171,8 @@ class RunConfig:
                      "optim.grad_clip": self.optim.grad_clip, "checkpoint.keep": self.checkpoint.keep,
                      "checkpoint.average_last": self.checkpoint.average_last,
                      "finetune.eval_every": self.finetune.eval_every,
-                     "finetune.eval_batches": self.finetune.eval_batches, "stop_after": self.stop_after})
-        at_least(0, {"data.frame_stride": self.data.frame_stride})
+                     "finetune.eval_batches": self.finetune.eval_batches, "stop_after": self.stop_after,
+                     "data.frame_stride": self.data.frame_stride})
         if self.data.frame_stride and self.augment.train_offsets != 1:
             raise ConfigError("data.frame_stride takes a window at a random offset in training; augment.train_offsets "
                               f"(CAV-MAE's offsets of spread frames) must stay 1, got {self.augment.train_offsets}")
@@ -209,13 +210,12 @@ class RunConfig:
 
     def _video_augment(self) -> None:
         augment = self.augment
-        low, high = (tuple(augment.scale_jitter) + (0.0, 0.0))[:2]
-        if len(augment.scale_jitter) != 2 or not 0 < low <= high:
+        jitter = augment.scale_jitter
+        if len(jitter) != 2 or not 0 < jitter[0] <= jitter[1]:
             raise ConfigError(f"augment.scale_jitter must be two factors 0 < low <= high, got {augment.scale_jitter}")
         for key in ("scale_jitter_prob", "colour", "colour_drop"):
             if not 0 <= getattr(augment, key) <= 1:
                 raise ConfigError(f"augment.{key} is a probability, in [0, 1]; got {getattr(augment, key)}")
-        at_least(1, {"augment.jitter_short_side": augment.jitter_short_side})
 
     def _clip_geometry(self) -> None:
         """The model config is the home of the clip geometry: the loader's frame count and crop follow it. Set to
