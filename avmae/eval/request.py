@@ -15,6 +15,8 @@ from avmae.recipe.config import GuardConfig
 
 Task = Literal["audioset", "vggsound", "epic", "retrieval"]
 TASKS = typing.get_args(Task)
+ViewAverage = Literal["probabilities", "logits"]
+VIEW_AVERAGES = typing.get_args(ViewAverage)
 
 
 def _flag(text: str, **options) -> typing.Any:
@@ -38,7 +40,7 @@ class EvalRequest:
         default="own")
     views: int = _flag("temporal views per clip (evenly spread frame sets of the stored frames), combined as "
                        "`view_average` says", default=1)
-    view_average: Literal["probabilities", "logits"] = _flag(
+    view_average: ViewAverage = _flag(
         "how views are combined: the mean of their sigmoids/softmaxes (CAV-MAE) or the sigmoid/softmax of the mean "
         "of their logits (Scenic's MBT)", default="probabilities")
     linear_probe: bool = _flag("train a linear head on frozen features of `train_split`, score `split`",
@@ -61,8 +63,8 @@ class EvalRequest:
     def validate(self) -> EvalRequest:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
-        if self.view_average not in ("probabilities", "logits"):
-            raise ValueError(f"view_average must be probabilities or logits, got {self.view_average!r}")
+        if self.view_average not in VIEW_AVERAGES:
+            raise ValueError(f"view_average must be {' or '.join(VIEW_AVERAGES)}, got {self.view_average!r}")
         for name in ("views", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

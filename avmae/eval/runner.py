@@ -45,9 +45,6 @@ def _data_config(loaded: LoadedModel, data: str, split: str, batch_size: int, wo
                                workers=workers, backend=backend, view=view, views=views)
 
 
-VIEW_AVERAGES = ("probabilities", "logits")
-
-
 def _average_views(per_view: list[Predictions], average: str) -> Predictions:
     """The views of each sample combined, for the samples every view scored (a view that could not read a sample
     leaves it unscored, and recorded): ``average`` "probabilities", the mean of the views' sigmoids (multi-label) or
