@@ -50,7 +50,8 @@ def ffmpeg_floor_seconds(clips: list[Path], workers: int) -> float:
 
 
 def bench_shard(src: Path, *, workers: int, features: FeatureParams, build: BuildParams) -> dict[str, Any]:
-    # The clips the build takes (the one folder scan: shard/items.scan_folder), so both sides decode the same files.
+    # The clips the build takes (the one folder scan: shard/inputs/items.py scan_folder), so both sides decode the
+    # same files.
     items, labels, source = collect_inputs(InputSpec(src=src), segment_seconds=build.segment_seconds)
     clips = [Path(item.path) for item in items]
     ffmpeg_floor_seconds(clips[: min(2, len(clips))], 1)  # warm the page cache and the binary
