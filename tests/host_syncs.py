@@ -166,10 +166,10 @@ def count_a_run(config_path: str, out_path: str) -> None:
         return original_call(self, next_batch)
 
     step_module.TrainStep.__call__ = counted_call
+    original_group_device = collectives.group_device
     # Under NCCL the group's device is the run's device; gloo's CPU stands for it here.
     collectives.group_device = lambda: trainer.dist.device
     original_sync, torch.cuda.synchronize = patched_cuda_synchronize(counter)
-    original_group_device = collectives.group_device
     try:
         with counter:
             result = trainer.run()
