@@ -84,6 +84,10 @@ class GpuCheck:
     def python(self, *args: str) -> list[str]:
         return [sys.executable, "-m", *args]
 
+    def _run(self, command: list[str], name: str, env: dict[str, str] | None = None) -> Child:
+        """``command`` as a child of the check, logged under ``name`` in its folder (environment: the check's)."""
+        return run_child(command, self.out / name, self.env if env is None else env, CHILD_TIMEOUT_S)
+
     # --- shards and decode ---------------------------------------------------------------------------------------
 
     def build_shards(self) -> dict[str, Any]:
@@ -94,10 +98,9 @@ class GpuCheck:
         corpus = make_corpus(self.out / "clips", mode.clips, mode.classes, seconds=mode.clip_seconds,
                              width=mode.clip_size[0], height=mode.clip_size[1], workers=os.cpu_count() or 1)
         clips_s = time.perf_counter() - started
-        child = run_child(self.python("avmae.cli.shard", "build", "--list", str(corpus), "--out", str(self.shards),
+        child = self._run(self.python("avmae.cli.shard", "build", "--list", str(corpus), "--out", str(self.shards),
                                       "--val-fraction", "0.25", "--workers", str(os.cpu_count() or 1),
-                                      *mode.shard_flags, "--json", "--no-progress"),
-                          self.out / "shard_build", self.env, CHILD_TIMEOUT_S)
+                                      *mode.shard_flags, "--json", "--no-progress"), "shard_build")
         manifest = read_manifest(self.shards)
         splits = {name: split["samples"] for name, split in manifest["splits"].items()}
         return {"clips": mode.clips, "clips_seconds": clips_s, "build_seconds": child.seconds,
@@ -160,7 +163,7 @@ class GpuCheck:
             command = [sys.executable, "-c", DETERMINISTIC_TRAIN, "--config", str(RECIPE), "--workdir", str(workdir),
                        *sets]
             env = {**env, **DETERMINISTIC_ENV}
-        child = run_child(command, self.out / f"{name}_train", env, CHILD_TIMEOUT_S)
+        child = self._run(command, f"{name}_train", env)
         return child, last_json(child.stdout), workdir
 
     def recipe_step(self) -> dict[str, Any]:
@@ -225,10 +228,9 @@ class GpuCheck:
         from avmae.distributed import free_port
 
         out = self.out / "collectives.json"
-        run_child(self.python("torch.distributed.run", f"--nproc_per_node={processes}",
+        self._run(self.python("torch.distributed.run", f"--nproc_per_node={processes}",
                               f"--master_port={free_port()}", "-m", "avmae.bench.collectives", str(out),
-                              str(mode.collective_mebibytes), str(mode.collective_iterations)),
-                  self.out / "collectives", self.env, CHILD_TIMEOUT_S)
+                              str(mode.collective_mebibytes), str(mode.collective_iterations)), "collectives")
         return {**json.loads(out.read_text()), "ok": True}
 
     # --- 50 steps, stopped and resumed ---------------------------------------------------------------------------
@@ -274,11 +276,10 @@ class GpuCheck:
         reports, scores = {}, {}
         for backend in ("dali", "torch"):
             out = self.out / f"eval_{backend}"
-            run_child(self.python("avmae.cli.eval", "--ckpt", str(self.out / "finetune"), "--data", str(self.shards),
+            self._run(self.python("avmae.cli.eval", "--ckpt", str(self.out / "finetune"), "--data", str(self.shards),
                                   "--split", "val", "--task", "vggsound", "--backend", backend, "--device",
                                   mode.device, "--batch-size", str(mode.batch_size), "--workers", str(mode.workers),
-                                  "--out", str(out)),
-                      self.out / f"eval_{backend}", self.env, CHILD_TIMEOUT_S)
+                                  "--out", str(out)), f"eval_{backend}")
             reports[backend] = json.loads((out / "report.json").read_text())
             scores[backend] = Predictions.load(out / "predictions.npz")
         dali, on_torch = scores["dali"], scores["torch"]
