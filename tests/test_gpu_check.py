@@ -261,7 +261,7 @@ def test_each_child_reports_its_own_peak_memory_and_that_of_what_it_waited_for(t
     assert 300 / 1024 < big.max_rss_gib < 400 / 1024
     assert 20 / 1024 < small.max_rss_gib < 100 / 1024
     assert 300 / 1024 < nested.max_rss_gib < 400 / 1024
-    assert big.returncode == small.returncode == 0 and big.seconds > 0
+    assert big.seconds > 0 and small.seconds > 0 and nested.seconds > 0
 
 
 def test_a_child_past_its_deadline_is_killed_with_what_it_started(tmp_path):

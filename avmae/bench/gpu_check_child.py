@@ -4,13 +4,12 @@ with a deadline, its stdout and stderr in files beside each other, and its peak 
 The peak is the largest resident set of the command and of the processes it waited for (a trainer and its loader
 workers). ``subprocess`` does not hand out a child's resource usage, and ``getrusage(RUSAGE_CHILDREN)`` in the check's
 own process is a high-water mark over every child the check has run, so one child's figure cannot be told from an
-earlier, larger one's. Nor is a child started straight from the check measured alone: Linux keeps the high-water mark
-of the memory a process had before exec, and a child forked from the check starts with the check's resident set
-(torch and DALI imported: a child that used 33 MiB reported 626 when started straight from it, measured on the CPU
-test machine on 2026-12-07). Each command therefore runs under a small Python parent
-of its own (``PEAK_RSS``): its RUSAGE_CHILDREN is that one command's, and it writes the figure to a file. The parent
-and the command share a process group of their own, so that a deadline, or an interrupt of the check, ends both and
-whatever the command started.
+earlier, larger one's. Nor is a child started straight from the check measured alone: Linux keeps the high-water mark of
+the memory a process had before exec, and a child forked from the check starts with the check's resident set (torch and
+DALI imported: on the CPU test machine, a child that used 33 MiB reported 626 when started straight from it). Each
+command therefore runs under a small Python parent of its own (``PEAK_RSS``): its RUSAGE_CHILDREN is that one command's,
+and it writes the figure to a file. The parent and the command share a process group of their own, so that a deadline,
+or an interrupt of the check, ends both and whatever the command started.
 """
 
 from __future__ import annotations
@@ -43,8 +42,7 @@ class StepFailed(RuntimeError):
 
 
 @dataclass
-class Child:
-    returncode: int
+class Child:  # of a command that exited 0 (run_child raises StepFailed for any other)
     seconds: float
     max_rss_gib: float  # of the command and the processes it waited for
     stdout: str
@@ -81,4 +79,4 @@ def run_child(command: list[str], log: Path, env: dict[str, str], timeout_s: flo
     if returncode != 0:
         tail = Path(f"{log}.err").read_text().strip().splitlines()[-1:] or ["(no output)"]
         raise StepFailed(f"{what} exited {returncode}: {tail[0]} (log: {log}.err)")
-    return Child(returncode, seconds, int(peak_file.read_text()) / 2**20, Path(f"{log}.out").read_text())
+    return Child(seconds, int(peak_file.read_text()) / 2**20, Path(f"{log}.out").read_text())
