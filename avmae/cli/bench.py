@@ -7,10 +7,12 @@ import json
 import os
 import sys
 import tempfile
+import typing
 from pathlib import Path
 
 from avmae.cli.flags import DefaultsInHelp, add_fields, from_args
 from avmae.cli.shard import flag
+from avmae.data.config import Backend
 from avmae.shard.errors import ParameterError
 from avmae.shard.params import BuildParams, FeatureParams
 
@@ -53,7 +55,7 @@ def _loader_parser(commands) -> None:
     loader.add_argument("--remote", action="append", default=[],
                         help="the same shards at a URL or pipe: root, measured beside --data; repeat for several")
     loader.add_argument("--split", default="train")
-    loader.add_argument("--backend", action="append", choices=["torch", "dali", "webdataset"],
+    loader.add_argument("--backend", action="append", choices=[b for b in typing.get_args(Backend) if b != "auto"],
                         help="repeat for several (default: torch, and dali when it is installed; webdataset is "
                              "torch's older name)")
     loader.add_argument("--workers", type=int, action="append", help="repeat for several (default: 0 and all cores)")
