@@ -62,16 +62,24 @@ class PlanInputs:
     mfu_batch: int | None = None  # smallest per-GPU batch known to reach ``mfu``; None: the recipe's per-GPU batch
 
 
+@dataclass(frozen=True)
+class _Sizes:
+    """What every memory check of a plan starts from: the model's trained parameters and its largest layer's (ZeRO-3
+    gathers one layer at a time), and the GPU memory usable below the headroom, in bytes."""
+    params: int
+    largest_layer: int
+    usable: float
+
+
 def _memory_total(states: dict[str, float], buckets: float, activations_per_sample: float, batch: int) -> float:
     return states["total"] + buckets + activations_per_sample * batch
 
 
-def _fit(config: RunConfig, inputs: PlanInputs, activations: dict[str, Any]) -> dict[str, Any]:
+def _fit(inputs: PlanInputs, activations: dict[str, Any], sizes: _Sizes) -> dict[str, Any]:
     """The first setting that fits, cheapest first: no recompute before recompute, lower ZeRO stages (less
     communication) before higher ones; and the largest per-GPU batch it allows. DeepSpeed's estimators size one
     given setting's model states; choosing among settings is avmae's."""
-    params, largest = trained_parameters(config.model), largest_layer_parameters(config.model)
-    usable = GPUS[inputs.gpu]["memory_bytes"] * (1 - HEADROOM)
+    params, largest, usable = sizes.params, sizes.largest_layer, sizes.usable
     for checkpointing in (False, True):
         per_sample = activations["checkpointed" if checkpointing else "stored"]["bytes_per_sample"]
         for stage in (1, 2, 3):
@@ -83,12 +91,12 @@ def _fit(config: RunConfig, inputs: PlanInputs, activations: dict[str, Any]) -> 
     return {"zero_stage": None, "activation_checkpointing": None, "total_gib": None, "max_batch_per_gpu": 0}
 
 
-def largest_batch_that_fits(config: RunConfig, inputs: PlanInputs, activations: dict[str, Any]) -> dict[str, Any]:
+def largest_batch_that_fits(config: RunConfig, inputs: PlanInputs, activations: dict[str, Any],
+                            sizes: _Sizes) -> dict[str, Any]:
     """The most samples per GPU at the plan's ZeRO stage: activations stored (unless the recipe checkpoints), and
     checkpointed when not even one stored sample fits. DeepSpeed has no activation estimate, hence no batch chooser."""
-    params, largest = trained_parameters(config.model), largest_layer_parameters(config.model)
-    usable = GPUS[inputs.gpu]["memory_bytes"] * (1 - HEADROOM)
-    fixed = model_state_bytes(params, inputs.gpus, inputs.zero_stage, largest)["total"] + \
+    usable = sizes.usable
+    fixed = model_state_bytes(sizes.params, inputs.gpus, inputs.zero_stage, sizes.largest_layer)["total"] + \
         gradient_bucket_bytes(inputs.zero_stage)
     for checkpointing in ((True,) if config.model.activation_checkpointing else (False, True)):
         per_sample = activations["checkpointed" if checkpointing else "stored"]["bytes_per_sample"]
@@ -98,7 +106,8 @@ def largest_batch_that_fits(config: RunConfig, inputs: PlanInputs, activations: 
     return {"max_batch_per_gpu": 0, "activation_checkpointing": None}
 
 
-def batch_plan(config: RunConfig, inputs: PlanInputs, activations: dict[str, Any]) -> dict[str, Any]:
+def batch_plan(config: RunConfig, inputs: PlanInputs, activations: dict[str, Any],
+               sizes: _Sizes) -> dict[str, Any]:
     """Per-GPU batch and gradient accumulation that keep the global batch on ``inputs.gpus`` GPUs.
 
     The global batch is the recipe's (data.batch_size x RECIPE_GPUS x grad_accum: the paper's 512), unless given.
@@ -114,7 +123,7 @@ def batch_plan(config: RunConfig, inputs: PlanInputs, activations: dict[str, Any
     global_batch = inputs.global_batch or config.data.batch_size * RECIPE_GPUS * config.grad_accum
     mfu_batch = inputs.mfu_batch or config.data.batch_size
     share, remainder = divmod(global_batch, inputs.gpus)
-    fit = largest_batch_that_fits(config, inputs, activations)
+    fit = largest_batch_that_fits(config, inputs, activations, sizes)
     result = {"global_batch": global_batch, "global_batch_source": "given" if inputs.global_batch else
               f"recipe: data.batch_size {config.data.batch_size} x {RECIPE_GPUS} GPUs x grad_accum "
               f"{config.grad_accum}", "per_gpu_share": global_batch / inputs.gpus, "kept": remainder == 0 and share >= 1,
@@ -144,6 +153,7 @@ def capacity_plan(config: RunConfig, inputs: PlanInputs, activations: dict[str, 
     _check(inputs)
     model, gpu = config.model, GPUS[inputs.gpu]
     params, largest = trained_parameters(model), largest_layer_parameters(model)
+    sizes = _Sizes(params, largest, gpu["memory_bytes"] * (1 - HEADROOM))
     flops = pretraining_flops(model, global_batch=inputs.gpus * inputs.batch_per_gpu)["forward_backward"]
     per_gpu = inputs.mfu * gpu["peak_flops"] / flops  # samples/s: model FLOPs at the stated MFU
     return {
@@ -152,8 +162,8 @@ def capacity_plan(config: RunConfig, inputs: PlanInputs, activations: dict[str, 
                    "gpu_memory_gib": gpu["memory_bytes"] / GIB, "headroom": HEADROOM},
         "model": {"parameters": params, "largest_layer_parameters": largest,
                   "gflops_per_sample": flops / 1e9, "video_frames": model.video.frames},
-        "memory_gib_per_gpu": _memory(config, inputs, activations, gpu, params, largest),
-        "batch_plan": batch_plan(config, inputs, activations),
+        "memory_gib_per_gpu": _memory(inputs, activations, sizes),
+        "batch_plan": batch_plan(config, inputs, activations, sizes),
         **_rates(inputs, per_gpu, model.video.frames),
     }
 
@@ -167,17 +177,16 @@ def _check(inputs: PlanInputs) -> None:
         raise ValueError("global batch and the MFU's batch must be at least 1")
 
 
-def _memory(config: RunConfig, inputs: PlanInputs, activations: dict[str, Any], gpu: dict[str, float], params: int,
-            largest: int) -> dict[str, Any]:
+def _memory(inputs: PlanInputs, activations: dict[str, Any], sizes: _Sizes) -> dict[str, Any]:
     """Per GPU, in GiB: model states, buckets and activations (stored and checkpointed), their totals, and whether
     they fit below the headroom."""
-    states = model_state_bytes(params, inputs.gpus, inputs.zero_stage, largest)
+    states = model_state_bytes(sizes.params, inputs.gpus, inputs.zero_stage, sizes.largest_layer)
     buckets = gradient_bucket_bytes(inputs.zero_stage)
     stored = activations["stored"]["bytes_per_sample"]
     checkpointed = activations["checkpointed"]["bytes_per_sample"]
     total = {"stored": _memory_total(states, buckets, stored, inputs.batch_per_gpu),
              "checkpointed": _memory_total(states, buckets, checkpointed, inputs.batch_per_gpu)}
-    usable = gpu["memory_bytes"] * (1 - HEADROOM)
+    usable = sizes.usable
     return {
         "model_states": {k: v / GIB for k, v in states.items()},
         "gradient_buckets": buckets / GIB,
@@ -189,7 +198,7 @@ def _memory(config: RunConfig, inputs: PlanInputs, activations: dict[str, Any], 
         "total": {k: v / GIB for k, v in total.items()},
         "usable": usable / GIB,
         "fits": {k: v <= usable for k, v in total.items()},
-        "suggested": _fit(config, inputs, activations),
+        "suggested": _fit(inputs, activations, sizes),
         "activation_method": activations["method"],
         "attention_kernels": activations["stored"]["attention_kernels"],
     }
