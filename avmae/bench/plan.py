@@ -191,7 +191,7 @@ def _memory(inputs: PlanInputs, activations: dict[str, Any], sizes: _Sizes) -> d
         "model_states": {k: v / GIB for k, v in states.items()},
         "gradient_buckets": buckets / GIB,
         "sources": {**{f"model_states.{k}": v for k, v in model_state_sources(inputs.zero_stage).items()},
-                    "gradient_buckets": GRADIENT_BUCKETS_SOURCE, "activations": activations["method"]},
+                    "gradient_buckets": GRADIENT_BUCKETS_SOURCE},
         "activations_per_sample": {"stored": stored / GIB, "checkpointed": checkpointed / GIB},
         "activations": {"stored": stored * inputs.batch_per_gpu / GIB,
                         "checkpointed": checkpointed * inputs.batch_per_gpu / GIB},
