@@ -39,13 +39,12 @@ from avmae.recipe.config import RunConfig
 BF16 = 2
 REDUCE_BUCKET_ELEMENTS = RunConfig.zero_bucket_elements  # the default (the trainer's reduce_bucket_size)
 GRADIENT_BUCKETS_WITH_OVERLAP = 2  # DeepSpeed stage_1_and_2.py: two ipg buffers when overlap_comm is on
-ZERO2_ESTIMATOR = "deepspeed.runtime.zero.stage_1_and_2.estimate_zero2_model_states_mem_needs"
-ZERO3_ESTIMATOR = "deepspeed.runtime.zero.stage3.estimate_zero3_model_states_mem_needs"
+ZERO2_ESTIMATOR = "estimate_zero2_model_states_mem_needs"  # in deepspeed.runtime.zero.stage_1_and_2
+ZERO3_ESTIMATOR = "estimate_zero3_model_states_mem_needs"  # in deepspeed.runtime.zero.stage3
 # Where each figure of ``model_state_bytes`` comes from, by stage; the plan prints these beside the figures.
 SOURCES = {
-    "deepspeed_estimate": {1: f"DeepSpeed {ZERO2_ESTIMATOR.rsplit('.', 1)[1]} (no stage-1 estimator: stage 2's)",
-                           2: f"DeepSpeed {ZERO2_ESTIMATOR.rsplit('.', 1)[1]}",
-                           3: f"DeepSpeed {ZERO3_ESTIMATOR.rsplit('.', 1)[1]}"},
+    "deepspeed_estimate": {1: f"DeepSpeed {ZERO2_ESTIMATOR} (no stage-1 estimator: stage 2's)",
+                           2: f"DeepSpeed {ZERO2_ESTIMATOR}", 3: f"DeepSpeed {ZERO3_ESTIMATOR}"},
     "zero1_whole_bf16_gradients": "avmae: stage 1 keeps whole bf16 gradients (ZeRO paper, Fig. 1)",
     "zero3_bf16_parameter_partition": "avmae: the bf16 partition DeepSpeed's stage-3 estimate leaves out",
     "total": "sum",
